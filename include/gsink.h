@@ -1,0 +1,480 @@
+/*
+ * gsink.h - public API of libgsink.
+ *
+ * libgsink runs a Llama-style pre-norm decoder-only Transformer forward and
+ * backward (exact fp32 gradients) and measures attention sinks, gradient sinks
+ * and massive activations as defined in "Attention Sinks Induce Gradient Sinks"
+ * (arXiv 2603.17771). It also implements the paper's V-scale layer.
+ *
+ * Conventions
+ *  - Every function returns a gsink_status (GSINK_OK == 0) unless stated.
+ *  - On failure a message is stored per handle (gsink_model_errmsg) and per
+ *    thread (gsink_last_error). A failed call leaves the handle usable and its
+ *    previous state (weights, last forward/backward results) intact unless the
+ *    function's comment says otherwise.
+ *  - Options structs start with their size; fill them with the matching
+ *    *_init function, then change fields. Fields are only ever appended.
+ *  - Arrays are row-major float32 (host memory). Sizes are size_t counts of
+ *    elements, never bytes, unless the name says bytes.
+ *  - The library never prints, exits or aborts.
+ *  - A handle must be used by one thread at a time.
+ */
+#ifndef GSINK_H
+#define GSINK_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32)
+#define GSINK_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define GSINK_API __attribute__((visibility("default")))
+#else
+#define GSINK_API
+#endif
+
+/* ------------------------------------------------------------------------ */
+/* Versions                                                                 */
+/* ------------------------------------------------------------------------ */
+
+#define GSINK_VERSION_MAJOR 0
+#define GSINK_VERSION_MINOR 1
+#define GSINK_VERSION_PATCH 0
+#define GSINK_VERSION_NUMBER \
+    (GSINK_VERSION_MAJOR * 10000 + GSINK_VERSION_MINOR * 100 + GSINK_VERSION_PATCH)
+#define GSINK_VERSION_STRING "0.1.0"
+
+/* Version of the loaded library as MAJOR*10000 + MINOR*100 + PATCH. Compare
+ * with GSINK_VERSION_NUMBER to check that header and library match. */
+GSINK_API int gsink_version_number(void);
+/* Version string of the loaded library, e.g. "0.1.0". Static storage. */
+GSINK_API const char *gsink_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Status codes: explicit numbers, never renumbered or reused.             */
+/* ------------------------------------------------------------------------ */
+
+typedef enum gsink_status {
+    GSINK_OK = 0,
+    GSINK_ERR_NULL_ARGUMENT = 1,     /* a required pointer or handle was NULL */
+    GSINK_ERR_INVALID_ARGUMENT = 2,  /* a value is invalid (e.g. sigma <= 0) */
+    GSINK_ERR_OUT_OF_MEMORY = 3,     /* host or device allocation failed / too large */
+    GSINK_ERR_TOKEN_OUT_OF_RANGE = 4,/* token id < 0 or >= vocab_size */
+    GSINK_ERR_SEQ_TOO_LONG = 5,      /* seq_len > max_seq_len */
+    GSINK_ERR_BAD_CONFIG = 6,        /* inconsistent model configuration */
+    GSINK_ERR_CALL_ORDER = 7,        /* e.g. backward before forward, metric before backward */
+    GSINK_ERR_NO_TARGETS = 8,        /* backward/loss needs targets that were not given */
+    GSINK_ERR_UNKNOWN_SITE = 9,      /* unknown activation site id or name */
+    GSINK_ERR_UNKNOWN_NAME = 10,     /* unknown parameter, preset or metric name */
+    GSINK_ERR_OUT_OF_RANGE = 11,     /* layer/head/position/window out of range */
+    GSINK_ERR_BUFFER_TOO_SMALL = 12, /* caller buffer too small (needed size reported) */
+    GSINK_ERR_SHAPE_MISMATCH = 13,   /* tensor shape disagrees with the config */
+    GSINK_ERR_IO = 14,               /* open/read/write/rename failed */
+    GSINK_ERR_FORMAT = 15,           /* malformed, truncated or hostile file */
+    GSINK_ERR_UNSUPPORTED = 16,      /* valid but unsupported (dtype, quant type, arch) */
+    GSINK_ERR_NO_DEVICE = 17,        /* requested device does not exist */
+    GSINK_ERR_BACKEND = 18,          /* backend (BLIS/CUDA) reported a failure */
+    GSINK_ERR_NON_FINITE = 19,       /* NaN/Inf in loss or gradients; step refused */
+    GSINK_ERR_MISSING_TENSOR = 20,   /* checkpoint lacks a required tensor */
+    GSINK_ERR_DEVICE_OUT_OF_MEMORY = 21 /* device (GPU) allocation failed */
+} gsink_status;
+
+/* Short constant description of a status code ("out of memory"). Never NULL. */
+GSINK_API const char *gsink_status_str(gsink_status status);
+
+/* Message of the last failed call on this thread (any handle), or "" if
+ * none. Valid until the next failing call on this thread. */
+GSINK_API const char *gsink_last_error(void);
+
+/* Frees memory the library returned to the caller (JSON reports, strings). */
+GSINK_API void gsink_free(void *ptr);
+
+/* ------------------------------------------------------------------------ */
+/* Devices                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum gsink_device_kind {
+    GSINK_DEVICE_CPU = 0,
+    GSINK_DEVICE_CUDA = 1
+} gsink_device_kind;
+
+/* Number of devices of a kind that can be used now (CPU: always 1; CUDA: 0
+ * when the library was built without CUDA, or no driver/GPU is present). */
+GSINK_API gsink_status gsink_device_count(gsink_device_kind kind, int *count);
+/* Human-readable description of a device into buf (always NUL-terminated).
+ * For the CPU it names the BLIS kernel family in use and thread count. */
+GSINK_API gsink_status gsink_device_describe(gsink_device_kind kind, int index,
+                                             char *buf, size_t buf_size);
+
+/* ------------------------------------------------------------------------ */
+/* Model configuration                                                      */
+/* ------------------------------------------------------------------------ */
+
+typedef struct gsink_config {
+    size_t size;           /* sizeof(gsink_config), set by gsink_config_init */
+    int32_t vocab_size;
+    int32_t d_model;
+    int32_t n_layers;
+    int32_t n_heads;
+    int32_t n_kv_heads;    /* n_heads must be a multiple of n_kv_heads */
+    int32_t d_head;        /* even (RoPE) */
+    int32_t d_ff;
+    int32_t max_seq_len;
+    float rms_eps;         /* default 1e-5 */
+    float rope_theta;      /* default 10000 */
+    int32_t tie_embeddings;/* 1: LM head shares the embedding matrix */
+    float init_std;        /* default 0.02 */
+} gsink_config;
+
+/* Fills a config with the "tiny" preset and sets size. */
+GSINK_API void gsink_config_init(gsink_config *cfg);
+/* Fills cfg from a named preset: "paper-0.1b", "paper-0.3b", "paper-1b",
+ * "bench-21m", "small", "tiny", "micro". Unknown: GSINK_ERR_UNKNOWN_NAME. */
+GSINK_API gsink_status gsink_config_preset(const char *name, gsink_config *cfg);
+/* Name of preset i (0-based) or NULL past the end. */
+GSINK_API const char *gsink_config_preset_name(int index);
+/* Checks a config for consistency; returns GSINK_ERR_BAD_CONFIG with a message. */
+GSINK_API gsink_status gsink_config_validate(const gsink_config *cfg);
+
+/* ------------------------------------------------------------------------ */
+/* Models                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct gsink_model gsink_model;
+
+typedef struct gsink_model_options {
+    size_t size;            /* sizeof(gsink_model_options) */
+    int32_t device;         /* gsink_device_kind, default CPU */
+    int32_t device_index;   /* default 0 */
+    int32_t n_threads;      /* CPU threads for this model; 0 = all online CPUs */
+    uint64_t seed;          /* initialisation seed, default 0 */
+} gsink_model_options;
+
+GSINK_API void gsink_model_options_init(gsink_model_options *opts);
+
+/* Creates a model with freshly initialised weights (HF Llama init: normal(0,
+ * init_std) for matrices and embeddings, ones for RMSNorm gains). opts may be
+ * NULL for defaults. On failure *out is NULL. */
+GSINK_API gsink_status gsink_model_create(const gsink_config *cfg,
+                                          const gsink_model_options *opts,
+                                          gsink_model **out);
+/* Frees a model; NULL is allowed. */
+GSINK_API void gsink_model_free(gsink_model *model);
+/* Copies the model's config into *cfg (cfg->size must be set). */
+GSINK_API gsink_status gsink_model_config(const gsink_model *model, gsink_config *cfg);
+/* Last error message for this model ("" if none). */
+GSINK_API const char *gsink_model_errmsg(const gsink_model *model);
+/* Sets the number of CPU threads this model uses (0 = all). */
+GSINK_API gsink_status gsink_model_set_threads(gsink_model *model, int n_threads);
+
+/* Parameters, named as in HuggingFace LlamaForCausalLM:
+ *   model.embed_tokens.weight                (vocab, d_model)
+ *   model.layers.{l}.input_layernorm.weight   (d_model)
+ *   model.layers.{l}.self_attn.q_proj.weight  (n_heads*d_head, d_model)
+ *   model.layers.{l}.self_attn.k_proj.weight  (n_kv_heads*d_head, d_model)
+ *   model.layers.{l}.self_attn.v_proj.weight  (n_kv_heads*d_head, d_model)
+ *   model.layers.{l}.self_attn.o_proj.weight  (d_model, n_heads*d_head)
+ *   model.layers.{l}.post_attention_layernorm.weight (d_model)
+ *   model.layers.{l}.mlp.gate_proj.weight     (d_ff, d_model)
+ *   model.layers.{l}.mlp.up_proj.weight       (d_ff, d_model)
+ *   model.layers.{l}.mlp.down_proj.weight     (d_model, d_ff)
+ *   model.norm.weight                         (d_model)
+ *   lm_head.weight                            (vocab, d_model), untied only
+ *   model.layers.{l}.self_attn.v_scale_theta  (n_scale_heads), only while V-scale is on
+ */
+/* Number of parameter tensors. */
+GSINK_API gsink_status gsink_param_count(const gsink_model *model, size_t *count);
+/* Name (static storage of the model) and shape of parameter i. dims has room
+ * for 2 entries; *ndim is 1 or 2. Any output pointer may be NULL. */
+GSINK_API gsink_status gsink_param_info(const gsink_model *model, size_t index,
+                                        const char **name, int *ndim, int64_t dims[2]);
+/* Total number of scalar parameters (tied embeddings counted once). */
+GSINK_API gsink_status gsink_param_numel(const gsink_model *model, size_t *numel);
+/* Copies a parameter out / in by name; count must equal the tensor's numel. */
+GSINK_API gsink_status gsink_get_param(gsink_model *model, const char *name,
+                                       float *out, size_t count);
+GSINK_API gsink_status gsink_set_param(gsink_model *model, const char *name,
+                                       const float *data, size_t count);
+/* Copies out the accumulated gradient of a parameter. */
+GSINK_API gsink_status gsink_get_param_grad(gsink_model *model, const char *name,
+                                            float *out, size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Forward and backward                                                     */
+/* ------------------------------------------------------------------------ */
+
+/* Runs the model on tokens (batch x seq_len, int32, row-major). If targets is
+ * not NULL (same shape; entries < 0 are ignored) the mean cross-entropy over
+ * the non-ignored targets is written to *loss (loss may be NULL). Stores all
+ * activations for diagnostics and backward. On failure the previous forward
+ * state is discarded (metrics then report GSINK_ERR_CALL_ORDER). */
+GSINK_API gsink_status gsink_forward(gsink_model *model, const int32_t *tokens,
+                                     const int32_t *targets, int batch, int seq_len,
+                                     float *loss);
+
+/* Flags for gsink_backward. */
+#define GSINK_BACKWARD_ACCUMULATE 1u /* add to parameter gradients instead of overwriting */
+
+/* Exact gradients of the last forward's mean loss with respect to every
+ * parameter and every activation site. Needs a forward with targets
+ * (GSINK_ERR_NO_TARGETS otherwise, GSINK_ERR_CALL_ORDER without a forward). */
+GSINK_API gsink_status gsink_backward(gsink_model *model, unsigned flags);
+/* Sets all parameter gradients to zero. */
+GSINK_API gsink_status gsink_zero_grad(gsink_model *model);
+
+/* Shape of the last forward: batch, seq_len (either may be NULL). */
+GSINK_API gsink_status gsink_last_shape(const gsink_model *model, int *batch, int *seq_len);
+/* Copies the logits of the last forward (batch, seq_len, vocab). */
+GSINK_API gsink_status gsink_get_logits(gsink_model *model, float *out, size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Activation sites                                                         */
+/* ------------------------------------------------------------------------ */
+
+/* Sites of one layer. Names are stable API. Widths: d = d_model,
+ * q/z: n_heads*d_head, k/v: n_kv_heads*d_head, v_scaled: n_scale_heads*d_head
+ * (n_kv_heads, or n_heads with the per-query-head V-scale), mlp_*: d_ff.
+ * q and k are after RoPE. z is the attention output per head before W_O. */
+typedef enum gsink_site {
+    GSINK_SITE_RESID_IN = 0,      /* "resid_in"      blocks.{l}.hook_resid_pre   */
+    GSINK_SITE_ATTN_NORM_OUT = 1, /* "attn_norm_out" blocks.{l}.ln1.hook_normalized */
+    GSINK_SITE_Q = 2,             /* "q"             blocks.{l}.attn.hook_q      */
+    GSINK_SITE_K = 3,             /* "k"             blocks.{l}.attn.hook_k      */
+    GSINK_SITE_V = 4,             /* "v"             blocks.{l}.attn.hook_v      */
+    GSINK_SITE_V_SCALED = 5,      /* "v_scaled"      blocks.{l}.attn.hook_v_scaled */
+    GSINK_SITE_ATTN_OUT = 6,      /* "attn_out"      blocks.{l}.hook_attn_out    */
+    GSINK_SITE_RESID_MID = 7,     /* "resid_mid"     blocks.{l}.hook_resid_mid   */
+    GSINK_SITE_MLP_NORM_OUT = 8,  /* "mlp_norm_out"  blocks.{l}.ln2.hook_normalized */
+    GSINK_SITE_MLP_OUT = 9,       /* "mlp_out"       blocks.{l}.hook_mlp_out     */
+    GSINK_SITE_RESID_OUT = 10,    /* "resid_out"     blocks.{l}.hook_resid_post  */
+    GSINK_SITE_Z = 11,            /* "z"             blocks.{l}.attn.hook_z      */
+    GSINK_SITE_MLP_PRE = 12,      /* "mlp_pre"  (gate projection) blocks.{l}.mlp.hook_pre */
+    GSINK_SITE_MLP_UP = 13,       /* "mlp_up"   (up projection)   blocks.{l}.mlp.hook_pre_linear */
+    GSINK_SITE_MLP_POST = 14,     /* "mlp_post" silu(gate)*up      blocks.{l}.mlp.hook_post */
+    GSINK_SITE_COUNT = 15
+} gsink_site;
+
+/* Canonical short name of a site, or NULL if out of range. */
+GSINK_API const char *gsink_site_name(gsink_site site);
+/* Parses a site name: a short name ("resid_out"), or a TransformerLens-style
+ * name ("blocks.3.hook_resid_post"), which also yields the layer (else -1). */
+GSINK_API gsink_status gsink_site_parse(const char *name, gsink_site *site, int *layer);
+/* Number of heads and width per position of a site for this model
+ * (heads is 1 for sites that are not per head). */
+GSINK_API gsink_status gsink_site_dims(const gsink_model *model, gsink_site site,
+                                       int *heads, int *width);
+
+/* Batch aggregation of gradient norms. */
+typedef enum gsink_batch_agg {
+    GSINK_AGG_SUM_THEN_NORM = 0, /* paper: sum dL/dx_{b,t} over b, then ||.|| per t (default) */
+    GSINK_AGG_PER_SEQUENCE = 1   /* ||dL/dx_{b,t}|| per (b,t), then mean over b */
+} gsink_batch_agg;
+
+#define GSINK_ALL_HEADS (-1)
+
+/* Token-wise activation norms: out[t] = mean_b ||x_{b,t}|| for t < seq_len.
+ * head = GSINK_ALL_HEADS uses the whole vector (for per-head sites this is the
+ * head aggregate sqrt(sum_h ||x_h||^2)); head >= 0 selects one head. */
+GSINK_API gsink_status gsink_get_activation_norms(gsink_model *model, int layer,
+                                                  gsink_site site, int head,
+                                                  float *out, size_t count);
+/* Token-wise gradient norms of dL/dx at a site, aggregated over the batch as
+ * agg says. Needs gsink_backward. */
+GSINK_API gsink_status gsink_get_gradient_norms(gsink_model *model, int layer,
+                                                gsink_site site, int head, int agg,
+                                                float *out, size_t count);
+/* Raw copy-out of a site's activation or gradient, shape (batch, seq_len,
+ * width) with width from gsink_site_dims (heads*width). */
+GSINK_API gsink_status gsink_get_activation(gsink_model *model, int layer, gsink_site site,
+                                            float *out, size_t count);
+GSINK_API gsink_status gsink_get_gradient(gsink_model *model, int layer, gsink_site site,
+                                          float *out, size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Attention statistics (computed inside the attention forward)            */
+/* ------------------------------------------------------------------------ */
+
+typedef struct gsink_diag_options {
+    size_t size;          /* sizeof(gsink_diag_options) */
+    float sink_eps;       /* sink-rate threshold eps, default 0.3 */
+    int32_t sink_window;  /* T_eps, default 64; used by the next forward */
+    int32_t rgs_window;   /* T_e for R_GS, default 31 */
+    int32_t sink_position;/* s, default 0 */
+    int32_t batch_agg;    /* gsink_batch_agg for gradient metrics, default SUM_THEN_NORM */
+} gsink_diag_options;
+
+GSINK_API void gsink_diag_options_init(gsink_diag_options *opts);
+/* Sets the model's diagnostic defaults (T_eps takes effect at the next forward). */
+GSINK_API gsink_status gsink_set_diag_options(gsink_model *model, const gsink_diag_options *opts);
+GSINK_API gsink_status gsink_get_diag_options(const gsink_model *model, gsink_diag_options *opts);
+
+/* Column mass M_s = sum_{t>=s} a_ts and second moment S_s = sum_{t>=s} a_ts^2
+ * for every key position s < seq_len of one layer and head, averaged over the
+ * batch. M and S (either may be NULL) receive seq_len values. */
+GSINK_API gsink_status gsink_attention_column_mass(gsink_model *model, int layer, int head,
+                                                   float *M, float *S, size_t count);
+/* Sink scores alpha_s^h = (1/T_eps) sum_{t=s}^{s+T_eps-1} a_ts, batch mean,
+ * for every head of a layer (out has n_heads entries). T_eps is the window of
+ * the last forward; s + T_eps must not exceed seq_len. */
+GSINK_API gsink_status gsink_sink_scores(gsink_model *model, int layer, int s,
+                                         float *out, size_t count);
+/* Sink rate (1/H) sum_h [alpha_s^h > eps] of a layer. */
+GSINK_API gsink_status gsink_sink_rate(gsink_model *model, int layer, int s, float eps,
+                                       float *rate);
+/* Full attention pattern a_tj (seq_len x seq_len) of one sequence and head,
+ * recomputed from the stored q and k (for inspection and tests). */
+GSINK_API gsink_status gsink_attention_pattern(gsink_model *model, int layer, int batch_index,
+                                               int head, float *out, size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Derived metrics                                                          */
+/* ------------------------------------------------------------------------ */
+
+/* R_GS(s; T_e) = ||g_s|| / ((1/T_e) sum_{0<=t<=T_e, t!=s} ||g_t||) with
+ * g = dL/d attn_norm_out, aggregated over the batch with agg. */
+GSINK_API gsink_status gsink_gradient_sink_ratio(gsink_model *model, int layer, int s,
+                                                 int t_e, int agg, float *ratio);
+
+typedef enum gsink_branch { GSINK_BRANCH_ATTN = 0, GSINK_BRANCH_MLP = 1 } gsink_branch;
+
+/* Per-token branch gradient reshaping, each output seq_len values (any may be
+ * NULL): g1 = dL/d(branch out), g2 = dL/d(normed input), g3 = dL/dh_in - g1;
+ * Bloat = ||g2||/||g1||, Change = ||g1+g3||/||g1||, Compress = ||g3||/||g2||.
+ * Vectors are summed over the batch first (SUM_THEN_NORM) or ratios are taken
+ * per sequence and averaged (PER_SEQUENCE). */
+GSINK_API gsink_status gsink_branch_ratios(gsink_model *model, int layer, int branch, int agg,
+                                           float *bloat, float *change, float *compress,
+                                           size_t count);
+/* Massive-activation ratio ||x_0|| / mean_{t=1..15} ||x_t|| of a site (batch-
+ * mean activation norms). Needs seq_len >= 16. */
+GSINK_API gsink_status gsink_massive_activation_ratio(gsink_model *model, int layer,
+                                                      gsink_site site, float *ratio);
+/* Split of g = dL/d attn_norm_out into the Q, K and V paths (g = gq + gk + gv,
+ * gq = dL/dq_pre W_Q etc.): token-wise norms (seq_len each, batch aggregated
+ * with agg). Any output may be NULL. */
+GSINK_API gsink_status gsink_qkv_gradient_split(gsink_model *model, int layer, int agg,
+                                                float *gq, float *gk, float *gv,
+                                                size_t count);
+
+/* JSON report of every metric per layer and head plus a summary; schema
+ * "gsink.report/1" (docs/report-schema.md). *json is freed with gsink_free.
+ * Needs forward and backward; opts may be NULL for the model's defaults. */
+GSINK_API gsink_status gsink_report_json(gsink_model *model, const gsink_diag_options *opts,
+                                         char **json);
+
+/* ------------------------------------------------------------------------ */
+/* V-scale                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef enum gsink_vscale_mode {
+    GSINK_VSCALE_OFF = 0,
+    GSINK_VSCALE_FULL = 1,          /* v^ = phi(||v||^2) v in forward and backward */
+    GSINK_VSCALE_BACKWARD_ONLY = 2  /* forward identity, backward applies the Jacobian */
+} gsink_vscale_mode;
+
+typedef struct gsink_vscale_options {
+    size_t size;            /* sizeof(gsink_vscale_options) */
+    int32_t mode;           /* gsink_vscale_mode, default FULL */
+    float sigma;            /* default 0.02; must be > 0 */
+    int32_t learnable_theta;/* default 1 (FULL only; BACKWARD_ONLY freezes theta) */
+    int32_t per_query_head; /* 0: per KV head (default); 1: per query head */
+} gsink_vscale_options;
+
+GSINK_API void gsink_vscale_options_init(gsink_vscale_options *opts);
+/* Enables (or with mode OFF disables) V-scale on every layer. theta is reset
+ * to 0 when the number of scale heads changes. */
+GSINK_API gsink_status gsink_vscale_enable(gsink_model *model, const gsink_vscale_options *opts);
+GSINK_API gsink_status gsink_vscale_get(const gsink_model *model, gsink_vscale_options *opts);
+/* Number of theta values: n_layers * n_scale_heads (0 when off). */
+GSINK_API gsink_status gsink_vscale_theta_count(const gsink_model *model, size_t *count);
+/* theta (n_layers, n_scale_heads) read / write, and its gradient. */
+GSINK_API gsink_status gsink_vscale_get_theta(gsink_model *model, float *out, size_t count);
+GSINK_API gsink_status gsink_vscale_set_theta(gsink_model *model, const float *data, size_t count);
+GSINK_API gsink_status gsink_vscale_get_theta_grad(gsink_model *model, float *out, size_t count);
+
+/* ------------------------------------------------------------------------ */
+/* Optimizer (AdamW + clipping + cosine schedule)                           */
+/* ------------------------------------------------------------------------ */
+
+typedef struct gsink_optimizer gsink_optimizer;
+
+typedef struct gsink_optimizer_options {
+    size_t size;          /* sizeof(gsink_optimizer_options) */
+    float lr;             /* peak learning rate, default 3e-4 */
+    float min_lr;         /* final learning rate of the cosine, default 3e-5 */
+    int32_t warmup_steps; /* linear warm-up steps, default 0 */
+    int32_t total_steps;  /* schedule length (cosine ends here); 0 = constant lr */
+    float beta1;          /* 0.9 */
+    float beta2;          /* 0.95 */
+    float eps;            /* 1e-8 */
+    float weight_decay;   /* 0.1, applied to 2-D matrices only */
+    float grad_clip;      /* global norm clip, default 1.0; <= 0 disables */
+    int32_t accumulation_steps; /* micro-batches per step: grads are divided by it, default 1 */
+} gsink_optimizer_options;
+
+GSINK_API void gsink_optimizer_options_init(gsink_optimizer_options *opts);
+GSINK_API gsink_status gsink_optimizer_create(gsink_model *model,
+                                              const gsink_optimizer_options *opts,
+                                              gsink_optimizer **out);
+GSINK_API void gsink_optimizer_free(gsink_optimizer *opt);
+GSINK_API const char *gsink_optimizer_errmsg(const gsink_optimizer *opt);
+/* Learning rate the schedule gives at step (0-based). */
+GSINK_API float gsink_optimizer_lr_at(const gsink_optimizer *opt, int64_t step);
+/* One AdamW update from the model's accumulated gradients, then zeroes them.
+ * *grad_norm (may be NULL) receives the pre-clip global gradient norm. NaN/Inf
+ * gradients give GSINK_ERR_NON_FINITE and leave the weights untouched. */
+GSINK_API gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm);
+/* Number of steps taken. */
+GSINK_API int64_t gsink_optimizer_step_count(const gsink_optimizer *opt);
+
+/* ------------------------------------------------------------------------ */
+/* Checkpoints and weights                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Loads a model: a HuggingFace directory (config.json + model.safetensors or
+ * sharded model.safetensors.index.json), a .safetensors file with a
+ * config.json beside it, or a llama.cpp .gguf file. opts may be NULL. */
+GSINK_API gsink_status gsink_model_load(const char *path, const gsink_model_options *opts,
+                                        gsink_model **out);
+/* Saves weights as dir/model.safetensors + dir/config.json (HF
+ * LlamaForCausalLM), written atomically. Creates dir if needed. */
+GSINK_API gsink_status gsink_model_save(gsink_model *model, const char *dir);
+
+/* ------------------------------------------------------------------------ */
+/* Tokenizer (GPT-2 style byte-level BPE)                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct gsink_tokenizer gsink_tokenizer;
+
+/* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata. */
+GSINK_API gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out);
+GSINK_API void gsink_tokenizer_free(gsink_tokenizer *tok);
+GSINK_API const char *gsink_tokenizer_errmsg(const gsink_tokenizer *tok);
+GSINK_API gsink_status gsink_tokenizer_vocab_size(const gsink_tokenizer *tok, int32_t *n);
+/* Special token ids (-1 if the vocabulary has none). */
+GSINK_API gsink_status gsink_tokenizer_special(const gsink_tokenizer *tok, int32_t *bos,
+                                               int32_t *eos);
+
+#define GSINK_ENCODE_PARSE_SPECIAL 1u /* recognise special tokens' text */
+#define GSINK_ENCODE_ADD_BOS 2u
+
+/* Encodes UTF-8 text. Writes at most capacity ids; *n_ids receives the total
+ * needed (GSINK_ERR_BUFFER_TOO_SMALL if more than capacity). */
+GSINK_API gsink_status gsink_tokenizer_encode(gsink_tokenizer *tok, const char *text,
+                                              size_t text_len, unsigned flags, int32_t *ids,
+                                              size_t capacity, size_t *n_ids);
+/* Decodes ids to UTF-8 into buf (NUL-terminated); *len receives the length
+ * needed without the NUL (GSINK_ERR_BUFFER_TOO_SMALL if it does not fit). */
+GSINK_API gsink_status gsink_tokenizer_decode(gsink_tokenizer *tok, const int32_t *ids,
+                                              size_t n_ids, char *buf, size_t buf_size,
+                                              size_t *len);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* GSINK_H */

@@ -1,0 +1,153 @@
+/*
+ * backend.h - internal backend interface.
+ *
+ * A backend is {iface, ctx}: a table of operations plus the backend's own
+ * state. The model code calls only these operations and never dereferences a
+ * tensor pointer, so every float* / int32_t* argument below is backend memory
+ * (host memory for the CPU backend, device memory for CUDA). Data crosses to
+ * the host only through upload/download.
+ *
+ * Conventions: row-major; N = number of token rows (batch*seq); parameter
+ * gradients accumulate (+=), activation gradients are written (=) unless an
+ * argument says "accumulate". All ops return GSINK_OK or a status; on failure
+ * the backend fills err (may be NULL) with a message.
+ */
+#ifndef GSINK_BACKEND_H
+#define GSINK_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "gsink.h"
+
+#define GSINK_BACKEND_API_VERSION 1
+
+typedef struct gsink_backend gsink_backend;
+
+/* Attention shapes. Query head h reads key head h / (n_heads / n_kv_heads)
+ * and value head h / (n_heads / n_v_heads); n_v_heads is n_kv_heads or
+ * n_heads (per-query-head V-scale). */
+typedef struct gsink_attn_shape {
+    int batch, seq, n_heads, n_kv_heads, n_v_heads, d_head;
+    int sink_window; /* T_eps for the sink-score accumulator */
+} gsink_attn_shape;
+
+/* Column statistics accumulated inside attention forward, each (B, H, T):
+ * mass[s] = sum_{t>=s} a_ts, sq[s] = sum_{t>=s} a_ts^2,
+ * win[s] = sum_{t=s}^{min(T-1, s+T_eps-1)} a_ts. Any pointer may be NULL. */
+typedef struct gsink_attn_stats {
+    float *mass, *sq, *win;
+} gsink_attn_stats;
+
+typedef struct gsink_backend_iface {
+    int api_version;
+    const char *name;
+    void (*destroy)(gsink_backend *be);
+    gsink_status (*set_threads)(gsink_backend *be, int n_threads);
+    void (*describe)(gsink_backend *be, char *buf, size_t size);
+
+    /* memory */
+    gsink_status (*alloc)(gsink_backend *be, size_t bytes, void **ptr);
+    void (*free)(gsink_backend *be, void *ptr);
+    gsink_status (*upload)(gsink_backend *be, void *dst, const void *src, size_t bytes);
+    gsink_status (*download)(gsink_backend *be, void *dst, const void *src, size_t bytes);
+    gsink_status (*zero)(gsink_backend *be, void *dst, size_t bytes);
+    gsink_status (*copy)(gsink_backend *be, void *dst, const void *src, size_t bytes);
+
+    /* C(M,N) = alpha * op(A) op(B) + beta * C; op(A) is (M,K), op(B) is (K,N).
+     * trans_a: A stored (K,M); trans_b: B stored (N,K). lda/ldb/ldc are row strides. */
+    gsink_status (*gemm)(gsink_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                         float alpha, const float *A, int lda, const float *B, int ldb,
+                         float beta, float *C, int ldc);
+
+    /* out(N,d) = table[tokens[n]] */
+    gsink_status (*embedding_fwd)(gsink_backend *be, float *out, const int32_t *tokens,
+                                  const float *table, int N, int d);
+    /* dtable[tokens[n]] += dout(n) */
+    gsink_status (*embedding_bwd)(gsink_backend *be, float *dtable, const int32_t *tokens,
+                                  const float *dout, int N, int d);
+
+    /* out = x / rms(x) * gain; rstd(N) = 1/sqrt(mean(x^2)+eps) */
+    gsink_status (*rmsnorm_fwd)(gsink_backend *be, float *out, float *rstd, const float *x,
+                                const float *gain, int N, int d, float eps);
+    /* dx = (or += if accumulate) d/dx; dgain += */
+    gsink_status (*rmsnorm_bwd)(gsink_backend *be, float *dx, float *dgain, const float *dout,
+                                const float *x, const float *gain, const float *rstd, int N,
+                                int d, int accumulate);
+
+    /* In-place RoPE (HF rotate_half) on x(B,T,heads,d_head); inverse=1 applies
+     * the transpose rotation (used by backward). */
+    gsink_status (*rope)(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
+                         float theta, int inverse);
+
+    /* y(B,T,H,dh), lse(B,H,T) = log-sum-exp of the scaled scores per query row */
+    gsink_status (*attention_fwd)(gsink_backend *be, const gsink_attn_shape *s, float *y,
+                                  float *lse, const float *q, const float *k, const float *v,
+                                  gsink_attn_stats stats);
+    /* dq, dk, dv written (=). */
+    gsink_status (*attention_bwd)(gsink_backend *be, const gsink_attn_shape *s, float *dq,
+                                  float *dk, float *dv, const float *dy, const float *q,
+                                  const float *k, const float *v, const float *y,
+                                  const float *lse);
+
+    /* V-scale over rows of v(N, heads_in, dh) -> out(N, heads_out, dh), with
+     * heads_out = heads_in or a multiple (expansion to query heads: out head j
+     * reads in head j / (heads_out/heads_in)). c0 = d_model*d_head*sigma^2,
+     * C_j = c0 * exp(theta[j]). mode: gsink_vscale_mode (OFF/BACKWARD_ONLY copy). */
+    gsink_status (*vscale_fwd)(gsink_backend *be, float *out, const float *v,
+                               const float *theta, int N, int heads_in, int heads_out, int dh,
+                               float c0, int mode);
+    /* dv (=) and dtheta (+=, may be NULL) from dout; BACKWARD_ONLY applies the
+     * Jacobian phi I + 2C/(r+C)^2 v v^T and no dtheta. */
+    gsink_status (*vscale_bwd)(gsink_backend *be, float *dv, float *dtheta, const float *dout,
+                               const float *v, const float *theta, int N, int heads_in,
+                               int heads_out, int dh, float c0, int mode);
+
+    /* h = silu(gate) * up */
+    gsink_status (*swiglu_fwd)(gsink_backend *be, float *h, const float *gate, const float *up,
+                               size_t n);
+    gsink_status (*swiglu_bwd)(gsink_backend *be, float *dgate, float *dup, const float *dh,
+                               const float *gate, const float *up, size_t n);
+
+    /* Cross-entropy of logits(N,V) against targets(N) (< 0 ignored). Writes
+     * *loss_sum (host) and *count (host). */
+    gsink_status (*xent_fwd)(gsink_backend *be, double *loss_sum, int64_t *count,
+                             const float *logits, const int32_t *targets, int N, int V);
+    /* dlogits = (softmax(logits) - onehot) * scale for rows with a target, 0 otherwise */
+    gsink_status (*xent_bwd)(gsink_backend *be, float *dlogits, const float *logits,
+                             const int32_t *targets, int N, int V, float scale);
+
+    /* out = a + b (out may alias a) */
+    gsink_status (*add)(gsink_backend *be, float *out, const float *a, const float *b, size_t n);
+    /* x *= alpha */
+    gsink_status (*scale)(gsink_backend *be, float *x, float alpha, size_t n);
+
+    /* out(rows, heads) = sum of squares of each head's slice of each row of x(rows, heads*width) */
+    gsink_status (*row_sumsq)(gsink_backend *be, float *out, const float *x, size_t rows,
+                              int heads, int width);
+    /* out(n) = sum_b x(b, n) over B blocks */
+    gsink_status (*batch_sum)(gsink_backend *be, float *out, const float *x, int B, size_t n);
+    /* *out (host) = sum of squares of x(n) in double; *finite = all finite */
+    gsink_status (*sumsq)(gsink_backend *be, double *out, int *finite, const float *x, size_t n);
+
+    /* AdamW on n values: m,v updated; p -= lr*(mhat/(sqrt(vhat)+eps) + wd*p).
+     * bc1 = 1-beta1^t, bc2 = 1-beta2^t; grad is multiplied by gscale first. */
+    gsink_status (*adamw)(gsink_backend *be, float *p, const float *g, float *m, float *v,
+                          size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                          float bc1, float bc2, float gscale);
+} gsink_backend_iface;
+
+struct gsink_backend {
+    const gsink_backend_iface *iface;
+    void *ctx;
+    char err[256]; /* message of the last failing op */
+};
+
+/* Creates the CPU backend (BLIS). */
+gsink_status gsink_cpu_backend_create(int n_threads, gsink_backend **out);
+/* Creates the CUDA backend on device index, if built with CUDA. */
+gsink_status gsink_cuda_backend_create(int device_index, gsink_backend **out);
+int gsink_cuda_device_count(void);
+void gsink_cuda_describe(int index, char *buf, size_t size);
+
+#endif

@@ -1,0 +1,154 @@
+/*
+ * internal.h - model internals shared by lib/*.c (not installed).
+ */
+#ifndef GSINK_INTERNAL_H
+#define GSINK_INTERNAL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "gsink.h"
+
+#define GSINK_HIDDEN __attribute__((visibility("hidden")))
+#define GSINK_MSG_SIZE 512
+
+/* ---- errors -------------------------------------------------------------- */
+
+/* Records a message in the thread-local slot and, when msgbuf is not NULL, in
+ * the handle's buffer (GSINK_MSG_SIZE bytes). Returns status for chaining:
+ *   return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "tokens is NULL"); */
+gsink_status gsink__fail(char *msgbuf, gsink_status status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Clears the handle's message (called at the start of each API call). */
+void gsink__clear(char *msgbuf);
+/* Checked size arithmetic: returns false on overflow. */
+bool gsink__mul_size(size_t a, size_t b, size_t *out);
+
+/* ---- parameters ---------------------------------------------------------- */
+
+typedef struct gsink_layer_params {
+    float *attn_norm; /* (d) */
+    float *wq;        /* (H*dh, d) */
+    float *wk;        /* (KV*dh, d) */
+    float *wv;        /* (KV*dh, d) */
+    float *wo;        /* (d, H*dh) */
+    float *mlp_norm;  /* (d) */
+    float *wgate;     /* (ff, d) */
+    float *wup;       /* (ff, d) */
+    float *wdown;     /* (d, ff) */
+} gsink_layer_params;
+
+/* Views into one allocation; params and grads share this layout. */
+typedef struct gsink_params {
+    float *embed;      /* (V, d) */
+    gsink_layer_params *layers; /* (L) */
+    float *final_norm; /* (d) */
+    float *lm_head;    /* (V, d); == embed when tied */
+} gsink_params;
+
+typedef struct gsink_param_entry {
+    char name[96];
+    int ndim;
+    int64_t dims[2];
+    size_t offset; /* floats from the start of the block */
+    size_t numel;
+    int layer;     /* -1 for global tensors */
+} gsink_param_entry;
+
+/* ---- activations --------------------------------------------------------- */
+
+/* Per-layer stored tensors (backend memory), sized for (B, T).
+ * site[GSINK_SITE_RESID_IN] and site[GSINK_SITE_RESID_OUT] point into the
+ * shared residual stream (resid_out of layer l is resid_in of layer l+1). */
+typedef struct gsink_layer_acts {
+    float *site[GSINK_SITE_COUNT];  /* (B, T, width(site)) */
+    float *dsite[GSINK_SITE_COUNT]; /* gradients, same shapes */
+    float *rstd_attn, *rstd_mlp;    /* (B*T) */
+    float *lse;                     /* (B, H, T) */
+    float *col_mass, *col_sq, *col_win; /* (B, H, T) backend memory */
+} gsink_layer_acts;
+
+/* Batch-mean attention statistics on the host, (L, H, T) each. */
+typedef struct gsink_host_stats {
+    float *mass, *sq, *win;
+    int window; /* T_eps used */
+} gsink_host_stats;
+
+typedef struct gsink_vscale_state {
+    int mode;           /* gsink_vscale_mode */
+    float sigma;
+    int learnable;
+    int per_query_head;
+    int n_scale_heads;  /* KV or H; also set when off (= KV) */
+    float *theta;       /* backend memory (L, H) with row stride H */
+    float *dtheta;      /* backend memory (L, H) */
+} gsink_vscale_state;
+
+struct gsink_model {
+    gsink_config cfg;
+    gsink_backend *be;
+    int device_kind, device_index, n_threads;
+    char errmsg[GSINK_MSG_SIZE];
+
+    /* parameters and gradients (backend memory) */
+    size_t n_param_floats;
+    float *param_mem, *grad_mem;
+    gsink_params p, g;
+    gsink_param_entry *entries; /* registry in HF order */
+    size_t n_entries;
+    char (*theta_names)[96];    /* per layer, for the registry view of theta */
+
+    gsink_vscale_state vs;
+    gsink_diag_options diag;
+
+    /* activation storage for the current (B, T) */
+    int B, T;            /* shape of the last successful forward (0 if none) */
+    size_t cap_tokens;   /* B*T the buffers are sized for */
+    void *act_mem;       /* one backend allocation holding everything below */
+    size_t act_bytes;
+    int32_t *tokens_dev, *targets_dev; /* (B*T) */
+    float **resid, **dresid; /* (L+1) pointers, each (B, T, d) */
+    gsink_layer_acts *layers; /* (L) */
+    float *final_out, *rstd_final; /* (B,T,d), (B*T) */
+    float *logits, *dlogits;       /* (B,T,V) */
+    float *dfinal_out;             /* (B,T,d) */
+    float *scratch;                /* (B,T,max(ff,d,H*dh)) backward temporaries */
+    gsink_host_stats hstats;
+
+    bool have_forward, have_targets, have_backward;
+    float last_loss;
+    int64_t n_targets;
+};
+
+/* Width per position and head count of a site for this model. */
+int gsink__site_heads(const gsink_model *m, gsink_site site);
+int gsink__site_width(const gsink_model *m, gsink_site site); /* heads * head width */
+/* Backend pointer of a site's activation (grad=false) or gradient (grad=true). */
+float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad);
+/* Looks up a parameter entry by name (NULL if none). */
+const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *name);
+
+/* Backend call with error capture into the model's message. */
+gsink_status gsink__be_check(gsink_model *m, gsink_status st, const char *what);
+
+/* Allocates a model with zeroed weights (no random init); used by loaders. */
+gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_options *opts,
+                                gsink_model **out, char *errbuf);
+
+/* Deterministic normal(0, std) generator (splitmix64 + Box-Muller). */
+typedef struct gsink_rng { uint64_t state; int has_spare; double spare; } gsink_rng;
+void gsink__rng_seed(gsink_rng *r, uint64_t seed);
+double gsink__rng_normal(gsink_rng *r);
+
+/* Attention score-gradient of one softmax row: given probabilities p(n) and
+ * dp(n) = dL/dp, writes ds(n) = p * (dp - sum_j p_j dp_j). Exposed for tests
+ * of Lemma 3 (sum_j ds_j = 0). */
+void gsink__softmax_row_bwd(float *ds, const float *p, const float *dp, int n);
+
+/* V-scale scalar pieces (CPU reference math shared by ops and tests). */
+static inline float gsink__vscale_phi(float r, float C) { return r / (r + C); }
+
+#endif
