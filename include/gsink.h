@@ -430,6 +430,15 @@ GSINK_API float gsink_optimizer_lr_at(const gsink_optimizer *opt, int64_t step);
 GSINK_API gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm);
 /* Number of steps taken. */
 GSINK_API int64_t gsink_optimizer_step_count(const gsink_optimizer *opt);
+/* Saves the optimizer state (step and AdamW moments of every parameter and
+ * of V-scale theta) to path, written atomically (temporary file, fsync,
+ * rename). Weights are not included: save them with gsink_model_save. */
+GSINK_API gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path);
+/* Restores a state written by gsink_optimizer_save for a model of the same
+ * layout. The file is verified (magic, version, sizes, checksum) before
+ * anything changes; a corrupt or mismatched file gives GSINK_ERR_FORMAT or
+ * GSINK_ERR_SHAPE_MISMATCH and leaves the optimizer as it was. */
+GSINK_API gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path);
 
 /* ------------------------------------------------------------------------ */
 /* Checkpoints and weights                                                  */
