@@ -1,0 +1,43 @@
+/*
+ * diag_internal.h - helpers shared by the diagnostics (diag.c) and the JSON
+ * report (report.c). Not installed.
+ */
+#ifndef GSINK_DIAG_INTERNAL_H
+#define GSINK_DIAG_INTERNAL_H
+
+#include "internal.h"
+
+/* "early" tokens of the massive-activation ratio: positions 1..15. */
+#define GSINK_DIAG_EARLY_LAST 15
+#define GSINK_DIAG_MAX_TMP 16
+
+/* Temporaries of one call: backend buffers and host buffers, freed together. */
+typedef struct gsink_diag_tmp {
+    gsink_model *m;
+    void *dev[GSINK_DIAG_MAX_TMP];
+    float *host[GSINK_DIAG_MAX_TMP];
+    int n, nh;
+} gsink_diag_tmp;
+
+gsink_status gsink__diag_tmp_dev(gsink_diag_tmp *ts, size_t nfloats, float **out);
+gsink_status gsink__diag_tmp_host(gsink_diag_tmp *ts, size_t nfloats, float **out);
+void gsink__diag_tmp_free(gsink_diag_tmp *ts);
+
+/* CALL_ORDER unless a forward (and, if asked, a backward) is stored. */
+gsink_status gsink__diag_need(gsink_model *m, bool backward);
+gsink_status gsink__diag_layer(gsink_model *m, int layer);
+gsink_status gsink__diag_rgs_args(gsink_model *m, int s, int t_e);
+
+/* The computations below assume validated arguments. */
+gsink_status gsink__diag_tensor_norms(gsink_model *m, const float *x, int heads, int hw, int head,
+                                      int agg, float *out);
+void gsink__diag_sink_scores(gsink_model *m, int layer, int s, float *out);
+float gsink__diag_sink_rate(gsink_model *m, int layer, int s, float eps);
+float gsink__diag_rgs_from_norms(const float *g, int s, int t_e);
+float gsink__diag_t0_early(const float *norms);
+gsink_status gsink__diag_branch(gsink_model *m, int layer, int branch, int agg, float *bloat,
+                                float *change, float *compress);
+gsink_status gsink__diag_massive(gsink_model *m, int layer, gsink_site site, float *ratio);
+gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, float *gk, float *gv);
+
+#endif
