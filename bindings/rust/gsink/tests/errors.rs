@@ -1,0 +1,90 @@
+//! Failures come back as Err with the library's status and message, and the
+//! handle stays usable afterwards.
+use gsink::{BatchAgg, Config, Model, ModelOptions, Site, Status};
+
+fn micro() -> Model {
+    Model::new(&Config::preset("micro").unwrap(), &ModelOptions { seed: 7, n_threads: 1, ..ModelOptions::default() }).unwrap()
+}
+
+fn inputs(t: usize) -> (Vec<i32>, Vec<i32>) {
+    let tokens: Vec<i32> = (0..t as i32).map(|i| (i * 5 + 1) % 64).collect();
+    let targets: Vec<i32> = (0..t as i32).map(|i| (i * 5 + 6) % 64).collect();
+    (tokens, targets)
+}
+
+#[test]
+fn unknown_preset() {
+    let e = Config::preset("no-such-preset").unwrap_err();
+    assert_eq!(e.status(), Status::UnknownName);
+    assert_eq!(e.code(), 10);
+    assert!(!e.message().is_empty());
+    assert!(e.to_string().contains(e.message()));
+}
+
+#[test]
+fn bad_config() {
+    let mut cfg = Config::preset("micro").unwrap();
+    cfg.d_head = 7; // RoPE needs an even d_head
+    assert_eq!(cfg.validate().unwrap_err().status(), Status::BadConfig);
+    let e = Model::new(&cfg, &ModelOptions::default()).unwrap_err();
+    assert_eq!(e.status(), Status::BadConfig);
+}
+
+#[test]
+fn call_order_and_targets() {
+    let mut m = micro();
+    assert_eq!(m.backward().unwrap_err().status(), Status::CallOrder);
+    let (tokens, targets) = inputs(32);
+    m.forward(&tokens, None, 1, 32).unwrap();
+    assert_eq!(m.backward().unwrap_err().status(), Status::NoTargets);
+    let e = m.gradient_sink_ratio(0, 0, 31, BatchAgg::SumThenNorm).unwrap_err();
+    assert_eq!(e.status(), Status::CallOrder);
+    // Still usable.
+    let loss = m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap();
+    assert!(loss.is_finite());
+    m.backward().unwrap();
+}
+
+#[test]
+fn bad_inputs_leave_model_usable() {
+    let mut m = micro();
+    let (tokens, targets) = inputs(32);
+    let loss = m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap();
+
+    let mut bad = tokens.clone();
+    bad[5] = 64; // vocab is 64
+    assert_eq!(m.forward(&bad, Some(&targets), 1, 32).unwrap_err().status(), Status::TokenOutOfRange);
+    bad[5] = -1;
+    assert_eq!(m.forward(&bad, Some(&targets), 1, 32).unwrap_err().status(), Status::TokenOutOfRange);
+
+    // Slice length disagrees with batch*seq_len: caught before the call.
+    let e = m.forward(&tokens[..31], Some(&targets), 1, 32).unwrap_err();
+    assert_eq!(e.status(), Status::ShapeMismatch);
+    assert!(e.message().contains("31"));
+    let e = m.forward(&tokens, Some(&targets[..5]), 1, 32).unwrap_err();
+    assert_eq!(e.status(), Status::ShapeMismatch);
+
+    let long: Vec<i32> = vec![1; 65];
+    assert_eq!(m.forward(&long, None, 1, 65).unwrap_err().status(), Status::SeqTooLong);
+
+    assert_eq!(m.get_param("no.such.param").unwrap_err().status(), Status::UnknownName);
+    assert_eq!(m.set_param("model.norm.weight", &[1.0; 3]).unwrap_err().status(), Status::ShapeMismatch);
+    assert_eq!(m.set_param("bad\0name", &[1.0]).unwrap_err().status(), Status::InvalidArgument);
+
+    // Same inputs, same loss after all those failures.
+    let again = m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap();
+    assert_eq!(loss, again);
+    m.backward().unwrap();
+    assert_eq!(m.activation_norms(99, Site::ResidOut, None).unwrap_err().status(), Status::OutOfRange);
+    // The default sink window T_eps = 64 does not fit in seq_len 32.
+    let st = m.sink_rate(0, 0, 0.3).unwrap_err().status();
+    assert!(matches!(st, Status::OutOfRange | Status::InvalidArgument), "{st:?}");
+}
+
+#[test]
+fn missing_files() {
+    let e = Model::load("/nonexistent/dir/model", None).unwrap_err();
+    assert!(!e.message().is_empty());
+    let e = gsink::Tokenizer::load_gguf("/nonexistent/tok.gguf").unwrap_err();
+    assert!(!e.message().is_empty());
+}
