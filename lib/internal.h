@@ -1,5 +1,5 @@
 /*
- * internal.h - model internals shared by lib/*.c (not installed).
+ * internal.h - model internals shared by the library sources (not installed).
  */
 #ifndef GSINK_INTERNAL_H
 #define GSINK_INTERNAL_H

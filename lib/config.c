@@ -1,0 +1,106 @@
+/* config.c - model configuration presets and validation. */
+#include <string.h>
+
+#include "internal.h"
+
+typedef struct preset {
+    const char *name;
+    int32_t vocab, d_model, n_layers, n_heads, n_kv_heads, d_head, d_ff, max_seq;
+    int32_t tie;
+} preset;
+
+/* paper-*: Table 3 of the paper (untied heads: ~101M / ~304M / ~1.04B parameters). */
+static const preset presets[] = {
+    {"tiny", 512, 64, 2, 4, 2, 16, 172, 256, 1},
+    {"micro", 64, 16, 2, 2, 1, 8, 40, 64, 1},
+    {"small", 4096, 256, 4, 4, 2, 64, 704, 512, 1},
+    {"bench-21m", 8192, 512, 4, 8, 8, 64, 1408, 1024, 1},
+    {"paper-0.1b", 50257, 512, 16, 8, 8, 64, 1408, 1024, 0},
+    {"paper-0.3b", 50257, 1024, 17, 8, 4, 128, 2816, 2048, 0},
+    {"paper-1b", 50257, 2048, 18, 16, 8, 128, 5504, 2048, 0},
+};
+#define N_PRESETS (sizeof presets / sizeof presets[0])
+
+static void fill(gsink_config *cfg, const preset *p)
+{
+    cfg->size = sizeof *cfg;
+    cfg->vocab_size = p->vocab;
+    cfg->d_model = p->d_model;
+    cfg->n_layers = p->n_layers;
+    cfg->n_heads = p->n_heads;
+    cfg->n_kv_heads = p->n_kv_heads;
+    cfg->d_head = p->d_head;
+    cfg->d_ff = p->d_ff;
+    cfg->max_seq_len = p->max_seq;
+    cfg->rms_eps = 1e-5f;
+    cfg->rope_theta = 10000.0f;
+    cfg->tie_embeddings = p->tie;
+    cfg->init_std = 0.02f;
+}
+
+void gsink_config_init(gsink_config *cfg)
+{
+    if (cfg) fill(cfg, &presets[0]);
+}
+
+gsink_status gsink_config_preset(const char *name, gsink_config *cfg)
+{
+    if (!name || !cfg) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "preset name or config is NULL");
+    for (size_t i = 0; i < N_PRESETS; i++) {
+        if (strcmp(presets[i].name, name) == 0) {
+            fill(cfg, &presets[i]);
+            return GSINK_OK;
+        }
+    }
+    return gsink__fail(NULL, GSINK_ERR_UNKNOWN_NAME, "unknown preset '%s'", name);
+}
+
+const char *gsink_config_preset_name(int index)
+{
+    if (index < 0 || (size_t)index >= N_PRESETS) return NULL;
+    return presets[index].name;
+}
+
+/* Limits that keep every derived size far from overflow and allocations sane. */
+#define MAX_DIM (1 << 20)
+#define MAX_VOCAB (1 << 22)
+#define MAX_LAYERS 4096
+#define MAX_SEQ (1 << 20)
+
+gsink_status gsink_config_validate(const gsink_config *cfg)
+{
+    if (!cfg) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "config is NULL");
+    if (cfg->size < sizeof(gsink_config))
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG,
+                           "config size %zu is smaller than expected %zu (call gsink_config_init)",
+                           cfg->size, sizeof(gsink_config));
+#define RANGE(field, lo, hi)                                                                 \
+    if (cfg->field < (lo) || cfg->field > (hi))                                               \
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, #field " = %ld is outside [%ld, %ld]", \
+                           (long)cfg->field, (long)(lo), (long)(hi));
+    RANGE(vocab_size, 1, MAX_VOCAB);
+    RANGE(d_model, 1, MAX_DIM);
+    RANGE(n_layers, 1, MAX_LAYERS);
+    RANGE(n_heads, 1, 4096);
+    RANGE(n_kv_heads, 1, 4096);
+    RANGE(d_head, 2, 4096);
+    RANGE(d_ff, 1, MAX_DIM);
+    RANGE(max_seq_len, 1, MAX_SEQ);
+#undef RANGE
+    if (cfg->n_heads % cfg->n_kv_heads != 0)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "n_heads (%d) is not a multiple of n_kv_heads (%d)",
+                           cfg->n_heads, cfg->n_kv_heads);
+    if (cfg->d_head % 2 != 0)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "d_head (%d) must be even for RoPE", cfg->d_head);
+    if ((int64_t)cfg->n_heads * cfg->d_head > MAX_DIM)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "n_heads * d_head is too large");
+    if (!(cfg->rms_eps > 0.0f) || !(cfg->rms_eps < 1.0f))
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rms_eps = %g must be in (0, 1)", cfg->rms_eps);
+    if (!(cfg->rope_theta > 1.0f) || cfg->rope_theta > 1e12f)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rope_theta = %g must be in (1, 1e12]", cfg->rope_theta);
+    if (!(cfg->init_std >= 0.0f) || cfg->init_std > 10.0f)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "init_std = %g must be in [0, 10]", cfg->init_std);
+    if (cfg->tie_embeddings != 0 && cfg->tie_embeddings != 1)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "tie_embeddings must be 0 or 1");
+    return GSINK_OK;
+}

@@ -1,0 +1,844 @@
+/*
+ * backend_cpu.c - the CPU backend: BLIS for matrix products, OpenMP for the
+ * element-wise ops. It is the reference every other backend is tested against.
+ *
+ * Threads are per backend (per model): BLIS gets a per-call rntm_t and OpenMP
+ * loops a num_threads clause, so nothing global is changed after start-up.
+ */
+#include <cpuid.h>
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <blis.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "internal.h"
+
+/* ------------------------------------------------------------------------ */
+/* BLIS kernel family                                                        */
+/* ------------------------------------------------------------------------ */
+
+/*
+ * BLIS 0.9 picks its kernels from CPUID once, at its first call, and falls back
+ * to slow "generic" kernels on CPUs it does not know (AMD Zen 4/5: ~5x slower
+ * sgemm). Its only switch is the BLIS_ARCH_TYPE environment variable, read at
+ * that first call, so we decide before BLIS initialises: at load time. An
+ * explicit BLIS_ARCH_TYPE from the user always wins; GSINK_BLIS_ARCH=name lets
+ * a user choose through us ("auto" leaves BLIS alone).
+ */
+static char blis_arch_note[160] = "BLIS default detection";
+
+static int cpu_has_avx512(unsigned *vendor_amd, unsigned *family, int *avx2fma, int *intel)
+{
+    unsigned a, b, c, d;
+    char vendor[13] = {0};
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return 0;
+    memcpy(vendor, &b, 4);
+    memcpy(vendor + 4, &d, 4);
+    memcpy(vendor + 8, &c, 4);
+    *vendor_amd = strcmp(vendor, "AuthenticAMD") == 0;
+    *intel = strcmp(vendor, "GenuineIntel") == 0;
+    __get_cpuid(1, &a, &b, &c, &d);
+    unsigned base_family = (a >> 8) & 0xf, ext_family = (a >> 20) & 0xff;
+    *family = base_family == 0xf ? base_family + ext_family : base_family;
+    int fma = (c >> 12) & 1, osxsave = (c >> 27) & 1;
+    unsigned ebx7 = 0, ecx7 = 0, edx7 = 0, eax7 = 0;
+    __get_cpuid_count(7, 0, &eax7, &ebx7, &ecx7, &edx7);
+    int avx2 = (ebx7 >> 5) & 1;
+    *avx2fma = avx2 && fma && osxsave;
+    int f = (ebx7 >> 16) & 1, dq = (ebx7 >> 17) & 1, bw = (ebx7 >> 30) & 1, vl = (ebx7 >> 31) & 1;
+    return osxsave && f && dq && bw && vl;
+}
+
+static int arch_from_name(const char *name)
+{
+    static const struct { const char *n; int id; } names[] = {
+        {"skx", BLIS_ARCH_SKX},   {"haswell", BLIS_ARCH_HASWELL}, {"zen", BLIS_ARCH_ZEN},
+        {"zen2", BLIS_ARCH_ZEN2}, {"zen3", BLIS_ARCH_ZEN3},       {"generic", BLIS_ARCH_GENERIC},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (strcmp(names[i].n, name) == 0) return names[i].id;
+    return -1;
+}
+
+__attribute__((constructor)) static void gsink_blis_arch_select(void)
+{
+    if (getenv("BLIS_ARCH_TYPE")) {
+        snprintf(blis_arch_note, sizeof blis_arch_note, "BLIS_ARCH_TYPE set by the user");
+        return;
+    }
+    int id = -1;
+    const char *want = getenv("GSINK_BLIS_ARCH");
+    if (want && strcmp(want, "auto") != 0) {
+        id = arch_from_name(want);
+        if (id < 0) {
+            snprintf(blis_arch_note, sizeof blis_arch_note,
+                     "GSINK_BLIS_ARCH=%.40s not recognised; BLIS default detection", want);
+            return;
+        }
+        snprintf(blis_arch_note, sizeof blis_arch_note, "GSINK_BLIS_ARCH=%.40s", want);
+    } else if (!want) {
+        unsigned amd = 0, family = 0;
+        int avx2fma = 0, intel = 0;
+        int avx512 = cpu_has_avx512(&amd, &family, &avx2fma, &intel);
+        /* BLIS 0.9 picks "haswell" (or "generic") on AVX-512 parts it does not
+         * know (AMD Zen 4/5, recent or virtualised Intel Xeons): its skx
+         * kernels are 3-5x faster there. Zen 5 without AVX-512 gets zen3. */
+        if (avx512) id = BLIS_ARCH_SKX;
+        else if (amd && family >= 0x1a && avx2fma) id = BLIS_ARCH_ZEN3;
+        (void)intel;
+        if (id >= 0)
+            snprintf(blis_arch_note, sizeof blis_arch_note,
+                     "chosen by libgsink from CPU features");
+    }
+    if (id >= 0) {
+        char buf[16];
+        snprintf(buf, sizeof buf, "%d", id);
+        setenv("BLIS_ARCH_TYPE", buf, 0);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Context                                                                   */
+/* ------------------------------------------------------------------------ */
+
+typedef struct cpu_ctx {
+    int nt;          /* threads for this backend */
+    rntm_t rntm;     /* BLIS runtime: nt threads */
+    rntm_t rntm1;    /* BLIS runtime: 1 thread (inside our own parallel loops) */
+    float *scratch;  /* per-thread attention scratch */
+    size_t scratch_per_thread; /* floats */
+} cpu_ctx;
+
+#define CTX(be) ((cpu_ctx *)(be)->ctx)
+#define ATT_QBLOCK 128
+
+static int online_cpus(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static gsink_status set_fail(gsink_backend *be, gsink_status st, const char *msg)
+{
+    snprintf(be->err, sizeof be->err, "%s", msg);
+    return st;
+}
+
+static gsink_status cpu_set_threads(gsink_backend *be, int n)
+{
+    cpu_ctx *c = CTX(be);
+    if (n < 0) return set_fail(be, GSINK_ERR_INVALID_ARGUMENT, "thread count must be >= 0");
+    if (n == 0) n = online_cpus();
+    if (n > 1024) n = 1024;
+    c->nt = n;
+    bli_rntm_init(&c->rntm);
+    bli_rntm_set_num_threads(n, &c->rntm);
+    bli_rntm_init(&c->rntm1);
+    bli_rntm_set_num_threads(1, &c->rntm1);
+    free(c->scratch);
+    c->scratch = NULL;
+    c->scratch_per_thread = 0;
+    return GSINK_OK;
+}
+
+static void cpu_describe(gsink_backend *be, char *buf, size_t size)
+{
+    bli_init(); /* the arch query needs an initialised kernel structure */
+    arch_t id = bli_arch_query_id();
+    const char *name = bli_arch_string(id);
+    snprintf(buf, size, "cpu: %d threads, BLIS %s kernels (%s)%s", CTX(be)->nt, name ? name : "?",
+             blis_arch_note,
+             id == BLIS_ARCH_GENERIC ? " - generic kernels are slow; set BLIS_ARCH_TYPE" : "");
+}
+
+static void cpu_destroy(gsink_backend *be)
+{
+    if (!be) return;
+    cpu_ctx *c = CTX(be);
+    if (c) free(c->scratch);
+    free(c);
+    free(be);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cpu_alloc(gsink_backend *be, size_t bytes, void **ptr)
+{
+    *ptr = NULL;
+    if (bytes == 0) bytes = 64;
+    if (bytes > SIZE_MAX - 64) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "allocation size overflows");
+    size_t rounded = (bytes + 63) & ~(size_t)63;
+    void *p = aligned_alloc(64, rounded);
+    if (!p) {
+        snprintf(be->err, sizeof be->err, "cannot allocate %zu bytes of host memory", bytes);
+        return GSINK_ERR_OUT_OF_MEMORY;
+    }
+    *ptr = p;
+    return GSINK_OK;
+}
+
+static void cpu_free(gsink_backend *be, void *ptr)
+{
+    (void)be;
+    free(ptr);
+}
+
+static gsink_status cpu_memcpy(gsink_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes) memmove(dst, src, bytes);
+    return GSINK_OK;
+}
+
+static gsink_status cpu_zero(gsink_backend *be, void *dst, size_t bytes)
+{
+    (void)be;
+    if (bytes) memset(dst, 0, bytes);
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* GEMM                                                                      */
+/* ------------------------------------------------------------------------ */
+
+static void sgemm_rt(rntm_t *rntm, int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                     int lda, const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] = beta == 0.0f ? 0.0f : beta * C[(size_t)i * ldc + j];
+        return;
+    }
+    /* Row-major storage: element (i, j) of a stored matrix is at i*ld + j. */
+    bli_sgemm_ex(ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
+                 M, N, K, &alpha, (float *)A, lda, 1, (float *)B, ldb, 1, &beta, C, ldc, 1, NULL,
+                 rntm);
+}
+
+static gsink_status cpu_gemm(gsink_backend *be, int ta, int tb, int M, int N, int K, float alpha,
+                             const float *A, int lda, const float *B, int ldb, float beta, float *C,
+                             int ldc)
+{
+    sgemm_rt(&CTX(be)->rntm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Embedding                                                                 */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cpu_embedding_fwd(gsink_backend *be, float *out, const int32_t *tokens,
+                                      const float *table, int N, int d)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++)
+        memcpy(out + (size_t)n * d, table + (size_t)tokens[n] * d, (size_t)d * sizeof(float));
+    return GSINK_OK;
+}
+
+static gsink_status cpu_embedding_bwd(gsink_backend *be, float *dtable, const int32_t *tokens,
+                                      const float *dout, int N, int d)
+{
+    /* Each thread owns a slice of the columns: no races, fixed summation order. */
+    int nt = CTX(be)->nt;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+        int c0 = (int)((int64_t)d * t / T), c1 = (int)((int64_t)d * (t + 1) / T);
+        for (int n = 0; n < N; n++) {
+            float *dst = dtable + (size_t)tokens[n] * d;
+            const float *src = dout + (size_t)n * d;
+            for (int c = c0; c < c1; c++) dst[c] += src[c];
+        }
+    }
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* RMSNorm                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cpu_rmsnorm_fwd(gsink_backend *be, float *out, float *rstd, const float *x,
+                                    const float *gain, int N, int d, float eps)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *xr = x + (size_t)n * d;
+        float *o = out + (size_t)n * d;
+        double ss = 0.0;
+        for (int i = 0; i < d; i++) ss += (double)xr[i] * xr[i];
+        float r = (float)(1.0 / sqrt(ss / d + eps));
+        rstd[n] = r;
+        for (int i = 0; i < d; i++) o[i] = xr[i] * r * gain[i];
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const float *dout,
+                                    const float *x, const float *gain, const float *rstd, int N,
+                                    int d, int accumulate)
+{
+    int nt = CTX(be)->nt;
+    float *partial = calloc((size_t)nt * d, sizeof(float));
+    if (!partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rmsnorm backward scratch");
+    int used = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+#pragma omp single
+        used = T;
+        float *pg = partial + (size_t)t * d;
+        int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
+        for (int n = n0; n < n1; n++) {
+            const float *xr = x + (size_t)n * d, *dy = dout + (size_t)n * d;
+            float *dxr = dx + (size_t)n * d;
+            float r = rstd[n];
+            double dot = 0.0;
+            for (int i = 0; i < d; i++) dot += (double)gain[i] * dy[i] * xr[i];
+            float c = (float)(dot / d) * r * r;
+            for (int i = 0; i < d; i++) {
+                float v = r * (gain[i] * dy[i] - xr[i] * c);
+                dxr[i] = accumulate ? dxr[i] + v : v;
+                pg[i] += dy[i] * xr[i] * r;
+            }
+        }
+    }
+    for (int t = 0; t < used; t++)
+        for (int i = 0; i < d; i++) dgain[i] += partial[(size_t)t * d + i];
+    free(partial);
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* RoPE (HF rotate_half: pairs (i, i + d_head/2))                           */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int heads, int dh,
+                             float theta, int inverse)
+{
+    int half = dh / 2;
+    float *cs = malloc(sizeof(float) * 2 * (size_t)T * half);
+    if (!cs) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rope table");
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < half; i++) {
+            double inv_freq = pow((double)theta, -2.0 * i / dh);
+            double ang = (double)t * inv_freq;
+            cs[((size_t)t * half + i) * 2] = (float)cos(ang);
+            cs[((size_t)t * half + i) * 2 + 1] = (float)(inverse ? -sin(ang) : sin(ang));
+        }
+    size_t rows = (size_t)B * T;
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        int t = (int)(r % (size_t)T);
+        const float *c = cs + (size_t)t * half * 2;
+        for (int h = 0; h < heads; h++) {
+            float *v = x + (r * heads + h) * dh;
+            for (int i = 0; i < half; i++) {
+                float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = c[2 * i + 1];
+                v[i] = x1 * co - x2 * si;
+                v[i + half] = x2 * co + x1 * si;
+            }
+        }
+    }
+    free(cs);
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Attention                                                                 */
+/* ------------------------------------------------------------------------ */
+
+void gsink__softmax_row_bwd(float *ds, const float *p, const float *dp, int n)
+{
+    double dot = 0.0;
+    for (int j = 0; j < n; j++) dot += (double)p[j] * dp[j];
+    float D = (float)dot;
+    for (int j = 0; j < n; j++) ds[j] = p[j] * (dp[j] - D);
+}
+
+static gsink_status ensure_scratch(gsink_backend *be, size_t per_thread)
+{
+    cpu_ctx *c = CTX(be);
+    if (c->scratch && c->scratch_per_thread >= per_thread) return GSINK_OK;
+    size_t total;
+    if (!gsink__mul_size(per_thread, (size_t)c->nt, &total) || !gsink__mul_size(total, sizeof(float), &total))
+        return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "attention scratch size overflows");
+    float *s = malloc(total);
+    if (!s) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate attention scratch");
+    free(c->scratch);
+    c->scratch = s;
+    c->scratch_per_thread = per_thread;
+    return GSINK_OK;
+}
+
+static int thread_id(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_num();
+#else
+    return 0;
+#endif
+}
+
+static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
+                                      float *lse, const float *q, const float *k, const float *v,
+                                      gsink_attn_stats stats)
+{
+    cpu_ctx *c = CTX(be);
+    const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
+              dh = s->d_head, W = s->sink_window;
+    const int ldq = H * dh, ldk = KV * dh, ldv = NV * dh;
+    const float scale = 1.0f / sqrtf((float)dh);
+    int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
+    gsink_status st = ensure_scratch(be, (size_t)qb * T * 2);
+    if (st) return st;
+    int nbh = B * H;
+#pragma omp parallel for num_threads(c->nt) schedule(dynamic, 1)
+    for (int bh = 0; bh < nbh; bh++) {
+        int b = bh / H, h = bh % H;
+        int hk = h / (H / KV), hv = h / (H / NV);
+        const float *qb0 = q + (size_t)b * T * ldq + (size_t)h * dh;
+        const float *kb0 = k + (size_t)b * T * ldk + (size_t)hk * dh;
+        const float *vb0 = v + (size_t)b * T * ldv + (size_t)hv * dh;
+        float *yb0 = y + (size_t)b * T * ldq + (size_t)h * dh;
+        float *lse_bh = lse + (size_t)bh * T;
+        float *mass = stats.mass ? stats.mass + (size_t)bh * T : NULL;
+        float *sq = stats.sq ? stats.sq + (size_t)bh * T : NULL;
+        float *win = stats.win ? stats.win + (size_t)bh * T : NULL;
+        if (mass) memset(mass, 0, sizeof(float) * T);
+        if (sq) memset(sq, 0, sizeof(float) * T);
+        if (win) memset(win, 0, sizeof(float) * T);
+        float *S = c->scratch + (size_t)thread_id() * c->scratch_per_thread;
+        for (int t0 = 0; t0 < T; t0 += qb) {
+            int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq; /* keys [0, t1) */
+            sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, scale, qb0 + (size_t)t0 * ldq, ldq, kb0, ldk, 0.0f, S, t1);
+            for (int i = 0; i < nq; i++) {
+                int t = t0 + i;
+                float *row = S + (size_t)i * t1;
+                float mx = -FLT_MAX;
+                for (int j = 0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+                double sum = 0.0;
+                for (int j = 0; j <= t; j++) {
+                    float e = expf(row[j] - mx);
+                    row[j] = e;
+                    sum += e;
+                }
+                float inv = (float)(1.0 / sum);
+                for (int j = 0; j <= t; j++) row[j] *= inv;
+                for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
+                lse_bh[t] = mx + (float)log(sum);
+                if (mass)
+                    for (int j = 0; j <= t; j++) mass[j] += row[j];
+                if (sq)
+                    for (int j = 0; j <= t; j++) sq[j] += row[j] * row[j];
+                if (win) {
+                    int jlo = t - W + 1 > 0 ? t - W + 1 : 0; /* t - j < W */
+                    for (int j = jlo; j <= t; j++) win[j] += row[j];
+                }
+            }
+            sgemm_rt(&c->rntm1, 0, 0, nq, dh, t1, 1.0f, S, t1, vb0, ldv, 0.0f, yb0 + (size_t)t0 * ldq, ldq);
+        }
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
+                                      float *dk, float *dv, const float *dy, const float *q,
+                                      const float *k, const float *v, const float *y,
+                                      const float *lse)
+{
+    cpu_ctx *c = CTX(be);
+    const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
+              dh = s->d_head;
+    const int ldq = H * dh, ldk = KV * dh, ldv = NV * dh;
+    const float scale = 1.0f / sqrtf((float)dh);
+    const int G = H / KV; /* query heads per key head */
+    int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
+    gsink_status st = ensure_scratch(be, (size_t)qb * T * 2);
+    if (st) return st;
+    (void)y;
+    /* Work items (b, key head): every query head and value head of the group
+     * is handled by one thread, so dk/dv accumulate without races. */
+    int nbg = B * KV;
+#pragma omp parallel for num_threads(c->nt) schedule(dynamic, 1)
+    for (int bg = 0; bg < nbg; bg++) {
+        int b = bg / KV, g = bg % KV;
+        float *P = c->scratch + (size_t)thread_id() * c->scratch_per_thread;
+        float *dP = P + (size_t)qb * T;
+        const float *kb0 = k + (size_t)b * T * ldk + (size_t)g * dh;
+        float *dkb0 = dk + (size_t)b * T * ldk + (size_t)g * dh;
+        for (int t = 0; t < T; t++) memset(dkb0 + (size_t)t * ldk, 0, sizeof(float) * dh);
+        for (int hv = g * G / (H / NV); hv < (g + 1) * G / (H / NV); hv++)
+            for (int t = 0; t < T; t++)
+                memset(dv + (size_t)b * T * ldv + (size_t)hv * dh + (size_t)t * ldv, 0, sizeof(float) * dh);
+        for (int h = g * G; h < (g + 1) * G; h++) {
+            int hv = h / (H / NV);
+            const float *qb0 = q + (size_t)b * T * ldq + (size_t)h * dh;
+            const float *vb0 = v + (size_t)b * T * ldv + (size_t)hv * dh;
+            const float *dyb0 = dy + (size_t)b * T * ldq + (size_t)h * dh;
+            float *dqb0 = dq + (size_t)b * T * ldq + (size_t)h * dh;
+            float *dvb0 = dv + (size_t)b * T * ldv + (size_t)hv * dh;
+            const float *lse_bh = lse + ((size_t)b * H + h) * T;
+            for (int t0 = 0; t0 < T; t0 += qb) {
+                int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq;
+                sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, scale, qb0 + (size_t)t0 * ldq, ldq, kb0, ldk, 0.0f, P, t1);
+                for (int i = 0; i < nq; i++) {
+                    int t = t0 + i;
+                    float *row = P + (size_t)i * t1;
+                    for (int j = 0; j <= t; j++) row[j] = expf(row[j] - lse_bh[t]);
+                    for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
+                }
+                /* dV[0:t1] += P^T dY */
+                sgemm_rt(&c->rntm1, 1, 0, t1, dh, nq, 1.0f, P, t1, dyb0 + (size_t)t0 * ldq, ldq, 1.0f, dvb0, ldv);
+                /* dP = dY V^T */
+                sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, 1.0f, dyb0 + (size_t)t0 * ldq, ldq, vb0, ldv, 0.0f, dP, t1);
+                for (int i = 0; i < nq; i++) {
+                    int t = t0 + i;
+                    float *prow = P + (size_t)i * t1, *dprow = dP + (size_t)i * t1;
+                    gsink__softmax_row_bwd(dprow, prow, dprow, t + 1); /* dS in place */
+                    for (int j = t + 1; j < t1; j++) dprow[j] = 0.0f;
+                }
+                /* dQ = dS K * scale ; dK += dS^T Q * scale */
+                sgemm_rt(&c->rntm1, 0, 0, nq, dh, t1, scale, dP, t1, kb0, ldk, 0.0f, dqb0 + (size_t)t0 * ldq, ldq);
+                sgemm_rt(&c->rntm1, 1, 0, t1, dh, nq, scale, dP, t1, qb0 + (size_t)t0 * ldq, ldq, 1.0f, dkb0, ldk);
+            }
+        }
+    }
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* V-scale                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cpu_vscale_fwd(gsink_backend *be, float *out, const float *v,
+                                   const float *theta, int N, int hin, int hout, int dh, float c0,
+                                   int mode)
+{
+    int rep = hout / hin;
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        for (int j = 0; j < hout; j++) {
+            const float *vi = v + ((size_t)n * hin + j / rep) * dh;
+            float *o = out + ((size_t)n * hout + j) * dh;
+            if (mode == GSINK_VSCALE_FULL) {
+                double r = 0.0;
+                for (int i = 0; i < dh; i++) r += (double)vi[i] * vi[i];
+                double C = (double)c0 * exp((double)theta[j]);
+                float phi = (float)(r / (r + C));
+                for (int i = 0; i < dh; i++) o[i] = phi * vi[i];
+            } else {
+                memcpy(o, vi, sizeof(float) * dh);
+            }
+        }
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, const float *dout,
+                                   const float *v, const float *theta, int N, int hin, int hout,
+                                   int dh, float c0, int mode)
+{
+    int nt = CTX(be)->nt, rep = hout / hin;
+    double *partial = calloc((size_t)nt * hout, sizeof(double));
+    if (!partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "vscale backward scratch");
+    int used = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+#pragma omp single
+        used = T;
+        double *pt = partial + (size_t)t * hout;
+        int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
+        for (int n = n0; n < n1; n++) {
+            for (int i = 0; i < hin; i++) {
+                const float *vi = v + ((size_t)n * hin + i) * dh;
+                float *dvi = dv + ((size_t)n * hin + i) * dh;
+                memset(dvi, 0, sizeof(float) * dh);
+                double r = 0.0;
+                for (int e = 0; e < dh; e++) r += (double)vi[e] * vi[e];
+                for (int j = i * rep; j < (i + 1) * rep; j++) {
+                    const float *go = dout + ((size_t)n * hout + j) * dh;
+                    if (mode == GSINK_VSCALE_OFF) {
+                        for (int e = 0; e < dh; e++) dvi[e] += go[e];
+                        continue;
+                    }
+                    double C = (double)c0 * exp((double)theta[j]);
+                    double phi = r / (r + C), coef = 2.0 * C / ((r + C) * (r + C));
+                    double vg = 0.0;
+                    for (int e = 0; e < dh; e++) vg += (double)vi[e] * go[e];
+                    for (int e = 0; e < dh; e++) dvi[e] += (float)(phi * go[e] + coef * vg * vi[e]);
+                    /* d v^/d theta = -r C / (r + C)^2 v */
+                    if (mode == GSINK_VSCALE_FULL) pt[j] += vg * (-r * C / ((r + C) * (r + C)));
+                }
+            }
+        }
+    }
+    if (dtheta && mode == GSINK_VSCALE_FULL)
+        for (int j = 0; j < hout; j++) {
+            double acc = 0.0;
+            for (int t = 0; t < used; t++) acc += partial[(size_t)t * hout + j];
+            dtheta[j] += (float)acc;
+        }
+    free(partial);
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* SwiGLU, cross-entropy, element-wise, reductions, AdamW                   */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cpu_swiglu_fwd(gsink_backend *be, float *h, const float *gate, const float *up,
+                                   size_t n)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i];
+        h[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_swiglu_bwd(gsink_backend *be, float *dgate, float *dup, const float *dh,
+                                   const float *gate, const float *up, size_t n)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
+        float silu = g * sg;
+        dgate[i] = dh[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
+        dup[i] = dh[i] * silu;
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *count,
+                                 const float *logits, const int32_t *targets, int N, int V)
+{
+    double *row_loss = malloc(sizeof(double) * (size_t)(N > 0 ? N : 1));
+    if (!row_loss) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "cross-entropy scratch");
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        row_loss[n] = 0.0;
+        int tgt = targets[n];
+        if (tgt < 0) continue;
+        const float *l = logits + (size_t)n * V;
+        float mx = -FLT_MAX;
+        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        double s = 0.0;
+        for (int j = 0; j < V; j++) s += exp((double)l[j] - mx);
+        row_loss[n] = (mx + log(s)) - l[tgt];
+    }
+    double total = 0.0;
+    int64_t cnt = 0;
+    for (int n = 0; n < N; n++)
+        if (targets[n] >= 0) {
+            total += row_loss[n];
+            cnt++;
+        }
+    free(row_loss);
+    *loss_sum = total;
+    *count = cnt;
+    return GSINK_OK;
+}
+
+static gsink_status cpu_xent_bwd(gsink_backend *be, float *dlogits, const float *logits,
+                                 const int32_t *targets, int N, int V, float scale)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (int n = 0; n < N; n++) {
+        const float *l = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        int tgt = targets[n];
+        if (tgt < 0) {
+            memset(d, 0, sizeof(float) * V);
+            continue;
+        }
+        float mx = -FLT_MAX;
+        for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
+        double s = 0.0;
+        for (int j = 0; j < V; j++) s += exp((double)l[j] - mx);
+        float inv = (float)(1.0 / s);
+        for (int j = 0; j < V; j++) d[j] = expf(l[j] - mx) * inv * scale;
+        d[tgt] -= scale;
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_add(gsink_backend *be, float *out, const float *a, const float *b, size_t n)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+    return GSINK_OK;
+}
+
+static gsink_status cpu_scale(gsink_backend *be, float *x, float alpha, size_t n)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) x[i] *= alpha;
+    return GSINK_OK;
+}
+
+static gsink_status cpu_row_sumsq(gsink_backend *be, float *out, const float *x, size_t rows,
+                                  int heads, int width)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t r = 0; r < rows; r++)
+        for (int h = 0; h < heads; h++) {
+            const float *p = x + (r * heads + h) * width;
+            double s = 0.0;
+            for (int i = 0; i < width; i++) s += (double)p[i] * p[i];
+            out[r * heads + h] = (float)s;
+        }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_batch_sum(gsink_backend *be, float *out, const float *x, int B, size_t n)
+{
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += x[(size_t)b * n + i];
+        out[i] = s;
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_sumsq(gsink_backend *be, double *out, int *finite, const float *x, size_t n)
+{
+    int nt = CTX(be)->nt;
+    double *part = calloc((size_t)nt, sizeof(double));
+    int *fin = malloc(sizeof(int) * (size_t)nt);
+    if (!part || !fin) {
+        free(part);
+        free(fin);
+        return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "sumsq scratch");
+    }
+    int used = 1;
+#pragma omp parallel num_threads(nt)
+    {
+        int t = 0, T = 1;
+#ifdef _OPENMP
+        t = omp_get_thread_num();
+        T = omp_get_num_threads();
+#endif
+#pragma omp single
+        used = T;
+        size_t i0 = n * (size_t)t / T, i1 = n * (size_t)(t + 1) / T;
+        double s = 0.0;
+        int f = 1;
+        for (size_t i = i0; i < i1; i++) {
+            if (!isfinite(x[i])) f = 0;
+            s += (double)x[i] * x[i];
+        }
+        part[t] = s;
+        fin[t] = f;
+    }
+    double s = 0.0;
+    int f = 1;
+    for (int t = 0; t < used; t++) {
+        s += part[t];
+        f &= fin[t];
+    }
+    free(part);
+    free(fin);
+    *out = s;
+    if (finite) *finite = f;
+    return GSINK_OK;
+}
+
+static gsink_status cpu_adamw(gsink_backend *be, float *p, const float *g, float *m, float *v,
+                              size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                              float bc1, float bc2, float gscale)
+{
+    float sbc2 = sqrtf(bc2);
+#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i] * gscale;
+        p[i] -= lr * wd * p[i];
+        m[i] = beta1 * m[i] + (1.0f - beta1) * gi;
+        v[i] = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        float denom = sqrtf(v[i]) / sbc2 + eps;
+        p[i] -= (lr / bc1) * m[i] / denom;
+    }
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+
+static const gsink_backend_iface cpu_iface = {
+    .api_version = GSINK_BACKEND_API_VERSION,
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .set_threads = cpu_set_threads,
+    .describe = cpu_describe,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .zero = cpu_zero,
+    .copy = cpu_memcpy,
+    .gemm = cpu_gemm,
+    .embedding_fwd = cpu_embedding_fwd,
+    .embedding_bwd = cpu_embedding_bwd,
+    .rmsnorm_fwd = cpu_rmsnorm_fwd,
+    .rmsnorm_bwd = cpu_rmsnorm_bwd,
+    .rope = cpu_rope,
+    .attention_fwd = cpu_attention_fwd,
+    .attention_bwd = cpu_attention_bwd,
+    .vscale_fwd = cpu_vscale_fwd,
+    .vscale_bwd = cpu_vscale_bwd,
+    .swiglu_fwd = cpu_swiglu_fwd,
+    .swiglu_bwd = cpu_swiglu_bwd,
+    .xent_fwd = cpu_xent_fwd,
+    .xent_bwd = cpu_xent_bwd,
+    .add = cpu_add,
+    .scale = cpu_scale,
+    .row_sumsq = cpu_row_sumsq,
+    .batch_sum = cpu_batch_sum,
+    .sumsq = cpu_sumsq,
+    .adamw = cpu_adamw,
+};
+
+gsink_status gsink_cpu_backend_create(int n_threads, gsink_backend **out)
+{
+    *out = NULL;
+    gsink_backend *be = calloc(1, sizeof *be);
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the CPU backend");
+    }
+    be->iface = &cpu_iface;
+    be->ctx = c;
+    gsink_status st = cpu_set_threads(be, n_threads);
+    if (st) {
+        cpu_destroy(be);
+        return st;
+    }
+    *out = be;
+    return GSINK_OK;
+}

@@ -1,0 +1,66 @@
+/* error.c - status strings, per-thread and per-handle messages, versions. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+static _Thread_local char tls_msg[GSINK_MSG_SIZE];
+
+const char *gsink_status_str(gsink_status status)
+{
+    switch (status) {
+    case GSINK_OK: return "ok";
+    case GSINK_ERR_NULL_ARGUMENT: return "null argument";
+    case GSINK_ERR_INVALID_ARGUMENT: return "invalid argument";
+    case GSINK_ERR_OUT_OF_MEMORY: return "out of memory";
+    case GSINK_ERR_TOKEN_OUT_OF_RANGE: return "token id out of range";
+    case GSINK_ERR_SEQ_TOO_LONG: return "sequence longer than max_seq_len";
+    case GSINK_ERR_BAD_CONFIG: return "inconsistent model configuration";
+    case GSINK_ERR_CALL_ORDER: return "wrong call order";
+    case GSINK_ERR_NO_TARGETS: return "no targets";
+    case GSINK_ERR_UNKNOWN_SITE: return "unknown site";
+    case GSINK_ERR_UNKNOWN_NAME: return "unknown name";
+    case GSINK_ERR_OUT_OF_RANGE: return "index out of range";
+    case GSINK_ERR_BUFFER_TOO_SMALL: return "buffer too small";
+    case GSINK_ERR_SHAPE_MISMATCH: return "shape mismatch";
+    case GSINK_ERR_IO: return "i/o error";
+    case GSINK_ERR_FORMAT: return "malformed file";
+    case GSINK_ERR_UNSUPPORTED: return "unsupported";
+    case GSINK_ERR_NO_DEVICE: return "no such device";
+    case GSINK_ERR_BACKEND: return "backend failure";
+    case GSINK_ERR_NON_FINITE: return "non-finite values";
+    case GSINK_ERR_MISSING_TENSOR: return "missing tensor";
+    case GSINK_ERR_DEVICE_OUT_OF_MEMORY: return "device out of memory";
+    }
+    return "unknown status";
+}
+
+const char *gsink_last_error(void) { return tls_msg; }
+
+gsink_status gsink__fail(char *msgbuf, gsink_status status, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tls_msg, sizeof tls_msg, fmt, ap);
+    va_end(ap);
+    if (msgbuf && msgbuf != tls_msg) memcpy(msgbuf, tls_msg, GSINK_MSG_SIZE);
+    return status;
+}
+
+void gsink__clear(char *msgbuf)
+{
+    if (msgbuf) msgbuf[0] = '\0';
+}
+
+bool gsink__mul_size(size_t a, size_t b, size_t *out)
+{
+    if (a != 0 && b > SIZE_MAX / a) return false;
+    *out = a * b;
+    return true;
+}
+
+void gsink_free(void *ptr) { free(ptr); }
+
+int gsink_version_number(void) { return GSINK_VERSION_NUMBER; }
+const char *gsink_version_string(void) { return GSINK_VERSION_STRING; }

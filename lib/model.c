@@ -1,0 +1,1087 @@
+/*
+ * model.c - the Llama-style model: parameters, forward, backward, V-scale and
+ * access to every activation site. All tensor work goes through the backend
+ * interface (lib/backend.h); nothing here dereferences backend memory.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define BE(m) ((m)->be->iface)
+#define TRY(m, call, what)                                   \
+    do {                                                     \
+        gsink_status st_ = (call);                           \
+        if (st_ != GSINK_OK) return gsink__be_check((m), st_, (what)); \
+    } while (0)
+
+gsink_status gsink__be_check(gsink_model *m, gsink_status st, const char *what)
+{
+    if (st == GSINK_OK) return st;
+    return gsink__fail(m->errmsg, st, "%s: %s", what, m->be->err[0] ? m->be->err : gsink_status_str(st));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Devices                                                                   */
+/* ------------------------------------------------------------------------ */
+
+gsink_status gsink_device_count(gsink_device_kind kind, int *count)
+{
+    if (!count) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "count is NULL");
+    switch (kind) {
+    case GSINK_DEVICE_CPU: *count = 1; return GSINK_OK;
+    case GSINK_DEVICE_CUDA: *count = gsink_cuda_device_count(); return GSINK_OK;
+    }
+    *count = 0;
+    return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "unknown device kind %d", (int)kind);
+}
+
+gsink_status gsink_device_describe(gsink_device_kind kind, int index, char *buf, size_t buf_size)
+{
+    if (!buf || buf_size == 0) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "buffer is NULL or empty");
+    buf[0] = '\0';
+    if (kind == GSINK_DEVICE_CPU) {
+        if (index != 0) return gsink__fail(NULL, GSINK_ERR_NO_DEVICE, "there is only CPU device 0");
+        gsink_backend *be;
+        gsink_status st = gsink_cpu_backend_create(0, &be);
+        if (st) return st;
+        be->iface->describe(be, buf, buf_size);
+        be->iface->destroy(be);
+        return GSINK_OK;
+    }
+    if (kind == GSINK_DEVICE_CUDA) {
+        if (index < 0 || index >= gsink_cuda_device_count())
+            return gsink__fail(NULL, GSINK_ERR_NO_DEVICE, "no CUDA device %d", index);
+        gsink_cuda_describe(index, buf, buf_size);
+        return GSINK_OK;
+    }
+    return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "unknown device kind %d", (int)kind);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Options                                                                   */
+/* ------------------------------------------------------------------------ */
+
+void gsink_model_options_init(gsink_model_options *opts)
+{
+    if (!opts) return;
+    memset(opts, 0, sizeof *opts);
+    opts->size = sizeof *opts;
+    opts->device = GSINK_DEVICE_CPU;
+}
+
+void gsink_diag_options_init(gsink_diag_options *o)
+{
+    if (!o) return;
+    memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
+    o->sink_eps = 0.3f;
+    o->sink_window = 64;
+    o->rgs_window = 31;
+    o->sink_position = 0;
+    o->batch_agg = GSINK_AGG_SUM_THEN_NORM;
+}
+
+void gsink_vscale_options_init(gsink_vscale_options *o)
+{
+    if (!o) return;
+    memset(o, 0, sizeof *o);
+    o->size = sizeof *o;
+    o->mode = GSINK_VSCALE_FULL;
+    o->sigma = 0.02f;
+    o->learnable_theta = 1;
+    o->per_query_head = 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parameter registry                                                        */
+/* ------------------------------------------------------------------------ */
+
+static void add_entry(gsink_model *m, const char *name, int layer, int64_t d0, int64_t d1,
+                      size_t *off)
+{
+    gsink_param_entry *e = &m->entries[m->n_entries++];
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->layer = layer;
+    e->ndim = d1 > 0 ? 2 : 1;
+    e->dims[0] = d0;
+    e->dims[1] = d1 > 0 ? d1 : 0;
+    e->numel = (size_t)d0 * (size_t)(d1 > 0 ? d1 : 1);
+    e->offset = *off;
+    *off += e->numel;
+}
+
+/* Builds the registry (HF order) and returns the total float count. */
+static gsink_status build_registry(gsink_model *m, char *errbuf)
+{
+    const gsink_config *c = &m->cfg;
+    size_t n = 1 + (size_t)c->n_layers * 9 + 1 + (c->tie_embeddings ? 0 : 1);
+    m->entries = calloc(n, sizeof *m->entries);
+    m->theta_names = calloc((size_t)c->n_layers, sizeof *m->theta_names);
+    if (!m->entries || !m->theta_names)
+        return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the parameter registry");
+    int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->d_head, kd = (int64_t)c->n_kv_heads * c->d_head;
+    size_t off = 0;
+    char name[96];
+    add_entry(m, "model.embed_tokens.weight", -1, c->vocab_size, d, &off);
+    for (int l = 0; l < c->n_layers; l++) {
+#define E(suffix, d0, d1)                                                     \
+    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);             \
+    add_entry(m, name, l, d0, d1, &off);
+        E("input_layernorm.weight", d, 0);
+        E("self_attn.q_proj.weight", qd, d);
+        E("self_attn.k_proj.weight", kd, d);
+        E("self_attn.v_proj.weight", kd, d);
+        E("self_attn.o_proj.weight", d, qd);
+        E("post_attention_layernorm.weight", d, 0);
+        E("mlp.gate_proj.weight", c->d_ff, d);
+        E("mlp.up_proj.weight", c->d_ff, d);
+        E("mlp.down_proj.weight", d, c->d_ff);
+#undef E
+        snprintf(m->theta_names[l], sizeof m->theta_names[l], "model.layers.%d.self_attn.v_scale_theta", l);
+    }
+    add_entry(m, "model.norm.weight", -1, d, 0, &off);
+    if (!c->tie_embeddings) add_entry(m, "lm_head.weight", -1, c->vocab_size, d, &off);
+    m->n_param_floats = off;
+    return GSINK_OK;
+}
+
+static void bind_views(const gsink_model *m, float *base, gsink_params *p)
+{
+    const gsink_param_entry *e = m->entries;
+    p->embed = base + e[0].offset;
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const gsink_param_entry *le = e + 1 + (size_t)l * 9;
+        gsink_layer_params *lp = &p->layers[l];
+        lp->attn_norm = base + le[0].offset;
+        lp->wq = base + le[1].offset;
+        lp->wk = base + le[2].offset;
+        lp->wv = base + le[3].offset;
+        lp->wo = base + le[4].offset;
+        lp->mlp_norm = base + le[5].offset;
+        lp->wgate = base + le[6].offset;
+        lp->wup = base + le[7].offset;
+        lp->wdown = base + le[8].offset;
+    }
+    size_t last = 1 + (size_t)m->cfg.n_layers * 9;
+    p->final_norm = base + e[last].offset;
+    p->lm_head = m->cfg.tie_embeddings ? p->embed : base + e[last + 1].offset;
+}
+
+const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *name)
+{
+    for (size_t i = 0; i < m->n_entries; i++)
+        if (strcmp(m->entries[i].name, name) == 0) return &m->entries[i];
+    return NULL;
+}
+
+/* Layer of a V-scale theta name, or -1. */
+static int theta_layer(const gsink_model *m, const char *name)
+{
+    if (m->vs.mode == GSINK_VSCALE_OFF) return -1;
+    for (int l = 0; l < m->cfg.n_layers; l++)
+        if (strcmp(m->theta_names[l], name) == 0) return l;
+    return -1;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Create / free                                                             */
+/* ------------------------------------------------------------------------ */
+
+static void free_acts(gsink_model *m)
+{
+    if (m->act_mem) BE(m)->free(m->be, m->act_mem);
+    m->act_mem = NULL;
+    m->act_bytes = 0;
+    m->cap_tokens = 0;
+    free(m->hstats.mass);
+    free(m->hstats.sq);
+    free(m->hstats.win);
+    m->hstats.mass = m->hstats.sq = m->hstats.win = NULL;
+    m->have_forward = m->have_backward = m->have_targets = false;
+    m->B = m->T = 0;
+}
+
+void gsink_model_free(gsink_model *m)
+{
+    if (!m) return;
+    if (m->be) {
+        free_acts(m);
+        if (m->param_mem) BE(m)->free(m->be, m->param_mem);
+        if (m->grad_mem) BE(m)->free(m->be, m->grad_mem);
+        if (m->vs.theta) BE(m)->free(m->be, m->vs.theta);
+        if (m->vs.dtheta) BE(m)->free(m->be, m->vs.dtheta);
+        BE(m)->destroy(m->be);
+    }
+    free(m->p.layers);
+    free(m->g.layers);
+    free(m->layers);
+    free(m->resid);
+    free(m->dresid);
+    free(m->entries);
+    free(m->theta_names);
+    free(m);
+}
+
+gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_options *opts,
+                                gsink_model **out, char *errbuf)
+{
+    if (!out) return gsink__fail(errbuf, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!cfg) return gsink__fail(errbuf, GSINK_ERR_NULL_ARGUMENT, "config is NULL");
+    gsink_status st = gsink_config_validate(cfg);
+    if (st) return gsink__fail(errbuf, st, "%s", gsink_last_error());
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    if (opts) {
+        if (opts->size < sizeof(size_t) + 3 * sizeof(int32_t))
+            return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "model options size %zu is too small (call gsink_model_options_init)", opts->size);
+        memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
+        o.size = sizeof o;
+    }
+    if (o.n_threads < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
+
+    gsink_model *m = calloc(1, sizeof *m);
+    if (!m) return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the model");
+    memcpy(&m->cfg, cfg, sizeof m->cfg);
+    m->cfg.size = sizeof m->cfg;
+    m->device_kind = o.device;
+    m->device_index = o.device_index;
+    m->n_threads = o.n_threads;
+    gsink_diag_options_init(&m->diag);
+
+    if (o.device == GSINK_DEVICE_CPU) {
+        if (o.device_index != 0) {
+            free(m);
+            return gsink__fail(errbuf, GSINK_ERR_NO_DEVICE, "there is only CPU device 0 (asked for %d)", o.device_index);
+        }
+        st = gsink_cpu_backend_create(o.n_threads, &m->be);
+    } else if (o.device == GSINK_DEVICE_CUDA) {
+        st = gsink_cuda_backend_create(o.device_index, &m->be);
+    } else {
+        free(m);
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown device kind %d", o.device);
+    }
+    if (st) {
+        char msg[GSINK_MSG_SIZE];
+        snprintf(msg, sizeof msg, "%s", gsink_last_error());
+        free(m);
+        return gsink__fail(errbuf, st, "cannot create the backend: %s", msg[0] ? msg : gsink_status_str(st));
+    }
+
+    st = build_registry(m, errbuf);
+    if (st) goto fail;
+    size_t bytes;
+    if (!gsink__mul_size(m->n_param_floats, sizeof(float), &bytes)) {
+        st = gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "parameter size overflows");
+        goto fail;
+    }
+    st = BE(m)->alloc(m->be, bytes, (void **)&m->param_mem);
+    if (!st) st = BE(m)->alloc(m->be, bytes, (void **)&m->grad_mem);
+    if (st) {
+        st = gsink__fail(errbuf, st, "cannot allocate %zu parameters (%zu MiB each for weights and gradients): %s",
+                         m->n_param_floats, bytes >> 20, m->be->err);
+        goto fail;
+    }
+    BE(m)->zero(m->be, m->param_mem, bytes);
+    BE(m)->zero(m->be, m->grad_mem, bytes);
+    size_t th = (size_t)cfg->n_layers * cfg->n_heads * sizeof(float);
+    st = BE(m)->alloc(m->be, th, (void **)&m->vs.theta);
+    if (!st) st = BE(m)->alloc(m->be, th, (void **)&m->vs.dtheta);
+    if (st) {
+        st = gsink__fail(errbuf, st, "cannot allocate V-scale parameters");
+        goto fail;
+    }
+    BE(m)->zero(m->be, m->vs.theta, th);
+    BE(m)->zero(m->be, m->vs.dtheta, th);
+    m->vs.mode = GSINK_VSCALE_OFF;
+    m->vs.sigma = 0.02f;
+    m->vs.n_scale_heads = cfg->n_kv_heads;
+
+    m->p.layers = calloc((size_t)cfg->n_layers, sizeof(gsink_layer_params));
+    m->g.layers = calloc((size_t)cfg->n_layers, sizeof(gsink_layer_params));
+    m->layers = calloc((size_t)cfg->n_layers, sizeof(gsink_layer_acts));
+    m->resid = calloc((size_t)cfg->n_layers + 1, sizeof(float *));
+    m->dresid = calloc((size_t)cfg->n_layers + 1, sizeof(float *));
+    if (!m->p.layers || !m->g.layers || !m->layers || !m->resid || !m->dresid) {
+        st = gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate layer tables");
+        goto fail;
+    }
+    bind_views(m, m->param_mem, &m->p);
+    bind_views(m, m->grad_mem, &m->g);
+    *out = m;
+    return GSINK_OK;
+fail:
+    gsink_model_free(m);
+    return st;
+}
+
+gsink_status gsink_model_create(const gsink_config *cfg, const gsink_model_options *opts,
+                                gsink_model **out)
+{
+    gsink_model *m;
+    gsink_status st = gsink__model_alloc(cfg, opts, &m, NULL);
+    if (st) return st;
+    /* HF LlamaForCausalLM init: normal(0, std) matrices/embeddings, ones for norms. */
+    gsink_rng rng;
+    gsink__rng_seed(&rng, opts ? opts->seed : 0);
+    size_t max_numel = 0;
+    for (size_t i = 0; i < m->n_entries; i++)
+        if (m->entries[i].numel > max_numel) max_numel = m->entries[i].numel;
+    float *host = malloc(max_numel * sizeof(float));
+    if (!host) {
+        gsink_model_free(m);
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the initialisation buffer");
+    }
+    for (size_t i = 0; i < m->n_entries; i++) {
+        const gsink_param_entry *e = &m->entries[i];
+        if (e->ndim == 1)
+            for (size_t j = 0; j < e->numel; j++) host[j] = 1.0f;
+        else
+            for (size_t j = 0; j < e->numel; j++) host[j] = (float)(gsink__rng_normal(&rng) * m->cfg.init_std);
+        st = BE(m)->upload(m->be, m->param_mem + e->offset, host, e->numel * sizeof(float));
+        if (st) break;
+    }
+    free(host);
+    if (st) {
+        gsink__fail(NULL, st, "cannot upload initial weights: %s", m->be->err);
+        gsink_model_free(m);
+        return st;
+    }
+    *out = m;
+    return GSINK_OK;
+}
+
+gsink_status gsink_model_config(const gsink_model *m, gsink_config *cfg)
+{
+    if (!m || !cfg) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or config is NULL");
+    size_t n = cfg->size;
+    if (n < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "cfg->size is not set (call gsink_config_init)");
+    if (n > sizeof *cfg) n = sizeof *cfg;
+    memcpy(cfg, &m->cfg, n);
+    cfg->size = n;
+    return GSINK_OK;
+}
+
+const char *gsink_model_errmsg(const gsink_model *m) { return m ? m->errmsg : "model is NULL"; }
+
+gsink_status gsink_model_set_threads(gsink_model *m, int n)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (n < 0) return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "thread count %d must be >= 0", n);
+    TRY(m, BE(m)->set_threads(m->be, n), "set_threads");
+    m->n_threads = n;
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Parameter access                                                          */
+/* ------------------------------------------------------------------------ */
+
+static size_t n_theta_entries(const gsink_model *m)
+{
+    return m->vs.mode == GSINK_VSCALE_OFF ? 0 : (size_t)m->cfg.n_layers;
+}
+
+gsink_status gsink_param_count(const gsink_model *m, size_t *count)
+{
+    if (!m || !count) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or count is NULL");
+    *count = m->n_entries + n_theta_entries(m);
+    return GSINK_OK;
+}
+
+gsink_status gsink_param_info(const gsink_model *m, size_t index, const char **name, int *ndim,
+                              int64_t dims[2])
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    if (index < m->n_entries) {
+        const gsink_param_entry *e = &m->entries[index];
+        if (name) *name = e->name;
+        if (ndim) *ndim = e->ndim;
+        if (dims) {
+            dims[0] = e->dims[0];
+            dims[1] = e->dims[1];
+        }
+        return GSINK_OK;
+    }
+    if (index < m->n_entries + n_theta_entries(m)) {
+        size_t l = index - m->n_entries;
+        if (name) *name = m->theta_names[l];
+        if (ndim) *ndim = 1;
+        if (dims) {
+            dims[0] = m->vs.n_scale_heads;
+            dims[1] = 0;
+        }
+        return GSINK_OK;
+    }
+    return gsink__fail(NULL, GSINK_ERR_OUT_OF_RANGE, "parameter index %zu >= count %zu", index,
+                       m->n_entries + n_theta_entries(m));
+}
+
+gsink_status gsink_param_numel(const gsink_model *m, size_t *numel)
+{
+    if (!m || !numel) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or numel is NULL");
+    *numel = m->n_param_floats + n_theta_entries(m) * (size_t)m->vs.n_scale_heads;
+    return GSINK_OK;
+}
+
+typedef enum { P_GET, P_SET, P_GRAD } param_op;
+
+static gsink_status param_io(gsink_model *m, const char *name, float *buf, size_t count, param_op op)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (!name || !buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "name or buffer is NULL");
+    const gsink_param_entry *e = gsink__find_param(m, name);
+    float *dev;
+    size_t numel;
+    if (e) {
+        dev = (op == P_GRAD ? m->grad_mem : m->param_mem) + e->offset;
+        numel = e->numel;
+    } else {
+        int l = theta_layer(m, name);
+        if (l < 0) {
+            if (!m->cfg.tie_embeddings || strcmp(name, "lm_head.weight") != 0)
+                return gsink__fail(m->errmsg, GSINK_ERR_UNKNOWN_NAME, "no parameter named '%s'", name);
+            e = &m->entries[0]; /* tied head == embedding */
+            dev = (op == P_GRAD ? m->grad_mem : m->param_mem) + e->offset;
+            numel = e->numel;
+        } else {
+            dev = (op == P_GRAD ? m->vs.dtheta : m->vs.theta) + (size_t)l * m->cfg.n_heads;
+            numel = (size_t)m->vs.n_scale_heads;
+        }
+    }
+    if (count != numel)
+        return gsink__fail(m->errmsg, count < numel ? GSINK_ERR_BUFFER_TOO_SMALL : GSINK_ERR_SHAPE_MISMATCH,
+                           "parameter '%s' has %zu elements, got count %zu", name, numel, count);
+    if (op == P_SET) {
+        TRY(m, BE(m)->upload(m->be, dev, buf, numel * sizeof(float)), "upload");
+        m->have_forward = m->have_backward = false; /* stored results no longer match the weights */
+    } else {
+        TRY(m, BE(m)->download(m->be, buf, dev, numel * sizeof(float)), "download");
+    }
+    return GSINK_OK;
+}
+
+gsink_status gsink_get_param(gsink_model *m, const char *name, float *out, size_t count)
+{
+    return param_io(m, name, out, count, P_GET);
+}
+
+gsink_status gsink_set_param(gsink_model *m, const char *name, const float *data, size_t count)
+{
+    return param_io(m, name, (float *)data, count, P_SET);
+}
+
+gsink_status gsink_get_param_grad(gsink_model *m, const char *name, float *out, size_t count)
+{
+    return param_io(m, name, out, count, P_GRAD);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sites                                                                     */
+/* ------------------------------------------------------------------------ */
+
+static const char *const site_names[GSINK_SITE_COUNT] = {
+    "resid_in", "attn_norm_out", "q", "k", "v", "v_scaled", "attn_out", "resid_mid",
+    "mlp_norm_out", "mlp_out", "resid_out", "z", "mlp_pre", "mlp_up", "mlp_post",
+};
+/* TransformerLens-style hook names (after "blocks.{l}."). */
+static const char *const site_hooks[GSINK_SITE_COUNT] = {
+    "hook_resid_pre", "ln1.hook_normalized", "attn.hook_q", "attn.hook_k", "attn.hook_v",
+    "attn.hook_v_scaled", "hook_attn_out", "hook_resid_mid", "ln2.hook_normalized",
+    "hook_mlp_out", "hook_resid_post", "attn.hook_z", "mlp.hook_pre", "mlp.hook_pre_linear",
+    "mlp.hook_post",
+};
+
+const char *gsink_site_name(gsink_site site)
+{
+    if ((int)site < 0 || site >= GSINK_SITE_COUNT) return NULL;
+    return site_names[site];
+}
+
+gsink_status gsink_site_parse(const char *name, gsink_site *site, int *layer)
+{
+    if (!name || !site) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "name or site is NULL");
+    if (layer) *layer = -1;
+    for (int s = 0; s < GSINK_SITE_COUNT; s++)
+        if (strcmp(name, site_names[s]) == 0) {
+            *site = (gsink_site)s;
+            return GSINK_OK;
+        }
+    int l = -1, n = 0;
+    if (sscanf(name, "blocks.%d.%n", &l, &n) == 1 && n > 0 && l >= 0) {
+        for (int s = 0; s < GSINK_SITE_COUNT; s++)
+            if (strcmp(name + n, site_hooks[s]) == 0) {
+                *site = (gsink_site)s;
+                if (layer) *layer = l;
+                return GSINK_OK;
+            }
+    }
+    return gsink__fail(NULL, GSINK_ERR_UNKNOWN_SITE, "unknown site '%s'", name);
+}
+
+int gsink__site_heads(const gsink_model *m, gsink_site site)
+{
+    switch (site) {
+    case GSINK_SITE_Q:
+    case GSINK_SITE_Z: return m->cfg.n_heads;
+    case GSINK_SITE_K:
+    case GSINK_SITE_V: return m->cfg.n_kv_heads;
+    case GSINK_SITE_V_SCALED: return m->vs.n_scale_heads;
+    default: return 1;
+    }
+}
+
+int gsink__site_width(const gsink_model *m, gsink_site site)
+{
+    switch (site) {
+    case GSINK_SITE_Q:
+    case GSINK_SITE_K:
+    case GSINK_SITE_V:
+    case GSINK_SITE_V_SCALED:
+    case GSINK_SITE_Z: return gsink__site_heads(m, site) * m->cfg.d_head;
+    case GSINK_SITE_MLP_PRE:
+    case GSINK_SITE_MLP_UP:
+    case GSINK_SITE_MLP_POST: return m->cfg.d_ff;
+    default: return m->cfg.d_model;
+    }
+}
+
+gsink_status gsink_site_dims(const gsink_model *m, gsink_site site, int *heads, int *width)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    if ((int)site < 0 || site >= GSINK_SITE_COUNT)
+        return gsink__fail(NULL, GSINK_ERR_UNKNOWN_SITE, "unknown site id %d", (int)site);
+    int h = gsink__site_heads(m, site);
+    if (heads) *heads = h;
+    if (width) *width = gsink__site_width(m, site) / h;
+    return GSINK_OK;
+}
+
+float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad)
+{
+    if (layer < 0 || layer >= m->cfg.n_layers || (int)site < 0 || site >= GSINK_SITE_COUNT) return NULL;
+    if (site == GSINK_SITE_RESID_IN) return grad ? m->dresid[layer] : m->resid[layer];
+    if (site == GSINK_SITE_RESID_OUT) return grad ? m->dresid[layer + 1] : m->resid[layer + 1];
+    return grad ? m->layers[layer].dsite[site] : m->layers[layer].site[site];
+}
+
+static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float *out, size_t count, bool grad)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "output buffer is NULL");
+    if ((int)site < 0 || site >= GSINK_SITE_COUNT)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNKNOWN_SITE, "unknown site id %d", (int)site);
+    if (layer < 0 || layer >= m->cfg.n_layers)
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE, "layer %d outside [0, %d)", layer, m->cfg.n_layers);
+    if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    if (grad && !m->have_backward)
+        return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "gradients need gsink_backward after the last forward");
+    size_t n = (size_t)m->B * m->T * gsink__site_width(m, site);
+    if (count < n)
+        return gsink__fail(m->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "site '%s' needs %zu floats, buffer has %zu",
+                           site_names[site], n, count);
+    TRY(m, BE(m)->download(m->be, out, gsink__site_ptr(m, layer, site, grad), n * sizeof(float)), "download");
+    return GSINK_OK;
+}
+
+gsink_status gsink_get_activation(gsink_model *m, int layer, gsink_site site, float *out, size_t count)
+{
+    return copy_site(m, layer, site, out, count, false);
+}
+
+gsink_status gsink_get_gradient(gsink_model *m, int layer, gsink_site site, float *out, size_t count)
+{
+    return copy_site(m, layer, site, out, count, true);
+}
+
+gsink_status gsink_set_diag_options(gsink_model *m, const gsink_diag_options *o)
+{
+    if (!m || !o) return gsink__fail(m ? m->errmsg : NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
+    gsink__clear(m->errmsg);
+    if (o->size < sizeof(gsink_diag_options))
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "diag options size %zu too small (call gsink_diag_options_init)", o->size);
+    if (!(o->sink_eps >= 0.0f && o->sink_eps <= 1.0f))
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "sink_eps %g must be in [0, 1]", o->sink_eps);
+    if (o->sink_window < 1 || o->rgs_window < 1 || o->sink_position < 0)
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE, "sink_window and rgs_window must be >= 1, sink_position >= 0");
+    if (o->batch_agg != GSINK_AGG_SUM_THEN_NORM && o->batch_agg != GSINK_AGG_PER_SEQUENCE)
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown batch aggregation %d", o->batch_agg);
+    m->diag = *o;
+    m->diag.size = sizeof m->diag;
+    return GSINK_OK;
+}
+
+gsink_status gsink_get_diag_options(const gsink_model *m, gsink_diag_options *o)
+{
+    if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
+    *o = m->diag;
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Activation storage                                                        */
+/* ------------------------------------------------------------------------ */
+
+typedef struct carver {
+    char *base;
+    size_t off;
+    bool overflow;
+} carver;
+
+static void *take(carver *c, size_t n, size_t elem)
+{
+    size_t bytes;
+    if (!gsink__mul_size(n, elem, &bytes) || bytes > SIZE_MAX - c->off - 64) {
+        c->overflow = true;
+        return NULL;
+    }
+    size_t o = c->off;
+    c->off += (bytes + 63) & ~(size_t)63;
+    return c->base ? (void *)(c->base + o) : NULL;
+}
+
+static void layout_acts(gsink_model *m, size_t N, carver *c)
+{
+    const gsink_config *cf = &m->cfg;
+    size_t d = cf->d_model, qd = (size_t)cf->n_heads * cf->d_head, kd = (size_t)cf->n_kv_heads * cf->d_head;
+    size_t vsd = (size_t)m->vs.n_scale_heads * cf->d_head, ff = cf->d_ff, H = cf->n_heads;
+    size_t Nd, Nq, Nk, Nvs, Nf, NH, NV;
+    bool ok = gsink__mul_size(N, d, &Nd) && gsink__mul_size(N, qd, &Nq) && gsink__mul_size(N, kd, &Nk) &&
+              gsink__mul_size(N, vsd, &Nvs) && gsink__mul_size(N, ff, &Nf) && gsink__mul_size(N, H, &NH) &&
+              gsink__mul_size(N, (size_t)cf->vocab_size, &NV);
+    if (!ok) {
+        c->overflow = true;
+        return;
+    }
+    m->tokens_dev = take(c, N, sizeof(int32_t));
+    m->targets_dev = take(c, N, sizeof(int32_t));
+    for (int l = 0; l <= cf->n_layers; l++) {
+        m->resid[l] = take(c, Nd, 4);
+        m->dresid[l] = take(c, Nd, 4);
+    }
+    for (int l = 0; l < cf->n_layers; l++) {
+        gsink_layer_acts *a = &m->layers[l];
+        memset(a, 0, sizeof *a);
+        static const gsink_site dsites[] = {GSINK_SITE_ATTN_NORM_OUT, GSINK_SITE_ATTN_OUT,
+                                            GSINK_SITE_RESID_MID, GSINK_SITE_MLP_NORM_OUT,
+                                            GSINK_SITE_MLP_OUT};
+        for (size_t i = 0; i < sizeof dsites / sizeof dsites[0]; i++) a->site[dsites[i]] = take(c, Nd, 4);
+        a->site[GSINK_SITE_Q] = take(c, Nq, 4);
+        a->site[GSINK_SITE_Z] = take(c, Nq, 4);
+        a->site[GSINK_SITE_K] = take(c, Nk, 4);
+        a->site[GSINK_SITE_V] = take(c, Nk, 4);
+        a->site[GSINK_SITE_V_SCALED] = take(c, Nvs, 4);
+        a->site[GSINK_SITE_MLP_PRE] = take(c, Nf, 4);
+        a->site[GSINK_SITE_MLP_UP] = take(c, Nf, 4);
+        a->site[GSINK_SITE_MLP_POST] = take(c, Nf, 4);
+        a->dsite[GSINK_SITE_ATTN_NORM_OUT] = take(c, Nd, 4);
+        a->dsite[GSINK_SITE_RESID_MID] = take(c, Nd, 4);
+        a->dsite[GSINK_SITE_ATTN_OUT] = a->dsite[GSINK_SITE_RESID_MID]; /* h_mid = h + r_attn */
+        a->dsite[GSINK_SITE_MLP_NORM_OUT] = take(c, Nd, 4);
+        a->dsite[GSINK_SITE_MLP_OUT] = m->dresid[l + 1];                /* h_out = h_mid + r_mlp */
+        a->dsite[GSINK_SITE_Q] = take(c, Nq, 4);
+        a->dsite[GSINK_SITE_Z] = take(c, Nq, 4);
+        a->dsite[GSINK_SITE_K] = take(c, Nk, 4);
+        a->dsite[GSINK_SITE_V] = take(c, Nk, 4);
+        a->dsite[GSINK_SITE_V_SCALED] = take(c, Nvs, 4);
+        a->dsite[GSINK_SITE_MLP_PRE] = take(c, Nf, 4);
+        a->dsite[GSINK_SITE_MLP_UP] = take(c, Nf, 4);
+        a->dsite[GSINK_SITE_MLP_POST] = take(c, Nf, 4);
+        a->rstd_attn = take(c, N, 4);
+        a->rstd_mlp = take(c, N, 4);
+        a->lse = take(c, NH, 4);
+        a->col_mass = take(c, NH, 4);
+        a->col_sq = take(c, NH, 4);
+        a->col_win = take(c, NH, 4);
+    }
+    m->final_out = take(c, Nd, 4);
+    m->dfinal_out = take(c, Nd, 4);
+    m->rstd_final = take(c, N, 4);
+    m->logits = take(c, NV, 4);
+    m->dlogits = take(c, NV, 4);
+    m->scratch = take(c, Nq > Nk ? Nq : Nk, 4);
+}
+
+static gsink_status ensure_acts(gsink_model *m, int B, int T)
+{
+    size_t N = (size_t)B * T;
+    size_t LHT = (size_t)m->cfg.n_layers * m->cfg.n_heads;
+    if (m->act_mem && N <= m->cap_tokens && m->hstats.mass) {
+        /* re-carve for the current N so that (B, T, .) strides are dense */
+        carver c = {m->act_mem, 0, false};
+        layout_acts(m, N, &c);
+        goto stats;
+    }
+    free_acts(m);
+    carver sizing = {NULL, 0, false};
+    layout_acts(m, N, &sizing);
+    if (sizing.overflow)
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "activation storage for batch %d x seq %d overflows", B, T);
+    gsink_status st = BE(m)->alloc(m->be, sizing.off, &m->act_mem);
+    if (st)
+        return gsink__fail(m->errmsg, st, "cannot allocate %zu MiB of activation storage for batch %d x seq %d: %s",
+                           sizing.off >> 20, B, T, m->be->err);
+    m->act_bytes = sizing.off;
+    m->cap_tokens = N;
+    {
+        carver c = {m->act_mem, 0, false};
+        layout_acts(m, N, &c);
+    }
+stats:;
+    size_t need = LHT * (size_t)T;
+    free(m->hstats.mass);
+    free(m->hstats.sq);
+    free(m->hstats.win);
+    m->hstats.mass = malloc(need * sizeof(float));
+    m->hstats.sq = malloc(need * sizeof(float));
+    m->hstats.win = malloc(need * sizeof(float));
+    if (!m->hstats.mass || !m->hstats.sq || !m->hstats.win) {
+        free_acts(m);
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate attention statistics");
+    }
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Forward                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static float vscale_c0(const gsink_model *m)
+{
+    return (float)m->cfg.d_model * (float)m->cfg.d_head * m->vs.sigma * m->vs.sigma;
+}
+
+/* Batch mean of the (B, H, T) statistics of one layer into host (H, T). */
+static gsink_status reduce_stats(gsink_model *m, int l, float *host_tmp)
+{
+    int B = m->B, T = m->T, H = m->cfg.n_heads;
+    size_t HT = (size_t)H * T;
+    float *dev[3] = {m->layers[l].col_mass, m->layers[l].col_sq, m->layers[l].col_win};
+    float *dst[3] = {m->hstats.mass + l * HT, m->hstats.sq + l * HT, m->hstats.win + l * HT};
+    for (int s = 0; s < 3; s++) {
+        TRY(m, BE(m)->download(m->be, host_tmp, dev[s], (size_t)B * HT * sizeof(float)), "download stats");
+        for (size_t i = 0; i < HT; i++) {
+            double acc = 0.0;
+            for (int b = 0; b < B; b++) acc += host_tmp[(size_t)b * HT + i];
+            dst[s][i] = (float)(acc / B);
+        }
+    }
+    return GSINK_OK;
+}
+
+static gsink_status layer_forward(gsink_model *m, int l, float *host_tmp)
+{
+    const gsink_config *c = &m->cfg;
+    const gsink_backend_iface *f = BE(m);
+    gsink_backend *be = m->be;
+    gsink_layer_params *w = &m->p.layers[l];
+    gsink_layer_acts *a = &m->layers[l];
+    float **s = a->site;
+    int N = m->B * m->T, d = c->d_model, qd = c->n_heads * c->d_head, kd = c->n_kv_heads * c->d_head;
+    int ff = c->d_ff;
+
+    TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_NORM_OUT], a->rstd_attn, m->resid[l], w->attn_norm, N, d, c->rms_eps), "rmsnorm");
+    const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
+    TRY(m, f->gemm(be, 0, 1, N, qd, d, 1.0f, x, d, w->wq, d, 0.0f, s[GSINK_SITE_Q], qd), "gemm q");
+    TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wk, d, 0.0f, s[GSINK_SITE_K], kd), "gemm k");
+    TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wv, d, 0.0f, s[GSINK_SITE_V], kd), "gemm v");
+    TRY(m, f->rope(be, s[GSINK_SITE_Q], m->B, m->T, c->n_heads, c->d_head, c->rope_theta, 0), "rope q");
+    TRY(m, f->rope(be, s[GSINK_SITE_K], m->B, m->T, c->n_kv_heads, c->d_head, c->rope_theta, 0), "rope k");
+    TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
+                         c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
+    gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->diag.sink_window};
+    gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win};
+    TRY(m, f->attention_fwd(be, &sh, s[GSINK_SITE_Z], a->lse, s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], stats), "attention");
+    gsink_status st = reduce_stats(m, l, host_tmp);
+    if (st) return st;
+    TRY(m, f->gemm(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, qd, 0.0f, s[GSINK_SITE_ATTN_OUT], d), "gemm o");
+    TRY(m, f->add(be, s[GSINK_SITE_RESID_MID], m->resid[l], s[GSINK_SITE_ATTN_OUT], (size_t)N * d), "add");
+    TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_NORM_OUT], a->rstd_mlp, s[GSINK_SITE_RESID_MID], w->mlp_norm, N, d, c->rms_eps), "rmsnorm");
+    x = s[GSINK_SITE_MLP_NORM_OUT];
+    TRY(m, f->gemm(be, 0, 1, N, ff, d, 1.0f, x, d, w->wgate, d, 0.0f, s[GSINK_SITE_MLP_PRE], ff), "gemm gate");
+    TRY(m, f->gemm(be, 0, 1, N, ff, d, 1.0f, x, d, w->wup, d, 0.0f, s[GSINK_SITE_MLP_UP], ff), "gemm up");
+    TRY(m, f->swiglu_fwd(be, s[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
+    TRY(m, f->gemm(be, 0, 1, N, d, ff, 1.0f, s[GSINK_SITE_MLP_POST], ff, w->wdown, ff, 0.0f, s[GSINK_SITE_MLP_OUT], d), "gemm down");
+    TRY(m, f->add(be, m->resid[l + 1], s[GSINK_SITE_RESID_MID], s[GSINK_SITE_MLP_OUT], (size_t)N * d), "add");
+    return GSINK_OK;
+}
+
+static gsink_status check_ids(gsink_model *m, const int32_t *ids, size_t n, bool targets)
+{
+    int32_t V = m->cfg.vocab_size;
+    for (size_t i = 0; i < n; i++) {
+        int32_t t = ids[i];
+        if (t >= V || (!targets && t < 0))
+            return gsink__fail(m->errmsg, GSINK_ERR_TOKEN_OUT_OF_RANGE, "%s[%zu] = %d is outside [%d, %d)",
+                               targets ? "targets" : "tokens", i, t, targets ? -1 : 0, V);
+    }
+    return GSINK_OK;
+}
+
+gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
+                           int seq_len, float *loss)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (!tokens) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "tokens is NULL");
+    if (batch < 1) return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "batch = %d must be >= 1", batch);
+    if (seq_len < 1) return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "seq_len = %d must be >= 1", seq_len);
+    if (seq_len > m->cfg.max_seq_len)
+        return gsink__fail(m->errmsg, GSINK_ERR_SEQ_TOO_LONG, "seq_len = %d exceeds max_seq_len = %d", seq_len, m->cfg.max_seq_len);
+    if ((int64_t)batch * seq_len > (1 << 28))
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "batch x seq_len = %lld tokens is too large", (long long)batch * seq_len);
+    size_t N = (size_t)batch * seq_len;
+    gsink_status st = check_ids(m, tokens, N, false);
+    if (!st && targets) st = check_ids(m, targets, N, true);
+    if (st) return st;
+
+    m->have_forward = m->have_backward = false;
+    st = ensure_acts(m, batch, seq_len);
+    if (st) return st;
+    m->B = batch;
+    m->T = seq_len;
+    const gsink_config *c = &m->cfg;
+    const gsink_backend_iface *f = BE(m);
+    size_t tmp_n = (size_t)batch * c->n_heads * seq_len;
+    float *host_tmp = malloc(tmp_n * sizeof(float));
+    int32_t *neg = NULL;
+    if (!host_tmp) return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate statistics buffer");
+    st = f->upload(m->be, m->tokens_dev, tokens, N * sizeof(int32_t));
+    if (!st) {
+        if (targets) {
+            st = f->upload(m->be, m->targets_dev, targets, N * sizeof(int32_t));
+        } else if ((neg = malloc(N * sizeof(int32_t)))) {
+            for (size_t i = 0; i < N; i++) neg[i] = -1;
+            st = f->upload(m->be, m->targets_dev, neg, N * sizeof(int32_t));
+            free(neg);
+        } else {
+            st = GSINK_ERR_OUT_OF_MEMORY;
+        }
+    }
+    if (st) {
+        free(host_tmp);
+        return gsink__be_check(m, st, "upload tokens");
+    }
+    m->hstats.window = m->diag.sink_window;
+    st = gsink__be_check(m, f->embedding_fwd(m->be, m->resid[0], m->tokens_dev, m->p.embed, (int)N, c->d_model), "embedding");
+    for (int l = 0; !st && l < c->n_layers; l++) st = layer_forward(m, l, host_tmp);
+    free(host_tmp);
+    if (st) return st;
+    TRY(m, f->rmsnorm_fwd(m->be, m->final_out, m->rstd_final, m->resid[c->n_layers], m->p.final_norm, (int)N, c->d_model, c->rms_eps), "final norm");
+    TRY(m, f->gemm(m->be, 0, 1, (int)N, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model, m->p.lm_head, c->d_model, 0.0f, m->logits, c->vocab_size), "lm head");
+    m->have_targets = targets != NULL;
+    m->n_targets = 0;
+    m->last_loss = NAN;
+    if (targets) {
+        double sum;
+        int64_t cnt;
+        TRY(m, f->xent_fwd(m->be, &sum, &cnt, m->logits, m->targets_dev, (int)N, c->vocab_size), "cross-entropy");
+        m->n_targets = cnt;
+        m->last_loss = cnt > 0 ? (float)(sum / cnt) : 0.0f;
+        if (loss) *loss = m->last_loss;
+    }
+    m->have_forward = true;
+    return GSINK_OK;
+}
+
+gsink_status gsink_last_shape(const gsink_model *m, int *batch, int *seq_len)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    if (batch) *batch = m->have_forward ? m->B : 0;
+    if (seq_len) *seq_len = m->have_forward ? m->T : 0;
+    if (!m->have_forward) return gsink__fail(NULL, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    return GSINK_OK;
+}
+
+gsink_status gsink_get_logits(gsink_model *m, float *out, size_t count)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "output buffer is NULL");
+    if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    size_t n = (size_t)m->B * m->T * m->cfg.vocab_size;
+    if (count < n) return gsink__fail(m->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "logits need %zu floats, buffer has %zu", n, count);
+    TRY(m, BE(m)->download(m->be, out, m->logits, n * sizeof(float)), "download logits");
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Backward                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status layer_backward(gsink_model *m, int l)
+{
+    const gsink_config *c = &m->cfg;
+    const gsink_backend_iface *f = BE(m);
+    gsink_backend *be = m->be;
+    gsink_layer_params *w = &m->p.layers[l], *gw = &m->g.layers[l];
+    gsink_layer_acts *a = &m->layers[l];
+    float **s = a->site, **ds = a->dsite;
+    int N = m->B * m->T, d = c->d_model, qd = c->n_heads * c->d_head, kd = c->n_kv_heads * c->d_head;
+    int ff = c->d_ff;
+    size_t Nd = (size_t)N * d;
+
+    /* MLP branch: dL/d mlp_out == dresid[l+1] */
+    const float *dout = m->dresid[l + 1];
+    TRY(m, f->gemm(be, 0, 0, N, ff, d, 1.0f, dout, d, w->wdown, ff, 0.0f, ds[GSINK_SITE_MLP_POST], ff), "gemm");
+    TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
+    TRY(m, f->swiglu_bwd(be, ds[GSINK_SITE_MLP_PRE], ds[GSINK_SITE_MLP_UP], ds[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
+    TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, w->wgate, d, 0.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
+    TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wgate, d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_UP], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wup, d), "gemm");
+    TRY(m, f->copy(be, ds[GSINK_SITE_RESID_MID], dout, Nd * sizeof(float)), "copy");
+    TRY(m, f->rmsnorm_bwd(be, ds[GSINK_SITE_RESID_MID], gw->mlp_norm, ds[GSINK_SITE_MLP_NORM_OUT], s[GSINK_SITE_RESID_MID], w->mlp_norm, a->rstd_mlp, N, d, 1), "rmsnorm");
+
+    /* Attention branch: dL/d attn_out == dL/d resid_mid */
+    const float *dattn = ds[GSINK_SITE_RESID_MID];
+    TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dattn, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
+    TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dattn, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
+    gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->diag.sink_window};
+    TRY(m, f->attention_bwd(be, &sh, ds[GSINK_SITE_Q], ds[GSINK_SITE_K], ds[GSINK_SITE_V_SCALED], ds[GSINK_SITE_Z],
+                            s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], s[GSINK_SITE_Z], a->lse), "attention");
+    int learn = m->vs.mode == GSINK_VSCALE_FULL && m->vs.learnable;
+    TRY(m, f->vscale_bwd(be, ds[GSINK_SITE_V], learn ? m->vs.dtheta + (size_t)l * c->n_heads : NULL, ds[GSINK_SITE_V_SCALED],
+                         s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N, c->n_kv_heads, m->vs.n_scale_heads,
+                         c->d_head, vscale_c0(m), m->vs.mode), "vscale");
+    const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
+    float *dx = ds[GSINK_SITE_ATTN_NORM_OUT];
+    /* q and k sites hold post-RoPE values; their projections need pre-RoPE gradients. */
+    TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_Q], (size_t)N * qd * sizeof(float)), "copy");
+    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_heads, c->d_head, c->rope_theta, 1), "rope");
+    TRY(m, f->gemm(be, 0, 0, N, d, qd, 1.0f, m->scratch, qd, w->wq, d, 0.0f, dx, d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, m->scratch, qd, x, d, 1.0f, gw->wq, d), "gemm");
+    TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_K], (size_t)N * kd * sizeof(float)), "copy");
+    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_kv_heads, c->d_head, c->rope_theta, 1), "rope");
+    TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, m->scratch, kd, w->wk, d, 1.0f, dx, d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, m->scratch, kd, x, d, 1.0f, gw->wk, d), "gemm");
+    TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, ds[GSINK_SITE_V], kd, w->wv, d, 1.0f, dx, d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, ds[GSINK_SITE_V], kd, x, d, 1.0f, gw->wv, d), "gemm");
+    TRY(m, f->copy(be, m->dresid[l], dattn, Nd * sizeof(float)), "copy");
+    TRY(m, f->rmsnorm_bwd(be, m->dresid[l], gw->attn_norm, dx, m->resid[l], w->attn_norm, a->rstd_attn, N, d, 1), "rmsnorm");
+    return GSINK_OK;
+}
+
+gsink_status gsink_zero_grad(gsink_model *m)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    TRY(m, BE(m)->zero(m->be, m->grad_mem, m->n_param_floats * sizeof(float)), "zero");
+    TRY(m, BE(m)->zero(m->be, m->vs.dtheta, (size_t)m->cfg.n_layers * m->cfg.n_heads * sizeof(float)), "zero");
+    return GSINK_OK;
+}
+
+gsink_status gsink_backward(gsink_model *m, unsigned flags)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (flags & ~GSINK_BACKWARD_ACCUMULATE)
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown backward flags 0x%x", flags);
+    if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "backward needs a forward pass first");
+    if (!m->have_targets) return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "backward needs a forward pass with targets");
+    if (m->n_targets == 0) return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "every target of the last forward is ignored (< 0)");
+    const gsink_config *c = &m->cfg;
+    const gsink_backend_iface *f = BE(m);
+    int N = m->B * m->T;
+    if (!(flags & GSINK_BACKWARD_ACCUMULATE)) {
+        gsink_status st = gsink_zero_grad(m);
+        if (st) return st;
+    }
+    m->have_backward = false;
+    TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, 1.0f / (float)m->n_targets), "cross-entropy");
+    TRY(m, f->gemm(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
+    TRY(m, f->gemm(m->be, 1, 0, c->vocab_size, c->d_model, N, 1.0f, m->dlogits, c->vocab_size, m->final_out, c->d_model, 1.0f, m->g.lm_head, c->d_model), "gemm");
+    TRY(m, f->rmsnorm_bwd(m->be, m->dresid[c->n_layers], m->g.final_norm, m->dfinal_out, m->resid[c->n_layers], m->p.final_norm, m->rstd_final, N, c->d_model, 0), "rmsnorm");
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        gsink_status st = layer_backward(m, l);
+        if (st) return st;
+    }
+    TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
+    m->have_backward = true;
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* V-scale                                                                   */
+/* ------------------------------------------------------------------------ */
+
+gsink_status gsink_vscale_enable(gsink_model *m, const gsink_vscale_options *o)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (!o) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "options is NULL");
+    if (o->size < sizeof(gsink_vscale_options))
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "vscale options size %zu too small (call gsink_vscale_options_init)", o->size);
+    if (o->mode != GSINK_VSCALE_OFF && o->mode != GSINK_VSCALE_FULL && o->mode != GSINK_VSCALE_BACKWARD_ONLY)
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown V-scale mode %d", o->mode);
+    if (!(o->sigma > 0.0f) || !isfinite(o->sigma))
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "V-scale sigma = %g must be a positive finite number", o->sigma);
+    int heads = o->mode != GSINK_VSCALE_OFF && o->per_query_head ? m->cfg.n_heads : m->cfg.n_kv_heads;
+    if (heads != m->vs.n_scale_heads) {
+        /* v_scaled changes width: storage is rebuilt at the next forward. */
+        free_acts(m);
+        size_t th = (size_t)m->cfg.n_layers * m->cfg.n_heads * sizeof(float);
+        TRY(m, BE(m)->zero(m->be, m->vs.theta, th), "zero theta");
+        TRY(m, BE(m)->zero(m->be, m->vs.dtheta, th), "zero theta");
+    }
+    m->vs.n_scale_heads = heads;
+    m->vs.mode = o->mode;
+    m->vs.sigma = o->sigma;
+    m->vs.learnable = o->mode == GSINK_VSCALE_FULL && o->learnable_theta;
+    m->vs.per_query_head = o->mode != GSINK_VSCALE_OFF && o->per_query_head;
+    m->have_forward = m->have_backward = false; /* stored results no longer match */
+    return GSINK_OK;
+}
+
+gsink_status gsink_vscale_get(const gsink_model *m, gsink_vscale_options *o)
+{
+    if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
+    gsink_vscale_options_init(o);
+    o->mode = m->vs.mode;
+    o->sigma = m->vs.sigma;
+    o->learnable_theta = m->vs.learnable;
+    o->per_query_head = m->vs.per_query_head;
+    return GSINK_OK;
+}
+
+gsink_status gsink_vscale_theta_count(const gsink_model *m, size_t *count)
+{
+    if (!m || !count) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or count is NULL");
+    *count = n_theta_entries(m) * (size_t)m->vs.n_scale_heads;
+    return GSINK_OK;
+}
+
+static gsink_status theta_io(gsink_model *m, float *buf, size_t count, param_op op)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (!buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "buffer is NULL");
+    if (m->vs.mode == GSINK_VSCALE_OFF)
+        return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "V-scale is off: enable it with gsink_vscale_enable first");
+    size_t L = (size_t)m->cfg.n_layers, S = (size_t)m->vs.n_scale_heads;
+    if (count != L * S)
+        return gsink__fail(m->errmsg, count < L * S ? GSINK_ERR_BUFFER_TOO_SMALL : GSINK_ERR_SHAPE_MISMATCH,
+                           "theta has %zu values (layers x scale heads), got count %zu", L * S, count);
+    if (op == P_SET)
+        for (size_t i = 0; i < count; i++)
+            if (!isfinite(buf[i])) return gsink__fail(m->errmsg, GSINK_ERR_NON_FINITE, "theta[%zu] is not finite", i);
+    float *dev = op == P_GRAD ? m->vs.dtheta : m->vs.theta;
+    for (size_t l = 0; l < L; l++) {
+        float *row = dev + l * (size_t)m->cfg.n_heads;
+        gsink_status st = op == P_SET ? BE(m)->upload(m->be, row, buf + l * S, S * sizeof(float))
+                                      : BE(m)->download(m->be, buf + l * S, row, S * sizeof(float));
+        if (st) return gsink__be_check(m, st, "theta copy");
+    }
+    if (op == P_SET) m->have_forward = m->have_backward = false;
+    return GSINK_OK;
+}
+
+gsink_status gsink_vscale_get_theta(gsink_model *m, float *out, size_t count) { return theta_io(m, out, count, P_GET); }
+gsink_status gsink_vscale_set_theta(gsink_model *m, const float *data, size_t count) { return theta_io(m, (float *)data, count, P_SET); }
+gsink_status gsink_vscale_get_theta_grad(gsink_model *m, float *out, size_t count) { return theta_io(m, out, count, P_GRAD); }
