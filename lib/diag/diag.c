@@ -178,8 +178,8 @@ static gsink_status norms_checked(gsink_model *m, int layer, gsink_site site, in
                                   bool grad, float *out, size_t count)
 {
     gsink_status st;
-    const float *x;
-    int heads, hw;
+    const float *x = NULL;
+    int heads = 1, hw = 1;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
@@ -386,8 +386,8 @@ gsink_status gsink_gradient_sink_ratio(gsink_model *m, int layer, int s, int t_e
     if ((st = gsink__diag_rgs_args(m, s, t_e))) return st;
     gsink_diag_tmp ts = {.m = m};
     float *g;
-    const float *x;
-    int heads, hw;
+    const float *x = NULL;
+    int heads = 1, hw = 1;
     if ((st = gsink__diag_tmp_host(&ts, (size_t)m->T, &g))) goto done;
     if ((st = site_tensor(m, layer, GSINK_SITE_ATTN_NORM_OUT, true, &x, &heads, &hw))) goto done;
     if ((st = gsink__diag_tensor_norms(m, x, heads, hw, -1, agg, g))) goto done;
@@ -500,8 +500,8 @@ gsink_status gsink__diag_massive(gsink_model *m, int layer, gsink_site site, flo
     gsink_diag_tmp ts = {.m = m};
     gsink_status st;
     float *nrm;
-    const float *x;
-    int heads, hw;
+    const float *x = NULL;
+    int heads = 1, hw = 1;
     if ((st = gsink__diag_tmp_host(&ts, (size_t)m->T, &nrm))) goto done;
     if ((st = site_tensor(m, layer, site, false, &x, &heads, &hw))) goto done;
     if ((st = gsink__diag_tensor_norms(m, x, heads, hw, -1, GSINK_AGG_PER_SEQUENCE, nrm))) goto done;

@@ -1,0 +1,511 @@
+/*
+ * gsink-cli - command-line front end of libgsink.
+ *
+ *   gsink-cli analyze [options]   forward + backward on a batch, prints the
+ *                                 per-layer sink / gradient-sink table and
+ *                                 optionally writes the JSON report
+ *   gsink-cli info                version, devices and presets
+ *
+ * Exit status: 0 success, 1 runtime failure (message on stderr), 2 usage error.
+ */
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "gsink.h"
+
+#define EXIT_USAGE 2
+
+static const char *prog = "gsink-cli";
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: %s <command> [options]\n"
+            "\n"
+            "commands:\n"
+            "  analyze   run forward+backward on a batch and print sink / gradient-sink metrics\n"
+            "  info      print the library version, devices and model presets\n"
+            "\n"
+            "analyze options:\n"
+            "  --model PATH        load weights (HF directory, .safetensors or .gguf)\n"
+            "  --preset NAME       create a randomly initialised model (default: tiny)\n"
+            "  --seed N            initialisation / random-token seed (default 0)\n"
+            "  --tokens FILE       token ids: raw int32 binary, or whitespace-separated integers\n"
+            "  --text FILE         UTF-8 text, tokenized with --tokenizer GGUF\n"
+            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text)\n"
+            "  --batch N           sequences per batch (default 1)\n"
+            "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
+            "  --device cpu|cuda   device (default cpu)\n"
+            "  --threads N         CPU threads (default: all)\n"
+            "  --vscale MODE       off | full | backward-only (default off)\n"
+            "  --sink-eps X        sink-rate threshold eps (default 0.3)\n"
+            "  --sink-window N     T_eps (default 64, clipped to seq_len)\n"
+            "  --rgs-window N      T_e of R_GS (default 31)\n"
+            "  --agg MODE          gradient batch aggregation: sum (default, paper) | per-seq\n"
+            "  --json OUT          write the full report (schema gsink.report/1) to OUT ('-' = stdout)\n"
+            "  -q, --quiet         do not print the table\n"
+            "\n"
+            "  -h, --help          show this help\n"
+            "  --version           print the library version\n",
+            prog);
+}
+
+static int fail_lib(const char *what, gsink_status st)
+{
+    const char *msg = gsink_last_error();
+    fprintf(stderr, "%s: %s failed: %s%s%s\n", prog, what, gsink_status_str(st),
+            msg && *msg ? ": " : "", msg ? msg : "");
+    return 1;
+}
+
+static int parse_int(const char *opt, const char *s, long lo, long hi, int *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "%s: %s expects an integer in [%ld, %ld], got '%s'\n", prog, opt, lo, hi, s);
+        return -1;
+    }
+    *out = (int)v;
+    return 0;
+}
+
+static int parse_u64(const char *opt, const char *s, uint64_t *out)
+{
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || end == s || *end || s[0] == '-') {
+        fprintf(stderr, "%s: %s expects a non-negative integer, got '%s'\n", prog, opt, s);
+        return -1;
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+static int parse_float(const char *opt, const char *s, float *out)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || end == s || *end || !isfinite(v)) {
+        fprintf(stderr, "%s: %s expects a number, got '%s'\n", prog, opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* Reads a whole file; returns NULL (message printed) on failure. */
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "%s: cannot open '%s': %s\n", prog, path, strerror(errno));
+        return NULL;
+    }
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap + 1);
+    while (buf) {
+        size_t r = fread(buf + n, 1, cap - n, f);
+        n += r;
+        if (r == 0) break;
+        if (n == cap) {
+            char *nb = cap < SIZE_MAX / 4 ? realloc(buf, cap * 2 + 1) : NULL;
+            if (!nb) {
+                free(buf);
+                buf = NULL;
+                break;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    int err = ferror(f);
+    fclose(f);
+    if (!buf || err) {
+        fprintf(stderr, "%s: cannot read '%s'\n", prog, path);
+        free(buf);
+        return NULL;
+    }
+    buf[n] = '\0';
+    *len = n;
+    return buf;
+}
+
+/* Token file: whitespace-separated decimal ids if the file is only digits,
+ * signs and whitespace; otherwise raw little-endian int32. */
+static int32_t *load_tokens(const char *path, size_t *n_out)
+{
+    size_t len;
+    char *buf = read_file(path, &len);
+    if (!buf) return NULL;
+    int text = len > 0;
+    for (size_t i = 0; i < len && text; i++) {
+        unsigned char c = (unsigned char)buf[i];
+        if (!((c >= '0' && c <= '9') || c == '-' || c == ' ' || c == '\n' || c == '\r' || c == '\t'))
+            text = 0;
+    }
+    int32_t *ids = NULL;
+    size_t n = 0;
+    if (text) {
+        ids = malloc(sizeof(int32_t) * (len / 2 + 1));
+        char *p = buf;
+        while (ids) {
+            while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
+            if (!*p) break;
+            char *end;
+            errno = 0;
+            long v = strtol(p, &end, 10);
+            if (end == p || errno || v < INT32_MIN || v > INT32_MAX) {
+                fprintf(stderr, "%s: '%s': bad token id near byte %zu\n", prog, path, (size_t)(p - buf));
+                free(ids);
+                free(buf);
+                return NULL;
+            }
+            ids[n++] = (int32_t)v;
+            p = end;
+        }
+    } else {
+        if (len % 4 != 0) {
+            fprintf(stderr, "%s: '%s' is neither whitespace-separated ids nor int32 binary "
+                            "(size %zu is not a multiple of 4)\n", prog, path, len);
+            free(buf);
+            return NULL;
+        }
+        n = len / 4;
+        ids = malloc(sizeof(int32_t) * (n ? n : 1));
+        if (ids) memcpy(ids, buf, n * 4);
+    }
+    free(buf);
+    if (!ids) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return NULL;
+    }
+    *n_out = n;
+    return ids;
+}
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static int cmd_info(void)
+{
+    printf("libgsink %s (header %s)\n", gsink_version_string(), GSINK_VERSION_STRING);
+    printf("devices:\n");
+    static const struct { gsink_device_kind kind; const char *name; } kinds[] = {
+        {GSINK_DEVICE_CPU, "cpu"}, {GSINK_DEVICE_CUDA, "cuda"}};
+    for (size_t k = 0; k < 2; k++) {
+        int count = 0;
+        if (gsink_device_count(kinds[k].kind, &count) != GSINK_OK) count = 0;
+        if (count == 0) printf("  %s: none\n", kinds[k].name);
+        for (int i = 0; i < count; i++) {
+            char desc[256];
+            if (gsink_device_describe(kinds[k].kind, i, desc, sizeof desc) != GSINK_OK)
+                snprintf(desc, sizeof desc, "(no description: %s)", gsink_last_error());
+            printf("  %s:%d  %s\n", kinds[k].name, i, desc);
+        }
+    }
+    printf("presets:\n  %-12s %6s %6s %4s %4s %4s %6s %7s %6s\n", "name", "layers", "d", "H", "KV",
+           "dh", "ff", "vocab", "T");
+    for (int i = 0;; i++) {
+        const char *name = gsink_config_preset_name(i);
+        if (!name) break;
+        gsink_config c;
+        gsink_config_init(&c);
+        if (gsink_config_preset(name, &c) != GSINK_OK) continue;
+        printf("  %-12s %6d %6d %4d %4d %4d %6d %7d %6d\n", name, c.n_layers, c.d_model, c.n_heads,
+               c.n_kv_heads, c.d_head, c.d_ff, c.vocab_size, c.max_seq_len);
+    }
+    return 0;
+}
+
+typedef struct analyze_args {
+    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device;
+    uint64_t seed;
+    int batch, seq, threads, quiet;
+    int vscale;
+    gsink_diag_options diag;
+    int sink_window_set;
+} analyze_args;
+
+static int parse_analyze(int argc, char **argv, analyze_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->preset = NULL;
+    a->batch = 1;
+    a->vscale = GSINK_VSCALE_OFF;
+    gsink_diag_options_init(&a->diag);
+    for (int i = 0; i < argc; i++) {
+        const char *o = argv[i];
+        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
+#define NEED_VALUE()                                                              \
+    do {                                                                          \
+        if (!v) {                                                                 \
+            fprintf(stderr, "%s: option %s needs a value\n", prog, o);            \
+            return -1;                                                            \
+        }                                                                         \
+        i++;                                                                      \
+    } while (0)
+        if (!strcmp(o, "-h") || !strcmp(o, "--help")) {
+            usage(stdout);
+            exit(0);
+        } else if (!strcmp(o, "--model")) { NEED_VALUE(); a->model = v; }
+        else if (!strcmp(o, "--preset")) { NEED_VALUE(); a->preset = v; }
+        else if (!strcmp(o, "--tokens")) { NEED_VALUE(); a->tokens = v; }
+        else if (!strcmp(o, "--text")) { NEED_VALUE(); a->text = v; }
+        else if (!strcmp(o, "--tokenizer")) { NEED_VALUE(); a->tokenizer = v; }
+        else if (!strcmp(o, "--json")) { NEED_VALUE(); a->json = v; }
+        else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
+        else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
+        else if (!strcmp(o, "--batch")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->batch)) return -1; }
+        else if (!strcmp(o, "--seq")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 24, &a->seq)) return -1; }
+        else if (!strcmp(o, "--threads")) { NEED_VALUE(); if (parse_int(o, v, 0, 4096, &a->threads)) return -1; }
+        else if (!strcmp(o, "--sink-eps")) { NEED_VALUE(); if (parse_float(o, v, &a->diag.sink_eps)) return -1; }
+        else if (!strcmp(o, "--sink-window")) {
+            NEED_VALUE();
+            if (parse_int(o, v, 1, 1 << 24, &a->diag.sink_window)) return -1;
+            a->sink_window_set = 1;
+        } else if (!strcmp(o, "--rgs-window")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 24, &a->diag.rgs_window)) return -1; }
+        else if (!strcmp(o, "--agg")) {
+            NEED_VALUE();
+            if (!strcmp(v, "sum")) a->diag.batch_agg = GSINK_AGG_SUM_THEN_NORM;
+            else if (!strcmp(v, "per-seq")) a->diag.batch_agg = GSINK_AGG_PER_SEQUENCE;
+            else { fprintf(stderr, "%s: --agg expects sum or per-seq, got '%s'\n", prog, v); return -1; }
+        } else if (!strcmp(o, "--vscale")) {
+            NEED_VALUE();
+            if (!strcmp(v, "off")) a->vscale = GSINK_VSCALE_OFF;
+            else if (!strcmp(v, "full")) a->vscale = GSINK_VSCALE_FULL;
+            else if (!strcmp(v, "backward-only")) a->vscale = GSINK_VSCALE_BACKWARD_ONLY;
+            else { fprintf(stderr, "%s: --vscale expects off, full or backward-only, got '%s'\n", prog, v); return -1; }
+        } else if (!strcmp(o, "-q") || !strcmp(o, "--quiet")) a->quiet = 1;
+        else {
+            fprintf(stderr, "%s: unknown option '%s' (see --help)\n", prog, o);
+            return -1;
+        }
+#undef NEED_VALUE
+    }
+    if (a->model && a->preset) {
+        fprintf(stderr, "%s: --model and --preset are exclusive\n", prog);
+        return -1;
+    }
+    if (a->tokens && a->text) {
+        fprintf(stderr, "%s: --tokens and --text are exclusive\n", prog);
+        return -1;
+    }
+    if (a->text && !a->tokenizer) {
+        fprintf(stderr, "%s: --text needs --tokenizer GGUF\n", prog);
+        return -1;
+    }
+    if (a->device && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
+        fprintf(stderr, "%s: --device expects cpu or cuda, got '%s'\n", prog, a->device);
+        return -1;
+    }
+    if (!a->model && !a->preset) a->preset = "tiny";
+    return 0;
+}
+
+/* Fills tokens/targets (batch*seq each) from ids: sequence b takes ids
+ * [b*seq, b*seq+seq) and predicts the following id (-1 past the end). */
+static int fill_batch(const int32_t *ids, size_t n_ids, int B, int T, int32_t *tok, int32_t *tgt)
+{
+    size_t need = (size_t)B * (size_t)T;
+    if (n_ids < need) {
+        fprintf(stderr, "%s: %zu tokens given, batch*seq = %zu needed\n", prog, n_ids, need);
+        return -1;
+    }
+    for (size_t i = 0; i < need; i++) {
+        tok[i] = ids[i];
+        tgt[i] = i + 1 < n_ids ? ids[i + 1] : -1;
+    }
+    return 0;
+}
+
+static int cmd_analyze(int argc, char **argv)
+{
+    analyze_args a;
+    if (parse_analyze(argc, argv, &a)) return EXIT_USAGE;
+
+    int rc = 1;
+    gsink_status st;
+    gsink_model *m = NULL;
+    gsink_tokenizer *tk = NULL;
+    int32_t *ids = NULL, *tok = NULL, *tgt = NULL;
+    float *buf = NULL;
+    char *json = NULL;
+
+    gsink_model_options mo;
+    gsink_model_options_init(&mo);
+    mo.seed = a.seed;
+    mo.n_threads = a.threads;
+    if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
+    if (a.model) {
+        if ((st = gsink_model_load(a.model, &mo, &m))) { rc = fail_lib("loading the model", st); goto out; }
+    } else {
+        gsink_config cfg;
+        gsink_config_init(&cfg);
+        if ((st = gsink_config_preset(a.preset, &cfg))) {
+            fprintf(stderr, "%s: unknown preset '%s' (see '%s info')\n", prog, a.preset, prog);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        if ((st = gsink_model_create(&cfg, &mo, &m))) { rc = fail_lib("creating the model", st); goto out; }
+    }
+    gsink_config cfg;
+    cfg.size = sizeof cfg;
+    if ((st = gsink_model_config(m, &cfg))) { rc = fail_lib("reading the config", st); goto out; }
+
+    int B = a.batch, T = a.seq ? a.seq : (cfg.max_seq_len < 128 ? cfg.max_seq_len : 128);
+    if (T > cfg.max_seq_len) {
+        fprintf(stderr, "%s: --seq %d exceeds the model's max_seq_len %d\n", prog, T, cfg.max_seq_len);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    if ((size_t)B > SIZE_MAX / sizeof(int32_t) / (size_t)T) {
+        fprintf(stderr, "%s: batch*seq too large\n", prog);
+        rc = EXIT_USAGE;
+        goto out;
+    }
+    size_t N = (size_t)B * (size_t)T;
+    tok = malloc(N * sizeof(int32_t));
+    tgt = malloc(N * sizeof(int32_t));
+    buf = malloc(sizeof(float) * ((size_t)T * 4 + (size_t)cfg.n_heads + 16));
+    if (!tok || !tgt || !buf) { fprintf(stderr, "%s: out of memory\n", prog); goto out; }
+
+    const char *source = "random tokens";
+    if (a.tokens) {
+        size_t n;
+        if (!(ids = load_tokens(a.tokens, &n))) goto out;
+        if (fill_batch(ids, n, B, T, tok, tgt)) { rc = EXIT_USAGE; goto out; }
+        source = a.tokens;
+    } else if (a.text) {
+        size_t len, n = 0;
+        char *text = read_file(a.text, &len);
+        if (!text) goto out;
+        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { free(text); rc = fail_lib("loading the tokenizer", st); goto out; }
+        st = gsink_tokenizer_encode(tk, text, len, 0, NULL, 0, &n);
+        if (st != GSINK_OK && st != GSINK_ERR_BUFFER_TOO_SMALL) { free(text); rc = fail_lib("tokenizing", st); goto out; }
+        ids = malloc(sizeof(int32_t) * (n ? n : 1));
+        if (!ids) { free(text); fprintf(stderr, "%s: out of memory\n", prog); goto out; }
+        st = gsink_tokenizer_encode(tk, text, len, 0, ids, n, &n);
+        free(text);
+        if (st) { rc = fail_lib("tokenizing", st); goto out; }
+        if (fill_batch(ids, n, B, T, tok, tgt)) { rc = EXIT_USAGE; goto out; }
+        source = a.text;
+    } else {
+        uint64_t s = a.seed ^ 0x5EEDull;
+        for (size_t i = 0; i < N; i++) tok[i] = (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
+        for (size_t i = 0; i < N; i++) tgt[i] = (i + 1) % (size_t)T ? tok[i + 1] : (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
+    }
+
+    if (a.vscale != GSINK_VSCALE_OFF) {
+        gsink_vscale_options vo;
+        gsink_vscale_options_init(&vo);
+        vo.mode = a.vscale;
+        if ((st = gsink_vscale_enable(m, &vo))) { rc = fail_lib("enabling V-scale", st); goto out; }
+    }
+    /* The sink window cannot be longer than the sequence. */
+    if (!a.sink_window_set && a.diag.sink_window > T) a.diag.sink_window = T;
+    if ((st = gsink_set_diag_options(m, &a.diag))) { rc = fail_lib("setting diagnostic options", st); goto out; }
+
+    float loss = 0;
+    if ((st = gsink_forward(m, tok, tgt, B, T, &loss))) { rc = fail_lib("forward", st); goto out; }
+    if ((st = gsink_backward(m, 0))) { rc = fail_lib("backward", st); goto out; }
+
+    if (!a.quiet) {
+        printf("model: %s  (L=%d d=%d H=%d KV=%d dh=%d ff=%d V=%d)\n", a.model ? a.model : a.preset,
+               cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff,
+               cfg.vocab_size);
+        printf("input: %s, batch %d x seq %d, loss %.4f\n", source, B, T, loss);
+        printf("sink rate: eps=%.2f T_eps=%d s=0 | R_GS: T_e=%d, gradients %s | t0/early: ||x_0|| / mean ||x_1..15||\n\n",
+               a.diag.sink_eps, a.diag.sink_window, a.diag.rgs_window,
+               a.diag.batch_agg == GSINK_AGG_SUM_THEN_NORM ? "summed over the batch" : "per sequence");
+        printf("%5s %9s %9s %9s %14s %13s %10s %10s\n", "layer", "sink_rate", "M_0", "R_GS",
+               "t0/early:resid", "t0/early:mlp", "|v_0|", "|v_1..15|");
+        for (int l = 0; l < cfg.n_layers; l++) {
+            float rate = NAN, rgs = NAN, mr = NAN, mm = NAN, m0 = 0, v0 = NAN, ve = NAN;
+            if (gsink_sink_rate(m, l, 0, a.diag.sink_eps, &rate)) rate = NAN;
+            if (gsink_gradient_sink_ratio(m, l, 0, a.diag.rgs_window, a.diag.batch_agg, &rgs)) rgs = NAN;
+            if (gsink_massive_activation_ratio(m, l, GSINK_SITE_RESID_OUT, &mr)) mr = NAN;
+            if (gsink_massive_activation_ratio(m, l, GSINK_SITE_MLP_OUT, &mm)) mm = NAN;
+            for (int h = 0; h < cfg.n_heads; h++) {
+                if (gsink_attention_column_mass(m, l, h, buf, NULL, (size_t)T)) { m0 = NAN; break; }
+                m0 += buf[0] / (float)cfg.n_heads;
+            }
+            if (gsink_get_activation_norms(m, l, GSINK_SITE_V, GSINK_ALL_HEADS, buf, (size_t)T) == GSINK_OK) {
+                v0 = buf[0];
+                if (T > 15) {
+                    double e = 0;
+                    for (int t = 1; t <= 15; t++) e += buf[t];
+                    ve = (float)(e / 15);
+                }
+            }
+            printf("%5d %9.3f %9.3f %9.3f %14.3f %13.3f %10.4g %10.4g\n", l, rate, m0, rgs, mr, mm, v0, ve);
+        }
+        printf("\nM_0: column mass of token 0 averaged over heads (sum_t a_t0; %d would mean every query attends only to token 0)\n", T);
+    }
+
+    if (a.json) {
+        if ((st = gsink_report_json(m, NULL, &json))) { rc = fail_lib("building the JSON report", st); goto out; }
+        if (!strcmp(a.json, "-")) {
+            fputs(json, stdout);
+        } else {
+            FILE *f = fopen(a.json, "w");
+            if (!f) { fprintf(stderr, "%s: cannot write '%s': %s\n", prog, a.json, strerror(errno)); goto out; }
+            size_t len = strlen(json);
+            int bad = fwrite(json, 1, len, f) != len;
+            bad |= fclose(f) != 0;
+            if (bad) { fprintf(stderr, "%s: writing '%s' failed\n", prog, a.json); goto out; }
+            if (!a.quiet) printf("report written to %s\n", a.json);
+        }
+    }
+    rc = 0;
+out:
+    gsink_free(json);
+    free(buf);
+    free(ids);
+    free(tok);
+    free(tgt);
+    gsink_tokenizer_free(tk);
+    gsink_model_free(m);
+    return rc;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) {
+        usage(stderr);
+        return EXIT_USAGE;
+    }
+    const char *cmd = argv[1];
+    if (!strcmp(cmd, "-h") || !strcmp(cmd, "--help") || !strcmp(cmd, "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(cmd, "--version")) {
+        printf("gsink-cli %s\n", gsink_version_string());
+        return 0;
+    }
+    if (!strcmp(cmd, "info")) {
+        for (int i = 2; i < argc; i++) {
+            if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
+            fprintf(stderr, "%s: info takes no options ('%s')\n", prog, argv[i]);
+            return EXIT_USAGE;
+        }
+        return cmd_info();
+    }
+    if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 2, argv + 2);
+    fprintf(stderr, "%s: unknown command '%s' (see --help)\n", prog, cmd);
+    return EXIT_USAGE;
+}
