@@ -1,0 +1,990 @@
+"""Pythonic classes over the C API: Config, Model, Optimizer, Tokenizer."""
+
+import ctypes
+import enum
+import json
+import operator
+import weakref
+
+import numpy as np
+
+from . import _lib as L
+from . import errors as E
+
+_lib = L.lib
+
+ALL_HEADS = -1
+BACKWARD_ACCUMULATE = 1
+ENCODE_PARSE_SPECIAL = 1
+ENCODE_ADD_BOS = 2
+
+_INT_MIN, _INT_MAX = -(2 ** 31), 2 ** 31 - 1
+
+
+class Site(enum.IntEnum):
+    """Activation sites of one layer (gsink_site). Names are stable API."""
+    RESID_IN = 0
+    ATTN_NORM_OUT = 1
+    Q = 2
+    K = 3
+    V = 4
+    V_SCALED = 5
+    ATTN_OUT = 6
+    RESID_MID = 7
+    MLP_NORM_OUT = 8
+    MLP_OUT = 9
+    RESID_OUT = 10
+    Z = 11
+    MLP_PRE = 12
+    MLP_UP = 13
+    MLP_POST = 14
+
+
+SITE_COUNT = 15
+
+
+class BatchAgg(enum.IntEnum):
+    SUM_THEN_NORM = 0
+    PER_SEQUENCE = 1
+
+
+class Branch(enum.IntEnum):
+    ATTN = 0
+    MLP = 1
+
+
+class VScaleMode(enum.IntEnum):
+    OFF = 0
+    FULL = 1
+    BACKWARD_ONLY = 2
+
+
+class DeviceKind(enum.IntEnum):
+    CPU = 0
+    CUDA = 1
+
+
+# ---------------------------------------------------------------------------
+# helpers
+
+
+def _text(b):
+    return b.decode("utf-8", "replace") if b is not None else None
+
+
+def _raise(status, message):
+    if not message:
+        message = _text(_lib.gsink_status_str(status)) or "error %d" % status
+    raise E.error_class(status)(message, status)
+
+
+def _check(status):
+    """Raises the exception for a failed handle-less call."""
+    if status != 0:
+        _raise(status, _text(_lib.gsink_last_error()))
+
+
+def _cint(x, name):
+    try:
+        v = operator.index(x)
+    except TypeError:
+        raise TypeError("%s must be an integer, got %s" % (name, type(x).__name__)) from None
+    if not _INT_MIN <= v <= _INT_MAX:
+        raise OverflowError("%s=%d does not fit in a C int" % (name, v))
+    return v
+
+
+def _enum_arg(x, enum_cls, name):
+    """Accepts an enum member, its int value or its (case-insensitive) name."""
+    if isinstance(x, str):
+        key = x.strip().upper().replace("-", "_")
+        try:
+            return int(enum_cls[key])
+        except KeyError:
+            raise ValueError("unknown %s %r (expected one of %s)"
+                             % (name, x, ", ".join(m.name.lower() for m in enum_cls))) from None
+    return _cint(x, name)
+
+
+def _tokens_array(a, name):
+    """int32, C-contiguous, 2-D (batch, seq) view of a; copies only if needed."""
+    arr = np.asarray(a)
+    if arr.dtype.kind not in "iu":
+        raise TypeError("%s must be an integer array, got dtype %s" % (name, arr.dtype))
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    elif arr.ndim != 2:
+        raise ValueError("%s must have shape (batch, seq_len) or (seq_len,), got %s"
+                         % (name, arr.shape))
+    if arr.dtype != np.int32:
+        if arr.size and (int(arr.min()) < _INT_MIN or int(arr.max()) > _INT_MAX):
+            raise ValueError("%s has values outside the int32 range" % name)
+        arr = arr.astype(np.int32)
+    if not arr.flags.c_contiguous:
+        arr = np.ascontiguousarray(arr)
+    if arr.shape[0] > _INT_MAX or arr.shape[1] > _INT_MAX:
+        raise ValueError("%s shape %s too large" % (name, arr.shape))
+    return arr
+
+
+def _float_input(a, name, shape):
+    """float32 C-contiguous array holding a's values, with numel(shape)
+    entries; a may have exactly `shape` or be flat."""
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise TypeError("%s must be a floating-point array, got dtype %s" % (name, arr.dtype))
+    shape = tuple(int(s) for s in shape)
+    numel = int(np.prod(shape)) if shape else 1
+    if arr.shape != shape and not (arr.ndim == 1 and arr.size == numel):
+        raise ValueError("%s must have shape %s (or be flat with %d values), got %s"
+                         % (name, shape, numel, arr.shape))
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    return arr
+
+
+def _out_array(out, shape, name="out"):
+    """A fresh float32 array of shape, or the caller's after validation."""
+    shape = tuple(int(s) for s in shape)
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray):
+        raise TypeError("%s must be a numpy.ndarray" % name)
+    if out.dtype != np.float32:
+        raise TypeError("%s must have dtype float32, got %s" % (name, out.dtype))
+    if out.shape != shape:
+        raise ValueError("%s must have shape %s, got %s" % (name, shape, out.shape))
+    if not out.flags.c_contiguous:
+        raise ValueError("%s must be C-contiguous" % name)
+    if not out.flags.writeable:
+        raise ValueError("%s is read-only" % name)
+    return out
+
+
+def _bytes_arg(s, name):
+    if isinstance(s, bytes):
+        b = s
+    elif isinstance(s, str):
+        b = s.encode("utf-8")
+    elif hasattr(s, "__fspath__"):
+        b = __import__("os").fsencode(s)
+    else:
+        raise TypeError("%s must be str, bytes or path-like" % name)
+    if b"\0" in b:
+        raise ValueError("%s contains a NUL byte" % name)
+    return b
+
+
+# ---------------------------------------------------------------------------
+# module-level functions
+
+
+def version():
+    """Version string of the loaded library, e.g. "0.1.0"."""
+    return _text(_lib.gsink_version_string())
+
+
+def version_number():
+    """MAJOR*10000 + MINOR*100 + PATCH of the loaded library."""
+    return _lib.gsink_version_number()
+
+
+def library_path():
+    """Path of the loaded libgsink."""
+    return L.path
+
+
+def status_str(status):
+    return _text(_lib.gsink_status_str(_cint(status, "status")))
+
+
+def last_error():
+    """Message of the last failed call on this thread ("" if none)."""
+    return _text(_lib.gsink_last_error()) or ""
+
+
+def device_count(kind=DeviceKind.CPU):
+    n = ctypes.c_int(0)
+    _check(_lib.gsink_device_count(_enum_arg(kind, DeviceKind, "device kind"), ctypes.byref(n)))
+    return n.value
+
+
+def device_describe(kind=DeviceKind.CPU, index=0):
+    buf = ctypes.create_string_buffer(1024)
+    _check(_lib.gsink_device_describe(_enum_arg(kind, DeviceKind, "device kind"),
+                                      _cint(index, "index"), buf, len(buf)))
+    return _text(buf.value)
+
+
+def presets():
+    """Names of the built-in configuration presets."""
+    names = []
+    i = 0
+    while True:
+        n = _lib.gsink_config_preset_name(i)
+        if n is None:
+            return names
+        names.append(_text(n))
+        i += 1
+
+
+def site_name(site):
+    n = _lib.gsink_site_name(_cint(site, "site"))
+    if n is None:
+        raise E.UnknownSiteError("site %r out of range" % (site,), 9)
+    return _text(n)
+
+
+def site_parse(name):
+    """(Site, layer) from "resid_out" (layer None) or "blocks.3.hook_resid_post"."""
+    s = ctypes.c_int(0)
+    layer = ctypes.c_int(-1)
+    _check(_lib.gsink_site_parse(_bytes_arg(name, "name"), ctypes.byref(s), ctypes.byref(layer)))
+    return Site(s.value), (layer.value if layer.value >= 0 else None)
+
+
+def _resolve_site(site, layer):
+    """(site int, layer int) from a Site, int or name, and an optional layer."""
+    if isinstance(site, str):
+        s, parsed_layer = site_parse(site)
+        if parsed_layer is not None:
+            if layer is not None and layer != parsed_layer:
+                raise ValueError("site name %r names layer %d but layer=%r was given"
+                                 % (site, parsed_layer, layer))
+            layer = parsed_layer
+        site = int(s)
+    else:
+        site = _cint(site, "site")
+    if layer is None:
+        raise TypeError("a layer is needed for site %s" % (site,))
+    return site, _cint(layer, "layer")
+
+
+# ---------------------------------------------------------------------------
+# configuration
+
+
+class Config:
+    """Model configuration (gsink_config). Config() starts from the library's
+    default ("tiny"); keyword arguments override fields."""
+
+    FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff",
+              "max_seq_len", "rms_eps", "rope_theta", "tie_embeddings", "init_std")
+
+    def __init__(self, **fields):
+        c = L.Config()
+        c.size = ctypes.sizeof(L.Config)
+        _lib.gsink_config_init(ctypes.byref(c))
+        self._set_from_c(c)
+        self.update(**fields)
+
+    @classmethod
+    def preset(cls, name, **overrides):
+        c = L.Config()
+        c.size = ctypes.sizeof(L.Config)
+        _check(_lib.gsink_config_preset(_bytes_arg(name, "name"), ctypes.byref(c)))
+        self = cls.__new__(cls)
+        self._set_from_c(c)
+        self.update(**overrides)
+        return self
+
+    @classmethod
+    def _from_c(cls, c):
+        self = cls.__new__(cls)
+        self._set_from_c(c)
+        return self
+
+    def _set_from_c(self, c):
+        for f in self.FIELDS:
+            v = getattr(c, f)
+            setattr(self, f, bool(v) if f == "tie_embeddings" else v)
+
+    def update(self, **fields):
+        for k, v in fields.items():
+            if k not in self.FIELDS:
+                raise TypeError("unknown config field %r" % k)
+            setattr(self, k, v)
+        return self
+
+    def to_c(self):
+        c = L.Config()
+        c.size = ctypes.sizeof(L.Config)
+        for f in self.FIELDS:
+            v = getattr(self, f)
+            if f in ("rms_eps", "rope_theta", "init_std"):
+                setattr(c, f, float(v))
+            else:
+                setattr(c, f, _cint(v, f))
+        return c
+
+    def validate(self):
+        """Raises BadConfigError if the library rejects this configuration."""
+        c = self.to_c()
+        _check(_lib.gsink_config_validate(ctypes.byref(c)))
+        return self
+
+    def to_dict(self):
+        return {f: getattr(self, f) for f in self.FIELDS}
+
+    def copy(self, **overrides):
+        new = Config.__new__(Config)
+        new.__dict__.update(self.__dict__)
+        return new.update(**overrides)
+
+    def __eq__(self, other):
+        return isinstance(other, Config) and self.to_dict() == other.to_dict()
+
+    def __repr__(self):
+        return "Config(%s)" % ", ".join("%s=%r" % kv for kv in self.to_dict().items())
+
+
+def _as_config(config):
+    if config is None:
+        return Config()
+    if isinstance(config, Config):
+        return config
+    if isinstance(config, str):
+        return Config.preset(config)
+    if isinstance(config, dict):
+        return Config(**config)
+    raise TypeError("config must be a Config, a preset name or a dict")
+
+
+def _model_options(seed, n_threads, device, device_index):
+    o = L.ModelOptions()
+    o.size = ctypes.sizeof(L.ModelOptions)
+    _lib.gsink_model_options_init(ctypes.byref(o))
+    o.device = _enum_arg(device, DeviceKind, "device")
+    o.device_index = _cint(device_index, "device_index")
+    o.n_threads = _cint(n_threads, "n_threads")
+    seed = operator.index(seed)
+    if not 0 <= seed < 2 ** 64:
+        raise OverflowError("seed must be in [0, 2**64)")
+    o.seed = seed
+    return o
+
+
+# ---------------------------------------------------------------------------
+# handles
+
+
+class _Handle:
+    """Owns one C handle; close() frees it once, use after close raises."""
+
+    _free_fn = None
+    _errmsg_fn = None
+    _kind = "handle"
+    _h = None
+
+    def _handle(self):
+        h = self._h
+        if h is None:
+            raise E.ClosedError("%s is closed" % self._kind)
+        return h
+
+    def _ok(self, status):
+        if status != 0:
+            msg = ""
+            if self._h is not None:
+                msg = _text(type(self)._errmsg_fn(self._h)) or ""
+            if not msg:
+                msg = _text(_lib.gsink_last_error()) or ""
+            _raise(status, msg)
+
+    @property
+    def closed(self):
+        return self._h is None
+
+    def close(self):
+        h, self._h = self._h, None
+        if h is not None:
+            type(self)._free_fn(h)
+
+    def __enter__(self):
+        self._handle()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the library may be gone
+            pass
+
+
+class Model(_Handle):
+    """A Llama-style model (gsink_model).
+
+    Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
+    **overrides): config is a Config, a preset name, a dict or None (the
+    default "tiny" config); keyword overrides change config fields."""
+
+    _free_fn = staticmethod(_lib.gsink_model_free)
+    _errmsg_fn = staticmethod(_lib.gsink_model_errmsg)
+    _kind = "model"
+
+    def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
+                 **overrides):
+        self._dependents = weakref.WeakSet()
+        cfg = _as_config(config)
+        if overrides:
+            cfg = cfg.copy(**overrides)
+        c = cfg.to_c()
+        o = _model_options(seed, n_threads, device, device_index)
+        h = ctypes.c_void_p()
+        _check(_lib.gsink_model_create(ctypes.byref(c), ctypes.byref(o), ctypes.byref(h)))
+        self._adopt(h.value)
+
+    @classmethod
+    def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0):
+        """Loads a HF directory / .safetensors (with config.json) / .gguf."""
+        o = _model_options(seed, n_threads, device, device_index)
+        h = ctypes.c_void_p()
+        _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
+        self = cls.__new__(cls)
+        self._dependents = weakref.WeakSet()
+        self._adopt(h.value)
+        return self
+
+    def _adopt(self, h):
+        self._h = h
+        self._pinfo = None
+        self._refresh_config()
+
+    def _refresh_config(self):
+        c = L.Config()
+        c.size = ctypes.sizeof(L.Config)
+        self._ok(_lib.gsink_model_config(self._handle(), ctypes.byref(c)))
+        self._config = Config._from_c(c)
+
+    def close(self):
+        """Frees the model (and any optimizer created on it). Idempotent."""
+        deps = getattr(self, "_dependents", None)
+        if deps is not None:
+            for d in list(deps):
+                d.close()
+        super().close()
+
+    # -- basics ------------------------------------------------------------
+
+    @property
+    def config(self):
+        self._handle()
+        return self._config.copy()
+
+    @property
+    def errmsg(self):
+        return _text(_lib.gsink_model_errmsg(self._handle())) or ""
+
+    def set_threads(self, n_threads):
+        self._ok(_lib.gsink_model_set_threads(self._handle(), _cint(n_threads, "n_threads")))
+
+    def save(self, directory):
+        """Writes directory/model.safetensors + config.json (HF layout)."""
+        self._ok(_lib.gsink_model_save(self._handle(), _bytes_arg(directory, "directory")))
+
+    # -- parameters --------------------------------------------------------
+
+    def param_info(self):
+        """[(name, shape)] of every parameter tensor, in HF order."""
+        h = self._handle()
+        if self._pinfo is not None:
+            return list(self._pinfo)
+        n = ctypes.c_size_t(0)
+        self._ok(_lib.gsink_param_count(h, ctypes.byref(n)))
+        out = []
+        name = ctypes.c_char_p()
+        ndim = ctypes.c_int(0)
+        dims = (ctypes.c_int64 * 2)()
+        for i in range(n.value):
+            self._ok(_lib.gsink_param_info(h, i, ctypes.byref(name), ctypes.byref(ndim), dims))
+            out.append((_text(name.value), tuple(int(dims[j]) for j in range(ndim.value))))
+        self._pinfo = out
+        self._pshape = dict(out)
+        return list(out)
+
+    def param_names(self):
+        return [n for n, _ in self.param_info()]
+
+    @property
+    def num_params(self):
+        n = ctypes.c_size_t(0)
+        self._ok(_lib.gsink_param_numel(self._handle(), ctypes.byref(n)))
+        return n.value
+
+    def _param_shape(self, name):
+        if self._pinfo is None:
+            self.param_info()
+        shape = self._pshape.get(name)
+        if shape is not None:
+            return shape
+        raise E.UnknownNameError("unknown parameter %r" % (name,), 10)
+
+    def get_param(self, name, out=None):
+        """Copy of a parameter by HF name (float32 numpy array)."""
+        h = self._handle()
+        arr = _out_array(out, self._param_shape(name))
+        self._ok(_lib.gsink_get_param(h, _bytes_arg(name, "name"), arr.ctypes.data, arr.size))
+        return arr
+
+    def set_param(self, name, data):
+        h = self._handle()
+        arr = _float_input(data, "data", self._param_shape(name))
+        self._ok(_lib.gsink_set_param(h, _bytes_arg(name, "name"), arr.ctypes.data, arr.size))
+
+    def get_param_grad(self, name, out=None):
+        h = self._handle()
+        arr = _out_array(out, self._param_shape(name))
+        self._ok(_lib.gsink_get_param_grad(h, _bytes_arg(name, "name"), arr.ctypes.data,
+                                           arr.size))
+        return arr
+
+    def params(self):
+        """{name: array} copies of every parameter."""
+        return {n: self.get_param(n) for n, _ in self.param_info()}
+
+    def grads(self):
+        """{name: array} copies of every accumulated parameter gradient."""
+        return {n: self.get_param_grad(n) for n, _ in self.param_info()}
+
+    # -- forward / backward ------------------------------------------------
+
+    def forward(self, tokens, targets=None):
+        """Runs the model on tokens (batch, seq_len) or (seq_len,); returns the
+        mean cross-entropy loss if targets (same shape, < 0 ignored) are given,
+        else None."""
+        h = self._handle()
+        tok = _tokens_array(tokens, "tokens")
+        if targets is None:
+            st = _lib.gsink_forward(h, tok.ctypes.data, None, tok.shape[0], tok.shape[1], None)
+            self._ok(st)
+            return None
+        tgt = _tokens_array(targets, "targets")
+        if tgt.shape != tok.shape:
+            raise ValueError("targets shape %s differs from tokens shape %s"
+                             % (tgt.shape, tok.shape))
+        loss = ctypes.c_float(0.0)
+        st = _lib.gsink_forward(h, tok.ctypes.data, tgt.ctypes.data, tok.shape[0], tok.shape[1],
+                                ctypes.byref(loss))
+        self._ok(st)
+        return loss.value
+
+    def backward(self, accumulate=False):
+        """Exact gradients of the last forward's loss; accumulate=True adds to
+        the parameter gradients instead of overwriting them."""
+        self._ok(_lib.gsink_backward(self._handle(), BACKWARD_ACCUMULATE if accumulate else 0))
+
+    def zero_grad(self):
+        self._ok(_lib.gsink_zero_grad(self._handle()))
+
+    @property
+    def last_shape(self):
+        """(batch, seq_len) of the last forward ((0, 0) if none)."""
+        b = ctypes.c_int(0)
+        t = ctypes.c_int(0)
+        self._ok(_lib.gsink_last_shape(self._handle(), ctypes.byref(b), ctypes.byref(t)))
+        return b.value, t.value
+
+    def _seq_len(self):
+        return self.last_shape[1]
+
+    def logits(self, out=None):
+        """Logits of the last forward, (batch, seq_len, vocab)."""
+        h = self._handle()
+        b, t = self.last_shape
+        arr = _out_array(out, (b, t, self._config.vocab_size))
+        self._ok(_lib.gsink_get_logits(h, arr.ctypes.data, arr.size))
+        return arr
+
+    # -- sites -------------------------------------------------------------
+
+    def site_dims(self, site):
+        """(heads, width per head) of a site for this model; a position holds
+        heads * width values (heads is 1 for sites that are not per head)."""
+        s = site if not isinstance(site, str) else site_parse(site)[0]
+        heads = ctypes.c_int(0)
+        width = ctypes.c_int(0)
+        self._ok(_lib.gsink_site_dims(self._handle(), _cint(s, "site"), ctypes.byref(heads),
+                                      ctypes.byref(width)))
+        return heads.value, width.value
+
+    def _site_tensor(self, fn, site, layer, out):
+        h = self._handle()
+        s, l = _resolve_site(site, layer)
+        heads, width = self.site_dims(s)
+        b, t = self.last_shape
+        arr = _out_array(out, (b, t, heads * width))
+        self._ok(fn(h, l, s, arr.ctypes.data, arr.size))
+        return arr
+
+    def activation(self, site, layer=None, out=None):
+        """Raw activation of a site, (batch, seq_len, width). site is a Site,
+        an int or a name ("q", "blocks.2.hook_resid_post")."""
+        return self._site_tensor(_lib.gsink_get_activation, site, layer, out)
+
+    def gradient(self, site, layer=None, out=None):
+        """Raw gradient dL/dx of a site, (batch, seq_len, width)."""
+        return self._site_tensor(_lib.gsink_get_gradient, site, layer, out)
+
+    def activation_norms(self, site, layer=None, head=ALL_HEADS):
+        """Token-wise activation norms (seq_len,), batch mean."""
+        h = self._handle()
+        s, l = _resolve_site(site, layer)
+        arr = np.empty(self._seq_len(), dtype=np.float32)
+        self._ok(_lib.gsink_get_activation_norms(h, l, s, _cint(head, "head"), arr.ctypes.data,
+                                                 arr.size))
+        return arr
+
+    def gradient_norms(self, site, layer=None, head=ALL_HEADS, agg=None):
+        """Token-wise gradient norms (seq_len,), batch-aggregated with agg
+        (BatchAgg; default: the model's diag option)."""
+        h = self._handle()
+        s, l = _resolve_site(site, layer)
+        arr = np.empty(self._seq_len(), dtype=np.float32)
+        self._ok(_lib.gsink_get_gradient_norms(h, l, s, _cint(head, "head"), self._agg(agg),
+                                               arr.ctypes.data, arr.size))
+        return arr
+
+    # -- diagnostics -------------------------------------------------------
+
+    def _diag_c(self):
+        o = L.DiagOptions()
+        o.size = ctypes.sizeof(L.DiagOptions)
+        self._ok(_lib.gsink_get_diag_options(self._handle(), ctypes.byref(o)))
+        return o
+
+    def _agg(self, agg):
+        if agg is None:
+            return self._diag_c().batch_agg
+        return _enum_arg(agg, BatchAgg, "agg")
+
+    @property
+    def diag_options(self):
+        """Diagnostic defaults as a dict (sink_eps, sink_window, rgs_window,
+        sink_position, batch_agg)."""
+        o = self._diag_c()
+        return {f: getattr(o, f) for f, _ in L.DiagOptions._fields_ if f != "size"}
+
+    def set_diag_options(self, **kw):
+        """Changes some diagnostic defaults (see diag_options)."""
+        o = self._diag_c()
+        for k, v in kw.items():
+            if k == "size" or k not in dict(L.DiagOptions._fields_):
+                raise TypeError("unknown diag option %r" % k)
+            if k == "sink_eps":
+                o.sink_eps = float(v)
+            elif k == "batch_agg":
+                o.batch_agg = _enum_arg(v, BatchAgg, "batch_agg")
+            else:
+                setattr(o, k, _cint(v, k))
+        self._ok(_lib.gsink_set_diag_options(self._handle(), ctypes.byref(o)))
+
+    def column_mass(self, layer, head):
+        """(M, S): column mass and second moment per key position (seq_len,)."""
+        h = self._handle()
+        t = self._seq_len()
+        m = np.empty(t, dtype=np.float32)
+        s = np.empty(t, dtype=np.float32)
+        self._ok(_lib.gsink_attention_column_mass(h, _cint(layer, "layer"), _cint(head, "head"),
+                                                  m.ctypes.data, s.ctypes.data, t))
+        return m, s
+
+    def sink_scores(self, layer, s=None):
+        """alpha_s^h for every head of a layer, (n_heads,)."""
+        h = self._handle()
+        if s is None:
+            s = self._diag_c().sink_position
+        arr = np.empty(self._config.n_heads, dtype=np.float32)
+        self._ok(_lib.gsink_sink_scores(h, _cint(layer, "layer"), _cint(s, "s"), arr.ctypes.data,
+                                        arr.size))
+        return arr
+
+    def sink_rate(self, layer, s=None, eps=None):
+        o = self._diag_c()
+        s = o.sink_position if s is None else s
+        eps = o.sink_eps if eps is None else eps
+        r = ctypes.c_float(0.0)
+        self._ok(_lib.gsink_sink_rate(self._handle(), _cint(layer, "layer"), _cint(s, "s"),
+                                      float(eps), ctypes.byref(r)))
+        return r.value
+
+    def attention_pattern(self, layer, head, batch_index=0):
+        """Attention matrix a_tj (seq_len, seq_len) of one sequence and head."""
+        h = self._handle()
+        t = self._seq_len()
+        arr = np.empty((t, t), dtype=np.float32)
+        self._ok(_lib.gsink_attention_pattern(h, _cint(layer, "layer"),
+                                              _cint(batch_index, "batch_index"),
+                                              _cint(head, "head"), arr.ctypes.data, arr.size))
+        return arr
+
+    def gradient_sink_ratio(self, layer, s=None, t_e=None, agg=None):
+        o = self._diag_c()
+        s = o.sink_position if s is None else s
+        t_e = o.rgs_window if t_e is None else t_e
+        agg = o.batch_agg if agg is None else _enum_arg(agg, BatchAgg, "agg")
+        r = ctypes.c_float(0.0)
+        self._ok(_lib.gsink_gradient_sink_ratio(self._handle(), _cint(layer, "layer"),
+                                                _cint(s, "s"), _cint(t_e, "t_e"), agg,
+                                                ctypes.byref(r)))
+        return r.value
+
+    def branch_ratios(self, layer, branch=Branch.ATTN, agg=None):
+        """{"bloat", "change", "compress"}: per-token arrays (seq_len,)."""
+        h = self._handle()
+        t = self._seq_len()
+        out = {k: np.empty(t, dtype=np.float32) for k in ("bloat", "change", "compress")}
+        self._ok(_lib.gsink_branch_ratios(h, _cint(layer, "layer"),
+                                          _enum_arg(branch, Branch, "branch"), self._agg(agg),
+                                          out["bloat"].ctypes.data, out["change"].ctypes.data,
+                                          out["compress"].ctypes.data, t))
+        return out
+
+    def massive_activation_ratio(self, site, layer=None):
+        s, l = _resolve_site(site, layer)
+        r = ctypes.c_float(0.0)
+        self._ok(_lib.gsink_massive_activation_ratio(self._handle(), l, s, ctypes.byref(r)))
+        return r.value
+
+    def qkv_gradient_split(self, layer, agg=None):
+        """{"q", "k", "v"}: token-wise norms of the Q/K/V parts of dL/d attn_norm_out."""
+        h = self._handle()
+        t = self._seq_len()
+        out = {k: np.empty(t, dtype=np.float32) for k in ("q", "k", "v")}
+        self._ok(_lib.gsink_qkv_gradient_split(h, _cint(layer, "layer"), self._agg(agg),
+                                               out["q"].ctypes.data, out["k"].ctypes.data,
+                                               out["v"].ctypes.data, t))
+        return out
+
+    def report_json(self, **diag_overrides):
+        """The "gsink.report/1" JSON report as a string (needs forward and
+        backward). Keyword arguments override diag options for this report."""
+        h = self._handle()
+        opts = None
+        if diag_overrides:
+            o = self._diag_c()
+            for k, v in diag_overrides.items():
+                if k == "size" or k not in dict(L.DiagOptions._fields_):
+                    raise TypeError("unknown diag option %r" % k)
+                if k == "sink_eps":
+                    o.sink_eps = float(v)
+                elif k == "batch_agg":
+                    o.batch_agg = _enum_arg(v, BatchAgg, "batch_agg")
+                else:
+                    setattr(o, k, _cint(v, k))
+            opts = ctypes.byref(o)
+        p = ctypes.c_void_p()
+        self._ok(_lib.gsink_report_json(h, opts, ctypes.byref(p)))
+        try:
+            return ctypes.string_at(p.value).decode("utf-8")
+        finally:
+            _lib.gsink_free(p)
+
+    def report(self, **diag_overrides):
+        """The JSON report parsed into a dict."""
+        return json.loads(self.report_json(**diag_overrides))
+
+    # -- V-scale -----------------------------------------------------------
+
+    def vscale_enable(self, mode=VScaleMode.FULL, sigma=None, learnable_theta=None,
+                      per_query_head=None):
+        """Turns V-scale on ("full", "backward_only") or off ("off")."""
+        o = L.VScaleOptions()
+        o.size = ctypes.sizeof(L.VScaleOptions)
+        _lib.gsink_vscale_options_init(ctypes.byref(o))
+        o.mode = _enum_arg(mode, VScaleMode, "mode")
+        if sigma is not None:
+            o.sigma = float(sigma)
+        if learnable_theta is not None:
+            o.learnable_theta = 1 if learnable_theta else 0
+        if per_query_head is not None:
+            o.per_query_head = 1 if per_query_head else 0
+        self._pinfo = None  # theta tensors join or leave the registry
+        self._ok(_lib.gsink_vscale_enable(self._handle(), ctypes.byref(o)))
+
+    def vscale_disable(self):
+        self.vscale_enable(VScaleMode.OFF)
+
+    @property
+    def vscale(self):
+        """Current V-scale settings as a dict (mode is a VScaleMode)."""
+        o = L.VScaleOptions()
+        o.size = ctypes.sizeof(L.VScaleOptions)
+        self._ok(_lib.gsink_vscale_get(self._handle(), ctypes.byref(o)))
+        return {"mode": VScaleMode(o.mode), "sigma": o.sigma,
+                "learnable_theta": bool(o.learnable_theta),
+                "per_query_head": bool(o.per_query_head)}
+
+    def _theta_shape(self):
+        n = ctypes.c_size_t(0)
+        self._ok(_lib.gsink_vscale_theta_count(self._handle(), ctypes.byref(n)))
+        L_ = self._config.n_layers
+        return (L_, n.value // L_) if n.value else (L_, 0)
+
+    @property
+    def theta(self):
+        """V-scale theta, (n_layers, n_scale_heads); empty when off."""
+        h = self._handle()
+        arr = np.empty(self._theta_shape(), dtype=np.float32)
+        if arr.size == 0:
+            return arr
+        self._ok(_lib.gsink_vscale_get_theta(h, arr.ctypes.data, arr.size))
+        return arr
+
+    @theta.setter
+    def theta(self, data):
+        h = self._handle()
+        arr = _float_input(data, "theta", self._theta_shape())
+        self._ok(_lib.gsink_vscale_set_theta(h, arr.ctypes.data, arr.size))
+
+    def theta_grad(self):
+        h = self._handle()
+        arr = np.empty(self._theta_shape(), dtype=np.float32)
+        self._ok(_lib.gsink_vscale_get_theta_grad(h, arr.ctypes.data, arr.size))
+        return arr
+
+    def optimizer(self, **options):
+        """Shortcut for Optimizer(self, **options)."""
+        return Optimizer(self, **options)
+
+    def __repr__(self):
+        if self._h is None:
+            return "<gsink.Model closed>"
+        c = self._config
+        return "<gsink.Model L%d d%d H%d KV%d V%d>" % (c.n_layers, c.d_model, c.n_heads,
+                                                      c.n_kv_heads, c.vocab_size)
+
+
+class Optimizer(_Handle):
+    """AdamW + clipping + cosine schedule on a model's parameters.
+
+    Optimizer(model, lr=3e-4, min_lr=3e-5, warmup_steps=0, total_steps=0,
+    beta1=0.9, beta2=0.95, eps=1e-8, weight_decay=0.1, grad_clip=1.0,
+    accumulation_steps=1) -- unspecified options keep the library defaults.
+    Closing the model closes its optimizers first."""
+
+    _free_fn = staticmethod(_lib.gsink_optimizer_free)
+    _errmsg_fn = staticmethod(_lib.gsink_optimizer_errmsg)
+    _kind = "optimizer"
+
+    _INT_FIELDS = ("warmup_steps", "total_steps", "accumulation_steps")
+
+    def __init__(self, model, **options):
+        if not isinstance(model, Model):
+            raise TypeError("model must be a gsink.Model")
+        o = L.OptimizerOptions()
+        o.size = ctypes.sizeof(L.OptimizerOptions)
+        _lib.gsink_optimizer_options_init(ctypes.byref(o))
+        fields = dict(L.OptimizerOptions._fields_)
+        for k, v in options.items():
+            if k == "size" or k not in fields:
+                raise TypeError("unknown optimizer option %r" % k)
+            setattr(o, k, _cint(v, k) if k in self._INT_FIELDS else float(v))
+        self.options = {f: getattr(o, f) for f in fields if f != "size"}
+        h = ctypes.c_void_p()
+        mh = model._handle()
+        st = _lib.gsink_optimizer_create(mh, ctypes.byref(o), ctypes.byref(h))
+        if st != 0:
+            model._ok(st)
+        self._h = h.value
+        self.model = model
+        model._dependents.add(self)
+
+    def step(self):
+        """One AdamW update; returns the pre-clip global gradient norm."""
+        gn = ctypes.c_float(0.0)
+        self._ok(_lib.gsink_optimizer_step(self._handle(), ctypes.byref(gn)))
+        return gn.value
+
+    def lr_at(self, step):
+        return _lib.gsink_optimizer_lr_at(self._handle(), int(step))
+
+    def save(self, path):
+        """Writes the optimizer state (step, AdamW moments) atomically to path."""
+        self._ok(_lib.gsink_optimizer_save(self._handle(), _bytes_arg(path, "path")))
+
+    def load(self, path):
+        """Restores a state written by save(); verified before anything changes."""
+        self._ok(_lib.gsink_optimizer_load(self._handle(), _bytes_arg(path, "path")))
+
+    @property
+    def step_count(self):
+        return _lib.gsink_optimizer_step_count(self._handle())
+
+    @property
+    def errmsg(self):
+        return _text(_lib.gsink_optimizer_errmsg(self._handle())) or ""
+
+
+class Tokenizer(_Handle):
+    """GPT-2 style byte-level BPE tokenizer from a GGUF file's metadata."""
+
+    _free_fn = staticmethod(_lib.gsink_tokenizer_free)
+    _errmsg_fn = staticmethod(_lib.gsink_tokenizer_errmsg)
+    _kind = "tokenizer"
+
+    def __init__(self, gguf_path):
+        h = ctypes.c_void_p()
+        _check(_lib.gsink_tokenizer_load_gguf(_bytes_arg(gguf_path, "gguf_path"),
+                                              ctypes.byref(h)))
+        self._h = h.value
+
+    @classmethod
+    def load_gguf(cls, path):
+        return cls(path)
+
+    @property
+    def vocab_size(self):
+        n = ctypes.c_int32(0)
+        self._ok(_lib.gsink_tokenizer_vocab_size(self._handle(), ctypes.byref(n)))
+        return n.value
+
+    @property
+    def special(self):
+        """(bos, eos) token ids, None where the vocabulary has none."""
+        b = ctypes.c_int32(-1)
+        e = ctypes.c_int32(-1)
+        self._ok(_lib.gsink_tokenizer_special(self._handle(), ctypes.byref(b), ctypes.byref(e)))
+        return (b.value if b.value >= 0 else None, e.value if e.value >= 0 else None)
+
+    def encode(self, text, add_bos=False, parse_special=False):
+        """Token ids of a str (UTF-8) or bytes, as an int32 array."""
+        h = self._handle()
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        flags = (ENCODE_ADD_BOS if add_bos else 0) | (ENCODE_PARSE_SPECIAL if parse_special else 0)
+        cap = len(data) + 2
+        n = ctypes.c_size_t(0)
+        for _ in range(2):
+            ids = np.empty(max(cap, 1), dtype=np.int32)
+            st = _lib.gsink_tokenizer_encode(h, data, len(data), flags, ids.ctypes.data, cap,
+                                             ctypes.byref(n))
+            if st == 12 and n.value > cap:  # buffer too small: retry at the size asked
+                cap = n.value
+                continue
+            self._ok(st)
+            return ids[:n.value].copy() if n.value != ids.size else ids
+        self._ok(st)
+        return ids[:n.value]
+
+    def decode(self, ids):
+        """UTF-8 text of token ids (invalid UTF-8 is replaced)."""
+        h = self._handle()
+        arr = np.asarray(ids)
+        if arr.ndim != 1:
+            arr = arr.reshape(-1)
+        arr = _tokens_array(arr, "ids").reshape(-1)
+        size = 16 * arr.size + 16
+        n = ctypes.c_size_t(0)
+        for _ in range(2):
+            buf = ctypes.create_string_buffer(size)
+            st = _lib.gsink_tokenizer_decode(h, arr.ctypes.data, arr.size, buf, size,
+                                             ctypes.byref(n))
+            if st == 12 and n.value + 1 > size:
+                size = n.value + 1
+                continue
+            self._ok(st)
+            return buf.raw[:n.value].decode("utf-8", "replace")
+        self._ok(st)
+        return ""

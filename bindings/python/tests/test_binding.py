@@ -1,0 +1,440 @@
+"""Tests of the gsink Python binding: errors as exceptions, numpy validation,
+handle lifetime, memory, version checks, and that every C function is bound."""
+
+import gc
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import gsink
+from gsink import _lib
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.abspath(os.path.join(HERE, "..", "..", ".."))
+HEADER = os.path.join(REPO, "include", "gsink.h")
+
+SMALL = dict(vocab_size=37, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4, d_ff=24,
+             max_seq_len=32)
+
+
+@pytest.fixture
+def model():
+    with gsink.Model(gsink.Config(**SMALL), seed=1) as m:
+        yield m
+
+
+def batch(B=2, T=20, V=SMALL["vocab_size"], seed=0):
+    rng = np.random.default_rng(seed)
+    tok = rng.integers(0, V, size=(B, T + 1), dtype=np.int32)
+    return np.ascontiguousarray(tok[:, :-1]), np.ascontiguousarray(tok[:, 1:])
+
+
+# ---------------------------------------------------------------- binding
+
+def header_functions():
+    text = open(HEADER).read()
+    return sorted(set(re.findall(r"GSINK_API[^;(]*?\b(gsink_\w+)\s*\(", text)))
+
+
+def test_every_public_function_is_bound():
+    names = header_functions()
+    assert len(names) > 60
+    assert set(names) == set(_lib.PROTOTYPES), (
+        "header and binding differ: only in header %s, only in binding %s"
+        % (sorted(set(names) - set(_lib.PROTOTYPES)), sorted(set(_lib.PROTOTYPES) - set(names))))
+    for n in names:
+        assert hasattr(_lib.lib, n)
+
+
+def test_struct_sizes_follow_the_header():
+    # size fields are filled by the *_init functions: they must agree with ctypes
+    c = _lib.Config()
+    _lib.lib.gsink_config_init(c)
+    assert c.size == __import__("ctypes").sizeof(_lib.Config)
+    for struct, init in ((_lib.ModelOptions, "gsink_model_options_init"),
+                         (_lib.DiagOptions, "gsink_diag_options_init"),
+                         (_lib.VScaleOptions, "gsink_vscale_options_init"),
+                         (_lib.OptimizerOptions, "gsink_optimizer_options_init")):
+        o = struct()
+        getattr(_lib.lib, init)(o)
+        assert o.size == __import__("ctypes").sizeof(struct), struct.__name__
+
+
+def test_version():
+    n = gsink.version_number()
+    assert gsink.version() == "%d.%d.%d" % (n // 10000, n // 100 % 100, n % 100)
+    assert n // 10000 == gsink.EXPECTED_MAJOR and n // 100 % 100 >= gsink.EXPECTED_MINOR
+
+
+def test_version_check_rules():
+    _lib.check_version(100)          # 0.1.0
+    _lib.check_version(203)          # 0.2.3: newer minor is fine
+    with pytest.raises(ImportError, match="not compatible"):
+        _lib.check_version(9)        # 0.0.9: older minor
+    with pytest.raises(ImportError, match="not compatible"):
+        _lib.check_version(10100)    # 1.1.0: other major
+
+
+def _run_import(env_lib):
+    env = dict(os.environ, GSINK_LIBRARY=env_lib, PYTHONPATH=os.path.dirname(HERE))
+    return subprocess.run([sys.executable, "-c", "import gsink"], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_missing_library_gives_clear_import_error(tmp_path):
+    r = _run_import(str(tmp_path / "nope" / "libgsink.so"))
+    assert r.returncode != 0
+    assert "ImportError" in r.stderr and "GSINK_LIBRARY" in r.stderr
+    assert "Segmentation" not in r.stderr
+
+
+def test_old_library_is_refused(tmp_path):
+    cc = shutil.which("cc") or shutil.which("gcc")
+    assert cc, "a C compiler is needed to build the fake old library"
+    src = tmp_path / "old.c"
+    src.write_text("int gsink_version_number(void) { return 9; }\n")  # 0.0.9
+    so = tmp_path / "libgsink.so"
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), str(src)], check=True)
+    r = _run_import(str(so))
+    assert r.returncode != 0
+    assert "0.0.9 is not compatible" in r.stderr
+
+
+def test_library_found_next_to_package(tmp_path):
+    pkg = tmp_path / "gsink"
+    shutil.copytree(os.path.join(os.path.dirname(HERE), "gsink"), pkg,
+                    ignore=shutil.ignore_patterns("__pycache__", "libgsink.so*"))
+    shutil.copy(_lib.path, pkg / "libgsink.so")
+    env = {k: v for k, v in os.environ.items() if k != "GSINK_LIBRARY"}
+    env["PYTHONPATH"] = str(tmp_path)
+    r = subprocess.run([sys.executable, "-c", "import gsink; print(gsink.library_path())"],
+                       env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(pkg / "libgsink.so")
+
+
+# ---------------------------------------------------------------- errors
+
+def test_status_strings_and_classes():
+    for code, name in gsink.errors.STATUS_NAMES.items():
+        assert gsink.status_str(code)
+        if code:
+            cls = gsink.errors.error_class(code)
+            assert issubclass(cls, gsink.GsinkError) and cls.status == code
+
+
+def test_bad_config_raises_with_library_message():
+    with pytest.raises(gsink.BadConfigError) as ei:
+        gsink.Model(gsink.Config(**dict(SMALL, n_heads=3, n_kv_heads=2)))
+    e = ei.value
+    assert e.status == 6 and e.status_name == "GSINK_ERR_BAD_CONFIG"
+    assert isinstance(e, ValueError) and isinstance(e, gsink.GsinkError)
+    assert e.message and e.message == gsink.last_error()
+    with pytest.raises(gsink.BadConfigError):
+        gsink.Config(**dict(SMALL, d_head=5)).validate()
+
+
+def test_unknown_preset():
+    with pytest.raises(gsink.UnknownNameError):
+        gsink.Config.preset("no-such-preset")
+    assert {"paper-0.1b", "paper-0.3b", "paper-1b", "bench-21m", "tiny"} <= set(gsink.presets())
+    c = gsink.Config.preset("bench-21m")
+    assert (c.vocab_size, c.d_model, c.n_layers, c.n_heads, c.n_kv_heads, c.d_ff) == \
+        (8192, 512, 4, 8, 8, 1408)
+
+
+def test_call_errors_keep_the_handle_usable(model):
+    tok, tgt = batch()
+    with pytest.raises(gsink.CallOrderError):
+        model.backward()
+    with pytest.raises(gsink.TokenOutOfRangeError) as ei:
+        model.forward(np.full((1, 4), SMALL["vocab_size"], dtype=np.int32))
+    assert str(SMALL["vocab_size"]) in ei.value.message or ei.value.message
+    with pytest.raises(gsink.TokenOutOfRangeError):
+        model.forward(np.array([[1, -1, 2]], dtype=np.int32))
+    with pytest.raises(gsink.SeqTooLongError):
+        model.forward(np.zeros((1, SMALL["max_seq_len"] + 1), dtype=np.int32))
+    model.forward(tok)
+    with pytest.raises(gsink.NoTargetsError):
+        model.backward()
+    with pytest.raises(gsink.UnknownNameError):
+        model.get_param("model.no.such.weight")
+    with pytest.raises(gsink.UnknownSiteError):
+        model.activation("no_such_site", 0)
+    with pytest.raises(gsink.OutOfRangeError):
+        model.activation("resid_out", SMALL["n_layers"])
+    with pytest.raises(gsink.InvalidArgumentError):
+        model.vscale_enable("full", sigma=-1.0)
+    # still usable, and the message is per handle
+    loss = model.forward(tok, tgt)
+    model.backward()
+    assert np.isfinite(loss) and loss > 0
+    assert isinstance(model.errmsg, str)
+
+
+# ---------------------------------------------------------------- numpy
+
+def test_tokens_dtype_shape_contiguity(model):
+    tok, tgt = batch()
+    ref = model.forward(tok, tgt)
+    logits = model.logits()
+    assert logits.shape == (2, 20, SMALL["vocab_size"]) and logits.dtype == np.float32
+    # int64 and Fortran-ordered and strided inputs are converted, same numbers
+    assert model.forward(tok.astype(np.int64), tgt.astype(np.int64)) == ref
+    assert model.forward(np.asfortranarray(tok), np.asfortranarray(tgt)) == ref
+    wide = np.zeros((2, 40), dtype=np.int32)
+    wide[:, ::2] = tok
+    wide_t = np.zeros((2, 40), dtype=np.int32)
+    wide_t[:, ::2] = tgt
+    assert not wide[:, ::2].flags.c_contiguous
+    assert model.forward(wide[:, ::2], wide_t[:, ::2]) == ref
+    np.testing.assert_array_equal(model.logits(), logits)
+    # a 1-D sequence is batch 1
+    model.forward(tok[0])
+    assert model.last_shape == (1, 20)
+    with pytest.raises(TypeError, match="integer"):
+        model.forward(tok.astype(np.float32))
+    with pytest.raises(TypeError):
+        model.forward(tok.astype(bool))
+    with pytest.raises(ValueError, match="shape"):
+        model.forward(tok.reshape(2, 4, 5))
+    with pytest.raises(ValueError, match="targets shape"):
+        model.forward(tok, tgt[:, :5])
+    with pytest.raises(ValueError, match="int32 range"):
+        model.forward(np.array([[2 ** 40]], dtype=np.int64))
+    with pytest.raises(TypeError):
+        model.forward(["a", "b"])
+
+
+def test_param_in_out_validation(model):
+    name = "model.layers.0.self_attn.q_proj.weight"
+    w = model.get_param(name)
+    assert w.shape == (16, 16) and w.dtype == np.float32 and w.flags.c_contiguous
+    model.set_param(name, w.astype(np.float64) * 2)  # float64 is converted
+    np.testing.assert_array_equal(model.get_param(name), w * 2)
+    model.set_param(name, np.asfortranarray(w))      # non-contiguous is converted
+    np.testing.assert_array_equal(model.get_param(name), w)
+    model.set_param(name, w.ravel())                 # flat is accepted
+    with pytest.raises(ValueError, match="shape"):
+        model.set_param(name, w[:, :8])
+    with pytest.raises(TypeError, match="floating"):
+        model.set_param(name, w.astype(np.int32))
+    out = np.empty_like(w)
+    assert model.get_param(name, out=out) is out
+    with pytest.raises(TypeError, match="float32"):
+        model.get_param(name, out=np.empty(w.shape, dtype=np.float64))
+    with pytest.raises(ValueError, match="shape"):
+        model.get_param(name, out=np.empty((4, 4), dtype=np.float32))
+    with pytest.raises(ValueError, match="contiguous"):
+        model.get_param(name, out=np.empty((16, 32), dtype=np.float32)[:, ::2])
+    ro = np.empty_like(w)
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        model.get_param(name, out=ro)
+    with pytest.raises(TypeError):
+        model.get_param(name, out=[0.0] * 256)
+
+
+def test_site_access_and_outputs(model):
+    tok, tgt = batch()
+    model.set_diag_options(sink_window=8)
+    model.forward(tok, tgt)
+    model.backward()
+    heads, width = model.site_dims("q")
+    assert (heads, width) == (4, 4)
+    assert model.site_dims("v") == (2, 4) and model.site_dims("mlp_post") == (1, 24)
+    q = model.activation(gsink.Site.Q, 1)
+    assert q.shape == (2, 20, 16)
+    np.testing.assert_array_equal(model.activation("blocks.1.attn.hook_q"), q)
+    np.testing.assert_array_equal(model.activation("q", layer=1), q)
+    with pytest.raises(ValueError):
+        model.activation("blocks.1.attn.hook_q", layer=0)
+    out = np.empty((2, 20, 16), dtype=np.float32)
+    assert model.gradient("resid_out", 0, out=out) is out
+    with pytest.raises(ValueError):
+        model.gradient("resid_out", 0, out=np.empty((2, 20, 15), dtype=np.float32))
+    # token-wise norms agree with the raw tensors (independent numpy math)
+    x = model.activation("resid_mid", 0).astype(np.float64)
+    np.testing.assert_allclose(model.activation_norms("resid_mid", 0),
+                               np.linalg.norm(x, axis=-1).mean(0), rtol=1e-5)
+    g = model.gradient("attn_norm_out", 1).astype(np.float64)
+    np.testing.assert_allclose(model.gradient_norms("attn_norm_out", 1, agg="sum_then_norm"),
+                               np.linalg.norm(g.sum(0), axis=-1), rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose(model.gradient_norms("attn_norm_out", 1, agg="per_sequence"),
+                               np.linalg.norm(g, axis=-1).mean(0), rtol=1e-4, atol=1e-12)
+    # attention pattern: causal rows summing to one; column mass = column sums
+    a = model.attention_pattern(0, head=2, batch_index=1)
+    assert a.shape == (20, 20)
+    np.testing.assert_allclose(a.sum(1), 1.0, rtol=1e-5)
+    assert np.all(np.triu(a, 1) == 0)
+    M, S = model.column_mass(0, 2)
+    pats = [model.attention_pattern(0, 2, b).astype(np.float64) for b in range(2)]
+    np.testing.assert_allclose(M, np.mean([p.sum(0) for p in pats], axis=0), rtol=1e-4)
+    np.testing.assert_allclose(S, np.mean([(p * p).sum(0) for p in pats], axis=0), rtol=1e-4)
+    alpha = model.sink_scores(0, s=0)
+    win = [p[0:8, 0].sum() / 8 for p in
+           [model.attention_pattern(0, h, b).astype(np.float64) for h in range(4) for b in range(2)]]
+    np.testing.assert_allclose(alpha, np.mean(np.reshape(win, (4, 2)), axis=1), rtol=1e-4)
+    assert 0.0 <= model.sink_rate(0, s=0, eps=0.3) <= 1.0
+    r = model.branch_ratios(1, "mlp")
+    assert set(r) == {"bloat", "change", "compress"} and r["bloat"].shape == (20,)
+    split = model.qkv_gradient_split(0)
+    assert split["q"].shape == (20,)
+    assert split["q"][0] < 1e-6 * max(1.0, split["v"].max())  # Prop. 4: dL/dq_0 = 0
+
+
+def test_report_is_a_dict(model):
+    tok, tgt = batch(T=20)
+    model.set_diag_options(sink_window=8, rgs_window=15)
+    model.forward(tok, tgt)
+    with pytest.raises(gsink.CallOrderError):
+        model.report()
+    model.backward()
+    rep = model.report()
+    assert rep.get("schema") == "gsink.report/1"
+    assert model.diag_options["sink_window"] == 8
+
+
+# ---------------------------------------------------------------- lifetime
+
+def test_use_after_close_raises():
+    m = gsink.Model(gsink.Config(**SMALL))
+    opt = m.optimizer(lr=1e-3)
+    m.close()
+    assert m.closed and opt.closed  # the optimizer goes first
+    m.close()  # idempotent
+    for call in (lambda: m.forward(np.zeros((1, 3), np.int32)), m.backward, m.logits,
+                 lambda: m.get_param("model.norm.weight"), lambda: m.config, opt.step,
+                 lambda: opt.step_count, m.__enter__):
+        with pytest.raises(gsink.ClosedError):
+            call()
+    with pytest.raises(ValueError):  # ClosedError is a ValueError, like closed files
+        m.backward()
+
+
+def test_context_managers_close():
+    with gsink.Model(gsink.Config(**SMALL)) as m:
+        with m.optimizer() as opt:
+            assert not opt.closed
+        assert opt.closed and not m.closed
+    assert m.closed
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def test_create_free_1000_models_does_not_grow_rss():
+    cfg = gsink.Config(**SMALL)
+    tok, tgt = batch(B=1, T=8)
+
+    def cycle(i):
+        if i % 2:
+            with gsink.Model(cfg, seed=i, n_threads=1) as m:
+                m.forward(tok, tgt)
+                m.backward()
+        else:
+            m = gsink.Model(cfg, seed=i, n_threads=1)  # freed by __del__
+            m.forward(tok, tgt)
+            del m
+
+    for i in range(100):  # warm up allocator pools
+        cycle(i)
+    gc.collect()
+    before = _rss_bytes()
+    for i in range(1000):
+        cycle(i)
+    gc.collect()
+    grown = _rss_bytes() - before
+    print("\nRSS growth over 1000 create/forward/backward/free cycles: %d KiB" % (grown // 1024))
+    assert grown < 4 * 1024 * 1024
+
+
+# ---------------------------------------------------------------- optimizer, V-scale
+
+def test_optimizer_lowers_loss():
+    with gsink.Model(gsink.Config(**SMALL), seed=2) as m:
+        opt = gsink.Optimizer(m, lr=3e-3, grad_clip=1.0, weight_decay=0.0)
+        tok, tgt = batch(B=2, T=16, seed=4)
+        first = None
+        for _ in range(20):
+            loss = m.forward(tok, tgt)
+            first = loss if first is None else first
+            m.backward()
+            gn = opt.step()
+            assert gn > 0
+        assert opt.step_count == 20
+        assert m.forward(tok, tgt) < first
+        assert abs(opt.lr_at(0) - 3e-3) < 1e-9
+        with pytest.raises(TypeError):
+            gsink.Optimizer(m, no_such_option=1)
+
+
+def test_optimizer_state_roundtrip(tmp_path):
+    tok, tgt = batch(B=1, T=8, seed=5)
+    with gsink.Model(gsink.Config(**SMALL), seed=2) as m:
+        opt = m.optimizer(lr=1e-3)
+        m.forward(tok, tgt)
+        m.backward()
+        opt.step()
+        opt.save(tmp_path / "opt.bin")
+        with m.optimizer(lr=1e-3) as opt2:
+            assert opt2.step_count == 0
+            opt2.load(tmp_path / "opt.bin")
+            assert opt2.step_count == 1
+            (tmp_path / "bad.bin").write_bytes(b"\0" * 64)
+            with pytest.raises(gsink.GsinkError) as ei:
+                opt2.load(tmp_path / "bad.bin")
+            assert ei.value.status in (14, 15, 13)
+            assert opt2.step_count == 1
+
+
+def test_vscale_roundtrip(model):
+    assert model.vscale["mode"] in (gsink.VScaleMode.OFF, gsink.VScaleMode.FULL)
+    model.vscale_enable("full", sigma=0.05, per_query_head=True)
+    v = model.vscale
+    assert v["mode"] == gsink.VScaleMode.FULL and v["per_query_head"]
+    assert abs(v["sigma"] - 0.05) < 1e-7
+    assert model.theta.shape == (2, 4)
+    model.theta = np.arange(8, dtype=np.float32).reshape(2, 4) / 10
+    np.testing.assert_allclose(model.theta, np.arange(8).reshape(2, 4) / 10, rtol=1e-6)
+    with pytest.raises(ValueError):
+        model.theta = np.zeros((2, 3), np.float32)
+    with pytest.raises(ValueError):
+        model.vscale_enable("sideways")
+    model.vscale_disable()
+    assert model.theta.size == 0
+
+
+def test_save_load_roundtrip(model, tmp_path):
+    tok, tgt = batch()
+    loss = model.forward(tok, tgt)
+    model.save(tmp_path / "ckpt")
+    with gsink.Model.load(tmp_path / "ckpt") as m2:
+        assert m2.config == model.config
+        assert m2.forward(tok, tgt) == loss
+    with pytest.raises(gsink.GsinkError):
+        gsink.Model.load(tmp_path / "missing")
+
+
+def test_tokenizer_errors(tmp_path):
+    with pytest.raises(gsink.GsinkError) as ei:
+        gsink.Tokenizer(tmp_path / "missing.gguf")
+    assert ei.value.status in (14, 15)
+    bad = tmp_path / "bad.gguf"
+    bad.write_bytes(b"GGUF" + b"\xff" * 60)
+    with pytest.raises(gsink.GsinkError):
+        gsink.Tokenizer(bad)
+
+
+def test_devices():
+    assert gsink.device_count("cpu") == 1
+    assert gsink.device_describe("cpu", 0)
+    assert gsink.device_count("cuda") >= 0

@@ -1,0 +1,239 @@
+"""Independent PyTorch implementation of the libgsink model (SPEC section 1 and
+the V-scale layer of section 3), written from the formulas, for reference
+tests of forward values and autograd gradients.
+
+Everything is computed in float64 by default so that it is a clean reference
+for the library's float32 results. Every activation site of SPEC section 2 is
+a separate tensor with retain_grad(), so after backward() both its value and
+dL/dsite are available.
+"""
+
+import math
+
+import numpy as np
+import torch
+
+# Site names in gsink_site order (include/gsink.h).
+SITES = ("resid_in", "attn_norm_out", "q", "k", "v", "v_scaled", "attn_out", "resid_mid",
+         "mlp_norm_out", "mlp_out", "resid_out", "z", "mlp_pre", "mlp_up", "mlp_post")
+
+CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff",
+               "rms_eps", "rope_theta", "tie_embeddings")
+
+
+def param_names(cfg, with_theta=False):
+    """HF LlamaForCausalLM parameter names, in the library's order."""
+    names = ["model.embed_tokens.weight"]
+    for l in range(cfg["n_layers"]):
+        p = "model.layers.%d." % l
+        names += [p + "input_layernorm.weight", p + "self_attn.q_proj.weight",
+                  p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight",
+                  p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight",
+                  p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight",
+                  p + "mlp.down_proj.weight"]
+        if with_theta:
+            names.append(p + "self_attn.v_scale_theta")
+    names.append("model.norm.weight")
+    if not cfg["tie_embeddings"]:
+        names.append("lm_head.weight")
+    return names
+
+
+def rms_norm(x, gain, eps):
+    return x * torch.rsqrt((x * x).mean(-1, keepdim=True) + eps) * gain
+
+
+def rotate_half(x):
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def rope_cos_sin(T, d_head, base, dtype):
+    """HF LlamaRotaryEmbedding: inv_freq_i = base^(-2i/d_head), angle = t*inv_freq,
+    duplicated over both halves."""
+    inv_freq = 1.0 / (base ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head))
+    t = torch.arange(T, dtype=torch.float64)
+    freqs = torch.outer(t, inv_freq)
+    emb = torch.cat((freqs, freqs), dim=-1)  # (T, d_head)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x, cos, sin):
+    """x: (B, T, heads, d_head)."""
+    return x * cos[None, :, None, :] + rotate_half(x) * sin[None, :, None, :]
+
+
+def apply_rope_interleaved(x, cos, sin):
+    """GPT-J / Meta-checkpoint convention: rotates pairs (2i, 2i+1). Not the
+    model's convention; for negative-control tests only."""
+    half = x.shape[-1] // 2
+    c = cos[None, :, None, :half].repeat_interleave(2, dim=-1)
+    s = sin[None, :, None, :half].repeat_interleave(2, dim=-1)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    rot = torch.stack((-x2, x1), dim=-1).flatten(-2)
+    return x * c + rot * s
+
+
+class VScaleBackwardOnly(torch.autograd.Function):
+    """Forward identity; backward multiplies the gradient by the V-scale
+    Jacobian J = phi(r) I + 2C/(r+C)^2 v v^T (r = ||v||^2), per row."""
+
+    @staticmethod
+    def forward(ctx, v, C):
+        ctx.save_for_backward(v, C)
+        return v.clone()
+
+    @staticmethod
+    def backward(ctx, g):
+        v, C = ctx.saved_tensors
+        r = (v * v).sum(-1, keepdim=True)
+        phi = r / (r + C)
+        gv = phi * g + (2.0 * C / (r + C) ** 2) * v * (v * g).sum(-1, keepdim=True)
+        return gv, None
+
+
+def vscale_full(v, C):
+    r = (v * v).sum(-1, keepdim=True)
+    return (r / (r + C)) * v
+
+
+class TorchLlama:
+    """The model with parameters taken from a dict of numpy arrays (HF names).
+
+    vscale: None or dict(mode="off"|"full"|"backward_only", sigma=0.02,
+    per_query_head=False, learnable=True, theta=array (L, n_scale_heads))."""
+
+    def __init__(self, cfg, params, vscale=None, dtype=torch.float64, variant=None):
+        self.cfg = {k: cfg[k] for k in CONFIG_KEYS}
+        # Deliberately wrong conventions, used only by negative-control tests
+        # that check the comparison can tell them apart: {"rope": "interleaved"}
+        # (GPT-J pairs instead of rotate_half), {"gqa": "tile"} (query head h
+        # reading kv head h % n_kv_heads instead of h // group).
+        self.variant = dict(variant or {})
+        self.dtype = dtype
+        self.vscale = dict(vscale) if vscale else {"mode": "off"}
+        if self.vscale["mode"] not in ("off", "full", "backward_only"):
+            raise ValueError("bad V-scale mode %r" % self.vscale["mode"])
+        self.p = {}
+        for name in param_names(self.cfg):
+            self.p[name] = torch.tensor(np.asarray(params[name], dtype=np.float64),
+                                        dtype=dtype, requires_grad=True)
+        self.theta = None
+        if self.vscale["mode"] != "off":
+            th = np.asarray(self.vscale["theta"], dtype=np.float64)
+            learn = self.vscale["mode"] == "full" and self.vscale.get("learnable", True)
+            self.theta = torch.tensor(th, dtype=dtype, requires_grad=learn)
+
+    def n_scale_heads(self):
+        c = self.cfg
+        return c["n_heads"] if self.vscale.get("per_query_head") else c["n_kv_heads"]
+
+    def _vscale(self, v, layer):
+        """v (B, T, KV, dh) -> v_scaled (B, T, n_scale_heads, dh)."""
+        c = self.cfg
+        mode = self.vscale["mode"]
+        if self.vscale.get("per_query_head") and mode != "off":
+            rep = c["n_heads"] // c["n_kv_heads"]
+            v = v.repeat_interleave(rep, dim=2)  # query head h reads kv head h // rep
+        if mode == "off":
+            return v * 1.0  # a distinct node so the site has its own gradient
+        sigma = self.vscale.get("sigma", 0.02)
+        c0 = c["d_model"] * c["d_head"] * sigma * sigma
+        C = (c0 * torch.exp(self.theta[layer]))[None, None, :, None]  # (1,1,heads,1)
+        if mode == "full":
+            return vscale_full(v, C)
+        return VScaleBackwardOnly.apply(v, C.expand(v.shape[0], v.shape[1], -1, 1).contiguous())
+
+    def forward(self, tokens, targets=None):
+        """Runs the model; returns dict(logits, loss, sites) where sites maps
+        (layer, site_name) to a tensor (B, T, width) with retain_grad()."""
+        c = self.cfg
+        p = self.p
+        tok = torch.as_tensor(np.asarray(tokens), dtype=torch.long)
+        if tok.dim() == 1:
+            tok = tok[None]
+        B, T = tok.shape
+        H, KV, dh = c["n_heads"], c["n_kv_heads"], c["d_head"]
+        rep = H // KV
+        eps = c["rms_eps"]
+        cos, sin = rope_cos_sin(T, dh, c["rope_theta"], self.dtype)
+        causal = torch.ones(T, T, dtype=torch.bool).tril()
+        sites = {}
+
+        def site(l, name, x):
+            x.retain_grad()
+            sites[(l, name)] = x
+            return x
+
+        h = p["model.embed_tokens.weight"][tok]  # (B, T, d)
+        for l in range(c["n_layers"]):
+            pre = "model.layers.%d." % l
+            h = site(l, "resid_in", h)
+            hn = site(l, "attn_norm_out", rms_norm(h, p[pre + "input_layernorm.weight"], eps))
+            q = (hn @ p[pre + "self_attn.q_proj.weight"].T).view(B, T, H, dh)
+            k = (hn @ p[pre + "self_attn.k_proj.weight"].T).view(B, T, KV, dh)
+            v = site(l, "v", hn @ p[pre + "self_attn.v_proj.weight"].T)
+            rope = apply_rope_interleaved if self.variant.get("rope") == "interleaved" else apply_rope
+            q = site(l, "q", rope(q, cos, sin).reshape(B, T, H * dh))
+            k = site(l, "k", rope(k, cos, sin).reshape(B, T, KV * dh))
+            vs = self._vscale(v.view(B, T, KV, dh), l)
+            n_v = vs.shape[2]
+            vs = site(l, "v_scaled", vs.reshape(B, T, n_v * dh))
+            qh = q.view(B, T, H, dh).transpose(1, 2)  # (B, H, T, dh)
+            kh = k.view(B, T, KV, dh).transpose(1, 2)
+            if self.variant.get("gqa") == "tile":
+                kh = kh.repeat(1, rep, 1, 1)
+            else:
+                kh = kh.repeat_interleave(rep, dim=1)
+            vh = vs.view(B, T, n_v, dh).transpose(1, 2)
+            if n_v != H:
+                vh = vh.repeat_interleave(H // n_v, dim=1)
+            scores = (qh @ kh.transpose(-1, -2)) / math.sqrt(dh)
+            scores = scores.masked_fill(~causal, float("-inf"))
+            a = torch.softmax(scores, dim=-1)
+            y = (a @ vh).transpose(1, 2).reshape(B, T, H * dh)
+            z = site(l, "z", y)
+            attn_out = site(l, "attn_out", z @ p[pre + "self_attn.o_proj.weight"].T)
+            h_mid = site(l, "resid_mid", h + attn_out)
+            hn2 = site(l, "mlp_norm_out",
+                       rms_norm(h_mid, p[pre + "post_attention_layernorm.weight"], eps))
+            gate = site(l, "mlp_pre", hn2 @ p[pre + "mlp.gate_proj.weight"].T)
+            up = site(l, "mlp_up", hn2 @ p[pre + "mlp.up_proj.weight"].T)
+            act = site(l, "mlp_post", torch.nn.functional.silu(gate) * up)
+            mlp_out = site(l, "mlp_out", act @ p[pre + "mlp.down_proj.weight"].T)
+            h = site(l, "resid_out", h_mid + mlp_out)
+        hf = rms_norm(h, p["model.norm.weight"], eps)
+        head = p["model.embed_tokens.weight"] if c["tie_embeddings"] else p["lm_head.weight"]
+        logits = hf @ head.T
+        loss = None
+        if targets is not None:
+            tgt = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(B, T)
+            mask = tgt >= 0
+            logp = torch.log_softmax(logits, dim=-1)
+            picked = logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
+            loss = -(picked * mask).sum() / mask.sum()
+        return {"logits": logits, "loss": loss, "sites": sites}
+
+    def zero_grad(self):
+        for t in list(self.p.values()) + ([self.theta] if self.theta is not None else []):
+            if t is not None and t.grad is not None:
+                t.grad = None
+
+    def run(self, tokens, targets, accumulate=False):
+        """forward + backward; returns numpy results:
+        dict(logits, loss, grads{name}, acts{(l,site)}, site_grads{(l,site)}, dtheta)."""
+        if not accumulate:
+            self.zero_grad()
+        out = self.forward(tokens, targets)
+        out["loss"].backward()
+        res = {
+            "logits": out["logits"].detach().numpy(),
+            "loss": float(out["loss"].detach()),
+            "grads": {n: t.grad.detach().numpy().copy() for n, t in self.p.items()},
+            "acts": {k: v.detach().numpy() for k, v in out["sites"].items()},
+            "site_grads": {k: v.grad.detach().numpy() for k, v in out["sites"].items()},
+            "dtheta": None,
+        }
+        if self.theta is not None and self.theta.requires_grad:
+            res["dtheta"] = self.theta.grad.detach().numpy().copy()
+        return res
