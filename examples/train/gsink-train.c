@@ -1,0 +1,1002 @@
+/*
+ * gsink-train - trains a Llama-style model from scratch with libgsink.
+ *
+ *   gsink-train --data DIR --out DIR [options]
+ *
+ * DIR holds train.bin / val.bin written by tools/corpus/prepare.py (and
+ * tokenizer.json, copied next to the saved model). The run directory gets:
+ *   log.jsonl          one line per step (loss, lr, grad norm, tok/s) and per validation
+ *   diag.jsonl         periodic diagnostics (sink rate, t0/early, R_GS, theta) per layer
+ *   ckpt-NNNNNNNN/     checkpoints: model/ (safetensors + config.json), optimizer.bin,
+ *                      state.bin (weights, step, data position, RNG; exact fp32)
+ *   latest             name of the newest complete checkpoint (atomically replaced)
+ *   final/             the trained weights + tokenizer.json; final_diag.json
+ * --resume continues from `latest` and reproduces the uninterrupted run bit
+ * for bit (same thread count required: BLIS partitions work by thread).
+ *
+ * Test hook: GSINK_TRAIN_CRASH_IN_SAVE=1 makes the tool _exit(86) after a
+ * checkpoint is fully written but before `latest` is switched to it.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "gsink.h"
+
+/* ---- small utilities ----------------------------------------------------- */
+
+static void die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("\ngsink-train: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    exit(1);
+}
+
+#define CHECK(call)                                                                          \
+    do {                                                                                     \
+        gsink_status st_ = (call);                                                           \
+        if (st_ != GSINK_OK) die("%s: %s (%s)", #call, gsink_status_str(st_), gsink_last_error()); \
+    } while (0)
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint32_t crc_table[256];
+static void crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++) c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        crc_table[i] = c;
+    }
+}
+/* zlib-compatible CRC-32 */
+static uint32_t crc32_update(uint32_t crc, const void *data, size_t n)
+{
+    const unsigned char *p = data;
+    crc = ~crc;
+    for (size_t i = 0; i < n; i++) crc = crc_table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+    return ~crc;
+}
+
+static uint64_t splitmix64(uint64_t *s)
+{
+    uint64_t z = (*s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+static void fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        fsync(fd);
+        close(fd);
+    }
+}
+
+static void rm_rf(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+            char sub[4096];
+            snprintf(sub, sizeof sub, "%s/%s", path, e->d_name);
+            rm_rf(sub);
+        }
+        closedir(d);
+        rmdir(path);
+    } else {
+        unlink(path);
+    }
+}
+
+static int copy_file(const char *src, const char *dst)
+{
+    FILE *in = fopen(src, "rb");
+    if (!in) return -1;
+    FILE *out = fopen(dst, "wb");
+    if (!out) {
+        fclose(in);
+        return -1;
+    }
+    char buf[65536];
+    size_t n;
+    int rc = 0;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        if (fwrite(buf, 1, n, out) != n) rc = -1;
+    fclose(in);
+    if (fclose(out) != 0) rc = -1;
+    return rc;
+}
+
+/* ---- token files --------------------------------------------------------- */
+
+#define TOK_HEADER 40
+typedef struct token_file {
+    const char *path;
+    void *map;
+    size_t map_bytes;
+    const void *data;
+    int dtype; /* bytes per token: 2 or 4 */
+    uint64_t count;
+    int32_t vocab, eot;
+} token_file;
+
+static inline int32_t tok_at(const token_file *f, uint64_t i)
+{
+    return f->dtype == 2 ? (int32_t)((const uint16_t *)f->data)[i] : ((const int32_t *)f->data)[i];
+}
+
+/* Maps and verifies a token file written by tools/corpus/prepare.py. */
+static void token_file_open(token_file *f, const char *path)
+{
+    memset(f, 0, sizeof *f);
+    f->path = path;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) die("cannot open token file %s: %s (run tools/corpus/prepare.py)", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) != 0) die("stat %s: %s", path, strerror(errno));
+    if ((uint64_t)sb.st_size < TOK_HEADER) die("%s: corrupt token file (shorter than the %d-byte header)", path, TOK_HEADER);
+    f->map_bytes = (size_t)sb.st_size;
+    f->map = mmap(NULL, f->map_bytes, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (f->map == MAP_FAILED) die("mmap %s: %s", path, strerror(errno));
+    const unsigned char *h = f->map;
+    uint32_t version, dtype, vocab, crc;
+    int32_t eot;
+    uint64_t count;
+    memcpy(&version, h + 8, 4);
+    memcpy(&dtype, h + 12, 4);
+    memcpy(&count, h + 16, 8);
+    memcpy(&vocab, h + 24, 4);
+    memcpy(&eot, h + 28, 4);
+    memcpy(&crc, h + 32, 4);
+    if (memcmp(h, "GSKTOK\0\1", 8) != 0) die("%s: not a gsink token file (bad magic)", path);
+    if (version != 1) die("%s: unsupported token file version %u", path, version);
+    if (dtype != 2 && dtype != 4) die("%s: corrupt token file (dtype %u bytes)", path, dtype);
+    if (vocab == 0 || vocab > (1u << 30)) die("%s: corrupt token file (vocab %u)", path, vocab);
+    if (count > (f->map_bytes - TOK_HEADER) / dtype || count * dtype != f->map_bytes - TOK_HEADER)
+        die("%s: corrupt token file: header says %llu tokens (%llu bytes) but the file has %llu payload bytes",
+            path, (unsigned long long)count, (unsigned long long)(count * dtype),
+            (unsigned long long)(f->map_bytes - TOK_HEADER));
+    f->data = h + TOK_HEADER;
+    f->dtype = (int)dtype;
+    f->count = count;
+    f->vocab = (int32_t)vocab;
+    f->eot = eot;
+    if (crc32_update(0, f->data, count * dtype) != crc) die("%s: corrupt token file (CRC-32 mismatch)", path);
+    for (uint64_t i = 0; i < count; i++) {
+        int32_t t = tok_at(f, i);
+        if (t < 0 || t >= f->vocab) die("%s: corrupt token file: token %d at %llu outside vocab %d", path, t,
+                                        (unsigned long long)i, f->vocab);
+    }
+}
+
+static void token_file_close(token_file *f)
+{
+    if (f->map && f->map != MAP_FAILED) munmap(f->map, f->map_bytes);
+    f->map = NULL;
+}
+
+/* Fills tokens/targets (B, T) from position pos: row b reads pos + b*T. */
+static void fill_batch(const token_file *f, uint64_t pos, int B, int T, int32_t *x, int32_t *y)
+{
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            uint64_t i = pos + (uint64_t)b * T + t;
+            x[(size_t)b * T + t] = tok_at(f, i);
+            y[(size_t)b * T + t] = tok_at(f, i + 1);
+        }
+}
+
+/* ---- options --------------------------------------------------------------- */
+
+typedef struct train_args {
+    const char *data_dir, *out_dir, *preset, *vscale, *save_model;
+    uint64_t seed;
+    int64_t steps;
+    int batch, seq, grad_accum, threads, warmup;
+    float lr, min_lr, wd, clip;
+    int d_model, layers, heads, kv_heads, d_head, d_ff;
+    int eval_every, eval_batches, diag_every, ckpt_every, log_every;
+    int resume, progress, per_query_head, frozen_theta;
+} train_args;
+
+typedef struct preset_spec {
+    const char *name, *model;
+    int d_model, layers, heads, kv_heads, d_head, d_ff;
+    int64_t steps;
+    int batch, seq, warmup;
+    float lr, min_lr;
+    const char *about;
+} preset_spec;
+
+/* Training presets: a model shape plus a schedule. */
+static const preset_spec PRESETS[] = {
+    {"test", "micro", 64, 2, 2, 1, 32, 128, 60, 8, 64, 10, 3e-3f, 3e-4f, "seconds; tests"},
+    {"quick", "tiny", 128, 2, 4, 4, 32, 344, 300, 16, 128, 30, 2e-3f, 2e-4f, "~1 min smoke run"},
+    {"exp", "tiny", 192, 4, 6, 6, 32, 512, 1500, 16, 128, 100, 2e-3f, 2e-4f,
+     "the baseline-vs-V-scale experiment (~2.3M parameters)"},
+    {"small", "small", 256, 4, 4, 2, 64, 704, 3000, 16, 256, 200, 1e-3f, 1e-4f, "the small preset"},
+};
+
+static void usage(FILE *f)
+{
+    fprintf(f,
+            "usage: gsink-train --data DIR --out DIR [options]\n"
+            "  --preset NAME        test | quick | exp | small (default exp)\n"
+            "  --seed N             model init and data RNG seed (default 1)\n"
+            "  --steps N            optimizer steps\n"
+            "  --batch N            sequences per micro-batch\n"
+            "  --seq N              tokens per sequence\n"
+            "  --grad-accum N       micro-batches per step (default 1)\n"
+            "  --lr X --min-lr X    peak and final learning rate (cosine)\n"
+            "  --warmup N           linear warm-up steps\n"
+            "  --weight-decay X     AdamW decay on 2-D matrices (default 0.1)\n"
+            "  --clip X             global gradient-norm clip (default 1.0)\n"
+            "  --vscale MODE        off | full | backward-only (default off)\n"
+            "  --frozen-theta       full V-scale with theta frozen at 0\n"
+            "  --per-query-head     V-scale per query head (default per KV head)\n"
+            "  --d-model/--layers/--heads/--kv-heads/--d-head/--d-ff N   override the shape\n"
+            "  --threads N          CPU threads (default 0 = all)\n"
+            "  --eval-every N       validation every N steps (default 100)\n"
+            "  --eval-batches N     validation batches (default 8)\n"
+            "  --diag-every N       diagnostics JSON line every N steps (default 100)\n"
+            "  --ckpt-every N       checkpoint every N steps (default 250)\n"
+            "  --log-every N        progress line every N steps when stderr is not a tty\n"
+            "  --resume             continue the run in --out from its latest checkpoint\n"
+            "  --save-model DIR     also save the final weights there (default OUT/final)\n"
+            "  --no-progress        no progress bar\n");
+    fprintf(f, "presets:\n");
+    for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++) {
+        const preset_spec *p = &PRESETS[i];
+        fprintf(f, "  %-6s d%d L%d H%d KV%d dh%d ff%d, %lld steps, B%d T%d, lr %g -> %g: %s\n", p->name,
+                p->d_model, p->layers, p->heads, p->kv_heads, p->d_head, p->d_ff, (long long)p->steps, p->batch,
+                p->seq, p->warmup ? p->lr : p->lr, p->min_lr, p->about);
+    }
+}
+
+static long parse_long(const char *s, const char *what)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s) die("bad value for %s: '%s'", what, s);
+    return v;
+}
+static float parse_float(const char *s, const char *what)
+{
+    char *end;
+    errno = 0;
+    float v = strtof(s, &end);
+    if (errno || *end || end == s || !isfinite(v)) die("bad value for %s: '%s'", what, s);
+    return v;
+}
+
+static void parse_args(int argc, char **argv, train_args *a)
+{
+    memset(a, 0, sizeof *a);
+    a->preset = "exp";
+    a->vscale = "off";
+    a->seed = 1;
+    a->steps = -1;
+    a->batch = a->seq = a->warmup = -1;
+    a->lr = a->min_lr = -1.0f;
+    a->wd = 0.1f;
+    a->clip = 1.0f;
+    a->grad_accum = 1;
+    a->eval_every = 100;
+    a->eval_batches = 8;
+    a->diag_every = 100;
+    a->ckpt_every = 250;
+    a->log_every = 50;
+    a->progress = 1;
+    enum { O_DATA = 256, O_OUT, O_PRESET, O_SEED, O_STEPS, O_BATCH, O_SEQ, O_ACC, O_LR, O_MINLR, O_WARM, O_WD,
+           O_CLIP, O_VS, O_FROZEN, O_PQH, O_DM, O_L, O_H, O_KV, O_DH, O_FF, O_THR, O_EE, O_EB, O_DE, O_CE, O_LE,
+           O_RES, O_SAVE, O_NOPROG, O_HELP };
+    static const struct option opts[] = {
+        {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"preset", 1, 0, O_PRESET}, {"seed", 1, 0, O_SEED},
+        {"steps", 1, 0, O_STEPS}, {"batch", 1, 0, O_BATCH}, {"seq", 1, 0, O_SEQ}, {"grad-accum", 1, 0, O_ACC},
+        {"lr", 1, 0, O_LR}, {"min-lr", 1, 0, O_MINLR}, {"warmup", 1, 0, O_WARM}, {"weight-decay", 1, 0, O_WD},
+        {"clip", 1, 0, O_CLIP}, {"vscale", 1, 0, O_VS}, {"frozen-theta", 0, 0, O_FROZEN},
+        {"per-query-head", 0, 0, O_PQH}, {"d-model", 1, 0, O_DM}, {"layers", 1, 0, O_L}, {"heads", 1, 0, O_H},
+        {"kv-heads", 1, 0, O_KV}, {"d-head", 1, 0, O_DH}, {"d-ff", 1, 0, O_FF}, {"threads", 1, 0, O_THR},
+        {"eval-every", 1, 0, O_EE}, {"eval-batches", 1, 0, O_EB}, {"diag-every", 1, 0, O_DE},
+        {"ckpt-every", 1, 0, O_CE}, {"log-every", 1, 0, O_LE}, {"resume", 0, 0, O_RES},
+        {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+    int c;
+    while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (c) {
+        case O_DATA: a->data_dir = optarg; break;
+        case O_OUT: a->out_dir = optarg; break;
+        case O_PRESET: a->preset = optarg; break;
+        case O_SEED: a->seed = (uint64_t)parse_long(optarg, "--seed"); break;
+        case O_STEPS: a->steps = parse_long(optarg, "--steps"); break;
+        case O_BATCH: a->batch = (int)parse_long(optarg, "--batch"); break;
+        case O_SEQ: a->seq = (int)parse_long(optarg, "--seq"); break;
+        case O_ACC: a->grad_accum = (int)parse_long(optarg, "--grad-accum"); break;
+        case O_LR: a->lr = parse_float(optarg, "--lr"); break;
+        case O_MINLR: a->min_lr = parse_float(optarg, "--min-lr"); break;
+        case O_WARM: a->warmup = (int)parse_long(optarg, "--warmup"); break;
+        case O_WD: a->wd = parse_float(optarg, "--weight-decay"); break;
+        case O_CLIP: a->clip = parse_float(optarg, "--clip"); break;
+        case O_VS: a->vscale = optarg; break;
+        case O_FROZEN: a->frozen_theta = 1; break;
+        case O_PQH: a->per_query_head = 1; break;
+        case O_DM: a->d_model = (int)parse_long(optarg, "--d-model"); break;
+        case O_L: a->layers = (int)parse_long(optarg, "--layers"); break;
+        case O_H: a->heads = (int)parse_long(optarg, "--heads"); break;
+        case O_KV: a->kv_heads = (int)parse_long(optarg, "--kv-heads"); break;
+        case O_DH: a->d_head = (int)parse_long(optarg, "--d-head"); break;
+        case O_FF: a->d_ff = (int)parse_long(optarg, "--d-ff"); break;
+        case O_THR: a->threads = (int)parse_long(optarg, "--threads"); break;
+        case O_EE: a->eval_every = (int)parse_long(optarg, "--eval-every"); break;
+        case O_EB: a->eval_batches = (int)parse_long(optarg, "--eval-batches"); break;
+        case O_DE: a->diag_every = (int)parse_long(optarg, "--diag-every"); break;
+        case O_CE: a->ckpt_every = (int)parse_long(optarg, "--ckpt-every"); break;
+        case O_LE: a->log_every = (int)parse_long(optarg, "--log-every"); break;
+        case O_RES: a->resume = 1; break;
+        case O_SAVE: a->save_model = optarg; break;
+        case O_NOPROG: a->progress = 0; break;
+        case O_HELP: case 'h': usage(stdout); exit(0);
+        default: usage(stderr); exit(2);
+        }
+    }
+    if (optind < argc) die("unexpected argument '%s' (see --help)", argv[optind]);
+    if (!a->data_dir || !a->out_dir) {
+        usage(stderr);
+        die("--data and --out are required");
+    }
+    const preset_spec *p = NULL;
+    for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++)
+        if (!strcmp(PRESETS[i].name, a->preset)) p = &PRESETS[i];
+    if (!p) die("unknown preset '%s' (see --help)", a->preset);
+    if (!a->d_model) a->d_model = p->d_model;
+    if (!a->layers) a->layers = p->layers;
+    if (!a->heads) a->heads = p->heads;
+    if (!a->kv_heads) a->kv_heads = p->kv_heads;
+    if (!a->d_head) a->d_head = p->d_head;
+    if (!a->d_ff) a->d_ff = p->d_ff;
+    if (a->steps < 0) a->steps = p->steps;
+    if (a->batch < 0) a->batch = p->batch;
+    if (a->seq < 0) a->seq = p->seq;
+    if (a->warmup < 0) a->warmup = p->warmup;
+    if (a->lr < 0) a->lr = p->lr;
+    if (a->min_lr < 0) a->min_lr = p->min_lr;
+    if (a->steps < 1 || a->batch < 1 || a->seq < 2 || a->grad_accum < 1)
+        die("--steps, --batch, --grad-accum must be >= 1 and --seq >= 2");
+    if (a->eval_every < 1 || a->diag_every < 1 || a->ckpt_every < 1 || a->log_every < 1 || a->eval_batches < 1)
+        die("--eval-every, --eval-batches, --diag-every, --ckpt-every, --log-every must be >= 1");
+}
+
+static int vscale_mode_of(const char *s)
+{
+    if (!strcmp(s, "off")) return GSINK_VSCALE_OFF;
+    if (!strcmp(s, "full")) return GSINK_VSCALE_FULL;
+    if (!strcmp(s, "backward-only")) return GSINK_VSCALE_BACKWARD_ONLY;
+    die("--vscale must be off, full or backward-only (got '%s')", s);
+    return 0;
+}
+
+/* ---- run state and checkpoints ------------------------------------------------ */
+
+typedef struct run_state {
+    int64_t step;      /* optimizer steps done */
+    uint64_t data_pos; /* next training token position */
+    uint64_t epoch;
+    uint64_t rng;      /* splitmix64 state for epoch offsets */
+} run_state;
+
+typedef struct trainer {
+    train_args a;
+    gsink_config cfg;
+    gsink_model *model;
+    gsink_optimizer *opt;
+    token_file train, val;
+    run_state rs;
+    int32_t *x, *y;
+    size_t n_theta;
+    int model_save_ok; /* 0 unknown, 1 ok, -1 unsupported (warned) */
+    FILE *log, *diag;
+} trainer;
+
+/* Fixed-width record of everything that must match for a resume. */
+typedef struct ckpt_identity {
+    int32_t vocab, d_model, layers, heads, kv_heads, d_head, d_ff, tie;
+    int32_t vscale_mode, per_query_head, learnable, batch, seq, grad_accum;
+    uint64_t train_tokens, train_crc_dummy;
+} ckpt_identity;
+
+static ckpt_identity identity_of(const trainer *tr)
+{
+    ckpt_identity id;
+    memset(&id, 0, sizeof id);
+    id.vocab = tr->cfg.vocab_size;
+    id.d_model = tr->cfg.d_model;
+    id.layers = tr->cfg.n_layers;
+    id.heads = tr->cfg.n_heads;
+    id.kv_heads = tr->cfg.n_kv_heads;
+    id.d_head = tr->cfg.d_head;
+    id.d_ff = tr->cfg.d_ff;
+    id.tie = tr->cfg.tie_embeddings;
+    id.vscale_mode = vscale_mode_of(tr->a.vscale);
+    id.per_query_head = tr->a.per_query_head;
+    id.learnable = !tr->a.frozen_theta;
+    id.batch = tr->a.batch;
+    id.seq = tr->a.seq;
+    id.grad_accum = tr->a.grad_accum;
+    id.train_tokens = tr->train.count;
+    return id;
+}
+
+static const char STATE_MAGIC[8] = {'G', 'S', 'K', 'T', 'R', 'N', 0, 1};
+
+static void xwrite(FILE *f, const void *p, size_t n, uint32_t *crc, const char *path)
+{
+    if (fwrite(p, 1, n, f) != n) die("write %s: %s", path, strerror(errno));
+    *crc = crc32_update(*crc, p, n);
+}
+
+/* state.bin: magic, identity, run state, every parameter (name, numel, fp32), theta, CRC-32. */
+static void write_state(trainer *tr, const char *path)
+{
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) die("cannot create %s: %s", tmp, strerror(errno));
+    uint32_t crc = 0;
+    ckpt_identity id = identity_of(tr);
+    xwrite(f, STATE_MAGIC, 8, &crc, tmp);
+    xwrite(f, &id, sizeof id, &crc, tmp);
+    xwrite(f, &tr->rs, sizeof tr->rs, &crc, tmp);
+    size_t n;
+    CHECK(gsink_param_count(tr->model, &n));
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        int ndim;
+        int64_t dims[2];
+        CHECK(gsink_param_info(tr->model, i, &name, &ndim, dims));
+        if (strstr(name, "v_scale_theta")) continue;
+        uint64_t numel = (uint64_t)dims[0] * (ndim == 2 ? (uint64_t)dims[1] : 1u);
+        float *buf = malloc(numel * sizeof(float));
+        if (!buf) die("out of memory");
+        CHECK(gsink_get_param(tr->model, name, buf, numel));
+        uint32_t len = (uint32_t)strlen(name);
+        xwrite(f, &len, 4, &crc, tmp);
+        xwrite(f, name, len, &crc, tmp);
+        xwrite(f, &numel, 8, &crc, tmp);
+        xwrite(f, buf, numel * sizeof(float), &crc, tmp);
+        free(buf);
+    }
+    uint64_t nt = tr->n_theta;
+    xwrite(f, &nt, 8, &crc, tmp);
+    if (nt) {
+        float *th = malloc(nt * sizeof(float));
+        if (!th) die("out of memory");
+        CHECK(gsink_vscale_get_theta(tr->model, th, nt));
+        xwrite(f, th, nt * sizeof(float), &crc, tmp);
+        free(th);
+    }
+    uint32_t c = crc;
+    if (fwrite(&c, 4, 1, f) != 1 || fflush(f) != 0 || fsync(fileno(f)) != 0) die("write %s: %s", tmp, strerror(errno));
+    if (fclose(f) != 0) die("close %s: %s", tmp, strerror(errno));
+    if (rename(tmp, path) != 0) die("rename %s: %s", tmp, strerror(errno));
+}
+
+static void xread(FILE *f, void *p, size_t n, uint32_t *crc, const char *path)
+{
+    if (fread(p, 1, n, f) != n) die("%s: truncated or corrupt checkpoint state", path);
+    *crc = crc32_update(*crc, p, n);
+}
+
+/* Reads state.bin fully and verifies it before changing the model. */
+static void read_state(trainer *tr, const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) die("cannot open %s: %s", path, strerror(errno));
+    uint32_t crc = 0;
+    char magic[8];
+    ckpt_identity id, want = identity_of(tr);
+    run_state rs;
+    xread(f, magic, 8, &crc, path);
+    if (memcmp(magic, STATE_MAGIC, 8) != 0) die("%s: not a gsink-train checkpoint state", path);
+    xread(f, &id, sizeof id, &crc, path);
+    if (memcmp(&id, &want, sizeof id) != 0)
+        die("%s: checkpoint does not match this run (model shape, V-scale, batch/seq/grad-accum or data differ)",
+            path);
+    xread(f, &rs, sizeof rs, &crc, path);
+    size_t n;
+    CHECK(gsink_param_count(tr->model, &n));
+    /* names and data kept until the CRC is verified */
+    char **names = calloc(n + 1, sizeof *names);
+    float **datas = calloc(n + 1, sizeof *datas);
+    uint64_t *numels = calloc(n + 1, sizeof *numels);
+    size_t k = 0;
+    if (!names || !datas || !numels) die("out of memory");
+    for (size_t i = 0; i < n; i++) {
+        const char *name;
+        int ndim;
+        int64_t dims[2];
+        CHECK(gsink_param_info(tr->model, i, &name, &ndim, dims));
+        if (strstr(name, "v_scale_theta")) continue;
+        uint64_t numel = (uint64_t)dims[0] * (ndim == 2 ? (uint64_t)dims[1] : 1u), got;
+        uint32_t len;
+        xread(f, &len, 4, &crc, path);
+        if (len != strlen(name)) die("%s: checkpoint tensor %zu is not %s", path, i, name);
+        names[k] = malloc(len + 1);
+        if (!names[k]) die("out of memory");
+        xread(f, names[k], len, &crc, path);
+        names[k][len] = 0;
+        if (strcmp(names[k], name)) die("%s: checkpoint tensor %s where %s was expected", path, names[k], name);
+        xread(f, &got, 8, &crc, path);
+        if (got != numel) die("%s: %s has %llu values, expected %llu", path, name, (unsigned long long)got,
+                              (unsigned long long)numel);
+        datas[k] = malloc(numel * sizeof(float));
+        if (!datas[k]) die("out of memory");
+        xread(f, datas[k], numel * sizeof(float), &crc, path);
+        numels[k++] = numel;
+    }
+    uint64_t nt;
+    xread(f, &nt, 8, &crc, path);
+    if (nt != tr->n_theta) die("%s: %llu theta values, expected %zu", path, (unsigned long long)nt, tr->n_theta);
+    float *th = malloc((nt ? nt : 1) * sizeof(float));
+    if (!th) die("out of memory");
+    if (nt) xread(f, th, nt * sizeof(float), &crc, path);
+    uint32_t stored;
+    if (fread(&stored, 4, 1, f) != 1 || stored != crc || fgetc(f) != EOF)
+        die("%s: checkpoint state is corrupt (CRC-32 mismatch or trailing data)", path);
+    fclose(f);
+    for (size_t i = 0; i < k; i++) {
+        CHECK(gsink_set_param(tr->model, names[i], datas[i], numels[i]));
+        free(names[i]);
+        free(datas[i]);
+    }
+    if (nt) CHECK(gsink_vscale_set_theta(tr->model, th, nt));
+    free(th);
+    free(names);
+    free(datas);
+    free(numels);
+    tr->rs = rs;
+}
+
+static void save_checkpoint(trainer *tr)
+{
+    char dir[4096], tmpdir[4200], path[4400], latest[4200];
+    snprintf(dir, sizeof dir, "%s/ckpt-%08lld", tr->a.out_dir, (long long)tr->rs.step);
+    snprintf(tmpdir, sizeof tmpdir, "%s.tmp", dir);
+    rm_rf(tmpdir);
+    if (mkdir(tmpdir, 0755) != 0) die("mkdir %s: %s", tmpdir, strerror(errno));
+    /* weights in HF safetensors (for other tools) */
+    if (tr->model_save_ok >= 0) {
+        snprintf(path, sizeof path, "%s/model", tmpdir);
+        gsink_status st = gsink_model_save(tr->model, path);
+        if (st == GSINK_ERR_UNSUPPORTED) {
+            fprintf(stderr, "\ngsink-train: note: gsink_model_save unsupported in this build (%s); checkpoints "
+                            "keep the exact weights in state.bin only\n", gsink_last_error());
+            tr->model_save_ok = -1;
+        } else if (st != GSINK_OK) {
+            die("saving weights to %s: %s (%s)", path, gsink_status_str(st), gsink_last_error());
+        } else {
+            tr->model_save_ok = 1;
+        }
+    }
+    snprintf(path, sizeof path, "%s/optimizer.bin", tmpdir);
+    gsink_status st = gsink_optimizer_save(tr->opt, path);
+    if (st != GSINK_OK) die("saving optimizer state: %s (%s)", gsink_status_str(st), gsink_optimizer_errmsg(tr->opt));
+    snprintf(path, sizeof path, "%s/state.bin", tmpdir);
+    write_state(tr, path);
+    fsync_path(tmpdir);
+    rm_rf(dir);
+    if (rename(tmpdir, dir) != 0) die("rename %s -> %s: %s", tmpdir, dir, strerror(errno));
+    fsync_path(tr->a.out_dir);
+
+    /* switch `latest` atomically */
+    snprintf(latest, sizeof latest, "%s/latest.tmp", tr->a.out_dir);
+    FILE *f = fopen(latest, "w");
+    if (!f) die("cannot create %s: %s", latest, strerror(errno));
+    const char *base = strrchr(dir, '/') + 1;
+    fprintf(f, "%s\n", base);
+    if (fflush(f) != 0 || fsync(fileno(f)) != 0 || fclose(f) != 0) die("write %s: %s", latest, strerror(errno));
+    const char *crash = getenv("GSINK_TRAIN_CRASH_IN_SAVE");
+    if (crash && *crash && strcmp(crash, "0")) _exit(86); /* test hook: die before the switch */
+    snprintf(path, sizeof path, "%s/latest", tr->a.out_dir);
+    char prev[256] = "";
+    FILE *pf = fopen(path, "r");
+    if (pf) {
+        if (!fgets(prev, sizeof prev, pf)) prev[0] = 0;
+        prev[strcspn(prev, "\n")] = 0;
+        fclose(pf);
+    }
+    if (rename(latest, path) != 0) die("rename %s: %s", latest, strerror(errno));
+    fsync_path(tr->a.out_dir);
+    /* keep the new and the previous checkpoint; remove older ones */
+    DIR *d = opendir(tr->a.out_dir);
+    if (d) {
+        struct dirent *e;
+        while ((e = readdir(d))) {
+            if (strncmp(e->d_name, "ckpt-", 5) || !strcmp(e->d_name, base) || !strcmp(e->d_name, prev)) continue;
+            if (strstr(e->d_name, ".tmp")) continue;
+            snprintf(path, sizeof path, "%s/%s", tr->a.out_dir, e->d_name);
+            rm_rf(path);
+        }
+        closedir(d);
+    }
+}
+
+static void resume(trainer *tr)
+{
+    char path[4400], name[256];
+    snprintf(path, sizeof path, "%s/latest", tr->a.out_dir);
+    FILE *f = fopen(path, "r");
+    if (!f) die("--resume: no checkpoint in %s (%s)", tr->a.out_dir, strerror(errno));
+    if (!fgets(name, sizeof name, f)) die("--resume: %s is empty", path);
+    fclose(f);
+    name[strcspn(name, "\n")] = 0;
+    if (strncmp(name, "ckpt-", 5) || strchr(name, '/')) die("--resume: %s is corrupt", path);
+    snprintf(path, sizeof path, "%s/%s/state.bin", tr->a.out_dir, name);
+    read_state(tr, path);
+    snprintf(path, sizeof path, "%s/%s/optimizer.bin", tr->a.out_dir, name);
+    gsink_status st = gsink_optimizer_load(tr->opt, path);
+    if (st != GSINK_OK) die("--resume: %s: %s", gsink_status_str(st), gsink_optimizer_errmsg(tr->opt));
+    if (gsink_optimizer_step_count(tr->opt) != tr->rs.step)
+        die("--resume: optimizer state is at step %lld, run state at %lld", (long long)gsink_optimizer_step_count(tr->opt),
+            (long long)tr->rs.step);
+}
+
+/* Drops log lines after the resumed step so the logs read like one run. */
+static void truncate_log(const char *path, int64_t step)
+{
+    FILE *f = fopen(path, "r");
+    if (!f) return;
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    FILE *o = fopen(tmp, "w");
+    if (!o) die("cannot create %s", tmp);
+    char line[1 << 16];
+    while (fgets(line, sizeof line, f)) {
+        const char *p = strstr(line, "\"step\":");
+        long long s = p ? atoll(p + 7) : 0;
+        if (s <= step) fputs(line, o);
+    }
+    fclose(f);
+    fclose(o);
+    rename(tmp, path);
+}
+
+/* ---- training -------------------------------------------------------------- */
+
+static float eval_loss(trainer *tr)
+{
+    const int B = tr->a.batch, T = tr->a.seq;
+    uint64_t need = (uint64_t)B * T;
+    int n = tr->a.eval_batches;
+    if ((uint64_t)n * need + 1 > tr->val.count) n = (int)((tr->val.count - 1) / need);
+    double sum = 0;
+    for (int i = 0; i < n; i++) {
+        float loss;
+        fill_batch(&tr->val, (uint64_t)i * need, B, T, tr->x, tr->y);
+        CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
+        sum += loss;
+    }
+    return (float)(sum / n);
+}
+
+static void json_floats(FILE *f, const float *v, int n)
+{
+    fputc('[', f);
+    for (int i = 0; i < n; i++) fprintf(f, "%s%.6g", i ? "," : "", (double)v[i]);
+    fputc(']', f);
+}
+
+/* Optional metric: prints null when the diagnostics are not in this build. */
+static void json_metric(FILE *f, gsink_status st, float v)
+{
+    if (st == GSINK_OK && isfinite(v)) fprintf(f, "%.6g", (double)v);
+    else fputs("null", f);
+}
+
+/* Diagnostics on the first validation batch: forward + backward, then grads zeroed. */
+static void diagnostics(trainer *tr, FILE *out, int final)
+{
+    const int B = tr->a.batch, T = tr->a.seq, L = tr->cfg.n_layers, H = tr->cfg.n_heads;
+    float loss;
+    fill_batch(&tr->val, 0, B, T, tr->x, tr->y);
+    CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
+    CHECK(gsink_backward(tr->model, 0));
+    fprintf(out, "{\"step\":%lld,\"loss\":%.6g,\"layers\":[", (long long)tr->rs.step, (double)loss);
+    float *theta = NULL;
+    if (tr->n_theta) {
+        theta = malloc(tr->n_theta * sizeof(float));
+        if (!theta) die("out of memory");
+        CHECK(gsink_vscale_get_theta(tr->model, theta, tr->n_theta));
+    }
+    int S = tr->n_theta ? (int)(tr->n_theta / L) : 0;
+    float *buf = malloc((size_t)(T > H ? T : H) * sizeof(float));
+    if (!buf) die("out of memory");
+    int rgs_te = T - 1 < 31 ? T - 1 : 31;
+    for (int l = 0; l < L; l++) {
+        float v = NAN;
+        fprintf(out, "%s{\"layer\":%d,\"sink_rate\":", l ? "," : "", l);
+        gsink_status st = T >= 2 ? gsink_sink_rate(tr->model, l, 0, 0.3f, &v) : GSINK_ERR_OUT_OF_RANGE;
+        json_metric(out, st, v);
+        static const struct { gsink_site site; const char *name; } ma[] = {
+            {GSINK_SITE_RESID_OUT, "resid_out_t0_early"}, {GSINK_SITE_MLP_OUT, "mlp_out_t0_early"},
+            {GSINK_SITE_ATTN_OUT, "attn_out_t0_early"}};
+        for (int k = 0; k < 3; k++) {
+            v = NAN;
+            st = T >= 16 ? gsink_massive_activation_ratio(tr->model, l, ma[k].site, &v) : GSINK_ERR_OUT_OF_RANGE;
+            fprintf(out, ",\"%s\":", ma[k].name);
+            json_metric(out, st, v);
+        }
+        v = NAN;
+        st = gsink_gradient_sink_ratio(tr->model, l, 0, rgs_te, GSINK_AGG_SUM_THEN_NORM, &v);
+        fputs(",\"r_gs\":", out);
+        json_metric(out, st, v);
+        if (S) {
+            double m = 0;
+            for (int h = 0; h < S; h++) m += theta[(size_t)l * S + h];
+            fprintf(out, ",\"theta_mean\":%.6g,\"theta\":", m / S);
+            json_floats(out, theta + (size_t)l * S, S);
+        }
+        if (final) {
+            /* token-wise profiles for the figures */
+            if (gsink_sink_scores(tr->model, l, 0, buf, (size_t)H) == GSINK_OK) {
+                fputs(",\"sink_scores\":", out);
+                json_floats(out, buf, H);
+            }
+            if (gsink_get_gradient_norms(tr->model, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS,
+                                         GSINK_AGG_SUM_THEN_NORM, buf, (size_t)T) == GSINK_OK) {
+                fputs(",\"grad_norm_attn_norm_out\":", out);
+                json_floats(out, buf, T);
+            }
+            static const gsink_site sites[] = {GSINK_SITE_RESID_OUT, GSINK_SITE_MLP_OUT, GSINK_SITE_ATTN_OUT};
+            for (int k = 0; k < 3; k++)
+                if (gsink_get_activation_norms(tr->model, l, sites[k], GSINK_ALL_HEADS, buf, (size_t)T) == GSINK_OK) {
+                    fprintf(out, ",\"act_norm_%s\":", gsink_site_name(sites[k]));
+                    json_floats(out, buf, T);
+                }
+        }
+        fputc('}', out);
+    }
+    fputs("]}\n", out);
+    fflush(out);
+    free(buf);
+    free(theta);
+    CHECK(gsink_zero_grad(tr->model));
+}
+
+static void fmt_time(char *buf, size_t n, double s)
+{
+    if (!isfinite(s) || s < 0) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600) snprintf(buf, n, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+    else snprintf(buf, n, "%02ld:%02ld", t / 60, t % 60);
+}
+
+static void progress(const trainer *tr, float loss, float lr, double tok_s, double eta, float val)
+{
+    const int width = 24;
+    int fill = (int)(width * (double)tr->rs.step / (double)tr->a.steps);
+    char bar[64], eta_s[32];
+    for (int i = 0; i < width; i++) bar[i] = i < fill ? '#' : '.';
+    bar[width] = 0;
+    fmt_time(eta_s, sizeof eta_s, eta);
+    int tty = isatty(2);
+    fprintf(stderr, "%s[%s] step %lld/%lld loss %.4f lr %.2e %.0f tok/s ETA %s", tty ? "\r\033[K" : "", bar,
+            (long long)tr->rs.step, (long long)tr->a.steps, (double)loss, (double)lr, tok_s, eta_s);
+    if (isfinite(val)) fprintf(stderr, " val %.4f", (double)val);
+    if (!tty) fputc('\n', stderr);
+    fflush(stderr);
+}
+
+int main(int argc, char **argv)
+{
+    crc_init();
+    trainer tr;
+    memset(&tr, 0, sizeof tr);
+    parse_args(argc, argv, &tr.a);
+    train_args *a = &tr.a;
+    if (gsink_version_number() != GSINK_VERSION_NUMBER)
+        die("libgsink %s does not match the header %s", gsink_version_string(), GSINK_VERSION_STRING);
+
+    char path[4400];
+    snprintf(path, sizeof path, "%s/train.bin", a->data_dir);
+    token_file_open(&tr.train, path);
+    snprintf(path, sizeof path, "%s/val.bin", a->data_dir);
+    token_file_open(&tr.val, path);
+    if (tr.val.vocab != tr.train.vocab) die("train.bin and val.bin disagree on the vocabulary size");
+    uint64_t need = (uint64_t)a->batch * a->seq + 1;
+    if (tr.train.count < need)
+        die("%s/train.bin has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
+            a->data_dir, (unsigned long long)tr.train.count, a->batch, a->seq, (unsigned long long)need);
+    if (tr.val.count < need)
+        die("%s/val.bin has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
+            a->data_dir, (unsigned long long)tr.val.count, a->batch, a->seq, (unsigned long long)need);
+
+    /* model */
+    gsink_config_init(&tr.cfg);
+    tr.cfg.vocab_size = tr.train.vocab;
+    tr.cfg.d_model = a->d_model;
+    tr.cfg.n_layers = a->layers;
+    tr.cfg.n_heads = a->heads;
+    tr.cfg.n_kv_heads = a->kv_heads;
+    tr.cfg.d_head = a->d_head;
+    tr.cfg.d_ff = a->d_ff;
+    tr.cfg.max_seq_len = a->seq;
+    tr.cfg.tie_embeddings = 1;
+    CHECK(gsink_config_validate(&tr.cfg));
+    gsink_model_options mo;
+    gsink_model_options_init(&mo);
+    mo.n_threads = a->threads;
+    mo.seed = a->seed;
+    CHECK(gsink_model_create(&tr.cfg, &mo, &tr.model));
+    int vmode = vscale_mode_of(a->vscale);
+    if (vmode != GSINK_VSCALE_OFF) {
+        gsink_vscale_options vo;
+        gsink_vscale_options_init(&vo);
+        vo.mode = vmode;
+        vo.learnable_theta = vmode == GSINK_VSCALE_FULL && !a->frozen_theta;
+        vo.per_query_head = a->per_query_head;
+        CHECK(gsink_vscale_enable(tr.model, &vo));
+        CHECK(gsink_vscale_theta_count(tr.model, &tr.n_theta));
+    }
+    gsink_diag_options dopt;
+    CHECK(gsink_get_diag_options(tr.model, &dopt));
+    if (dopt.sink_window > a->seq) {
+        dopt.sink_window = a->seq;
+        CHECK(gsink_set_diag_options(tr.model, &dopt));
+    }
+    gsink_optimizer_options oo;
+    gsink_optimizer_options_init(&oo);
+    oo.lr = a->lr;
+    oo.min_lr = a->min_lr;
+    oo.warmup_steps = a->warmup;
+    oo.total_steps = (int32_t)a->steps;
+    oo.weight_decay = a->wd;
+    oo.grad_clip = a->clip;
+    oo.accumulation_steps = a->grad_accum;
+    CHECK(gsink_optimizer_create(tr.model, &oo, &tr.opt));
+    size_t numel;
+    CHECK(gsink_param_numel(tr.model, &numel));
+
+    if (mkdir(a->out_dir, 0755) != 0 && errno != EEXIST) die("mkdir %s: %s", a->out_dir, strerror(errno));
+    tr.rs.rng = a->seed ^ 0x5DEECE66Dull;
+    if (a->resume) resume(&tr);
+    char log_path[4400], diag_path[4400];
+    snprintf(log_path, sizeof log_path, "%s/log.jsonl", a->out_dir);
+    snprintf(diag_path, sizeof diag_path, "%s/diag.jsonl", a->out_dir);
+    if (a->resume) {
+        truncate_log(log_path, tr.rs.step);
+        truncate_log(diag_path, tr.rs.step);
+    }
+    tr.log = fopen(log_path, a->resume ? "a" : "w");
+    tr.diag = fopen(diag_path, a->resume ? "a" : "w");
+    if (!tr.log || !tr.diag) die("cannot write logs in %s", a->out_dir);
+
+    const int B = a->batch, T = a->seq;
+    const uint64_t bt = (uint64_t)B * T;
+    tr.x = malloc(bt * sizeof(int32_t));
+    tr.y = malloc(bt * sizeof(int32_t));
+    if (!tr.x || !tr.y) die("out of memory");
+    fprintf(stderr,
+            "gsink-train: %zu parameters (d%d L%d H%d KV%d dh%d ff%d V%d), V-scale %s, %lld steps of %d x %d x %d "
+            "tokens, lr %g -> %g (warm-up %d), train %llu / val %llu tokens%s\n",
+            numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head, tr.cfg.d_ff,
+            tr.cfg.vocab_size, a->vscale, (long long)a->steps, a->grad_accum, B, T, (double)a->lr,
+            (double)a->min_lr, a->warmup, (unsigned long long)tr.train.count, (unsigned long long)tr.val.count,
+            a->resume ? "; resumed" : "");
+    if (!a->resume) {
+        fprintf(tr.log, "{\"step\":0,\"config\":{\"params\":%zu,\"d_model\":%d,\"layers\":%d,\"heads\":%d,"
+                        "\"kv_heads\":%d,\"d_head\":%d,\"d_ff\":%d,\"vocab\":%d,\"vscale\":\"%s\",\"batch\":%d,"
+                        "\"seq\":%d,\"grad_accum\":%d,\"steps\":%lld,\"lr\":%g,\"min_lr\":%g,\"warmup\":%d,"
+                        "\"seed\":%llu}}\n",
+                numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head,
+                tr.cfg.d_ff, tr.cfg.vocab_size, a->vscale, B, T, a->grad_accum, (long long)a->steps, (double)a->lr,
+                (double)a->min_lr, a->warmup, (unsigned long long)a->seed);
+        float v0 = eval_loss(&tr);
+        fprintf(tr.log, "{\"step\":0,\"val_loss\":%.6f}\n", (double)v0);
+        diagnostics(&tr, tr.diag, 0);
+    }
+    CHECK(gsink_zero_grad(tr.model));
+
+    double t_start = now_s(), tok_done = 0;
+    int64_t first_step = tr.rs.step;
+    float last_val = NAN;
+    while (tr.rs.step < a->steps) {
+        double t0 = now_s();
+        double loss_sum = 0;
+        for (int mb = 0; mb < a->grad_accum; mb++) {
+            if (tr.rs.data_pos + bt + 1 > tr.train.count) {
+                tr.rs.epoch++;
+                tr.rs.data_pos = splitmix64(&tr.rs.rng) % (uint64_t)T;
+            }
+            fill_batch(&tr.train, tr.rs.data_pos, B, T, tr.x, tr.y);
+            tr.rs.data_pos += bt;
+            float loss;
+            CHECK(gsink_forward(tr.model, tr.x, tr.y, B, T, &loss));
+            if (!isfinite(loss)) die("step %lld: loss is %g; stopping (weights unchanged)", (long long)tr.rs.step, loss);
+            CHECK(gsink_backward(tr.model, GSINK_BACKWARD_ACCUMULATE));
+            loss_sum += loss;
+        }
+        float lr = gsink_optimizer_lr_at(tr.opt, tr.rs.step), gnorm = 0;
+        gsink_status st = gsink_optimizer_step(tr.opt, &gnorm);
+        if (st == GSINK_ERR_NON_FINITE)
+            die("step %lld: %s; weights unchanged, last checkpoint kept", (long long)tr.rs.step, gsink_optimizer_errmsg(tr.opt));
+        if (st != GSINK_OK) die("optimizer step: %s (%s)", gsink_status_str(st), gsink_optimizer_errmsg(tr.opt));
+        tr.rs.step++;
+        double dt = now_s() - t0;
+        tok_done += (double)bt * a->grad_accum;
+        float loss = (float)(loss_sum / a->grad_accum);
+        fprintf(tr.log, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_s\":%.1f,\"epoch\":%llu}\n",
+                (long long)tr.rs.step, (double)loss, (double)lr, (double)gnorm, bt * a->grad_accum / dt,
+                (unsigned long long)tr.rs.epoch);
+        int last = tr.rs.step == a->steps;
+        if (tr.rs.step % a->eval_every == 0 || last) {
+            last_val = eval_loss(&tr);
+            fprintf(tr.log, "{\"step\":%lld,\"val_loss\":%.6f}\n", (long long)tr.rs.step, (double)last_val);
+        }
+        if (tr.rs.step % a->diag_every == 0 || last) diagnostics(&tr, tr.diag, 0);
+        fflush(tr.log);
+        double el = now_s() - t_start, tok_s = tok_done / el;
+        double eta = el / (double)(tr.rs.step - first_step) * (double)(a->steps - tr.rs.step);
+        if (a->progress && (isatty(2) || tr.rs.step % a->log_every == 0 || last))
+            progress(&tr, loss, lr, tok_s, eta, last_val);
+        if (tr.rs.step % a->ckpt_every == 0 || last) save_checkpoint(&tr);
+    }
+    if (a->progress && isatty(2)) fputc('\n', stderr);
+
+    /* final weights + tokenizer + token-wise diagnostics for the figures */
+    char final_dir[4400];
+    if (a->save_model) snprintf(final_dir, sizeof final_dir, "%s", a->save_model);
+    else snprintf(final_dir, sizeof final_dir, "%s/final", a->out_dir);
+    gsink_status st = gsink_model_save(tr.model, final_dir);
+    if (st == GSINK_OK) {
+        char src[4400], dst[4500];
+        snprintf(src, sizeof src, "%s/tokenizer.json", a->data_dir);
+        snprintf(dst, sizeof dst, "%s/tokenizer.json", final_dir);
+        if (access(src, R_OK) == 0 && copy_file(src, dst) != 0) die("copy %s -> %s failed", src, dst);
+        fprintf(stderr, "gsink-train: weights saved to %s\n", final_dir);
+    } else {
+        fprintf(stderr, "gsink-train: final weights not saved: %s (%s)\n", gsink_status_str(st), gsink_last_error());
+    }
+    snprintf(path, sizeof path, "%s/final_diag.json", a->out_dir);
+    FILE *fd = fopen(path, "w");
+    if (!fd) die("cannot write %s", path);
+    diagnostics(&tr, fd, 1);
+    fclose(fd);
+    fprintf(stderr, "gsink-train: done: step %lld, val loss %.4f, %.0f tok/s\n", (long long)tr.rs.step,
+            (double)last_val, tok_done / (now_s() - t_start));
+
+    fclose(tr.log);
+    fclose(tr.diag);
+    free(tr.x);
+    free(tr.y);
+    gsink_optimizer_free(tr.opt);
+    gsink_model_free(tr.model);
+    token_file_close(&tr.train);
+    token_file_close(&tr.val);
+    return 0;
+}
