@@ -1,0 +1,558 @@
+/* gguf.c - GGUF (v2/v3) reader: header, metadata, tensor infos, and the
+ * llama-architecture model loader. Every length and offset read from the file
+ * is checked against the bytes that remain before it is used. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io_internal.h"
+
+#define GGUF_DEFAULT_ALIGNMENT 32
+#define GGUF_MAX_DIMS 4
+#define GGUF_MAX_ARRAY_DEPTH 4
+
+typedef struct rd {
+    const uint8_t *p;
+    size_t n, i;
+    char *err;
+} rd;
+
+static gsink_status need(rd *r, size_t k, const char *what)
+{
+    if (r->n - r->i < k)
+        return gsink__fail(r->err, GSINK_ERR_FORMAT,
+                           "GGUF: truncated file: %s needs %zu bytes at offset %zu, %zu left", what,
+                           k, r->i, r->n - r->i);
+    return GSINK_OK;
+}
+
+static gsink_status rd_u32(rd *r, uint32_t *v, const char *what)
+{
+    gsink_status st = need(r, 4, what);
+    if (st) return st;
+    *v = gsink__rd32(r->p + r->i);
+    r->i += 4;
+    return GSINK_OK;
+}
+
+static gsink_status rd_u64(rd *r, uint64_t *v, const char *what)
+{
+    gsink_status st = need(r, 8, what);
+    if (st) return st;
+    *v = gsink__rd64(r->p + r->i);
+    r->i += 8;
+    return GSINK_OK;
+}
+
+static gsink_status rd_str(rd *r, gsink__gguf_str *s, const char *what)
+{
+    uint64_t len;
+    gsink_status st = rd_u64(r, &len, what);
+    if (st) return st;
+    if (len > r->n - r->i)
+        return gsink__fail(r->err, GSINK_ERR_FORMAT,
+                           "GGUF: %s length %llu at offset %zu runs past the end of the file", what,
+                           (unsigned long long)len, r->i - 8);
+    s->ptr = (const char *)(r->p + r->i);
+    s->len = len;
+    r->i += (size_t)len;
+    return GSINK_OK;
+}
+
+static size_t scalar_size(uint32_t t)
+{
+    switch (t) {
+    case GSINK_GGUF_UINT8: case GSINK_GGUF_INT8: case GSINK_GGUF_BOOL: return 1;
+    case GSINK_GGUF_UINT16: case GSINK_GGUF_INT16: return 2;
+    case GSINK_GGUF_UINT32: case GSINK_GGUF_INT32: case GSINK_GGUF_FLOAT32: return 4;
+    case GSINK_GGUF_UINT64: case GSINK_GGUF_INT64: case GSINK_GGUF_FLOAT64: return 8;
+    default: return 0;
+    }
+}
+
+/* Skips an array body (after its type and count), validating every element. */
+static gsink_status skip_array(rd *r, uint32_t et, uint64_t n, int depth)
+{
+    if (depth > GGUF_MAX_ARRAY_DEPTH)
+        return gsink__fail(r->err, GSINK_ERR_FORMAT, "GGUF: arrays nested too deeply");
+    size_t es = scalar_size(et);
+    if (es) {
+        if (n > (r->n - r->i) / es)
+            return gsink__fail(r->err, GSINK_ERR_FORMAT,
+                               "GGUF: array of %llu elements at offset %zu runs past the end of the file",
+                               (unsigned long long)n, r->i);
+        r->i += (size_t)n * es;
+        return GSINK_OK;
+    }
+    if (et == GSINK_GGUF_STRING) {
+        if (n > (r->n - r->i) / 8)
+            return gsink__fail(r->err, GSINK_ERR_FORMAT,
+                               "GGUF: string array of %llu elements at offset %zu cannot fit in the file",
+                               (unsigned long long)n, r->i);
+        for (uint64_t k = 0; k < n; k++) {
+            gsink__gguf_str s;
+            gsink_status st = rd_str(r, &s, "array string");
+            if (st) return st;
+        }
+        return GSINK_OK;
+    }
+    if (et == GSINK_GGUF_ARRAY) {
+        if (n > (r->n - r->i) / 12)
+            return gsink__fail(r->err, GSINK_ERR_FORMAT,
+                               "GGUF: nested array count %llu cannot fit in the file",
+                               (unsigned long long)n);
+        for (uint64_t k = 0; k < n; k++) {
+            uint32_t t2;
+            uint64_t n2;
+            gsink_status st = rd_u32(r, &t2, "array type");
+            if (!st) st = rd_u64(r, &n2, "array count");
+            if (!st) st = skip_array(r, t2, n2, depth + 1);
+            if (st) return st;
+        }
+        return GSINK_OK;
+    }
+    return gsink__fail(r->err, GSINK_ERR_FORMAT, "GGUF: unknown metadata value type %u", et);
+}
+
+static int str_eq(gsink__gguf_str s, const char *c)
+{
+    size_t l = strlen(c);
+    return s.len == l && memcmp(s.ptr, c, l) == 0;
+}
+
+static gsink_status read_kv(rd *r, gsink__gguf_kv *kv)
+{
+    gsink_status st = rd_str(r, &kv->key, "metadata key");
+    if (!st) st = rd_u32(r, &kv->type, "metadata type");
+    if (st) return st;
+    const uint8_t *v = r->p + r->i;
+    size_t es = scalar_size(kv->type);
+    if (es) {
+        if ((st = need(r, es, "metadata value"))) return st;
+        switch (kv->type) {
+        case GSINK_GGUF_UINT8: kv->u = v[0]; kv->i = v[0]; break;
+        case GSINK_GGUF_BOOL: kv->u = v[0] != 0; kv->i = v[0] != 0; break;
+        case GSINK_GGUF_INT8: kv->i = (int8_t)v[0]; kv->u = (uint64_t)kv->i; break;
+        case GSINK_GGUF_UINT16: kv->u = gsink__rd16(v); kv->i = (int64_t)kv->u; break;
+        case GSINK_GGUF_INT16: kv->i = (int16_t)gsink__rd16(v); kv->u = (uint64_t)kv->i; break;
+        case GSINK_GGUF_UINT32: kv->u = gsink__rd32(v); kv->i = (int64_t)kv->u; break;
+        case GSINK_GGUF_INT32: kv->i = (int32_t)gsink__rd32(v); kv->u = (uint64_t)kv->i; break;
+        case GSINK_GGUF_UINT64: kv->u = gsink__rd64(v); kv->i = (int64_t)kv->u; break;
+        case GSINK_GGUF_INT64: kv->i = (int64_t)gsink__rd64(v); kv->u = (uint64_t)kv->i; break;
+        case GSINK_GGUF_FLOAT32: { uint32_t b = gsink__rd32(v); float f; memcpy(&f, &b, 4); kv->f = f; break; }
+        case GSINK_GGUF_FLOAT64: { uint64_t b = gsink__rd64(v); memcpy(&kv->f, &b, 8); break; }
+        default: break;
+        }
+        if (kv->type != GSINK_GGUF_FLOAT32 && kv->type != GSINK_GGUF_FLOAT64) kv->f = (double)kv->i;
+        r->i += es;
+        return GSINK_OK;
+    }
+    if (kv->type == GSINK_GGUF_STRING) return rd_str(r, &kv->s, "metadata string");
+    if (kv->type == GSINK_GGUF_ARRAY) {
+        if ((st = rd_u32(r, &kv->arr_type, "array type"))) return st;
+        if ((st = rd_u64(r, &kv->arr_n, "array count"))) return st;
+        kv->arr_off = r->i;
+        return skip_array(r, kv->arr_type, kv->arr_n, 0);
+    }
+    return gsink__fail(r->err, GSINK_ERR_FORMAT, "GGUF: metadata '%.*s' has unknown type %u",
+                       (int)(kv->key.len > 64 ? 64 : kv->key.len), kv->key.ptr, kv->type);
+}
+
+static int cmp_off(const void *a, const void *b)
+{
+    const gsink__gguf_tensor *x = *(const gsink__gguf_tensor *const *)a;
+    const gsink__gguf_tensor *y = *(const gsink__gguf_tensor *const *)b;
+    return x->offset < y->offset ? -1 : x->offset > y->offset;
+}
+
+static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char *err)
+{
+    rd r = {data, size, 0, err};
+    gsink_status st;
+    if (size < 4 || memcmp(data, "GGUF", 4) != 0)
+        return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: wrong magic (not a GGUF file)");
+    r.i = 4;
+    if ((st = rd_u32(&r, &g->version, "version"))) return st;
+    if (g->version != 2 && g->version != 3)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: version %u is not supported (2 or 3)",
+                           g->version);
+    if ((st = rd_u64(&r, &g->n_tensors, "tensor count"))) return st;
+    if ((st = rd_u64(&r, &g->n_kv, "metadata count"))) return st;
+    /* Minimal encoded sizes: a KV is at least 13 bytes, a tensor info 32. */
+    if (g->n_kv > (size - r.i) / 13)
+        return gsink__fail(err, GSINK_ERR_FORMAT,
+                           "GGUF: metadata count %llu cannot fit in a %zu-byte file",
+                           (unsigned long long)g->n_kv, size);
+    if (g->n_tensors > (size - r.i) / 32)
+        return gsink__fail(err, GSINK_ERR_FORMAT,
+                           "GGUF: tensor count %llu cannot fit in a %zu-byte file",
+                           (unsigned long long)g->n_tensors, size);
+    g->kv = calloc(g->n_kv ? (size_t)g->n_kv : 1, sizeof *g->kv);
+    g->tensors = calloc(g->n_tensors ? (size_t)g->n_tensors : 1, sizeof *g->tensors);
+    if (!g->kv || !g->tensors) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
+    for (uint64_t k = 0; k < g->n_kv; k++)
+        if ((st = read_kv(&r, &g->kv[k]))) return st;
+
+    g->alignment = GGUF_DEFAULT_ALIGNMENT;
+    const gsink__gguf_kv *al = gsink__gguf_find(g, "general.alignment");
+    if (al) {
+        if (al->type != GSINK_GGUF_UINT32 || al->u == 0 || (al->u & (al->u - 1)) != 0 ||
+            al->u > (1u << 20))
+            return gsink__fail(err, GSINK_ERR_FORMAT,
+                               "GGUF: general.alignment must be a power-of-two uint32 (got %llu)",
+                               (unsigned long long)al->u);
+        g->alignment = (size_t)al->u;
+    }
+
+    for (uint64_t k = 0; k < g->n_tensors; k++) {
+        gsink__gguf_tensor *t = &g->tensors[k];
+        if ((st = rd_str(&r, &t->name, "tensor name"))) return st;
+        if ((st = rd_u32(&r, &t->n_dims, "tensor dimension count"))) return st;
+        if (t->n_dims == 0 || t->n_dims > GGUF_MAX_DIMS)
+            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: tensor '%.*s' has %u dimensions (1..4)",
+                               (int)(t->name.len > 64 ? 64 : t->name.len), t->name.ptr, t->n_dims);
+        for (int d = 0; d < GGUF_MAX_DIMS; d++) t->ne[d] = 1;
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            if ((st = rd_u64(&r, &t->ne[d], "tensor dimension"))) return st;
+        if ((st = rd_u32(&r, &t->type, "tensor type"))) return st;
+        if ((st = rd_u64(&r, &t->offset, "tensor offset"))) return st;
+    }
+    size_t pos = r.i;
+    size_t pad = (g->alignment - pos % g->alignment) % g->alignment;
+    if (pad > size - pos)
+        return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: truncated file: no room for the data section");
+    g->data_off = pos + pad;
+    size_t data_size = size - g->data_off;
+
+    /* Sizes, bounds, alignment and overlaps of the tensor data. */
+    gsink__gguf_tensor **ord = malloc((g->n_tensors ? (size_t)g->n_tensors : 1) * sizeof *ord);
+    if (!ord) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
+    size_t n_known = 0;
+    for (uint64_t k = 0; k < g->n_tensors; k++) {
+        gsink__gguf_tensor *t = &g->tensors[k];
+        const int nl = (int)(t->name.len > 64 ? 64 : t->name.len);
+        for (uint64_t j = 0; j < k; j++) {
+            if (g->tensors[j].name.len == t->name.len &&
+                memcmp(g->tensors[j].name.ptr, t->name.ptr, t->name.len) == 0) {
+                free(ord);
+                return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate tensor '%.*s'", nl, t->name.ptr);
+            }
+        }
+        size_t numel = 1;
+        for (int d = 0; d < GGUF_MAX_DIMS; d++) {
+            if (t->ne[d] > SIZE_MAX || !gsink__mul_size(numel, (size_t)t->ne[d], &numel)) {
+                free(ord);
+                return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: tensor '%.*s' element count overflows",
+                                   nl, t->name.ptr);
+            }
+        }
+        t->numel = numel;
+        size_t be, bb;
+        if (!gsink__ggml_block(t->type, &be, &bb)) {
+            t->nbytes = 0; /* unknown type: never read; rejected by users of the tensor */
+            continue;
+        }
+        if (t->ne[0] % be != 0) {
+            free(ord);
+            return gsink__fail(err, GSINK_ERR_FORMAT,
+                               "GGUF: tensor '%.*s' row length %llu is not a multiple of the %s block size %zu",
+                               nl, t->name.ptr, (unsigned long long)t->ne[0],
+                               gsink__ggml_type_name(t->type), be);
+        }
+        if (!gsink__mul_size(numel / be, bb, &t->nbytes)) {
+            free(ord);
+            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: tensor '%.*s' byte size overflows", nl,
+                               t->name.ptr);
+        }
+        if (t->offset % g->alignment != 0) {
+            free(ord);
+            return gsink__fail(err, GSINK_ERR_FORMAT,
+                               "GGUF: tensor '%.*s' offset %llu is not aligned to %zu", nl, t->name.ptr,
+                               (unsigned long long)t->offset, g->alignment);
+        }
+        if (t->offset > data_size || t->nbytes > data_size - t->offset) {
+            free(ord);
+            return gsink__fail(err, GSINK_ERR_FORMAT,
+                               "GGUF: tensor '%.*s' data [%llu, +%zu) lies outside the %zu-byte data section",
+                               nl, t->name.ptr, (unsigned long long)t->offset, t->nbytes, data_size);
+        }
+        ord[n_known++] = t;
+    }
+    qsort(ord, n_known, sizeof *ord, cmp_off);
+    for (size_t k = 1; k < n_known; k++) {
+        if (ord[k]->offset < ord[k - 1]->offset + ord[k - 1]->nbytes) {
+            gsink_status s2 = gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: tensors '%.*s' and '%.*s' overlap",
+                                          (int)(ord[k - 1]->name.len > 64 ? 64 : ord[k - 1]->name.len),
+                                          ord[k - 1]->name.ptr,
+                                          (int)(ord[k]->name.len > 64 ? 64 : ord[k]->name.len),
+                                          ord[k]->name.ptr);
+            free(ord);
+            return s2;
+        }
+    }
+    free(ord);
+    return GSINK_OK;
+}
+
+gsink_status gsink__gguf_parse(const uint8_t *data, size_t size, gsink__gguf *g, char *err)
+{
+    memset(g, 0, sizeof *g);
+    gsink_status st = parse(data, size, g, err);
+    if (st) {
+        free(g->kv);
+        free(g->tensors);
+        g->kv = NULL;
+        g->tensors = NULL;
+    }
+    return st;
+}
+
+gsink_status gsink__gguf_open(const char *path, gsink__gguf *g, char *err)
+{
+    memset(g, 0, sizeof *g);
+    gsink__file f;
+    gsink_status st = gsink__file_open(path, &f, err);
+    if (st) return st;
+    st = gsink__gguf_parse(f.data, f.size, g, err);
+    if (st) {
+        gsink__file_close(&f);
+        return st;
+    }
+    g->file = f;
+    return GSINK_OK;
+}
+
+void gsink__gguf_close(gsink__gguf *g)
+{
+    if (!g) return;
+    free(g->kv);
+    free(g->tensors);
+    gsink__file_close(&g->file);
+    memset(g, 0, sizeof *g);
+}
+
+const gsink__gguf_kv *gsink__gguf_find(const gsink__gguf *g, const char *key)
+{
+    for (uint64_t k = 0; k < g->n_kv; k++)
+        if (str_eq(g->kv[k].key, key)) return &g->kv[k];
+    return NULL;
+}
+
+const gsink__gguf_tensor *gsink__gguf_find_tensor(const gsink__gguf *g, const char *name)
+{
+    for (uint64_t k = 0; k < g->n_tensors; k++)
+        if (str_eq(g->tensors[k].name, name)) return &g->tensors[k];
+    return NULL;
+}
+
+gsink__gguf_str gsink__gguf_next_str(const gsink__gguf *g, size_t *cursor)
+{
+    gsink__gguf_str s;
+    uint64_t len = gsink__rd64(g->file.data + *cursor);
+    s.ptr = (const char *)(g->file.data + *cursor + 8);
+    s.len = len;
+    *cursor += 8 + (size_t)len;
+    return s;
+}
+
+/* ---- llama model loader -------------------------------------------------- */
+
+static int kv_int(const gsink__gguf *g, const char *key, int64_t *out)
+{
+    const gsink__gguf_kv *kv = gsink__gguf_find(g, key);
+    if (!kv || !scalar_size(kv->type) || kv->type == GSINK_GGUF_FLOAT32 || kv->type == GSINK_GGUF_FLOAT64)
+        return 0;
+    *out = kv->i;
+    return 1;
+}
+
+static int kv_float(const gsink__gguf *g, const char *key, double *out)
+{
+    const gsink__gguf_kv *kv = gsink__gguf_find(g, key);
+    if (!kv || !scalar_size(kv->type) || kv->type == GSINK_GGUF_BOOL) return 0;
+    *out = kv->f;
+    return 1;
+}
+
+static gsink_status cfg_int(const gsink__gguf *g, const char *key, int required, int32_t *dst,
+                            char *err)
+{
+    int64_t v;
+    if (!kv_int(g, key, &v)) {
+        if (required)
+            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: missing integer metadata '%s'", key);
+        return GSINK_OK;
+    }
+    if (v <= 0 || v > INT32_MAX)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "GGUF: metadata '%s' = %lld is out of range",
+                           key, (long long)v);
+    *dst = (int32_t)v;
+    return GSINK_OK;
+}
+
+/* Maps an HF parameter name to its GGUF tensor name; returns 0 if unknown. */
+static int gguf_name(const char *hf, char *out, size_t n, int *permute_heads_kind)
+{
+    *permute_heads_kind = 0;
+    if (strcmp(hf, "model.embed_tokens.weight") == 0) { snprintf(out, n, "token_embd.weight"); return 1; }
+    if (strcmp(hf, "model.norm.weight") == 0) { snprintf(out, n, "output_norm.weight"); return 1; }
+    if (strcmp(hf, "lm_head.weight") == 0) { snprintf(out, n, "output.weight"); return 1; }
+    int l, used = 0;
+    char rest[96];
+    if (sscanf(hf, "model.layers.%d.%95s%n", &l, rest, &used) != 2) return 0;
+    static const struct { const char *hf, *gg; int perm; } map[] = {
+        {"input_layernorm.weight", "attn_norm.weight", 0},
+        {"self_attn.q_proj.weight", "attn_q.weight", 1},
+        {"self_attn.k_proj.weight", "attn_k.weight", 2},
+        {"self_attn.v_proj.weight", "attn_v.weight", 0},
+        {"self_attn.o_proj.weight", "attn_output.weight", 0},
+        {"post_attention_layernorm.weight", "ffn_norm.weight", 0},
+        {"mlp.gate_proj.weight", "ffn_gate.weight", 0},
+        {"mlp.up_proj.weight", "ffn_up.weight", 0},
+        {"mlp.down_proj.weight", "ffn_down.weight", 0},
+    };
+    for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
+        if (strcmp(rest, map[k].hf) == 0) {
+            snprintf(out, n, "blk.%d.%s", l, map[k].gg);
+            *permute_heads_kind = map[k].perm;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* llama.cpp's converter reorders each head's rows from [half0 | half1] (HF,
+ * rotate_half RoPE) to interleaved pairs: gguf row 2j+i = hf row i*half+j.
+ * This writes the HF order back. rows = n_head * d_head. */
+static void unpermute_rows(const float *src, float *dst, int n_head, int d_head, size_t cols)
+{
+    int half = d_head / 2;
+    for (int h = 0; h < n_head; h++)
+        for (int i = 0; i < 2; i++)
+            for (int j = 0; j < half; j++) {
+                size_t hf_row = (size_t)h * d_head + (size_t)i * half + j;
+                size_t gg_row = (size_t)h * d_head + 2 * (size_t)j + i;
+                memcpy(dst + hf_row * cols, src + gg_row * cols, cols * sizeof(float));
+            }
+}
+
+gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *opts,
+                                    gsink_model **out, char *err)
+{
+    *out = NULL;
+    const gsink__gguf_kv *arch = gsink__gguf_find(g, "general.architecture");
+    if (!arch || arch->type != GSINK_GGUF_STRING)
+        return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: missing general.architecture");
+    if (!str_eq(arch->s, "llama"))
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: architecture '%.*s' is not supported (llama only)",
+                           (int)(arch->s.len > 64 ? 64 : arch->s.len), arch->s.ptr);
+    gsink_config cfg;
+    gsink_config_init(&cfg);
+    gsink_status st;
+    if ((st = cfg_int(g, "llama.embedding_length", 1, &cfg.d_model, err))) return st;
+    if ((st = cfg_int(g, "llama.block_count", 1, &cfg.n_layers, err))) return st;
+    if ((st = cfg_int(g, "llama.attention.head_count", 1, &cfg.n_heads, err))) return st;
+    cfg.n_kv_heads = cfg.n_heads;
+    if ((st = cfg_int(g, "llama.attention.head_count_kv", 0, &cfg.n_kv_heads, err))) return st;
+    if ((st = cfg_int(g, "llama.feed_forward_length", 1, &cfg.d_ff, err))) return st;
+    cfg.max_seq_len = 2048;
+    if ((st = cfg_int(g, "llama.context_length", 0, &cfg.max_seq_len, err))) return st;
+    cfg.d_head = cfg.d_model / cfg.n_heads;
+    if ((st = cfg_int(g, "llama.attention.key_length", 0, &cfg.d_head, err))) return st;
+    double f;
+    cfg.rms_eps = 1e-5f;
+    if (kv_float(g, "llama.attention.layer_norm_rms_epsilon", &f)) cfg.rms_eps = (float)f;
+    cfg.rope_theta = 10000.0f;
+    if (kv_float(g, "llama.rope.freq_base", &f)) cfg.rope_theta = (float)f;
+    const gsink__gguf_kv *toks = gsink__gguf_find(g, "tokenizer.ggml.tokens");
+    const gsink__gguf_tensor *emb = gsink__gguf_find_tensor(g, "token_embd.weight");
+    int64_t vs;
+    if (kv_int(g, "llama.vocab_size", &vs)) {
+        if (vs <= 0 || vs > INT32_MAX)
+            return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "GGUF: llama.vocab_size %lld out of range", (long long)vs);
+        cfg.vocab_size = (int32_t)vs;
+    } else if (toks && toks->type == GSINK_GGUF_ARRAY && toks->arr_type == GSINK_GGUF_STRING &&
+               toks->arr_n > 0 && toks->arr_n <= INT32_MAX) {
+        cfg.vocab_size = (int32_t)toks->arr_n;
+    } else if (emb && emb->n_dims == 2 && emb->ne[1] > 0 && emb->ne[1] <= INT32_MAX) {
+        cfg.vocab_size = (int32_t)emb->ne[1];
+    } else {
+        return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: cannot determine the vocabulary size");
+    }
+    cfg.tie_embeddings = gsink__gguf_find_tensor(g, "output.weight") == NULL;
+    if ((st = gsink_config_validate(&cfg))) return gsink__refail(err, st, "GGUF");
+
+    char merr[GSINK_MSG_SIZE] = "";
+    gsink_model *m = NULL;
+    st = gsink__model_alloc(&cfg, opts, &m, merr);
+    if (st) return gsink__refail(err, st, "GGUF");
+
+    size_t count = 0;
+    gsink_param_count(m, &count);
+    float *buf = NULL, *buf2 = NULL;
+    size_t cap = 0;
+    for (size_t k = 0; k < count && !st; k++) {
+        const char *name;
+        int ndim;
+        int64_t dims[2];
+        if ((st = gsink_param_info(m, k, &name, &ndim, dims))) {
+            st = gsink__refail(err, st, "GGUF");
+            break;
+        }
+        char gname[128];
+        int perm;
+        if (!gguf_name(name, gname, sizeof gname, &perm)) continue; /* e.g. V-scale theta */
+        const gsink__gguf_tensor *t = gsink__gguf_find_tensor(g, gname);
+        if (!t) {
+            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "GGUF: missing tensor '%s' (for %s)", gname, name);
+            break;
+        }
+        size_t be;
+        if (!gsink__ggml_block(t->type, &be, NULL)) {
+            st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: tensor '%s' has unsupported type %u (%s)",
+                             gname, t->type, gsink__ggml_type_name(t->type));
+            break;
+        }
+        /* GGUF dims are innermost first: ne[0] = columns, ne[1] = rows. */
+        uint64_t want0 = ndim == 2 ? (uint64_t)dims[1] : (uint64_t)dims[0];
+        uint64_t want1 = ndim == 2 ? (uint64_t)dims[0] : 1;
+        if (t->ne[0] != want0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1) {
+            st = gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH,
+                             "GGUF: tensor '%s' has shape [%llu, %llu, %llu, %llu] (innermost first), "
+                             "the config needs [%llu, %llu]",
+                             gname, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                             (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
+                             (unsigned long long)want0, (unsigned long long)want1);
+            break;
+        }
+        size_t n = t->numel;
+        if (n > cap) {
+            free(buf);
+            free(buf2);
+            buf = malloc(n * sizeof(float));
+            buf2 = malloc(n * sizeof(float));
+            cap = n;
+            if (!buf || !buf2) {
+                st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: cannot allocate %zu floats", n);
+                break;
+            }
+        }
+        gsink__dequantize(t->type, g->file.data + g->data_off + t->offset, buf, n);
+        const float *src = buf;
+        if (perm) {
+            int heads = perm == 1 ? cfg.n_heads : cfg.n_kv_heads;
+            unpermute_rows(buf, buf2, heads, cfg.d_head, (size_t)cfg.d_model);
+            src = buf2;
+        }
+        if ((st = gsink_set_param(m, name, src, n)))
+            st = gsink__refail(err, st, "GGUF");
+    }
+    free(buf);
+    free(buf2);
+    if (st) {
+        gsink_model_free(m);
+        return st;
+    }
+    *out = m;
+    return GSINK_OK;
+}

@@ -1,0 +1,318 @@
+/* json.c - a small strict JSON parser (RFC 8259) for config.json and
+ * safetensors headers. Depth-limited, length-checked, never reads past len. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "io_internal.h"
+
+#define JSON_MAX_DEPTH 64
+
+typedef struct jp {
+    const char *s;
+    size_t n, i;
+    char *err;
+    gsink_status st;
+} jp;
+
+static gsink_status jfail(jp *p, const char *what)
+{
+    if (p->st == GSINK_OK)
+        p->st = gsink__fail(p->err, GSINK_ERR_FORMAT, "JSON: %s at byte %zu", what, p->i);
+    return p->st;
+}
+
+static void skip_ws(jp *p)
+{
+    while (p->i < p->n) {
+        char c = p->s[p->i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r') p->i++;
+        else break;
+    }
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static int read_hex4(jp *p, uint32_t *out)
+{
+    if (p->n - p->i < 4) return -1;
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        int h = hexval(p->s[p->i + k]);
+        if (h < 0) return -1;
+        v = (v << 4) | (uint32_t)h;
+    }
+    p->i += 4;
+    *out = v;
+    return 0;
+}
+
+static size_t put_utf8(char *o, uint32_t cp)
+{
+    if (cp < 0x80) { o[0] = (char)cp; return 1; }
+    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F)); return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
+}
+
+/* Parses a string starting at the opening quote into a malloc'd buffer. */
+static gsink_status parse_string(jp *p, char **out, size_t *out_len)
+{
+    p->i++; /* opening quote */
+    size_t start = p->i, end = start;
+    /* First pass: find the closing quote to bound the output size. */
+    while (end < p->n && p->s[end] != '"') {
+        if (p->s[end] == '\\') end++;
+        end++;
+    }
+    if (end >= p->n) return jfail(p, "unterminated string");
+    char *buf = malloc(end - start + 1);
+    if (!buf) {
+        p->st = gsink__fail(p->err, GSINK_ERR_OUT_OF_MEMORY, "JSON: out of memory");
+        return p->st;
+    }
+    size_t o = 0;
+    while (p->i < end) {
+        unsigned char c = (unsigned char)p->s[p->i];
+        if (c < 0x20) { free(buf); return jfail(p, "control character in string"); }
+        if (c != '\\') { buf[o++] = (char)c; p->i++; continue; }
+        p->i++;
+        char e = p->s[p->i++];
+        switch (e) {
+        case '"': buf[o++] = '"'; break;
+        case '\\': buf[o++] = '\\'; break;
+        case '/': buf[o++] = '/'; break;
+        case 'b': buf[o++] = '\b'; break;
+        case 'f': buf[o++] = '\f'; break;
+        case 'n': buf[o++] = '\n'; break;
+        case 'r': buf[o++] = '\r'; break;
+        case 't': buf[o++] = '\t'; break;
+        case 'u': {
+            uint32_t cp;
+            if (p->i > end || read_hex4(p, &cp) != 0 || p->i > end) {
+                free(buf);
+                return jfail(p, "bad \\u escape");
+            }
+            if (cp >= 0xD800 && cp < 0xDC00) {
+                uint32_t lo;
+                if (p->i + 6 <= end && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u') {
+                    p->i += 2;
+                    if (read_hex4(p, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
+                        free(buf);
+                        return jfail(p, "bad surrogate pair");
+                    }
+                    cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+                } else {
+                    cp = 0xFFFD;
+                }
+            } else if (cp >= 0xDC00 && cp < 0xE000) {
+                cp = 0xFFFD;
+            }
+            /* A \uXXXX escape (6 bytes) never needs more than 4 output bytes,
+             * a surrogate pair (12 bytes) 4: the buffer bound holds. */
+            o += put_utf8(buf + o, cp);
+            break;
+        }
+        default:
+            free(buf);
+            return jfail(p, "bad escape");
+        }
+    }
+    p->i = end + 1;
+    buf[o] = '\0';
+    *out = buf;
+    *out_len = o;
+    return GSINK_OK;
+}
+
+static gsink_status parse_value(jp *p, gsink__json *v, int depth);
+
+static gsink_status parse_number(jp *p, gsink__json *v)
+{
+    size_t st = p->i;
+    if (p->i < p->n && p->s[p->i] == '-') p->i++;
+    if (p->i >= p->n) return jfail(p, "bad number");
+    if (p->s[p->i] == '0') {
+        p->i++;
+    } else if (p->s[p->i] >= '1' && p->s[p->i] <= '9') {
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9') p->i++;
+    } else {
+        return jfail(p, "bad number");
+    }
+    int integral = 1;
+    if (p->i < p->n && p->s[p->i] == '.') {
+        integral = 0;
+        p->i++;
+        size_t d0 = p->i;
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9') p->i++;
+        if (p->i == d0) return jfail(p, "bad fraction");
+    }
+    if (p->i < p->n && (p->s[p->i] == 'e' || p->s[p->i] == 'E')) {
+        integral = 0;
+        p->i++;
+        if (p->i < p->n && (p->s[p->i] == '+' || p->s[p->i] == '-')) p->i++;
+        size_t d0 = p->i;
+        while (p->i < p->n && p->s[p->i] >= '0' && p->s[p->i] <= '9') p->i++;
+        if (p->i == d0) return jfail(p, "bad exponent");
+    }
+    size_t len = p->i - st;
+    char tmp[64];
+    char *buf = tmp;
+    if (len >= sizeof tmp) {
+        buf = malloc(len + 1);
+        if (!buf) return jfail(p, "out of memory");
+    }
+    memcpy(buf, p->s + st, len);
+    buf[len] = '\0';
+    v->type = GSINK_JSON_NUMBER;
+    v->number = strtod(buf, NULL);
+    if (integral && buf[0] != '-') {
+        uint64_t u = 0;
+        int ok = 1;
+        for (size_t k = 0; k < len; k++) {
+            uint64_t d = (uint64_t)(buf[k] - '0');
+            if (u > (UINT64_MAX - d) / 10) { ok = 0; break; }
+            u = u * 10 + d;
+        }
+        v->is_uint = ok;
+        v->u64 = ok ? u : 0;
+    }
+    if (buf != tmp) free(buf);
+    return GSINK_OK;
+}
+
+static int match_lit(jp *p, const char *lit)
+{
+    size_t l = strlen(lit);
+    if (p->n - p->i < l || memcmp(p->s + p->i, lit, l) != 0) return 0;
+    p->i += l;
+    return 1;
+}
+
+/* Growable array of values (and keys for objects). */
+static gsink_status grow(jp *p, gsink__json *v, size_t *cap, int with_keys)
+{
+    if (v->len < *cap) return GSINK_OK;
+    size_t nc = *cap ? *cap * 2 : 4;
+    gsink__json *ni = realloc(v->items, nc * sizeof *ni);
+    if (!ni) return jfail(p, "out of memory");
+    v->items = ni;
+    if (with_keys) {
+        char **nk = realloc(v->keys, nc * sizeof *nk);
+        if (!nk) return jfail(p, "out of memory");
+        v->keys = nk;
+    }
+    *cap = nc;
+    return GSINK_OK;
+}
+
+static gsink_status parse_value(jp *p, gsink__json *v, int depth)
+{
+    memset(v, 0, sizeof *v);
+    if (depth > JSON_MAX_DEPTH) return jfail(p, "nesting too deep");
+    skip_ws(p);
+    if (p->i >= p->n) return jfail(p, "unexpected end");
+    char c = p->s[p->i];
+    if (c == '{' || c == '[') {
+        int obj = c == '{';
+        v->type = obj ? GSINK_JSON_OBJECT : GSINK_JSON_ARRAY;
+        size_t cap = 0;
+        p->i++;
+        skip_ws(p);
+        if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) { p->i++; return GSINK_OK; }
+        for (;;) {
+            if (grow(p, v, &cap, obj)) return p->st;
+            skip_ws(p);
+            if (obj) {
+                if (p->i >= p->n || p->s[p->i] != '"') return jfail(p, "expected key");
+                char *k;
+                size_t kl;
+                if (parse_string(p, &k, &kl)) return p->st;
+                v->keys[v->len] = k;
+                skip_ws(p);
+                if (p->i >= p->n || p->s[p->i] != ':') {
+                    memset(&v->items[v->len], 0, sizeof v->items[0]);
+                    v->len++;
+                    return jfail(p, "expected ':'");
+                }
+                p->i++;
+            }
+            gsink_status st = parse_value(p, &v->items[v->len], depth + 1);
+            v->len++;
+            if (st) return st;
+            skip_ws(p);
+            if (p->i < p->n && p->s[p->i] == ',') { p->i++; continue; }
+            if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) { p->i++; return GSINK_OK; }
+            return jfail(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
+        }
+    }
+    if (c == '"') {
+        v->type = GSINK_JSON_STRING;
+        return parse_string(p, &v->str, &v->len);
+    }
+    if (match_lit(p, "-Infinity")) { v->type = GSINK_JSON_NUMBER; v->number = -INFINITY; return GSINK_OK; }
+    if (c == '-' || (c >= '0' && c <= '9')) return parse_number(p, v);
+    if (match_lit(p, "true")) { v->type = GSINK_JSON_BOOL; v->boolean = 1; return GSINK_OK; }
+    if (match_lit(p, "false")) { v->type = GSINK_JSON_BOOL; return GSINK_OK; }
+    if (match_lit(p, "null")) { v->type = GSINK_JSON_NULL; return GSINK_OK; }
+    /* Python's json writes these; accept them for config files. */
+    if (match_lit(p, "NaN")) { v->type = GSINK_JSON_NUMBER; v->number = NAN; return GSINK_OK; }
+    if (match_lit(p, "Infinity")) { v->type = GSINK_JSON_NUMBER; v->number = INFINITY; return GSINK_OK; }
+    return jfail(p, "unexpected character");
+}
+
+static void free_value(gsink__json *v)
+{
+    if (v->type == GSINK_JSON_STRING) free(v->str);
+    if (v->type == GSINK_JSON_ARRAY || v->type == GSINK_JSON_OBJECT) {
+        for (size_t k = 0; k < v->len; k++) {
+            free_value(&v->items[k]);
+            if (v->keys) free(v->keys[k]);
+        }
+        free(v->items);
+        free(v->keys);
+    }
+}
+
+void gsink__json_free(gsink__json *j)
+{
+    if (!j) return;
+    free_value(j);
+    free(j);
+}
+
+gsink_status gsink__json_parse(const char *text, size_t len, gsink__json **out, char *err)
+{
+    *out = NULL;
+    gsink__json *v = calloc(1, sizeof *v);
+    if (!v) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "JSON: out of memory");
+    jp p = {text, len, 0, err, GSINK_OK};
+    if (parse_value(&p, v, 0) == GSINK_OK) {
+        skip_ws(&p);
+        if (p.i != p.n) jfail(&p, "trailing characters");
+    }
+    if (p.st) {
+        gsink__json_free(v);
+        return p.st;
+    }
+    *out = v;
+    return GSINK_OK;
+}
+
+const gsink__json *gsink__json_get(const gsink__json *j, const char *key)
+{
+    if (!j || j->type != GSINK_JSON_OBJECT) return NULL;
+    for (size_t k = 0; k < j->len; k++)
+        if (strcmp(j->keys[k], key) == 0) return &j->items[k];
+    return NULL;
+}

@@ -1,0 +1,713 @@
+/* safetensors.c - HuggingFace checkpoints: config.json + model.safetensors
+ * (or sharded model.safetensors.index.json) reader, and the atomic writer. */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "io_internal.h"
+
+#define ST_MAX_HEADER (100u << 20) /* the reference implementation's limit */
+#define ST_MAX_SHARDS 4096
+
+typedef enum st_dtype {
+    ST_F32, ST_F16, ST_BF16, ST_OTHER
+} st_dtype;
+
+typedef struct st_tensor {
+    char *name;
+    st_dtype dtype;
+    char dtype_name[16];
+    int ndim;
+    uint64_t shape[8];
+    size_t numel;
+    size_t begin, end; /* relative to the data section */
+    int shard;
+} st_tensor;
+
+typedef struct st_set {
+    gsink__file *files;
+    size_t *data_off; /* per shard: start of the data section */
+    int n_files;
+    st_tensor *t;
+    size_t n, cap;
+} st_set;
+
+static void st_set_free(st_set *s)
+{
+    for (int k = 0; k < s->n_files; k++) gsink__file_close(&s->files[k]);
+    free(s->files);
+    free(s->data_off);
+    for (size_t k = 0; k < s->n; k++) free(s->t[k].name);
+    free(s->t);
+    memset(s, 0, sizeof *s);
+}
+
+static int dtype_from_name(const char *d, st_dtype *dt, size_t *esize)
+{
+    static const struct { const char *n; st_dtype t; size_t sz; } tab[] = {
+        {"F32", ST_F32, 4}, {"F16", ST_F16, 2}, {"BF16", ST_BF16, 2},
+        {"F64", ST_OTHER, 8}, {"I64", ST_OTHER, 8}, {"U64", ST_OTHER, 8},
+        {"I32", ST_OTHER, 4}, {"U32", ST_OTHER, 4}, {"I16", ST_OTHER, 2},
+        {"U16", ST_OTHER, 2}, {"I8", ST_OTHER, 1}, {"U8", ST_OTHER, 1},
+        {"BOOL", ST_OTHER, 1}, {"F8_E4M3", ST_OTHER, 1}, {"F8_E5M2", ST_OTHER, 1},
+    };
+    for (size_t k = 0; k < sizeof tab / sizeof tab[0]; k++)
+        if (strcmp(d, tab[k].n) == 0) {
+            *dt = tab[k].t;
+            *esize = tab[k].sz;
+            return 1;
+        }
+    return 0;
+}
+
+static int cmp_begin(const void *a, const void *b)
+{
+    const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* Parses one safetensors file's header and appends its tensors to s. */
+static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set *s,
+                             size_t *data_off, const char *fname, char *err)
+{
+    if (size < 8)
+        return gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': truncated (%zu bytes, no header length)",
+                           fname, size);
+    uint64_t hlen = gsink__rd64(data);
+    if (hlen > size - 8)
+        return gsink__fail(err, GSINK_ERR_FORMAT,
+                           "safetensors '%s': header length %llu runs past the end of the %zu-byte file",
+                           fname, (unsigned long long)hlen, size);
+    if (hlen > ST_MAX_HEADER)
+        return gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': header length %llu is absurd", fname,
+                           (unsigned long long)hlen);
+    if (hlen < 2 || data[8] != '{')
+        return gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': header is not a JSON object", fname);
+    gsink__json *j;
+    gsink_status st = gsink__json_parse((const char *)data + 8, (size_t)hlen, &j, err);
+    if (st) return gsink__refail(err, st, "safetensors header");
+    if (j->type != GSINK_JSON_OBJECT) {
+        gsink__json_free(j);
+        return gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': header is not a JSON object", fname);
+    }
+    size_t doff = 8 + (size_t)hlen, dsize = size - doff;
+    *data_off = doff;
+    size_t first = s->n;
+    for (size_t k = 0; k < j->len && !st; k++) {
+        const char *key = j->keys[k];
+        const gsink__json *v = &j->items[k];
+        if (strcmp(key, "__metadata__") == 0) continue;
+        const gsink__json *dt = gsink__json_get(v, "dtype"), *sh = gsink__json_get(v, "shape"),
+                          *of = gsink__json_get(v, "data_offsets");
+        if (!dt || dt->type != GSINK_JSON_STRING || !sh || sh->type != GSINK_JSON_ARRAY || !of ||
+            of->type != GSINK_JSON_ARRAY || of->len != 2 || !of->items[0].is_uint || !of->items[1].is_uint) {
+            st = gsink__fail(err, GSINK_ERR_FORMAT,
+                             "safetensors '%s': tensor '%.64s' needs dtype, shape and data_offsets [begin, end]",
+                             fname, key);
+            break;
+        }
+        if (sh->len > 8) {
+            st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "safetensors '%s': tensor '%.64s' has %zu dimensions",
+                             fname, key, sh->len);
+            break;
+        }
+        if (s->n == s->cap) {
+            size_t nc = s->cap ? s->cap * 2 : 64;
+            st_tensor *nt = realloc(s->t, nc * sizeof *nt);
+            if (!nt) {
+                st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
+                break;
+            }
+            s->t = nt;
+            s->cap = nc;
+        }
+        st_tensor *t = &s->t[s->n];
+        memset(t, 0, sizeof *t);
+        size_t esize;
+        if (!dtype_from_name(dt->str, &t->dtype, &esize)) {
+            st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "safetensors '%s': tensor '%.64s' has unknown dtype '%.16s'",
+                             fname, key, dt->str);
+            break;
+        }
+        snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dt->str);
+        t->ndim = (int)sh->len;
+        size_t numel = 1;
+        for (int d = 0; d < t->ndim; d++) {
+            const gsink__json *e = &sh->items[d];
+            if (!e->is_uint || e->u64 > SIZE_MAX || !gsink__mul_size(numel, (size_t)e->u64, &numel)) {
+                st = gsink__fail(err, GSINK_ERR_FORMAT,
+                                 "safetensors '%s': tensor '%.64s' has an invalid or overflowing shape", fname, key);
+                break;
+            }
+            t->shape[d] = e->u64;
+        }
+        if (st) break;
+        size_t nbytes;
+        uint64_t b = of->items[0].u64, e = of->items[1].u64;
+        if (!gsink__mul_size(numel, esize, &nbytes)) {
+            st = gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': tensor '%.64s' byte size overflows", fname, key);
+            break;
+        }
+        if (b > e || e > dsize) {
+            st = gsink__fail(err, GSINK_ERR_FORMAT,
+                             "safetensors '%s': tensor '%.64s' data_offsets [%llu, %llu] lie outside the %zu-byte data section",
+                             fname, key, (unsigned long long)b, (unsigned long long)e, dsize);
+            break;
+        }
+        if (e - b != nbytes) {
+            st = gsink__fail(err, GSINK_ERR_FORMAT,
+                             "safetensors '%s': tensor '%.64s' spans %llu bytes but its shape and dtype need %zu",
+                             fname, key, (unsigned long long)(e - b), nbytes);
+            break;
+        }
+        t->numel = numel;
+        t->begin = (size_t)b;
+        t->end = (size_t)e;
+        t->shard = shard;
+        t->name = strdup(key);
+        if (!t->name) {
+            st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
+            break;
+        }
+        for (size_t q = 0; q < s->n; q++)
+            if (strcmp(s->t[q].name, key) == 0) {
+                st = gsink__fail(err, GSINK_ERR_FORMAT, "safetensors: tensor '%.64s' appears twice", key);
+                break;
+            }
+        s->n++;
+    }
+    gsink__json_free(j);
+    if (st) return st;
+    /* No two tensors of this file may share bytes. */
+    size_t nt = s->n - first;
+    if (nt > 1) {
+        st_tensor **ord = malloc(nt * sizeof *ord);
+        if (!ord) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
+        for (size_t k = 0; k < nt; k++) ord[k] = &s->t[first + k];
+        qsort(ord, nt, sizeof *ord, cmp_begin);
+        for (size_t k = 1; k < nt; k++)
+            if (ord[k]->begin < ord[k - 1]->end) {
+                st = gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': tensors '%.64s' and '%.64s' overlap",
+                                 fname, ord[k - 1]->name, ord[k]->name);
+                break;
+            }
+        free(ord);
+    }
+    return st;
+}
+
+gsink_status gsink__st_check(const uint8_t *data, size_t size, char *err)
+{
+    st_set s;
+    memset(&s, 0, sizeof s);
+    size_t off;
+    gsink_status st = st_parse(data, size, 0, &s, &off, "<memory>", err);
+    st_set_free(&s);
+    return st;
+}
+
+static const st_tensor *st_find(const st_set *s, const char *name)
+{
+    for (size_t k = 0; k < s->n; k++)
+        if (strcmp(s->t[k].name, name) == 0) return &s->t[k];
+    return NULL;
+}
+
+static char *path_join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    p[a] = '/';
+    memcpy(p + a + 1, name, b + 1);
+    return p;
+}
+
+static gsink_status add_shard(st_set *s, const char *path, char *err)
+{
+    if (s->n_files >= ST_MAX_SHARDS)
+        return gsink__fail(err, GSINK_ERR_FORMAT, "safetensors: more than %d shards", ST_MAX_SHARDS);
+    gsink__file *nf = realloc(s->files, (size_t)(s->n_files + 1) * sizeof *nf);
+    if (!nf) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    s->files = nf;
+    size_t *no = realloc(s->data_off, (size_t)(s->n_files + 1) * sizeof *no);
+    if (!no) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    s->data_off = no;
+    gsink_status st = gsink__file_open(path, &s->files[s->n_files], err);
+    if (st) return st;
+    int k = s->n_files++;
+    return st_parse(s->files[k].data, s->files[k].size, k, s, &s->data_off[k], path, err);
+}
+
+/* ---- config.json --------------------------------------------------------- */
+
+static gsink_status cfg_get_int(const gsink__json *j, const char *key, int required, int32_t *dst,
+                                char *err)
+{
+    const gsink__json *v = gsink__json_get(j, key);
+    if (!v || v->type == GSINK_JSON_NULL) {
+        if (required) return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: missing '%s'", key);
+        return GSINK_OK;
+    }
+    if (v->type != GSINK_JSON_NUMBER || !v->is_uint || v->u64 == 0 || v->u64 > INT32_MAX)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: '%s' must be a positive integer", key);
+    *dst = (int32_t)v->u64;
+    return GSINK_OK;
+}
+
+static gsink_status cfg_get_float(const gsink__json *j, const char *key, float *dst, char *err)
+{
+    const gsink__json *v = gsink__json_get(j, key);
+    if (!v || v->type == GSINK_JSON_NULL) return GSINK_OK;
+    if (v->type != GSINK_JSON_NUMBER)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: '%s' must be a number", key);
+    *dst = (float)v->number;
+    return GSINK_OK;
+}
+
+static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *tie_flag, char *err)
+{
+    gsink_config_init(cfg);
+    if (j->type != GSINK_JSON_OBJECT)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json is not a JSON object");
+    const gsink__json *mt = gsink__json_get(j, "model_type");
+    if (mt && mt->type == GSINK_JSON_STRING && strcmp(mt->str, "llama") != 0 &&
+        strcmp(mt->str, "mistral") != 0)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: model_type '%.32s' is not supported (llama)",
+                           mt->str);
+    gsink_status st;
+    if ((st = cfg_get_int(j, "vocab_size", 1, &cfg->vocab_size, err))) return st;
+    if ((st = cfg_get_int(j, "hidden_size", 1, &cfg->d_model, err))) return st;
+    if ((st = cfg_get_int(j, "num_hidden_layers", 1, &cfg->n_layers, err))) return st;
+    if ((st = cfg_get_int(j, "num_attention_heads", 1, &cfg->n_heads, err))) return st;
+    cfg->n_kv_heads = cfg->n_heads;
+    if ((st = cfg_get_int(j, "num_key_value_heads", 0, &cfg->n_kv_heads, err))) return st;
+    cfg->d_head = cfg->d_model / cfg->n_heads;
+    if ((st = cfg_get_int(j, "head_dim", 0, &cfg->d_head, err))) return st;
+    if ((st = cfg_get_int(j, "intermediate_size", 1, &cfg->d_ff, err))) return st;
+    cfg->max_seq_len = 2048;
+    if ((st = cfg_get_int(j, "max_position_embeddings", 0, &cfg->max_seq_len, err))) return st;
+    cfg->rms_eps = 1e-6f; /* HF LlamaConfig default */
+    cfg->rope_theta = 10000.0f;
+    cfg->init_std = 0.02f;
+    if ((st = cfg_get_float(j, "rms_norm_eps", &cfg->rms_eps, err))) return st;
+    if ((st = cfg_get_float(j, "rope_theta", &cfg->rope_theta, err))) return st;
+    if ((st = cfg_get_float(j, "initializer_range", &cfg->init_std, err))) return st;
+    const gsink__json *tie = gsink__json_get(j, "tie_word_embeddings");
+    *tie_flag = tie && tie->type == GSINK_JSON_BOOL && tie->boolean;
+    const gsink__json *act = gsink__json_get(j, "hidden_act");
+    if (act && act->type == GSINK_JSON_STRING && strcmp(act->str, "silu") != 0)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: hidden_act '%.32s' is not supported (silu)",
+                           act->str);
+    const gsink__json *rs = gsink__json_get(j, "rope_scaling");
+    if (rs && rs->type != GSINK_JSON_NULL)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: rope_scaling is not supported");
+    return GSINK_OK;
+}
+
+/* ---- loading ------------------------------------------------------------- */
+
+static gsink_status read_json_file(const char *path, gsink__json **out, char *err)
+{
+    char *text;
+    size_t len;
+    gsink_status st = gsink__read_text(path, 64u << 20, &text, &len, err);
+    if (st) return st;
+    st = gsink__json_parse(text, len, out, err);
+    free(text);
+    if (st) {
+        char msg[GSINK_MSG_SIZE];
+        snprintf(msg, sizeof msg, "%s", gsink_last_error());
+        return gsink__fail(err, st, "%s: %s", path, msg);
+    }
+    return GSINK_OK;
+}
+
+static gsink_status open_shards(const char *dir, const char *weights_path, st_set *s, char *err)
+{
+    if (weights_path) return add_shard(s, weights_path, err);
+    char *single = path_join(dir, "model.safetensors");
+    if (!single) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    struct stat sb;
+    if (stat(single, &sb) == 0) {
+        gsink_status st = add_shard(s, single, err);
+        free(single);
+        return st;
+    }
+    free(single);
+    char *idx = path_join(dir, "model.safetensors.index.json");
+    if (!idx) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    if (stat(idx, &sb) != 0) {
+        gsink_status st = gsink__fail(err, GSINK_ERR_IO, "'%s' holds neither model.safetensors nor "
+                                      "model.safetensors.index.json", dir);
+        free(idx);
+        return st;
+    }
+    gsink__json *j;
+    gsink_status st = read_json_file(idx, &j, err);
+    free(idx);
+    if (st) return st;
+    const gsink__json *wm = gsink__json_get(j, "weight_map");
+    if (!wm || wm->type != GSINK_JSON_OBJECT) {
+        gsink__json_free(j);
+        return gsink__fail(err, GSINK_ERR_FORMAT, "model.safetensors.index.json has no weight_map object");
+    }
+    for (size_t k = 0; k < wm->len && !st; k++) {
+        const gsink__json *f = &wm->items[k];
+        if (f->type != GSINK_JSON_STRING || f->len == 0 || strlen(f->str) != f->len || strchr(f->str, '/') ||
+            strcmp(f->str, "..") == 0) {
+            st = gsink__fail(err, GSINK_ERR_FORMAT, "weight_map entry '%.64s' names an invalid shard file",
+                             wm->keys[k]);
+            break;
+        }
+        int seen = 0;
+        for (size_t q = 0; q < k; q++)
+            if (wm->items[q].type == GSINK_JSON_STRING && strcmp(wm->items[q].str, f->str) == 0) seen = 1;
+        if (seen) continue;
+        char *p = path_join(dir, f->str);
+        if (!p) {
+            st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+            break;
+        }
+        st = add_shard(s, p, err);
+        free(p);
+    }
+    /* Every tensor the index names must be in the shard it names. */
+    for (size_t k = 0; k < wm->len && !st; k++) {
+        const st_tensor *t = st_find(s, wm->keys[k]);
+        if (!t)
+            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "tensor '%.64s' listed in the index is in no shard",
+                             wm->keys[k]);
+    }
+    gsink__json_free(j);
+    return st;
+}
+
+static gsink_status fill_tensor(gsink_model *m, const st_set *s, const st_tensor *t, const char *name,
+                                float **buf, size_t *cap, char *err)
+{
+    const uint8_t *src = s->files[t->shard].data + s->data_off[t->shard] + t->begin;
+    if (t->dtype == ST_OTHER)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "safetensors: tensor '%s' has dtype %s (F32, F16 or BF16 needed)",
+                           name, t->dtype_name);
+    const float *data;
+    if (t->dtype == ST_F32 && ((uintptr_t)src & 3) == 0) {
+        data = (const float *)src;
+    } else {
+        if (t->numel > *cap) {
+            free(*buf);
+            *buf = malloc((t->numel ? t->numel : 1) * sizeof(float));
+            *cap = *buf ? t->numel : 0;
+            if (!*buf) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate %zu floats", t->numel);
+        }
+        float *b = *buf;
+        if (t->dtype == ST_F32) memcpy(b, src, t->numel * 4);
+        else if (t->dtype == ST_F16)
+            for (size_t i = 0; i < t->numel; i++) b[i] = gsink__f16_to_f32(gsink__rd16(src + 2 * i));
+        else
+            for (size_t i = 0; i < t->numel; i++) b[i] = gsink__bf16_to_f32(gsink__rd16(src + 2 * i));
+        data = b;
+    }
+    gsink_status st = gsink_set_param(m, name, data, t->numel);
+    if (st) return gsink__refail(err, st, "safetensors");
+    return GSINK_OK;
+}
+
+static int is_theta_name(const char *name)
+{
+    size_t l = strlen(name), k = strlen("v_scale_theta");
+    return l >= k && strcmp(name + l - k, "v_scale_theta") == 0;
+}
+
+static gsink_status load_vscale(gsink_model *m, const gsink__json *cfgj, const st_set *s, char *err)
+{
+    const gsink__json *vj = gsink__json_get(cfgj, "gsink_vscale");
+    if (!vj || vj->type == GSINK_JSON_NULL) return GSINK_OK;
+    if (vj->type != GSINK_JSON_OBJECT)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: gsink_vscale must be an object");
+    gsink_vscale_options vo;
+    gsink_vscale_options_init(&vo);
+    const gsink__json *v;
+    if ((v = gsink__json_get(vj, "mode")) && v->type == GSINK_JSON_NUMBER) vo.mode = (int32_t)v->number;
+    if ((v = gsink__json_get(vj, "sigma")) && v->type == GSINK_JSON_NUMBER) vo.sigma = (float)v->number;
+    if ((v = gsink__json_get(vj, "learnable_theta")) && v->type == GSINK_JSON_BOOL) vo.learnable_theta = v->boolean;
+    if ((v = gsink__json_get(vj, "per_query_head")) && v->type == GSINK_JSON_BOOL) vo.per_query_head = v->boolean;
+    if (vo.mode == GSINK_VSCALE_OFF) return GSINK_OK;
+    gsink_status st = gsink_vscale_enable(m, &vo);
+    if (st) return gsink__refail(err, st, "config.json gsink_vscale");
+    size_t n = 0;
+    gsink_vscale_theta_count(m, &n);
+    gsink_config cfg;
+    cfg.size = sizeof cfg;
+    gsink_model_config(m, &cfg);
+    if (n == 0 || cfg.n_layers <= 0) return GSINK_OK;
+    size_t per = n / (size_t)cfg.n_layers;
+    float *theta = malloc(n * sizeof(float));
+    if (!theta) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    for (int l = 0; l < cfg.n_layers && !st; l++) {
+        char name[96];
+        snprintf(name, sizeof name, "model.layers.%d.self_attn.v_scale_theta", l);
+        const st_tensor *t = st_find(s, name);
+        if (!t) {
+            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "safetensors: missing tensor '%s' (V-scale is on)", name);
+        } else if (t->ndim != 1 || t->shape[0] != per) {
+            st = gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH, "safetensors: '%s' must have shape [%zu]", name, per);
+        } else if (t->dtype != ST_F32) {
+            st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "safetensors: '%s' must be F32", name);
+        } else {
+            memcpy(theta + (size_t)l * per, s->files[t->shard].data + s->data_off[t->shard] + t->begin, per * 4);
+        }
+    }
+    if (!st && (st = gsink_vscale_set_theta(m, theta, n))) st = gsink__refail(err, st, "V-scale theta");
+    free(theta);
+    return st;
+}
+
+gsink_status gsink__st_load_dir(const char *dir, const char *weights_path,
+                                const gsink_model_options *opts, gsink_model **out, char *err)
+{
+    *out = NULL;
+    char *cpath = path_join(dir, "config.json");
+    if (!cpath) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    gsink__json *cj = NULL;
+    gsink_status st = read_json_file(cpath, &cj, err);
+    free(cpath);
+    if (st) return st;
+    gsink_config cfg;
+    int tie_flag = 0;
+    st_set s;
+    memset(&s, 0, sizeof s);
+    gsink_model *m = NULL;
+    float *buf = NULL;
+    size_t cap = 0;
+    if ((st = parse_config(cj, &cfg, &tie_flag, err))) goto done;
+    if ((st = open_shards(dir, weights_path, &s, err))) goto done;
+    cfg.tie_embeddings = tie_flag || st_find(&s, "lm_head.weight") == NULL;
+    if ((st = gsink_config_validate(&cfg))) {
+        st = gsink__refail(err, st, "config.json");
+        goto done;
+    }
+    char merr[GSINK_MSG_SIZE] = "";
+    if ((st = gsink__model_alloc(&cfg, opts, &m, merr))) {
+        st = gsink__refail(err, st, "safetensors");
+        goto done;
+    }
+    size_t count = 0;
+    gsink_param_count(m, &count);
+    for (size_t k = 0; k < count && !st; k++) {
+        const char *name;
+        int ndim;
+        int64_t dims[2];
+        if ((st = gsink_param_info(m, k, &name, &ndim, dims))) {
+            st = gsink__refail(err, st, "safetensors");
+            break;
+        }
+        if (is_theta_name(name)) continue;
+        const st_tensor *t = st_find(&s, name);
+        if (!t) {
+            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "safetensors: missing tensor '%s'", name);
+            break;
+        }
+        int ok = t->ndim == ndim;
+        for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == (uint64_t)dims[d];
+        if (!ok) {
+            char got[128] = "", *p = got;
+            for (int d = 0; d < t->ndim && p < got + 100; d++)
+                p += snprintf(p, 20, d ? ", %llu" : "%llu", (unsigned long long)t->shape[d]);
+            st = gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH,
+                             "safetensors: tensor '%s' has shape [%s], the config needs [%lld%s%lld]", name, got,
+                             (long long)dims[0], ndim == 2 ? ", " : "", ndim == 2 ? (long long)dims[1] : 0LL);
+            break;
+        }
+        st = fill_tensor(m, &s, t, name, &buf, &cap, err);
+    }
+    if (!st) st = load_vscale(m, cj, &s, err);
+done:
+    free(buf);
+    st_set_free(&s);
+    gsink__json_free(cj);
+    if (st) {
+        gsink_model_free(m);
+        return st;
+    }
+    *out = m;
+    return GSINK_OK;
+}
+
+/* ---- saving -------------------------------------------------------------- */
+
+typedef struct sbuf { char *p; size_t n, cap; int oom; } sbuf;
+
+static void sb_add(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_add(sbuf *b, const char *fmt, ...)
+{
+    if (b->oom) return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int w = vsnprintf(b->p ? b->p + b->n : NULL, b->p ? b->cap - b->n : 0, fmt, ap);
+        va_end(ap);
+        if (w < 0) { b->oom = 1; return; }
+        if (b->p && (size_t)w < b->cap - b->n) { b->n += (size_t)w; return; }
+        size_t nc = (b->cap ? b->cap : 256);
+        while (nc < b->n + (size_t)w + 1) nc *= 2;
+        char *np = realloc(b->p, nc);
+        if (!np) { b->oom = 1; return; }
+        b->p = np;
+        b->cap = nc;
+    }
+}
+
+/* HF-compatible config.json (transformers' LlamaConfig keys). */
+static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale_options *vo)
+{
+    sb_add(b, "{\n");
+    sb_add(b, "  \"architectures\": [\"LlamaForCausalLM\"],\n");
+    sb_add(b, "  \"model_type\": \"llama\",\n");
+    sb_add(b, "  \"vocab_size\": %d,\n", c->vocab_size);
+    sb_add(b, "  \"hidden_size\": %d,\n", c->d_model);
+    sb_add(b, "  \"intermediate_size\": %d,\n", c->d_ff);
+    sb_add(b, "  \"num_hidden_layers\": %d,\n", c->n_layers);
+    sb_add(b, "  \"num_attention_heads\": %d,\n", c->n_heads);
+    sb_add(b, "  \"num_key_value_heads\": %d,\n", c->n_kv_heads);
+    sb_add(b, "  \"head_dim\": %d,\n", c->d_head);
+    sb_add(b, "  \"max_position_embeddings\": %d,\n", c->max_seq_len);
+    sb_add(b, "  \"rms_norm_eps\": %.9g,\n", (double)c->rms_eps);
+    sb_add(b, "  \"rope_theta\": %.9g,\n", (double)c->rope_theta);
+    sb_add(b, "  \"rope_scaling\": null,\n");
+    sb_add(b, "  \"initializer_range\": %.9g,\n", (double)c->init_std);
+    sb_add(b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");
+    sb_add(b, "  \"hidden_act\": \"silu\",\n");
+    sb_add(b, "  \"attention_bias\": false,\n");
+    sb_add(b, "  \"attention_dropout\": 0.0,\n");
+    sb_add(b, "  \"mlp_bias\": false,\n");
+    sb_add(b, "  \"pretraining_tp\": 1,\n");
+    sb_add(b, "  \"use_cache\": true,\n");
+    sb_add(b, "  \"torch_dtype\": \"float32\",\n");
+    if (vo && vo->mode != GSINK_VSCALE_OFF)
+        sb_add(b, "  \"gsink_vscale\": {\"mode\": %d, \"sigma\": %.9g, \"learnable_theta\": %s, "
+                  "\"per_query_head\": %s},\n",
+               vo->mode, (double)vo->sigma, vo->learnable_theta ? "true" : "false",
+               vo->per_query_head ? "true" : "false");
+    sb_add(b, "  \"transformers_version\": \"4.40.0\",\n");
+    sb_add(b, "  \"gsink_version\": \"%s\"\n", GSINK_VERSION_STRING);
+    sb_add(b, "}\n");
+}
+
+typedef struct save_item { const char *name; char own[96]; int ndim; int64_t dims[2]; size_t numel; int theta_layer; } save_item;
+
+gsink_status gsink_model_save(gsink_model *model, const char *dir)
+{
+    if (!model) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(model->errmsg);
+    char *err = model->errmsg;
+    if (!dir || !dir[0]) return gsink__fail(err, GSINK_ERR_NULL_ARGUMENT, "dir is NULL or empty");
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        return gsink__fail(err, GSINK_ERR_IO, "cannot create directory '%s': %s", dir, strerror(errno));
+    struct stat sb;
+    if (stat(dir, &sb) != 0 || !S_ISDIR(sb.st_mode))
+        return gsink__fail(err, GSINK_ERR_IO, "'%s' is not a directory", dir);
+
+    gsink_config cfg;
+    cfg.size = sizeof cfg;
+    gsink_status st = gsink_model_config(model, &cfg);
+    if (st) return st;
+    gsink_vscale_options vo;
+    gsink_vscale_options_init(&vo);
+    vo.mode = GSINK_VSCALE_OFF;
+    size_t n_theta = 0;
+    if (gsink_vscale_get(model, &vo) != GSINK_OK) vo.mode = GSINK_VSCALE_OFF;
+    if (vo.mode != GSINK_VSCALE_OFF) gsink_vscale_theta_count(model, &n_theta);
+
+    size_t count = 0;
+    if ((st = gsink_param_count(model, &count))) return st;
+    save_item *items = calloc(count + (size_t)cfg.n_layers + 1, sizeof *items);
+    if (!items) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    size_t ni = 0;
+    for (size_t k = 0; k < count; k++) {
+        save_item *it = &items[ni];
+        if ((st = gsink_param_info(model, k, &it->name, &it->ndim, it->dims))) goto fail_items;
+        if (is_theta_name(it->name)) continue;
+        it->numel = (size_t)it->dims[0] * (it->ndim == 2 ? (size_t)it->dims[1] : 1);
+        it->theta_layer = -1;
+        ni++;
+    }
+    if (n_theta && cfg.n_layers > 0) {
+        size_t per = n_theta / (size_t)cfg.n_layers;
+        for (int l = 0; l < cfg.n_layers; l++) {
+            save_item *it = &items[ni++];
+            snprintf(it->own, sizeof it->own, "model.layers.%d.self_attn.v_scale_theta", l);
+            it->name = it->own;
+            it->ndim = 1;
+            it->dims[0] = (int64_t)per;
+            it->numel = per;
+            it->theta_layer = l;
+        }
+    }
+
+    /* Header: offsets are contiguous in registry order. */
+    sbuf h = {0};
+    sb_add(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    size_t off = 0, maxn = 0;
+    for (size_t k = 0; k < ni; k++) {
+        save_item *it = &items[k];
+        size_t nb = it->numel * 4;
+        if (it->ndim == 2)
+            sb_add(&h, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld,%lld],\"data_offsets\":[%zu,%zu]}", it->name,
+                   (long long)it->dims[0], (long long)it->dims[1], off, off + nb);
+        else
+            sb_add(&h, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld],\"data_offsets\":[%zu,%zu]}", it->name,
+                   (long long)it->dims[0], off, off + nb);
+        off += nb;
+        if (it->numel > maxn) maxn = it->numel;
+    }
+    sb_add(&h, "}");
+    while (!h.oom && (h.n + 8) % 8 != 0) sb_add(&h, " ");
+    sbuf cj = {0};
+    write_config_json(&cj, &cfg, n_theta ? &vo : NULL);
+    float *buf = malloc((maxn ? maxn : 1) * sizeof(float));
+    float *theta = n_theta ? malloc(n_theta * sizeof(float)) : NULL;
+    char *wpath = path_join(dir, "model.safetensors"), *cpath = path_join(dir, "config.json");
+    if (h.oom || cj.oom || !buf || (n_theta && !theta) || !wpath || !cpath) {
+        st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory while saving");
+        goto fail_all;
+    }
+    if (n_theta && (st = gsink_vscale_get_theta(model, theta, n_theta))) goto fail_all;
+
+    gsink__afile af;
+    if ((st = gsink__afile_open(&af, wpath, err))) goto fail_all;
+    uint8_t len8[8];
+    for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)h.n >> (8 * b));
+    st = gsink__afile_write(&af, len8, 8, err);
+    if (!st) st = gsink__afile_write(&af, h.p, h.n, err);
+    for (size_t k = 0; k < ni && !st; k++) {
+        save_item *it = &items[k];
+        const float *src;
+        if (it->theta_layer >= 0) {
+            src = theta + (size_t)it->theta_layer * it->numel;
+        } else {
+            if ((st = gsink_get_param(model, it->name, buf, it->numel))) break;
+            src = buf;
+        }
+        st = gsink__afile_write(&af, src, it->numel * 4, err); /* little-endian host */
+    }
+    if (st) {
+        gsink__afile_abort(&af);
+        goto fail_all;
+    }
+    if ((st = gsink__afile_commit(&af, err))) goto fail_all;
+    st = gsink__write_atomic(cpath, cj.p, cj.n, err);
+fail_all:
+    free(buf);
+    free(theta);
+    free(wpath);
+    free(cpath);
+    free(h.p);
+    free(cj.p);
+fail_items:
+    free(items);
+    return st;
+}

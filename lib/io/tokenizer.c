@@ -1,0 +1,577 @@
+/* tokenizer.c - GPT-2 style byte-level BPE built from a GGUF's tokenizer.ggml.*
+ * metadata. Pre-tokenizers ("gpt2", "smollm") are hand-written matchers for
+ * the regular expressions their HF/llama.cpp definitions use. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "io_internal.h"
+#include "unicode_tables.h"
+
+enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_USER_DEFINED = 4, TOK_UNUSED = 5, TOK_BYTE = 6 };
+enum { PRE_GPT2 = 0, PRE_SMOLLM = 1 };
+
+typedef struct hent { const char *s; uint32_t len; int32_t val; } hent;
+typedef struct hmap { hent *e; size_t cap; } hmap;
+
+struct gsink_tokenizer {
+    char errmsg[GSINK_MSG_SIZE];
+    int32_t n_vocab;
+    char *arena;            /* all token and merge strings */
+    const char **tok;       /* (n_vocab) */
+    uint32_t *tok_len;      /* (n_vocab) */
+    int32_t *type;          /* (n_vocab) */
+    hmap vocab, merges;
+    int pre;
+    int32_t bos, eos;
+    int32_t *special;       /* ids matched in text, longest first */
+    size_t n_special;
+    uint32_t byte2cp[256];
+    int16_t cp2byte[512];   /* -1 when the code point is not a byte image */
+};
+
+/* ---- hash map ------------------------------------------------------------ */
+
+static uint64_t fnv(const char *s, size_t n)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 1099511628211ull;
+    return h;
+}
+
+static int hmap_init(hmap *m, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n + 1) cap *= 2;
+    m->e = calloc(cap, sizeof *m->e);
+    m->cap = cap;
+    return m->e != NULL;
+}
+
+/* Inserts if absent (the first occurrence wins, as in HF and llama.cpp). */
+static void hmap_put(hmap *m, const char *s, size_t n, int32_t v)
+{
+    size_t i = (size_t)fnv(s, n) & (m->cap - 1);
+    while (m->e[i].s) {
+        if (m->e[i].len == n && memcmp(m->e[i].s, s, n) == 0) return;
+        i = (i + 1) & (m->cap - 1);
+    }
+    m->e[i].s = s;
+    m->e[i].len = (uint32_t)n;
+    m->e[i].val = v;
+}
+
+static int32_t hmap_get(const hmap *m, const char *s, size_t n)
+{
+    size_t i = (size_t)fnv(s, n) & (m->cap - 1);
+    while (m->e[i].s) {
+        if (m->e[i].len == n && memcmp(m->e[i].s, s, n) == 0) return m->e[i].val;
+        i = (i + 1) & (m->cap - 1);
+    }
+    return -1;
+}
+
+/* ---- UTF-8 and character classes ----------------------------------------- */
+
+/* Decodes one code point; invalid bytes decode as themselves with length 1
+ * and cp = 0xFFFD | flag so they count as "other" but keep their byte. */
+static size_t utf8_next(const uint8_t *s, size_t n, uint32_t *cp)
+{
+    uint8_t c = s[0];
+    if (c < 0x80) { *cp = c; return 1; }
+    size_t len;
+    uint32_t v, min;
+    if ((c & 0xE0) == 0xC0) { len = 2; v = c & 0x1F; min = 0x80; }
+    else if ((c & 0xF0) == 0xE0) { len = 3; v = c & 0x0F; min = 0x800; }
+    else if ((c & 0xF8) == 0xF0) { len = 4; v = c & 0x07; min = 0x10000; }
+    else { *cp = 0xFFFD; return 1; }
+    if (len > n) { *cp = 0xFFFD; return 1; }
+    for (size_t k = 1; k < len; k++) {
+        if ((s[k] & 0xC0) != 0x80) { *cp = 0xFFFD; return 1; }
+        v = (v << 6) | (s[k] & 0x3F);
+    }
+    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v < 0xE000)) { *cp = 0xFFFD; return 1; }
+    *cp = v;
+    return len;
+}
+
+static size_t utf8_put(char *o, uint32_t cp)
+{
+    if (cp < 0x80) { o[0] = (char)cp; return 1; }
+    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
+    if (cp < 0x10000) {
+        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        o[2] = (char)(0x80 | (cp & 0x3F)); return 3;
+    }
+    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
+}
+
+static int in_table(const uint32_t (*t)[2], size_t n, uint32_t cp)
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (cp < t[mid][0]) hi = mid;
+        else if (cp > t[mid][1]) lo = mid + 1;
+        else return 1;
+    }
+    return 0;
+}
+
+enum { CL_LETTER, CL_NUMBER, CL_SPACE, CL_OTHER };
+
+static int is_space(uint32_t c)
+{
+    return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
+}
+
+static int char_class(uint32_t c)
+{
+    if (c < 0x80) {
+        if ((c | 0x20) >= 'a' && (c | 0x20) <= 'z') return CL_LETTER;
+        if (c >= '0' && c <= '9') return CL_NUMBER;
+        if (is_space(c)) return CL_SPACE;
+        return CL_OTHER;
+    }
+    if (is_space(c)) return CL_SPACE;
+    if (in_table(gsink_uni_letter, sizeof gsink_uni_letter / sizeof gsink_uni_letter[0], c)) return CL_LETTER;
+    if (in_table(gsink_uni_number, sizeof gsink_uni_number / sizeof gsink_uni_number[0], c)) return CL_NUMBER;
+    return CL_OTHER;
+}
+
+/* ---- construction -------------------------------------------------------- */
+
+static void byte_map(gsink_tokenizer *t)
+{
+    for (int k = 0; k < 512; k++) t->cp2byte[k] = -1;
+    int n = 0;
+    for (int b = 0; b < 256; b++) {
+        int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+        uint32_t cp = printable ? (uint32_t)b : (uint32_t)(256 + n++);
+        t->byte2cp[b] = cp;
+        t->cp2byte[cp] = (int16_t)b;
+    }
+}
+
+void gsink_tokenizer_free(gsink_tokenizer *t)
+{
+    if (!t) return;
+    free(t->arena);
+    free(t->tok);
+    free(t->tok_len);
+    free(t->type);
+    free(t->vocab.e);
+    free(t->merges.e);
+    free(t->special);
+    free(t);
+}
+
+static int cmp_special_len(const void *a, const void *b, void *ctx)
+{
+    const gsink_tokenizer *t = ctx;
+    uint32_t la = t->tok_len[*(const int32_t *)a], lb = t->tok_len[*(const int32_t *)b];
+    return la > lb ? -1 : la < lb;
+}
+
+static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
+{
+    const gsink__gguf_kv *model = gsink__gguf_find(g, "tokenizer.ggml.model");
+    if (!model || model->type != GSINK_GGUF_STRING)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: missing tokenizer.ggml.model");
+    if (!(model->s.len == 4 && memcmp(model->s.ptr, "gpt2", 4) == 0))
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                           "tokenizer model '%.*s' is not supported (byte-level BPE 'gpt2' only)",
+                           (int)(model->s.len > 32 ? 32 : model->s.len), model->s.ptr);
+    const gsink__gguf_kv *pre = gsink__gguf_find(g, "tokenizer.ggml.pre");
+    t->pre = PRE_GPT2;
+    if (pre && pre->type == GSINK_GGUF_STRING) {
+        if (pre->s.len == 6 && memcmp(pre->s.ptr, "smollm", 6) == 0) t->pre = PRE_SMOLLM;
+        else if ((pre->s.len == 4 && memcmp(pre->s.ptr, "gpt2", 4) == 0) ||
+                 (pre->s.len == 7 && memcmp(pre->s.ptr, "default", 7) == 0))
+            t->pre = PRE_GPT2;
+        else
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "pre-tokenizer '%.*s' is not supported (gpt2, smollm)",
+                               (int)(pre->s.len > 32 ? 32 : pre->s.len), pre->s.ptr);
+    }
+    const gsink__gguf_kv *toks = gsink__gguf_find(g, "tokenizer.ggml.tokens");
+    const gsink__gguf_kv *merges = gsink__gguf_find(g, "tokenizer.ggml.merges");
+    const gsink__gguf_kv *types = gsink__gguf_find(g, "tokenizer.ggml.token_type");
+    if (!toks || toks->type != GSINK_GGUF_ARRAY || toks->arr_type != GSINK_GGUF_STRING || toks->arr_n == 0)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: tokenizer.ggml.tokens missing or not a string array");
+    if (toks->arr_n > INT32_MAX)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: %llu tokens is too many",
+                           (unsigned long long)toks->arr_n);
+    if (!merges || merges->type != GSINK_GGUF_ARRAY || merges->arr_type != GSINK_GGUF_STRING)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: tokenizer.ggml.merges missing or not a string array");
+    if (merges->arr_n > INT32_MAX)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: too many merges");
+    if (types && (types->type != GSINK_GGUF_ARRAY || types->arr_type != GSINK_GGUF_INT32 ||
+                  types->arr_n != toks->arr_n))
+        return gsink__fail(NULL, GSINK_ERR_FORMAT,
+                           "GGUF: tokenizer.ggml.token_type must be an int32 array with one entry per token");
+    size_t nv = (size_t)toks->arr_n, nm = (size_t)merges->arr_n;
+    t->n_vocab = (int32_t)nv;
+    /* Strings were bounds-checked by the parser: their total fits in the file. */
+    size_t total = 0, cur = toks->arr_off;
+    for (size_t k = 0; k < nv; k++) total += gsink__gguf_next_str(g, &cur).len + 1;
+    cur = merges->arr_off;
+    for (size_t k = 0; k < nm; k++) total += gsink__gguf_next_str(g, &cur).len + 1;
+    t->arena = malloc(total ? total : 1);
+    t->tok = malloc(nv * sizeof *t->tok);
+    t->tok_len = malloc(nv * sizeof *t->tok_len);
+    t->type = malloc(nv * sizeof *t->type);
+    if (!t->arena || !t->tok || !t->tok_len || !t->type || !hmap_init(&t->vocab, nv) || !hmap_init(&t->merges, nm))
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    char *a = t->arena;
+    cur = toks->arr_off;
+    for (size_t k = 0; k < nv; k++) {
+        gsink__gguf_str s = gsink__gguf_next_str(g, &cur);
+        if (s.len > UINT32_MAX) return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: token %zu is too long", k);
+        memcpy(a, s.ptr, s.len);
+        a[s.len] = '\0';
+        t->tok[k] = a;
+        t->tok_len[k] = (uint32_t)s.len;
+        t->type[k] = types ? (int32_t)gsink__rd32(g->file.data + types->arr_off + 4 * k) : TOK_NORMAL;
+        hmap_put(&t->vocab, a, s.len, (int32_t)k);
+        a += s.len + 1;
+    }
+    cur = merges->arr_off;
+    for (size_t k = 0; k < nm; k++) {
+        gsink__gguf_str s = gsink__gguf_next_str(g, &cur);
+        memcpy(a, s.ptr, s.len);
+        a[s.len] = '\0';
+        hmap_put(&t->merges, a, s.len, (int32_t)k);
+        a += s.len + 1;
+    }
+    t->bos = t->eos = -1;
+    const gsink__gguf_kv *kv;
+    if ((kv = gsink__gguf_find(g, "tokenizer.ggml.bos_token_id")) && kv->type != GSINK_GGUF_STRING &&
+        kv->type != GSINK_GGUF_ARRAY && kv->u < nv)
+        t->bos = (int32_t)kv->u;
+    if ((kv = gsink__gguf_find(g, "tokenizer.ggml.eos_token_id")) && kv->type != GSINK_GGUF_STRING &&
+        kv->type != GSINK_GGUF_ARRAY && kv->u < nv)
+        t->eos = (int32_t)kv->u;
+    size_t ns = 0;
+    for (size_t k = 0; k < nv; k++)
+        if ((t->type[k] == TOK_CONTROL || t->type[k] == TOK_USER_DEFINED) && t->tok_len[k] > 0) ns++;
+    t->special = malloc((ns ? ns : 1) * sizeof *t->special);
+    if (!t->special) return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    for (size_t k = 0; k < nv; k++)
+        if ((t->type[k] == TOK_CONTROL || t->type[k] == TOK_USER_DEFINED) && t->tok_len[k] > 0)
+            t->special[t->n_special++] = (int32_t)k;
+    qsort_r(t->special, t->n_special, sizeof *t->special, cmp_special_len, t);
+    byte_map(t);
+    return GSINK_OK;
+}
+
+gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out)
+{
+    if (!out) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!path) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "path is NULL");
+    gsink__gguf g;
+    gsink_status st = gsink__gguf_open(path, &g, NULL);
+    if (st) return st;
+    gsink_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) {
+        gsink__gguf_close(&g);
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    }
+    st = build(&g, t);
+    gsink__gguf_close(&g);
+    if (st) {
+        gsink_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return GSINK_OK;
+}
+
+const char *gsink_tokenizer_errmsg(const gsink_tokenizer *t) { return t ? t->errmsg : ""; }
+
+gsink_status gsink_tokenizer_vocab_size(const gsink_tokenizer *t, int32_t *n)
+{
+    if (!t || !n) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer or n is NULL");
+    *n = t->n_vocab;
+    return GSINK_OK;
+}
+
+gsink_status gsink_tokenizer_special(const gsink_tokenizer *t, int32_t *bos, int32_t *eos)
+{
+    if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    if (bos) *bos = t->bos;
+    if (eos) *eos = t->eos;
+    return GSINK_OK;
+}
+
+/* ---- encoding ------------------------------------------------------------ */
+
+typedef struct enc {
+    gsink_tokenizer *t;
+    int32_t *ids;
+    size_t cap, n;
+    char *word;        /* byte-level image of the current piece */
+    size_t word_cap;
+    uint32_t *sym_off, *sym_len; /* BPE symbols (offsets into word) */
+    int32_t *rank;               /* merge rank of (symbol i, symbol i+1), -1 if none */
+    size_t off_cap, len_cap, rank_cap;
+    char *pair;
+    size_t pair_cap;
+    int oom;
+} enc;
+
+static void emit(enc *e, int32_t id)
+{
+    if (e->n < e->cap) e->ids[e->n] = id;
+    e->n++;
+}
+
+static int reserve(void **p, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 1;
+    size_t nc = *cap ? *cap : 64;
+    while (nc < need) nc *= 2;
+    void *np = realloc(*p, nc * elem);
+    if (!np) return 0;
+    *p = np;
+    *cap = nc;
+    return 1;
+}
+
+static int32_t pair_rank(enc *e, size_t i)
+{
+    uint32_t la = e->sym_len[i], lb = e->sym_len[i + 1];
+    size_t need = (size_t)la + lb + 1;
+    if (!reserve((void **)&e->pair, &e->pair_cap, need, 1)) { e->oom = 1; return -1; }
+    memcpy(e->pair, e->word + e->sym_off[i], la);
+    e->pair[la] = ' ';
+    memcpy(e->pair + la + 1, e->word + e->sym_off[i + 1], lb);
+    return hmap_get(&e->t->merges, e->pair, need);
+}
+
+/* BPE on one pre-tokenized piece of raw bytes. */
+static void bpe_piece(enc *e, const uint8_t *s, size_t n)
+{
+    gsink_tokenizer *t = e->t;
+    if (n == 0) return;
+    if (!reserve((void **)&e->word, &e->word_cap, n * 2 + 1, 1)) { e->oom = 1; return; }
+    if (!reserve((void **)&e->sym_off, &e->off_cap, n, sizeof(uint32_t)) ||
+        !reserve((void **)&e->sym_len, &e->len_cap, n, sizeof(uint32_t)) ||
+        !reserve((void **)&e->rank, &e->rank_cap, n, sizeof(int32_t))) {
+        e->oom = 1;
+        return;
+    }
+    size_t wl = 0, ns = 0;
+    for (size_t k = 0; k < n; k++) {
+        e->sym_off[ns] = (uint32_t)wl;
+        size_t l = utf8_put(e->word + wl, t->byte2cp[s[k]]);
+        e->sym_len[ns++] = (uint32_t)l;
+        wl += l;
+    }
+    for (size_t i = 0; i + 1 < ns; i++) e->rank[i] = pair_rank(e, i);
+    while (ns > 1 && !e->oom) {
+        size_t best = SIZE_MAX;
+        int32_t br = INT32_MAX;
+        for (size_t i = 0; i + 1 < ns; i++)
+            if (e->rank[i] >= 0 && e->rank[i] < br) { br = e->rank[i]; best = i; }
+        if (best == SIZE_MAX) break;
+        e->sym_len[best] += e->sym_len[best + 1];
+        memmove(e->sym_off + best + 1, e->sym_off + best + 2, (ns - best - 2) * sizeof(uint32_t));
+        memmove(e->sym_len + best + 1, e->sym_len + best + 2, (ns - best - 2) * sizeof(uint32_t));
+        memmove(e->rank + best + 1, e->rank + best + 2, (ns > best + 2 ? ns - best - 2 : 0) * sizeof(int32_t));
+        ns--;
+        if (best + 1 < ns) e->rank[best] = pair_rank(e, best);
+        if (best > 0) e->rank[best - 1] = pair_rank(e, best - 1);
+    }
+    for (size_t i = 0; i < ns; i++) {
+        int32_t id = hmap_get(&t->vocab, e->word + e->sym_off[i], e->sym_len[i]);
+        if (id >= 0) {
+            emit(e, id);
+            continue;
+        }
+        /* Not in the vocabulary: fall back to one token per byte image. */
+        const char *p = e->word + e->sym_off[i];
+        uint32_t left = e->sym_len[i];
+        while (left > 0) {
+            uint32_t cp;
+            size_t l = utf8_next((const uint8_t *)p, left, &cp);
+            int32_t bid = hmap_get(&t->vocab, p, l);
+            if (bid >= 0) emit(e, bid);
+            p += l;
+            left -= (uint32_t)l;
+        }
+    }
+}
+
+/* GPT-2 regex over code points [a, b):
+ *   's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+static void split_gpt2(enc *e, const uint8_t *s, const uint32_t *cp, const size_t *off, size_t a, size_t b)
+{
+    size_t i = a;
+    while (i < b && !e->oom) {
+        size_t j = i;
+        uint32_t c = cp[i];
+        if (c == '\'' && i + 1 < b) {
+            uint32_t c1 = cp[i + 1];
+            if (c1 == 's' || c1 == 't' || c1 == 'm' || c1 == 'd') j = i + 2;
+            else if (i + 2 < b && ((c1 == 'r' && cp[i + 2] == 'e') || (c1 == 'v' && cp[i + 2] == 'e') ||
+                                   (c1 == 'l' && cp[i + 2] == 'l')))
+                j = i + 3;
+        }
+        if (j == i) {
+            size_t k = i + (c == ' ' && i + 1 < b ? 1 : 0);
+            int cl = char_class(cp[k]);
+            if (cl != CL_SPACE && (k == i || c == ' ')) {
+                /* ' ?X+' for X in {letter, number, other}: the optional space
+                 * is taken only when followed by a run of the same class. */
+                j = k;
+                while (j < b && char_class(cp[j]) == cl) j++;
+            } else {
+                size_t r = i;
+                while (r < b && char_class(cp[r]) == CL_SPACE) r++;
+                if (r == i) r = i + 1; /* cannot happen: c is a space here */
+                if (r == b || r - i == 1) j = r;
+                else j = r - 1;
+            }
+        }
+        bpe_piece(e, s + off[i], off[j] - off[i]);
+        i = j;
+    }
+}
+
+static void encode_text(enc *e, const uint8_t *s, size_t n)
+{
+    if (n == 0) return;
+    uint32_t *cp = malloc(n * sizeof *cp);
+    size_t *off = malloc((n + 1) * sizeof *off);
+    if (!cp || !off) {
+        free(cp);
+        free(off);
+        e->oom = 1;
+        return;
+    }
+    size_t nc = 0, p = 0;
+    while (p < n) {
+        off[nc] = p;
+        p += utf8_next(s + p, n - p, &cp[nc]);
+        nc++;
+    }
+    off[nc] = n;
+    if (e->t->pre == PRE_SMOLLM) {
+        /* Digits pre-tokenizer (individual digits) before the GPT-2 regex. */
+        size_t a = 0;
+        for (size_t k = 0; k < nc; k++) {
+            if (char_class(cp[k]) == CL_NUMBER) {
+                split_gpt2(e, s, cp, off, a, k);
+                split_gpt2(e, s, cp, off, k, k + 1);
+                a = k + 1;
+            }
+        }
+        split_gpt2(e, s, cp, off, a, nc);
+    } else {
+        split_gpt2(e, s, cp, off, 0, nc);
+    }
+    free(cp);
+    free(off);
+}
+
+gsink_status gsink_tokenizer_encode(gsink_tokenizer *t, const char *text, size_t text_len, unsigned flags,
+                                    int32_t *ids, size_t capacity, size_t *n_ids)
+{
+    if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    gsink__clear(t->errmsg);
+    if (!n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "n_ids is NULL");
+    *n_ids = 0;
+    if (!text && text_len) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "text is NULL");
+    if (!ids && capacity) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "ids is NULL");
+    if (flags & ~(GSINK_ENCODE_PARSE_SPECIAL | GSINK_ENCODE_ADD_BOS))
+        return gsink__fail(t->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown flags 0x%x", flags);
+    enc e;
+    memset(&e, 0, sizeof e);
+    e.t = t;
+    e.ids = ids;
+    e.cap = capacity;
+    if ((flags & GSINK_ENCODE_ADD_BOS) && t->bos >= 0) emit(&e, t->bos);
+    const uint8_t *s = (const uint8_t *)text;
+    size_t start = 0;
+    for (size_t i = 0; i < text_len && !e.oom;) {
+        int32_t hit = -1;
+        for (size_t k = 0; k < t->n_special; k++) {
+            int32_t id = t->special[k];
+            if (t->type[id] == TOK_CONTROL && !(flags & GSINK_ENCODE_PARSE_SPECIAL)) continue;
+            uint32_t l = t->tok_len[id];
+            if (l <= text_len - i && (uint8_t)t->tok[id][0] == s[i] && memcmp(t->tok[id], s + i, l) == 0) {
+                hit = id;
+                break;
+            }
+        }
+        if (hit < 0) {
+            i++;
+            continue;
+        }
+        encode_text(&e, s + start, i - start);
+        emit(&e, hit);
+        i += t->tok_len[hit];
+        start = i;
+    }
+    if (!e.oom) encode_text(&e, s + start, text_len - start);
+    free(e.word);
+    free(e.sym_off);
+    free(e.sym_len);
+    free(e.rank);
+    free(e.pair);
+    if (e.oom) return gsink__fail(t->errmsg, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    *n_ids = e.n;
+    if (e.n > capacity)
+        return gsink__fail(t->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "%zu ids needed, capacity is %zu", e.n, capacity);
+    return GSINK_OK;
+}
+
+/* ---- decoding ------------------------------------------------------------ */
+
+gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf,
+                                    size_t buf_size, size_t *len)
+{
+    if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    gsink__clear(t->errmsg);
+    if (!ids && n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "ids is NULL");
+    if (!buf && buf_size) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "buf is NULL");
+    size_t o = 0;
+    for (size_t k = 0; k < n_ids; k++) {
+        int32_t id = ids[k];
+        if (id < 0 || id >= t->n_vocab)
+            return gsink__fail(t->errmsg, GSINK_ERR_TOKEN_OUT_OF_RANGE, "token id %d at %zu is outside [0, %d)",
+                               id, k, t->n_vocab);
+        const uint8_t *p = (const uint8_t *)t->tok[id];
+        size_t left = t->tok_len[id];
+        if (t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER_DEFINED) {
+            if (buf && o + left < buf_size) memcpy(buf + o, p, left);
+            o += left;
+            continue;
+        }
+        while (left > 0) {
+            uint32_t cp;
+            size_t l = utf8_next(p, left, &cp);
+            if (cp < 512 && t->cp2byte[cp] >= 0) {
+                if (buf && o + 1 < buf_size) buf[o] = (char)t->cp2byte[cp];
+                o++;
+            } else {
+                if (buf && o + l < buf_size) memcpy(buf + o, p, l);
+                o += l;
+            }
+            p += l;
+            left -= l;
+        }
+    }
+    if (len) *len = o;
+    if (o + 1 > buf_size) {
+        if (buf && buf_size) buf[0] = '\0';
+        return gsink__fail(t->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "%zu bytes needed (plus NUL), buffer holds %zu",
+                           o, buf_size);
+    }
+    buf[o] = '\0';
+    return GSINK_OK;
+}
