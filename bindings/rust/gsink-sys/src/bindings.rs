@@ -1239,6 +1239,18 @@ extern "C" {
     pub fn gsink_optimizer_step_count(opt: *const gsink_optimizer) -> i64;
 }
 extern "C" {
+    pub fn gsink_optimizer_save(
+        opt: *mut gsink_optimizer,
+        path: *const ::std::os::raw::c_char,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_optimizer_load(
+        opt: *mut gsink_optimizer,
+        path: *const ::std::os::raw::c_char,
+    ) -> gsink_status;
+}
+extern "C" {
     pub fn gsink_model_load(
         path: *const ::std::os::raw::c_char,
         opts: *const gsink_model_options,

@@ -1,0 +1,174 @@
+# test_gsink.tcl - the SWIG Tcl module: forward, backward and metrics on the
+# "micro" preset, checked against references computed here from raw tensors,
+# and errors raised as Tcl errors with the library's message.
+# Usage: tclsh test_gsink.tcl path/to/gsink.so
+load [file normalize [lindex $argv 0]] Gsink
+
+set failures 0
+proc check {name cond {detail ""}} {
+    if {![uplevel 1 [list expr $cond]]} {
+        puts "FAIL: $name $detail"
+        incr ::failures
+    } else {
+        puts "ok: $name"
+    }
+}
+proc close_to {a b rel} {
+    set m [expr {max(abs($a), abs($b), 1e-6)}]
+    return [expr {abs($a - $b) <= $rel * $m}]
+}
+proc l2 {values} {
+    set s 0.0
+    foreach v $values { set s [expr {$s + $v * $v}] }
+    return [expr {sqrt($s)}]
+}
+
+check "version" {[gsink_version_number] == $GSINK_VERSION_NUMBER}
+
+# ---- model -----------------------------------------------------------------
+set cfg [new_gsink_config]
+gsink_config_init $cfg
+gsink_config_preset micro $cfg
+set V [gsink_config_vocab_size_get $cfg]
+set L [gsink_config_n_layers_get $cfg]
+set H [gsink_config_n_heads_get $cfg]
+set opts [new_gsink_model_options]
+gsink_model_options_init $opts
+gsink_model_options_seed_set $opts 1234
+gsink_model_options_n_threads_set $opts 1
+set m [gsink_model_create $cfg $opts]
+
+set B 2
+set T 64
+set tokens {}
+set targets {}
+for {set b 0} {$b < $B} {incr b} {
+    for {set t 0} {$t < $T} {incr t} {
+        lappend tokens [expr {(31 * $b + 7 * $t + 3) % $V}]
+        lappend targets [expr {$t + 1 < $T ? (31 * $b + 7 * ($t + 1) + 3) % $V : -1}]
+    }
+}
+
+# ---- forward: loss equals the cross-entropy of the logits -----------------
+set loss [gsink_forward $m $tokens $targets $B $T]
+check "last shape" {[gsink_last_shape $m] eq [list $B $T]}
+set logits [gsink_get_logits $m [expr {$B * $T * $V}]]
+set sum 0.0
+set n 0
+for {set i 0} {$i < $B * $T} {incr i} {
+    set tg [lindex $targets $i]
+    if {$tg < 0} continue
+    set row [lrange $logits [expr {$i * $V}] [expr {($i + 1) * $V - 1}]]
+    set mx [tcl::mathfunc::max {*}$row]
+    set se 0.0
+    foreach x $row { set se [expr {$se + exp($x - $mx)}] }
+    set sum [expr {$sum + $mx + log($se) - [lindex $row $tg]}]
+    incr n
+}
+set ref_loss [expr {$sum / $n}]
+check "loss = cross-entropy of logits" {[close_to $loss $ref_loss 1e-5]} "$loss vs $ref_loss"
+check "loss near ln(vocab)" {abs($loss - log($V)) < 0.1} $loss
+
+# ---- backward: gradient norms and R_GS from the raw gradient --------------
+gsink_backward $m 0
+lassign [gsink_site_dims $m $GSINK_SITE_ATTN_NORM_OUT] sh sw
+set W [expr {$sh * $sw}]
+set g [gsink_get_gradient $m 0 $GSINK_SITE_ATTN_NORM_OUT [expr {$B * $T * $W}]]
+set ref_norms {}
+for {set t 0} {$t < $T} {incr t} {
+    set summed {}
+    for {set j 0} {$j < $W} {incr j} {
+        set s 0.0
+        for {set b 0} {$b < $B} {incr b} { set s [expr {$s + [lindex $g [expr {(($b * $T) + $t) * $W + $j}]]}] }
+        lappend summed $s
+    }
+    lappend ref_norms [l2 $summed]
+}
+set norms [gsink_get_gradient_norms $m 0 $GSINK_SITE_ATTN_NORM_OUT $GSINK_ALL_HEADS $GSINK_AGG_SUM_THEN_NORM $T]
+set ok 1
+for {set t 0} {$t < $T} {incr t} {
+    if {![close_to [lindex $norms $t] [lindex $ref_norms $t] 1e-4]} { set ok 0 }
+}
+check "gradient norms (sum then norm)" {$ok}
+set te 31
+set den 0.0
+for {set t 1} {$t <= $te} {incr t} { set den [expr {$den + [lindex $ref_norms $t]}] }
+set ref_rgs [expr {[lindex $ref_norms 0] / ($den / $te)}]
+set rgs [gsink_gradient_sink_ratio $m 0 0 $te $GSINK_AGG_SUM_THEN_NORM]
+check "R_GS" {[close_to $rgs $ref_rgs 1e-4]} "$rgs vs $ref_rgs"
+
+# ---- attention metric: sink scores and rate from the attention pattern ----
+set diag [new_gsink_diag_options]
+gsink_diag_options_init $diag
+gsink_get_diag_options $m $diag
+set win [gsink_diag_options_sink_window_get $diag]
+set scores [gsink_sink_scores $m 0 0 $H]
+set above 0
+set ok 1
+for {set h 0} {$h < $H} {incr h} {
+    set alpha 0.0
+    for {set b 0} {$b < $B} {incr b} {
+        set a [gsink_attention_pattern $m 0 $b $h [expr {$T * $T}]]
+        for {set t 0} {$t < $win} {incr t} { set alpha [expr {$alpha + [lindex $a [expr {$t * $T}]] / double($win)}] }
+    }
+    set alpha [expr {$alpha / $B}]
+    if {![close_to [lindex $scores $h] $alpha 1e-4]} { set ok 0 }
+    if {$alpha > 0.3} { incr above }
+}
+check "sink scores" {$ok}
+set rate [gsink_sink_rate $m 0 0 0.3]
+check "sink rate" {$rate == double($above) / $H} "$rate"
+
+# t0/early from activation norms.
+set an [gsink_get_activation_norms $m [expr {$L - 1}] $GSINK_SITE_RESID_OUT $GSINK_ALL_HEADS $T]
+set early 0.0
+for {set t 1} {$t <= 15} {incr t} { set early [expr {$early + [lindex $an $t] / 15.0}] }
+set t0 [gsink_massive_activation_ratio $m [expr {$L - 1}] $GSINK_SITE_RESID_OUT]
+check "t0/early" {[close_to $t0 [expr {[lindex $an 0] / $early}] 1e-4]}
+
+# Several outputs come back as a list of lists.
+lassign [gsink_branch_ratios $m 0 $GSINK_BRANCH_ATTN $GSINK_AGG_SUM_THEN_NORM $T] bloat change compress
+check "branch ratios" {[llength $bloat] == $T && [llength $compress] == $T}
+
+set json [gsink_report_json $m NULL]
+check "report json" {[string match "*gsink.report/1*" $json]}
+
+# Parameters: names, round trip.
+set np [gsink_param_count $m]
+lassign [gsink_param_info $m 0] name ndim dims
+check "param info" {$np > 0 && $name ne "" && $ndim >= 1}
+set w [gsink_get_param $m model.norm.weight [gsink_config_d_model_get $cfg]]
+gsink_set_param $m model.norm.weight $w
+check "param round trip" {[gsink_get_param $m model.norm.weight [llength $w]] eq $w}
+
+# ---- errors ----------------------------------------------------------------
+set code [catch {gsink_config_preset no-such-preset $cfg} msg opt]
+check "unknown preset raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_UNKNOWN_NAME} "$msg"
+check "error message from the library" {[string length $msg] > 0}
+set bad [lreplace $tokens 5 5 $V]
+set code [catch {gsink_forward $m $bad $targets $B $T} msg opt]
+check "token out of range raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_TOKEN_OUT_OF_RANGE} "$msg"
+set code [catch {gsink_forward $m [lrange $tokens 0 10] $targets $B $T} msg opt]
+check "short token list raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_SHAPE_MISMATCH} "$msg"
+set code [catch {gsink_forward $m {a b c} {} 1 3} msg]
+check "non-integer tokens raise" {$code == 1} "$msg"
+set code [catch {gsink_backward $m 0} msg opt]
+check "backward after failed forward raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_CALL_ORDER} "$msg"
+# The model is still usable and gives the same loss.
+set again [gsink_forward $m $tokens $targets $B $T]
+check "usable after errors" {$again == $loss} "$again vs $loss"
+set code [catch {gsink_forward $m $tokens {} $B $T} msg]
+check "forward without targets" {$code == 0}
+set code [catch {gsink_backward $m 0} msg opt]
+check "backward without targets raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_NO_TARGETS} "$msg"
+
+gsink_model_free $m
+delete_gsink_config $cfg
+delete_gsink_model_options $opts
+delete_gsink_diag_options $diag
+
+if {$failures} {
+    puts "$failures check(s) failed"
+    exit 1
+}
+puts "all checks passed"
