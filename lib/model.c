@@ -321,6 +321,8 @@ fail:
 gsink_status gsink_model_create(const gsink_config *cfg, const gsink_model_options *opts,
                                 gsink_model **out)
 {
+    if (!out) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
+    *out = NULL;
     gsink_model *m;
     gsink_status st = gsink__model_alloc(cfg, opts, &m, NULL);
     if (st) return st;

@@ -1,0 +1,358 @@
+/*
+ * test_core.c - model-level behaviour: presets, initialisation, forward
+ * structure (causality, batching, residual sites), finite-difference
+ * gradients through the whole model (tied and untied), accumulation.
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/testutil.h"
+#include "gsink.h"
+
+static gsink_model *make(const char *preset, int tie, uint64_t seed, float std)
+{
+    gsink_config c;
+    ck_assert_int_eq(gsink_config_preset(preset, &c), GSINK_OK);
+    c.tie_embeddings = tie;
+    if (std > 0) c.init_std = std;
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.seed = seed;
+    o.n_threads = 2;
+    gsink_model *m = NULL;
+    ck_assert_msg(gsink_model_create(&c, &o, &m) == GSINK_OK, "%s", gsink_last_error());
+    return m;
+}
+
+static void tokens(int32_t *t, size_t n, int V, int salt)
+{
+    for (size_t i = 0; i < n; i++) t[i] = (int32_t)((i * 131 + (size_t)salt * 17 + 7) % (size_t)V);
+}
+
+START_TEST(test_presets_and_param_counts)
+{
+    for (int i = 0; gsink_config_preset_name(i); i++) {
+        gsink_config c;
+        ck_assert_int_eq(gsink_config_preset(gsink_config_preset_name(i), &c), GSINK_OK);
+        ck_assert_int_eq(gsink_config_validate(&c), GSINK_OK);
+    }
+    gsink_config c;
+    gsink_config_preset("paper-0.1b", &c);
+    ck_assert_int_eq(c.n_layers, 16);
+    ck_assert_int_eq(c.d_model, 512);
+    ck_assert_int_eq(c.d_ff, 1408);
+    ck_assert_int_eq(c.vocab_size, 50257);
+    /* Table 3: ~101M, ~304M, ~1.04B parameters (untied). */
+    const struct { const char *n; double lo, hi; } expect[] = {
+        {"paper-0.1b", 100e6, 104e6}, {"paper-0.3b", 300e6, 308e6}, {"paper-1b", 1.02e9, 1.06e9}};
+    for (int i = 0; i < 3; i++) {
+        gsink_config_preset(expect[i].n, &c);
+        double L = c.n_layers, d = c.d_model, qd = c.n_heads * c.d_head, kd = c.n_kv_heads * c.d_head;
+        double n = 2.0 * c.vocab_size * d + d + L * (2 * d + d * qd * 2 + 2 * d * kd + 3 * d * c.d_ff);
+        ck_assert_msg(n > expect[i].lo && n < expect[i].hi, "%s: %g", expect[i].n, n);
+    }
+    gsink_model *m = make("tiny", 1, 0, 0);
+    size_t numel;
+    gsink_model_config(m, &c);
+    gsink_param_numel(m, &numel);
+    double L = c.n_layers, d = c.d_model, qd = c.n_heads * c.d_head, kd = c.n_kv_heads * c.d_head;
+    double n = (double)c.vocab_size * d + d + L * (2 * d + d * qd * 2 + 2 * d * kd + 3 * d * c.d_ff);
+    ck_assert_uint_eq(numel, (size_t)n);
+    gsink_model_free(m);
+}
+END_TEST
+
+START_TEST(test_init_is_deterministic_hf_style)
+{
+    gsink_model *a = make("tiny", 1, 7, 0), *b = make("tiny", 1, 7, 0), *c = make("tiny", 1, 8, 0);
+    size_t n = 512 * 64;
+    float *x = malloc(n * 4), *y = malloc(n * 4), *z = malloc(n * 4);
+    gsink_get_param(a, "model.embed_tokens.weight", x, n);
+    gsink_get_param(b, "model.embed_tokens.weight", y, n);
+    gsink_get_param(c, "model.embed_tokens.weight", z, n);
+    ck_assert(memcmp(x, y, n * 4) == 0);
+    ck_assert(memcmp(x, z, n * 4) != 0);
+    double s = 0, s2 = 0;
+    for (size_t i = 0; i < n; i++) {
+        s += x[i];
+        s2 += (double)x[i] * x[i];
+    }
+    double mean = s / n, sd = sqrt(s2 / n - mean * mean);
+    ck_assert_msg(fabs(mean) < 1e-3 && fabs(sd - 0.02) < 1e-3, "mean %g std %g", mean, sd);
+    float g[64];
+    gsink_get_param(a, "model.layers.1.post_attention_layernorm.weight", g, 64);
+    for (int i = 0; i < 64; i++) ck_assert(g[i] == 1.0f);
+    free(x);
+    free(y);
+    free(z);
+    gsink_model_free(a);
+    gsink_model_free(b);
+    gsink_model_free(c);
+}
+END_TEST
+
+START_TEST(test_initial_loss_near_log_vocab)
+{
+    gsink_model *m = make("tiny", 1, 1, 0);
+    int32_t t[2 * 64], y[2 * 64];
+    tokens(t, 128, 512, 0);
+    tokens(y, 128, 512, 3);
+    float loss;
+    ck_assert_int_eq(gsink_forward(m, t, y, 2, 64, &loss), GSINK_OK);
+    ck_assert_msg(fabs(loss - log(512.0)) < 0.05, "loss %g", loss);
+    gsink_model_free(m);
+}
+END_TEST
+
+START_TEST(test_causal_and_batch_independent)
+{
+    gsink_model *m = make("tiny", 0, 2, 0.1f);
+    enum { T = 16, V = 512 };
+    int32_t a[2 * T];
+    tokens(a, 2 * T, V, 1);
+    float *l2 = malloc(sizeof(float) * 2 * T * V), *l1 = malloc(sizeof(float) * T * V);
+    ck_assert_int_eq(gsink_forward(m, a, NULL, 2, T, NULL), GSINK_OK);
+    gsink_get_logits(m, l2, 2 * T * V);
+    /* the second sequence alone gives the same logits */
+    ck_assert_int_eq(gsink_forward(m, a + T, NULL, 1, T, NULL), GSINK_OK);
+    gsink_get_logits(m, l1, T * V);
+    for (int i = 0; i < T * V; i++) ck_assert(tu_close(l1[i], l2[T * V + i], 1e-4, 1e-5));
+    /* changing token 9 leaves logits at positions < 9 unchanged */
+    a[T + 9] = (a[T + 9] + 1) % V;
+    ck_assert_int_eq(gsink_forward(m, a + T, NULL, 1, T, NULL), GSINK_OK);
+    float *l3 = malloc(sizeof(float) * T * V);
+    gsink_get_logits(m, l3, T * V);
+    for (int i = 0; i < 9 * V; i++) ck_assert(tu_close(l3[i], l1[i], 1e-5, 1e-6));
+    int changed = 0;
+    for (int i = 9 * V; i < 10 * V; i++) changed |= l3[i] != l1[i];
+    ck_assert(changed);
+    free(l1);
+    free(l2);
+    free(l3);
+    gsink_model_free(m);
+}
+END_TEST
+
+START_TEST(test_residual_sites_are_consistent)
+{
+    gsink_model *m = make("tiny", 1, 3, 0.1f);
+    enum { B = 2, T = 8, D = 64 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, 512, 0);
+    tokens(y, B * T, 512, 1);
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    float in[B * T * D], attn[B * T * D], mid[B * T * D], out0[B * T * D], in1[B * T * D], mlp[B * T * D];
+    gsink_get_activation(m, 0, GSINK_SITE_RESID_IN, in, sizeof in / 4);
+    gsink_get_activation(m, 0, GSINK_SITE_ATTN_OUT, attn, sizeof in / 4);
+    gsink_get_activation(m, 0, GSINK_SITE_RESID_MID, mid, sizeof in / 4);
+    gsink_get_activation(m, 0, GSINK_SITE_MLP_OUT, mlp, sizeof in / 4);
+    gsink_get_activation(m, 0, GSINK_SITE_RESID_OUT, out0, sizeof in / 4);
+    gsink_get_activation(m, 1, GSINK_SITE_RESID_IN, in1, sizeof in / 4);
+    for (int i = 0; i < B * T * D; i++) {
+        ck_assert(tu_close(mid[i], in[i] + attn[i], 1e-6, 1e-7));
+        ck_assert(tu_close(out0[i], mid[i] + mlp[i], 1e-6, 1e-7));
+        ck_assert(out0[i] == in1[i]);
+    }
+    /* gradient of the MLP output equals the gradient of resid_out */
+    gsink_get_gradient(m, 0, GSINK_SITE_MLP_OUT, mlp, sizeof in / 4);
+    gsink_get_gradient(m, 0, GSINK_SITE_RESID_OUT, out0, sizeof in / 4);
+    ck_assert(memcmp(mlp, out0, sizeof mlp) == 0);
+    /* embedding rows are the residual input of layer 0 */
+    float emb[512 * D];
+    gsink_get_param(m, "model.embed_tokens.weight", emb, 512 * D);
+    for (int n = 0; n < B * T; n++)
+        for (int i = 0; i < D; i++) ck_assert(in[n * D + i] == emb[t[n] * D + i]);
+    gsink_model_free(m);
+}
+END_TEST
+
+/* Finite differences of the full model loss for a sample of every parameter.
+ * The model runs in fp32, so a large init_std (sizeable gradients) and loose
+ * tolerances; the exact float64 comparison lives in the PyTorch reference suite. */
+static void model_fd(int tie)
+{
+    gsink_config c;
+    gsink_config_preset("micro", &c);
+    c.tie_embeddings = tie;
+    c.init_std = 0.3f;
+    c.n_kv_heads = 1;
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.seed = 11;
+    o.n_threads = 1;
+    gsink_model *m;
+    ck_assert_int_eq(gsink_model_create(&c, &o, &m), GSINK_OK);
+    enum { B = 2, T = 6 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, c.vocab_size, 2);
+    tokens(y, B * T, c.vocab_size, 5);
+    y[3] = -1; /* an ignored target */
+    float loss;
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, &loss), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    size_t np;
+    gsink_param_count(m, &np);
+    int checked = 0;
+    for (size_t p = 0; p < np; p++) {
+        const char *name;
+        int nd;
+        int64_t dims[2];
+        gsink_param_info(m, p, &name, &nd, dims);
+        size_t n = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
+        float *w = malloc(n * 4), *g = malloc(n * 4);
+        gsink_get_param(m, name, w, n);
+        gsink_get_param_grad(m, name, g, n);
+        double gmax = 0;
+        for (size_t i = 0; i < n; i++) gmax = fmax(gmax, fabs(g[i]));
+        for (int k = 0; k < 4; k++) {
+            size_t j = (size_t)(k * 7919 + 13) % n;
+            if (strstr(name, "embed") && tie) j = (size_t)t[k] * c.d_model + (size_t)k % c.d_model;
+            float s = w[j], h = 3e-3f;
+            float lp, lm;
+            w[j] = s + h;
+            gsink_set_param(m, name, w, n);
+            gsink_forward(m, t, y, B, T, &lp);
+            w[j] = s - h;
+            gsink_set_param(m, name, w, n);
+            gsink_forward(m, t, y, B, T, &lm);
+            w[j] = s;
+            gsink_set_param(m, name, w, n);
+            double fd = ((double)lp - lm) / (2.0 * h);
+            ck_assert_msg(tu_close(fd, g[j], 5e-2, 2e-3 * fmax(gmax, 1e-2)), "%s[%zu]: fd %g analytic %g",
+                          name, j, fd, g[j]);
+            checked++;
+        }
+        free(w);
+        free(g);
+    }
+    ck_assert_int_gt(checked, 40);
+    gsink_model_free(m);
+}
+
+START_TEST(test_model_fd_untied) { model_fd(0); }
+END_TEST
+
+START_TEST(test_model_fd_tied) { model_fd(1); }
+END_TEST
+
+START_TEST(test_gradient_accumulation_and_zero)
+{
+    gsink_model *m = make("tiny", 0, 4, 0);
+    enum { B = 1, T = 12 };
+    int32_t t[T], y[T];
+    tokens(t, T, 512, 0);
+    tokens(y, T, 512, 9);
+    const char *name = "model.layers.1.mlp.down_proj.weight";
+    size_t n = 64 * 172;
+    float *g1 = malloc(n * 4), *g2 = malloc(n * 4);
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    gsink_get_param_grad(m, name, g1, n);
+    ck_assert_int_eq(gsink_backward(m, GSINK_BACKWARD_ACCUMULATE), GSINK_OK);
+    gsink_get_param_grad(m, name, g2, n);
+    for (size_t i = 0; i < n; i++) ck_assert(tu_close(g2[i], 2.0 * g1[i], 1e-6, 1e-9));
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK); /* overwrite again */
+    gsink_get_param_grad(m, name, g2, n);
+    for (size_t i = 0; i < n; i++) ck_assert(tu_close(g2[i], g1[i], 1e-6, 1e-9));
+    ck_assert_int_eq(gsink_zero_grad(m), GSINK_OK);
+    gsink_get_param_grad(m, name, g2, n);
+    for (size_t i = 0; i < n; i++) ck_assert(g2[i] == 0.0f);
+    free(g1);
+    free(g2);
+    gsink_model_free(m);
+}
+END_TEST
+
+START_TEST(test_threads_do_not_change_results)
+{
+    gsink_model *m = make("tiny", 1, 5, 0);
+    enum { B = 3, T = 40 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, 512, 1);
+    tokens(y, B * T, 512, 2);
+    float l1, l2;
+    size_t n = 64 * 64;
+    float *g1 = malloc(n * 4), *g2 = malloc(n * 4);
+    gsink_model_set_threads(m, 1);
+    gsink_forward(m, t, y, B, T, &l1);
+    gsink_backward(m, 0);
+    gsink_get_param_grad(m, "model.layers.0.self_attn.q_proj.weight", g1, n);
+    gsink_model_set_threads(m, 2);
+    gsink_forward(m, t, y, B, T, &l2);
+    gsink_backward(m, 0);
+    gsink_get_param_grad(m, "model.layers.0.self_attn.q_proj.weight", g2, n);
+    ck_assert(tu_close(l1, l2, 1e-6, 0));
+    for (size_t i = 0; i < n; i++) ck_assert(tu_close(g1[i], g2[i], 1e-4, 1e-8));
+    free(g1);
+    free(g2);
+    gsink_model_free(m);
+}
+END_TEST
+
+START_TEST(test_vscale_modes_through_model)
+{
+    gsink_model *m = make("tiny", 1, 6, 0);
+    enum { B = 1, T = 10 };
+    int32_t t[T], y[T];
+    tokens(t, T, 512, 3);
+    tokens(y, T, 512, 4);
+    float l_off, l_bwd, l_full;
+    gsink_forward(m, t, y, B, T, &l_off);
+    gsink_vscale_options vo;
+    gsink_vscale_options_init(&vo);
+    vo.mode = GSINK_VSCALE_BACKWARD_ONLY;
+    ck_assert_int_eq(gsink_vscale_enable(m, &vo), GSINK_OK);
+    gsink_forward(m, t, y, B, T, &l_bwd);
+    ck_assert(l_bwd == l_off); /* forward unchanged */
+    vo.mode = GSINK_VSCALE_FULL;
+    ck_assert_int_eq(gsink_vscale_enable(m, &vo), GSINK_OK);
+    gsink_forward(m, t, y, B, T, &l_full);
+    ck_assert(l_full != l_off);
+    size_t nth;
+    gsink_vscale_theta_count(m, &nth);
+    ck_assert_uint_eq(nth, 2 * 2); /* layers x KV heads */
+    vo.per_query_head = 1;
+    ck_assert_int_eq(gsink_vscale_enable(m, &vo), GSINK_OK);
+    gsink_vscale_theta_count(m, &nth);
+    ck_assert_uint_eq(nth, 2 * 4);
+    float th[8] = {0.5f, -0.5f, 1, 0, 0, 0, 0, 0.25f}, back[8];
+    ck_assert_int_eq(gsink_vscale_set_theta(m, th, 8), GSINK_OK);
+    gsink_vscale_get_theta(m, back, 8);
+    ck_assert(memcmp(th, back, sizeof th) == 0);
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    float dth[8];
+    ck_assert_int_eq(gsink_vscale_get_theta_grad(m, dth, 8), GSINK_OK);
+    int nonzero = 0;
+    for (int i = 0; i < 8; i++) nonzero += dth[i] != 0.0f;
+    ck_assert_int_eq(nonzero, 8);
+    gsink_model_free(m);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("core");
+    TCase *tc = tcase_create("core");
+    tcase_set_timeout(tc, 240);
+    tcase_add_test(tc, test_presets_and_param_counts);
+    tcase_add_test(tc, test_init_is_deterministic_hf_style);
+    tcase_add_test(tc, test_initial_loss_near_log_vocab);
+    tcase_add_test(tc, test_causal_and_batch_independent);
+    tcase_add_test(tc, test_residual_sites_are_consistent);
+    tcase_add_test(tc, test_model_fd_untied);
+    tcase_add_test(tc, test_model_fd_tied);
+    tcase_add_test(tc, test_gradient_accumulation_and_zero);
+    tcase_add_test(tc, test_threads_do_not_change_results);
+    tcase_add_test(tc, test_vscale_modes_through_model);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
