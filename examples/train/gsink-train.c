@@ -223,6 +223,7 @@ typedef struct train_args {
     int d_model, layers, heads, kv_heads, d_head, d_ff;
     int eval_every, eval_batches, diag_every, ckpt_every, log_every;
     int resume, progress, per_query_head, frozen_theta;
+    int64_t stop_at; /* leave after this step (simulates an interruption) */
 } train_args;
 
 typedef struct preset_spec {
@@ -238,8 +239,8 @@ typedef struct preset_spec {
 static const preset_spec PRESETS[] = {
     {"test", "micro", 64, 2, 2, 1, 32, 128, 60, 8, 64, 10, 3e-3f, 3e-4f, "seconds; tests"},
     {"quick", "tiny", 128, 2, 4, 4, 32, 344, 300, 16, 128, 30, 2e-3f, 2e-4f, "~1 min smoke run"},
-    {"exp", "tiny", 192, 4, 6, 6, 32, 512, 1500, 16, 128, 100, 2e-3f, 2e-4f,
-     "the baseline-vs-V-scale experiment (~2.3M parameters)"},
+    {"exp", "tiny", 128, 4, 4, 4, 32, 344, 1000, 16, 128, 100, 2e-3f, 2e-4f,
+     "the baseline-vs-V-scale experiment (~1.3M parameters, 2M tokens)"},
     {"small", "small", 256, 4, 4, 2, 64, 704, 3000, 16, 256, 200, 1e-3f, 1e-4f, "the small preset"},
 };
 
@@ -268,6 +269,7 @@ static void usage(FILE *f)
             "  --ckpt-every N       checkpoint every N steps (default 250)\n"
             "  --log-every N        progress line every N steps when stderr is not a tty\n"
             "  --resume             continue the run in --out from its latest checkpoint\n"
+            "  --stop-at N          stop after step N (checkpointed), as if interrupted\n"
             "  --save-model DIR     also save the final weights there (default OUT/final)\n"
             "  --no-progress        no progress bar\n");
     fprintf(f, "presets:\n");
@@ -316,7 +318,7 @@ static void parse_args(int argc, char **argv, train_args *a)
     a->progress = 1;
     enum { O_DATA = 256, O_OUT, O_PRESET, O_SEED, O_STEPS, O_BATCH, O_SEQ, O_ACC, O_LR, O_MINLR, O_WARM, O_WD,
            O_CLIP, O_VS, O_FROZEN, O_PQH, O_DM, O_L, O_H, O_KV, O_DH, O_FF, O_THR, O_EE, O_EB, O_DE, O_CE, O_LE,
-           O_RES, O_SAVE, O_NOPROG, O_HELP };
+           O_RES, O_SAVE, O_NOPROG, O_HELP, O_STOP };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"preset", 1, 0, O_PRESET}, {"seed", 1, 0, O_SEED},
         {"steps", 1, 0, O_STEPS}, {"batch", 1, 0, O_BATCH}, {"seq", 1, 0, O_SEQ}, {"grad-accum", 1, 0, O_ACC},
@@ -325,7 +327,7 @@ static void parse_args(int argc, char **argv, train_args *a)
         {"per-query-head", 0, 0, O_PQH}, {"d-model", 1, 0, O_DM}, {"layers", 1, 0, O_L}, {"heads", 1, 0, O_H},
         {"kv-heads", 1, 0, O_KV}, {"d-head", 1, 0, O_DH}, {"d-ff", 1, 0, O_FF}, {"threads", 1, 0, O_THR},
         {"eval-every", 1, 0, O_EE}, {"eval-batches", 1, 0, O_EB}, {"diag-every", 1, 0, O_DE},
-        {"ckpt-every", 1, 0, O_CE}, {"log-every", 1, 0, O_LE}, {"resume", 0, 0, O_RES},
+        {"ckpt-every", 1, 0, O_CE}, {"log-every", 1, 0, O_LE}, {"resume", 0, 0, O_RES}, {"stop-at", 1, 0, O_STOP},
         {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -359,6 +361,7 @@ static void parse_args(int argc, char **argv, train_args *a)
         case O_CE: a->ckpt_every = (int)parse_long(optarg, "--ckpt-every"); break;
         case O_LE: a->log_every = (int)parse_long(optarg, "--log-every"); break;
         case O_RES: a->resume = 1; break;
+        case O_STOP: a->stop_at = parse_long(optarg, "--stop-at"); break;
         case O_SAVE: a->save_model = optarg; break;
         case O_NOPROG: a->progress = 0; break;
         case O_HELP: case 'h': usage(stdout); exit(0);
@@ -950,13 +953,13 @@ int main(int argc, char **argv)
         double dt = now_s() - t0;
         tok_done += (double)bt * a->grad_accum;
         float loss = (float)(loss_sum / a->grad_accum);
-        fprintf(tr.log, "{\"step\":%lld,\"loss\":%.6f,\"lr\":%.6g,\"grad_norm\":%.6g,\"tok_s\":%.1f,\"epoch\":%llu}\n",
+        fprintf(tr.log, "{\"step\":%lld,\"loss\":%.9g,\"lr\":%.9g,\"grad_norm\":%.9g,\"tok_s\":%.1f,\"epoch\":%llu}\n",
                 (long long)tr.rs.step, (double)loss, (double)lr, (double)gnorm, bt * a->grad_accum / dt,
                 (unsigned long long)tr.rs.epoch);
         int last = tr.rs.step == a->steps;
         if (tr.rs.step % a->eval_every == 0 || last) {
             last_val = eval_loss(&tr);
-            fprintf(tr.log, "{\"step\":%lld,\"val_loss\":%.6f}\n", (long long)tr.rs.step, (double)last_val);
+            fprintf(tr.log, "{\"step\":%lld,\"val_loss\":%.9g}\n", (long long)tr.rs.step, (double)last_val);
         }
         if (tr.rs.step % a->diag_every == 0 || last) diagnostics(&tr, tr.diag, 0);
         fflush(tr.log);
@@ -964,7 +967,13 @@ int main(int argc, char **argv)
         double eta = el / (double)(tr.rs.step - first_step) * (double)(a->steps - tr.rs.step);
         if (a->progress && (isatty(2) || tr.rs.step % a->log_every == 0 || last))
             progress(&tr, loss, lr, tok_s, eta, last_val);
-        if (tr.rs.step % a->ckpt_every == 0 || last) save_checkpoint(&tr);
+        int stop = a->stop_at > 0 && tr.rs.step == a->stop_at;
+        if (tr.rs.step % a->ckpt_every == 0 || last || stop) save_checkpoint(&tr);
+        if (stop) {
+            fprintf(stderr, "\ngsink-train: stopped at step %lld as asked (--stop-at); continue with --resume\n",
+                    (long long)tr.rs.step);
+            return 0;
+        }
     }
     if (a->progress && isatty(2)) fputc('\n', stderr);
 
