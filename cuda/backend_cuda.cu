@@ -1,0 +1,406 @@
+/*
+ * backend_cuda.cu - the CUDA backend: device state, memory, GEMM (cuBLAS),
+ * the operation table and the module entry point loaded by cuda_loader.c.
+ *
+ * Every CUDA/cuBLAS failure becomes a gsink_status with a message in be->err;
+ * nothing here prints, exits or aborts. All work of a backend is ordered on
+ * its own stream; download and the host-returning reductions synchronise it.
+ */
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.cuh"
+#include "cuda_module.h"
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+gsink_status cuda_fail(gsink_backend *be, gsink_status st, const char *fmt, ...)
+{
+    if (be) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(be->err, sizeof be->err, fmt, ap);
+        va_end(ap);
+    }
+    return st;
+}
+
+static gsink_status status_of(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return GSINK_OK;
+    case cudaErrorMemoryAllocation: return GSINK_ERR_DEVICE_OUT_OF_MEMORY;
+    case cudaErrorNoDevice:
+    case cudaErrorInsufficientDriver:
+    case cudaErrorInvalidDevice: return GSINK_ERR_NO_DEVICE;
+    default: return GSINK_ERR_BACKEND;
+    }
+}
+
+gsink_status cuda_check(gsink_backend *be, cudaError_t e, const char *what)
+{
+    if (e == cudaSuccess) return GSINK_OK;
+    return cuda_fail(be, status_of(e), "%s: %s (%s)", what, cudaGetErrorString(e),
+                     cudaGetErrorName(e));
+}
+
+gsink_status cuda_launch_check(gsink_backend *be, const char *what)
+{
+    return cuda_check(be, cudaGetLastError(), what);
+}
+
+static const char *cublas_name(cublasStatus_t s)
+{
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "CUBLAS_STATUS_MAPPING_ERROR";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "CUBLAS_STATUS_INTERNAL_ERROR";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default: return "unknown cuBLAS status";
+    }
+}
+
+static gsink_status cublas_check(gsink_backend *be, cublasStatus_t s, const char *what)
+{
+    if (s == CUBLAS_STATUS_SUCCESS) return GSINK_OK;
+    gsink_status st = s == CUBLAS_STATUS_ALLOC_FAILED ? GSINK_ERR_DEVICE_OUT_OF_MEMORY
+                                                      : GSINK_ERR_BACKEND;
+    return cuda_fail(be, st, "%s: %s (%d)", what, cublas_name(s), (int)s);
+}
+
+gsink_status cuda_enter(gsink_backend *be)
+{
+    int cur = -1;
+    cudaError_t e = cudaGetDevice(&cur);
+    if (e == cudaSuccess && cur == CUDA_CTX(be)->device) return GSINK_OK;
+    return cuda_check(be, cudaSetDevice(CUDA_CTX(be)->device), "cudaSetDevice");
+}
+
+gsink_status cuda_scratch(gsink_backend *be, size_t bytes, void **p)
+{
+    cuda_ctx *c = CUDA_CTX(be);
+    if (bytes == 0) bytes = 1;
+    if (c->scratch_bytes < bytes) {
+        if (c->scratch) {
+            /* cudaFree waits for queued work that may still use the old buffer. */
+            cudaFree(c->scratch);
+            c->scratch = NULL;
+            c->scratch_bytes = 0;
+        }
+        size_t want = bytes + bytes / 4;
+        void *q = NULL;
+        cudaError_t e = cudaMalloc(&q, want);
+        if (e != cudaSuccess) {
+            cudaGetLastError();
+            e = cudaMalloc(&q, bytes);
+            if (e != cudaSuccess) {
+                cudaGetLastError();
+                return cuda_fail(be, status_of(e), "scratch allocation of %zu bytes: %s", bytes,
+                                 cudaGetErrorString(e));
+            }
+            want = bytes;
+        }
+        c->scratch = q;
+        c->scratch_bytes = want;
+    }
+    *p = c->scratch;
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Lifetime                                                                  */
+/* ------------------------------------------------------------------------ */
+
+static void cuda_destroy(gsink_backend *be)
+{
+    if (!be) return;
+    cuda_ctx *c = CUDA_CTX(be);
+    if (c) {
+        cudaSetDevice(c->device);
+        if (c->stream) cudaStreamSynchronize(c->stream);
+        if (c->scratch) cudaFree(c->scratch);
+        if (c->blas) cublasDestroy(c->blas);
+        if (c->stream) cudaStreamDestroy(c->stream);
+        cudaGetLastError();
+        free(c);
+    }
+    free(be);
+}
+
+static gsink_status cuda_set_threads(gsink_backend *be, int n_threads)
+{
+    (void)be;
+    (void)n_threads; /* host threads are not used by this backend */
+    return GSINK_OK;
+}
+
+static void cuda_describe(gsink_backend *be, char *buf, size_t size)
+{
+    if (!buf || !size) return;
+    cuda_ctx *c = CUDA_CTX(be);
+    snprintf(buf, size, "%s, gemm %s", c->name,
+             c->math == GSINK_CUDA_MATH_TF32 ? "tf32 tensor cores" : "fp32");
+}
+
+static gsink_status cuda_set_math(gsink_backend *be, int mode)
+{
+    if (mode != GSINK_CUDA_MATH_FP32 && mode != GSINK_CUDA_MATH_TF32)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "unknown CUDA math mode %d", mode);
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    cuda_ctx *c = CUDA_CTX(be);
+    cublasMath_t mm = mode == GSINK_CUDA_MATH_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+    st = cublas_check(be, cublasSetMathMode(c->blas, mm), "cublasSetMathMode");
+    if (st) return st;
+    c->math = mode;
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Memory                                                                    */
+/* ------------------------------------------------------------------------ */
+
+static gsink_status cuda_alloc(gsink_backend *be, size_t bytes, void **ptr)
+{
+    *ptr = NULL;
+    if (bytes == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    cudaError_t e = cudaMalloc(ptr, bytes);
+    if (e != cudaSuccess) {
+        *ptr = NULL;
+        cudaGetLastError(); /* allocation failures are not sticky: clear them */
+        size_t free_b = 0, total_b = 0;
+        cudaMemGetInfo(&free_b, &total_b);
+        cudaGetLastError();
+        return cuda_fail(be, status_of(e),
+                         "cudaMalloc of %zu bytes failed: %s (device %d: %zu of %zu bytes free)",
+                         bytes, cudaGetErrorString(e), CUDA_CTX(be)->device, free_b, total_b);
+    }
+    return GSINK_OK;
+}
+
+static void cuda_free(gsink_backend *be, void *ptr)
+{
+    if (!ptr) return;
+    cudaSetDevice(CUDA_CTX(be)->device);
+    cudaFree(ptr); /* implicitly waits for work that uses ptr */
+    cudaGetLastError();
+}
+
+static gsink_status cuda_upload(gsink_backend *be, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    cuda_ctx *c = CUDA_CTX(be);
+    st = cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->stream),
+                    "upload (cudaMemcpyAsync)");
+    if (st) return st;
+    /* The caller may reuse src as soon as we return, even when it is pinned. */
+    return cuda_check(be, cudaStreamSynchronize(c->stream), "upload (synchronize)");
+}
+
+static gsink_status cuda_download(gsink_backend *be, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    cuda_ctx *c = CUDA_CTX(be);
+    st = cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream),
+                    "download (cudaMemcpyAsync)");
+    if (st) return st;
+    return cuda_check(be, cudaStreamSynchronize(c->stream), "download (synchronize)");
+}
+
+static gsink_status cuda_zero(gsink_backend *be, void *dst, size_t bytes)
+{
+    if (bytes == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    return cuda_check(be, cudaMemsetAsync(dst, 0, bytes, CUDA_CTX(be)->stream), "cudaMemsetAsync");
+}
+
+static gsink_status cuda_copy(gsink_backend *be, void *dst, const void *src, size_t bytes)
+{
+    if (bytes == 0 || dst == src) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    return cuda_check(be, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice,
+                                          CUDA_CTX(be)->stream),
+                      "device copy (cudaMemcpyAsync)");
+}
+
+/* ------------------------------------------------------------------------ */
+/* GEMM                                                                      */
+/* ------------------------------------------------------------------------ */
+
+/* Row-major C = alpha op(A) op(B) + beta C is column-major
+ * C^T = alpha op(B)^T op(A)^T + beta C^T: a row-major matrix with row stride
+ * ld is the column-major transpose with leading dimension ld, so swap the
+ * operands and keep each transpose flag. */
+static gsink_status cuda_gemm(gsink_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                              float alpha, const float *A, int lda, const float *B, int ldb,
+                              float beta, float *C, int ldc)
+{
+    if (M < 0 || N < 0 || K < 0)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "gemm: negative size %d x %d x %d", M, N, K);
+    if (M == 0 || N == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    cuda_ctx *c = CUDA_CTX(be);
+    if (K == 0) {
+        /* C = beta C: cuBLAS handles k = 0 by scaling C. */
+    }
+    cublasStatus_t s = cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb,
+                                   A, lda, &beta, C, ldc);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        char what[96];
+        snprintf(what, sizeof what, "cublasSgemm(%c%c, M=%d N=%d K=%d)", trans_a ? 'T' : 'N',
+                 trans_b ? 'T' : 'N', M, N, K);
+        return cublas_check(be, s, what);
+    }
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Table and module entry                                                    */
+/* ------------------------------------------------------------------------ */
+
+static gsink_backend_iface make_iface(void)
+{
+    gsink_backend_iface t;
+    memset(&t, 0, sizeof t);
+    t.api_version = GSINK_BACKEND_API_VERSION;
+    t.name = "cuda";
+    t.destroy = cuda_destroy;
+    t.set_threads = cuda_set_threads;
+    t.describe = cuda_describe;
+    t.alloc = cuda_alloc;
+    t.free = cuda_free;
+    t.upload = cuda_upload;
+    t.download = cuda_download;
+    t.zero = cuda_zero;
+    t.copy = cuda_copy;
+    t.gemm = cuda_gemm;
+    t.embedding_fwd = cuda_embedding_fwd;
+    t.embedding_bwd = cuda_embedding_bwd;
+    t.rmsnorm_fwd = cuda_rmsnorm_fwd;
+    t.rmsnorm_bwd = cuda_rmsnorm_bwd;
+    t.rope = cuda_rope;
+    t.attention_fwd = cuda_attention_fwd;
+    t.attention_bwd = cuda_attention_bwd;
+    t.vscale_fwd = cuda_vscale_fwd;
+    t.vscale_bwd = cuda_vscale_bwd;
+    t.swiglu_fwd = cuda_swiglu_fwd;
+    t.swiglu_bwd = cuda_swiglu_bwd;
+    t.xent_fwd = cuda_xent_fwd;
+    t.xent_bwd = cuda_xent_bwd;
+    t.add = cuda_add;
+    t.scale = cuda_scale;
+    t.row_sumsq = cuda_row_sumsq;
+    t.batch_sum = cuda_batch_sum;
+    t.sumsq = cuda_sumsq;
+    t.adamw = cuda_adamw;
+    return t;
+}
+
+static const gsink_backend_iface cuda_iface = make_iface();
+
+static int mod_device_count(char *msg, size_t msg_size)
+{
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        if (msg && msg_size)
+            snprintf(msg, msg_size, "%s (%s)", cudaGetErrorString(e), cudaGetErrorName(e));
+        return 0;
+    }
+    if (n == 0 && msg && msg_size) snprintf(msg, msg_size, "the CUDA driver reports no device");
+    return n;
+}
+
+static void mod_describe(int index, char *buf, size_t size)
+{
+    cudaDeviceProp p;
+    cudaError_t e = cudaGetDeviceProperties(&p, index);
+    if (e != cudaSuccess) {
+        cudaGetLastError();
+        snprintf(buf, size, "CUDA device %d: %s", index, cudaGetErrorString(e));
+        return;
+    }
+    int rt = 0, drv = 0;
+    cudaRuntimeGetVersion(&rt);
+    cudaDriverGetVersion(&drv);
+    snprintf(buf, size, "CUDA device %d: %s, sm_%d%d, %d SMs, %.1f GiB, runtime %d.%d, driver %d.%d",
+             index, p.name, p.major, p.minor, p.multiProcessorCount,
+             (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0), rt / 1000, (rt % 1000) / 10,
+             drv / 1000, (drv % 1000) / 10);
+}
+
+static gsink_status mod_create(int index, gsink_backend **out, char *msg, size_t msg_size)
+{
+    *out = NULL;
+    gsink_backend *be = (gsink_backend *)calloc(1, sizeof *be);
+    cuda_ctx *c = (cuda_ctx *)calloc(1, sizeof *c);
+    if (!be || !c) {
+        free(be);
+        free(c);
+        snprintf(msg, msg_size, "cannot allocate the CUDA backend");
+        return GSINK_ERR_OUT_OF_MEMORY;
+    }
+    be->iface = &cuda_iface;
+    be->ctx = c;
+    c->device = index;
+    gsink_status st = cuda_check(be, cudaSetDevice(index), "cudaSetDevice");
+    cudaDeviceProp p;
+    if (!st) st = cuda_check(be, cudaGetDeviceProperties(&p, index), "cudaGetDeviceProperties");
+    if (!st && p.major < 8)
+        st = cuda_fail(be, GSINK_ERR_UNSUPPORTED,
+                       "device %d (%s) is sm_%d%d; the CUDA backend needs sm_80 or newer", index,
+                       p.name, p.major, p.minor);
+    if (!st) {
+        c->max_smem_optin = (int)p.sharedMemPerBlockOptin;
+        c->sm_count = p.multiProcessorCount;
+        snprintf(c->name, sizeof c->name, "cuda:%d %s (sm_%d%d, %d SMs)", index, p.name, p.major,
+                 p.minor, p.multiProcessorCount);
+        st = cuda_check(be, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking),
+                        "cudaStreamCreate");
+    }
+    if (!st) st = cublas_check(be, cublasCreate(&c->blas), "cublasCreate");
+    if (!st) st = cublas_check(be, cublasSetStream(c->blas, c->stream), "cublasSetStream");
+    if (!st) {
+        const char *tf = getenv("GSINK_CUDA_TF32");
+        int mode = (tf && tf[0] == '1') ? GSINK_CUDA_MATH_TF32 : GSINK_CUDA_MATH_FP32;
+        st = cuda_set_math(be, mode);
+    }
+    if (!st) st = cuda_attention_init(be);
+    if (st) {
+        snprintf(msg, msg_size, "%s", be->err);
+        cuda_destroy(be);
+        return st;
+    }
+    *out = be;
+    return GSINK_OK;
+}
+
+static const gsink_cuda_module module_table = {
+    GSINK_CUDA_MODULE_ABI, GSINK_BACKEND_API_VERSION, mod_device_count, mod_describe, mod_create,
+    cuda_set_math,
+};
+
+extern "C" __attribute__((visibility("default"))) const gsink_cuda_module *gsink_cuda_module_v1(void)
+{
+    return &module_table;
+}

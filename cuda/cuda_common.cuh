@@ -1,0 +1,94 @@
+/*
+ * cuda_common.cuh - shared state and helpers of the CUDA module.
+ */
+#ifndef GSINK_CUDA_COMMON_CUH
+#define GSINK_CUDA_COMMON_CUH
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+
+struct cuda_ctx {
+    int device;
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    int math;              /* GSINK_CUDA_MATH_* */
+    void *scratch;         /* stream-ordered temporary buffer, grown on demand */
+    size_t scratch_bytes;
+    int max_smem_optin;    /* bytes of shared memory a block may opt in to */
+    int sm_count;
+    char name[320];
+};
+
+#define CUDA_CTX(be) ((cuda_ctx *)(be)->ctx)
+
+/* Writes a formatted message into be->err and returns st. */
+gsink_status cuda_fail(gsink_backend *be, gsink_status st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* Maps a CUDA error to a status (+ message naming what failed); GSINK_OK for cudaSuccess. */
+gsink_status cuda_check(gsink_backend *be, cudaError_t e, const char *what);
+/* Checks for a kernel launch error (cudaGetLastError). */
+gsink_status cuda_launch_check(gsink_backend *be, const char *what);
+/* Makes the backend's device current for this thread. */
+gsink_status cuda_enter(gsink_backend *be);
+/* Returns at least bytes of scratch (device memory, valid until the next call). */
+gsink_status cuda_scratch(gsink_backend *be, size_t bytes, void **p);
+
+static inline unsigned cuda_blocks(size_t n, unsigned threads, unsigned cap = 65535u * 4u)
+{
+    size_t b = (n + threads - 1) / threads;
+    if (b < 1) b = 1;
+    if (b > cap) b = cap;
+    return (unsigned)b;
+}
+
+/* ---- ops (ops.cu) ---- */
+gsink_status cuda_embedding_fwd(gsink_backend *be, float *out, const int32_t *tokens,
+                                const float *table, int N, int d);
+gsink_status cuda_embedding_bwd(gsink_backend *be, float *dtable, const int32_t *tokens,
+                                const float *dout, int N, int d);
+gsink_status cuda_rmsnorm_fwd(gsink_backend *be, float *out, float *rstd, const float *x,
+                              const float *gain, int N, int d, float eps);
+gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const float *dout,
+                              const float *x, const float *gain, const float *rstd, int N, int d,
+                              int accumulate);
+gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
+                       float theta, int inverse);
+gsink_status cuda_vscale_fwd(gsink_backend *be, float *out, const float *v, const float *theta,
+                             int N, int heads_in, int heads_out, int dh, float c0, int mode);
+gsink_status cuda_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, const float *dout,
+                             const float *v, const float *theta, int N, int heads_in,
+                             int heads_out, int dh, float c0, int mode);
+gsink_status cuda_swiglu_fwd(gsink_backend *be, float *h, const float *gate, const float *up,
+                             size_t n);
+gsink_status cuda_swiglu_bwd(gsink_backend *be, float *dgate, float *dup, const float *dh,
+                             const float *gate, const float *up, size_t n);
+gsink_status cuda_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *count,
+                           const float *logits, const int32_t *targets, int N, int V);
+gsink_status cuda_xent_bwd(gsink_backend *be, float *dlogits, const float *logits,
+                           const int32_t *targets, int N, int V, float scale);
+gsink_status cuda_add(gsink_backend *be, float *out, const float *a, const float *b, size_t n);
+gsink_status cuda_scale(gsink_backend *be, float *x, float alpha, size_t n);
+gsink_status cuda_row_sumsq(gsink_backend *be, float *out, const float *x, size_t rows,
+                            int heads, int width);
+gsink_status cuda_batch_sum(gsink_backend *be, float *out, const float *x, int B, size_t n);
+gsink_status cuda_sumsq(gsink_backend *be, double *out, int *finite, const float *x, size_t n);
+gsink_status cuda_adamw(gsink_backend *be, float *p, const float *g, float *m, float *v,
+                        size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                        float bc1, float bc2, float gscale);
+
+/* ---- attention (attention.cu) ---- */
+gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
+                                float *lse, const float *q, const float *k, const float *v,
+                                gsink_attn_stats stats);
+gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
+                                float *dk, float *dv, const float *dy, const float *q,
+                                const float *k, const float *v, const float *y,
+                                const float *lse);
+/* Opts the attention kernels in to large shared memory (called once at creation). */
+gsink_status cuda_attention_init(gsink_backend *be);
+
+#endif

@@ -1,0 +1,786 @@
+/*
+ * ops.cu - element-wise, normalisation, embedding, V-scale, cross-entropy,
+ * reduction and optimizer kernels of the CUDA backend.
+ *
+ * Numerics follow the CPU backend (the reference): row reductions
+ * (RMSNorm, cross-entropy, V-scale norms, sums of squares) accumulate in
+ * double; every reduction uses a fixed order for a given shape, so results
+ * are bitwise reproducible run to run (no floating-point atomics anywhere).
+ */
+#include <float.h>
+#include <math.h>
+
+#include "cuda_common.cuh"
+
+/* ------------------------------------------------------------------------ */
+/* Reduction helpers                                                         */
+/* ------------------------------------------------------------------------ */
+
+template <typename T> __device__ __forceinline__ T warp_sum(T v)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ __forceinline__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block (blockDim.x a multiple of 32); every thread gets the
+ * same result. sh holds 32 elements. */
+template <typename T> __device__ T block_sum(T v, T *sh)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous reduction */
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    T r = lane < nw ? sh[lane] : T(0);
+    return warp_sum(r);
+}
+
+__device__ float block_max(float v, float *sh)
+{
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    float r = lane < nw ? sh[lane] : -FLT_MAX;
+    return warp_max(r);
+}
+
+#define OPS_THREADS 256
+
+static gsink_status launched(gsink_backend *be, const char *what)
+{
+    return cuda_launch_check(be, what);
+}
+
+/* Column sums out[c] += sum_r f(r, c) of an implicit (rows, cols) matrix in a
+ * fixed order: per-chunk partials in double, then the chunks in order. */
+template <class F>
+__global__ void k_col_partial(double *partial, F f, int rows, int cols, int chunk)
+{
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    int r0 = blockIdx.y * chunk, r1 = min(rows, r0 + chunk);
+    double s = 0.0;
+    for (int r = r0; r < r1; r++) s += f(r, c);
+    partial[(size_t)blockIdx.y * cols + c] = s;
+}
+
+__global__ void k_col_final(float *out, const double *partial, int nchunks, int cols)
+{
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= cols) return;
+    double s = 0.0;
+    for (int k = 0; k < nchunks; k++) s += partial[(size_t)k * cols + c];
+    out[c] += (float)s;
+}
+
+static void col_plan(int rows, int *chunk, int *nchunks)
+{
+    int ch = 64;
+    while ((rows + ch - 1) / ch > 65535) ch *= 2;
+    *chunk = ch;
+    *nchunks = rows > 0 ? (rows + ch - 1) / ch : 0;
+}
+
+/* partial must hold nchunks*cols doubles (col_plan). */
+template <class F>
+static gsink_status col_reduce(gsink_backend *be, float *out, F f, int rows, int cols,
+                               double *partial, const char *what)
+{
+    if (rows <= 0 || cols <= 0) return GSINK_OK;
+    int chunk, nchunks;
+    col_plan(rows, &chunk, &nchunks);
+    cudaStream_t st = CUDA_CTX(be)->stream;
+    dim3 grid((cols + 127) / 128, nchunks);
+    k_col_partial<<<grid, 128, 0, st>>>(partial, f, rows, cols, chunk);
+    k_col_final<<<(cols + 127) / 128, 128, 0, st>>>(out, partial, nchunks, cols);
+    return launched(be, what);
+}
+
+static size_t col_partial_doubles(int rows, int cols)
+{
+    int chunk, nchunks;
+    col_plan(rows, &chunk, &nchunks);
+    return (size_t)nchunks * (size_t)(cols > 0 ? cols : 0);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Embedding                                                                 */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_embedding_fwd(float *__restrict__ out, const int32_t *__restrict__ tokens,
+                                const float *__restrict__ table, int N, int d)
+{
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *src = table + (size_t)tokens[n] * d;
+        float *dst = out + (size_t)n * d;
+        for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = src[i];
+    }
+}
+
+gsink_status cuda_embedding_fwd(gsink_backend *be, float *out, const int32_t *tokens,
+                                const float *table, int N, int d)
+{
+    if (N <= 0 || d <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_embedding_fwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), 128, 0, CUDA_CTX(be)->stream>>>(
+        out, tokens, table, N, d);
+    return launched(be, "embedding_fwd");
+}
+
+/* Deterministic scatter-add without sorting: block (x, y) owns 128 columns and
+ * the token ids with id % EMB_BUCKETS == y, and walks all rows in order, so
+ * each dtable element is summed in row order by one thread. */
+#define EMB_BUCKETS 128
+
+__global__ void k_embedding_bwd(float *__restrict__ dtable, const int32_t *__restrict__ tokens,
+                                const float *__restrict__ dout, int N, int d)
+{
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    unsigned bucket = blockIdx.y;
+    if (c >= d) return;
+    for (int n = 0; n < N; n++) {
+        int t = __ldg(tokens + n);
+        if ((unsigned)t % EMB_BUCKETS != bucket) continue;
+        dtable[(size_t)t * d + c] += dout[(size_t)n * d + c];
+    }
+}
+
+gsink_status cuda_embedding_bwd(gsink_backend *be, float *dtable, const int32_t *tokens,
+                                const float *dout, int N, int d)
+{
+    if (N <= 0 || d <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    dim3 grid((d + 127) / 128, EMB_BUCKETS);
+    k_embedding_bwd<<<grid, 128, 0, CUDA_CTX(be)->stream>>>(dtable, tokens, dout, N, d);
+    return launched(be, "embedding_bwd");
+}
+
+/* ------------------------------------------------------------------------ */
+/* RMSNorm                                                                   */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_rmsnorm_fwd(float *out, float *rstd, const float *x, const float *gain, int N,
+                              int d, float eps)
+{
+    __shared__ double sh[32];
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *xr = x + (size_t)n * d;
+        float *o = out + (size_t)n * d;
+        double ss = 0.0;
+        for (int i = threadIdx.x; i < d; i += blockDim.x) ss += (double)xr[i] * xr[i];
+        ss = block_sum(ss, sh);
+        float r = (float)(1.0 / sqrt(ss / d + eps));
+        if (threadIdx.x == 0) rstd[n] = r;
+        for (int i = threadIdx.x; i < d; i += blockDim.x) o[i] = xr[i] * r * gain[i];
+    }
+}
+
+gsink_status cuda_rmsnorm_fwd(gsink_backend *be, float *out, float *rstd, const float *x,
+                              const float *gain, int N, int d, float eps)
+{
+    if (N <= 0 || d <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_rmsnorm_fwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), OPS_THREADS, 0,
+                    CUDA_CTX(be)->stream>>>(out, rstd, x, gain, N, d, eps);
+    return launched(be, "rmsnorm_fwd");
+}
+
+__global__ void k_rmsnorm_bwd(float *dx, const float *dout, const float *x, const float *gain,
+                              const float *rstd, int N, int d, int accumulate)
+{
+    __shared__ double sh[32];
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *xr = x + (size_t)n * d, *dy = dout + (size_t)n * d;
+        float *dxr = dx + (size_t)n * d;
+        float r = rstd[n];
+        double dot = 0.0;
+        for (int i = threadIdx.x; i < d; i += blockDim.x) dot += (double)gain[i] * dy[i] * xr[i];
+        dot = block_sum(dot, sh);
+        float c = (float)(dot / d) * r * r;
+        for (int i = threadIdx.x; i < d; i += blockDim.x) {
+            float v = r * (gain[i] * dy[i] - xr[i] * c);
+            dxr[i] = accumulate ? dxr[i] + v : v;
+        }
+    }
+}
+
+struct rms_dgain_term {
+    const float *dout, *x, *rstd;
+    int d;
+    __device__ double operator()(int n, int i) const
+    {
+        size_t o = (size_t)n * d + i;
+        return (double)(dout[o] * x[o] * rstd[n]);
+    }
+};
+
+gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const float *dout,
+                              const float *x, const float *gain, const float *rstd, int N, int d,
+                              int accumulate)
+{
+    if (N <= 0 || d <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    double *partial = NULL;
+    if (dgain) {
+        st = cuda_scratch(be, col_partial_doubles(N, d) * sizeof(double), (void **)&partial);
+        if (st) return st;
+    }
+    /* dgain first: dx may alias dout when a caller normalises in place. */
+    if (dgain) {
+        rms_dgain_term f = {dout, x, rstd, d};
+        st = col_reduce(be, dgain, f, N, d, partial, "rmsnorm_bwd (dgain)");
+        if (st) return st;
+    }
+    k_rmsnorm_bwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), OPS_THREADS, 0,
+                    CUDA_CTX(be)->stream>>>(dx, dout, x, gain, rstd, N, d, accumulate);
+    return launched(be, "rmsnorm_bwd");
+}
+
+/* ------------------------------------------------------------------------ */
+/* RoPE (HF rotate_half: pairs (i, i + d_head/2)); angles in double as on the CPU */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_rope_table(float *cs, int T, int half, int dh, float theta, int inverse)
+{
+    size_t total = (size_t)T * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        int t = (int)(idx / half), i = (int)(idx % half);
+        double inv_freq = pow((double)theta, -2.0 * i / dh);
+        double ang = (double)t * inv_freq;
+        double s, c;
+        sincos(ang, &s, &c);
+        cs[idx * 2] = (float)c;
+        cs[idx * 2 + 1] = (float)(inverse ? -s : s);
+    }
+}
+
+__global__ void k_rope_apply(float *x, const float *cs, size_t rows, int T, int heads, int half)
+{
+    size_t total = rows * heads * half;
+    int dh = 2 * half;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % half);
+        size_t rh = idx / half; /* row * heads + head */
+        int t = (int)((rh / heads) % (size_t)T);
+        float *v = x + rh * dh;
+        const float *c = cs + ((size_t)t * half + i) * 2;
+        float x1 = v[i], x2 = v[i + half], co = c[0], si = c[1];
+        v[i] = x1 * co - x2 * si;
+        v[i + half] = x2 * co + x1 * si;
+    }
+}
+
+gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
+                       float theta, int inverse)
+{
+    if (B <= 0 || T <= 0 || heads <= 0 || d_head <= 0) return GSINK_OK;
+    if (d_head % 2)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "rope: odd d_head %d", d_head);
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    int half = d_head / 2;
+    float *cs = NULL;
+    st = cuda_scratch(be, sizeof(float) * 2 * (size_t)T * half, (void **)&cs);
+    if (st) return st;
+    cudaStream_t s = CUDA_CTX(be)->stream;
+    k_rope_table<<<cuda_blocks((size_t)T * half, OPS_THREADS), OPS_THREADS, 0, s>>>(
+        cs, T, half, d_head, theta, inverse);
+    size_t rows = (size_t)B * T;
+    k_rope_apply<<<cuda_blocks(rows * heads * half, OPS_THREADS), OPS_THREADS, 0, s>>>(
+        x, cs, rows, T, heads, half);
+    return launched(be, "rope");
+}
+
+/* ------------------------------------------------------------------------ */
+/* V-scale                                                                   */
+/* ------------------------------------------------------------------------ */
+
+/* One warp per (row, output head). */
+__global__ void k_vscale_fwd(float *out, const float *v, const float *theta, int N, int hin,
+                             int hout, int dh, float c0, int mode)
+{
+    int lane = threadIdx.x & 31;
+    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    size_t total = (size_t)N * hout;
+    int rep = hout / hin;
+    for (; warp < total; warp += nwarps) {
+        size_t n = warp / hout;
+        int j = (int)(warp % hout);
+        const float *vi = v + (n * hin + j / rep) * dh;
+        float *o = out + (n * hout + j) * dh;
+        if (mode == GSINK_VSCALE_FULL) {
+            double r = 0.0;
+            for (int e = lane; e < dh; e += 32) r += (double)vi[e] * vi[e];
+            r = warp_sum(r);
+            double C = (double)c0 * exp((double)theta[j]);
+            float phi = (float)(r / (r + C));
+            for (int e = lane; e < dh; e += 32) o[e] = phi * vi[e];
+        } else {
+            for (int e = lane; e < dh; e += 32) o[e] = vi[e];
+        }
+    }
+}
+
+static gsink_status vscale_check(gsink_backend *be, int N, int hin, int hout, int dh, int mode)
+{
+    if (N < 0 || hin <= 0 || hout <= 0 || dh <= 0 || hout % hin)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT,
+                         "vscale: bad shape N=%d heads_in=%d heads_out=%d dh=%d", N, hin, hout, dh);
+    if (mode != GSINK_VSCALE_OFF && mode != GSINK_VSCALE_FULL && mode != GSINK_VSCALE_BACKWARD_ONLY)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "vscale: unknown mode %d", mode);
+    return GSINK_OK;
+}
+
+gsink_status cuda_vscale_fwd(gsink_backend *be, float *out, const float *v, const float *theta,
+                             int N, int heads_in, int heads_out, int dh, float c0, int mode)
+{
+    gsink_status st = vscale_check(be, N, heads_in, heads_out, dh, mode);
+    if (st || N == 0) return st;
+    st = cuda_enter(be);
+    if (st) return st;
+    size_t warps = (size_t)N * heads_out;
+    k_vscale_fwd<<<cuda_blocks(warps * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+        out, v, theta, N, heads_in, heads_out, dh, c0, mode);
+    return launched(be, "vscale_fwd");
+}
+
+/* One warp per (row, input head): dv sums the Jacobian-transposed gradients of
+ * every output head that reads this input head, in head order. contrib (may be
+ * NULL) receives d loss / d theta_j of each (row, output head). */
+__global__ void k_vscale_bwd(float *dv, double *contrib, const float *dout, const float *v,
+                             const float *theta, int N, int hin, int hout, int dh, float c0,
+                             int mode)
+{
+    int lane = threadIdx.x & 31;
+    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    size_t total = (size_t)N * hin;
+    int rep = hout / hin;
+    for (; warp < total; warp += nwarps) {
+        size_t n = warp / hin;
+        int i = (int)(warp % hin);
+        const float *vi = v + (n * hin + i) * dh;
+        float *dvi = dv + (n * hin + i) * dh;
+        double r = 0.0;
+        if (mode != GSINK_VSCALE_OFF) {
+            for (int e = lane; e < dh; e += 32) r += (double)vi[e] * vi[e];
+            r = warp_sum(r);
+        }
+        for (int jj = 0; jj < rep; jj++) {
+            int j = i * rep + jj;
+            const float *go = dout + (n * hout + j) * dh;
+            if (mode == GSINK_VSCALE_OFF) {
+                for (int e = lane; e < dh; e += 32) dvi[e] = (jj ? dvi[e] : 0.0f) + go[e];
+                continue;
+            }
+            double C = (double)c0 * exp((double)theta[j]);
+            double phi = r / (r + C), coef = 2.0 * C / ((r + C) * (r + C));
+            double vg = 0.0;
+            for (int e = lane; e < dh; e += 32) vg += (double)vi[e] * go[e];
+            vg = warp_sum(vg);
+            for (int e = lane; e < dh; e += 32) {
+                float term = (float)(phi * go[e] + coef * vg * vi[e]);
+                dvi[e] = (jj ? dvi[e] : 0.0f) + term;
+            }
+            if (contrib && lane == 0) contrib[n * hout + j] = vg * (-r * C / ((r + C) * (r + C)));
+        }
+    }
+}
+
+struct vscale_dtheta_term {
+    const double *contrib;
+    int hout;
+    __device__ double operator()(int n, int j) const { return contrib[(size_t)n * hout + j]; }
+};
+
+gsink_status cuda_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, const float *dout,
+                             const float *v, const float *theta, int N, int heads_in,
+                             int heads_out, int dh, float c0, int mode)
+{
+    gsink_status st = vscale_check(be, N, heads_in, heads_out, dh, mode);
+    if (st || N == 0) return st;
+    st = cuda_enter(be);
+    if (st) return st;
+    double *contrib = NULL, *partial = NULL;
+    int want_theta = dtheta && mode == GSINK_VSCALE_FULL;
+    if (want_theta) {
+        size_t nc = (size_t)N * heads_out, np = col_partial_doubles(N, heads_out);
+        double *buf = NULL;
+        st = cuda_scratch(be, (nc + np) * sizeof(double), (void **)&buf);
+        if (st) return st;
+        contrib = buf;
+        partial = buf + nc;
+    }
+    size_t warps = (size_t)N * heads_in;
+    k_vscale_bwd<<<cuda_blocks(warps * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+        dv, contrib, dout, v, theta, N, heads_in, heads_out, dh, c0, mode);
+    st = launched(be, "vscale_bwd");
+    if (st || !want_theta) return st;
+    vscale_dtheta_term f = {contrib, heads_out};
+    return col_reduce(be, dtheta, f, N, heads_out, partial, "vscale_bwd (dtheta)");
+}
+
+/* ------------------------------------------------------------------------ */
+/* SwiGLU                                                                    */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_swiglu_fwd(float *h, const float *gate, const float *up, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        h[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+__global__ void k_swiglu_bwd(float *dgate, float *dup, const float *dh, const float *gate,
+                             const float *up, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float g = gate[i], u = up[i], d = dh[i];
+        float sg = 1.0f / (1.0f + expf(-g));
+        float silu = g * sg;
+        dgate[i] = d * u * sg * (1.0f + g * (1.0f - sg));
+        dup[i] = d * silu;
+    }
+}
+
+gsink_status cuda_swiglu_fwd(gsink_backend *be, float *h, const float *gate, const float *up,
+                             size_t n)
+{
+    if (n == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_swiglu_fwd<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(h, gate, up, n);
+    return launched(be, "swiglu_fwd");
+}
+
+gsink_status cuda_swiglu_bwd(gsink_backend *be, float *dgate, float *dup, const float *dh,
+                             const float *gate, const float *up, size_t n)
+{
+    if (n == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_swiglu_bwd<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+        dgate, dup, dh, gate, up, n);
+    return launched(be, "swiglu_bwd");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Cross-entropy                                                             */
+/* ------------------------------------------------------------------------ */
+
+/* Rows whose target is < 0 (ignored) or >= V (never read out of bounds) add
+ * nothing. */
+__global__ void k_xent_rows(double *row_loss, const float *logits, const int32_t *targets, int N,
+                            int V)
+{
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        int tgt = targets[n];
+        if (tgt < 0 || tgt >= V) {
+            if (threadIdx.x == 0) row_loss[n] = 0.0;
+            continue;
+        }
+        const float *l = logits + (size_t)n * V;
+        float mx = -FLT_MAX;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
+        mx = block_max(mx, shf);
+        double s = 0.0;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += exp((double)l[j] - mx);
+        s = block_sum(s, shd);
+        if (threadIdx.x == 0) row_loss[n] = (mx + log(s)) - l[tgt];
+    }
+}
+
+/* One block: res[0] = sum of row losses, res[1] = number of counted rows. */
+__global__ void k_xent_total(double *res, const double *row_loss, const int32_t *targets, int N,
+                             int V)
+{
+    __shared__ double sh[32];
+    double s = 0.0, c = 0.0;
+    for (int n = threadIdx.x; n < N; n += blockDim.x) {
+        int t = targets[n];
+        if (t >= 0 && t < V) {
+            s += row_loss[n];
+            c += 1.0;
+        }
+    }
+    s = block_sum(s, sh);
+    c = block_sum(c, sh);
+    if (threadIdx.x == 0) {
+        res[0] = s;
+        res[1] = c;
+    }
+}
+
+gsink_status cuda_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *count,
+                           const float *logits, const int32_t *targets, int N, int V)
+{
+    *loss_sum = 0.0;
+    *count = 0;
+    if (N <= 0 || V <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    double *buf = NULL;
+    st = cuda_scratch(be, ((size_t)N + 2) * sizeof(double), (void **)&buf);
+    if (st) return st;
+    cudaStream_t s = CUDA_CTX(be)->stream;
+    k_xent_rows<<<cuda_blocks((size_t)N, 1, 65535u * 8u), 512, 0, s>>>(buf + 2, logits, targets, N, V);
+    k_xent_total<<<1, 1024, 0, s>>>(buf, buf + 2, targets, N, V);
+    st = launched(be, "xent_fwd");
+    if (st) return st;
+    double res[2];
+    st = cuda_check(be, cudaMemcpyAsync(res, buf, sizeof res, cudaMemcpyDeviceToHost, s),
+                    "xent_fwd (copy result)");
+    if (!st) st = cuda_check(be, cudaStreamSynchronize(s), "xent_fwd (synchronize)");
+    if (st) return st;
+    *loss_sum = res[0];
+    *count = (int64_t)res[1];
+    return GSINK_OK;
+}
+
+__global__ void k_xent_bwd(float *dlogits, const float *logits, const int32_t *targets, int N,
+                           int V, float scale)
+{
+    __shared__ double shd[32];
+    __shared__ float shf[32];
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        const float *l = logits + (size_t)n * V;
+        float *d = dlogits + (size_t)n * V;
+        int tgt = targets[n];
+        if (tgt < 0 || tgt >= V) {
+            for (int j = threadIdx.x; j < V; j += blockDim.x) d[j] = 0.0f;
+            continue;
+        }
+        float mx = -FLT_MAX;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
+        mx = block_max(mx, shf);
+        double s = 0.0;
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += exp((double)l[j] - mx);
+        s = block_sum(s, shd);
+        float inv = (float)(1.0 / s);
+        for (int j = threadIdx.x; j < V; j += blockDim.x) {
+            float g = expf(l[j] - mx) * inv * scale;
+            if (j == tgt) g -= scale;
+            d[j] = g;
+        }
+        __syncthreads(); /* in place: the next row's reads stay in this block's own row */
+    }
+}
+
+gsink_status cuda_xent_bwd(gsink_backend *be, float *dlogits, const float *logits,
+                           const int32_t *targets, int N, int V, float scale)
+{
+    if (N <= 0 || V <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_xent_bwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), 512, 0, CUDA_CTX(be)->stream>>>(
+        dlogits, logits, targets, N, V, scale);
+    return launched(be, "xent_bwd");
+}
+
+/* ------------------------------------------------------------------------ */
+/* Element-wise and reductions                                               */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_add(float *out, const float *a, const float *b, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        out[i] = a[i] + b[i];
+}
+
+__global__ void k_scale(float *x, float alpha, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x)
+        x[i] *= alpha;
+}
+
+gsink_status cuda_add(gsink_backend *be, float *out, const float *a, const float *b, size_t n)
+{
+    if (n == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_add<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(out, a, b, n);
+    return launched(be, "add");
+}
+
+gsink_status cuda_scale(gsink_backend *be, float *x, float alpha, size_t n)
+{
+    if (n == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_scale<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(x, alpha, n);
+    return launched(be, "scale");
+}
+
+/* One warp per (row, head). */
+__global__ void k_row_sumsq(float *out, const float *x, size_t rows, int heads, int width)
+{
+    int lane = threadIdx.x & 31;
+    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    size_t total = rows * heads;
+    for (; warp < total; warp += nwarps) {
+        const float *p = x + warp * width;
+        double s = 0.0;
+        for (int i = lane; i < width; i += 32) s += (double)p[i] * p[i];
+        s = warp_sum(s);
+        if (lane == 0) out[warp] = (float)s;
+    }
+}
+
+gsink_status cuda_row_sumsq(gsink_backend *be, float *out, const float *x, size_t rows,
+                            int heads, int width)
+{
+    if (rows == 0 || heads <= 0 || width <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_row_sumsq<<<cuda_blocks(rows * heads * 32, OPS_THREADS), OPS_THREADS, 0,
+                  CUDA_CTX(be)->stream>>>(out, x, rows, heads, width);
+    return launched(be, "row_sumsq");
+}
+
+__global__ void k_batch_sum(float *out, const float *x, int B, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float s = 0.0f;
+        for (int b = 0; b < B; b++) s += x[(size_t)b * n + i];
+        out[i] = s;
+    }
+}
+
+gsink_status cuda_batch_sum(gsink_backend *be, float *out, const float *x, int B, size_t n)
+{
+    if (n == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_batch_sum<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(out, x, B, n);
+    return launched(be, "batch_sum");
+}
+
+#define SUMSQ_BLOCKS 1024
+
+__global__ void k_sumsq_partial(double *part, int *fin, const float *x, size_t n)
+{
+    __shared__ double sh[32];
+    __shared__ int shf;
+    if (threadIdx.x == 0) shf = 1;
+    __syncthreads();
+    double s = 0.0;
+    int f = 1;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float v = x[i];
+        if (!isfinite(v)) f = 0;
+        s += (double)v * v;
+    }
+    if (!f) shf = 0; /* benign race: every writer stores 0 */
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        part[blockIdx.x] = s;
+        fin[blockIdx.x] = shf;
+    }
+}
+
+__global__ void k_sumsq_final(double *res, const double *part, const int *fin, int nb)
+{
+    __shared__ double sh[32];
+    double s = 0.0, bad = 0.0;
+    for (int i = threadIdx.x; i < nb; i += blockDim.x) {
+        s += part[i];
+        if (!fin[i]) bad += 1.0;
+    }
+    s = block_sum(s, sh);
+    bad = block_sum(bad, sh);
+    if (threadIdx.x == 0) {
+        res[0] = s;
+        res[1] = bad;
+    }
+}
+
+gsink_status cuda_sumsq(gsink_backend *be, double *out, int *finite, const float *x, size_t n)
+{
+    *out = 0.0;
+    if (finite) *finite = 1;
+    if (n == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    unsigned nb = cuda_blocks(n, OPS_THREADS * 4, SUMSQ_BLOCKS);
+    double *buf = NULL;
+    st = cuda_scratch(be, (2 + (size_t)nb) * sizeof(double) + (size_t)nb * sizeof(int),
+                      (void **)&buf);
+    if (st) return st;
+    double *res = buf, *part = buf + 2;
+    int *fin = (int *)(part + nb);
+    cudaStream_t s = CUDA_CTX(be)->stream;
+    k_sumsq_partial<<<nb, OPS_THREADS, 0, s>>>(part, fin, x, n);
+    k_sumsq_final<<<1, 256, 0, s>>>(res, part, fin, (int)nb);
+    st = launched(be, "sumsq");
+    if (st) return st;
+    double h[2];
+    st = cuda_check(be, cudaMemcpyAsync(h, res, sizeof h, cudaMemcpyDeviceToHost, s),
+                    "sumsq (copy result)");
+    if (!st) st = cuda_check(be, cudaStreamSynchronize(s), "sumsq (synchronize)");
+    if (st) return st;
+    *out = h[0];
+    if (finite) *finite = h[1] == 0.0;
+    return GSINK_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* AdamW (same operation order as the CPU backend)                           */
+/* ------------------------------------------------------------------------ */
+
+__global__ void k_adamw(float *p, const float *g, float *m, float *v, size_t n, float lr,
+                        float beta1, float beta2, float eps, float wd, float bc1, float sbc2,
+                        float gscale)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        float gi = g[i] * gscale;
+        float pi = p[i];
+        pi -= lr * wd * pi;
+        float mi = beta1 * m[i] + (1.0f - beta1) * gi;
+        float vi = beta2 * v[i] + (1.0f - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        float denom = sqrtf(vi) / sbc2 + eps;
+        pi -= (lr / bc1) * mi / denom;
+        p[i] = pi;
+    }
+}
+
+gsink_status cuda_adamw(gsink_backend *be, float *p, const float *g, float *m, float *v,
+                        size_t n, float lr, float beta1, float beta2, float eps, float wd,
+                        float bc1, float bc2, float gscale)
+{
+    if (n == 0) return GSINK_OK;
+    if (!(bc1 > 0.0f) || !(bc2 > 0.0f))
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "adamw: bias corrections must be > 0");
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    k_adamw<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+        p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, sqrtf(bc2), gscale);
+    return launched(be, "adamw");
+}
