@@ -108,8 +108,12 @@ int main(int argc, char **argv)
 
     if (numbers) {
         /* The fixed set compared across languages (tests/examples). */
-        float rgs, rate, t0;
+        float rgs, rate, t0, score[1];
         CHECK(gsink_gradient_sink_ratio(model, 0, 0, diag.rgs_window, GSINK_AGG_SUM_THEN_NORM, &rgs));
+        float *scores = gnorm; /* n_heads <= T floats of scratch */
+        if (cfg.n_heads > T) { fprintf(stderr, "analyze: too many heads\n"); rc = 1; goto done; }
+        CHECK(gsink_sink_scores(model, 0, 0, scores, (size_t)cfg.n_heads));
+        score[0] = scores[0];
         CHECK(gsink_sink_rate(model, 0, 0, diag.sink_eps, &rate));
         CHECK(gsink_get_gradient_norms(model, 0, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS,
                                        GSINK_AGG_SUM_THEN_NORM, gnorm, (size_t)T));
@@ -117,6 +121,7 @@ int main(int argc, char **argv)
         printf("loss %.9g\n", loss);
         printf("rgs_layer0 %.9g\n", rgs);
         printf("sink_rate_layer0 %.9g\n", rate);
+        printf("sink_score_layer0_head0 %.9g\n", score[0]);
         printf("grad_norm_layer0_t0 %.9g\n", gnorm[0]);
         printf("t0_early_last %.9g\n", t0);
         goto done;

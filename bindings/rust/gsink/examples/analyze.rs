@@ -77,11 +77,13 @@ fn run() -> gsink::Result<()> {
     if numbers {
         let rgs = model.gradient_sink_ratio(0, 0, rgs_window, BatchAgg::SumThenNorm)?;
         let rate = model.sink_rate(0, 0, diag.sink_eps)?;
+        let score = model.sink_scores(0, 0)?[0];
         let gnorm = model.gradient_norms(0, Site::AttnNormOut, None, BatchAgg::SumThenNorm)?;
         let t0 = model.massive_activation_ratio(last, Site::ResidOut)?;
         println!("loss {}", g9(loss));
         println!("rgs_layer0 {}", g9(rgs));
         println!("sink_rate_layer0 {}", g9(rate));
+        println!("sink_score_layer0_head0 {}", g9(score));
         println!("grad_norm_layer0_t0 {}", g9(gnorm[0]));
         println!("t0_early_last {}", g9(t0));
         return Ok(());
