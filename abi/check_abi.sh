@@ -15,7 +15,7 @@ baseline="$here/libgsink.abi"
 
 dump() { # out
     abidw --headers-dir "$root/include" --drop-private-types --no-corpus-path \
-        --no-show-locs --no-comp-dir-path --out-file "$1" "$lib"
+        --no-show-locs --no-comp-dir-path --exported-interfaces-only --out-file "$1" "$lib"
 }
 
 case "$mode" in
