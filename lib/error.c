@@ -40,10 +40,15 @@ const char *gsink_last_error(void) { return tls_msg; }
 
 gsink_status gsink__fail(char *msgbuf, gsink_status status, const char *fmt, ...)
 {
+    /* Format into a local buffer first: callers may pass gsink_last_error()
+     * (tls_msg itself) as an argument, and vsnprintf into its own source is
+     * undefined (glibc yields ""). */
+    char buf[GSINK_MSG_SIZE];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(tls_msg, sizeof tls_msg, fmt, ap);
+    vsnprintf(buf, sizeof buf, fmt, ap);
     va_end(ap);
+    memcpy(tls_msg, buf, GSINK_MSG_SIZE);
     if (msgbuf && msgbuf != tls_msg) memcpy(msgbuf, tls_msg, GSINK_MSG_SIZE);
     return status;
 }
