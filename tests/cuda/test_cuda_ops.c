@@ -1,0 +1,733 @@
+/*
+ * test_cuda_ops.c - op-by-op parity of the CUDA backend with the CPU backend
+ * (the reference), forward and backward, plus model-level parity (loss,
+ * every parameter gradient, attention statistics, V-scale modes, AdamW steps)
+ * through the public API.
+ *
+ * Exit code 77 (skipped) when no CUDA device is usable. Check's fork mode is
+ * off: the CUDA context is created in this process before the tests run.
+ *
+ * GSINK_CUDA_TEST_AGAINST_CPU=1 runs the same suite with a second CPU backend
+ * in place of the CUDA one: it checks the harness itself on machines without
+ * a GPU (CUDA-only tests are then skipped inside).
+ *
+ * Tolerances (|gpu - cpu| <= atol + rtol * |cpu|), exact FP32 path:
+ *   element-wise ops, RoPE, V-scale, AdamW: rtol 1e-5 (FMA contraction and
+ *     libm differences of a few ulp);
+ *   row reductions (RMSNorm, cross-entropy, sums of squares): rtol 1e-5;
+ *   GEMM: atol 1e-5 * sqrt(K) * scale of the operands, rtol 1e-5;
+ *   attention outputs and gradients, column statistics: rtol 2e-4, atol 2e-5
+ *     (different summation order over up to T keys);
+ *   GEMM with TF32 tensor cores: rtol 2e-2 of the operand scale (10-bit mantissa).
+ */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/testutil.h"
+#include "cuda_module.h"
+#include "gsink.h"
+#include "internal.h"
+
+static gsink_backend *cpu, *gpu;
+static int gpu_is_cuda;
+
+/* ---- paired buffers: same data on the CPU backend and on the device ---- */
+
+typedef struct {
+    float *c, *g;
+    size_t n;
+} pair;
+
+static pair pair_new(size_t n, uint64_t seed, float scale)
+{
+    pair p = {NULL, NULL, n};
+    float *h = malloc(sizeof(float) * (n ? n : 1));
+    ck_assert_ptr_nonnull(h);
+    if (seed)
+        tu_fill(h, n, seed, scale);
+    else
+        memset(h, 0, sizeof(float) * n);
+    ck_assert_int_eq(cpu->iface->alloc(cpu, n * sizeof(float), (void **)&p.c), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->alloc(gpu, n * sizeof(float), (void **)&p.g), GSINK_OK);
+    ck_assert_int_eq(cpu->iface->upload(cpu, p.c, h, n * sizeof(float)), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->upload(gpu, p.g, h, n * sizeof(float)), GSINK_OK);
+    free(h);
+    return p;
+}
+
+static void pair_free(pair *p)
+{
+    cpu->iface->free(cpu, p->c);
+    gpu->iface->free(gpu, p->g);
+    p->c = p->g = NULL;
+}
+
+typedef struct {
+    int32_t *c, *g;
+} ipair;
+
+static ipair ipair_new(const int32_t *h, size_t n)
+{
+    ipair p;
+    ck_assert_int_eq(cpu->iface->alloc(cpu, n * 4, (void **)&p.c), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->alloc(gpu, n * 4, (void **)&p.g), GSINK_OK);
+    ck_assert_int_eq(cpu->iface->upload(cpu, p.c, h, n * 4), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->upload(gpu, p.g, h, n * 4), GSINK_OK);
+    return p;
+}
+
+static void ipair_free(ipair *p)
+{
+    cpu->iface->free(cpu, p->c);
+    gpu->iface->free(gpu, p->g);
+}
+
+static float *download(const pair *p)
+{
+    float *h = malloc(sizeof(float) * (p->n ? p->n : 1));
+    ck_assert_ptr_nonnull(h);
+    gsink_status st = gpu->iface->download(gpu, h, p->g, p->n * sizeof(float));
+    ck_assert_msg(st == GSINK_OK, "download: %s", gpu->err);
+    return h;
+}
+
+/* Compares the device copy with the CPU copy; reports the worst element. */
+static void pair_check(const pair *p, double rtol, double atol, const char *what)
+{
+    float *g = download(p);
+    const float *c = p->c;
+    size_t worst = 0;
+    double worst_ratio = 0.0;
+    for (size_t i = 0; i < p->n; i++) {
+        double lim = atol + rtol * fabs((double)c[i]);
+        double err = fabs((double)g[i] - (double)c[i]);
+        if (!(err <= lim) || isnan(g[i]) != isnan(c[i])) {
+            double ratio = isnan(err) ? INFINITY : err / lim;
+            if (ratio > worst_ratio || worst_ratio == 0.0) {
+                worst_ratio = ratio;
+                worst = i;
+            }
+        }
+    }
+    ck_assert_msg(worst_ratio == 0.0, "%s: element %zu of %zu: gpu %.9g cpu %.9g (%.3g x tolerance)",
+                  what, worst, p->n, (double)g[worst], (double)c[worst], worst_ratio);
+    free(g);
+}
+
+#define OKC(call) ck_assert_msg((call) == GSINK_OK, "cpu: %s", cpu->err)
+#define OKG(call) ck_assert_msg((call) == GSINK_OK, "gpu: %s", gpu->err)
+
+/* ------------------------------------------------------------------------ */
+/* GEMM                                                                      */
+/* ------------------------------------------------------------------------ */
+
+static void gemm_case(int ta, int tb, int M, int N, int K, float alpha, float beta, int pad,
+                      double rtol_scale)
+{
+    int lda = (ta ? M : K) + pad, ldb = (tb ? K : N) + pad, ldc = N + pad;
+    size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? N : K) * ldb, nc = (size_t)M * ldc;
+    pair A = pair_new(na, 11 + ta, 1.0f), B = pair_new(nb, 23 + tb, 1.0f), C = pair_new(nc, 37, 1.0f);
+    OKC(cpu->iface->gemm(cpu, ta, tb, M, N, K, alpha, A.c, lda, B.c, ldb, beta, C.c, ldc));
+    OKG(gpu->iface->gemm(gpu, ta, tb, M, N, K, alpha, A.g, lda, B.g, ldb, beta, C.g, ldc));
+    char what[96];
+    snprintf(what, sizeof what, "gemm %c%c %dx%dx%d", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K);
+    pair_check(&C, 1e-5, rtol_scale * sqrt((double)K), what);
+    pair_free(&A);
+    pair_free(&B);
+    pair_free(&C);
+}
+
+START_TEST(test_gemm)
+{
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case(ta, tb, 37, 53, 29, 1.0f, 0.0f, 0, 1e-5);
+            gemm_case(ta, tb, 64, 33, 130, 0.5f, 1.0f, 3, 1e-5);
+            gemm_case(ta, tb, 1, 17, 5, 2.0f, -0.5f, 1, 1e-5);
+        }
+}
+END_TEST
+
+START_TEST(test_gemm_tf32)
+{
+    if (!gpu_is_cuda) return;
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_TF32), GSINK_OK);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) gemm_case(ta, tb, 96, 80, 256, 1.0f, 0.0f, 0, 2e-3);
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, 7), GSINK_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Embedding, RMSNorm, RoPE, SwiGLU                                          */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_embedding)
+{
+    const int V = 300, d = 200, N = 517;
+    int32_t *tok = malloc(sizeof(int32_t) * N);
+    for (int n = 0; n < N; n++) tok[n] = (n * 7919 + n / 3) % V; /* repeats */
+    tok[5] = tok[6] = tok[7] = 129;                           /* same token, same bucket */
+    ipair T = ipair_new(tok, N);
+    pair table = pair_new((size_t)V * d, 3, 1.0f), out = pair_new((size_t)N * d, 0, 0);
+    OKC(cpu->iface->embedding_fwd(cpu, out.c, T.c, table.c, N, d));
+    OKG(gpu->iface->embedding_fwd(gpu, out.g, T.g, table.g, N, d));
+    pair_check(&out, 0, 0, "embedding_fwd");
+    pair dout = pair_new((size_t)N * d, 5, 1.0f), dtab = pair_new((size_t)V * d, 9, 0.1f);
+    OKC(cpu->iface->embedding_bwd(cpu, dtab.c, T.c, dout.c, N, d));
+    OKG(gpu->iface->embedding_bwd(gpu, dtab.g, T.g, dout.g, N, d));
+    /* Both sum each table row in token order: identical results. */
+    pair_check(&dtab, 0, 0, "embedding_bwd");
+    pair_free(&table);
+    pair_free(&out);
+    pair_free(&dout);
+    pair_free(&dtab);
+    ipair_free(&T);
+    free(tok);
+}
+END_TEST
+
+START_TEST(test_rmsnorm)
+{
+    const int N = 77, d = 300;
+    pair x = pair_new((size_t)N * d, 41, 2.0f), gain = pair_new(d, 43, 1.0f);
+    pair out = pair_new((size_t)N * d, 0, 0), rstd = pair_new(N, 0, 0);
+    OKC(cpu->iface->rmsnorm_fwd(cpu, out.c, rstd.c, x.c, gain.c, N, d, 1e-5f));
+    OKG(gpu->iface->rmsnorm_fwd(gpu, out.g, rstd.g, x.g, gain.g, N, d, 1e-5f));
+    pair_check(&rstd, 1e-6, 0, "rmsnorm rstd");
+    pair_check(&out, 1e-5, 1e-7, "rmsnorm out");
+    for (int acc = 0; acc < 2; acc++) {
+        pair dout = pair_new((size_t)N * d, 47, 1.0f), dx = pair_new((size_t)N * d, 53, 1.0f);
+        pair dgain = pair_new(d, 59, 1.0f);
+        OKC(cpu->iface->rmsnorm_bwd(cpu, dx.c, dgain.c, dout.c, x.c, gain.c, rstd.c, N, d, acc));
+        OKG(gpu->iface->rmsnorm_bwd(gpu, dx.g, dgain.g, dout.g, x.g, gain.g, rstd.g, N, d, acc));
+        pair_check(&dx, 1e-5, 1e-6, acc ? "rmsnorm dx (accumulate)" : "rmsnorm dx");
+        pair_check(&dgain, 1e-5, 1e-5, "rmsnorm dgain");
+        pair_free(&dout);
+        pair_free(&dx);
+        pair_free(&dgain);
+    }
+    pair_free(&x);
+    pair_free(&gain);
+    pair_free(&out);
+    pair_free(&rstd);
+}
+END_TEST
+
+START_TEST(test_rope)
+{
+    const int B = 2, T = 300, heads = 3, dh = 64;
+    size_t n = (size_t)B * T * heads * dh;
+    pair x = pair_new(n, 61, 1.0f);
+    float *orig = download(&x);
+    for (int inv = 0; inv < 2; inv++) {
+        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, 10000.0f, inv));
+        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, 10000.0f, inv));
+        pair_check(&x, 1e-5, 1e-6, inv ? "rope inverse" : "rope");
+    }
+    /* forward then inverse is the identity (independent of the CPU) */
+    float *back = download(&x);
+    for (size_t i = 0; i < n; i++) ck_assert_msg(fabsf(back[i] - orig[i]) < 1e-5f, "rope roundtrip %zu", i);
+    free(orig);
+    free(back);
+    pair_free(&x);
+}
+END_TEST
+
+START_TEST(test_swiglu)
+{
+    const size_t n = 10007;
+    pair g = pair_new(n, 71, 6.0f), u = pair_new(n, 73, 2.0f), h = pair_new(n, 0, 0);
+    OKC(cpu->iface->swiglu_fwd(cpu, h.c, g.c, u.c, n));
+    OKG(gpu->iface->swiglu_fwd(gpu, h.g, g.g, u.g, n));
+    pair_check(&h, 1e-5, 1e-7, "swiglu_fwd");
+    pair dh = pair_new(n, 79, 1.0f), dg = pair_new(n, 0, 0), du = pair_new(n, 0, 0);
+    OKC(cpu->iface->swiglu_bwd(cpu, dg.c, du.c, dh.c, g.c, u.c, n));
+    OKG(gpu->iface->swiglu_bwd(gpu, dg.g, du.g, dh.g, g.g, u.g, n));
+    pair_check(&dg, 1e-5, 1e-7, "swiglu dgate");
+    pair_check(&du, 1e-5, 1e-7, "swiglu dup");
+    pair_free(&g);
+    pair_free(&u);
+    pair_free(&h);
+    pair_free(&dh);
+    pair_free(&dg);
+    pair_free(&du);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Cross-entropy                                                             */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_xent)
+{
+    const int N = 45, V = 1003;
+    int32_t *tg = malloc(sizeof(int32_t) * N);
+    for (int n = 0; n < N; n++) tg[n] = n % 7 == 3 ? -1 : (n * 131) % V;
+    ipair T = ipair_new(tg, N);
+    pair logits = pair_new((size_t)N * V, 83, 8.0f);
+    double lc = 0, lg = 0;
+    int64_t cc = 0, cg = 0;
+    OKC(cpu->iface->xent_fwd(cpu, &lc, &cc, logits.c, T.c, N, V));
+    OKG(gpu->iface->xent_fwd(gpu, &lg, &cg, logits.g, T.g, N, V));
+    ck_assert_int_eq(cc, cg);
+    ck_assert_msg(tu_close(lc, lg, 1e-9, 1e-9), "xent loss cpu %.12g gpu %.12g", lc, lg);
+    pair dl = pair_new((size_t)N * V, 89, 1.0f);
+    OKC(cpu->iface->xent_bwd(cpu, dl.c, logits.c, T.c, N, V, 1.0f / (float)cc));
+    OKG(gpu->iface->xent_bwd(gpu, dl.g, logits.g, T.g, N, V, 1.0f / (float)cg));
+    pair_check(&dl, 1e-5, 1e-9, "xent_bwd");
+    pair_free(&logits);
+    pair_free(&dl);
+    ipair_free(&T);
+    free(tg);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Element-wise and reductions                                               */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_elementwise_reductions)
+{
+    const size_t n = 3 * 4099;
+    pair a = pair_new(n, 97, 1.0f), b = pair_new(n, 101, 1.0f);
+    OKC(cpu->iface->add(cpu, a.c, a.c, b.c, n)); /* out aliases a */
+    OKG(gpu->iface->add(gpu, a.g, a.g, b.g, n));
+    pair_check(&a, 0, 0, "add");
+    OKC(cpu->iface->scale(cpu, a.c, -0.37f, n));
+    OKG(gpu->iface->scale(gpu, a.g, -0.37f, n));
+    pair_check(&a, 0, 0, "scale");
+
+    const size_t rows = 97;
+    const int heads = 5, width = 25;
+    pair x = pair_new(rows * heads * width, 103, 3.0f), o = pair_new(rows * heads, 0, 0);
+    OKC(cpu->iface->row_sumsq(cpu, o.c, x.c, rows, heads, width));
+    OKG(gpu->iface->row_sumsq(gpu, o.g, x.g, rows, heads, width));
+    pair_check(&o, 1e-6, 0, "row_sumsq");
+
+    pair bs = pair_new(n / 3, 0, 0);
+    OKC(cpu->iface->batch_sum(cpu, bs.c, a.c, 3, n / 3));
+    OKG(gpu->iface->batch_sum(gpu, bs.g, a.g, 3, n / 3));
+    pair_check(&bs, 0, 0, "batch_sum");
+
+    double sc = 0, sg = 0;
+    int fc = 0, fg = 0;
+    OKC(cpu->iface->sumsq(cpu, &sc, &fc, a.c, n));
+    OKG(gpu->iface->sumsq(gpu, &sg, &fg, a.g, n));
+    ck_assert_int_eq(fc, 1);
+    ck_assert_int_eq(fg, 1);
+    ck_assert_msg(tu_close(sc, sg, 1e-12, 0), "sumsq cpu %.15g gpu %.15g", sc, sg);
+    /* a non-finite value is flagged */
+    float bad = NAN;
+    OKC(cpu->iface->upload(cpu, a.c + 1234, &bad, sizeof bad));
+    OKG(gpu->iface->upload(gpu, a.g + 1234, &bad, sizeof bad));
+    OKC(cpu->iface->sumsq(cpu, &sc, &fc, a.c, n));
+    OKG(gpu->iface->sumsq(gpu, &sg, &fg, a.g, n));
+    ck_assert_int_eq(fc, 0);
+    ck_assert_int_eq(fg, 0);
+    pair_free(&a);
+    pair_free(&b);
+    pair_free(&x);
+    pair_free(&o);
+    pair_free(&bs);
+}
+END_TEST
+
+START_TEST(test_adamw)
+{
+    const size_t n = 5003;
+    pair p = pair_new(n, 107, 0.5f), m = pair_new(n, 0, 0), v = pair_new(n, 0, 0);
+    for (int step = 1; step <= 5; step++) {
+        pair g = pair_new(n, 200 + step, 1.0f);
+        float bc1 = 1.0f - powf(0.9f, (float)step), bc2 = 1.0f - powf(0.95f, (float)step);
+        OKC(cpu->iface->adamw(cpu, p.c, g.c, m.c, v.c, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, bc1, bc2, 0.7f));
+        OKG(gpu->iface->adamw(gpu, p.g, g.g, m.g, v.g, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, bc1, bc2, 0.7f));
+        pair_free(&g);
+    }
+    pair_check(&m, 1e-5, 1e-9, "adamw m");
+    pair_check(&v, 1e-5, 1e-12, "adamw v");
+    pair_check(&p, 1e-5, 1e-7, "adamw p");
+    pair_free(&p);
+    pair_free(&m);
+    pair_free(&v);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* V-scale                                                                   */
+/* ------------------------------------------------------------------------ */
+
+static void vscale_case(int hin, int hout, int dh, int mode)
+{
+    const int N = 131;
+    const float c0 = 64.0f * dh * 0.02f * 0.02f;
+    pair v = pair_new((size_t)N * hin * dh, 113, 0.3f), theta = pair_new(hout, 127, 1.0f);
+    pair out = pair_new((size_t)N * hout * dh, 0, 0);
+    char what[96];
+    OKC(cpu->iface->vscale_fwd(cpu, out.c, v.c, theta.c, N, hin, hout, dh, c0, mode));
+    OKG(gpu->iface->vscale_fwd(gpu, out.g, v.g, theta.g, N, hin, hout, dh, c0, mode));
+    snprintf(what, sizeof what, "vscale_fwd mode %d %d->%d", mode, hin, hout);
+    pair_check(&out, 1e-5, 1e-8, what);
+    pair dout = pair_new((size_t)N * hout * dh, 131, 1.0f), dv = pair_new((size_t)N * hin * dh, 0, 0);
+    pair dtheta = pair_new(hout, 137, 0.1f);
+    OKC(cpu->iface->vscale_bwd(cpu, dv.c, dtheta.c, dout.c, v.c, theta.c, N, hin, hout, dh, c0, mode));
+    OKG(gpu->iface->vscale_bwd(gpu, dv.g, dtheta.g, dout.g, v.g, theta.g, N, hin, hout, dh, c0, mode));
+    snprintf(what, sizeof what, "vscale dv mode %d %d->%d", mode, hin, hout);
+    pair_check(&dv, 1e-5, 1e-7, what);
+    snprintf(what, sizeof what, "vscale dtheta mode %d %d->%d", mode, hin, hout);
+    pair_check(&dtheta, 1e-5, 1e-7, what);
+    pair_free(&v);
+    pair_free(&theta);
+    pair_free(&out);
+    pair_free(&dout);
+    pair_free(&dv);
+    pair_free(&dtheta);
+}
+
+START_TEST(test_vscale)
+{
+    static const int modes[] = {GSINK_VSCALE_OFF, GSINK_VSCALE_FULL, GSINK_VSCALE_BACKWARD_ONLY};
+    for (int i = 0; i < 3; i++) {
+        vscale_case(2, 2, 64, modes[i]);
+        vscale_case(2, 6, 64, modes[i]);  /* expansion to query heads */
+        vscale_case(3, 3, 40, modes[i]);  /* head width not a multiple of 32 */
+    }
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Attention                                                                 */
+/* ------------------------------------------------------------------------ */
+
+typedef struct { int B, T, H, KV, NV, dh, W; } attn_case_t;
+
+static void attention_case(attn_case_t a)
+{
+    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
+    size_t nq = (size_t)a.B * a.T * a.H * a.dh, nk = (size_t)a.B * a.T * a.KV * a.dh;
+    size_t nv = (size_t)a.B * a.T * a.NV * a.dh, ns = (size_t)a.B * a.H * a.T;
+    pair q = pair_new(nq, 151, 1.5f), k = pair_new(nk, 157, 1.5f), v = pair_new(nv, 163, 1.0f);
+    pair y = pair_new(nq, 0, 0), lse = pair_new(ns, 0, 0);
+    pair mass = pair_new(ns, 0, 0), sq = pair_new(ns, 0, 0), win = pair_new(ns, 0, 0);
+    gsink_attn_stats sc = {mass.c, sq.c, win.c}, sg = {mass.g, sq.g, win.g};
+    char what[160];
+#define WHAT(name) (snprintf(what, sizeof what, "%s B%d T%d H%d KV%d NV%d dh%d W%d", name, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
+    OKC(cpu->iface->attention_fwd(cpu, &s, y.c, lse.c, q.c, k.c, v.c, sc));
+    OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, sg));
+    pair_check(&y, 2e-4, 2e-5, WHAT("attention y"));
+    pair_check(&lse, 2e-5, 2e-5, WHAT("attention lse"));
+    pair_check(&mass, 2e-4, 2e-5, WHAT("column mass"));
+    pair_check(&sq, 2e-4, 2e-5, WHAT("column sq"));
+    pair_check(&win, 2e-4, 2e-5, WHAT("column window"));
+    /* independent identity: every query row's probabilities sum to 1, so the
+     * column masses of each (b, h) sum to T */
+    float *m = download(&mass);
+    for (int bh = 0; bh < a.B * a.H; bh++) {
+        double tot = 0;
+        for (int t = 0; t < a.T; t++) tot += m[(size_t)bh * a.T + t];
+        ck_assert_msg(fabs(tot - a.T) < 1e-3 * a.T, "%s: sum of masses %.6f", WHAT("mass"), tot);
+    }
+    free(m);
+    /* NULL statistics pointers are allowed */
+    gsink_attn_stats none = {NULL, NULL, NULL};
+    OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, none));
+    pair_check(&y, 2e-4, 2e-5, WHAT("attention y (no stats)"));
+
+    pair dy = pair_new(nq, 167, 1.0f);
+    pair dq = pair_new(nq, 173, 9.0f), dk = pair_new(nk, 179, 9.0f), dv = pair_new(nv, 181, 9.0f);
+    OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c));
+    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g));
+    pair_check(&dq, 2e-4, 5e-5, WHAT("attention dq"));
+    pair_check(&dk, 2e-4, 5e-5, WHAT("attention dk"));
+    pair_check(&dv, 2e-4, 5e-5, WHAT("attention dv"));
+    /* determinism: a second run is bitwise identical */
+    float *dk1 = download(&dk), *dq1 = download(&dq);
+    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g));
+    float *dk2 = download(&dk), *dq2 = download(&dq);
+    ck_assert_msg(memcmp(dk1, dk2, nk * sizeof(float)) == 0, "%s", WHAT("dk not deterministic"));
+    ck_assert_msg(memcmp(dq1, dq2, nq * sizeof(float)) == 0, "%s", WHAT("dq not deterministic"));
+    free(dk1);
+    free(dk2);
+    free(dq1);
+    free(dq2);
+#undef WHAT
+    pair_free(&q);
+    pair_free(&k);
+    pair_free(&v);
+    pair_free(&y);
+    pair_free(&lse);
+    pair_free(&mass);
+    pair_free(&sq);
+    pair_free(&win);
+    pair_free(&dy);
+    pair_free(&dq);
+    pair_free(&dk);
+    pair_free(&dv);
+}
+
+START_TEST(test_attention)
+{
+    static const attn_case_t cases[] = {
+        {1, 1, 1, 1, 1, 8, 4},        /* a single token */
+        {2, 37, 4, 4, 4, 16, 8},      /* T not a multiple of the tile */
+        {2, 96, 4, 2, 2, 64, 64},     /* GQA, per-KV-head values */
+        {1, 70, 6, 2, 6, 64, 16},     /* GQA with per-query-head values (V-scale) */
+        {1, 65, 4, 1, 4, 128, 64},    /* MQA keys, d_head 128 */
+        {1, 40, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
+        {1, 33, 2, 1, 1, 256, 3},     /* d_head 256 */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i]);
+}
+END_TEST
+
+START_TEST(test_attention_bad_shape)
+{
+    pair z = pair_new(64, 0, 0);
+    gsink_attn_shape s = {1, 4, 4, 3, 4, 4, 2}; /* 4 % 3 != 0 */
+    gsink_attn_stats none = {NULL, NULL, NULL};
+    if (!gpu_is_cuda) {
+        pair_free(&z);
+        return;
+    }
+    ck_assert_int_ne(gpu->iface->attention_fwd(gpu, &s, z.g, z.g, z.g, z.g, z.g, none), GSINK_OK);
+    ck_assert(gpu->err[0] != '\0');
+    /* the backend stays usable */
+    OKG(gpu->iface->zero(gpu, z.g, 64 * sizeof(float)));
+    pair_free(&z);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Errors                                                                    */
+/* ------------------------------------------------------------------------ */
+
+START_TEST(test_out_of_memory)
+{
+    if (!gpu_is_cuda) return;
+    void *p = (void *)1;
+    gsink_status st = gpu->iface->alloc(gpu, (size_t)1 << 50, &p); /* 1 PiB */
+    ck_assert_int_eq(st, GSINK_ERR_DEVICE_OUT_OF_MEMORY);
+    ck_assert_ptr_null(p);
+    ck_assert_msg(strstr(gpu->err, "cudaMalloc") != NULL, "message: %s", gpu->err);
+    /* still usable */
+    pair a = pair_new(1000, 1, 1.0f);
+    double s = 0;
+    int f = 0;
+    OKG(gpu->iface->sumsq(gpu, &s, &f, a.g, 1000));
+    ck_assert(s > 0 && f == 1);
+    pair_free(&a);
+}
+END_TEST
+
+START_TEST(test_describe)
+{
+    char buf[512];
+    gpu->iface->describe(gpu, buf, sizeof buf);
+    ck_assert(buf[0] != '\0');
+    if (gpu_is_cuda) ck_assert_str_eq(gpu->iface->name, "cuda");
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* Model-level parity through the public API                                 */
+/* ------------------------------------------------------------------------ */
+
+static void model_pair(gsink_model **mc, gsink_model **mg, int per_query_head, int mode)
+{
+    gsink_config cfg;
+    ck_assert_int_eq(gsink_config_preset("micro", &cfg), GSINK_OK);
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.d_model = 32;
+    cfg.d_head = 8;
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.seed = 1234;
+    o.n_threads = 1;
+    ck_assert_int_eq(gsink_model_create(&cfg, &o, mc), GSINK_OK);
+    o.device = gpu_is_cuda ? GSINK_DEVICE_CUDA : GSINK_DEVICE_CPU;
+    gsink_status st = gsink_model_create(&cfg, &o, mg);
+    ck_assert_msg(st == GSINK_OK, "create on CUDA: %s", gsink_last_error());
+    if (mode != GSINK_VSCALE_OFF) {
+        gsink_vscale_options vo;
+        gsink_vscale_options_init(&vo);
+        vo.mode = mode;
+        vo.per_query_head = per_query_head;
+        ck_assert_int_eq(gsink_vscale_enable(*mc, &vo), GSINK_OK);
+        ck_assert_int_eq(gsink_vscale_enable(*mg, &vo), GSINK_OK);
+        size_t nt = 0;
+        ck_assert_int_eq(gsink_vscale_theta_count(*mc, &nt), GSINK_OK);
+        float *th = malloc(sizeof(float) * nt);
+        tu_fill(th, nt, 77, 1.0f); /* theta != 0 so C varies by head */
+        ck_assert_int_eq(gsink_vscale_set_theta(*mc, th, nt), GSINK_OK);
+        ck_assert_int_eq(gsink_vscale_set_theta(*mg, th, nt), GSINK_OK);
+        free(th);
+    }
+}
+
+static void compare_host(const float *c, const float *g, size_t n, double rtol, double atol,
+                         const char *what)
+{
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(fabs((double)c[i] - g[i]) <= atol + rtol * fabs((double)c[i]),
+                      "%s[%zu]: cpu %.9g gpu %.9g", what, i, (double)c[i], (double)g[i]);
+}
+
+static void model_case(int per_query_head, int mode)
+{
+    gsink_model *mc = NULL, *mg = NULL;
+    model_pair(&mc, &mg, per_query_head, mode);
+    const int B = 2, T = 40;
+    gsink_config cfg;
+    cfg.size = sizeof cfg;
+    ck_assert_int_eq(gsink_model_config(mc, &cfg), GSINK_OK);
+    int32_t tok[80], tgt[80];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (i * 37 + 11) % cfg.vocab_size;
+        tgt[i] = i % 9 == 4 ? -1 : (i * 53 + 5) % cfg.vocab_size;
+    }
+    float lc = 0, lg = 0;
+    ck_assert_int_eq(gsink_forward(mc, tok, tgt, B, T, &lc), GSINK_OK);
+    gsink_status st = gsink_forward(mg, tok, tgt, B, T, &lg);
+    ck_assert_msg(st == GSINK_OK, "forward: %s", gsink_model_errmsg(mg));
+    ck_assert_msg(tu_close(lc, lg, 1e-5, 0), "loss cpu %.8g gpu %.8g", lc, lg);
+    ck_assert_int_eq(gsink_backward(mc, 0), GSINK_OK);
+    st = gsink_backward(mg, 0);
+    ck_assert_msg(st == GSINK_OK, "backward: %s", gsink_model_errmsg(mg));
+
+    size_t np = 0;
+    ck_assert_int_eq(gsink_param_count(mc, &np), GSINK_OK);
+    for (size_t i = 0; i < np; i++) {
+        const char *name;
+        int nd;
+        int64_t dims[2];
+        ck_assert_int_eq(gsink_param_info(mc, i, &name, &nd, dims), GSINK_OK);
+        size_t n = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
+        float *gc = malloc(sizeof(float) * n), *gg = malloc(sizeof(float) * n);
+        ck_assert_int_eq(gsink_get_param_grad(mc, name, gc, n), GSINK_OK);
+        ck_assert_int_eq(gsink_get_param_grad(mg, name, gg, n), GSINK_OK);
+        float mx = 0;
+        for (size_t j = 0; j < n; j++) mx = fmaxf(mx, fabsf(gc[j]));
+        compare_host(gc, gg, n, 1e-3, 1e-4 * mx + 1e-9, name);
+        free(gc);
+        free(gg);
+    }
+    for (int l = 0; l < cfg.n_layers; l++)
+        for (int h = 0; h < cfg.n_heads; h++) {
+            float Mc[40], Sc[40], Mg[40], Sg[40];
+            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
+            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
+            compare_host(Mc, Mg, T, 2e-4, 2e-5, "column mass");
+            compare_host(Sc, Sg, T, 2e-4, 2e-5, "column second moment");
+        }
+    if (mode == GSINK_VSCALE_FULL) {
+        size_t nt = 0;
+        ck_assert_int_eq(gsink_vscale_theta_count(mc, &nt), GSINK_OK);
+        float *a = malloc(sizeof(float) * nt), *b = malloc(sizeof(float) * nt);
+        ck_assert_int_eq(gsink_vscale_get_theta_grad(mc, a, nt), GSINK_OK);
+        ck_assert_int_eq(gsink_vscale_get_theta_grad(mg, b, nt), GSINK_OK);
+        float mx = 0;
+        for (size_t j = 0; j < nt; j++) mx = fmaxf(mx, fabsf(a[j]));
+        compare_host(a, b, nt, 1e-3, 1e-4 * mx + 1e-9, "theta grad");
+        free(a);
+        free(b);
+    }
+
+    /* a few optimizer steps keep the two models together */
+    gsink_optimizer *oc = NULL, *og = NULL;
+    gsink_optimizer_options oo;
+    gsink_optimizer_options_init(&oo);
+    ck_assert_int_eq(gsink_optimizer_create(mc, &oo, &oc), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_create(mg, &oo, &og), GSINK_OK);
+    for (int step = 0; step < 3; step++) {
+        float nc = 0, ng = 0;
+        ck_assert_int_eq(gsink_optimizer_step(oc, &nc), GSINK_OK);
+        st = gsink_optimizer_step(og, &ng);
+        ck_assert_msg(st == GSINK_OK, "optimizer step: %s", gsink_optimizer_errmsg(og));
+        ck_assert_msg(tu_close(nc, ng, 1e-4, 0), "grad norm cpu %g gpu %g", nc, ng);
+        ck_assert_int_eq(gsink_forward(mc, tok, tgt, B, T, &lc), GSINK_OK);
+        ck_assert_int_eq(gsink_forward(mg, tok, tgt, B, T, &lg), GSINK_OK);
+        ck_assert_msg(tu_close(lc, lg, 1e-4, 0), "loss after step %d: cpu %.8g gpu %.8g", step, lc, lg);
+        ck_assert_int_eq(gsink_backward(mc, 0), GSINK_OK);
+        ck_assert_int_eq(gsink_backward(mg, 0), GSINK_OK);
+    }
+    gsink_optimizer_free(oc);
+    gsink_optimizer_free(og);
+    gsink_model_free(mc);
+    gsink_model_free(mg);
+}
+
+START_TEST(test_model_parity)
+{
+    model_case(0, GSINK_VSCALE_OFF);
+    model_case(0, GSINK_VSCALE_FULL);
+    model_case(1, GSINK_VSCALE_FULL);
+    model_case(0, GSINK_VSCALE_BACKWARD_ONLY);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+
+static Suite *cuda_suite(void)
+{
+    Suite *s = suite_create("cuda");
+    TCase *tc = tcase_create("ops");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_describe);
+    tcase_add_test(tc, test_gemm);
+    tcase_add_test(tc, test_gemm_tf32);
+    tcase_add_test(tc, test_embedding);
+    tcase_add_test(tc, test_rmsnorm);
+    tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_swiglu);
+    tcase_add_test(tc, test_xent);
+    tcase_add_test(tc, test_elementwise_reductions);
+    tcase_add_test(tc, test_adamw);
+    tcase_add_test(tc, test_vscale);
+    tcase_add_test(tc, test_attention);
+    tcase_add_test(tc, test_attention_bad_shape);
+    tcase_add_test(tc, test_out_of_memory);
+    tcase_add_test(tc, test_model_parity);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    const char *self = getenv("GSINK_CUDA_TEST_AGAINST_CPU");
+    int against_cpu = self && self[0] == '1';
+    if (!against_cpu) {
+        int n = gsink_cuda_device_count();
+        if (n <= 0) {
+            char why[512];
+            gsink_cuda_describe(0, why, sizeof why);
+            fprintf(stderr, "SKIP: no usable CUDA device, the CUDA suite did not run (%s)\n", why);
+            return 77;
+        }
+        if (gsink_cuda_backend_create(0, &gpu) != GSINK_OK) {
+            fprintf(stderr, "FAIL: CUDA device present but the backend failed: %s\n", gsink_last_error());
+            return 1;
+        }
+        gpu_is_cuda = 1;
+        char d[512];
+        gpu->iface->describe(gpu, d, sizeof d);
+        fprintf(stderr, "CUDA suite on %s\n", d);
+    } else {
+        if (gsink_cpu_backend_create(1, &gpu) != GSINK_OK) return 1;
+        fprintf(stderr, "harness self-check: CPU backend against CPU backend\n");
+    }
+    if (gsink_cpu_backend_create(1, &cpu) != GSINK_OK) return 1;
+
+    SRunner *sr = srunner_create(cuda_suite());
+    srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    gpu->iface->destroy(gpu);
+    cpu->iface->destroy(cpu);
+    return failed ? 1 : 0;
+}
