@@ -634,6 +634,19 @@ static gsink_status cpu_swiglu_bwd(gsink_backend *be, float *dgate, float *dup, 
     return GSINK_OK;
 }
 
+/* sum_j exp(x_j - mx) with float exps and a double sum of 256-wide blocks. */
+static double sum_exp_shifted(const float *x, int n, float mx)
+{
+    double s = 0.0;
+    for (int j0 = 0; j0 < n; j0 += 256) {
+        int j1 = j0 + 256 < n ? j0 + 256 : n;
+        float bs = 0.0f;
+        for (int j = j0; j < j1; j++) bs += expf(x[j] - mx);
+        s += bs;
+    }
+    return s;
+}
+
 static gsink_status cpu_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *count,
                                  const float *logits, const int32_t *targets, int N, int V)
 {
@@ -647,8 +660,7 @@ static gsink_status cpu_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *c
         const float *l = logits + (size_t)n * V;
         float mx = -FLT_MAX;
         for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
-        double s = 0.0;
-        for (int j = 0; j < V; j++) s += exp((double)l[j] - mx);
+        double s = sum_exp_shifted(l, V, mx);
         row_loss[n] = (mx + log(s)) - l[tgt];
     }
     double total = 0.0;
@@ -679,9 +691,14 @@ static gsink_status cpu_xent_bwd(gsink_backend *be, float *dlogits, const float 
         float mx = -FLT_MAX;
         for (int j = 0; j < V; j++) mx = l[j] > mx ? l[j] : mx;
         double s = 0.0;
-        for (int j = 0; j < V; j++) s += exp((double)l[j] - mx);
-        float inv = (float)(1.0 / s);
-        for (int j = 0; j < V; j++) d[j] = expf(l[j] - mx) * inv * scale;
+        for (int j0 = 0; j0 < V; j0 += 256) { /* float exps, double sum per block */
+            int j1 = j0 + 256 < V ? j0 + 256 : V;
+            float bs = 0.0f;
+            for (int j = j0; j < j1; j++) bs += (d[j] = expf(l[j] - mx));
+            s += bs;
+        }
+        float k = (float)(scale / s);
+        for (int j = 0; j < V; j++) d[j] *= k;
         d[tgt] -= scale;
     }
     return GSINK_OK;
