@@ -529,3 +529,56 @@ def test_vscale_sigma_must_be_positive(model):
     # still usable
     r = C.c_float()
     check(lib.gsink_gradient_sink_ratio(model.h, 0, 0, 31, 0, C.byref(r)))
+
+
+# ---- command-line tool ---------------------------------------------------------
+
+def _cli():
+    path = os.environ.get("GSINK_CLI")
+    if not path:
+        cands = sorted(glob.glob(os.path.join(ROOT, "build*", "examples", "gsink-cli")))
+        path = cands[0] if cands else None
+    if not path or not os.path.exists(path):
+        pytest.skip("gsink-cli not built (set GSINK_CLI)")
+    return path
+
+
+def test_cli_analyze_json_and_errors(tmp_path):
+    import subprocess
+    cli = _cli()
+    ids = tmp_path / "ids.txt"
+    ids.write_text(" ".join(str((7 * i) % 64) for i in range(2 * 48 + 1)))
+    out = tmp_path / "r.json"
+    p = subprocess.run([cli, "analyze", "--preset", "micro", "--tokens", str(ids), "--batch", "2",
+                        "--seq", "48", "--sink-window", "32", "--json", str(out)],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert "sink_rate" in p.stdout and "R_GS" in p.stdout
+    rep = json.loads(out.read_text())
+    assert rep["schema"] == "gsink.report/1"
+    assert rep["input"] == {**rep["input"], "batch": 2, "seq_len": 48}
+    assert rep["options"]["sink_window"] == 32
+    # binary int32 token file gives the same analysis as the text one
+    ids_bin = tmp_path / "ids.bin"
+    ids_bin.write_bytes(np.array([(7 * i) % 64 for i in range(2 * 48 + 1)], np.int32).tobytes())
+    out2 = tmp_path / "r2.json"
+    p = subprocess.run([cli, "analyze", "--preset", "micro", "--tokens", str(ids_bin), "--batch", "2",
+                        "--seq", "48", "--sink-window", "32", "--json", str(out2), "-q"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert json.loads(out2.read_text())["layers"] == rep["layers"]
+    # usage errors: exit 2 and a message on stderr
+    for args in (["analyze", "--bogus"], ["analyze", "--seq"], ["analyze", "--preset", "nope"],
+                 ["analyze", "--preset", "micro", "--seq", "100000"], ["frobnicate"], []):
+        p = subprocess.run([cli] + args, capture_output=True, text=True)
+        assert p.returncode == 2 and p.stderr, args
+    # runtime error: token id out of range -> exit 1
+    bad = tmp_path / "bad.txt"
+    bad.write_text("5 " * 47 + "9999 1")
+    p = subprocess.run([cli, "analyze", "--preset", "micro", "--tokens", str(bad), "--seq", "48"],
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "token" in p.stderr.lower()
+    p = subprocess.run([cli, "info"], capture_output=True, text=True)
+    assert p.returncode == 0 and "paper-0.1b" in p.stdout
+    p = subprocess.run([cli, "--help"], capture_output=True, text=True)
+    assert p.returncode == 0 and "analyze" in p.stdout
