@@ -1,0 +1,35 @@
+#!/bin/sh
+# Runs the CUDA benchmarks and the PyTorch baselines on the same GPU and
+# writes everything to docs/results/cuda-bench-<date>.txt.
+#   benchmarks/cuda/run_cuda_bench.sh [BUILD_DIR] [PYTHON]
+# Needs a build with the CUDA module (meson setup BUILD_DIR -Dcuda=enabled).
+set -eu
+BUILD=${1:-build}
+PY=${2:-python3}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+OUT="$ROOT/docs/results/cuda-bench-$(date -u +%Y%m%d-%H%M).txt"
+export GSINK_CUDA_MODULE="$BUILD/cuda/libgsink-cuda.so"
+BENCH="$BUILD/benchmarks/cuda/bench_cuda"
+TB="$ROOT/benchmarks/cuda/torch_bench.py"
+{
+  echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)"
+  echo "# host: $(uname -srm)"
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv,noheader || true
+  echo "# commit: $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  for mode in "" "--tf32"; do
+    echo "## $BENCH model --preset paper-0.1b --batch 8 --seq 1024 $mode"
+    "$BENCH" model --preset paper-0.1b --batch 8 --seq 1024 $mode
+  done
+  for attn in eager sdpa; do
+    for dt in fp32 bf16; do
+      echo "## torch_bench.py model --attn $attn --dtype $dt"
+      "$PY" "$TB" model --attn "$attn" --dtype "$dt" --batch 8 --seq 1024
+    done
+  done
+  for dh in 64 128; do
+    echo "## attention dh $dh"
+    "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192
+    "$PY" "$TB" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192
+  done
+} 2>&1 | tee "$OUT"
+echo "wrote $OUT"
