@@ -1,0 +1,106 @@
+"""gsink-train end to end: resume bit for bit, crash during save, bad data, learning."""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import prepare, read_log, run_tool
+
+COMMON = ["--preset", "test", "--threads", "1", "--seed", "7", "--eval-every", "4", "--eval-batches", "2",
+          "--diag-every", "8", "--no-progress"]
+
+
+def test_resume_is_bit_for_bit(tool, small_data, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_tool(tool, "--data", small_data, "--out", a, "--steps", 16, "--ckpt-every", 8, *COMMON)
+    r = run_tool(tool, "--data", small_data, "--out", b, "--steps", 16, "--ckpt-every", 8, "--stop-at", 8, *COMMON)
+    assert "stopped at step 8" in r.stderr
+    assert (b / "latest").read_text().strip() == "ckpt-00000008"
+    run_tool(tool, "--data", small_data, "--out", b, "--steps", 16, "--ckpt-every", 8, "--resume", *COMMON)
+    la, va = read_log(a / "log.jsonl")
+    lb, vb = read_log(b / "log.jsonl")
+    assert sorted(la) == list(range(1, 17))
+    assert la == lb  # losses printed with 9 significant digits: exact float32 round trip
+    assert va == vb
+    # the final checkpoints are identical byte for byte (weights, moments, step, data position, RNG)
+    for f in ("state.bin", "optimizer.bin"):
+        assert (a / "ckpt-00000016" / f).read_bytes() == (b / "ckpt-00000016" / f).read_bytes(), f
+
+
+def test_crash_during_save_keeps_previous_checkpoint(tool, small_data, tmp_path):
+    out = tmp_path / "run"
+    run_tool(tool, "--data", small_data, "--out", out, "--steps", 16, "--ckpt-every", 8, "--stop-at", 8, *COMMON)
+    good = (out / "ckpt-00000008" / "state.bin").read_bytes()
+    r = run_tool(tool, "--data", small_data, "--out", out, "--steps", 16, "--ckpt-every", 8, "--resume", *COMMON,
+                 env={"GSINK_TRAIN_CRASH_IN_SAVE": "1"}, check=False)
+    assert r.returncode == 86, r.stderr
+    assert (out / "latest").read_text().strip() == "ckpt-00000008"
+    assert (out / "ckpt-00000008" / "state.bin").read_bytes() == good
+    # the run continues from the intact checkpoint and matches an uninterrupted run
+    run_tool(tool, "--data", small_data, "--out", out, "--steps", 16, "--ckpt-every", 8, "--resume", *COMMON)
+    ref = tmp_path / "ref"
+    run_tool(tool, "--data", small_data, "--out", ref, "--steps", 16, "--ckpt-every", 8, *COMMON)
+    assert read_log(out / "log.jsonl") == read_log(ref / "log.jsonl")
+
+
+def test_mismatched_checkpoint_rejected(tool, small_data, tmp_path):
+    out = tmp_path / "run"
+    run_tool(tool, "--data", small_data, "--out", out, "--steps", 8, "--ckpt-every", 8, *COMMON)
+    r = run_tool(tool, "--data", small_data, "--out", out, "--steps", 16, "--resume", "--d-model", 96, *COMMON,
+                 check=False)
+    assert r.returncode != 0 and "does not match" in r.stderr
+    state = out / "ckpt-00000008" / "state.bin"
+    raw = bytearray(state.read_bytes())
+    raw[len(raw) // 2] ^= 1
+    state.write_bytes(bytes(raw))
+    r = run_tool(tool, "--data", small_data, "--out", out, "--steps", 16, "--resume", *COMMON, check=False)
+    assert r.returncode != 0 and "corrupt" in r.stderr
+
+
+def test_corrupt_token_file_rejected(tool, small_data, tmp_path):
+    bad = tmp_path / "bad"
+    shutil.copytree(small_data, bad)
+    raw = bytearray((bad / "val.bin").read_bytes())
+    raw[1000] ^= 0x01
+    (bad / "val.bin").write_bytes(bytes(raw))
+    r = run_tool(tool, "--data", bad, "--out", tmp_path / "o", "--steps", 2, *COMMON, check=False)
+    assert r.returncode == 1 and "CRC-32" in r.stderr
+    (bad / "val.bin").write_bytes(bytes(raw[:-7]))
+    r = run_tool(tool, "--data", bad, "--out", tmp_path / "o", "--steps", 2, *COMMON, check=False)
+    assert r.returncode == 1 and "corrupt token file" in r.stderr
+    (bad / "val.bin").write_bytes(b"not a token file at all, clearly not one")
+    r = run_tool(tool, "--data", bad, "--out", tmp_path / "o", "--steps", 2, *COMMON, check=False)
+    assert r.returncode == 1 and "bad magic" in r.stderr
+    # a token id outside the vocabulary (with a valid checksum) is caught too
+    prepare.write_tokens(str(bad / "val.bin"), np.full(5000, 4095, np.int64), 4000, 0)
+    r = run_tool(tool, "--data", bad, "--out", tmp_path / "o", "--steps", 2, *COMMON, check=False)
+    assert r.returncode == 1 and "outside vocab" in r.stderr
+
+
+def test_data_too_small_for_one_batch(tool, small_data, tmp_path):
+    d = tmp_path / "tiny"
+    shutil.copytree(small_data, d)
+    tr, vocab, eot = prepare.read_tokens(str(d / "train.bin"))
+    prepare.write_tokens(str(d / "train.bin"), tr[:300], vocab, eot)
+    r = run_tool(tool, "--data", d, "--out", tmp_path / "o", "--steps", 2, "--batch", 8, "--seq", 64, *COMMON[2:],
+                 check=False)
+    assert r.returncode == 1
+    assert "has 300 tokens; one batch of 8 x 64 needs 513" in r.stderr
+
+
+def test_short_run_beats_unigram_entropy(tool, corpus, tmp_path):
+    meta = json.load(open(os.path.join(corpus, "meta.json")))
+    h_unigram = meta["unigram_entropy_nats"]["val"]
+    out = tmp_path / "run"
+    run_tool(tool, "--data", corpus, "--out", out, "--preset", "test", "--steps", 150, "--batch", 8, "--seq", 64,
+             "--lr", "4e-3", "--min-lr", "4e-4", "--warmup", 15, "--eval-every", 150, "--eval-batches", 8,
+             "--diag-every", 1000, "--ckpt-every", 1000, "--threads", 1, "--no-progress")
+    _, vals = read_log(out / "log.jsonl")
+    assert vals[0] > h_unigram  # an untrained model is worse than unigram statistics
+    assert vals[150] < h_unigram - 0.5, (vals, h_unigram)
+    # diagnostics were written as JSON lines with one record per layer
+    lines = [json.loads(x) for x in open(out / "diag.jsonl")]
+    assert lines[0]["step"] == 0 and len(lines[0]["layers"]) == 2
+    assert {"sink_rate", "resid_out_t0_early", "mlp_out_t0_early", "r_gs"} <= set(lines[-1]["layers"][0])
