@@ -70,9 +70,9 @@ def build(kvs, tensors, alignment=32, tensor_offsets=None, n_kv=None, n_tensors=
             data += b"\0" * ((-len(data)) % alignment)
         else:
             end = t.offset + len(t.data)
-            if end > len(data) and t.offset < 1 << 40:
+            if end > len(data) and t.offset < 1 << 16:
                 data += b"\0" * (end - len(data))
-            if t.offset < 1 << 40:
+            if t.offset < 1 << 16:
                 data[t.offset:end] = t.data
     return head + bytes(data)
 

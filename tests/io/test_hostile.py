@@ -1,0 +1,328 @@
+"""Bad and hostile checkpoint files: each gives a specific status and message,
+never a crash and never a model. Files are built byte by byte (ggufw.py)."""
+
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import gsink  # noqa: E402
+import ggufw  # noqa: E402
+from ggufw import Tensor  # noqa: E402
+from gsink.errors import GsinkError  # noqa: E402
+
+ERR_BAD_CONFIG, ERR_SHAPE, ERR_IO, ERR_FORMAT, ERR_UNSUPPORTED, ERR_MISSING = 6, 13, 14, 15, 16, 20
+
+CFG = dict(vocab_size=11, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_head=16, d_ff=32,
+           max_seq_len=16, rms_eps=1e-5, rope_theta=10000.0)
+
+
+def tensors_for(cfg, skip=(), override=None):
+    d, H, KV, dh, ff, V = (cfg[k] for k in ("d_model", "n_heads", "n_kv_heads", "d_head", "d_ff",
+                                            "vocab_size"))
+    spec = [("token_embd.weight", [d, V]), ("output_norm.weight", [d])]
+    for l in range(cfg["n_layers"]):
+        b = "blk.%d." % l
+        spec += [(b + "attn_norm.weight", [d]), (b + "attn_q.weight", [d, H * dh]),
+                 (b + "attn_k.weight", [d, KV * dh]), (b + "attn_v.weight", [d, KV * dh]),
+                 (b + "attn_output.weight", [H * dh, d]), (b + "ffn_norm.weight", [d]),
+                 (b + "ffn_gate.weight", [d, ff]), (b + "ffn_up.weight", [d, ff]),
+                 (b + "ffn_down.weight", [ff, d])]
+    out = []
+    for name, ne in spec:
+        if name in skip:
+            continue
+        if override and name in override:
+            ne = override[name]
+        n = int(np.prod(ne))
+        out.append(Tensor(name, ne, ggufw.F32, np.full(n, 0.01, "<f4").tobytes()))
+    return out
+
+
+def load_status(path):
+    with pytest.raises(GsinkError) as e:
+        gsink.Model.load(str(path))
+    return e.value.status, str(e.value)
+
+
+def write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return p
+
+
+def valid_gguf():
+    return ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG))
+
+
+def test_valid_base_file_loads(tmp_path):
+    m = gsink.Model.load(str(write(tmp_path, "ok.gguf", valid_gguf())))
+    assert m.config.vocab_size == 11 and m.config.tie_embeddings == 1
+
+
+def test_gguf_truncated_everywhere(tmp_path):
+    data = valid_gguf()
+    # Every cut inside the header and metadata, and some inside the tensor data.
+    cuts = list(range(0, 600, 7)) + [len(data) - 1, len(data) - 100, len(data) // 2]
+    for cut in cuts:
+        st, msg = load_status(write(tmp_path, "t.gguf", data[:cut]))
+        assert st == ERR_FORMAT, (cut, msg)
+        assert msg
+
+
+def test_gguf_wrong_magic_and_version(tmp_path):
+    data = valid_gguf()
+    st, msg = load_status(write(tmp_path, "m.gguf", b"GGUX" + data[4:]))
+    assert st == ERR_FORMAT and "magic" in msg
+    st, msg = load_status(write(tmp_path, "v.gguf", data[:4] + struct.pack("<I", 99) + data[8:]))
+    assert st == ERR_UNSUPPORTED and "version" in msg
+
+
+def test_gguf_absurd_counts(tmp_path):
+    d = ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG), n_kv=1 << 60)
+    st, msg = load_status(write(tmp_path, "a.gguf", d))
+    assert st == ERR_FORMAT and "metadata count" in msg
+    d = ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG), n_tensors=1 << 62)
+    st, msg = load_status(write(tmp_path, "b.gguf", d))
+    assert st == ERR_FORMAT and "tensor count" in msg
+    # An array claiming 2^61 strings.
+    bad = (b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + ggufw.gstr("tokenizer.ggml.tokens")
+           + struct.pack("<IIQ", ggufw.ARRAY, ggufw.STRING, 1 << 61) + b"\0" * 64)
+    st, msg = load_status(write(tmp_path, "c.gguf", bad))
+    assert st == ERR_FORMAT and "array" in msg
+    # A string whose length runs past the end of the file.
+    bad = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + struct.pack("<Q", 1 << 40) + b"abc" * 8
+    st, msg = load_status(write(tmp_path, "d.gguf", bad))
+    assert st == ERR_FORMAT and "past the end" in msg
+    # Unknown metadata value type.
+    bad = b"GGUF" + struct.pack("<IQQ", 3, 0, 1) + ggufw.gstr("k") + struct.pack("<I", 77) + b"\0" * 16
+    st, msg = load_status(write(tmp_path, "e.gguf", bad))
+    assert st == ERR_FORMAT and "type" in msg
+
+
+def test_gguf_offsets_outside_or_overlapping(tmp_path):
+    ts = tensors_for(CFG)
+    offs, o = [], 0
+    for t in ts:
+        offs.append(o)
+        o += (len(t.data) + 31) // 32 * 32
+    bad = list(offs)
+    bad[-1] = offs[-1] + (1 << 20)  # beyond the data section
+    st, msg = load_status(write(tmp_path, "o.gguf", ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG),
+                                                                tensor_offsets=bad)))
+    assert st == ERR_FORMAT and "outside" in msg
+    bad = list(offs)
+    bad[3] = offs[2]  # two tensors share bytes
+    st, msg = load_status(write(tmp_path, "p.gguf", ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG),
+                                                                tensor_offsets=bad)))
+    assert st == ERR_FORMAT and "overlap" in msg
+    bad = list(offs)
+    bad[1] = offs[1] + 4  # misaligned
+    st, msg = load_status(write(tmp_path, "q.gguf", ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG),
+                                                                tensor_offsets=bad)))
+    assert st == ERR_FORMAT and "aligned" in msg
+    bad = list(offs)
+    bad[0] = (1 << 64) - 32  # offset + size wraps around
+    st, msg = load_status(write(tmp_path, "r.gguf", ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG),
+                                                                tensor_offsets=bad)))
+    assert st == ERR_FORMAT
+
+
+def test_gguf_byte_size_overflow(tmp_path):
+    ts = tensors_for(CFG)
+    ts.append(Tensor("huge", [1 << 40, 1 << 40], ggufw.F32, b""))
+    st, msg = load_status(write(tmp_path, "h.gguf", ggufw.build(ggufw.llama_kvs(CFG), ts)))
+    assert st == ERR_FORMAT and "overflow" in msg
+    ts = tensors_for(CFG)
+    ts.append(Tensor("big", [1 << 61, 4], ggufw.F32, b""))
+    st, msg = load_status(write(tmp_path, "i.gguf", ggufw.build(ggufw.llama_kvs(CFG), ts)))
+    assert st == ERR_FORMAT and "overflow" in msg
+    ts = tensors_for(CFG)
+    ts.append(Tensor("five", [1, 1, 1, 1, 1], ggufw.F32, b"\0" * 4))
+    st, msg = load_status(write(tmp_path, "j.gguf", ggufw.build(ggufw.llama_kvs(CFG), ts)))
+    assert st == ERR_FORMAT and "dimensions" in msg
+
+
+def test_gguf_unknown_quant_type_and_arch(tmp_path):
+    ts = tensors_for(CFG)
+    ts[3].ttype = 99
+    st, msg = load_status(write(tmp_path, "u.gguf", ggufw.build(ggufw.llama_kvs(CFG), ts)))
+    assert st == ERR_UNSUPPORTED and "type 99" in msg
+    ts = tensors_for(CFG)
+    ts[3].ttype = 10  # Q2_K: a real ggml type this reader does not dequantise
+    st, msg = load_status(write(tmp_path, "u2.gguf", ggufw.build(ggufw.llama_kvs(CFG), ts)))
+    assert st == ERR_UNSUPPORTED and "Q2_K" in msg
+    kv = ggufw.llama_kvs(CFG)
+    kv[0] = ("general.architecture", ggufw.STRING, "gpt2")
+    st, msg = load_status(write(tmp_path, "w.gguf", ggufw.build(kv, tensors_for(CFG))))
+    assert st == ERR_UNSUPPORTED and "architecture" in msg
+    ts = tensors_for(CFG)
+    ts[2] = Tensor(ts[2].name, [33, 1], ggufw.Q8_0, b"\0" * 34)  # row not a multiple of the block
+    st, msg = load_status(write(tmp_path, "x.gguf", ggufw.build(ggufw.llama_kvs(CFG), ts)))
+    assert st == ERR_FORMAT and "block" in msg
+
+
+def test_gguf_missing_tensor_and_shape_mismatch(tmp_path):
+    d = ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG, skip=("blk.0.ffn_up.weight",)))
+    st, msg = load_status(write(tmp_path, "mt.gguf", d))
+    assert st == ERR_MISSING and "blk.0.ffn_up.weight" in msg
+    d = ggufw.build(ggufw.llama_kvs(CFG), tensors_for(CFG, override={"blk.0.ffn_gate.weight": [32, 31]}))
+    st, msg = load_status(write(tmp_path, "sm.gguf", d))
+    assert st == ERR_SHAPE and "ffn_gate" in msg
+    kv = [x for x in ggufw.llama_kvs(CFG) if x[0] != "llama.block_count"]
+    st, msg = load_status(write(tmp_path, "mk.gguf", ggufw.build(kv, tensors_for(CFG))))
+    assert st == ERR_FORMAT and "block_count" in msg
+    kv = ggufw.llama_kvs(CFG)
+    kv = [x if x[0] != "llama.attention.head_count_kv" else (x[0], ggufw.UINT32, 3) for x in kv]
+    st, msg = load_status(write(tmp_path, "bc.gguf", ggufw.build(kv, tensors_for(CFG))))
+    assert st == ERR_BAD_CONFIG
+
+
+def test_io_errors(tmp_path):
+    st, msg = load_status(tmp_path / "does-not-exist.gguf")
+    assert st == ERR_IO
+    st, msg = load_status(write(tmp_path, "empty.gguf", b""))
+    assert st == ERR_FORMAT
+    st, msg = load_status(write(tmp_path, "junk.bin", b"\x01\x02garbage" * 10))
+    assert st == ERR_FORMAT
+    st, msg = load_status(tmp_path)  # a directory without config.json
+    assert st == ERR_IO and "config.json" in msg
+
+
+# ---- safetensors -------------------------------------------------------------
+
+HF_CFG = {"model_type": "llama", "vocab_size": 11, "hidden_size": 32, "intermediate_size": 32,
+          "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1,
+          "max_position_embeddings": 16, "rms_norm_eps": 1e-5, "tie_word_embeddings": True}
+
+
+def hf_tensors():
+    return {
+        "model.embed_tokens.weight": ("F32", [11, 32]), "model.norm.weight": ("F32", [32]),
+        "model.layers.0.input_layernorm.weight": ("F32", [32]),
+        "model.layers.0.self_attn.q_proj.weight": ("F32", [32, 32]),
+        "model.layers.0.self_attn.k_proj.weight": ("F32", [16, 32]),
+        "model.layers.0.self_attn.v_proj.weight": ("F32", [16, 32]),
+        "model.layers.0.self_attn.o_proj.weight": ("F32", [32, 32]),
+        "model.layers.0.post_attention_layernorm.weight": ("F32", [32]),
+        "model.layers.0.mlp.gate_proj.weight": ("F32", [32, 32]),
+        "model.layers.0.mlp.up_proj.weight": ("F32", [32, 32]),
+        "model.layers.0.mlp.down_proj.weight": ("F32", [32, 32]),
+    }
+
+
+def st_bytes(tensors, header_override=None, hlen_override=None, offsets=None, pad_data=0):
+    esz = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8}
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for i, (name, (dt, shape)) in enumerate(tensors.items()):
+        n = int(np.prod(shape)) * esz.get(dt, 4)
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + n]}
+        if offsets and name in offsets:
+            header[name]["data_offsets"] = offsets[name]
+        off += n
+    if header_override:
+        header.update(header_override)
+    h = json.dumps(header).encode()
+    h += b" " * ((-len(h)) % 8)
+    hl = len(h) if hlen_override is None else hlen_override
+    return struct.pack("<Q", hl) + h + b"\0" * (off + pad_data)
+
+
+def hf_dir(tmp_path, data, cfg=None, name="hf"):
+    d = tmp_path / name
+    d.mkdir(exist_ok=True)
+    (d / "config.json").write_text(json.dumps(cfg or HF_CFG))
+    (d / "model.safetensors").write_bytes(data)
+    return d
+
+
+def test_safetensors_valid_base_loads(tmp_path):
+    m = gsink.Model.load(str(hf_dir(tmp_path, st_bytes(hf_tensors()))))
+    assert m.config.d_head == 16 and m.config.tie_embeddings
+
+
+def test_safetensors_hostile(tmp_path):
+    base = st_bytes(hf_tensors())
+    cases = [
+        ("truncated header length", base[:5], ERR_FORMAT, "truncated"),
+        ("header beyond file", st_bytes(hf_tensors(), hlen_override=1 << 40), ERR_FORMAT, "past the end"),
+        ("truncated data", base[:-16], ERR_FORMAT, "outside"),
+        ("bad json", base[:8] + b"{\"a\": [1, 2" + base[19:], ERR_FORMAT, "JSON"),
+        ("offsets outside", st_bytes(hf_tensors(), offsets={"model.norm.weight": [0, 1 << 50]}),
+         ERR_FORMAT, "outside"),
+        ("offsets reversed", st_bytes(hf_tensors(), offsets={"model.norm.weight": [128, 0]}),
+         ERR_FORMAT, "outside"),
+        ("overlap", st_bytes(hf_tensors(), offsets={"model.norm.weight": [0, 128]}), ERR_FORMAT, "overlap"),
+        ("size mismatch", st_bytes(hf_tensors(), offsets={"model.norm.weight": [1408, 1408 + 64]}),
+         ERR_FORMAT, "need"),
+        ("byte size overflow", st_bytes(hf_tensors(), header_override={
+            "x": {"dtype": "F32", "shape": [1 << 62, 1 << 62], "data_offsets": [0, 0]}}), ERR_FORMAT, "overflow"),
+        ("unknown dtype", st_bytes(hf_tensors(), header_override={
+            "x": {"dtype": "Q9", "shape": [1], "data_offsets": [0, 0]}}), ERR_UNSUPPORTED, "dtype"),
+        ("missing fields", st_bytes(hf_tensors(), header_override={"x": {"dtype": "F32"}}),
+         ERR_FORMAT, "data_offsets"),
+        ("negative shape", st_bytes(hf_tensors(), header_override={
+            "x": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 0]}}), ERR_FORMAT, "shape"),
+    ]
+    for what, data, want, word in cases:
+        d = hf_dir(tmp_path, data, name="c")
+        st, msg = load_status(d)
+        assert st == want, (what, msg)
+        assert word in msg, (what, msg)
+
+
+def test_safetensors_model_level_errors(tmp_path):
+    t = hf_tensors()
+    del t["model.layers.0.mlp.up_proj.weight"]
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(t), name="a"))
+    assert st == ERR_MISSING and "up_proj" in msg
+    t = hf_tensors()
+    t["model.layers.0.mlp.up_proj.weight"] = ("F32", [31, 32])
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(t), name="b"))
+    assert st == ERR_SHAPE and "up_proj" in msg
+    t = hf_tensors()
+    t["model.layers.0.mlp.up_proj.weight"] = ("I64", [32, 32])
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(t), name="c"))
+    assert st == ERR_UNSUPPORTED and "I64" in msg
+    cfg = dict(HF_CFG)
+    del cfg["hidden_size"]
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(hf_tensors()), cfg=cfg, name="d"))
+    assert st == ERR_BAD_CONFIG and "hidden_size" in msg
+    cfg = dict(HF_CFG, num_key_value_heads=3)
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(hf_tensors()), cfg=cfg, name="e"))
+    assert st == ERR_BAD_CONFIG
+    cfg = dict(HF_CFG, model_type="gpt2")
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(hf_tensors()), cfg=cfg, name="f"))
+    assert st == ERR_UNSUPPORTED
+    d = hf_dir(tmp_path, st_bytes(hf_tensors()), name="g")
+    (d / "config.json").write_text("{\"vocab_size\": 11,,}")
+    st, msg = load_status(d)
+    assert st == ERR_FORMAT and "config.json" in msg
+    # Sharded index naming a tensor that no shard holds.
+    d = tmp_path / "h"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(HF_CFG))
+    (d / "part1.safetensors").write_bytes(st_bytes(hf_tensors()))
+    wm = {k: "part1.safetensors" for k in hf_tensors()}
+    wm["model.extra"] = "part1.safetensors"
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    st, msg = load_status(d)
+    assert st == ERR_MISSING and "model.extra" in msg
+    wm = {k: "../escape.safetensors" for k in hf_tensors()}
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    st, msg = load_status(d)
+    assert st == ERR_FORMAT and "shard" in msg
+
+
+def test_failed_load_leaves_no_model_and_library_usable(tmp_path):
+    st, _ = load_status(write(tmp_path, "bad.gguf", b"GGUF"))
+    assert st == ERR_FORMAT
+    assert "GGUF" in gsink.last_error()
+    m = gsink.Model.load(str(write(tmp_path, "ok.gguf", valid_gguf())))
+    assert m.config.n_layers == 1
