@@ -1,0 +1,47 @@
+"""Regenerates the small fuzz seed corpus: python3 tests/io/corpus/make_corpus.py"""
+import json
+import os
+import struct
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+import ggufw  # noqa: E402
+
+rng = np.random.default_rng(0)
+cfg = dict(vocab_size=5, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, d_head=16, d_ff=32,
+           rms_eps=1e-5, rope_theta=10000.0)
+tensors = [ggufw.Tensor("t_%d" % q, [256 if ggufw.BLOCK[q][0] == 256 else 32, 1], q,
+                        ggufw.random_blocks(q, 256 if ggufw.BLOCK[q][0] == 256 else 32, rng))
+           for q in sorted(ggufw.BLOCK)]
+kvs = ggufw.llama_kvs(cfg) + [
+    ("tokenizer.ggml.model", ggufw.STRING, "gpt2"),
+    ("tokenizer.ggml.tokens", ggufw.ARRAY, ["a", "b", "ab", "<s>", "\u0120"], ggufw.STRING),
+    ("tokenizer.ggml.merges", ggufw.ARRAY, ["a b"], ggufw.STRING),
+    ("tokenizer.ggml.token_type", ggufw.ARRAY, [1, 1, 1, 3, 1], ggufw.INT32),
+    ("general.alignment", ggufw.UINT32, 64),
+    ("misc.nested", ggufw.ARRAY, [1.5, 2.5], ggufw.FLOAT64),
+]
+open(os.path.join(HERE, "gguf", "all_types.gguf"), "wb").write(ggufw.build(kvs, tensors, alignment=64))
+open(os.path.join(HERE, "gguf", "tiny.gguf"), "wb").write(
+    ggufw.build(ggufw.llama_kvs(cfg)[:3], tensors[:2]))
+
+
+def st(tensors):
+    header, off, data = {"__metadata__": {"format": "pt"}}, 0, b""
+    for name, (dt, shape, raw) in tensors.items():
+        header[name] = {"dtype": dt, "shape": shape, "data_offsets": [off, off + len(raw)]}
+        off += len(raw)
+        data += raw
+    h = json.dumps(header).encode()
+    h += b" " * ((-len(h)) % 8)
+    return struct.pack("<Q", len(h)) + h + data
+
+
+f32 = rng.standard_normal(12).astype("<f4").tobytes()
+open(os.path.join(HERE, "safetensors", "mixed.safetensors"), "wb").write(st({
+    "a": ("F32", [3, 4], f32), "b": ("F16", [2, 2], b"\x00\x3c" * 4), "c": ("BF16", [1], b"\x80\x3f"),
+    "d": ("I64", [1], b"\0" * 8), "e\u00e9\\\"": ("F32", [0], b"")}))
+open(os.path.join(HERE, "safetensors", "one.safetensors"), "wb").write(st({"w": ("F32", [3], f32[:12])}))
