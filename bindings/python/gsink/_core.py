@@ -227,6 +227,14 @@ def presets():
         i += 1
 
 
+def default_diag_options():
+    """The library's default diagnostic options (gsink_diag_options_init) as a dict."""
+    o = L.DiagOptions()
+    o.size = ctypes.sizeof(L.DiagOptions)
+    _lib.gsink_diag_options_init(ctypes.byref(o))
+    return {f: getattr(o, f) for f, _ in L.DiagOptions._fields_ if f != "size"}
+
+
 def site_name(site):
     n = _lib.gsink_site_name(_cint(site, "site"))
     if n is None:

@@ -50,6 +50,16 @@ def test_every_public_function_is_bound():
         % (sorted(set(names) - set(_lib.PROTOTYPES)), sorted(set(_lib.PROTOTYPES) - set(names))))
     for n in names:
         assert hasattr(_lib.lib, n)
+    # ... and every one has a Pythonic wrapper
+    core = open(os.path.join(os.path.dirname(HERE), "gsink", "_core.py")).read()
+    unwrapped = [n for n in names if n not in core and n != "gsink_version_number"]
+    assert not unwrapped, unwrapped
+
+
+def test_default_diag_options():
+    d = gsink.default_diag_options()
+    assert d["sink_eps"] == pytest.approx(0.3) and d["sink_window"] == 64
+    assert d["rgs_window"] == 31 and d["sink_position"] == 0 and d["batch_agg"] == 0
 
 
 def test_struct_sizes_follow_the_header():
