@@ -118,6 +118,14 @@ typedef struct cpu_ctx {
 
 #define CTX(be) ((cpu_ctx *)(be)->ctx)
 #define ATT_QBLOCK 128
+/* Element-wise work below this many values runs on one thread: waking a
+ * team costs more than it saves, and far more when the CPUs are shared. */
+#define PAR_MIN_WORK 32768
+
+static inline int nt_for(gsink_backend *be, size_t work)
+{
+    return work < PAR_MIN_WORK ? 1 : CTX(be)->nt;
+}
 
 static int online_cpus(void)
 {
@@ -240,7 +248,7 @@ static gsink_status cpu_gemm(gsink_backend *be, int ta, int tb, int M, int N, in
 static gsink_status cpu_embedding_fwd(gsink_backend *be, float *out, const int32_t *tokens,
                                       const float *table, int N, int d)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, (size_t)N * d)) schedule(static)
     for (int n = 0; n < N; n++)
         memcpy(out + (size_t)n * d, table + (size_t)tokens[n] * d, (size_t)d * sizeof(float));
     return GSINK_OK;
@@ -250,7 +258,7 @@ static gsink_status cpu_embedding_bwd(gsink_backend *be, float *dtable, const in
                                       const float *dout, int N, int d)
 {
     /* Each thread owns a slice of the columns: no races, fixed summation order. */
-    int nt = CTX(be)->nt;
+    int nt = nt_for(be, (size_t)N * d);
 #pragma omp parallel num_threads(nt)
     {
         int t = 0, T = 1;
@@ -275,7 +283,7 @@ static gsink_status cpu_embedding_bwd(gsink_backend *be, float *dtable, const in
 static gsink_status cpu_rmsnorm_fwd(gsink_backend *be, float *out, float *rstd, const float *x,
                                     const float *gain, int N, int d, float eps)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, (size_t)N * d)) schedule(static)
     for (int n = 0; n < N; n++) {
         const float *xr = x + (size_t)n * d;
         float *o = out + (size_t)n * d;
@@ -292,7 +300,7 @@ static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, 
                                     const float *x, const float *gain, const float *rstd, int N,
                                     int d, int accumulate)
 {
-    int nt = CTX(be)->nt;
+    int nt = nt_for(be, (size_t)N * d);
     float *partial = calloc((size_t)nt * d, sizeof(float));
     if (!partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rmsnorm backward scratch");
     int used = 1;
@@ -345,7 +353,7 @@ static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int head
             cs[((size_t)t * half + i) * 2 + 1] = (float)(inverse ? -sin(ang) : sin(ang));
         }
     size_t rows = (size_t)B * T;
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, rows * (size_t)heads * dh)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
         int t = (int)(r % (size_t)T);
         const float *c = cs + (size_t)t * half * 2;
@@ -534,7 +542,7 @@ static gsink_status cpu_vscale_fwd(gsink_backend *be, float *out, const float *v
                                    int mode)
 {
     int rep = hout / hin;
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, (size_t)N * hout * dh)) schedule(static)
     for (int n = 0; n < N; n++) {
         for (int j = 0; j < hout; j++) {
             const float *vi = v + ((size_t)n * hin + j / rep) * dh;
@@ -557,7 +565,7 @@ static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, 
                                    const float *v, const float *theta, int N, int hin, int hout,
                                    int dh, float c0, int mode)
 {
-    int nt = CTX(be)->nt, rep = hout / hin;
+    int nt = nt_for(be, (size_t)N * hout * dh), rep = hout / hin;
     double *partial = calloc((size_t)nt * hout, sizeof(double));
     if (!partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "vscale backward scratch");
     int used = 1;
@@ -613,7 +621,7 @@ static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, 
 static gsink_status cpu_swiglu_fwd(gsink_backend *be, float *h, const float *gate, const float *up,
                                    size_t n)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i];
         h[i] = g / (1.0f + expf(-g)) * up[i];
@@ -624,7 +632,7 @@ static gsink_status cpu_swiglu_fwd(gsink_backend *be, float *h, const float *gat
 static gsink_status cpu_swiglu_bwd(gsink_backend *be, float *dgate, float *dup, const float *dh,
                                    const float *gate, const float *up, size_t n)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
         float silu = g * sg;
@@ -652,7 +660,7 @@ static gsink_status cpu_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *c
 {
     double *row_loss = malloc(sizeof(double) * (size_t)(N > 0 ? N : 1));
     if (!row_loss) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "cross-entropy scratch");
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, (size_t)N * V)) schedule(static)
     for (int n = 0; n < N; n++) {
         row_loss[n] = 0.0;
         int tgt = targets[n];
@@ -679,7 +687,7 @@ static gsink_status cpu_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *c
 static gsink_status cpu_xent_bwd(gsink_backend *be, float *dlogits, const float *logits,
                                  const int32_t *targets, int N, int V, float scale)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, (size_t)N * V)) schedule(static)
     for (int n = 0; n < N; n++) {
         const float *l = logits + (size_t)n * V;
         float *d = dlogits + (size_t)n * V;
@@ -706,14 +714,14 @@ static gsink_status cpu_xent_bwd(gsink_backend *be, float *dlogits, const float 
 
 static gsink_status cpu_add(gsink_backend *be, float *out, const float *a, const float *b, size_t n)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
     return GSINK_OK;
 }
 
 static gsink_status cpu_scale(gsink_backend *be, float *x, float alpha, size_t n)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
     for (size_t i = 0; i < n; i++) x[i] *= alpha;
     return GSINK_OK;
 }
@@ -721,7 +729,7 @@ static gsink_status cpu_scale(gsink_backend *be, float *x, float alpha, size_t n
 static gsink_status cpu_row_sumsq(gsink_backend *be, float *out, const float *x, size_t rows,
                                   int heads, int width)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, rows * (size_t)heads * width)) schedule(static)
     for (size_t r = 0; r < rows; r++)
         for (int h = 0; h < heads; h++) {
             const float *p = x + (r * heads + h) * width;
@@ -734,7 +742,7 @@ static gsink_status cpu_row_sumsq(gsink_backend *be, float *out, const float *x,
 
 static gsink_status cpu_batch_sum(gsink_backend *be, float *out, const float *x, int B, size_t n)
 {
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, n * (size_t)B)) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float s = 0.0f;
         for (int b = 0; b < B; b++) s += x[(size_t)b * n + i];
@@ -745,7 +753,7 @@ static gsink_status cpu_batch_sum(gsink_backend *be, float *out, const float *x,
 
 static gsink_status cpu_sumsq(gsink_backend *be, double *out, int *finite, const float *x, size_t n)
 {
-    int nt = CTX(be)->nt;
+    int nt = nt_for(be, n);
     double *part = calloc((size_t)nt, sizeof(double));
     int *fin = malloc(sizeof(int) * (size_t)nt);
     if (!part || !fin) {
@@ -791,7 +799,7 @@ static gsink_status cpu_adamw(gsink_backend *be, float *p, const float *g, float
                               float bc1, float bc2, float gscale)
 {
     float sbc2 = sqrtf(bc2);
-#pragma omp parallel for num_threads(CTX(be)->nt) schedule(static)
+#pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
     for (size_t i = 0; i < n; i++) {
         float gi = g[i] * gscale;
         p[i] -= lr * wd * p[i];
