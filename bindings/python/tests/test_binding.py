@@ -451,3 +451,21 @@ def test_devices():
     assert gsink.device_count("cpu") == 1
     assert gsink.device_describe("cpu", 0)
     assert gsink.device_count("cuda") >= 0
+
+
+def test_pip_install(tmp_path):
+    """`pip install ./bindings/python` works (offline: no build isolation, no deps)."""
+    src = tmp_path / "src"
+    shutil.copytree(os.path.dirname(HERE), src,
+                    ignore=shutil.ignore_patterns("__pycache__", "build", "*.egg-info", "tests"))
+    target = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-build-isolation",
+                        "--no-deps", "--no-index", "--target", str(target), str(src)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = dict(os.environ, PYTHONPATH=str(target), GSINK_LIBRARY=_lib.path)
+    r = subprocess.run([sys.executable, "-c", "import gsink, sys; print(gsink.__file__); "
+                        "m = gsink.Model('micro'); m.close()"],
+                       env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().startswith(str(target))
