@@ -60,6 +60,9 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="0 = all online CPUs")
     ap.add_argument("--untied", action="store_true", help="separate LM head")
     ap.add_argument("--blis-arch", default=None, help="BLIS kernel family, e.g. haswell, skx, zen3")
+    ap.add_argument("--with-gsink", action="store_true",
+                    help="also time libgsink (through the Python binding) in this process, "
+                         "alternating iterations, so both see the same machine load")
     args = ap.parse_args()
 
     threads = args.threads or os.cpu_count()
@@ -136,14 +139,32 @@ def main():
     tok, tgt = tok_all[:, :-1].contiguous(), tok_all[:, 1:].contiguous()
     arch = ("BLIS_ARCH_TYPE=%s (%s)" % (os.environ["BLIS_ARCH_TYPE"], args.blis_arch)
             if args.blis_arch else "BLIS default detection")
-    times = []
+    gm = None
+    if args.with_gsink:
+        import gsink
+        gm = gsink.Model(args.preset, seed=1, n_threads=threads)
+        g_tok = tok.numpy().astype("int32")
+        g_tgt = tgt.numpy().astype("int32")
+        print("libgsink %s (%s) | %s" % (gsink.version(), gsink.library_path(),
+                                         gsink.device_describe()))
+    times, g_times = [], []
     for it in range(-args.warmup, args.iters):
         t0 = time.perf_counter()
         loss = fwd_bwd(tok, tgt)
         dt = time.perf_counter() - t0
+        g_dt = None
+        if gm is not None:
+            t1 = time.perf_counter()
+            g_loss = gm.forward(g_tok, g_tgt)
+            gm.backward()
+            g_dt = time.perf_counter() - t1
         if it >= 0:
             times.append(dt)
-            print("  iter %2d: %8.2f ms  loss %.4f" % (it, 1e3 * dt, loss))
+            line = "  iter %2d: torch %8.2f ms  loss %.4f" % (it, 1e3 * dt, loss)
+            if g_dt is not None:
+                g_times.append(g_dt)
+                line += " | gsink %8.2f ms  loss %.4f" % (1e3 * g_dt, g_loss)
+            print(line)
     numel = sum(p.numel() for p in params)
     print("torch %s | BLAS %s, %s | %d threads | params %.2fM | B%d T%d"
           % (torch.__version__, torch.__config__.show().split("BLAS_INFO=")[1].split(",")[0],
@@ -151,6 +172,12 @@ def main():
     med = statistics.median(times)
     print("torch fwd+bwd: median %.2f ms, min %.2f ms, tokens/s %.0f"
           % (1e3 * med, 1e3 * min(times), B * T / med))
+    if g_times:
+        g_med = statistics.median(g_times)
+        print("gsink fwd+bwd (interleaved): median %.2f ms, min %.2f ms, tokens/s %.0f"
+              % (1e3 * g_med, 1e3 * min(g_times), B * T / g_med))
+        print("interleaved ratio libgsink/PyTorch (tokens/s): %.2fx" % (med / g_med))
+        gm.close()
 
 
 if __name__ == "__main__":
