@@ -89,7 +89,7 @@ k_attn_fwd(const float *__restrict__ q, const float *__restrict__ k, const float
            float *__restrict__ y, float *__restrict__ lse, int T, int H, int KV, int NV, int dh,
            float scale)
 {
-    extern __shared__ float smem[];
+    GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
     float *Qs = smem, *Ks = Qs + ATT_BR * LD, *Vs = Ks + ATT_BC * LD, *Ps = Vs + ATT_BC * LD;
     const int qb = gridDim.x - 1 - blockIdx.x; /* heaviest tiles first */
@@ -169,7 +169,7 @@ k_attn_stats(const float *__restrict__ q, const float *__restrict__ k,
              const float *__restrict__ lse, float *mass, float *sq, float *win, int T, int H,
              int KV, int dh, int W, float scale)
 {
-    extern __shared__ float smem[];
+    GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
     float *Ks = smem, *Qs = Ks + ATT_BC * LD, *Ls = Qs + ATT_BR * LD, *Red = Ls + ATT_BR;
     const int kb = blockIdx.x, h = blockIdx.y, b = blockIdx.z;
@@ -263,7 +263,7 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
               const float *__restrict__ Dv, float *__restrict__ dk, float *__restrict__ dv, int T,
               int H, int KV, int NV, int dh, float scale)
 {
-    extern __shared__ float smem[];
+    GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
     float *Ks = smem, *Vs = Ks + ATT_BC * LD, *Qs = Vs + ATT_BC * LD, *dYs = Qs + ATT_BR * LD;
     float *Ps = dYs + ATT_BR * LD, *dSs = Ps + ATT_BR * ATT_PLD, *Ls = dSs + ATT_BR * ATT_PLD;
@@ -357,7 +357,7 @@ k_attn_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const flo
              const float *__restrict__ Dv, float *__restrict__ dq, int T, int H, int KV, int NV,
              int dh, float scale)
 {
-    extern __shared__ float smem[];
+    GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
     float *Qs = smem, *dYs = Qs + ATT_BR * LD, *Ks = dYs + ATT_BR * LD, *Vs = Ks + ATT_BC * LD;
     float *dSs = Vs + ATT_BC * LD, *Ls = dSs + ATT_BR * ATT_PLD, *Ds = Ls + ATT_BR;
@@ -479,7 +479,7 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     dim3 grid(nb, s->n_heads, s->batch);
     gsink_status rc = smem_fits(be, fwd_smem<DM>(), "attention forward");
     if (rc) return rc;
-    k_attn_fwd<DM><<<grid, ATT_THREADS, fwd_smem<DM>(), st>>>(q, k, v, y, lse, T, s->n_heads,
+    GSINK_LAUNCH(k_attn_fwd<DM>, grid, ATT_THREADS, fwd_smem<DM>(), st)(q, k, v, y, lse, T, s->n_heads,
                                                               s->n_kv_heads, s->n_v_heads,
                                                               s->d_head, scale);
     rc = cuda_launch_check(be, "attention forward");
@@ -487,7 +487,7 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     if (stats.mass || stats.sq || stats.win) {
         rc = smem_fits(be, stats_smem<DM>(), "attention statistics");
         if (rc) return rc;
-        k_attn_stats<DM><<<grid, ATT_THREADS, stats_smem<DM>(), st>>>(
+        GSINK_LAUNCH(k_attn_stats<DM>, grid, ATT_THREADS, stats_smem<DM>(), st)(
             q, k, lse, stats.mass, stats.sq, stats.win, T, s->n_heads, s->n_kv_heads, s->d_head,
             s->sink_window, scale);
         rc = cuda_launch_check(be, "attention statistics");
@@ -522,11 +522,11 @@ static gsink_status bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     gsink_status rc = smem_fits(be, bwd_kv_smem<DM>(), "attention backward (dK, dV)");
     if (!rc) rc = smem_fits(be, bwd_q_smem<DM>(), "attention backward (dQ)");
     if (rc) return rc;
-    k_attn_bwd_kv<DM><<<dim3(nb, s->n_kv_heads, s->batch), ATT_THREADS, bwd_kv_smem<DM>(), st>>>(
+    GSINK_LAUNCH(k_attn_bwd_kv<DM>, dim3(nb, s->n_kv_heads, s->batch), ATT_THREADS, bwd_kv_smem<DM>(), st)(
         q, k, v, dy, lse, D, dk, dv, T, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head, scale);
     rc = cuda_launch_check(be, "attention backward (dK, dV)");
     if (rc) return rc;
-    k_attn_bwd_q<DM><<<dim3(nb, s->n_heads, s->batch), ATT_THREADS, bwd_q_smem<DM>(), st>>>(
+    GSINK_LAUNCH(k_attn_bwd_q<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, bwd_q_smem<DM>(), st)(
         q, k, v, dy, lse, D, dq, T, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head, scale);
     return cuda_launch_check(be, "attention backward (dQ)");
 }
@@ -545,7 +545,7 @@ gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, fl
     rc = cuda_scratch(be, sizeof(float) * (size_t)B * H * T, (void **)&D);
     if (rc) return rc;
     size_t rows = (size_t)B * T * H;
-    k_attn_dot<<<cuda_blocks(rows * 32, 256), 256, 0, CUDA_CTX(be)->stream>>>(D, dy, y, B, T, H, dh);
+    GSINK_LAUNCH(k_attn_dot, cuda_blocks(rows * 32, 256), 256, 0, CUDA_CTX(be)->stream)(D, dy, y, B, T, H, dh);
     rc = cuda_launch_check(be, "attention backward (D)");
     if (rc) return rc;
     switch (pick_dm(dh)) {

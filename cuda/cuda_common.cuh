@@ -4,12 +4,21 @@
 #ifndef GSINK_CUDA_COMMON_CUH
 #define GSINK_CUDA_COMMON_CUH
 
-#include <cublas_v2.h>
-#include <cuda_runtime.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "backend.h"
+
+#ifdef GSINK_CUDA_EMULATE
+/* Host emulation of the CUDA subset used here (tests/cuda/emu): lets the
+ * kernels run on machines without a GPU to check their indexing and logic. */
+#include "cuda_emu.h"
+#else
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#define GSINK_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#define GSINK_DYN_SMEM(name) extern __shared__ float name[]
+#endif
 
 struct cuda_ctx {
     int device;

@@ -99,8 +99,8 @@ static gsink_status col_reduce(gsink_backend *be, float *out, F f, int rows, int
     col_plan(rows, &chunk, &nchunks);
     cudaStream_t st = CUDA_CTX(be)->stream;
     dim3 grid((cols + 127) / 128, nchunks);
-    k_col_partial<<<grid, 128, 0, st>>>(partial, f, rows, cols, chunk);
-    k_col_final<<<(cols + 127) / 128, 128, 0, st>>>(out, partial, nchunks, cols);
+    GSINK_LAUNCH(k_col_partial<F>, grid, 128, 0, st)(partial, f, rows, cols, chunk);
+    GSINK_LAUNCH(k_col_final, (cols + 127) / 128, 128, 0, st)(out, partial, nchunks, cols);
     return launched(be, what);
 }
 
@@ -131,7 +131,7 @@ gsink_status cuda_embedding_fwd(gsink_backend *be, float *out, const int32_t *to
     if (N <= 0 || d <= 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_embedding_fwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), 128, 0, CUDA_CTX(be)->stream>>>(
+    GSINK_LAUNCH(k_embedding_fwd, cuda_blocks((size_t)N, 1, 65535u * 8u), 128, 0, CUDA_CTX(be)->stream)(
         out, tokens, table, N, d);
     return launched(be, "embedding_fwd");
 }
@@ -161,7 +161,7 @@ gsink_status cuda_embedding_bwd(gsink_backend *be, float *dtable, const int32_t 
     gsink_status st = cuda_enter(be);
     if (st) return st;
     dim3 grid((d + 127) / 128, EMB_BUCKETS);
-    k_embedding_bwd<<<grid, 128, 0, CUDA_CTX(be)->stream>>>(dtable, tokens, dout, N, d);
+    GSINK_LAUNCH(k_embedding_bwd, grid, 128, 0, CUDA_CTX(be)->stream)(dtable, tokens, dout, N, d);
     return launched(be, "embedding_bwd");
 }
 
@@ -191,8 +191,7 @@ gsink_status cuda_rmsnorm_fwd(gsink_backend *be, float *out, float *rstd, const 
     if (N <= 0 || d <= 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_rmsnorm_fwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), OPS_THREADS, 0,
-                    CUDA_CTX(be)->stream>>>(out, rstd, x, gain, N, d, eps);
+    GSINK_LAUNCH(k_rmsnorm_fwd, cuda_blocks((size_t)N, 1, 65535u * 8u), OPS_THREADS, 0, CUDA_CTX(be)->stream)(out, rstd, x, gain, N, d, eps);
     return launched(be, "rmsnorm_fwd");
 }
 
@@ -243,8 +242,7 @@ gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const 
         st = col_reduce(be, dgain, f, N, d, partial, "rmsnorm_bwd (dgain)");
         if (st) return st;
     }
-    k_rmsnorm_bwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), OPS_THREADS, 0,
-                    CUDA_CTX(be)->stream>>>(dx, dout, x, gain, rstd, N, d, accumulate);
+    GSINK_LAUNCH(k_rmsnorm_bwd, cuda_blocks((size_t)N, 1, 65535u * 8u), OPS_THREADS, 0, CUDA_CTX(be)->stream)(dx, dout, x, gain, rstd, N, d, accumulate);
     return launched(be, "rmsnorm_bwd");
 }
 
@@ -297,10 +295,10 @@ gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int
     st = cuda_scratch(be, sizeof(float) * 2 * (size_t)T * half, (void **)&cs);
     if (st) return st;
     cudaStream_t s = CUDA_CTX(be)->stream;
-    k_rope_table<<<cuda_blocks((size_t)T * half, OPS_THREADS), OPS_THREADS, 0, s>>>(
+    GSINK_LAUNCH(k_rope_table, cuda_blocks((size_t)T * half, OPS_THREADS), OPS_THREADS, 0, s)(
         cs, T, half, d_head, theta, inverse);
     size_t rows = (size_t)B * T;
-    k_rope_apply<<<cuda_blocks(rows * heads * half, OPS_THREADS), OPS_THREADS, 0, s>>>(
+    GSINK_LAUNCH(k_rope_apply, cuda_blocks(rows * heads * half, OPS_THREADS), OPS_THREADS, 0, s)(
         x, cs, rows, T, heads, half);
     return launched(be, "rope");
 }
@@ -354,7 +352,7 @@ gsink_status cuda_vscale_fwd(gsink_backend *be, float *out, const float *v, cons
     st = cuda_enter(be);
     if (st) return st;
     size_t warps = (size_t)N * heads_out;
-    k_vscale_fwd<<<cuda_blocks(warps * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+    GSINK_LAUNCH(k_vscale_fwd, cuda_blocks(warps * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
         out, v, theta, N, heads_in, heads_out, dh, c0, mode);
     return launched(be, "vscale_fwd");
 }
@@ -427,7 +425,7 @@ gsink_status cuda_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, const 
         partial = buf + nc;
     }
     size_t warps = (size_t)N * heads_in;
-    k_vscale_bwd<<<cuda_blocks(warps * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+    GSINK_LAUNCH(k_vscale_bwd, cuda_blocks(warps * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
         dv, contrib, dout, v, theta, N, heads_in, heads_out, dh, c0, mode);
     st = launched(be, "vscale_bwd");
     if (st || !want_theta) return st;
@@ -467,7 +465,7 @@ gsink_status cuda_swiglu_fwd(gsink_backend *be, float *h, const float *gate, con
     if (n == 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_swiglu_fwd<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(h, gate, up, n);
+    GSINK_LAUNCH(k_swiglu_fwd, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(h, gate, up, n);
     return launched(be, "swiglu_fwd");
 }
 
@@ -477,7 +475,7 @@ gsink_status cuda_swiglu_bwd(gsink_backend *be, float *dgate, float *dup, const 
     if (n == 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_swiglu_bwd<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+    GSINK_LAUNCH(k_swiglu_bwd, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
         dgate, dup, dh, gate, up, n);
     return launched(be, "swiglu_bwd");
 }
@@ -543,8 +541,8 @@ gsink_status cuda_xent_fwd(gsink_backend *be, double *loss_sum, int64_t *count,
     st = cuda_scratch(be, ((size_t)N + 2) * sizeof(double), (void **)&buf);
     if (st) return st;
     cudaStream_t s = CUDA_CTX(be)->stream;
-    k_xent_rows<<<cuda_blocks((size_t)N, 1, 65535u * 8u), 512, 0, s>>>(buf + 2, logits, targets, N, V);
-    k_xent_total<<<1, 1024, 0, s>>>(buf, buf + 2, targets, N, V);
+    GSINK_LAUNCH(k_xent_rows, cuda_blocks((size_t)N, 1, 65535u * 8u), 512, 0, s)(buf + 2, logits, targets, N, V);
+    GSINK_LAUNCH(k_xent_total, 1, 1024, 0, s)(buf, buf + 2, targets, N, V);
     st = launched(be, "xent_fwd");
     if (st) return st;
     double res[2];
@@ -592,7 +590,7 @@ gsink_status cuda_xent_bwd(gsink_backend *be, float *dlogits, const float *logit
     if (N <= 0 || V <= 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_xent_bwd<<<cuda_blocks((size_t)N, 1, 65535u * 8u), 512, 0, CUDA_CTX(be)->stream>>>(
+    GSINK_LAUNCH(k_xent_bwd, cuda_blocks((size_t)N, 1, 65535u * 8u), 512, 0, CUDA_CTX(be)->stream)(
         dlogits, logits, targets, N, V, scale);
     return launched(be, "xent_bwd");
 }
@@ -620,7 +618,7 @@ gsink_status cuda_add(gsink_backend *be, float *out, const float *a, const float
     if (n == 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_add<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(out, a, b, n);
+    GSINK_LAUNCH(k_add, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(out, a, b, n);
     return launched(be, "add");
 }
 
@@ -629,7 +627,7 @@ gsink_status cuda_scale(gsink_backend *be, float *x, float alpha, size_t n)
     if (n == 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_scale<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(x, alpha, n);
+    GSINK_LAUNCH(k_scale, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(x, alpha, n);
     return launched(be, "scale");
 }
 
@@ -655,8 +653,7 @@ gsink_status cuda_row_sumsq(gsink_backend *be, float *out, const float *x, size_
     if (rows == 0 || heads <= 0 || width <= 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_row_sumsq<<<cuda_blocks(rows * heads * 32, OPS_THREADS), OPS_THREADS, 0,
-                  CUDA_CTX(be)->stream>>>(out, x, rows, heads, width);
+    GSINK_LAUNCH(k_row_sumsq, cuda_blocks(rows * heads * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(out, x, rows, heads, width);
     return launched(be, "row_sumsq");
 }
 
@@ -675,7 +672,7 @@ gsink_status cuda_batch_sum(gsink_backend *be, float *out, const float *x, int B
     if (n == 0) return GSINK_OK;
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_batch_sum<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(out, x, B, n);
+    GSINK_LAUNCH(k_batch_sum, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(out, x, B, n);
     return launched(be, "batch_sum");
 }
 
@@ -734,8 +731,8 @@ gsink_status cuda_sumsq(gsink_backend *be, double *out, int *finite, const float
     double *res = buf, *part = buf + 2;
     int *fin = (int *)(part + nb);
     cudaStream_t s = CUDA_CTX(be)->stream;
-    k_sumsq_partial<<<nb, OPS_THREADS, 0, s>>>(part, fin, x, n);
-    k_sumsq_final<<<1, 256, 0, s>>>(res, part, fin, (int)nb);
+    GSINK_LAUNCH(k_sumsq_partial, nb, OPS_THREADS, 0, s)(part, fin, x, n);
+    GSINK_LAUNCH(k_sumsq_final, 1, 256, 0, s)(res, part, fin, (int)nb);
     st = launched(be, "sumsq");
     if (st) return st;
     double h[2];
@@ -780,7 +777,7 @@ gsink_status cuda_adamw(gsink_backend *be, float *p, const float *g, float *m, f
         return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "adamw: bias corrections must be > 0");
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    k_adamw<<<cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream>>>(
+    GSINK_LAUNCH(k_adamw, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
         p, g, m, v, n, lr, beta1, beta2, eps, wd, bc1, sqrtf(bc2), gscale);
     return launched(be, "adamw");
 }

@@ -14,7 +14,8 @@
  * Tolerances (|gpu - cpu| <= atol + rtol * |cpu|), exact FP32 path:
  *   element-wise ops, RoPE, V-scale, AdamW: rtol 1e-5 (FMA contraction and
  *     libm differences of a few ulp);
- *   row reductions (RMSNorm, cross-entropy, sums of squares): rtol 1e-5;
+ *   row reductions (RMSNorm, sums of squares): rtol 1e-5; cross-entropy loss
+ *     rtol 1e-6 (the CPU sums exps in float blocks of 256, the GPU in double);
  *   GEMM: atol 1e-5 * sqrt(K) * scale of the operands, rtol 1e-5;
  *   attention outputs and gradients, column statistics: rtol 2e-4, atol 2e-5
  *     (different summation order over up to T keys);
@@ -275,7 +276,7 @@ START_TEST(test_xent)
     OKC(cpu->iface->xent_fwd(cpu, &lc, &cc, logits.c, T.c, N, V));
     OKG(gpu->iface->xent_fwd(gpu, &lg, &cg, logits.g, T.g, N, V));
     ck_assert_int_eq(cc, cg);
-    ck_assert_msg(tu_close(lc, lg, 1e-9, 1e-9), "xent loss cpu %.12g gpu %.12g", lc, lg);
+    ck_assert_msg(tu_close(lc, lg, 1e-6, 0), "xent loss cpu %.12g gpu %.12g", lc, lg);
     pair dl = pair_new((size_t)N * V, 89, 1.0f);
     OKC(cpu->iface->xent_bwd(cpu, dl.c, logits.c, T.c, N, V, 1.0f / (float)cc));
     OKG(gpu->iface->xent_bwd(gpu, dl.g, logits.g, T.g, N, V, 1.0f / (float)cg));
@@ -672,27 +673,32 @@ END_TEST
 
 /* ------------------------------------------------------------------------ */
 
+static void add(Suite *s, const char *name, const TTest *t)
+{
+    TCase *tc = tcase_create(name); /* one case per test: CK_RUN_CASE=name runs one */
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, t);
+    suite_add_tcase(s, tc);
+}
+
 static Suite *cuda_suite(void)
 {
     Suite *s = suite_create("cuda");
-    TCase *tc = tcase_create("ops");
-    tcase_set_timeout(tc, 300);
-    tcase_add_test(tc, test_describe);
-    tcase_add_test(tc, test_gemm);
-    tcase_add_test(tc, test_gemm_tf32);
-    tcase_add_test(tc, test_embedding);
-    tcase_add_test(tc, test_rmsnorm);
-    tcase_add_test(tc, test_rope);
-    tcase_add_test(tc, test_swiglu);
-    tcase_add_test(tc, test_xent);
-    tcase_add_test(tc, test_elementwise_reductions);
-    tcase_add_test(tc, test_adamw);
-    tcase_add_test(tc, test_vscale);
-    tcase_add_test(tc, test_attention);
-    tcase_add_test(tc, test_attention_bad_shape);
-    tcase_add_test(tc, test_out_of_memory);
-    tcase_add_test(tc, test_model_parity);
-    suite_add_tcase(s, tc);
+    add(s, "describe", test_describe);
+    add(s, "gemm", test_gemm);
+    add(s, "gemm_tf32", test_gemm_tf32);
+    add(s, "embedding", test_embedding);
+    add(s, "rmsnorm", test_rmsnorm);
+    add(s, "rope", test_rope);
+    add(s, "swiglu", test_swiglu);
+    add(s, "xent", test_xent);
+    add(s, "elementwise_reductions", test_elementwise_reductions);
+    add(s, "adamw", test_adamw);
+    add(s, "vscale", test_vscale);
+    add(s, "attention", test_attention);
+    add(s, "attention_bad_shape", test_attention_bad_shape);
+    add(s, "out_of_memory", test_out_of_memory);
+    add(s, "model_parity", test_model_parity);
     return s;
 }
 

@@ -1,0 +1,2 @@
+/* Emulated build of cuda/backend_cuda.cu (see cuda_emu.h). */
+#include "../../../cuda/backend_cuda.cu"
