@@ -3,8 +3,8 @@
  * reduction and optimizer kernels of the CUDA backend.
  *
  * Numerics follow the CPU backend (the reference): row reductions
- * (RMSNorm, cross-entropy, V-scale norms, sums of squares) accumulate in
- * double; every reduction uses a fixed order for a given shape, so results
+ * (RMSNorm, V-scale norms, sums of squares, the cross-entropy's sum of float
+ * exps) accumulate in double; every reduction uses a fixed order for a given shape, so results
  * are bitwise reproducible run to run (no floating-point atomics anywhere).
  */
 #include <float.h>
@@ -502,7 +502,7 @@ __global__ void k_xent_rows(double *row_loss, const float *logits, const int32_t
         for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
         mx = block_max(mx, shf);
         double s = 0.0;
-        for (int j = threadIdx.x; j < V; j += blockDim.x) s += exp((double)l[j] - mx);
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += (double)expf(l[j] - mx);
         s = block_sum(s, shd);
         if (threadIdx.x == 0) row_loss[n] = (mx + log(s)) - l[tgt];
     }
@@ -572,7 +572,7 @@ __global__ void k_xent_bwd(float *dlogits, const float *logits, const int32_t *t
         for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, l[j]);
         mx = block_max(mx, shf);
         double s = 0.0;
-        for (int j = threadIdx.x; j < V; j += blockDim.x) s += exp((double)l[j] - mx);
+        for (int j = threadIdx.x; j < V; j += blockDim.x) s += (double)expf(l[j] - mx);
         s = block_sum(s, shd);
         float inv = (float)(1.0 / s);
         for (int j = threadIdx.x; j < V; j += blockDim.x) {

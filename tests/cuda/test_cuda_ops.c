@@ -480,6 +480,7 @@ START_TEST(test_attention)
         {1, 65, 4, 1, 4, 128, 64},    /* MQA keys, d_head 128 */
         {1, 40, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
         {1, 33, 2, 1, 1, 256, 3},     /* d_head 256 */
+        {1, 200, 2, 1, 2, 32, 64},    /* 7 tiles, window spanning tiles */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i]);
 }
