@@ -681,22 +681,18 @@ gsink_status cuda_batch_sum(gsink_backend *be, float *out, const float *x, int B
 __global__ void k_sumsq_partial(double *part, int *fin, const float *x, size_t n)
 {
     __shared__ double sh[32];
-    __shared__ int shf;
-    if (threadIdx.x == 0) shf = 1;
-    __syncthreads();
-    double s = 0.0;
-    int f = 1;
+    double s = 0.0, bad = 0.0;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
          i += (size_t)gridDim.x * blockDim.x) {
         float v = x[i];
-        if (!isfinite(v)) f = 0;
+        if (!isfinite(v)) bad = 1.0;
         s += (double)v * v;
     }
-    if (!f) shf = 0; /* benign race: every writer stores 0 */
     s = block_sum(s, sh);
+    bad = block_sum(bad, sh);
     if (threadIdx.x == 0) {
         part[blockIdx.x] = s;
-        fin[blockIdx.x] = shf;
+        fin[blockIdx.x] = bad == 0.0;
     }
 }
 
