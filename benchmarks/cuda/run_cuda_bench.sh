@@ -8,6 +8,7 @@ BUILD=${1:-build}
 PY=${2:-python3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 OUT="$ROOT/docs/results/cuda-bench-$(date -u +%Y%m%d-%H%M).txt"
+BUILD=$(cd "$BUILD" && pwd)
 export GSINK_CUDA_MODULE="$BUILD/cuda/libgsink-cuda.so"
 BENCH="$BUILD/benchmarks/cuda/bench_cuda"
 TB="$ROOT/benchmarks/cuda/torch_bench.py"
@@ -20,6 +21,13 @@ TB="$ROOT/benchmarks/cuda/torch_bench.py"
     echo "## $BENCH model --preset paper-0.1b --batch 8 --seq 1024 $mode"
     "$BENCH" model --preset paper-0.1b --batch 8 --seq 1024 $mode
   done
+  echo "## memory: paper-0.1b diagnostics at T=8192 (B=1), peak device memory sampled by nvidia-smi"
+  nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > /tmp/gsink-mem.$$ &
+  SMI=$!
+  "$BENCH" model --preset paper-0.1b --batch 1 --seq 8192 --iters 2 --warmup 1
+  kill $SMI 2>/dev/null || true
+  echo "peak_device_mem_mib: $(sort -n /tmp/gsink-mem.$$ | tail -1)"
+  rm -f /tmp/gsink-mem.$$
   for attn in eager sdpa; do
     for dt in fp32 bf16; do
       echo "## torch_bench.py model --attn $attn --dtype $dt"

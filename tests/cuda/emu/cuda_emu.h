@@ -58,7 +58,15 @@ inline jmp_buf sched_jb;
 inline uint3 g_block_idx;
 inline dim3 g_block_dim, g_grid_dim;
 inline std::vector<fiber> fibers;
-inline std::vector<char *> stacks;
+struct stack_pool {
+    std::vector<char *> v;
+    ~stack_pool()
+    {
+        for (char *p : v) free(p);
+    }
+};
+inline stack_pool stacks_pool;
+inline std::vector<char *> &stacks = stacks_pool.v;
 inline unsigned char shfl_slots[2][1024][8];
 inline void (*g_body)(void *);
 inline void *g_body_arg;
