@@ -27,12 +27,22 @@ fi
 if [ ! -x .venv/bin/python ]; then
   /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-# Pinned PyPI packages used by the reference tests (gguf: independent GGUF
-# reader/quantiser; safetensors: PyTorch-side checkpoints; tokenizers:
-# independent BPE).
-.venv/bin/python - <<'PY' || .venv/bin/pip install -q "gguf==0.19.0" "safetensors==0.8.0" "tokenizers==0.23.3"
-import gguf, safetensors, tokenizers  # noqa: F401
+# Pinned PyPI packages used by the reference tests: gguf (independent GGUF
+# reader/quantiser), safetensors (PyTorch-side checkpoints), tokenizers
+# (independent BPE) and transformers 4.40 (a release that still runs on
+# Debian's torch 1.13) to check our checkpoints open in HuggingFace.
+pins=("gguf==0.19.0" "safetensors==0.8.0" "tokenizers==0.19.1" "transformers==4.40.2")
+if ! .venv/bin/python - "${pins[@]}" <<'PY'
+import sys
+from importlib.metadata import version, PackageNotFoundError
+try:
+    sys.exit(0 if all(version(p.split("==")[0]) == p.split("==")[1] for p in sys.argv[1:]) else 1)
+except PackageNotFoundError:
+    sys.exit(1)
 PY
+then
+  .venv/bin/pip install -q "${pins[@]}"
+fi
 
 if [ ! -f build/build.ninja ]; then
   # shellcheck disable=SC2086
