@@ -258,9 +258,7 @@ static gsink_status cuda_gemm(gsink_backend *be, int trans_a, int trans_b, int M
     gsink_status st = cuda_enter(be);
     if (st) return st;
     cuda_ctx *c = CUDA_CTX(be);
-    if (K == 0) {
-        /* C = beta C: cuBLAS handles k = 0 by scaling C. */
-    }
+    /* K == 0 is passed on: cuBLAS then computes C = beta C. */
     cublasStatus_t s = cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb,
                                    A, lda, &beta, C, ldc);
