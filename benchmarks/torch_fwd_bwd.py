@@ -20,7 +20,7 @@ import time
 
 PRESETS = {  # same numbers as the library's presets (lib/config.c)
     "bench-21m": dict(vocab_size=8192, d_model=512, n_layers=4, n_heads=8, n_kv_heads=8,
-                      d_head=64, d_ff=1408, tie_embeddings=True),
+                      d_head=64, d_ff=1408, tie_embeddings=False),
 }
 
 

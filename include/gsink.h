@@ -152,7 +152,16 @@ typedef struct gsink_model_options {
     int32_t device_index;   /* default 0 */
     int32_t n_threads;      /* CPU threads for this model; 0 = all online CPUs */
     uint64_t seed;          /* initialisation seed, default 0 */
+    int32_t precision;      /* gsink_precision, default GSINK_PRECISION_FP32 (since 0.1.0) */
 } gsink_model_options;
+
+/* Matrix-product precision. FP32 is exact fp32 everywhere; TF32 uses tensor
+ * cores with fp32 accumulation and is only available on CUDA devices
+ * (GSINK_ERR_UNSUPPORTED on the CPU). */
+typedef enum gsink_precision {
+    GSINK_PRECISION_FP32 = 0,
+    GSINK_PRECISION_TF32 = 1
+} gsink_precision;
 
 GSINK_API void gsink_model_options_init(gsink_model_options *opts);
 

@@ -148,6 +148,8 @@ gsink_status gsink_cpu_backend_create(int n_threads, gsink_backend **out);
 /* Creates the CUDA backend on device index, if built with CUDA. */
 gsink_status gsink_cuda_backend_create(int device_index, gsink_backend **out);
 int gsink_cuda_device_count(void);
+/* Selects the GEMM math of a CUDA backend (0 exact FP32, 1 TF32). */
+gsink_status gsink__cuda_set_math(gsink_backend *be, int mode);
 void gsink_cuda_describe(int index, char *buf, size_t size);
 
 #endif

@@ -52,8 +52,11 @@ gsink_status gsink_device_describe(gsink_device_kind kind, int index, char *buf,
         return GSINK_OK;
     }
     if (kind == GSINK_DEVICE_CUDA) {
-        if (index < 0 || index >= gsink_cuda_device_count())
-            return gsink__fail(NULL, GSINK_ERR_NO_DEVICE, "no CUDA device %d", index);
+        if (index < 0 || index >= gsink_cuda_device_count()) {
+            char why[256];
+            gsink_cuda_describe(index, why, sizeof why); /* says why there is none */
+            return gsink__fail(NULL, GSINK_ERR_NO_DEVICE, "no CUDA device %d: %s", index, why);
+        }
         gsink_cuda_describe(index, buf, buf_size);
         return GSINK_OK;
     }
@@ -242,6 +245,10 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         o.size = sizeof o;
     }
     if (o.n_threads < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
+    if (o.precision != GSINK_PRECISION_FP32 && o.precision != GSINK_PRECISION_TF32)
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown precision %d", o.precision);
+    if (o.precision == GSINK_PRECISION_TF32 && o.device != GSINK_DEVICE_CUDA)
+        return gsink__fail(errbuf, GSINK_ERR_UNSUPPORTED, "TF32 precision needs a CUDA device; the CPU computes in exact fp32");
 
     gsink_model *m = calloc(1, sizeof *m);
     if (!m) return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the model");
@@ -260,6 +267,10 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         st = gsink_cpu_backend_create(o.n_threads, &m->be);
     } else if (o.device == GSINK_DEVICE_CUDA) {
         st = gsink_cuda_backend_create(o.device_index, &m->be);
+        if (!st && o.precision == GSINK_PRECISION_TF32 && (st = gsink__cuda_set_math(m->be, 1))) {
+            BE(m)->destroy(m->be);
+            m->be = NULL;
+        }
     } else {
         free(m);
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown device kind %d", o.device);

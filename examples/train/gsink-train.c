@@ -239,8 +239,8 @@ typedef struct preset_spec {
 static const preset_spec PRESETS[] = {
     {"test", "micro", 64, 2, 2, 1, 32, 128, 60, 8, 64, 10, 3e-3f, 3e-4f, "seconds; tests"},
     {"quick", "tiny", 128, 2, 4, 4, 32, 344, 300, 16, 128, 30, 2e-3f, 2e-4f, "~1 min smoke run"},
-    {"exp", "tiny", 128, 4, 4, 4, 32, 344, 1000, 16, 128, 100, 2e-3f, 2e-4f,
-     "the baseline-vs-V-scale experiment (~1.3M parameters, 2M tokens)"},
+    {"exp", "tiny", 128, 4, 4, 4, 32, 344, 3000, 8, 256, 150, 3e-3f, 3e-4f,
+     "the baseline-vs-V-scale experiment (~1.3M parameters, 6.1M tokens)"},
     {"small", "small", 256, 4, 4, 2, 64, 704, 3000, 16, 256, 200, 1e-3f, 1e-4f, "the small preset"},
 };
 

@@ -147,6 +147,17 @@ START_TEST(test_inconsistent_configs)
         o.device_index = 0;
         EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_NO_DEVICE);
     }
+    o.device = GSINK_DEVICE_CPU;
+    o.device_index = 0;
+    o.precision = GSINK_PRECISION_TF32;
+    EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_UNSUPPORTED);
+    o.precision = 9;
+    EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_INVALID_ARGUMENT);
+    if (n == 0) {
+        char buf[128];
+        EXPECT(gsink_device_describe(GSINK_DEVICE_CUDA, 0, buf, sizeof buf), GSINK_ERR_NO_DEVICE);
+        ck_assert(strlen(gsink_last_error()) > strlen("no CUDA device 0: "));
+    }
     ck_assert_ptr_null(x);
     assert_usable();
 }

@@ -348,12 +348,13 @@ pub struct gsink_model_options {
     pub device_index: i32,
     pub n_threads: i32,
     pub seed: u64,
+    pub precision: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_model_options() {
     assert_eq!(
         ::std::mem::size_of::<gsink_model_options>(),
-        32usize,
+        40usize,
         concat!("Size of: ", stringify!(gsink_model_options))
     );
     assert_eq!(
@@ -446,7 +447,27 @@ fn bindgen_test_layout_gsink_model_options() {
         );
     }
     test_field_seed();
+    fn test_field_precision() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_model_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).precision) as usize - ptr as usize
+            },
+            32usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_model_options),
+                "::",
+                stringify!(precision)
+            )
+        );
+    }
+    test_field_precision();
 }
+pub const gsink_precision_GSINK_PRECISION_FP32: gsink_precision = 0;
+pub const gsink_precision_GSINK_PRECISION_TF32: gsink_precision = 1;
+pub type gsink_precision = ::std::os::raw::c_uint;
 extern "C" {
     pub fn gsink_model_options_init(opts: *mut gsink_model_options);
 }

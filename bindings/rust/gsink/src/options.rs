@@ -143,6 +143,17 @@ pub struct ModelOptions {
     pub n_threads: i32,
     /// Initialisation seed.
     pub seed: u64,
+    /// Matrix-product precision: exact FP32 (default) or TF32 (CUDA only).
+    pub precision: Precision,
+}
+
+/// Matrix-product precision (`gsink_precision`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// Exact fp32 everywhere.
+    Fp32,
+    /// Tensor cores with fp32 accumulation; CUDA devices only.
+    Tf32,
 }
 
 impl Default for ModelOptions {
@@ -153,6 +164,7 @@ impl Default for ModelOptions {
             device_index: 0,
             n_threads: 0,
             seed: 0,
+            precision: 0,
         };
         // SAFETY: valid struct.
         unsafe { sys::gsink_model_options_init(&mut raw) };
@@ -161,6 +173,7 @@ impl Default for ModelOptions {
             device_index: raw.device_index,
             n_threads: raw.n_threads,
             seed: raw.seed,
+            precision: if raw.precision == sys::gsink_precision_GSINK_PRECISION_TF32 as i32 { Precision::Tf32 } else { Precision::Fp32 },
         }
     }
 }
@@ -173,6 +186,10 @@ impl ModelOptions {
             device_index: self.device_index,
             n_threads: self.n_threads,
             seed: self.seed,
+            precision: match self.precision {
+                Precision::Fp32 => sys::gsink_precision_GSINK_PRECISION_FP32 as i32,
+                Precision::Tf32 => sys::gsink_precision_GSINK_PRECISION_TF32 as i32,
+            },
         }
     }
 }
