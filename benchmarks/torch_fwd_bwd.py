@@ -58,7 +58,7 @@ def main():
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--threads", type=int, default=0, help="0 = all online CPUs")
-    ap.add_argument("--untied", action="store_true", help="separate LM head")
+    ap.add_argument("--tied", action="store_true", help="tie the LM head to the embedding")
     ap.add_argument("--blis-arch", default=None, help="BLIS kernel family, e.g. haswell, skx, zen3")
     ap.add_argument("--with-gsink", action="store_true",
                     help="also time libgsink (through the Python binding) in this process, "
@@ -79,8 +79,8 @@ def main():
 
     torch.set_num_threads(threads)
     cfg = dict(PRESETS[args.preset])
-    if args.untied:
-        cfg["tie_embeddings"] = False
+    if args.tied:
+        cfg["tie_embeddings"] = True
     V, d, L = cfg["vocab_size"], cfg["d_model"], cfg["n_layers"]
     H, KV, dh, ff = cfg["n_heads"], cfg["n_kv_heads"], cfg["d_head"], cfg["d_ff"]
     B, T = args.batch, args.seq
@@ -142,7 +142,11 @@ def main():
     gm = None
     if args.with_gsink:
         import gsink
-        gm = gsink.Model(args.preset, seed=1, n_threads=threads)
+        gcfg = gsink.Config.preset(args.preset, tie_embeddings=cfg["tie_embeddings"])
+        mismatch = {k: (v, getattr(gcfg, k)) for k, v in cfg.items() if getattr(gcfg, k) != v}
+        if mismatch:
+            raise SystemExit("torch and libgsink configs differ (torch, gsink): %s" % mismatch)
+        gm = gsink.Model(gcfg, seed=1, n_threads=threads)
         g_tok = tok.numpy().astype("int32")
         g_tgt = tgt.numpy().astype("int32")
         print("libgsink %s (%s) | %s" % (gsink.version(), gsink.library_path(),
