@@ -241,6 +241,21 @@ static gsink_status cpu_gemm(gsink_backend *be, int ta, int tb, int M, int N, in
     return GSINK_OK;
 }
 
+/* Inside a parallel region: this thread's index, the team size (*team) and
+ * its share [*lo, *hi) of n items (contiguous, in thread order). */
+static inline int thread_share(size_t n, size_t *lo, size_t *hi, int *team)
+{
+    int t = 0, T = 1;
+#ifdef _OPENMP
+    t = omp_get_thread_num();
+    T = omp_get_num_threads();
+#endif
+    *lo = n * (size_t)t / (size_t)T;
+    *hi = n * (size_t)(t + 1) / (size_t)T;
+    *team = T;
+    return t;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Embedding                                                                 */
 /* ------------------------------------------------------------------------ */
@@ -261,16 +276,13 @@ static gsink_status cpu_embedding_bwd(gsink_backend *be, float *dtable, const in
     int nt = nt_for(be, (size_t)N * d);
 #pragma omp parallel num_threads(nt)
     {
-        int t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
-        int c0 = (int)((int64_t)d * t / T), c1 = (int)((int64_t)d * (t + 1) / T);
+        size_t c0, c1;
+        int team;
+        thread_share((size_t)d, &c0, &c1, &team);
         for (int n = 0; n < N; n++) {
             float *dst = dtable + (size_t)tokens[n] * d;
             const float *src = dout + (size_t)n * d;
-            for (int c = c0; c < c1; c++) dst[c] += src[c];
+            for (size_t c = c0; c < c1; c++) dst[c] += src[c];
         }
     }
     return GSINK_OK;
@@ -306,16 +318,11 @@ static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, 
     int used = 1;
 #pragma omp parallel num_threads(nt)
     {
-        int t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
-#pragma omp single
-        used = T;
+        size_t n0, n1;
+        int team, t = thread_share((size_t)N, &n0, &n1, &team);
+        if (t == 0) used = team;
         float *pg = partial + (size_t)t * d;
-        int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
-        for (int n = n0; n < n1; n++) {
+        for (size_t n = n0; n < n1; n++) {
             const float *xr = x + (size_t)n * d, *dy = dout + (size_t)n * d;
             float *dxr = dx + (size_t)n * d;
             float r = rstd[n];
@@ -571,16 +578,11 @@ static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, 
     int used = 1;
 #pragma omp parallel num_threads(nt)
     {
-        int t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
-#pragma omp single
-        used = T;
+        size_t n0, n1;
+        int team, t = thread_share((size_t)N, &n0, &n1, &team);
+        if (t == 0) used = team;
         double *pt = partial + (size_t)t * hout;
-        int n0 = (int)((int64_t)N * t / T), n1 = (int)((int64_t)N * (t + 1) / T);
-        for (int n = n0; n < n1; n++) {
+        for (size_t n = n0; n < n1; n++) {
             for (int i = 0; i < hin; i++) {
                 const float *vi = v + ((size_t)n * hin + i) * dh;
                 float *dvi = dv + ((size_t)n * hin + i) * dh;
@@ -764,14 +766,9 @@ static gsink_status cpu_sumsq(gsink_backend *be, double *out, int *finite, const
     int used = 1;
 #pragma omp parallel num_threads(nt)
     {
-        int t = 0, T = 1;
-#ifdef _OPENMP
-        t = omp_get_thread_num();
-        T = omp_get_num_threads();
-#endif
-#pragma omp single
-        used = T;
-        size_t i0 = n * (size_t)t / T, i1 = n * (size_t)(t + 1) / T;
+        size_t i0, i1;
+        int team, t = thread_share(n, &i0, &i1, &team);
+        if (t == 0) used = team;
         double s = 0.0;
         int f = 1;
         for (size_t i = i0; i < i1; i++) {
