@@ -64,6 +64,11 @@ class DeviceKind(enum.IntEnum):
     CUDA = 1
 
 
+class Precision(enum.IntEnum):
+    FP32 = 0
+    TF32 = 1  # CUDA only
+
+
 # ---------------------------------------------------------------------------
 # helpers
 
@@ -230,9 +235,9 @@ def presets():
 def default_diag_options():
     """The library's default diagnostic options (gsink_diag_options_init) as a dict."""
     o = L.DiagOptions()
-    o.size = ctypes.sizeof(L.DiagOptions)
+    o.size = L.DiagOptions.known_size
     _lib.gsink_diag_options_init(ctypes.byref(o))
-    return {f: getattr(o, f) for f, _ in L.DiagOptions._fields_ if f != "size"}
+    return {f: getattr(o, f) for f in L.field_names(L.DiagOptions)}
 
 
 def site_name(site):
@@ -280,7 +285,7 @@ class Config:
 
     def __init__(self, **fields):
         c = L.Config()
-        c.size = ctypes.sizeof(L.Config)
+        c.size = L.Config.known_size
         _lib.gsink_config_init(ctypes.byref(c))
         self._set_from_c(c)
         self.update(**fields)
@@ -288,7 +293,7 @@ class Config:
     @classmethod
     def preset(cls, name, **overrides):
         c = L.Config()
-        c.size = ctypes.sizeof(L.Config)
+        c.size = L.Config.known_size
         _check(_lib.gsink_config_preset(_bytes_arg(name, "name"), ctypes.byref(c)))
         self = cls.__new__(cls)
         self._set_from_c(c)
@@ -315,7 +320,7 @@ class Config:
 
     def to_c(self):
         c = L.Config()
-        c.size = ctypes.sizeof(L.Config)
+        c.size = L.Config.known_size
         for f in self.FIELDS:
             v = getattr(self, f)
             if f in ("rms_eps", "rope_theta", "init_std"):
@@ -357,9 +362,9 @@ def _as_config(config):
     raise TypeError("config must be a Config, a preset name or a dict")
 
 
-def _model_options(seed, n_threads, device, device_index):
+def _model_options(seed, n_threads, device, device_index, precision=None):
     o = L.ModelOptions()
-    o.size = ctypes.sizeof(L.ModelOptions)
+    o.size = L.ModelOptions.known_size
     _lib.gsink_model_options_init(ctypes.byref(o))
     o.device = _enum_arg(device, DeviceKind, "device")
     o.device_index = _cint(device_index, "device_index")
@@ -368,6 +373,8 @@ def _model_options(seed, n_threads, device, device_index):
     if not 0 <= seed < 2 ** 64:
         raise OverflowError("seed must be in [0, 2**64)")
     o.seed = seed
+    if precision is not None:
+        o.precision = _enum_arg(precision, Precision, "precision")
     return o
 
 
@@ -426,7 +433,7 @@ class Model(_Handle):
     """A Llama-style model (gsink_model).
 
     Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-    **overrides): config is a Config, a preset name, a dict or None (the
+    precision=None, **overrides): config is a Config, a preset name, a dict or None (the
     default "tiny" config); keyword overrides change config fields."""
 
     _free_fn = staticmethod(_lib.gsink_model_free)
@@ -434,21 +441,21 @@ class Model(_Handle):
     _kind = "model"
 
     def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-                 **overrides):
+                 precision=None, **overrides):
         self._dependents = weakref.WeakSet()
         cfg = _as_config(config)
         if overrides:
             cfg = cfg.copy(**overrides)
         c = cfg.to_c()
-        o = _model_options(seed, n_threads, device, device_index)
+        o = _model_options(seed, n_threads, device, device_index, precision)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_create(ctypes.byref(c), ctypes.byref(o), ctypes.byref(h)))
         self._adopt(h.value)
 
     @classmethod
-    def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0):
+    def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0, precision=None):
         """Loads a HF directory / .safetensors (with config.json) / .gguf."""
-        o = _model_options(seed, n_threads, device, device_index)
+        o = _model_options(seed, n_threads, device, device_index, precision)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
         self = cls.__new__(cls)
@@ -463,7 +470,7 @@ class Model(_Handle):
 
     def _refresh_config(self):
         c = L.Config()
-        c.size = ctypes.sizeof(L.Config)
+        c.size = L.Config.known_size
         self._ok(_lib.gsink_model_config(self._handle(), ctypes.byref(c)))
         self._config = Config._from_c(c)
 
@@ -659,7 +666,7 @@ class Model(_Handle):
 
     def _diag_c(self):
         o = L.DiagOptions()
-        o.size = ctypes.sizeof(L.DiagOptions)
+        o.size = L.DiagOptions.known_size
         self._ok(_lib.gsink_get_diag_options(self._handle(), ctypes.byref(o)))
         return o
 
@@ -673,13 +680,13 @@ class Model(_Handle):
         """Diagnostic defaults as a dict (sink_eps, sink_window, rgs_window,
         sink_position, batch_agg)."""
         o = self._diag_c()
-        return {f: getattr(o, f) for f, _ in L.DiagOptions._fields_ if f != "size"}
+        return {f: getattr(o, f) for f in L.field_names(L.DiagOptions)}
 
     def set_diag_options(self, **kw):
         """Changes some diagnostic defaults (see diag_options)."""
         o = self._diag_c()
         for k, v in kw.items():
-            if k == "size" or k not in dict(L.DiagOptions._fields_):
+            if k not in L.field_names(L.DiagOptions):
                 raise TypeError("unknown diag option %r" % k)
             if k == "sink_eps":
                 o.sink_eps = float(v)
@@ -774,7 +781,7 @@ class Model(_Handle):
         if diag_overrides:
             o = self._diag_c()
             for k, v in diag_overrides.items():
-                if k == "size" or k not in dict(L.DiagOptions._fields_):
+                if k not in L.field_names(L.DiagOptions):
                     raise TypeError("unknown diag option %r" % k)
                 if k == "sink_eps":
                     o.sink_eps = float(v)
@@ -800,7 +807,7 @@ class Model(_Handle):
                       per_query_head=None):
         """Turns V-scale on ("full", "backward_only") or off ("off")."""
         o = L.VScaleOptions()
-        o.size = ctypes.sizeof(L.VScaleOptions)
+        o.size = L.VScaleOptions.known_size
         _lib.gsink_vscale_options_init(ctypes.byref(o))
         o.mode = _enum_arg(mode, VScaleMode, "mode")
         if sigma is not None:
@@ -819,7 +826,7 @@ class Model(_Handle):
     def vscale(self):
         """Current V-scale settings as a dict (mode is a VScaleMode)."""
         o = L.VScaleOptions()
-        o.size = ctypes.sizeof(L.VScaleOptions)
+        o.size = L.VScaleOptions.known_size
         self._ok(_lib.gsink_vscale_get(self._handle(), ctypes.byref(o)))
         return {"mode": VScaleMode(o.mode), "sigma": o.sigma,
                 "learnable_theta": bool(o.learnable_theta),
@@ -883,14 +890,14 @@ class Optimizer(_Handle):
         if not isinstance(model, Model):
             raise TypeError("model must be a gsink.Model")
         o = L.OptimizerOptions()
-        o.size = ctypes.sizeof(L.OptimizerOptions)
+        o.size = L.OptimizerOptions.known_size
         _lib.gsink_optimizer_options_init(ctypes.byref(o))
-        fields = dict(L.OptimizerOptions._fields_)
+        fields = L.field_names(L.OptimizerOptions)
         for k, v in options.items():
-            if k == "size" or k not in fields:
+            if k not in fields:
                 raise TypeError("unknown optimizer option %r" % k)
             setattr(o, k, _cint(v, k) if k in self._INT_FIELDS else float(v))
-        self.options = {f: getattr(o, f) for f in fields if f != "size"}
+        self.options = {f: getattr(o, f) for f in fields}
         h = ctypes.c_void_p()
         mh = model._handle()
         st = _lib.gsink_optimizer_create(mh, ctypes.byref(o), ctypes.byref(h))

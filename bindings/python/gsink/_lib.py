@@ -27,8 +27,33 @@ c_void_p = ctypes.c_void_p
 POINTER = ctypes.POINTER
 
 
+# Every options/config struct gets TAIL_BYTES of slack after the fields this
+# binding knows. The *_init functions write sizeof() of the struct as the
+# *loaded* library declares it; a newer library whose struct grew (fields are
+# only ever appended) then writes into the slack instead of past the end of
+# our buffer, and its defaults for the new fields travel with the struct.
+TAIL_BYTES = 256
+
+
+def _with_tail(fields):
+    return fields + [("_tail", ctypes.c_ubyte * TAIL_BYTES)]
+
+
+def _known_size(cls):
+    """sizeof() of the C struct as this binding knows it (fields up to the
+    tail, rounded up to the struct's alignment)."""
+    align = max(ctypes.alignment(t) for n, t in cls._fields_ if n != "_tail")
+    off = cls._tail.offset
+    return (off + align - 1) // align * align
+
+
+def field_names(cls):
+    """Public field names of a struct (without size and the slack)."""
+    return [n for n, _ in cls._fields_ if n not in ("size", "_tail")]
+
+
 class Config(ctypes.Structure):
-    _fields_ = [
+    _fields_ = _with_tail([
         ("size", c_size_t),
         ("vocab_size", c_int32),
         ("d_model", c_int32),
@@ -42,42 +67,43 @@ class Config(ctypes.Structure):
         ("rope_theta", c_float),
         ("tie_embeddings", c_int32),
         ("init_std", c_float),
-    ]
+    ])
 
 
 class ModelOptions(ctypes.Structure):
-    _fields_ = [
+    _fields_ = _with_tail([
         ("size", c_size_t),
         ("device", c_int32),
         ("device_index", c_int32),
         ("n_threads", c_int32),
         ("seed", c_uint64),
-    ]
+        ("precision", c_int32),
+    ])
 
 
 class DiagOptions(ctypes.Structure):
-    _fields_ = [
+    _fields_ = _with_tail([
         ("size", c_size_t),
         ("sink_eps", c_float),
         ("sink_window", c_int32),
         ("rgs_window", c_int32),
         ("sink_position", c_int32),
         ("batch_agg", c_int32),
-    ]
+    ])
 
 
 class VScaleOptions(ctypes.Structure):
-    _fields_ = [
+    _fields_ = _with_tail([
         ("size", c_size_t),
         ("mode", c_int32),
         ("sigma", c_float),
         ("learnable_theta", c_int32),
         ("per_query_head", c_int32),
-    ]
+    ])
 
 
 class OptimizerOptions(ctypes.Structure):
-    _fields_ = [
+    _fields_ = _with_tail([
         ("size", c_size_t),
         ("lr", c_float),
         ("min_lr", c_float),
@@ -89,8 +115,11 @@ class OptimizerOptions(ctypes.Structure):
         ("weight_decay", c_float),
         ("grad_clip", c_float),
         ("accumulation_steps", c_int32),
-    ]
+    ])
 
+
+for _cls in (Config, ModelOptions, DiagOptions, VScaleOptions, OptimizerOptions):
+    _cls.known_size = _known_size(_cls)
 
 S = c_int  # gsink_status (an enum: int)
 P = c_void_p  # handles and array buffers
