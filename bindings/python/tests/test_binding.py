@@ -218,6 +218,13 @@ def test_call_errors_keep_the_handle_usable(model):
         model.activation("resid_out", SMALL["n_layers"])
     with pytest.raises(gsink.InvalidArgumentError):
         model.vscale_enable("full", sigma=-1.0)
+    with pytest.raises(gsink.InvalidArgumentError):
+        model.forward(np.zeros((0, 4), dtype=np.int32))
+    with pytest.raises(gsink.InvalidArgumentError):
+        model.forward(np.zeros((1, 0), dtype=np.int32))
+    assert model.forward(tok, np.full_like(tgt, -1)) == 0.0  # nothing to average
+    with pytest.raises(gsink.NoTargetsError):
+        model.backward()
     # still usable, and the message is per handle
     loss = model.forward(tok, tgt)
     model.backward()
