@@ -57,7 +57,9 @@ def rel_err(a, b):
 def make_model(cfg_name, seed=0, **overrides):
     cfg = dict(CONFIGS[cfg_name])
     cfg.update(overrides)
-    model = gsink.Model(gsink.Config(**cfg), seed=seed)
+    # one thread: tiny models gain nothing from more, and a shared machine
+    # makes OpenMP barriers of several threads very slow
+    model = gsink.Model(gsink.Config(**cfg), seed=seed, n_threads=1)
     return model, model.config.to_dict()  # float fields as the library stores them
 
 
@@ -239,7 +241,7 @@ def test_finite_differences_through_binding(vscale):
     parameter tensors (and theta) against the analytic directional derivative."""
     cfg = dict(vocab_size=23, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4,
                d_ff=20, max_seq_len=16, tie_embeddings=0, init_std=0.3)
-    with gsink.Model(gsink.Config(**cfg), seed=3) as model:
+    with gsink.Model(gsink.Config(**cfg), seed=3, n_threads=1) as model:
         cfg = model.config.to_dict()
         if vscale:
             model.vscale_enable(vscale, sigma=0.1, learnable_theta=True)

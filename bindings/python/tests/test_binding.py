@@ -25,7 +25,7 @@ SMALL = dict(vocab_size=37, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_h
 
 @pytest.fixture
 def model():
-    with gsink.Model(gsink.Config(**SMALL), seed=1) as m:
+    with gsink.Model(gsink.Config(**SMALL), seed=1, n_threads=1) as m:
         yield m
 
 
@@ -358,7 +358,7 @@ def test_report_is_a_dict(model):
 # ---------------------------------------------------------------- lifetime
 
 def test_use_after_close_raises():
-    m = gsink.Model(gsink.Config(**SMALL))
+    m = gsink.Model(gsink.Config(**SMALL), n_threads=1)
     opt = m.optimizer(lr=1e-3)
     m.close()
     assert m.closed and opt.closed  # the optimizer goes first
@@ -373,7 +373,7 @@ def test_use_after_close_raises():
 
 
 def test_context_managers_close():
-    with gsink.Model(gsink.Config(**SMALL)) as m:
+    with gsink.Model(gsink.Config(**SMALL), n_threads=1) as m:
         with m.optimizer() as opt:
             assert not opt.closed
         assert opt.closed and not m.closed
@@ -417,7 +417,7 @@ def test_create_free_1000_models_does_not_grow_rss():
 # ---------------------------------------------------------------- optimizer, V-scale
 
 def test_optimizer_lowers_loss():
-    with gsink.Model(gsink.Config(**SMALL), seed=2) as m:
+    with gsink.Model(gsink.Config(**SMALL), seed=2, n_threads=1) as m:
         opt = gsink.Optimizer(m, lr=3e-3, grad_clip=1.0, weight_decay=0.0)
         tok, tgt = batch(B=2, T=16, seed=4)
         first = None
@@ -436,7 +436,7 @@ def test_optimizer_lowers_loss():
 
 def test_optimizer_state_roundtrip(tmp_path):
     tok, tgt = batch(B=1, T=8, seed=5)
-    with gsink.Model(gsink.Config(**SMALL), seed=2) as m:
+    with gsink.Model(gsink.Config(**SMALL), seed=2, n_threads=1) as m:
         opt = m.optimizer(lr=1e-3)
         m.forward(tok, tgt)
         m.backward()

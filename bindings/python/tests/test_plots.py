@@ -20,7 +20,7 @@ def reports():
     tok = rng.integers(0, 41, size=(2, 33), dtype=np.int32)
     out = []
     for vs in (None, "full"):
-        with gsink.Model(cfg, seed=4) as m:
+        with gsink.Model(cfg, seed=4, n_threads=1) as m:
             if vs:
                 m.vscale_enable(vs)
                 m.theta = rng.normal(size=m.theta.shape).astype(np.float32)
