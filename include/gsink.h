@@ -13,7 +13,11 @@
  *    previous state (weights, last forward/backward results) intact unless the
  *    function's comment says otherwise.
  *  - Options structs start with their size; fill them with the matching
- *    *_init function, then change fields. Fields are only ever appended.
+ *    *_init macro, then change fields. Fields are only ever appended. The
+ *    macro passes the caller's sizeof to the *_init_size function, which
+ *    writes no more than that many bytes: a program built against an older,
+ *    smaller struct stays safe with a newer library (bindings call the
+ *    *_init_size function with their own struct size).
  *  - Arrays are row-major float32 (host memory). Sizes are size_t counts of
  *    elements, never bytes, unless the name says bytes.
  *  - The library never prints, exits or aborts.
@@ -131,10 +135,12 @@ typedef struct gsink_config {
 } gsink_config;
 
 /* Fills a config with the "tiny" preset and sets size. */
-GSINK_API void gsink_config_init(gsink_config *cfg);
+GSINK_API void gsink_config_init_size(gsink_config *cfg, size_t size);
+#define gsink_config_init(cfg) gsink_config_init_size((cfg), sizeof *(cfg))
 /* Fills cfg from a named preset: "paper-0.1b", "paper-0.3b", "paper-1b",
  * "bench-21m", "small", "tiny", "micro". Unknown: GSINK_ERR_UNKNOWN_NAME. */
-GSINK_API gsink_status gsink_config_preset(const char *name, gsink_config *cfg);
+GSINK_API gsink_status gsink_config_preset_size(const char *name, gsink_config *cfg, size_t size);
+#define gsink_config_preset(name, cfg) gsink_config_preset_size((name), (cfg), sizeof *(cfg))
 /* Name of preset i (0-based) or NULL past the end. */
 GSINK_API const char *gsink_config_preset_name(int index);
 /* Checks a config for consistency; returns GSINK_ERR_BAD_CONFIG with a message. */
@@ -163,7 +169,8 @@ typedef enum gsink_precision {
     GSINK_PRECISION_TF32 = 1
 } gsink_precision;
 
-GSINK_API void gsink_model_options_init(gsink_model_options *opts);
+GSINK_API void gsink_model_options_init_size(gsink_model_options *opts, size_t size);
+#define gsink_model_options_init(opts) gsink_model_options_init_size((opts), sizeof *(opts))
 
 /* Creates a model with freshly initialised weights (HF Llama init: normal(0,
  * init_std) for matrices and embeddings, ones for RMSNorm gains). opts may be
@@ -316,9 +323,12 @@ typedef struct gsink_diag_options {
     int32_t batch_agg;    /* gsink_batch_agg for gradient metrics, default SUM_THEN_NORM */
 } gsink_diag_options;
 
-GSINK_API void gsink_diag_options_init(gsink_diag_options *opts);
+GSINK_API void gsink_diag_options_init_size(gsink_diag_options *opts, size_t size);
+#define gsink_diag_options_init(opts) gsink_diag_options_init_size((opts), sizeof *(opts))
 /* Sets the model's diagnostic defaults (T_eps takes effect at the next forward). */
 GSINK_API gsink_status gsink_set_diag_options(gsink_model *model, const gsink_diag_options *opts);
+/* Copies the model's diagnostic options; opts->size must be set (by
+ * gsink_diag_options_init) and at most that many bytes are written. */
 GSINK_API gsink_status gsink_get_diag_options(const gsink_model *model, gsink_diag_options *opts);
 
 /* Column mass M_s = sum_{t>=s} a_ts and second moment S_s = sum_{t>=s} a_ts^2
@@ -393,10 +403,13 @@ typedef struct gsink_vscale_options {
     int32_t per_query_head; /* 0: per KV head (default); 1: per query head */
 } gsink_vscale_options;
 
-GSINK_API void gsink_vscale_options_init(gsink_vscale_options *opts);
+GSINK_API void gsink_vscale_options_init_size(gsink_vscale_options *opts, size_t size);
+#define gsink_vscale_options_init(opts) gsink_vscale_options_init_size((opts), sizeof *(opts))
 /* Enables (or with mode OFF disables) V-scale on every layer. theta is reset
  * to 0 when the number of scale heads changes. */
 GSINK_API gsink_status gsink_vscale_enable(gsink_model *model, const gsink_vscale_options *opts);
+/* Current V-scale settings; opts->size must be set (by gsink_vscale_options_init)
+ * and at most that many bytes are written. */
 GSINK_API gsink_status gsink_vscale_get(const gsink_model *model, gsink_vscale_options *opts);
 /* Number of theta values: n_layers * n_scale_heads (0 when off). */
 GSINK_API gsink_status gsink_vscale_theta_count(const gsink_model *model, size_t *count);
@@ -425,7 +438,8 @@ typedef struct gsink_optimizer_options {
     int32_t accumulation_steps; /* micro-batches per step: grads are divided by it, default 1 */
 } gsink_optimizer_options;
 
-GSINK_API void gsink_optimizer_options_init(gsink_optimizer_options *opts);
+GSINK_API void gsink_optimizer_options_init_size(gsink_optimizer_options *opts, size_t size);
+#define gsink_optimizer_options_init(opts) gsink_optimizer_options_init_size((opts), sizeof *(opts))
 GSINK_API gsink_status gsink_optimizer_create(gsink_model *model,
                                               const gsink_optimizer_options *opts,
                                               gsink_optimizer **out);

@@ -21,9 +21,13 @@ static const preset presets[] = {
 };
 #define N_PRESETS (sizeof presets / sizeof presets[0])
 
-static void fill(gsink_config *cfg, const preset *p)
+/* Writes at most size bytes of a preset into cfg (the caller's struct may be
+ * an older, smaller version). */
+static void fill(gsink_config *out, const preset *p, size_t size)
 {
-    cfg->size = sizeof *cfg;
+    gsink_config full, *cfg = &full;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->size = size < sizeof *cfg ? size : sizeof *cfg;
     cfg->vocab_size = p->vocab;
     cfg->d_model = p->d_model;
     cfg->n_layers = p->n_layers;
@@ -36,19 +40,21 @@ static void fill(gsink_config *cfg, const preset *p)
     cfg->rope_theta = 10000.0f;
     cfg->tie_embeddings = p->tie;
     cfg->init_std = 0.02f;
+    memcpy(out, cfg, cfg->size);
 }
 
-void gsink_config_init(gsink_config *cfg)
+void gsink_config_init_size(gsink_config *cfg, size_t size)
 {
-    if (cfg) fill(cfg, &presets[0]);
+    if (cfg && size >= sizeof(size_t)) fill(cfg, &presets[0], size);
 }
 
-gsink_status gsink_config_preset(const char *name, gsink_config *cfg)
+gsink_status gsink_config_preset_size(const char *name, gsink_config *cfg, size_t size)
 {
     if (!name || !cfg) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "preset name or config is NULL");
+    if (size < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "config size %zu is too small", size);
     for (size_t i = 0; i < N_PRESETS; i++) {
         if (strcmp(presets[i].name, name) == 0) {
-            fill(cfg, &presets[i]);
+            fill(cfg, &presets[i], size);
             return GSINK_OK;
         }
     }

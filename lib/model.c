@@ -67,35 +67,41 @@ gsink_status gsink_device_describe(gsink_device_kind kind, int index, char *buf,
 /* Options                                                                   */
 /* ------------------------------------------------------------------------ */
 
-void gsink_model_options_init(gsink_model_options *opts)
+void gsink_model_options_init_size(gsink_model_options *out, size_t size)
 {
-    if (!opts) return;
-    memset(opts, 0, sizeof *opts);
-    opts->size = sizeof *opts;
-    opts->device = GSINK_DEVICE_CPU;
+    if (!out || size < sizeof(size_t)) return;
+    gsink_model_options d;
+    memset(&d, 0, sizeof d);
+    d.size = size < sizeof d ? size : sizeof d;
+    d.device = GSINK_DEVICE_CPU;
+    memcpy(out, &d, d.size);
 }
 
-void gsink_diag_options_init(gsink_diag_options *o)
+void gsink_diag_options_init_size(gsink_diag_options *out, size_t size)
 {
-    if (!o) return;
-    memset(o, 0, sizeof *o);
-    o->size = sizeof *o;
-    o->sink_eps = 0.3f;
-    o->sink_window = 64;
-    o->rgs_window = 31;
-    o->sink_position = 0;
-    o->batch_agg = GSINK_AGG_SUM_THEN_NORM;
+    if (!out || size < sizeof(size_t)) return;
+    gsink_diag_options d;
+    memset(&d, 0, sizeof d);
+    d.size = size < sizeof d ? size : sizeof d;
+    d.sink_eps = 0.3f;
+    d.sink_window = 64;
+    d.rgs_window = 31;
+    d.sink_position = 0;
+    d.batch_agg = GSINK_AGG_SUM_THEN_NORM;
+    memcpy(out, &d, d.size);
 }
 
-void gsink_vscale_options_init(gsink_vscale_options *o)
+void gsink_vscale_options_init_size(gsink_vscale_options *out, size_t size)
 {
-    if (!o) return;
-    memset(o, 0, sizeof *o);
-    o->size = sizeof *o;
-    o->mode = GSINK_VSCALE_FULL;
-    o->sigma = 0.02f;
-    o->learnable_theta = 1;
-    o->per_query_head = 0;
+    if (!out || size < sizeof(size_t)) return;
+    gsink_vscale_options d;
+    memset(&d, 0, sizeof d);
+    d.size = size < sizeof d ? size : sizeof d;
+    d.mode = GSINK_VSCALE_FULL;
+    d.sigma = 0.02f;
+    d.learnable_theta = 1;
+    d.per_query_head = 0;
+    memcpy(out, &d, d.size);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -633,7 +639,11 @@ gsink_status gsink_set_diag_options(gsink_model *m, const gsink_diag_options *o)
 gsink_status gsink_get_diag_options(const gsink_model *m, gsink_diag_options *o)
 {
     if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
-    *o = m->diag;
+    size_t n = o->size < sizeof *o ? o->size : sizeof *o; /* the caller's struct may be older */
+    if (n < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_diag_options_init)");
+    gsink_diag_options d = m->diag;
+    d.size = n;
+    memcpy(o, &d, n);
     return GSINK_OK;
 }
 
@@ -1055,11 +1065,16 @@ gsink_status gsink_vscale_enable(gsink_model *m, const gsink_vscale_options *o)
 gsink_status gsink_vscale_get(const gsink_model *m, gsink_vscale_options *o)
 {
     if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
-    gsink_vscale_options_init(o);
-    o->mode = m->vs.mode;
-    o->sigma = m->vs.sigma;
-    o->learnable_theta = m->vs.learnable;
-    o->per_query_head = m->vs.per_query_head;
+    size_t n = o->size < sizeof *o ? o->size : sizeof *o; /* the caller's struct may be older */
+    if (n < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_vscale_options_init)");
+    gsink_vscale_options v;
+    gsink_vscale_options_init(&v);
+    v.size = n;
+    v.mode = m->vs.mode;
+    v.sigma = m->vs.sigma;
+    v.learnable_theta = m->vs.learnable;
+    v.per_query_head = m->vs.per_query_head;
+    memcpy(o, &v, n);
     return GSINK_OK;
 }
 

@@ -101,6 +101,15 @@ static Tcl_Obj *gsink_tcl_list(const float *v, size_t n)
 }
 
 /* gsink_forward with the list lengths checked against batch*seq_len. */
+/* The *_init and preset macros of gsink.h pass sizeof; Tcl gets commands of
+ * the same names that do the same for the struct this module was built with. */
+static void gsink_tcl_config_init(gsink_config *o) { gsink_config_init(o); }
+static void gsink_tcl_model_options_init(gsink_model_options *o) { gsink_model_options_init(o); }
+static void gsink_tcl_diag_options_init(gsink_diag_options *o) { gsink_diag_options_init(o); }
+static void gsink_tcl_vscale_options_init(gsink_vscale_options *o) { gsink_vscale_options_init(o); }
+static void gsink_tcl_optimizer_options_init(gsink_optimizer_options *o) { gsink_optimizer_options_init(o); }
+static gsink_status gsink_tcl_config_preset(const char *name, gsink_config *o) { return gsink_config_preset(name, o); }
+
 static gsink_status gsink_forward_checked(gsink_model *model, const int32_t *tokens, size_t n_tokens,
                                           const int32_t *targets, size_t n_targets, int batch,
                                           int seq_len, float *loss)
@@ -348,6 +357,19 @@ GSINK_OUT_ARRAYS3(gq, gk, gv)
 %ignore gsink_free;
 
 %include "gsink.h"
+
+%rename(gsink_config_init) gsink_tcl_config_init;
+void gsink_tcl_config_init(gsink_config *o);
+%rename(gsink_model_options_init) gsink_tcl_model_options_init;
+void gsink_tcl_model_options_init(gsink_model_options *o);
+%rename(gsink_diag_options_init) gsink_tcl_diag_options_init;
+void gsink_tcl_diag_options_init(gsink_diag_options *o);
+%rename(gsink_vscale_options_init) gsink_tcl_vscale_options_init;
+void gsink_tcl_vscale_options_init(gsink_vscale_options *o);
+%rename(gsink_optimizer_options_init) gsink_tcl_optimizer_options_init;
+void gsink_tcl_optimizer_options_init(gsink_optimizer_options *o);
+%rename(gsink_config_preset) gsink_tcl_config_preset;
+gsink_status gsink_tcl_config_preset(const char *name, gsink_config *o);
 
 /* gsink_forward takes lists: `gsink_forward model tokens targets batch
  * seq_len` returns the loss (0 without targets; pass {} for none). */

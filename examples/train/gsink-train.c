@@ -867,6 +867,7 @@ int main(int argc, char **argv)
         CHECK(gsink_vscale_theta_count(tr.model, &tr.n_theta));
     }
     gsink_diag_options dopt;
+    gsink_diag_options_init(&dopt);
     CHECK(gsink_get_diag_options(tr.model, &dopt));
     if (dopt.sink_window > a->seq) {
         dopt.sink_window = a->seq;

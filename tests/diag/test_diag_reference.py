@@ -80,13 +80,13 @@ class Model:
     def __init__(self, B=2, T=64, seed=3, sink_window=16, n_layers=2, d_model=48, n_heads=4,
                  n_kv_heads=2, d_head=12, vscale=0, sink=False):
         cfg = Config()
-        lib.gsink_config_init(C.byref(cfg))
+        lib.gsink_config_init_size(C.byref(cfg), C.c_size_t(C.sizeof(cfg)))
         cfg.vocab_size, cfg.d_model, cfg.n_layers = 97, d_model, n_layers
         cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff, cfg.max_seq_len = n_heads, n_kv_heads, d_head, 80, 128
         cfg.tie_embeddings = 0
         self.cfg = cfg
         mo = ModelOptions()
-        lib.gsink_model_options_init(C.byref(mo))
+        lib.gsink_model_options_init_size(C.byref(mo), C.c_size_t(C.sizeof(mo)))
         mo.seed = seed
         mo.n_threads = 1
         self.h = C.c_void_p()
@@ -96,11 +96,11 @@ class Model:
             self._plant_sink()
         if vscale:
             vo = VscaleOptions()
-            lib.gsink_vscale_options_init(C.byref(vo))
+            lib.gsink_vscale_options_init_size(C.byref(vo), C.c_size_t(C.sizeof(vo)))
             vo.mode = vscale
             check(lib.gsink_vscale_enable(self.h, C.byref(vo)))
         do = DiagOptions()
-        lib.gsink_diag_options_init(C.byref(do))
+        lib.gsink_diag_options_init_size(C.byref(do), C.c_size_t(C.sizeof(do)))
         do.sink_window = sink_window
         check(lib.gsink_set_diag_options(self.h, C.byref(do)))
         self.B, self.T, self.W = B, T, sink_window
@@ -494,7 +494,7 @@ def test_bad_input_statuses(model):
 
 def test_call_order():
     cfg = Config()
-    lib.gsink_config_init(C.byref(cfg))
+    lib.gsink_config_init_size(C.byref(cfg), C.c_size_t(C.sizeof(cfg)))
     h = C.c_void_p()
     check(lib.gsink_model_create(C.byref(cfg), None, C.byref(h)))
     try:
@@ -523,7 +523,7 @@ def test_call_order():
 def test_vscale_sigma_must_be_positive(model):
     for sigma in (0.0, -0.02, float("nan")):
         vo = VscaleOptions()
-        lib.gsink_vscale_options_init(C.byref(vo))
+        lib.gsink_vscale_options_init_size(C.byref(vo), C.c_size_t(C.sizeof(vo)))
         vo.sigma = sigma
         assert lib.gsink_vscale_enable(model.h, C.byref(vo)) == INVALID
     # still usable

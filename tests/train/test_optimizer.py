@@ -46,10 +46,10 @@ GSINK_ERR_SHAPE_MISMATCH = 13
 def make_model(lib, tie=1, vscale=1, seed=3):
     cfg = Config()
     cfg.size = ctypes.sizeof(Config)
-    assert lib.gsink_config_preset(b"micro", ctypes.byref(cfg)) == 0
+    assert lib.gsink_config_preset_size(b"micro", ctypes.byref(cfg), ctypes.c_size_t(ctypes.sizeof(cfg))) == 0
     cfg.tie_embeddings = tie
     mo = ModelOptions()
-    lib.gsink_model_options_init(ctypes.byref(mo))
+    lib.gsink_model_options_init_size(ctypes.byref(mo), ctypes.c_size_t(ctypes.sizeof(mo)))
     mo.n_threads = 1
     mo.seed = seed
     model = ctypes.c_void_p()
@@ -57,7 +57,7 @@ def make_model(lib, tie=1, vscale=1, seed=3):
         lib.gsink_last_error()
     if vscale:
         vo = VscaleOptions()
-        lib.gsink_vscale_options_init(ctypes.byref(vo))
+        lib.gsink_vscale_options_init_size(ctypes.byref(vo), ctypes.c_size_t(ctypes.sizeof(vo)))
         vo.mode = vscale
         assert lib.gsink_vscale_enable(model, ctypes.byref(vo)) == 0, lib.gsink_last_error()
     return model, cfg
@@ -113,7 +113,7 @@ def schedule(step, lr, min_lr, warmup, total):
 
 def make_opt(lib, model, **kw):
     oo = OptimizerOptions()
-    lib.gsink_optimizer_options_init(ctypes.byref(oo))
+    lib.gsink_optimizer_options_init_size(ctypes.byref(oo), ctypes.c_size_t(ctypes.sizeof(oo)))
     for k, v in kw.items():
         setattr(oo, k, v)
     opt = ctypes.c_void_p()
@@ -129,7 +129,7 @@ def micro_batches(cfg, rng, B=2, T=12):
 
 def test_defaults(lib):
     oo = OptimizerOptions()
-    lib.gsink_optimizer_options_init(ctypes.byref(oo))
+    lib.gsink_optimizer_options_init_size(ctypes.byref(oo), ctypes.c_size_t(ctypes.sizeof(oo)))
     assert oo.size == ctypes.sizeof(OptimizerOptions)
     assert (oo.beta1, oo.eps, oo.grad_clip, oo.accumulation_steps) == (pytest.approx(0.9), pytest.approx(1e-8),
                                                                         1.0, 1)

@@ -4,6 +4,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -255,6 +256,47 @@ START_TEST(test_status_strings)
 }
 END_TEST
 
+/* An older caller's smaller struct: *_init_size writes only the bytes it is
+ * given, and records them in ->size; a newer caller's larger struct gets the
+ * library's sizeof. */
+START_TEST(test_init_respects_caller_struct_size)
+{
+    union {
+        gsink_model_options o;
+        unsigned char raw[sizeof(gsink_model_options) + 64];
+    } u;
+    memset(&u, 0xAB, sizeof u);
+    size_t small = offsetof(gsink_model_options, seed);
+    gsink_model_options_init_size(&u.o, small);
+    ck_assert_uint_eq(u.o.size, small);
+    for (size_t i = small; i < sizeof u.raw; i++) ck_assert_int_eq(u.raw[i], 0xAB);
+    memset(&u, 0xAB, sizeof u);
+    gsink_model_options_init_size(&u.o, sizeof u.raw);
+    ck_assert_uint_eq(u.o.size, sizeof(gsink_model_options));
+    for (size_t i = sizeof(gsink_model_options); i < sizeof u.raw; i++) ck_assert_int_eq(u.raw[i], 0xAB);
+    /* a model created from the short struct uses defaults for the rest */
+    gsink_config c;
+    gsink_config_preset("micro", &c);
+    memset(&u, 0xAB, sizeof u);
+    gsink_model_options_init_size(&u.o, small);
+    gsink_model *x;
+    ck_assert_int_eq(gsink_model_create(&c, &u.o, &x), GSINK_OK);
+    gsink_model_free(x);
+    /* the same for configs filled from a preset */
+    union {
+        gsink_config c;
+        unsigned char raw[sizeof(gsink_config) + 16];
+    } uc;
+    memset(&uc, 0xCD, sizeof uc);
+    ck_assert_int_eq(gsink_config_preset_size("tiny", &uc.c, offsetof(gsink_config, rms_eps)), GSINK_OK);
+    ck_assert_int_eq(uc.c.d_model, 64);
+    for (size_t i = offsetof(gsink_config, rms_eps); i < sizeof uc.raw; i++) ck_assert_int_eq(uc.raw[i], 0xCD);
+    gsink_diag_options d;
+    d.size = 0;
+    EXPECT(gsink_get_diag_options(m, &d), GSINK_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("errors");
@@ -270,6 +312,7 @@ int main(void)
     tcase_add_test(tc, test_names_sites_and_buffers);
     tcase_add_test(tc, test_vscale_bad_input);
     tcase_add_test(tc, test_status_strings);
+    tcase_add_test(tc, test_init_respects_caller_struct_size);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

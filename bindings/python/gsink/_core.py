@@ -236,7 +236,7 @@ def default_diag_options():
     """The library's default diagnostic options (gsink_diag_options_init) as a dict."""
     o = L.DiagOptions()
     o.size = L.DiagOptions.known_size
-    _lib.gsink_diag_options_init(ctypes.byref(o))
+    _lib.gsink_diag_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
     return {f: getattr(o, f) for f in L.field_names(L.DiagOptions)}
 
 
@@ -286,7 +286,7 @@ class Config:
     def __init__(self, **fields):
         c = L.Config()
         c.size = L.Config.known_size
-        _lib.gsink_config_init(ctypes.byref(c))
+        _lib.gsink_config_init_size(ctypes.byref(c), ctypes.sizeof(c))
         self._set_from_c(c)
         self.update(**fields)
 
@@ -294,7 +294,7 @@ class Config:
     def preset(cls, name, **overrides):
         c = L.Config()
         c.size = L.Config.known_size
-        _check(_lib.gsink_config_preset(_bytes_arg(name, "name"), ctypes.byref(c)))
+        _check(_lib.gsink_config_preset_size(_bytes_arg(name, "name"), ctypes.byref(c), ctypes.sizeof(c)))
         self = cls.__new__(cls)
         self._set_from_c(c)
         self.update(**overrides)
@@ -365,7 +365,7 @@ def _as_config(config):
 def _model_options(seed, n_threads, device, device_index, precision=None):
     o = L.ModelOptions()
     o.size = L.ModelOptions.known_size
-    _lib.gsink_model_options_init(ctypes.byref(o))
+    _lib.gsink_model_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
     o.device = _enum_arg(device, DeviceKind, "device")
     o.device_index = _cint(device_index, "device_index")
     o.n_threads = _cint(n_threads, "n_threads")
@@ -808,7 +808,7 @@ class Model(_Handle):
         """Turns V-scale on ("full", "backward_only") or off ("off")."""
         o = L.VScaleOptions()
         o.size = L.VScaleOptions.known_size
-        _lib.gsink_vscale_options_init(ctypes.byref(o))
+        _lib.gsink_vscale_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
         o.mode = _enum_arg(mode, VScaleMode, "mode")
         if sigma is not None:
             o.sigma = float(sigma)
@@ -891,7 +891,7 @@ class Optimizer(_Handle):
             raise TypeError("model must be a gsink.Model")
         o = L.OptimizerOptions()
         o.size = L.OptimizerOptions.known_size
-        _lib.gsink_optimizer_options_init(ctypes.byref(o))
+        _lib.gsink_optimizer_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
         fields = L.field_names(L.OptimizerOptions)
         for k, v in options.items():
             if k not in fields:

@@ -28,10 +28,10 @@ POINTER = ctypes.POINTER
 
 
 # Every options/config struct gets TAIL_BYTES of slack after the fields this
-# binding knows. The *_init functions write sizeof() of the struct as the
-# *loaded* library declares it; a newer library whose struct grew (fields are
-# only ever appended) then writes into the slack instead of past the end of
-# our buffer, and its defaults for the new fields travel with the struct.
+# binding knows. The *_init_size functions are given ctypes.sizeof() of the
+# whole buffer and write at most min(that, the library's sizeof); a newer
+# library whose struct grew (fields are only ever appended) then writes into
+# the slack, and its defaults for the new fields travel with the struct.
 TAIL_BYTES = 256
 
 
@@ -137,12 +137,12 @@ PROTOTYPES = {
     "gsink_device_count": (S, [c_int, POINTER(c_int)]),
     "gsink_device_describe": (S, [c_int, c_int, c_char_p, c_size_t]),
     # configuration
-    "gsink_config_init": (None, [POINTER(Config)]),
-    "gsink_config_preset": (S, [c_char_p, POINTER(Config)]),
+    "gsink_config_init_size": (None, [POINTER(Config), c_size_t]),
+    "gsink_config_preset_size": (S, [c_char_p, POINTER(Config), c_size_t]),
     "gsink_config_preset_name": (c_char_p, [c_int]),
     "gsink_config_validate": (S, [POINTER(Config)]),
     # models
-    "gsink_model_options_init": (None, [POINTER(ModelOptions)]),
+    "gsink_model_options_init_size": (None, [POINTER(ModelOptions), c_size_t]),
     "gsink_model_create": (S, [POINTER(Config), POINTER(ModelOptions), POINTER(c_void_p)]),
     "gsink_model_free": (None, [P]),
     "gsink_model_config": (S, [P, POINTER(Config)]),
@@ -169,7 +169,7 @@ PROTOTYPES = {
     "gsink_get_activation": (S, [P, c_int, c_int, P, c_size_t]),
     "gsink_get_gradient": (S, [P, c_int, c_int, P, c_size_t]),
     # attention statistics
-    "gsink_diag_options_init": (None, [POINTER(DiagOptions)]),
+    "gsink_diag_options_init_size": (None, [POINTER(DiagOptions), c_size_t]),
     "gsink_set_diag_options": (S, [P, POINTER(DiagOptions)]),
     "gsink_get_diag_options": (S, [P, POINTER(DiagOptions)]),
     "gsink_attention_column_mass": (S, [P, c_int, c_int, P, P, c_size_t]),
@@ -183,7 +183,7 @@ PROTOTYPES = {
     "gsink_qkv_gradient_split": (S, [P, c_int, c_int, P, P, P, c_size_t]),
     "gsink_report_json": (S, [P, POINTER(DiagOptions), POINTER(c_void_p)]),
     # V-scale
-    "gsink_vscale_options_init": (None, [POINTER(VScaleOptions)]),
+    "gsink_vscale_options_init_size": (None, [POINTER(VScaleOptions), c_size_t]),
     "gsink_vscale_enable": (S, [P, POINTER(VScaleOptions)]),
     "gsink_vscale_get": (S, [P, POINTER(VScaleOptions)]),
     "gsink_vscale_theta_count": (S, [P, POINTER(c_size_t)]),
@@ -191,7 +191,7 @@ PROTOTYPES = {
     "gsink_vscale_set_theta": (S, [P, P, c_size_t]),
     "gsink_vscale_get_theta_grad": (S, [P, P, c_size_t]),
     # optimizer
-    "gsink_optimizer_options_init": (None, [POINTER(OptimizerOptions)]),
+    "gsink_optimizer_options_init_size": (None, [POINTER(OptimizerOptions), c_size_t]),
     "gsink_optimizer_create": (S, [P, POINTER(OptimizerOptions), POINTER(c_void_p)]),
     "gsink_optimizer_free": (None, [P]),
     "gsink_optimizer_errmsg": (c_char_p, [P]),

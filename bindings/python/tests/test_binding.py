@@ -1,6 +1,7 @@
 """Tests of the gsink Python binding: errors as exceptions, numpy validation,
 handle lifetime, memory, version checks, and that every C function is bound."""
 
+import ctypes
 import gc
 import os
 import re
@@ -62,11 +63,11 @@ def test_default_diag_options():
     assert d["rgs_window"] == 31 and d["sink_position"] == 0 and d["batch_agg"] == 0
 
 
-STRUCTS = (("gsink_config", _lib.Config, "gsink_config_init"),
-           ("gsink_model_options", _lib.ModelOptions, "gsink_model_options_init"),
-           ("gsink_diag_options", _lib.DiagOptions, "gsink_diag_options_init"),
-           ("gsink_vscale_options", _lib.VScaleOptions, "gsink_vscale_options_init"),
-           ("gsink_optimizer_options", _lib.OptimizerOptions, "gsink_optimizer_options_init"))
+STRUCTS = (("gsink_config", _lib.Config, "gsink_config_init_size"),
+           ("gsink_model_options", _lib.ModelOptions, "gsink_model_options_init_size"),
+           ("gsink_diag_options", _lib.DiagOptions, "gsink_diag_options_init_size"),
+           ("gsink_vscale_options", _lib.VScaleOptions, "gsink_vscale_options_init_size"),
+           ("gsink_optimizer_options", _lib.OptimizerOptions, "gsink_optimizer_options_init_size"))
 
 
 def test_struct_layout_matches_the_c_compiler(tmp_path):
@@ -99,7 +100,7 @@ def test_init_functions_fill_size():
     # a newer one's extra bytes land in the slack after the known fields)
     for cname, struct, init in STRUCTS:
         o = struct()
-        getattr(_lib.lib, init)(o)
+        getattr(_lib.lib, init)(o, ctypes.sizeof(o))
         assert 0 < o.size <= struct.known_size + _lib.TAIL_BYTES, cname
 
 

@@ -321,12 +321,13 @@ fn bindgen_test_layout_gsink_config() {
     test_field_init_std();
 }
 extern "C" {
-    pub fn gsink_config_init(cfg: *mut gsink_config);
+    pub fn gsink_config_init_size(cfg: *mut gsink_config, size: usize);
 }
 extern "C" {
-    pub fn gsink_config_preset(
+    pub fn gsink_config_preset_size(
         name: *const ::std::os::raw::c_char,
         cfg: *mut gsink_config,
+        size: usize,
     ) -> gsink_status;
 }
 extern "C" {
@@ -469,7 +470,7 @@ pub const gsink_precision_GSINK_PRECISION_FP32: gsink_precision = 0;
 pub const gsink_precision_GSINK_PRECISION_TF32: gsink_precision = 1;
 pub type gsink_precision = ::std::os::raw::c_uint;
 extern "C" {
-    pub fn gsink_model_options_init(opts: *mut gsink_model_options);
+    pub fn gsink_model_options_init_size(opts: *mut gsink_model_options, size: usize);
 }
 extern "C" {
     pub fn gsink_model_create(
@@ -761,7 +762,7 @@ fn bindgen_test_layout_gsink_diag_options() {
     test_field_batch_agg();
 }
 extern "C" {
-    pub fn gsink_diag_options_init(opts: *mut gsink_diag_options);
+    pub fn gsink_diag_options_init_size(opts: *mut gsink_diag_options, size: usize);
 }
 extern "C" {
     pub fn gsink_set_diag_options(
@@ -976,7 +977,7 @@ fn bindgen_test_layout_gsink_vscale_options() {
     test_field_per_query_head();
 }
 extern "C" {
-    pub fn gsink_vscale_options_init(opts: *mut gsink_vscale_options);
+    pub fn gsink_vscale_options_init_size(opts: *mut gsink_vscale_options, size: usize);
 }
 extern "C" {
     pub fn gsink_vscale_enable(
@@ -1235,7 +1236,7 @@ fn bindgen_test_layout_gsink_optimizer_options() {
     test_field_accumulation_steps();
 }
 extern "C" {
-    pub fn gsink_optimizer_options_init(opts: *mut gsink_optimizer_options);
+    pub fn gsink_optimizer_options_init_size(opts: *mut gsink_optimizer_options, size: usize);
 }
 extern "C" {
     pub fn gsink_optimizer_create(

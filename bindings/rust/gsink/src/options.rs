@@ -28,7 +28,7 @@ impl Default for Config {
     fn default() -> Config {
         let mut raw = empty_config();
         // SAFETY: raw is a valid gsink_config.
-        unsafe { sys::gsink_config_init(&mut raw) };
+        unsafe { sys::gsink_config_init_size(&mut raw, std::mem::size_of_val(&raw)) };
         Config::from_raw(&raw)
     }
 }
@@ -57,7 +57,7 @@ impl Config {
         let cname = to_cstring(name, "preset name")?;
         let mut raw = empty_config();
         // SAFETY: valid NUL-terminated name and config.
-        check(unsafe { sys::gsink_config_preset(cname.as_ptr(), &mut raw) })?;
+        check(unsafe { sys::gsink_config_preset_size(cname.as_ptr(), &mut raw, std::mem::size_of_val(&raw)) })?;
         Ok(Config::from_raw(&raw))
     }
 
@@ -167,7 +167,7 @@ impl Default for ModelOptions {
             precision: 0,
         };
         // SAFETY: valid struct.
-        unsafe { sys::gsink_model_options_init(&mut raw) };
+        unsafe { sys::gsink_model_options_init_size(&mut raw, std::mem::size_of_val(&raw)) };
         ModelOptions {
             device: if raw.device == sys::gsink_device_kind_GSINK_DEVICE_CUDA as i32 { Device::Cuda } else { Device::Cpu },
             device_index: raw.device_index,
@@ -238,7 +238,7 @@ impl Default for DiagOptions {
     fn default() -> DiagOptions {
         let mut raw = empty_diag();
         // SAFETY: valid struct.
-        unsafe { sys::gsink_diag_options_init(&mut raw) };
+        unsafe { sys::gsink_diag_options_init_size(&mut raw, std::mem::size_of_val(&raw)) };
         DiagOptions::from_raw(&raw).expect("library default batch_agg is known")
     }
 }
@@ -312,7 +312,7 @@ impl Default for VScaleOptions {
     fn default() -> VScaleOptions {
         let mut raw = empty_vscale();
         // SAFETY: valid struct.
-        unsafe { sys::gsink_vscale_options_init(&mut raw) };
+        unsafe { sys::gsink_vscale_options_init_size(&mut raw, std::mem::size_of_val(&raw)) };
         VScaleOptions::from_raw(&raw).expect("library default mode is known")
     }
 }
@@ -381,7 +381,7 @@ impl Default for OptimizerOptions {
             accumulation_steps: 0,
         };
         // SAFETY: valid struct.
-        unsafe { sys::gsink_optimizer_options_init(&mut raw) };
+        unsafe { sys::gsink_optimizer_options_init_size(&mut raw, std::mem::size_of_val(&raw)) };
         OptimizerOptions {
             lr: raw.lr,
             min_lr: raw.min_lr,
