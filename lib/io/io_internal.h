@@ -163,4 +163,7 @@ gsink_status gsink__st_load_dir(const char *dir, const char *weights_path,
 /* Parses a safetensors file in memory and checks every tensor (for fuzzing). */
 gsink_status gsink__st_check(const uint8_t *data, size_t size, char *err);
 
+/* Writes code point cp as UTF-8 (1-4 bytes) at o; returns the length. */
+size_t gsink__utf8_put(char *o, uint32_t cp);
+
 #endif

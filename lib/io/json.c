@@ -53,7 +53,7 @@ static int read_hex4(jp *p, uint32_t *out)
     return 0;
 }
 
-static size_t put_utf8(char *o, uint32_t cp)
+size_t gsink__utf8_put(char *o, uint32_t cp)
 {
     if (cp < 0x80) { o[0] = (char)cp; return 1; }
     if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
@@ -120,7 +120,7 @@ static gsink_status parse_string(jp *p, char **out, size_t *out_len)
             }
             /* A \uXXXX escape (6 bytes) never needs more than 4 output bytes,
              * a surrogate pair (12 bytes) 4: the buffer bound holds. */
-            o += put_utf8(buf + o, cp);
+            o += gsink__utf8_put(buf + o, cp);
             break;
         }
         default:

@@ -94,18 +94,6 @@ static size_t utf8_next(const uint8_t *s, size_t n, uint32_t *cp)
     return len;
 }
 
-static size_t utf8_put(char *o, uint32_t cp)
-{
-    if (cp < 0x80) { o[0] = (char)cp; return 1; }
-    if (cp < 0x800) { o[0] = (char)(0xC0 | (cp >> 6)); o[1] = (char)(0x80 | (cp & 0x3F)); return 2; }
-    if (cp < 0x10000) {
-        o[0] = (char)(0xE0 | (cp >> 12)); o[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
-        o[2] = (char)(0x80 | (cp & 0x3F)); return 3;
-    }
-    o[0] = (char)(0xF0 | (cp >> 18)); o[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
-    o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
-}
-
 static int in_table(const uint32_t (*t)[2], size_t n, uint32_t cp)
 {
     size_t lo = 0, hi = n;
@@ -367,7 +355,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
     size_t wl = 0, ns = 0;
     for (size_t k = 0; k < n; k++) {
         e->sym_off[ns] = (uint32_t)wl;
-        size_t l = utf8_put(e->word + wl, t->byte2cp[s[k]]);
+        size_t l = gsink__utf8_put(e->word + wl, t->byte2cp[s[k]]);
         e->sym_len[ns++] = (uint32_t)l;
         wl += l;
     }
