@@ -3,12 +3,13 @@
 #  1. the full meson test set in build/ (unit, reference vs PyTorch, diag,
 #     io, fuzz replay, train, python, rust, swig, examples, bindings, abi, cuda);
 #     the cuda suite reports SKIP with its reason when there is no GPU;
-#  2. the C suites again under AddressSanitizer + UndefinedBehaviorSanitizer
-#     (with leak detection) in build-asan/.
+#  2. again under AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/:
+#     the C suites with leak detection, and the I/O (hostile files) and
+#     reference suites through Python with the ASan runtime preloaded.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 jobs=${GSINK_TEST_JOBS:-2}
-GSINK_ASAN_SUITES=${GSINK_ASAN_SUITES:---suite unit --suite diag --suite fuzz}
+GSINK_ASAN_SUITES=${GSINK_ASAN_SUITES:---suite unit --suite diag --suite fuzz --suite io --suite reference}
 
 meson test -C build --print-errorlogs --num-processes "$jobs" "$@"
 
@@ -18,8 +19,8 @@ if [ "${GSINK_SKIP_ASAN:-0}" != 1 ]; then
       -Db_lundef=false -Dcuda=disabled >/dev/null
   fi
   meson compile -C build-asan
-  # Only suites made of C test programs: the Python, Rust and Tcl hosts
-  # cannot load an ASan-instrumented library without preloading its runtime.
+  # The Rust, Tcl and binding suites host the library in programs that are
+  # not built with ASan; the Python suites listed here preload its runtime.
   meson test -C build-asan --print-errorlogs --num-processes "$jobs" $GSINK_ASAN_SUITES
 fi
 echo "run-tests: all suites passed"
