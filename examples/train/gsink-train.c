@@ -467,7 +467,7 @@ static void xwrite(FILE *f, const void *p, size_t n, uint32_t *crc, const char *
 static void write_state(trainer *tr, const char *path)
 {
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) die("path too long: %s", path);
     FILE *f = fopen(tmp, "wb");
     if (!f) die("cannot create %s: %s", tmp, strerror(errno));
     uint32_t crc = 0;
@@ -675,7 +675,7 @@ static void truncate_log(const char *path, int64_t step)
     FILE *f = fopen(path, "r");
     if (!f) return;
     char tmp[4200];
-    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+    if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) die("path too long: %s", path);
     FILE *o = fopen(tmp, "w");
     if (!o) die("cannot create %s", tmp);
     char line[1 << 16];
