@@ -987,6 +987,8 @@ class Tokenizer(_Handle):
         """UTF-8 text of token ids (invalid UTF-8 is replaced)."""
         h = self._handle()
         arr = np.asarray(ids)
+        if arr.size == 0:  # np.asarray([]) is float64; an empty list decodes to ""
+            arr = np.empty(0, dtype=np.int32)
         if arr.ndim != 1:
             arr = arr.reshape(-1)
         arr = _tokens_array(arr, "ids").reshape(-1)

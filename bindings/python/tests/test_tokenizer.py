@@ -83,6 +83,8 @@ def test_encode_decode(gguf):
         assert tok.decode(tok.encode(long_text)) == long_text
         text = "é€"  # multi-byte UTF-8 round trip through byte tokens
         assert tok.decode(tok.encode(text)) == text
+        assert tok.decode([]) == ""
+        assert tok.encode("").tolist() == []
         with pytest.raises(gsink.GsinkError):
             tok.decode([len(TOKENS) + 5])
     with pytest.raises(gsink.ClosedError):
