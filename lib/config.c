@@ -27,7 +27,6 @@ static void fill(gsink_config *out, const preset *p, size_t size)
 {
     gsink_config full, *cfg = &full;
     memset(cfg, 0, sizeof *cfg);
-    cfg->size = size < sizeof *cfg ? size : sizeof *cfg;
     cfg->vocab_size = p->vocab;
     cfg->d_model = p->d_model;
     cfg->n_layers = p->n_layers;
@@ -40,12 +39,12 @@ static void fill(gsink_config *out, const preset *p, size_t size)
     cfg->rope_theta = 10000.0f;
     cfg->tie_embeddings = p->tie;
     cfg->init_std = 0.02f;
-    memcpy(out, cfg, cfg->size);
+    gsink__copy_sized(out, size, cfg, sizeof *cfg);
 }
 
 void gsink_config_init_size(gsink_config *cfg, size_t size)
 {
-    if (cfg && size >= sizeof(size_t)) fill(cfg, &presets[0], size);
+    fill(cfg, &presets[0], size);
 }
 
 gsink_status gsink_config_preset_size(const char *name, gsink_config *cfg, size_t size)

@@ -58,6 +58,15 @@ void gsink__clear(char *msgbuf)
     if (msgbuf) msgbuf[0] = '\0';
 }
 
+size_t gsink__copy_sized(void *out, size_t size, const void *full, size_t full_size)
+{
+    size_t n = size < full_size ? size : full_size;
+    if (!out || n < sizeof(size_t)) return 0;
+    memcpy(out, full, n);
+    memcpy(out, &n, sizeof n);
+    return n;
+}
+
 bool gsink__mul_size(size_t a, size_t b, size_t *out)
 {
     if (a != 0 && b > SIZE_MAX / a) return false;

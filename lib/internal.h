@@ -24,6 +24,11 @@ gsink_status gsink__fail(char *msgbuf, gsink_status status, const char *fmt, ...
     __attribute__((format(printf, 3, 4)));
 /* Clears the handle's message (called at the start of each API call). */
 void gsink__clear(char *msgbuf);
+/* Writes the filled struct `full` (first member: its size_t size) into the
+ * caller's struct of `size` bytes, which may be an older, smaller version: at
+ * most that many bytes, with ->size set to the count written. Returns it, or
+ * 0 (nothing written) when out is NULL or size cannot hold the size field. */
+size_t gsink__copy_sized(void *out, size_t size, const void *full, size_t full_size);
 /* Checked size arithmetic: returns false on overflow. */
 bool gsink__mul_size(size_t a, size_t b, size_t *out);
 

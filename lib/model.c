@@ -69,39 +69,33 @@ gsink_status gsink_device_describe(gsink_device_kind kind, int index, char *buf,
 
 void gsink_model_options_init_size(gsink_model_options *out, size_t size)
 {
-    if (!out || size < sizeof(size_t)) return;
     gsink_model_options d;
     memset(&d, 0, sizeof d);
-    d.size = size < sizeof d ? size : sizeof d;
     d.device = GSINK_DEVICE_CPU;
-    memcpy(out, &d, d.size);
+    gsink__copy_sized(out, size, &d, sizeof d);
 }
 
 void gsink_diag_options_init_size(gsink_diag_options *out, size_t size)
 {
-    if (!out || size < sizeof(size_t)) return;
     gsink_diag_options d;
     memset(&d, 0, sizeof d);
-    d.size = size < sizeof d ? size : sizeof d;
     d.sink_eps = 0.3f;
     d.sink_window = 64;
     d.rgs_window = 31;
     d.sink_position = 0;
     d.batch_agg = GSINK_AGG_SUM_THEN_NORM;
-    memcpy(out, &d, d.size);
+    gsink__copy_sized(out, size, &d, sizeof d);
 }
 
 void gsink_vscale_options_init_size(gsink_vscale_options *out, size_t size)
 {
-    if (!out || size < sizeof(size_t)) return;
     gsink_vscale_options d;
     memset(&d, 0, sizeof d);
-    d.size = size < sizeof d ? size : sizeof d;
     d.mode = GSINK_VSCALE_FULL;
     d.sigma = 0.02f;
     d.learnable_theta = 1;
     d.per_query_head = 0;
-    memcpy(out, &d, d.size);
+    gsink__copy_sized(out, size, &d, sizeof d);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -639,11 +633,8 @@ gsink_status gsink_set_diag_options(gsink_model *m, const gsink_diag_options *o)
 gsink_status gsink_get_diag_options(const gsink_model *m, gsink_diag_options *o)
 {
     if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
-    size_t n = o->size < sizeof *o ? o->size : sizeof *o; /* the caller's struct may be older */
-    if (n < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_diag_options_init)");
-    gsink_diag_options d = m->diag;
-    d.size = n;
-    memcpy(o, &d, n);
+    if (!gsink__copy_sized(o, o->size, &m->diag, sizeof m->diag))
+        return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_diag_options_init)");
     return GSINK_OK;
 }
 
@@ -1065,16 +1056,14 @@ gsink_status gsink_vscale_enable(gsink_model *m, const gsink_vscale_options *o)
 gsink_status gsink_vscale_get(const gsink_model *m, gsink_vscale_options *o)
 {
     if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
-    size_t n = o->size < sizeof *o ? o->size : sizeof *o; /* the caller's struct may be older */
-    if (n < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_vscale_options_init)");
     gsink_vscale_options v;
     gsink_vscale_options_init(&v);
-    v.size = n;
     v.mode = m->vs.mode;
     v.sigma = m->vs.sigma;
     v.learnable_theta = m->vs.learnable;
     v.per_query_head = m->vs.per_query_head;
-    memcpy(o, &v, n);
+    if (!gsink__copy_sized(o, o->size, &v, sizeof v))
+        return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_vscale_options_init)");
     return GSINK_OK;
 }
 

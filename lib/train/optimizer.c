@@ -41,10 +41,8 @@ struct gsink_optimizer {
 
 void gsink_optimizer_options_init_size(gsink_optimizer_options *out, size_t size)
 {
-    if (!out || size < sizeof(size_t)) return;
     gsink_optimizer_options full, *o = &full;
     memset(o, 0, sizeof *o);
-    o->size = size < sizeof *o ? size : sizeof *o;
     o->lr = 3e-4f;
     o->min_lr = 3e-5f;
     o->warmup_steps = 0;
@@ -55,7 +53,7 @@ void gsink_optimizer_options_init_size(gsink_optimizer_options *out, size_t size
     o->weight_decay = 0.1f;
     o->grad_clip = 1.0f;
     o->accumulation_steps = 1;
-    memcpy(out, o, o->size);
+    gsink__copy_sized(out, size, o, sizeof *o);
 }
 
 static gsink_status check_options(const gsink_optimizer_options *o, char *err)
