@@ -113,7 +113,6 @@ struct gsink_model {
     int B, T;            /* shape of the last successful forward (0 if none) */
     size_t cap_tokens;   /* B*T the buffers are sized for */
     void *act_mem;       /* one backend allocation holding everything below */
-    size_t act_bytes;
     int32_t *tokens_dev, *targets_dev; /* (B*T) */
     float **resid, **dresid; /* (L+1) pointers, each (B, T, d) */
     gsink_layer_acts *layers; /* (L) */

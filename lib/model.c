@@ -197,7 +197,6 @@ static void free_acts(gsink_model *m)
 {
     if (m->act_mem) BE(m)->free(m->be, m->act_mem);
     m->act_mem = NULL;
-    m->act_bytes = 0;
     m->cap_tokens = 0;
     free(m->hstats.mass);
     free(m->hstats.sq);
@@ -741,7 +740,6 @@ static gsink_status ensure_acts(gsink_model *m, int B, int T)
     if (st)
         return gsink__fail(m->errmsg, st, "cannot allocate %zu MiB of activation storage for batch %d x seq %d: %s",
                            sizing.off >> 20, B, T, m->be->err);
-    m->act_bytes = sizing.off;
     m->cap_tokens = N;
     {
         carver c = {m->act_mem, 0, false};
