@@ -663,11 +663,9 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
 {
     const gsink_config *cf = &m->cfg;
     size_t d = cf->d_model, qd = (size_t)cf->n_heads * cf->d_head, kd = (size_t)cf->n_kv_heads * cf->d_head;
-    size_t vsd = (size_t)m->vs.n_scale_heads * cf->d_head, ff = cf->d_ff, H = cf->n_heads;
-    size_t Nd, Nq, Nk, Nvs, Nf, NH, NV;
+    size_t Nd, Nq, Nk, NH, NV;
     bool ok = gsink__mul_size(N, d, &Nd) && gsink__mul_size(N, qd, &Nq) && gsink__mul_size(N, kd, &Nk) &&
-              gsink__mul_size(N, vsd, &Nvs) && gsink__mul_size(N, ff, &Nf) && gsink__mul_size(N, H, &NH) &&
-              gsink__mul_size(N, (size_t)cf->vocab_size, &NV);
+              gsink__mul_size(N, (size_t)cf->n_heads, &NH) && gsink__mul_size(N, (size_t)cf->vocab_size, &NV);
     if (!ok) {
         c->overflow = true;
         return;
@@ -681,31 +679,18 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     for (int l = 0; l < cf->n_layers; l++) {
         gsink_layer_acts *a = &m->layers[l];
         memset(a, 0, sizeof *a);
-        static const gsink_site dsites[] = {GSINK_SITE_ATTN_NORM_OUT, GSINK_SITE_ATTN_OUT,
-                                            GSINK_SITE_RESID_MID, GSINK_SITE_MLP_NORM_OUT,
-                                            GSINK_SITE_MLP_OUT};
-        for (size_t i = 0; i < sizeof dsites / sizeof dsites[0]; i++) a->site[dsites[i]] = take(c, Nd, 4);
-        a->site[GSINK_SITE_Q] = take(c, Nq, 4);
-        a->site[GSINK_SITE_Z] = take(c, Nq, 4);
-        a->site[GSINK_SITE_K] = take(c, Nk, 4);
-        a->site[GSINK_SITE_V] = take(c, Nk, 4);
-        a->site[GSINK_SITE_V_SCALED] = take(c, Nvs, 4);
-        a->site[GSINK_SITE_MLP_PRE] = take(c, Nf, 4);
-        a->site[GSINK_SITE_MLP_UP] = take(c, Nf, 4);
-        a->site[GSINK_SITE_MLP_POST] = take(c, Nf, 4);
-        a->dsite[GSINK_SITE_ATTN_NORM_OUT] = take(c, Nd, 4);
-        a->dsite[GSINK_SITE_RESID_MID] = take(c, Nd, 4);
+        for (int st = 0; st < GSINK_SITE_COUNT; st++) {
+            if (st == GSINK_SITE_RESID_IN || st == GSINK_SITE_RESID_OUT) continue; /* residual stream */
+            size_t n;
+            if (!gsink__mul_size(N, (size_t)gsink__site_width(m, (gsink_site)st), &n)) {
+                c->overflow = true;
+                return;
+            }
+            a->site[st] = take(c, n, 4);
+            if (st != GSINK_SITE_ATTN_OUT && st != GSINK_SITE_MLP_OUT) a->dsite[st] = take(c, n, 4);
+        }
         a->dsite[GSINK_SITE_ATTN_OUT] = a->dsite[GSINK_SITE_RESID_MID]; /* h_mid = h + r_attn */
-        a->dsite[GSINK_SITE_MLP_NORM_OUT] = take(c, Nd, 4);
         a->dsite[GSINK_SITE_MLP_OUT] = m->dresid[l + 1];                /* h_out = h_mid + r_mlp */
-        a->dsite[GSINK_SITE_Q] = take(c, Nq, 4);
-        a->dsite[GSINK_SITE_Z] = take(c, Nq, 4);
-        a->dsite[GSINK_SITE_K] = take(c, Nk, 4);
-        a->dsite[GSINK_SITE_V] = take(c, Nk, 4);
-        a->dsite[GSINK_SITE_V_SCALED] = take(c, Nvs, 4);
-        a->dsite[GSINK_SITE_MLP_PRE] = take(c, Nf, 4);
-        a->dsite[GSINK_SITE_MLP_UP] = take(c, Nf, 4);
-        a->dsite[GSINK_SITE_MLP_POST] = take(c, Nf, 4);
         a->rstd_attn = take(c, N, 4);
         a->rstd_mlp = take(c, N, 4);
         a->lse = take(c, NH, 4);
