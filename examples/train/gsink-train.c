@@ -143,6 +143,8 @@ typedef struct token_file {
     int dtype; /* bytes per token: 2 or 4 */
     uint64_t count;
     int32_t vocab, eot;
+    uint64_t *starts; /* --windows doc-start: positions of separators with a full window after them */
+    uint64_t n_starts;
 } token_file;
 
 static inline int32_t tok_at(const token_file *f, uint64_t i)
@@ -199,23 +201,50 @@ static void token_file_close(token_file *f)
 {
     if (f->map && f->map != MAP_FAILED) munmap(f->map, f->map_bytes);
     f->map = NULL;
+    free(f->starts);
+    f->starts = NULL;
+}
+
+/* Indexes every end-of-text separator followed by at least T tokens (+1 target). */
+static void token_file_index_starts(token_file *f, int T)
+{
+    uint64_t n = 0;
+    for (uint64_t i = 0; i + (uint64_t)T + 1 <= f->count; i++)
+        if (tok_at(f, i) == f->eot) n++;
+    f->starts = malloc((n ? n : 1) * sizeof *f->starts);
+    if (!f->starts) die("out of memory");
+    f->n_starts = 0;
+    for (uint64_t i = 0; i + (uint64_t)T + 1 <= f->count; i++)
+        if (tok_at(f, i) == f->eot) f->starts[f->n_starts++] = i;
+}
+
+/* Fills row b of (B, T) from token position pos. */
+static void fill_row(const token_file *f, uint64_t pos, int b, int T, int32_t *x, int32_t *y)
+{
+    for (int t = 0; t < T; t++) {
+        x[(size_t)b * T + t] = tok_at(f, pos + t);
+        y[(size_t)b * T + t] = tok_at(f, pos + t + 1);
+    }
 }
 
 /* Fills tokens/targets (B, T) from position pos: row b reads pos + b*T. */
 static void fill_batch(const token_file *f, uint64_t pos, int B, int T, int32_t *x, int32_t *y)
 {
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            uint64_t i = pos + (uint64_t)b * T + t;
-            x[(size_t)b * T + t] = tok_at(f, i);
-            y[(size_t)b * T + t] = tok_at(f, i + 1);
-        }
+    for (int b = 0; b < B; b++) fill_row(f, pos + (uint64_t)b * T, b, T, x, y);
+}
+
+/* Doc-start windows first..first+B-1 (cyclic): every row begins at a separator. */
+static void fill_batch_starts(const token_file *f, uint64_t first, int B, int T, int32_t *x, int32_t *y)
+{
+    for (int b = 0; b < B; b++) fill_row(f, f->starts[(first + (uint64_t)b) % f->n_starts], b, T, x, y);
 }
 
 /* ---- options --------------------------------------------------------------- */
 
 typedef struct train_args {
     const char *data_dir, *out_dir, *preset, *vscale, *save_model;
+    int doc_start; /* --windows doc-start */
+    const char *dump_batches; /* --dump-batches FILE: raw int32 ids of every training micro-batch */
     uint64_t seed;
     int64_t steps;
     int batch, seq, grad_accum, threads, warmup;
@@ -271,7 +300,10 @@ static void usage(FILE *f)
             "  --resume             continue the run in --out from its latest checkpoint\n"
             "  --stop-at N          stop after step N (checkpointed), as if interrupted\n"
             "  --save-model DIR     also save the final weights there (default OUT/final)\n"
-            "  --no-progress        no progress bar\n");
+            "  --no-progress        no progress bar\n"
+            "  --windows MODE       packed (default): consecutive windows of the packed stream, any first token;\n"
+            "                       doc-start: every window starts at an end-of-text separator (a document start)\n"
+            "  --dump-batches FILE  append every training micro-batch's input ids (int32) to FILE (data checks)\n");
     fprintf(f, "presets:\n");
     for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++) {
         const preset_spec *p = &PRESETS[i];
@@ -318,7 +350,7 @@ static void parse_args(int argc, char **argv, train_args *a)
     a->progress = 1;
     enum { O_DATA = 256, O_OUT, O_PRESET, O_SEED, O_STEPS, O_BATCH, O_SEQ, O_ACC, O_LR, O_MINLR, O_WARM, O_WD,
            O_CLIP, O_VS, O_FROZEN, O_PQH, O_DM, O_L, O_H, O_KV, O_DH, O_FF, O_THR, O_EE, O_EB, O_DE, O_CE, O_LE,
-           O_RES, O_SAVE, O_NOPROG, O_HELP, O_STOP };
+           O_RES, O_SAVE, O_NOPROG, O_HELP, O_STOP, O_WIN, O_DUMP };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"preset", 1, 0, O_PRESET}, {"seed", 1, 0, O_SEED},
         {"steps", 1, 0, O_STEPS}, {"batch", 1, 0, O_BATCH}, {"seq", 1, 0, O_SEQ}, {"grad-accum", 1, 0, O_ACC},
@@ -328,7 +360,7 @@ static void parse_args(int argc, char **argv, train_args *a)
         {"kv-heads", 1, 0, O_KV}, {"d-head", 1, 0, O_DH}, {"d-ff", 1, 0, O_FF}, {"threads", 1, 0, O_THR},
         {"eval-every", 1, 0, O_EE}, {"eval-batches", 1, 0, O_EB}, {"diag-every", 1, 0, O_DE},
         {"ckpt-every", 1, 0, O_CE}, {"log-every", 1, 0, O_LE}, {"resume", 0, 0, O_RES}, {"stop-at", 1, 0, O_STOP},
-        {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"windows", 1, 0, O_WIN}, {"dump-batches", 1, 0, O_DUMP}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -364,6 +396,12 @@ static void parse_args(int argc, char **argv, train_args *a)
         case O_STOP: a->stop_at = parse_long(optarg, "--stop-at"); break;
         case O_SAVE: a->save_model = optarg; break;
         case O_NOPROG: a->progress = 0; break;
+        case O_DUMP: a->dump_batches = optarg; break;
+        case O_WIN:
+            if (!strcmp(optarg, "packed")) a->doc_start = 0;
+            else if (!strcmp(optarg, "doc-start")) a->doc_start = 1;
+            else die("--windows must be packed or doc-start (got '%s')", optarg);
+            break;
         case O_HELP: case 'h': usage(stdout); exit(0);
         default: usage(stderr); exit(2);
         }
@@ -430,7 +468,7 @@ typedef struct trainer {
 typedef struct ckpt_identity {
     int32_t vocab, d_model, layers, heads, kv_heads, d_head, d_ff, tie;
     int32_t vscale_mode, per_query_head, learnable, batch, seq, grad_accum;
-    uint64_t train_tokens, train_crc_dummy;
+    uint64_t train_tokens, windows; /* windows: 0 packed, 1 doc-start */
 } ckpt_identity;
 
 static ckpt_identity identity_of(const trainer *tr)
@@ -452,6 +490,7 @@ static ckpt_identity identity_of(const trainer *tr)
     id.seq = tr->a.seq;
     id.grad_accum = tr->a.grad_accum;
     id.train_tokens = tr->train.count;
+    id.windows = (uint64_t)tr->a.doc_start;
     return id;
 }
 
@@ -696,11 +735,17 @@ static float eval_loss(trainer *tr)
     const int B = tr->a.batch, T = tr->a.seq;
     uint64_t need = (uint64_t)B * T;
     int n = tr->a.eval_batches;
-    if ((uint64_t)n * need + 1 > tr->val.count) n = (int)((tr->val.count - 1) / need);
+    if (tr->a.doc_start) {
+        if ((uint64_t)n * B > tr->val.n_starts) n = (int)(tr->val.n_starts / B);
+        if (n < 1) n = 1; /* fewer documents than rows: windows repeat */
+    } else if ((uint64_t)n * need + 1 > tr->val.count) {
+        n = (int)((tr->val.count - 1) / need);
+    }
     double sum = 0;
     for (int i = 0; i < n; i++) {
         float loss;
-        fill_batch(&tr->val, (uint64_t)i * need, B, T, tr->x, tr->y);
+        if (tr->a.doc_start) fill_batch_starts(&tr->val, (uint64_t)i * B, B, T, tr->x, tr->y);
+        else fill_batch(&tr->val, (uint64_t)i * need, B, T, tr->x, tr->y);
         CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
         sum += loss;
     }
@@ -726,7 +771,8 @@ static void diagnostics(trainer *tr, FILE *out, int final)
 {
     const int B = tr->a.batch, T = tr->a.seq, L = tr->cfg.n_layers, H = tr->cfg.n_heads;
     float loss;
-    fill_batch(&tr->val, 0, B, T, tr->x, tr->y);
+    if (tr->a.doc_start) fill_batch_starts(&tr->val, 0, B, T, tr->x, tr->y);
+    else fill_batch(&tr->val, 0, B, T, tr->x, tr->y);
     CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
     CHECK(gsink_backward(tr->model, 0));
     fprintf(out, "{\"step\":%lld,\"loss\":%.6g,\"layers\":[", (long long)tr->rs.step, (double)loss);
@@ -764,12 +810,12 @@ static void diagnostics(trainer *tr, FILE *out, int final)
             fprintf(out, ",\"theta_mean\":%.6g,\"theta\":", m / S);
             json_floats(out, theta + (size_t)l * S, S);
         }
+        if (gsink_sink_scores(tr->model, l, 0, buf, (size_t)H) == GSINK_OK) {
+            fputs(",\"sink_scores\":", out);
+            json_floats(out, buf, H);
+        }
         if (final) {
             /* token-wise profiles for the figures */
-            if (gsink_sink_scores(tr->model, l, 0, buf, (size_t)H) == GSINK_OK) {
-                fputs(",\"sink_scores\":", out);
-                json_floats(out, buf, H);
-            }
             if (gsink_get_gradient_norms(tr->model, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS,
                                          GSINK_AGG_SUM_THEN_NORM, buf, (size_t)T) == GSINK_OK) {
                 fputs(",\"grad_norm_attn_norm_out\":", out);
@@ -838,6 +884,13 @@ int main(int argc, char **argv)
     if (tr.val.count < need)
         die("%s/val.bin has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
             a->data_dir, (unsigned long long)tr.val.count, a->batch, a->seq, (unsigned long long)need);
+    if (a->doc_start) {
+        token_file_index_starts(&tr.train, a->seq);
+        token_file_index_starts(&tr.val, a->seq);
+        if (!tr.train.n_starts || !tr.val.n_starts)
+            die("--windows doc-start: %s has no end-of-text separator (id %d) followed by %d tokens",
+                tr.train.n_starts ? "val.bin" : "train.bin", tr.train.n_starts ? tr.val.eot : tr.train.eot, a->seq);
+    }
 
     /* model */
     gsink_config_init(&tr.cfg);
@@ -926,6 +979,9 @@ int main(int argc, char **argv)
     }
     CHECK(gsink_zero_grad(tr.model));
 
+    FILE *dump = NULL;
+    if (a->dump_batches && !(dump = fopen(a->dump_batches, "ab")))
+        die("cannot open %s: %s", a->dump_batches, strerror(errno));
     double t_start = now_s(), tok_done = 0;
     int64_t first_step = tr.rs.step;
     float last_val = NAN;
@@ -933,12 +989,22 @@ int main(int argc, char **argv)
         double t0 = now_s();
         double loss_sum = 0;
         for (int mb = 0; mb < a->grad_accum; mb++) {
-            if (tr.rs.data_pos + bt + 1 > tr.train.count) {
-                tr.rs.epoch++;
-                tr.rs.data_pos = splitmix64(&tr.rs.rng) % (uint64_t)T;
+            if (a->doc_start) {
+                /* each row: a random document start (separator first), drawn with replacement */
+                for (int b = 0; b < B; b++)
+                    fill_row(&tr.train, tr.train.starts[splitmix64(&tr.rs.rng) % tr.train.n_starts], b, T, tr.x,
+                             tr.y);
+                tr.rs.data_pos += bt;
+            } else {
+                if (tr.rs.data_pos + bt + 1 > tr.train.count) {
+                    tr.rs.epoch++;
+                    tr.rs.data_pos = splitmix64(&tr.rs.rng) % (uint64_t)T;
+                }
+                fill_batch(&tr.train, tr.rs.data_pos, B, T, tr.x, tr.y);
+                tr.rs.data_pos += bt;
             }
-            fill_batch(&tr.train, tr.rs.data_pos, B, T, tr.x, tr.y);
-            tr.rs.data_pos += bt;
+            if (dump && fwrite(tr.x, sizeof(int32_t), (size_t)bt, dump) != (size_t)bt)
+                die("write %s: %s", a->dump_batches, strerror(errno));
             float loss;
             CHECK(gsink_forward(tr.model, tr.x, tr.y, B, T, &loss));
             if (!isfinite(loss)) die("step %lld: loss is %g; stopping (weights unchanged)", (long long)tr.rs.step, loss);
@@ -973,6 +1039,7 @@ int main(int argc, char **argv)
         if (stop) {
             fprintf(stderr, "\ngsink-train: stopped at step %lld as asked (--stop-at); continue with --resume\n",
                     (long long)tr.rs.step);
+            if (dump) fclose(dump);
             return 0;
         }
     }
@@ -1000,6 +1067,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "gsink-train: done: step %lld, val loss %.4f, %.0f tok/s\n", (long long)tr.rs.step,
             (double)last_val, tok_done / (now_s() - t_start));
 
+    if (dump && fclose(dump) != 0) die("write %s: %s", a->dump_batches, strerror(errno));
     fclose(tr.log);
     fclose(tr.diag);
     free(tr.x);

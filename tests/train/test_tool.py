@@ -117,3 +117,63 @@ def test_diagnostics_lines(tool, small_data, tmp_path):
     assert {"sink_rate", "resid_out_t0_early", "mlp_out_t0_early", "r_gs"} <= set(layer)
     final = json.load(open(out / "final_diag.json"))
     assert len(final["layers"][0]["grad_norm_attn_norm_out"]) == 64
+
+
+def _windows(dump, T):
+    return np.fromfile(dump, dtype=np.int32).reshape(-1, T)
+
+
+def test_packed_windows_are_consecutive_slices(tool, small_data, tmp_path):
+    tr, _, eot = prepare.read_tokens(str(small_data / "train.bin"))
+    dump = tmp_path / "batches.bin"
+    run_tool(tool, "--data", small_data, "--out", tmp_path / "o", "--steps", 3, "--dump-batches", dump, *COMMON)
+    rows = _windows(dump, 64)
+    assert rows.shape == (3 * 8, 64)
+    # the packed stream read in order: row i is tokens [i*64, (i+1)*64)
+    np.testing.assert_array_equal(rows, tr[:rows.size].reshape(-1, 64))
+
+
+def test_doc_start_windows_begin_at_separators(tool, small_data, tmp_path):
+    tr, _, eot = prepare.read_tokens(str(small_data / "train.bin"))
+    seps = np.flatnonzero(tr == eot)
+    dump = tmp_path / "batches.bin"
+    run_tool(tool, "--data", small_data, "--out", tmp_path / "o", "--steps", 6, "--windows", "doc-start",
+             "--dump-batches", dump, *COMMON)
+    rows = _windows(dump, 64)
+    assert rows.shape == (6 * 8, 64)
+    assert (rows[:, 0] == eot).all()
+    starts = set()
+    for r in rows:  # each row is the slice of train.bin after one of its separators
+        hits = [p for p in seps if p + 64 <= len(tr) and (tr[p:p + 64] == r).all()]
+        assert hits, r[:8]
+        starts.add(hits[0])
+    assert len(starts) > 10  # drawn at random over the documents, not one document repeated
+
+
+def test_doc_start_resume_and_mode_mismatch(tool, small_data, tmp_path):
+    args = ["--steps", 12, "--ckpt-every", 6, "--windows", "doc-start", *COMMON]
+    a, b = tmp_path / "a", tmp_path / "b"
+    run_tool(tool, "--data", small_data, "--out", a, *args)
+    run_tool(tool, "--data", small_data, "--out", b, *args, "--stop-at", 6)
+    run_tool(tool, "--data", small_data, "--out", b, *args, "--resume")
+    assert read_log(a / "log.jsonl") == read_log(b / "log.jsonl")
+    assert (a / "ckpt-00000012" / "state.bin").read_bytes() == (b / "ckpt-00000012" / "state.bin").read_bytes()
+    # a checkpoint of a doc-start run cannot be resumed with packed windows
+    r = run_tool(tool, "--data", small_data, "--out", a, "--steps", 18, "--ckpt-every", 6, "--resume", *COMMON,
+                 check=False)
+    assert r.returncode != 0 and "does not match" in r.stderr
+
+
+def test_doc_start_needs_separators(tool, small_data, tmp_path):
+    d = tmp_path / "nosep"
+    shutil.copytree(small_data, d)
+    tr, vocab, eot = prepare.read_tokens(str(d / "train.bin"))
+    tr = tr.copy()
+    tr[tr == eot] = (eot + 1) % vocab
+    prepare.write_tokens(str(d / "train.bin"), tr, vocab, eot)
+    r = run_tool(tool, "--data", d, "--out", tmp_path / "o", "--steps", 2, "--windows", "doc-start", *COMMON,
+                 check=False)
+    assert r.returncode == 1 and "no end-of-text separator" in r.stderr
+    r = run_tool(tool, "--data", d, "--out", tmp_path / "o", "--steps", 2, "--windows", "bogus", *COMMON,
+                 check=False)
+    assert r.returncode != 0 and "--windows must be packed or doc-start" in r.stderr
