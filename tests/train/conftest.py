@@ -57,19 +57,24 @@ def tool():
     return path
 
 
+TEST_PACKAGES = ("linux-doc-6.1", "python3.11-doc")
+
+
 def _corpus_dir():
     return os.environ.get("GSINK_CORPUS_DIR", os.path.join(ROOT, ".cache", "corpus", "docs"))
 
 
 @pytest.fixture(scope="session")
 def corpus():
-    """The real corpus (prepared once into .cache/corpus/docs; built here if missing)."""
+    """A real corpus: the two-package subset of the experiment's corpus (linux-doc-6.1 +
+    python3.11-doc, 16.8 MB of prose), prepared once into .cache/corpus/docs and built
+    here if missing. The tests need real text, not all ten packages (127 MB of .deb)."""
     d = _corpus_dir()
     if all(os.path.exists(os.path.join(d, f)) for f in ("train.bin", "val.bin", "meta.json")):
         return d
     debs = os.path.join(ROOT, ".cache", "corpus", "debs")
     os.makedirs(debs, exist_ok=True)
-    pkgs = list(prepare.SOURCES)
+    pkgs = list(TEST_PACKAGES)
     have = {p: [f for f in os.listdir(debs) if f.startswith(p + "_") and f.endswith(".deb")] for p in pkgs}
     if not all(have.values()) and not all(os.path.isdir(os.path.join("/", prepare.SOURCES[p])) for p in pkgs):
         r = subprocess.run(["apt-get", "download"] + pkgs, cwd=debs, capture_output=True, text=True)
@@ -77,7 +82,8 @@ def corpus():
             pytest.skip("corpus packages unavailable (apt-get download " + " ".join(pkgs) + " failed): "
                         + r.stderr.strip()[-300:])
         have = {p: [f for f in os.listdir(debs) if f.startswith(p + "_") and f.endswith(".deb")] for p in pkgs}
-    args = [sys.executable, os.path.join(ROOT, "tools", "corpus", "prepare.py"), "--out", d]
+    args = [sys.executable, os.path.join(ROOT, "tools", "corpus", "prepare.py"), "--out", d,
+            "--packages", ",".join(pkgs)]
     for p in pkgs:
         if have[p]:
             args += ["--deb", os.path.join(debs, sorted(have[p])[-1])]
