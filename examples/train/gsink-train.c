@@ -969,10 +969,11 @@ int main(int argc, char **argv)
         fprintf(tr.log, "{\"step\":0,\"config\":{\"params\":%zu,\"d_model\":%d,\"layers\":%d,\"heads\":%d,"
                         "\"kv_heads\":%d,\"d_head\":%d,\"d_ff\":%d,\"vocab\":%d,\"vscale\":\"%s\",\"batch\":%d,"
                         "\"seq\":%d,\"grad_accum\":%d,\"steps\":%lld,\"lr\":%g,\"min_lr\":%g,\"warmup\":%d,"
-                        "\"seed\":%llu}}\n",
+                        "\"weight_decay\":%g,\"clip\":%g,\"windows\":\"%s\",\"seed\":%llu}}\n",
                 numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head,
                 tr.cfg.d_ff, tr.cfg.vocab_size, a->vscale, B, T, a->grad_accum, (long long)a->steps, (double)a->lr,
-                (double)a->min_lr, a->warmup, (unsigned long long)a->seed);
+                (double)a->min_lr, a->warmup, (double)a->wd, (double)a->clip, a->doc_start ? "doc-start" : "packed",
+                (unsigned long long)a->seed);
         float v0 = eval_loss(&tr);
         fprintf(tr.log, "{\"step\":0,\"val_loss\":%.6f}\n", (double)v0);
         diagnostics(&tr, tr.diag, 0);

@@ -52,6 +52,9 @@ def main():
     row("final step", lambda r: str(r["final"]["step"]))
     row("validation loss (nats)", lambda r: fmt(r["val"][max(r["val"])], 4))
     row("mean sink rate", lambda r: fmt(np.mean([x["sink_rate"] for x in r["final"]["layers"]]), 3))
+    row("heads with sink score > 0.3", lambda r: f"{sum(int(np.sum(np.array(x['sink_scores']) > 0.3)) for x in r['final']['layers'])}"
+        f" / {sum(len(x['sink_scores']) for x in r['final']['layers'])}")
+    row("largest head sink score", lambda r: fmt(max(max(x["sink_scores"]) for x in r["final"]["layers"])))
     row("median R_GS over layers", lambda r: fmt(np.median([x["r_gs"] for x in r["final"]["layers"]])))
     row("resid_out t0/early (last layer)", lambda r: fmt(r["final"]["layers"][-1]["resid_out_t0_early"]))
     row("mlp_out t0/early (max over layers)", lambda r: fmt(max(x["mlp_out_t0_early"] for x in r["final"]["layers"])))
@@ -66,6 +69,12 @@ def main():
             cells.append(f"{fmt(x['sink_rate'])} / {fmt(x['resid_out_t0_early'])} / {fmt(x['mlp_out_t0_early'])} / "
                          f"{fmt(x['r_gs'])}")
         print(f"| {l} | " + " | ".join(cells) + " |")
+    print("\nSink score α_0 per head (rows = layers; uniform attention over the first 64 queries gives 0.07):\n")
+    print("| layer | " + " | ".join(lab for _, lab in modes) + " |")
+    print("|---|" + "---|" * len(modes))
+    for l in range(L):
+        print(f"| {l} | " + " | ".join(" ".join(f"{v:.2f}" for v in R[m]["final"]["layers"][l]["sink_scores"])
+                                      for m, _ in modes) + " |")
     if "full" in R and "theta" in R["full"]["final"]["layers"][0]:
         print("\nLearned θ (full V-scale), rows = layers, columns = heads:\n")
         th = np.array([x["theta"] for x in R["full"]["final"]["layers"]])
@@ -96,13 +105,19 @@ def main():
     # ---- Figure 7: forward phenomena per layer
     keys = [("sink_rate", "sink rate"), ("resid_out_t0_early", "resid_out t0/early"),
             ("mlp_out_t0_early", "mlp_out t0/early"), ("attn_out_t0_early", "attn_out t0/early")]
-    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
+    keys = [("sink_max", "largest head sink score α_0")] + keys
+    for m, _ in modes:
+        for x in R[m]["final"]["layers"]:
+            x["sink_max"] = max(x["sink_scores"])
+    fig, axes = plt.subplots(1, 5, figsize=(17.5, 3.2))
     for ax, (k, title) in zip(axes, keys):
         for m, lab in modes:
             ax.plot(range(L), [x[k] for x in R[m]["final"]["layers"]], marker="o", label=lab)
         ax.set_title(title)
         ax.set_xlabel("layer")
-        if k != "sink_rate":
+        if k == "sink_max":
+            ax.axhline(0.3, color="gray", lw=0.6, ls="--")
+        elif k != "sink_rate":
             ax.axhline(1.0, color="gray", lw=0.6, ls="--")
     axes[0].legend(fontsize=7)
     fig.tight_layout()
@@ -127,14 +142,19 @@ def main():
         plt.close(fig)
 
     # ---- curves over training
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.2))
+    fig, axes = plt.subplots(1, 5, figsize=(19, 3.2))
     for m, lab in modes:
         v = R[m]["val"]
         axes[0].plot(sorted(v), [v[s] for s in sorted(v)], label=lab)
         d = R[m]["diag"]
-        axes[1].plot([x["step"] for x in d], [np.mean([y["sink_rate"] for y in x["layers"]]) for x in d], label=lab)
-        axes[2].plot([x["step"] for x in d], [np.median([y["r_gs"] for y in x["layers"]]) for x in d], label=lab)
-    for ax, t in zip(axes, ["validation loss", "mean sink rate", "median R_GS"]):
+        st = [x["step"] for x in d]
+        axes[1].plot(st, [np.mean([y["sink_rate"] for y in x["layers"]]) for x in d], label=lab)
+        if all("sink_scores" in x["layers"][0] for x in d):
+            axes[2].plot(st, [max(max(y["sink_scores"]) for y in x["layers"]) for x in d], label=lab)
+        axes[3].plot(st, [max(y["resid_out_t0_early"] for y in x["layers"]) for x in d], label=lab)
+        axes[4].plot(st, [np.median([y["r_gs"] for y in x["layers"]]) for x in d], label=lab)
+    for ax, t in zip(axes, ["validation loss", "mean sink rate", "largest head sink score",
+                            "resid_out t0/early (max over layers)", "median R_GS"]):
         ax.set_title(t)
         ax.set_xlabel("step")
     axes[0].legend(fontsize=7)
