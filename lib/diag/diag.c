@@ -159,27 +159,27 @@ done:
     return st;
 }
 
-static gsink_status site_tensor(gsink_model *m, int layer, gsink_site site, bool grad,
-                                const float **ptr, int *heads, int *hw)
+/* Token-wise norms (host, T values) of a stored site, one head or all (-1). */
+static gsink_status site_norms(gsink_model *m, int layer, gsink_site site, bool grad, int head, int agg,
+                               float *out)
 {
-    int h = gsink__site_heads(m, site);
+    int heads = gsink__site_heads(m, site);
     int w = gsink__site_width(m, site);
-    const float *p = gsink__site_ptr(m, layer, site, grad);
-    if (!p || h <= 0 || w <= 0 || w % h != 0)
+    const float *x = gsink__site_ptr(m, layer, site, grad);
+    if (!x || heads <= 0 || w <= 0 || w % heads != 0)
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site \"%s\" is not stored for layer %d",
                            gsink_site_name(site), layer);
-    *ptr = p;
-    *heads = h;
-    *hw = w / h;
-    return GSINK_OK;
+    if (head < -1 || head >= heads)
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE,
+                           "head %d out of range for site \"%s\" (%d heads; -1 = all)", head,
+                           gsink_site_name(site), heads);
+    return gsink__diag_tensor_norms(m, x, heads, w / heads, head, agg, out);
 }
 
 static gsink_status norms_checked(gsink_model *m, int layer, gsink_site site, int head, int agg,
                                   bool grad, float *out, size_t count)
 {
     gsink_status st;
-    const float *x = NULL;
-    int heads = 1, hw = 1;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
@@ -189,12 +189,7 @@ static gsink_status norms_checked(gsink_model *m, int layer, gsink_site site, in
     if ((st = check_agg(m, agg))) return st;
     if ((st = check_count(m, count, (size_t)m->T, grad ? "gradient norms" : "activation norms")))
         return st;
-    if ((st = site_tensor(m, layer, site, grad, &x, &heads, &hw))) return st;
-    if (head < -1 || head >= heads)
-        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE,
-                           "head %d out of range for site \"%s\" (%d heads; -1 = all)", head,
-                           gsink_site_name(site), heads);
-    return gsink__diag_tensor_norms(m, x, heads, hw, head, agg, out);
+    return site_norms(m, layer, site, grad, head, agg, out);
 }
 
 gsink_status gsink_get_activation_norms(gsink_model *model, int layer, gsink_site site, int head,
@@ -386,11 +381,8 @@ gsink_status gsink_gradient_sink_ratio(gsink_model *m, int layer, int s, int t_e
     if ((st = gsink__diag_rgs_args(m, s, t_e))) return st;
     gsink_diag_tmp ts = {.m = m};
     float *g;
-    const float *x = NULL;
-    int heads = 1, hw = 1;
     if ((st = gsink__diag_tmp_host(&ts, (size_t)m->T, &g))) goto done;
-    if ((st = site_tensor(m, layer, GSINK_SITE_ATTN_NORM_OUT, true, &x, &heads, &hw))) goto done;
-    if ((st = gsink__diag_tensor_norms(m, x, heads, hw, -1, agg, g))) goto done;
+    if ((st = site_norms(m, layer, GSINK_SITE_ATTN_NORM_OUT, true, -1, agg, g))) goto done;
     *ratio = gsink__diag_rgs_from_norms(g, s, t_e);
 done:
     gsink__diag_tmp_free(&ts);
@@ -500,11 +492,8 @@ gsink_status gsink__diag_massive(gsink_model *m, int layer, gsink_site site, flo
     gsink_diag_tmp ts = {.m = m};
     gsink_status st;
     float *nrm;
-    const float *x = NULL;
-    int heads = 1, hw = 1;
     if ((st = gsink__diag_tmp_host(&ts, (size_t)m->T, &nrm))) goto done;
-    if ((st = site_tensor(m, layer, site, false, &x, &heads, &hw))) goto done;
-    if ((st = gsink__diag_tensor_norms(m, x, heads, hw, -1, GSINK_AGG_PER_SEQUENCE, nrm))) goto done;
+    if ((st = site_norms(m, layer, site, false, -1, GSINK_AGG_PER_SEQUENCE, nrm))) goto done;
     *ratio = gsink__diag_t0_early(nrm);
 done:
     gsink__diag_tmp_free(&ts);
