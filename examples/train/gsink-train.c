@@ -360,7 +360,8 @@ static void parse_args(int argc, char **argv, train_args *a)
         {"kv-heads", 1, 0, O_KV}, {"d-head", 1, 0, O_DH}, {"d-ff", 1, 0, O_FF}, {"threads", 1, 0, O_THR},
         {"eval-every", 1, 0, O_EE}, {"eval-batches", 1, 0, O_EB}, {"diag-every", 1, 0, O_DE},
         {"ckpt-every", 1, 0, O_CE}, {"log-every", 1, 0, O_LE}, {"resume", 0, 0, O_RES}, {"stop-at", 1, 0, O_STOP},
-        {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"windows", 1, 0, O_WIN}, {"dump-batches", 1, 0, O_DUMP}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"windows", 1, 0, O_WIN},
+        {"dump-batches", 1, 0, O_DUMP}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -995,15 +996,14 @@ int main(int argc, char **argv)
                 for (int b = 0; b < B; b++)
                     fill_row(&tr.train, tr.train.starts[splitmix64(&tr.rs.rng) % tr.train.n_starts], b, T, tr.x,
                              tr.y);
-                tr.rs.data_pos += bt;
             } else {
                 if (tr.rs.data_pos + bt + 1 > tr.train.count) {
                     tr.rs.epoch++;
                     tr.rs.data_pos = splitmix64(&tr.rs.rng) % (uint64_t)T;
                 }
                 fill_batch(&tr.train, tr.rs.data_pos, B, T, tr.x, tr.y);
-                tr.rs.data_pos += bt;
             }
+            tr.rs.data_pos += bt; /* doc-start: tokens read so far */
             if (dump && fwrite(tr.x, sizeof(int32_t), (size_t)bt, dump) != (size_t)bt)
                 die("write %s: %s", a->dump_batches, strerror(errno));
             float loss;
