@@ -72,3 +72,16 @@ def test_gradient_sink_at_token_0(run):
         assert m.gradient_sink_ratio(l) == pytest.approx(ref, rel=1e-4)
         rgs.append(ref)
     assert max(rgs) > MIN_RGS, np.round(rgs, 2)
+
+
+def test_opens_in_transformers_with_the_same_logits():
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    ids = np.fromfile(os.path.join(MODEL, "sample.tokens"), dtype="<i4")[:2 * T].reshape(2, T)
+    hf = transformers.LlamaForCausalLM.from_pretrained(MODEL, torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = hf(torch.tensor(ids, dtype=torch.long)).logits.numpy()
+    with gsink.Model.load(MODEL, n_threads=1) as m:
+        m.forward(np.ascontiguousarray(ids, dtype=np.int32))
+        got = m.logits()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
