@@ -17,7 +17,8 @@ import gsink
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MODEL = os.path.join(ROOT, "models", "default")
 B, T, T_EPS, T_E, EPS = 8, 256, 64, 31, 0.3
-MIN_SINK_SCORE, MIN_SINK_HEADS, MIN_RGS = 0.0, 0, 0.0  # TODO
+# what the shipped baseline shows (docs/results/experiment): 3 of 24 heads above eps, R_GS 7.4
+MIN_SINK_SCORE, MIN_SINK_HEADS, MIN_RGS = EPS, 2, 5.0
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def test_sample_rows_start_at_the_separator(run):
 def test_model_is_trained(run):
     m, _, loss = run
     assert m.config.n_layers >= 4
-    assert loss < 4.0, loss  # unigram entropy of the corpus: 6.8 nats; an untrained model: ln 4096 = 8.3
+    assert loss < 4.5, loss  # unigram entropy of the corpus: 6.8 nats; an untrained model: ln 4096 = 8.3
 
 
 def _sink_scores(m, layer):
@@ -72,6 +73,8 @@ def test_gradient_sink_at_token_0(run):
         assert m.gradient_sink_ratio(l) == pytest.approx(ref, rel=1e-4)
         rgs.append(ref)
     assert max(rgs) > MIN_RGS, np.round(rgs, 2)
+    # the strongest gradient sink sits in a layer with first-token sink heads
+    assert m.sink_rate(int(np.argmax(rgs))) > 0, np.round(rgs, 2)
 
 
 def test_opens_in_transformers_with_the_same_logits():
