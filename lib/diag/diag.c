@@ -30,18 +30,26 @@ void gsink__diag_tmp_free(gsink_diag_tmp *ts)
     ts->nh = 0;
 }
 
+/* Checks a new temporary's slot and byte count (nfloats 0 allocates one float). */
+static gsink_status tmp_bytes(gsink_model *m, int used, size_t nfloats, size_t *bytes)
+{
+    if (used >= GSINK_DIAG_MAX_TMP)
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: too many temporaries");
+    if (!gsink__mul_size(nfloats ? nfloats : 1, sizeof(float), bytes))
+        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: size overflow");
+    return GSINK_OK;
+}
+
 gsink_status gsink__diag_tmp_dev(gsink_diag_tmp *ts, size_t nfloats, float **out)
 {
     gsink_model *m = ts->m;
     size_t bytes;
-    *out = NULL;
-    if (ts->n >= GSINK_DIAG_MAX_TMP)
-        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: too many temporaries");
-    if (!gsink__mul_size(nfloats ? nfloats : 1, sizeof(float), &bytes))
-        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: size overflow");
     void *p = NULL;
-    gsink_status st = m->be->iface->alloc(m->be, bytes, &p);
-    if (st != GSINK_OK) return gsink__be_check(m, st, "diagnostics temporary");
+    *out = NULL;
+    gsink_status st = tmp_bytes(m, ts->n, nfloats, &bytes);
+    if (st != GSINK_OK) return st;
+    if ((st = m->be->iface->alloc(m->be, bytes, &p)) != GSINK_OK)
+        return gsink__be_check(m, st, "diagnostics temporary");
     ts->dev[ts->n++] = p;
     *out = p;
     return GSINK_OK;
@@ -52,10 +60,8 @@ gsink_status gsink__diag_tmp_host(gsink_diag_tmp *ts, size_t nfloats, float **ou
     gsink_model *m = ts->m;
     size_t bytes;
     *out = NULL;
-    if (ts->nh >= GSINK_DIAG_MAX_TMP)
-        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: too many temporaries");
-    if (!gsink__mul_size(nfloats ? nfloats : 1, sizeof(float), &bytes))
-        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: size overflow");
+    gsink_status st = tmp_bytes(m, ts->nh, nfloats, &bytes);
+    if (st != GSINK_OK) return st;
     float *p = malloc(bytes);
     if (!p) return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "diagnostics: out of host memory");
     ts->host[ts->nh++] = p;
