@@ -6,15 +6,22 @@
  * h / (H/NV)). Nothing of size T x T is ever stored.
  *
  *   forward   k_attn_fwd    one block per (query tile, head, batch): y, lse.
- *   stats     k_attn_stats  one block per (key tile, head, batch): walks the
- *                           query tiles below the diagonal in order,
- *                           recomputes a_ts = exp(s_ts - lse_t) and sums the
- *                           column statistics (mass, sq, window) in registers,
- *                           then over the tile's rows in a fixed order.
  *   backward  k_attn_dot    D_t = <dy_t, y_t>
  *             k_attn_bwd_kv one block per (key tile, key head, batch): dK and
- *                           dV for every query head of the group, in order.
+ *                           dV for every query head of the group, in order,
+ *                           and, when asked, the column statistics (mass, sq,
+ *                           window) of each query head: the thread that owns
+ *                           key row s already reads a_ts for every query t in
+ *                           ascending order (for dV), so it sums them as it
+ *                           goes, at no extra pass over Q K^T.
  *             k_attn_bwd_q  one block per (query tile, head, batch): dQ.
+ *   stats     k_attn_stats  one block per (key tile, head, batch): the same
+ *                           statistics on their own, for analyses that read
+ *                           them without a backward pass (one extra Q K^T);
+ *                           it walks the query tiles below the diagonal in
+ *                           order, recomputes a_ts = exp(s_ts - lse_t), sums
+ *                           in registers, then over the tile's rows in a fixed
+ *                           order.
  *
  * Every output element is owned by one thread and summed in a fixed order, so
  * results are bitwise reproducible; no floating-point atomics are used. The
@@ -260,8 +267,9 @@ template <int DM>
 __global__ void __launch_bounds__(ATT_THREADS)
 k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
               const float *__restrict__ dy, const float *__restrict__ lse,
-              const float *__restrict__ Dv, float *__restrict__ dk, float *__restrict__ dv, int T,
-              int H, int KV, int NV, int dh, float scale)
+              const float *__restrict__ Dv, float *__restrict__ dk, float *__restrict__ dv,
+              float *__restrict__ mass, float *__restrict__ sq, float *__restrict__ win, int T,
+              int H, int KV, int NV, int dh, int W, float scale)
 {
     GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
@@ -274,6 +282,11 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
     const int tid = threadIdx.x, r = tid >> 2, cg = tid & 3;
     const int s0 = kb * ATT_BC, nqb = (T + ATT_BR - 1) / ATT_BR;
     const int kown = s0 + r; /* key row this thread accumulates */
+    /* Column statistics: of the 4 threads that own key row kown, thread cg
+     * sums mass (0), sq (1) or window (2) of the current query head. */
+    float *cst = cg == 0 ? mass : cg == 1 ? sq : cg == 2 ? win : NULL;
+    const bool want_stats = mass || sq || win; /* uniform over the block */
+    float cacc = 0.0f;
 
     load_tile<DM>(Ks, k + (size_t)b * T * ldk + (size_t)g * dh, s0, T, ldk, dh);
     float dka[DM / 4], dva[DM / 4];
@@ -333,7 +346,13 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
                     dva[j] = fmaf(p, dyr[4 * j], dva[j]);
                     dka[j] = fmaf(ds, qr[4 * j], dka[j]);
                 }
+                if (want_stats) /* p = a_ts for t = t0 + rr, s = kown (0 above the diagonal) */
+                    cacc += cg == 1 ? p * p : (cg == 2 && t0 + rr - kown >= W) ? 0.0f : p;
             }
+        }
+        if (want_stats) {
+            if (cst && kown < T) cst[((size_t)b * H + h) * T + kown] = cacc;
+            cacc = 0.0f;
         }
     }
     if (kown < T) {
@@ -470,6 +489,36 @@ static gsink_status smem_fits(gsink_backend *be, size_t bytes, const char *what)
 }
 
 template <int DM>
+static gsink_status stats_dm(gsink_backend *be, const gsink_attn_shape *s, const float *q,
+                             const float *k, const float *lse, gsink_attn_stats stats)
+{
+    if (!stats.mass && !stats.sq && !stats.win) return GSINK_OK;
+    const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
+    const float scale = 1.0f / sqrtf((float)s->d_head);
+    gsink_status rc = smem_fits(be, stats_smem<DM>(), "attention statistics");
+    if (rc) return rc;
+    GSINK_LAUNCH(k_attn_stats<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, stats_smem<DM>(),
+                 CUDA_CTX(be)->stream)(q, k, lse, stats.mass, stats.sq, stats.win, T, s->n_heads,
+                                       s->n_kv_heads, s->d_head, s->sink_window, scale);
+    return cuda_launch_check(be, "attention statistics");
+}
+
+gsink_status cuda_attention_stats(gsink_backend *be, const gsink_attn_shape *s, const float *q,
+                                  const float *k, const float *lse, gsink_attn_stats stats)
+{
+    gsink_status rc = attn_check(be, s);
+    if (rc || s->batch == 0 || s->seq == 0) return rc;
+    rc = cuda_enter(be);
+    if (rc) return rc;
+    switch (pick_dm(s->d_head)) {
+    case 32: return stats_dm<32>(be, s, q, k, lse, stats);
+    case 64: return stats_dm<64>(be, s, q, k, lse, stats);
+    case 128: return stats_dm<128>(be, s, q, k, lse, stats);
+    default: return stats_dm<256>(be, s, q, k, lse, stats);
+    }
+}
+
+template <int DM>
 static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *y, float *lse,
                            const float *q, const float *k, const float *v, gsink_attn_stats stats)
 {
@@ -484,15 +533,7 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
                                                               s->d_head, scale);
     rc = cuda_launch_check(be, "attention forward");
     if (rc) return rc;
-    if (stats.mass || stats.sq || stats.win) {
-        rc = smem_fits(be, stats_smem<DM>(), "attention statistics");
-        if (rc) return rc;
-        GSINK_LAUNCH(k_attn_stats<DM>, grid, ATT_THREADS, stats_smem<DM>(), st)(
-            q, k, lse, stats.mass, stats.sq, stats.win, T, s->n_heads, s->n_kv_heads, s->d_head,
-            s->sink_window, scale);
-        rc = cuda_launch_check(be, "attention statistics");
-    }
-    return rc;
+    return stats_dm<DM>(be, s, q, k, lse, stats);
 }
 
 gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
@@ -514,7 +555,8 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
 template <int DM>
 static gsink_status bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *dq, float *dk,
                            float *dv, const float *dy, const float *q, const float *k,
-                           const float *v, const float *lse, const float *D)
+                           const float *v, const float *lse, const float *D,
+                           gsink_attn_stats stats)
 {
     cudaStream_t st = CUDA_CTX(be)->stream;
     const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
@@ -523,7 +565,8 @@ static gsink_status bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     if (!rc) rc = smem_fits(be, bwd_q_smem<DM>(), "attention backward (dQ)");
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_bwd_kv<DM>, dim3(nb, s->n_kv_heads, s->batch), ATT_THREADS, bwd_kv_smem<DM>(), st)(
-        q, k, v, dy, lse, D, dk, dv, T, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head, scale);
+        q, k, v, dy, lse, D, dk, dv, stats.mass, stats.sq, stats.win, T, s->n_heads, s->n_kv_heads,
+        s->n_v_heads, s->d_head, s->sink_window, scale);
     rc = cuda_launch_check(be, "attention backward (dK, dV)");
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_bwd_q<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, bwd_q_smem<DM>(), st)(
@@ -534,7 +577,7 @@ static gsink_status bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
 gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
                                 float *dk, float *dv, const float *dy, const float *q,
                                 const float *k, const float *v, const float *y,
-                                const float *lse)
+                                const float *lse, gsink_attn_stats stats)
 {
     gsink_status rc = attn_check(be, s);
     if (rc || s->batch == 0 || s->seq == 0) return rc;
@@ -549,9 +592,9 @@ gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, fl
     rc = cuda_launch_check(be, "attention backward (D)");
     if (rc) return rc;
     switch (pick_dm(dh)) {
-    case 32: return bwd_dm<32>(be, s, dq, dk, dv, dy, q, k, v, lse, D);
-    case 64: return bwd_dm<64>(be, s, dq, dk, dv, dy, q, k, v, lse, D);
-    case 128: return bwd_dm<128>(be, s, dq, dk, dv, dy, q, k, v, lse, D);
-    default: return bwd_dm<256>(be, s, dq, dk, dv, dy, q, k, v, lse, D);
+    case 32: return bwd_dm<32>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    case 64: return bwd_dm<64>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    case 128: return bwd_dm<128>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    default: return bwd_dm<256>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
     }
 }

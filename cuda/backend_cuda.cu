@@ -281,6 +281,7 @@ static gsink_backend_iface make_iface(void)
     memset(&t, 0, sizeof t);
     t.api_version = GSINK_BACKEND_API_VERSION;
     t.name = "cuda";
+    t.stats_in_backward = 1; /* k_attn_bwd_kv sums them while it recomputes the probabilities */
     t.destroy = cuda_destroy;
     t.set_threads = cuda_set_threads;
     t.describe = cuda_describe;
@@ -298,6 +299,7 @@ static gsink_backend_iface make_iface(void)
     t.rope = cuda_rope;
     t.attention_fwd = cuda_attention_fwd;
     t.attention_bwd = cuda_attention_bwd;
+    t.attention_stats = cuda_attention_stats;
     t.vscale_fwd = cuda_vscale_fwd;
     t.vscale_bwd = cuda_vscale_bwd;
     t.swiglu_fwd = cuda_swiglu_fwd;

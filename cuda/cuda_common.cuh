@@ -96,7 +96,9 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
 gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
                                 float *dk, float *dv, const float *dy, const float *q,
                                 const float *k, const float *v, const float *y,
-                                const float *lse);
+                                const float *lse, gsink_attn_stats stats);
+gsink_status cuda_attention_stats(gsink_backend *be, const gsink_attn_shape *s, const float *q,
+                                  const float *k, const float *lse, gsink_attn_stats stats);
 /* Opts the attention kernels in to large shared memory (called once at creation). */
 gsink_status cuda_attention_init(gsink_backend *be);
 

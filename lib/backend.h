@@ -20,7 +20,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 1
+#define GSINK_BACKEND_API_VERSION 2
 
 typedef struct gsink_backend gsink_backend;
 
@@ -32,9 +32,12 @@ typedef struct gsink_attn_shape {
     int sink_window; /* T_eps for the sink-score accumulator */
 } gsink_attn_shape;
 
-/* Column statistics accumulated inside attention forward, each (B, H, T):
+/* Column statistics of the attention probabilities a_ts, each (B, H, T):
  * mass[s] = sum_{t>=s} a_ts, sq[s] = sum_{t>=s} a_ts^2,
- * win[s] = sum_{t=s}^{min(T-1, s+T_eps-1)} a_ts. Any pointer may be NULL. */
+ * win[s] = sum_{t=s}^{min(T-1, s+T_eps-1)} a_ts. Any pointer may be NULL.
+ * A backend computes them in one of three places: attention_fwd,
+ * attention_bwd (which recomputes the probabilities anyway) or the
+ * stand-alone attention_stats; stats_in_backward says which the model uses. */
 typedef struct gsink_attn_stats {
     float *mass, *sq, *win;
 } gsink_attn_stats;
@@ -42,6 +45,12 @@ typedef struct gsink_attn_stats {
 typedef struct gsink_backend_iface {
     int api_version;
     const char *name;
+    /* Nonzero: the model asks for the column statistics in attention_bwd and,
+     * when they are read before (or without) a backward pass, from
+     * attention_stats; attention_fwd then runs without them. Zero: the model
+     * asks attention_fwd for them (attention_bwd and attention_stats must
+     * still honour a request, for tests and for a model told to defer). */
+    int stats_in_backward;
     void (*destroy)(gsink_backend *be);
     gsink_status (*set_threads)(gsink_backend *be, int n_threads);
     void (*describe)(gsink_backend *be, char *buf, size_t size);
@@ -84,11 +93,15 @@ typedef struct gsink_backend_iface {
     gsink_status (*attention_fwd)(gsink_backend *be, const gsink_attn_shape *s, float *y,
                                   float *lse, const float *q, const float *k, const float *v,
                                   gsink_attn_stats stats);
-    /* dq, dk, dv written (=). */
+    /* dq, dk, dv written (=); the column statistics (=) where stats asks for them. */
     gsink_status (*attention_bwd)(gsink_backend *be, const gsink_attn_shape *s, float *dq,
                                   float *dk, float *dv, const float *dy, const float *q,
                                   const float *k, const float *v, const float *y,
-                                  const float *lse);
+                                  const float *lse, gsink_attn_stats stats);
+    /* The column statistics (=) alone, from q, k and the lse of attention_fwd. */
+    gsink_status (*attention_stats)(gsink_backend *be, const gsink_attn_shape *s,
+                                    const float *q, const float *k, const float *lse,
+                                    gsink_attn_stats stats);
 
     /* V-scale over rows of v(N, heads_in, dh) -> out(N, heads_out, dh), with
      * heads_out = heads_in or a multiple (expansion to query heads: out head j

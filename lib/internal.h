@@ -123,6 +123,10 @@ struct gsink_model {
     gsink_host_stats hstats;
 
     bool have_forward, have_targets, have_backward;
+    /* Where the attention column statistics come from (see backend.h):
+     * defer_stats = the backend's stats_in_backward at creation (tests may
+     * flip it); stats_ready = hstats holds those of the last forward. */
+    bool defer_stats, stats_ready;
     float last_loss;
     int64_t n_targets;
 };
@@ -137,6 +141,11 @@ const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *nam
 
 /* Backend call with error capture into the model's message. */
 gsink_status gsink__be_check(gsink_model *m, gsink_status st, const char *what);
+/* Makes hstats hold the column statistics of the last forward: a no-op when
+ * the forward or a backward recorded them, otherwise one attention_stats pass
+ * per layer over the stored q, k and lse (forward-only analyses on backends
+ * that compute the statistics in backward). Needs a forward. */
+gsink_status gsink__attn_stats(gsink_model *m);
 
 /* Allocates a model with zeroed weights (no random init); used by loaders. */
 gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_options *opts,

@@ -281,6 +281,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         return gsink__fail(errbuf, st, "cannot create the backend: %s", msg[0] ? msg : gsink_status_str(st));
     }
 
+    m->defer_stats = BE(m)->stats_in_backward != 0;
     st = build_registry(m, errbuf);
     if (st) goto fail;
     size_t bytes;
@@ -772,6 +773,33 @@ static gsink_status reduce_stats(gsink_model *m, int l, float *host_tmp)
     return GSINK_OK;
 }
 
+/* Moves the device column statistics of every layer into hstats. */
+static gsink_status reduce_all_stats(gsink_model *m)
+{
+    float *host_tmp = malloc((size_t)m->B * m->cfg.n_heads * m->T * sizeof(float));
+    if (!host_tmp) return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate statistics buffer");
+    gsink_status st = GSINK_OK;
+    for (int l = 0; !st && l < m->cfg.n_layers; l++) st = reduce_stats(m, l, host_tmp);
+    free(host_tmp);
+    if (!st) m->stats_ready = true;
+    return st;
+}
+
+gsink_status gsink__attn_stats(gsink_model *m)
+{
+    if (m->stats_ready) return GSINK_OK;
+    if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    const gsink_config *c = &m->cfg;
+    gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->hstats.window};
+    for (int l = 0; l < c->n_layers; l++) {
+        gsink_layer_acts *a = &m->layers[l];
+        gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win};
+        TRY(m, BE(m)->attention_stats(m->be, &sh, a->site[GSINK_SITE_Q], a->site[GSINK_SITE_K], a->lse, stats),
+            "attention statistics");
+    }
+    return reduce_all_stats(m);
+}
+
 static gsink_status layer_forward(gsink_model *m, int l, float *host_tmp)
 {
     const gsink_config *c = &m->cfg;
@@ -793,10 +821,13 @@ static gsink_status layer_forward(gsink_model *m, int l, float *host_tmp)
     TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
                          c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
     gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->diag.sink_window};
-    gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win};
-    TRY(m, f->attention_fwd(be, &sh, s[GSINK_SITE_Z], a->lse, s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], stats), "attention");
-    gsink_status st = reduce_stats(m, l, host_tmp);
-    if (st) return st;
+    gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win}, none = {NULL, NULL, NULL};
+    TRY(m, f->attention_fwd(be, &sh, s[GSINK_SITE_Z], a->lse, s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED],
+                            m->defer_stats ? none : stats), "attention");
+    if (!m->defer_stats) {
+        gsink_status st = reduce_stats(m, l, host_tmp);
+        if (st) return st;
+    }
     TRY(m, f->gemm(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, qd, 0.0f, s[GSINK_SITE_ATTN_OUT], d), "gemm o");
     TRY(m, f->add(be, s[GSINK_SITE_RESID_MID], m->resid[l], s[GSINK_SITE_ATTN_OUT], (size_t)N * d), "add");
     TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_NORM_OUT], a->rstd_mlp, s[GSINK_SITE_RESID_MID], w->mlp_norm, N, d, c->rms_eps), "rmsnorm");
@@ -838,7 +869,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
     if (!st && targets) st = check_ids(m, targets, N, true);
     if (st) return st;
 
-    m->have_forward = m->have_backward = false;
+    m->have_forward = m->have_backward = m->stats_ready = false;
     st = ensure_acts(m, batch, seq_len);
     if (st) return st;
     m->B = batch;
@@ -884,6 +915,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
         if (loss) *loss = m->last_loss;
     }
     m->have_forward = true;
+    m->stats_ready = !m->defer_stats;
     return GSINK_OK;
 }
 
@@ -941,8 +973,12 @@ static gsink_status layer_backward(gsink_model *m, int l)
     TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dattn, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
     TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dattn, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
     gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->diag.sink_window};
+    sh.sink_window = m->hstats.window; /* the window of the forward, as attention_fwd would use */
+    /* Deferred statistics come from the probabilities this pass recomputes. */
+    gsink_attn_stats stats = {NULL, NULL, NULL};
+    if (m->defer_stats && !m->stats_ready) stats = (gsink_attn_stats){a->col_mass, a->col_sq, a->col_win};
     TRY(m, f->attention_bwd(be, &sh, ds[GSINK_SITE_Q], ds[GSINK_SITE_K], ds[GSINK_SITE_V_SCALED], ds[GSINK_SITE_Z],
-                            s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], s[GSINK_SITE_Z], a->lse), "attention");
+                            s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], s[GSINK_SITE_Z], a->lse, stats), "attention");
     int learn = m->vs.mode == GSINK_VSCALE_FULL && m->vs.learnable;
     TRY(m, f->vscale_bwd(be, ds[GSINK_SITE_V], learn ? m->vs.dtheta + (size_t)l * c->n_heads : NULL, ds[GSINK_SITE_V_SCALED],
                          s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N, c->n_kv_heads, m->vs.n_scale_heads,
@@ -1000,6 +1036,10 @@ gsink_status gsink_backward(gsink_model *m, unsigned flags)
         if (st) return st;
     }
     TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
+    if (m->defer_stats && !m->stats_ready) {
+        gsink_status st = reduce_all_stats(m);
+        if (st) return st;
+    }
     m->have_backward = true;
     return GSINK_OK;
 }

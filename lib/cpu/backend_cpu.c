@@ -413,6 +413,54 @@ static int thread_id(void)
 #endif
 }
 
+/* Column statistics of one (b, h): rows are added in query order t, so every
+ * entry point (forward, backward, stand-alone) sums in the same order. */
+typedef struct {
+    float *mass, *sq, *win;
+    int W;
+} col_stats;
+
+static col_stats stats_begin(gsink_attn_stats stats, int bh, int T, int W)
+{
+    col_stats cs = {stats.mass ? stats.mass + (size_t)bh * T : NULL,
+                    stats.sq ? stats.sq + (size_t)bh * T : NULL,
+                    stats.win ? stats.win + (size_t)bh * T : NULL, W};
+    if (cs.mass) memset(cs.mass, 0, sizeof(float) * T);
+    if (cs.sq) memset(cs.sq, 0, sizeof(float) * T);
+    if (cs.win) memset(cs.win, 0, sizeof(float) * T);
+    return cs;
+}
+
+/* row[0..t] = a_t,0..a_t,t */
+static void stats_add_row(const col_stats *cs, const float *row, int t)
+{
+    if (cs->mass)
+        for (int j = 0; j <= t; j++) cs->mass[j] += row[j];
+    if (cs->sq)
+        for (int j = 0; j <= t; j++) cs->sq[j] += row[j] * row[j];
+    if (cs->win) {
+        int jlo = t - cs->W + 1 > 0 ? t - cs->W + 1 : 0; /* t - j < W */
+        for (int j = jlo; j <= t; j++) cs->win[j] += row[j];
+    }
+}
+
+static bool stats_wanted(gsink_attn_stats st) { return st.mass || st.sq || st.win; }
+
+/* P(nq, t1) = exp(scale q k^T - lse) for query rows [t0, t0 + nq) and keys
+ * [0, t1 = t0 + nq), zero above the diagonal. */
+static void probs_block(cpu_ctx *c, float *P, const float *qh, int ldq, const float *kh, int ldk,
+                        const float *lse_bh, int t0, int nq, int dh, float scale)
+{
+    int t1 = t0 + nq;
+    sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, scale, qh + (size_t)t0 * ldq, ldq, kh, ldk, 0.0f, P, t1);
+    for (int i = 0; i < nq; i++) {
+        int t = t0 + i;
+        float *row = P + (size_t)i * t1;
+        for (int j = 0; j <= t; j++) row[j] = expf(row[j] - lse_bh[t]);
+        for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
+    }
+}
+
 static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
                                       float *lse, const float *q, const float *k, const float *v,
                                       gsink_attn_stats stats)
@@ -435,12 +483,7 @@ static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape 
         const float *vb0 = v + (size_t)b * T * ldv + (size_t)hv * dh;
         float *yb0 = y + (size_t)b * T * ldq + (size_t)h * dh;
         float *lse_bh = lse + (size_t)bh * T;
-        float *mass = stats.mass ? stats.mass + (size_t)bh * T : NULL;
-        float *sq = stats.sq ? stats.sq + (size_t)bh * T : NULL;
-        float *win = stats.win ? stats.win + (size_t)bh * T : NULL;
-        if (mass) memset(mass, 0, sizeof(float) * T);
-        if (sq) memset(sq, 0, sizeof(float) * T);
-        if (win) memset(win, 0, sizeof(float) * T);
+        col_stats cs = stats_begin(stats, bh, T, W);
         float *S = c->scratch + (size_t)thread_id() * c->scratch_per_thread;
         for (int t0 = 0; t0 < T; t0 += qb) {
             int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq; /* keys [0, t1) */
@@ -460,14 +503,7 @@ static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape 
                 for (int j = 0; j <= t; j++) row[j] *= inv;
                 for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
                 lse_bh[t] = mx + (float)log(sum);
-                if (mass)
-                    for (int j = 0; j <= t; j++) mass[j] += row[j];
-                if (sq)
-                    for (int j = 0; j <= t; j++) sq[j] += row[j] * row[j];
-                if (win) {
-                    int jlo = t - W + 1 > 0 ? t - W + 1 : 0; /* t - j < W */
-                    for (int j = jlo; j <= t; j++) win[j] += row[j];
-                }
+                stats_add_row(&cs, row, t);
             }
             sgemm_rt(&c->rntm1, 0, 0, nq, dh, t1, 1.0f, S, t1, vb0, ldv, 0.0f, yb0 + (size_t)t0 * ldq, ldq);
         }
@@ -478,7 +514,7 @@ static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape 
 static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
                                       float *dk, float *dv, const float *dy, const float *q,
                                       const float *k, const float *v, const float *y,
-                                      const float *lse)
+                                      const float *lse, gsink_attn_stats stats)
 {
     cpu_ctx *c = CTX(be);
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
@@ -512,15 +548,12 @@ static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape 
             float *dqb0 = dq + (size_t)b * T * ldq + (size_t)h * dh;
             float *dvb0 = dv + (size_t)b * T * ldv + (size_t)hv * dh;
             const float *lse_bh = lse + ((size_t)b * H + h) * T;
+            col_stats cs = stats_begin(stats, b * H + h, T, s->sink_window);
             for (int t0 = 0; t0 < T; t0 += qb) {
                 int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq;
-                sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, scale, qb0 + (size_t)t0 * ldq, ldq, kb0, ldk, 0.0f, P, t1);
-                for (int i = 0; i < nq; i++) {
-                    int t = t0 + i;
-                    float *row = P + (size_t)i * t1;
-                    for (int j = 0; j <= t; j++) row[j] = expf(row[j] - lse_bh[t]);
-                    for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
-                }
+                probs_block(c, P, qb0, ldq, kb0, ldk, lse_bh, t0, nq, dh, scale);
+                if (stats_wanted(stats))
+                    for (int i = 0; i < nq; i++) stats_add_row(&cs, P + (size_t)i * t1, t0 + i);
                 /* dV[0:t1] += P^T dY */
                 sgemm_rt(&c->rntm1, 1, 0, t1, dh, nq, 1.0f, P, t1, dyb0 + (size_t)t0 * ldq, ldq, 1.0f, dvb0, ldv);
                 /* dP = dY V^T */
@@ -535,6 +568,35 @@ static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape 
                 sgemm_rt(&c->rntm1, 0, 0, nq, dh, t1, scale, dP, t1, kb0, ldk, 0.0f, dqb0 + (size_t)t0 * ldq, ldq);
                 sgemm_rt(&c->rntm1, 1, 0, t1, dh, nq, scale, dP, t1, qb0 + (size_t)t0 * ldq, ldq, 1.0f, dkb0, ldk);
             }
+        }
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_attention_stats(gsink_backend *be, const gsink_attn_shape *s,
+                                        const float *q, const float *k, const float *lse,
+                                        gsink_attn_stats stats)
+{
+    cpu_ctx *c = CTX(be);
+    const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, dh = s->d_head;
+    const int ldq = H * dh, ldk = KV * dh;
+    const float scale = 1.0f / sqrtf((float)dh);
+    int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
+    if (!stats_wanted(stats)) return GSINK_OK;
+    gsink_status st = ensure_scratch(be, (size_t)qb * T * 2);
+    if (st) return st;
+    int nbh = B * H;
+#pragma omp parallel for num_threads(c->nt) schedule(dynamic, 1)
+    for (int bh = 0; bh < nbh; bh++) {
+        int b = bh / H, h = bh % H, hk = h / (H / KV);
+        float *P = c->scratch + (size_t)thread_id() * c->scratch_per_thread;
+        col_stats cs = stats_begin(stats, bh, T, s->sink_window);
+        for (int t0 = 0; t0 < T; t0 += qb) {
+            int nq = T - t0 < qb ? T - t0 : qb;
+            probs_block(c, P, q + (size_t)b * T * ldq + (size_t)h * dh, ldq,
+                        k + (size_t)b * T * ldk + (size_t)hk * dh, ldk, lse + (size_t)bh * T, t0, nq,
+                        dh, scale);
+            for (int i = 0; i < nq; i++) stats_add_row(&cs, P + (size_t)i * (t0 + nq), t0 + i);
         }
     }
     return GSINK_OK;
@@ -813,6 +875,7 @@ static gsink_status cpu_adamw(gsink_backend *be, float *p, const float *g, float
 static const gsink_backend_iface cpu_iface = {
     .api_version = GSINK_BACKEND_API_VERSION,
     .name = "cpu",
+    .stats_in_backward = 0, /* the forward has every probability row at hand */
     .destroy = cpu_destroy,
     .set_threads = cpu_set_threads,
     .describe = cpu_describe,
@@ -830,6 +893,7 @@ static const gsink_backend_iface cpu_iface = {
     .rope = cpu_rope,
     .attention_fwd = cpu_attention_fwd,
     .attention_bwd = cpu_attention_bwd,
+    .attention_stats = cpu_attention_stats,
     .vscale_fwd = cpu_vscale_fwd,
     .vscale_bwd = cpu_vscale_bwd,
     .swiglu_fwd = cpu_swiglu_fwd,

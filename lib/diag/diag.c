@@ -224,6 +224,7 @@ gsink_status gsink_attention_column_mass(gsink_model *m, int layer, int head, fl
     if (head < 0 || head >= H)
         return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE, "head %d out of range [0, %d)", head, H);
     if ((M || S) && (st = check_count(m, count, (size_t)T, "column mass"))) return st;
+    if ((st = gsink__attn_stats(m))) return st;
     if (!m->hstats.mass || !m->hstats.sq)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "attention statistics were not recorded");
     size_t off = ((size_t)layer * (size_t)H + (size_t)head) * (size_t)T;
@@ -236,6 +237,8 @@ gsink_status gsink_attention_column_mass(gsink_model *m, int layer, int head, fl
 static gsink_status sink_window_ok(gsink_model *m, int s)
 {
     const int T = m->T, W = m->hstats.window;
+    gsink_status st = gsink__attn_stats(m);
+    if (st) return st;
     if (!m->hstats.win || W <= 0)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "sink-score window was not recorded");
     if (s < 0 || s >= T)

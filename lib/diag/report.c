@@ -332,6 +332,7 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
     if (o.sink_position < 0 || o.sink_position >= T)
         return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE, "sink_position %d out of range [0, %d)",
                            (int)o.sink_position, T);
+    if ((st = gsink__attn_stats(m))) return st;
     if (!m->hstats.mass || !m->hstats.sq)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "attention statistics were not recorded");
 

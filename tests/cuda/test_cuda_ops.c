@@ -441,21 +441,42 @@ static void attention_case(attn_case_t a)
 
     pair dy = pair_new(nq, 167, 1.0f);
     pair dq = pair_new(nq, 173, 9.0f), dk = pair_new(nk, 179, 9.0f), dv = pair_new(nv, 181, 9.0f);
-    OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c));
-    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g));
+    OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c, none));
+    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
     pair_check(&dq, 2e-4, 5e-5, WHAT("attention dq"));
     pair_check(&dk, 2e-4, 5e-5, WHAT("attention dk"));
     pair_check(&dv, 2e-4, 5e-5, WHAT("attention dv"));
-    /* determinism: a second run is bitwise identical */
-    float *dk1 = download(&dk), *dq1 = download(&dq);
-    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g));
-    float *dk2 = download(&dk), *dq2 = download(&dq);
+    float *dk1 = download(&dk), *dq1 = download(&dq), *dv1 = download(&dv);
+    /* the statistics summed inside the backward kernel and by the stand-alone
+     * pass against the CPU forward's (mass/sq/win.c still hold those) */
+    pair bm = pair_new(ns, 191, 9.0f), bs = pair_new(ns, 193, 9.0f), bw = pair_new(ns, 197, 9.0f);
+    gsink_attn_stats bg = {bm.g, bs.g, bw.g}, og = {mass.g, sq.g, win.g};
+    memcpy(bm.c, mass.c, ns * sizeof(float));
+    memcpy(bs.c, sq.c, ns * sizeof(float));
+    memcpy(bw.c, win.c, ns * sizeof(float));
+    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, bg));
+    pair_check(&bm, 2e-4, 2e-5, WHAT("column mass (backward)"));
+    pair_check(&bs, 2e-4, 2e-5, WHAT("column sq (backward)"));
+    pair_check(&bw, 2e-4, 2e-5, WHAT("column window (backward)"));
+    /* determinism, and the statistics do not change the gradients: bitwise */
+    float *dk2 = download(&dk), *dq2 = download(&dq), *dv2 = download(&dv);
     ck_assert_msg(memcmp(dk1, dk2, nk * sizeof(float)) == 0, "%s", WHAT("dk not deterministic"));
     ck_assert_msg(memcmp(dq1, dq2, nq * sizeof(float)) == 0, "%s", WHAT("dq not deterministic"));
+    ck_assert_msg(memcmp(dv1, dv2, nv * sizeof(float)) == 0, "%s", WHAT("dv not deterministic"));
+    OKG(gpu->iface->zero(gpu, mass.g, ns * sizeof(float)));
+    OKG(gpu->iface->attention_stats(gpu, &s, q.g, k.g, lse.g, og));
+    pair_check(&mass, 2e-4, 2e-5, WHAT("column mass (stand-alone)"));
+    pair_check(&sq, 2e-4, 2e-5, WHAT("column sq (stand-alone)"));
+    pair_check(&win, 2e-4, 2e-5, WHAT("column window (stand-alone)"));
+    pair_free(&bm);
+    pair_free(&bs);
+    pair_free(&bw);
     free(dk1);
     free(dk2);
     free(dq1);
     free(dq2);
+    free(dv1);
+    free(dv2);
 #undef WHAT
     pair_free(&q);
     pair_free(&k);
@@ -593,6 +614,18 @@ static void model_case(int per_query_head, int mode)
         tok[i] = (i * 37 + 11) % cfg.vocab_size;
         tgt[i] = i % 9 == 4 ? -1 : (i * 53 + 5) % cfg.vocab_size;
     }
+    /* a forward-only analysis: the CUDA backend, which sums the statistics
+     * inside its backward kernel, computes them on demand here */
+    ck_assert_int_eq(gsink_forward(mc, tok, NULL, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_forward(mg, tok, NULL, B, T, NULL), GSINK_OK);
+    for (int l = 0; l < cfg.n_layers; l++)
+        for (int h = 0; h < cfg.n_heads; h++) {
+            float Mc[40], Sc[40], Mg[40], Sg[40];
+            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
+            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
+            compare_host(Mc, Mg, T, 2e-4, 2e-5, "column mass (forward only)");
+            compare_host(Sc, Sg, T, 2e-4, 2e-5, "column second moment (forward only)");
+        }
     float lc = 0, lg = 0;
     ck_assert_int_eq(gsink_forward(mc, tok, tgt, B, T, &lc), GSINK_OK);
     gsink_status st = gsink_forward(mg, tok, tgt, B, T, &lg);

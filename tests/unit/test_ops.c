@@ -177,8 +177,24 @@ static void attention_case(int n_v_heads)
                 ck_assert(tu_close(win[o], W[j], 1e-5, 1e-6));
             }
         }
+    /* the statistics from backward and from the stand-alone pass match the
+     * forward's (the same sums over recomputed probabilities) */
+    float bm[AB * AH * AT], bs[AB * AH * AT], bw[AB * AH * AT];
+    float om[AB * AH * AT], os[AB * AH * AT], ow[AB * AH * AT];
+    gsink_attn_stats bst = {bm, bs, bw}, ost = {om, os, ow}, none = {0};
+    float dq0[AB * AT * AH * ADH], dk0[AB * AT * AKV * ADH], dv0[AB * AT * AH * ADH];
+    F->attention_bwd(be, &ash, dq0, dk0, dv0, aR, aq, ak, av, y, lse, none);
+    ck_assert_int_eq(F->attention_stats(be, &ash, aq, ak, lse, ost), GSINK_OK);
     float dq[AB * AT * AH * ADH], dk[AB * AT * AKV * ADH], dv[AB * AT * AH * ADH];
-    F->attention_bwd(be, &ash, dq, dk, dv, aR, aq, ak, av, y, lse);
+    F->attention_bwd(be, &ash, dq, dk, dv, aR, aq, ak, av, y, lse, bst);
+    for (int i = 0; i < AB * AH * AT; i++) {
+        ck_assert(tu_close(bm[i], mass[i], 1e-5, 1e-6) && tu_close(om[i], mass[i], 1e-5, 1e-6));
+        ck_assert(tu_close(bs[i], sq[i], 1e-5, 1e-6) && tu_close(os[i], sq[i], 1e-5, 1e-6));
+        ck_assert(tu_close(bw[i], win[i], 1e-5, 1e-6) && tu_close(ow[i], win[i], 1e-5, 1e-6));
+    }
+    /* asking for them does not change the gradients */
+    ck_assert(memcmp(dq, dq0, sizeof dq) == 0 && memcmp(dk, dk0, sizeof dk) == 0);
+    ck_assert(memcmp(dv, dv0, (size_t)nv * sizeof(float)) == 0);
     FD_CHECK(aq, nq, dq, attn_loss(), 2e-2, 2e-3);
     FD_CHECK(ak, nk, dk, attn_loss(), 2e-2, 2e-3);
     FD_CHECK(av, nv, dv, attn_loss(), 2e-2, 2e-3);
