@@ -5,15 +5,16 @@
  *                    [--warmup 3] [--tf32] [--peak-tflops 67]
  *       median time of one forward+backward step of the whole model (mean
  *       cross-entropy, gradients of every parameter and site, attention column
- *       statistics on), tokens/s and MFU against --peak-tflops (dense FP32
+ *       statistics summed in the backward), tokens/s and MFU against --peak-tflops (dense FP32
  *       or TF32 peak of the GPU; H100 SXM: 67 FP32, 495 TF32).
  *
  *   bench_cuda attention [--batch 4] [--heads 16] [--dh 64] [--seq 1024,2048,4096,8192]
  *                        [--iters 10]
- *       fused causal attention alone: forward without and with the in-kernel
- *       column statistics (the overhead of the statistics), backward, and
- *       TFLOP/s with the FlashAttention convention (causal forward
- *       2*B*H*T^2*dh FLOPs, backward 2.5x forward).
+ *       fused causal attention alone: forward, backward without and with the
+ *       column statistics summed inside the backward kernel (their overhead
+ *       as a share of forward + backward), the stand-alone statistics pass
+ *       that forward-only analyses use, and TFLOP/s with the FlashAttention
+ *       convention (causal forward 2*B*H*T^2*dh FLOPs, backward 2.5x forward).
  *
  * Output lines are "key: value" pairs so benchmarks/cuda/run_cuda_bench.sh can
  * collect them next to the PyTorch numbers of torch_bench.py.
