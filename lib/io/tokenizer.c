@@ -297,15 +297,26 @@ gsink_status gsink_tokenizer_special(const gsink_tokenizer *t, int32_t *bos, int
 
 /* ---- encoding ------------------------------------------------------------ */
 
+/* A candidate merge of symbol `left` with the symbol after it; valid while
+ * both symbols still hold the lengths they had when it was queued. */
+typedef struct merge_cand {
+    int32_t rank;
+    uint32_t left, right, len_left, len_right;
+} merge_cand;
+
 typedef struct enc {
     gsink_tokenizer *t;
     int32_t *ids;
     size_t cap, n;
     char *word;        /* byte-level image of the current piece */
     size_t word_cap;
-    uint32_t *sym_off, *sym_len; /* BPE symbols (offsets into word) */
-    int32_t *rank;               /* merge rank of (symbol i, symbol i+1), -1 if none */
-    size_t off_cap, len_cap, rank_cap;
+    /* BPE symbols of the piece, a linked list over the initial positions:
+     * symbol i covers word[sym_off[i], sym_off[i] + sym_len[i]); sym_len 0
+     * marks a symbol merged into its left neighbour. */
+    uint32_t *sym_off, *sym_len, *sym_prev, *sym_next;
+    size_t off_cap, len_cap, prev_cap, next_cap;
+    merge_cand *heap; /* min-heap on (rank, left) */
+    size_t heap_cap, heap_n;
     char *pair;
     size_t pair_cap;
     int oom;
@@ -329,52 +340,97 @@ static int reserve(void **p, size_t *cap, size_t need, size_t elem)
     return 1;
 }
 
-static int32_t pair_rank(enc *e, size_t i)
+/* Merge rank of symbols a and b (adjacent), -1 if the pair is no merge. */
+static int32_t pair_rank(enc *e, uint32_t a, uint32_t b)
 {
-    uint32_t la = e->sym_len[i], lb = e->sym_len[i + 1];
+    uint32_t la = e->sym_len[a], lb = e->sym_len[b];
     size_t need = (size_t)la + lb + 1;
     if (!reserve((void **)&e->pair, &e->pair_cap, need, 1)) { e->oom = 1; return -1; }
-    memcpy(e->pair, e->word + e->sym_off[i], la);
+    memcpy(e->pair, e->word + e->sym_off[a], la);
     e->pair[la] = ' ';
-    memcpy(e->pair + la + 1, e->word + e->sym_off[i + 1], lb);
+    memcpy(e->pair + la + 1, e->word + e->sym_off[b], lb);
     return hmap_get(&e->t->merges, e->pair, need);
 }
 
-/* BPE on one pre-tokenized piece of raw bytes. */
+static bool cand_less(const merge_cand *x, const merge_cand *y)
+{
+    return x->rank != y->rank ? x->rank < y->rank : x->left < y->left;
+}
+
+/* Queues the merge of a and b if the pair has a rank. */
+static void heap_push(enc *e, uint32_t a, uint32_t b)
+{
+    int32_t r = pair_rank(e, a, b);
+    if (r < 0) return;
+    if (!reserve((void **)&e->heap, &e->heap_cap, e->heap_n + 1, sizeof(merge_cand))) { e->oom = 1; return; }
+    merge_cand c = {r, a, b, e->sym_len[a], e->sym_len[b]};
+    size_t i = e->heap_n++;
+    while (i > 0 && cand_less(&c, &e->heap[(i - 1) / 2])) {
+        e->heap[i] = e->heap[(i - 1) / 2];
+        i = (i - 1) / 2;
+    }
+    e->heap[i] = c;
+}
+
+static merge_cand heap_pop(enc *e)
+{
+    merge_cand top = e->heap[0], last = e->heap[--e->heap_n];
+    size_t i = 0, n = e->heap_n;
+    for (;;) {
+        size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && cand_less(&e->heap[c + 1], &e->heap[c])) c++;
+        if (!cand_less(&e->heap[c], &last)) break;
+        e->heap[i] = e->heap[c];
+        i = c;
+    }
+    if (n > 0) e->heap[i] = last;
+    return top;
+}
+
+/* BPE on one pre-tokenized piece of raw bytes: repeatedly merges the adjacent
+ * pair of lowest merge rank, the leftmost among equals (as the HF tokenizers
+ * do), in O(n log n) with a heap of candidates that are checked when popped. */
 static void bpe_piece(enc *e, const uint8_t *s, size_t n)
 {
     gsink_tokenizer *t = e->t;
     if (n == 0) return;
+    if (n > UINT32_MAX / 8) { e->oom = 1; return; }
     if (!reserve((void **)&e->word, &e->word_cap, n * 2 + 1, 1)) { e->oom = 1; return; }
     if (!reserve((void **)&e->sym_off, &e->off_cap, n, sizeof(uint32_t)) ||
         !reserve((void **)&e->sym_len, &e->len_cap, n, sizeof(uint32_t)) ||
-        !reserve((void **)&e->rank, &e->rank_cap, n, sizeof(int32_t))) {
+        !reserve((void **)&e->sym_prev, &e->prev_cap, n, sizeof(uint32_t)) ||
+        !reserve((void **)&e->sym_next, &e->next_cap, n, sizeof(uint32_t))) {
         e->oom = 1;
         return;
     }
+    const uint32_t NONE = UINT32_MAX;
     size_t wl = 0, ns = 0;
     for (size_t k = 0; k < n; k++) {
         e->sym_off[ns] = (uint32_t)wl;
         size_t l = gsink__utf8_put(e->word + wl, t->byte2cp[s[k]]);
-        e->sym_len[ns++] = (uint32_t)l;
+        e->sym_len[ns] = (uint32_t)l;
+        e->sym_prev[ns] = ns ? (uint32_t)ns - 1 : NONE;
+        e->sym_next[ns] = ns + 1 < n ? (uint32_t)ns + 1 : NONE;
+        ns++;
         wl += l;
     }
-    for (size_t i = 0; i + 1 < ns; i++) e->rank[i] = pair_rank(e, i);
-    while (ns > 1 && !e->oom) {
-        size_t best = SIZE_MAX;
-        int32_t br = INT32_MAX;
-        for (size_t i = 0; i + 1 < ns; i++)
-            if (e->rank[i] >= 0 && e->rank[i] < br) { br = e->rank[i]; best = i; }
-        if (best == SIZE_MAX) break;
-        e->sym_len[best] += e->sym_len[best + 1];
-        memmove(e->sym_off + best + 1, e->sym_off + best + 2, (ns - best - 2) * sizeof(uint32_t));
-        memmove(e->sym_len + best + 1, e->sym_len + best + 2, (ns - best - 2) * sizeof(uint32_t));
-        memmove(e->rank + best + 1, e->rank + best + 2, (ns > best + 2 ? ns - best - 2 : 0) * sizeof(int32_t));
-        ns--;
-        if (best + 1 < ns) e->rank[best] = pair_rank(e, best);
-        if (best > 0) e->rank[best - 1] = pair_rank(e, best - 1);
+    e->heap_n = 0;
+    for (uint32_t i = 0; i + 1 < ns && !e->oom; i++) heap_push(e, i, i + 1);
+    while (e->heap_n > 0 && !e->oom) {
+        merge_cand c = heap_pop(e);
+        uint32_t a = c.left, b = c.right;
+        if (e->sym_len[a] != c.len_left || e->sym_len[b] != c.len_right || e->sym_next[a] != b)
+            continue; /* one of the two has merged since */
+        e->sym_len[a] += e->sym_len[b];
+        e->sym_len[b] = 0;
+        uint32_t nb = e->sym_next[b];
+        e->sym_next[a] = nb;
+        if (nb != NONE) e->sym_prev[nb] = a;
+        if (e->sym_prev[a] != NONE) heap_push(e, e->sym_prev[a], a);
+        if (nb != NONE) heap_push(e, a, nb);
     }
-    for (size_t i = 0; i < ns; i++) {
+    for (uint32_t i = 0; i != NONE && !e->oom; i = e->sym_next[i]) {
         int32_t id = hmap_get(&t->vocab, e->word + e->sym_off[i], e->sym_len[i]);
         if (id >= 0) {
             emit(e, id);
@@ -509,7 +565,9 @@ gsink_status gsink_tokenizer_encode(gsink_tokenizer *t, const char *text, size_t
     free(e.word);
     free(e.sym_off);
     free(e.sym_len);
-    free(e.rank);
+    free(e.sym_prev);
+    free(e.sym_next);
+    free(e.heap);
     free(e.pair);
     if (e.oom) return gsink__fail(t->errmsg, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
     *n_ids = e.n;

@@ -336,6 +336,23 @@ def test_tokenizer_matches_hf_tokenizers(tmp_path, pre):
     assert tok.encode("hi", add_bos=True)[0] == tokens.index("<|im_start|>")
 
 
+def test_tokenizer_long_words(tmp_path):
+    # One pre-tokenized piece of 10^5 letters: the merge order (lowest rank,
+    # leftmost among equals) must match on runs with many equal-rank pairs,
+    # and the encoder must not be quadratic in the piece length.
+    hf = train_hf_tokenizer("gpt2")
+    tokens, merges = vocab_and_merges(hf)
+    path = str(tmp_path / "tok.gguf")
+    write_tokenizer_gguf(path, tokens, merges, set(), "gpt2")
+    tok = gsink.Tokenizer(path)
+    letters = "".join(ch for ch in VARIED_TEXT if ch.isalpha() and ch.isascii())
+    for text in ["a" * 5001, "ab" * 3000, "aab" * 2000, (letters * 200)[:100000]]:
+        want = hf.encode(text).ids
+        got = list(tok.encode(text))
+        assert got == want, (text[:20], len(text))
+        assert tok.decode(np.array(got, dtype=np.int32)) == text
+
+
 def test_tokenizer_errors(tmp_path):
     hf = train_hf_tokenizer("gpt2")
     tokens, merges = vocab_and_merges(hf)
