@@ -120,6 +120,7 @@ struct gsink_model {
     float *logits, *dlogits;       /* (B,T,V) */
     float *dfinal_out;             /* (B,T,d) */
     float *scratch;                /* (B,T,max(ff,d,H*dh)) backward temporaries */
+    float *stats_sum;              /* (3,H,T) batch sums of the column statistics */
     gsink_host_stats hstats;
 
     bool have_forward, have_targets, have_backward;

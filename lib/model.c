@@ -705,6 +705,7 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     m->logits = take(c, NV, 4);
     m->dlogits = take(c, NV, 4);
     m->scratch = take(c, Nq > Nk ? Nq : Nk, 4);
+    m->stats_sum = take(c, NH, 4 * 3); /* (3, H, T) with T <= N */
 }
 
 static gsink_status ensure_acts(gsink_model *m, int B, int T)
@@ -755,20 +756,21 @@ static float vscale_c0(const gsink_model *m)
     return (float)m->cfg.d_model * (float)m->cfg.d_head * m->vs.sigma * m->vs.sigma;
 }
 
-/* Batch mean of the (B, H, T) statistics of one layer into host (H, T). */
-static gsink_status reduce_stats(gsink_model *m, int l, float *host_tmp)
+/* Batch mean of the (B, H, T) statistics of one layer into host (H, T): summed
+ * over the batch on the backend (b in order), so only (H, T) per statistic
+ * crosses to the host. */
+static gsink_status reduce_stats(gsink_model *m, int l)
 {
     int B = m->B, T = m->T, H = m->cfg.n_heads;
     size_t HT = (size_t)H * T;
     float *dev[3] = {m->layers[l].col_mass, m->layers[l].col_sq, m->layers[l].col_win};
     float *dst[3] = {m->hstats.mass + l * HT, m->hstats.sq + l * HT, m->hstats.win + l * HT};
+    const float inv = 1.0f / (float)B;
     for (int s = 0; s < 3; s++) {
-        TRY(m, BE(m)->download(m->be, host_tmp, dev[s], (size_t)B * HT * sizeof(float)), "download stats");
-        for (size_t i = 0; i < HT; i++) {
-            double acc = 0.0;
-            for (int b = 0; b < B; b++) acc += host_tmp[(size_t)b * HT + i];
-            dst[s][i] = (float)(acc / B);
-        }
+        float *sum = m->stats_sum + (size_t)s * HT;
+        TRY(m, BE(m)->batch_sum(m->be, sum, dev[s], B, HT), "sum stats");
+        TRY(m, BE(m)->download(m->be, dst[s], sum, HT * sizeof(float)), "download stats");
+        for (size_t i = 0; i < HT; i++) dst[s][i] *= inv;
     }
     return GSINK_OK;
 }
@@ -776,11 +778,8 @@ static gsink_status reduce_stats(gsink_model *m, int l, float *host_tmp)
 /* Moves the device column statistics of every layer into hstats. */
 static gsink_status reduce_all_stats(gsink_model *m)
 {
-    float *host_tmp = malloc((size_t)m->B * m->cfg.n_heads * m->T * sizeof(float));
-    if (!host_tmp) return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate statistics buffer");
     gsink_status st = GSINK_OK;
-    for (int l = 0; !st && l < m->cfg.n_layers; l++) st = reduce_stats(m, l, host_tmp);
-    free(host_tmp);
+    for (int l = 0; !st && l < m->cfg.n_layers; l++) st = reduce_stats(m, l);
     if (!st) m->stats_ready = true;
     return st;
 }
@@ -800,7 +799,7 @@ gsink_status gsink__attn_stats(gsink_model *m)
     return reduce_all_stats(m);
 }
 
-static gsink_status layer_forward(gsink_model *m, int l, float *host_tmp)
+static gsink_status layer_forward(gsink_model *m, int l)
 {
     const gsink_config *c = &m->cfg;
     const gsink_backend_iface *f = BE(m);
@@ -825,7 +824,7 @@ static gsink_status layer_forward(gsink_model *m, int l, float *host_tmp)
     TRY(m, f->attention_fwd(be, &sh, s[GSINK_SITE_Z], a->lse, s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED],
                             m->defer_stats ? none : stats), "attention");
     if (!m->defer_stats) {
-        gsink_status st = reduce_stats(m, l, host_tmp);
+        gsink_status st = reduce_stats(m, l);
         if (st) return st;
     }
     TRY(m, f->gemm(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, qd, 0.0f, s[GSINK_SITE_ATTN_OUT], d), "gemm o");
@@ -876,10 +875,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
     m->T = seq_len;
     const gsink_config *c = &m->cfg;
     const gsink_backend_iface *f = BE(m);
-    size_t tmp_n = (size_t)batch * c->n_heads * seq_len;
-    float *host_tmp = malloc(tmp_n * sizeof(float));
     int32_t *neg = NULL;
-    if (!host_tmp) return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate statistics buffer");
     st = f->upload(m->be, m->tokens_dev, tokens, N * sizeof(int32_t));
     if (!st) {
         if (targets) {
@@ -892,14 +888,10 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
             st = GSINK_ERR_OUT_OF_MEMORY;
         }
     }
-    if (st) {
-        free(host_tmp);
-        return gsink__be_check(m, st, "upload tokens");
-    }
+    if (st) return gsink__be_check(m, st, "upload tokens");
     m->hstats.window = m->diag.sink_window;
     st = gsink__be_check(m, f->embedding_fwd(m->be, m->resid[0], m->tokens_dev, m->p.embed, (int)N, c->d_model), "embedding");
-    for (int l = 0; !st && l < c->n_layers; l++) st = layer_forward(m, l, host_tmp);
-    free(host_tmp);
+    for (int l = 0; !st && l < c->n_layers; l++) st = layer_forward(m, l);
     if (st) return st;
     TRY(m, f->rmsnorm_fwd(m->be, m->final_out, m->rstd_final, m->resid[c->n_layers], m->p.final_norm, (int)N, c->d_model, c->rms_eps), "final norm");
     TRY(m, f->gemm(m->be, 0, 1, (int)N, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model, m->p.lm_head, c->d_model, 0.0f, m->logits, c->vocab_size), "lm head");
