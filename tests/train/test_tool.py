@@ -177,3 +177,15 @@ def test_doc_start_needs_separators(tool, small_data, tmp_path):
     r = run_tool(tool, "--data", d, "--out", tmp_path / "o", "--steps", 2, "--windows", "bogus", *COMMON,
                  check=False)
     assert r.returncode != 0 and "--windows must be packed or doc-start" in r.stderr
+
+
+def test_fetch_script_lists_every_source_package():
+    # tools/corpus/fetch.sh cannot import prepare.py (no numpy in the default
+    # python3), so its default package list is kept by hand: it must name
+    # exactly the source packages prepare.py reads.
+    from conftest import ROOT
+    text = open(os.path.join(ROOT, "tools", "corpus", "fetch.sh")).read()
+    block = text.split("set -- ", 1)[1].split("\nfi", 1)[0]
+    listed = block.replace("\\\n", " ").split()
+    assert sorted(listed) == sorted(prepare.SOURCES)
+    assert len(listed) == len(set(listed))

@@ -2,7 +2,8 @@
 # Downloads the .deb files of the training corpus's source packages into DIR
 # (no installation, no root needed beyond what apt-get download needs), for
 #   tools/corpus/prepare.py --out OUT --deb DIR/*.deb
-# The package list must match SOURCES in tools/corpus/prepare.py.
+# The package list must match SOURCES in tools/corpus/prepare.py (checked by
+# tests/train/test_tool.py).
 #
 # usage: tools/corpus/fetch.sh DIR [PACKAGE...]   (default: all source packages)
 set -eu
