@@ -159,7 +159,18 @@ typedef struct gsink_model_options {
     int32_t n_threads;      /* CPU threads for this model; 0 = all online CPUs */
     uint64_t seed;          /* initialisation seed, default 0 */
     int32_t precision;      /* gsink_precision, default GSINK_PRECISION_FP32 (since 0.1.0) */
+    uint32_t flags;         /* gsink_model_flags, default 0 (since 0.1.0) */
 } gsink_model_options;
+
+/* Model flags. GSINK_MODEL_DISCARD_SITE_GRADS: the backward keeps no per-layer
+ * site gradients (the layers share one set of gradient buffers, and the
+ * residual gradients alternate between two), which roughly halves the
+ * activation memory of a training run. Parameter and V-scale gradients are
+ * unchanged; every gradient diagnostic, gsink_get_gradient and the JSON report
+ * then return GSINK_ERR_UNSUPPORTED. Activation diagnostics keep working. */
+typedef enum gsink_model_flags {
+    GSINK_MODEL_DISCARD_SITE_GRADS = 1u << 0
+} gsink_model_flags;
 
 /* Matrix-product precision. FP32 is exact fp32 everywhere; TF32 uses tensor
  * cores with fp32 accumulation and is only available on CUDA devices

@@ -113,6 +113,7 @@ struct gsink_model {
     int B, T;            /* shape of the last successful forward (0 if none) */
     size_t cap_tokens;   /* B*T the buffers are sized for */
     void *act_mem;       /* one backend allocation holding everything below */
+    size_t act_bytes;    /* its size */
     int32_t *tokens_dev, *targets_dev; /* (B*T) */
     float **resid, **dresid; /* (L+1) pointers, each (B, T, d) */
     gsink_layer_acts *layers; /* (L) */
@@ -128,6 +129,7 @@ struct gsink_model {
      * defer_stats = the backend's stats_in_backward at creation (tests may
      * flip it); stats_ready = hstats holds those of the last forward. */
     bool defer_stats, stats_ready;
+    bool discard_site_grads; /* GSINK_MODEL_DISCARD_SITE_GRADS: layers share dsite */
     float last_loss;
     int64_t n_targets;
 };

@@ -248,6 +248,8 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown precision %d", o.precision);
     if (o.precision == GSINK_PRECISION_TF32 && o.device != GSINK_DEVICE_CUDA)
         return gsink__fail(errbuf, GSINK_ERR_UNSUPPORTED, "TF32 precision needs a CUDA device; the CPU computes in exact fp32");
+    if (o.flags & ~(uint32_t)GSINK_MODEL_DISCARD_SITE_GRADS)
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown model flags 0x%x", (unsigned)o.flags);
 
     gsink_model *m = calloc(1, sizeof *m);
     if (!m) return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the model");
@@ -256,6 +258,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     m->device_kind = o.device;
     m->device_index = o.device_index;
     m->n_threads = o.n_threads;
+    m->discard_site_grads = (o.flags & GSINK_MODEL_DISCARD_SITE_GRADS) != 0;
     gsink_diag_options_init(&m->diag);
 
     if (o.device == GSINK_DEVICE_CPU) {
@@ -593,6 +596,8 @@ static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float 
     if (layer < 0 || layer >= m->cfg.n_layers)
         return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE, "layer %d outside [0, %d)", layer, m->cfg.n_layers);
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    if (grad && m->discard_site_grads)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site gradients are not kept by this model (GSINK_MODEL_DISCARD_SITE_GRADS)");
     if (grad && !m->have_backward)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "gradients need gsink_backward after the last forward");
     size_t n = (size_t)m->B * m->T * gsink__site_width(m, site);
@@ -673,9 +678,12 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     }
     m->tokens_dev = take(c, N, sizeof(int32_t));
     m->targets_dev = take(c, N, sizeof(int32_t));
+    /* Without kept site gradients the backward only needs the gradients at two
+     * adjacent layer boundaries at a time. */
+    const bool share = m->discard_site_grads;
     for (int l = 0; l <= cf->n_layers; l++) {
         m->resid[l] = take(c, Nd, 4);
-        m->dresid[l] = take(c, Nd, 4);
+        m->dresid[l] = share && l >= 2 ? m->dresid[l - 2] : take(c, Nd, 4);
     }
     for (int l = 0; l < cf->n_layers; l++) {
         gsink_layer_acts *a = &m->layers[l];
@@ -688,7 +696,8 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
                 return;
             }
             a->site[st] = take(c, n, 4);
-            if (st != GSINK_SITE_ATTN_OUT && st != GSINK_SITE_MLP_OUT) a->dsite[st] = take(c, n, 4);
+            if (st != GSINK_SITE_ATTN_OUT && st != GSINK_SITE_MLP_OUT)
+                a->dsite[st] = share && l > 0 ? m->layers[0].dsite[st] : take(c, n, 4);
         }
         a->dsite[GSINK_SITE_ATTN_OUT] = a->dsite[GSINK_SITE_RESID_MID]; /* h_mid = h + r_attn */
         a->dsite[GSINK_SITE_MLP_OUT] = m->dresid[l + 1];                /* h_out = h_mid + r_mlp */
@@ -728,6 +737,7 @@ static gsink_status ensure_acts(gsink_model *m, int B, int T)
         return gsink__fail(m->errmsg, st, "cannot allocate %zu MiB of activation storage for batch %d x seq %d: %s",
                            sizing.off >> 20, B, T, m->be->err);
     m->cap_tokens = N;
+    m->act_bytes = sizing.off;
     {
         carver c = {m->act_mem, 0, false};
         layout_acts(m, N, &c);

@@ -76,6 +76,10 @@ gsink_status gsink__diag_need(gsink_model *m, bool backward)
     if (!m->have_forward || m->B <= 0 || m->T <= 0)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER,
                            "diagnostics need a successful gsink_forward first");
+    if (backward && m->discard_site_grads)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "gradient metrics need the site gradients, which this model does not keep "
+                           "(GSINK_MODEL_DISCARD_SITE_GRADS)");
     if (backward && !m->have_backward)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER,
                            "gradient metrics need gsink_backward after the last forward");

@@ -69,6 +69,10 @@ class Precision(enum.IntEnum):
     TF32 = 1  # CUDA only
 
 
+# gsink_model_flags
+MODEL_DISCARD_SITE_GRADS = 1
+
+
 # ---------------------------------------------------------------------------
 # helpers
 
@@ -362,7 +366,8 @@ def _as_config(config):
     raise TypeError("config must be a Config, a preset name or a dict")
 
 
-def _model_options(seed, n_threads, device, device_index, precision=None):
+def _model_options(seed, n_threads, device, device_index, precision=None,
+                   discard_site_grads=False):
     o = L.ModelOptions()
     o.size = L.ModelOptions.known_size
     _lib.gsink_model_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
@@ -375,6 +380,8 @@ def _model_options(seed, n_threads, device, device_index, precision=None):
     o.seed = seed
     if precision is not None:
         o.precision = _enum_arg(precision, Precision, "precision")
+    if discard_site_grads:
+        o.flags |= MODEL_DISCARD_SITE_GRADS
     return o
 
 
@@ -433,29 +440,32 @@ class Model(_Handle):
     """A Llama-style model (gsink_model).
 
     Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-    precision=None, **overrides): config is a Config, a preset name, a dict or None (the
-    default "tiny" config); keyword overrides change config fields."""
+    precision=None, discard_site_grads=False, **overrides): config is a Config, a preset
+    name, a dict or None (the default "tiny" config); keyword overrides change config
+    fields. discard_site_grads=True keeps no per-layer site gradients (about half the
+    activation memory of training; gradient diagnostics then raise)."""
 
     _free_fn = staticmethod(_lib.gsink_model_free)
     _errmsg_fn = staticmethod(_lib.gsink_model_errmsg)
     _kind = "model"
 
     def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-                 precision=None, **overrides):
+                 precision=None, discard_site_grads=False, **overrides):
         self._dependents = weakref.WeakSet()
         cfg = _as_config(config)
         if overrides:
             cfg = cfg.copy(**overrides)
         c = cfg.to_c()
-        o = _model_options(seed, n_threads, device, device_index, precision)
+        o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_create(ctypes.byref(c), ctypes.byref(o), ctypes.byref(h)))
         self._adopt(h.value)
 
     @classmethod
-    def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0, precision=None):
+    def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0, precision=None,
+             discard_site_grads=False):
         """Loads a HF directory / .safetensors (with config.json) / .gguf."""
-        o = _model_options(seed, n_threads, device, device_index, precision)
+        o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
         self = cls.__new__(cls)

@@ -78,6 +78,7 @@ class ModelOptions(ctypes.Structure):
         ("n_threads", c_int32),
         ("seed", c_uint64),
         ("precision", c_int32),
+        ("flags", ctypes.c_uint32),
     ])
 
 

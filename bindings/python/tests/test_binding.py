@@ -514,3 +514,27 @@ def test_pip_install(tmp_path):
                        env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().startswith(str(target))
+
+
+def test_discard_site_grads():
+    # the same training gradients with less memory; gradient diagnostics raise
+    rng = np.random.default_rng(3)
+    tok = rng.integers(0, 64, size=(2, 16), dtype=np.int32)
+    tgt = rng.integers(0, 64, size=(2, 16), dtype=np.int32)
+    cfg = dict(vocab_size=64, d_model=32, n_layers=3, n_heads=4, n_kv_heads=2, d_head=8,
+               d_ff=48, max_seq_len=32)
+    keep = gsink.Model("micro", seed=11, n_threads=1, **cfg)
+    drop = gsink.Model("micro", seed=11, n_threads=1, discard_site_grads=True, **cfg)
+    for m in (keep, drop):
+        m.forward(tok, tgt)
+        m.backward()
+    gk, gd = keep.grads(), drop.grads()
+    assert gk.keys() == gd.keys()
+    for name in gk:
+        np.testing.assert_array_equal(gk[name], gd[name])
+    assert keep.gradient("resid_out", layer=1).shape == (2, 16, 32)
+    with pytest.raises(gsink.UnsupportedError, match="DISCARD_SITE_GRADS"):
+        drop.gradient("resid_out", layer=1)
+    with pytest.raises(gsink.UnsupportedError):
+        drop.gradient_sink_ratio(0, t_e=8)
+    assert drop.activation("resid_out", layer=1).shape == (2, 16, 32)

@@ -12,6 +12,7 @@ pub const GSINK_ALL_HEADS: i32 = -1;
 pub const GSINK_ENCODE_PARSE_SPECIAL: u32 = 1;
 pub const GSINK_ENCODE_ADD_BOS: u32 = 2;
 pub type __int32_t = ::std::os::raw::c_int;
+pub type __uint32_t = ::std::os::raw::c_uint;
 pub type __int64_t = ::std::os::raw::c_long;
 pub type __uint64_t = ::std::os::raw::c_ulong;
 extern "C" {
@@ -350,6 +351,7 @@ pub struct gsink_model_options {
     pub n_threads: i32,
     pub seed: u64,
     pub precision: i32,
+    pub flags: u32,
 }
 #[test]
 fn bindgen_test_layout_gsink_model_options() {
@@ -465,7 +467,26 @@ fn bindgen_test_layout_gsink_model_options() {
         );
     }
     test_field_precision();
+    fn test_field_flags() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_model_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).flags) as usize - ptr as usize
+            },
+            36usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_model_options),
+                "::",
+                stringify!(flags)
+            )
+        );
+    }
+    test_field_flags();
 }
+pub const gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS: gsink_model_flags = 1;
+pub type gsink_model_flags = ::std::os::raw::c_uint;
 pub const gsink_precision_GSINK_PRECISION_FP32: gsink_precision = 0;
 pub const gsink_precision_GSINK_PRECISION_TF32: gsink_precision = 1;
 pub type gsink_precision = ::std::os::raw::c_uint;

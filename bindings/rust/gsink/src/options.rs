@@ -145,6 +145,10 @@ pub struct ModelOptions {
     pub seed: u64,
     /// Matrix-product precision: exact FP32 (default) or TF32 (CUDA only).
     pub precision: Precision,
+    /// Keep no per-layer site gradients (`GSINK_MODEL_DISCARD_SITE_GRADS`):
+    /// about half the activation memory of a training run; gradient
+    /// diagnostics then fail with `Status::Unsupported`.
+    pub discard_site_grads: bool,
 }
 
 /// Matrix-product precision (`gsink_precision`).
@@ -165,6 +169,7 @@ impl Default for ModelOptions {
             n_threads: 0,
             seed: 0,
             precision: 0,
+            flags: 0,
         };
         // SAFETY: valid struct.
         unsafe { sys::gsink_model_options_init_size(&mut raw, std::mem::size_of_val(&raw)) };
@@ -174,6 +179,7 @@ impl Default for ModelOptions {
             n_threads: raw.n_threads,
             seed: raw.seed,
             precision: if raw.precision == sys::gsink_precision_GSINK_PRECISION_TF32 as i32 { Precision::Tf32 } else { Precision::Fp32 },
+            discard_site_grads: raw.flags & sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS != 0,
         }
     }
 }
@@ -190,6 +196,7 @@ impl ModelOptions {
                 Precision::Fp32 => sys::gsink_precision_GSINK_PRECISION_FP32 as i32,
                 Precision::Tf32 => sys::gsink_precision_GSINK_PRECISION_TF32 as i32,
             },
+            flags: if self.discard_site_grads { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS } else { 0 },
         }
     }
 }

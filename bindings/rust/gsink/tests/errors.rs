@@ -89,3 +89,22 @@ fn missing_files() {
     let e = gsink::Tokenizer::load_gguf("/nonexistent/tok.gguf").unwrap_err();
     assert!(!e.message().is_empty());
 }
+
+#[test]
+fn discarded_site_grads_are_unsupported() {
+    let opts = ModelOptions { seed: 7, n_threads: 1, discard_site_grads: true, ..ModelOptions::default() };
+    let mut m = Model::new(&Config::preset("micro").unwrap(), &opts).unwrap();
+    let mut keep = micro();
+    let (tokens, targets) = inputs(32);
+    for mm in [&mut m, &mut keep] {
+        mm.forward(&tokens, Some(&targets), 1, 32).unwrap();
+        mm.backward().unwrap();
+    }
+    let e = m.gradient(0, Site::ResidOut).unwrap_err();
+    assert_eq!(e.status(), Status::Unsupported);
+    assert!(e.message().contains("DISCARD_SITE_GRADS"));
+    assert_eq!(m.gradient_sink_ratio(0, 0, 31, BatchAgg::SumThenNorm).unwrap_err().status(), Status::Unsupported);
+    assert!(keep.gradient(0, Site::ResidOut).is_ok());
+    // the handle stays usable: activations are still there
+    assert_eq!(m.activation(0, Site::ResidOut).unwrap().len(), keep.activation(0, Site::ResidOut).unwrap().len());
+}
