@@ -27,6 +27,9 @@
  * row t / 4 and head-dimension entries d = (t % 4) + 4 j, j < DM / 4 (the
  * interleaving keeps shared-memory reads free of bank conflicts; rows are
  * padded by one float for the same reason).
+ *
+ * With TF32 math (gsink__cuda_set_math) the forward and backward run on
+ * tensor cores instead (attention_tc.cu) where cuda_attention_tc_eligible.
  */
 #include <float.h>
 #include <math.h>
@@ -436,7 +439,8 @@ gsink_status cuda_attention_init(gsink_backend *be)
     if (e == cudaSuccess) e = optin_one<64>(mx);
     if (e == cudaSuccess) e = optin_one<128>(mx);
     if (e == cudaSuccess) e = optin_one<256>(mx);
-    return cuda_check(be, e, "attention: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    gsink_status rc = cuda_check(be, e, "attention: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    return rc ? rc : cuda_attention_tc_init(be);
 }
 
 static gsink_status attn_check(gsink_backend *be, const gsink_attn_shape *s)
@@ -470,6 +474,21 @@ static gsink_status smem_fits(gsink_backend *be, size_t bytes, const char *what)
 }
 
 template <int DM>
+static gsink_status stats_dm(gsink_backend *be, const gsink_attn_shape *s, const float *lse,
+                             const float *q, const float *k, gsink_attn_stats stats)
+{
+    if (!stats.mass && !stats.sq && !stats.win) return GSINK_OK;
+    const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
+    const float scale = 1.0f / sqrtf((float)s->d_head);
+    gsink_status rc = smem_fits(be, stats_smem<DM>(), "attention statistics");
+    if (rc) return rc;
+    GSINK_LAUNCH(k_attn_stats<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, stats_smem<DM>(),
+                 CUDA_CTX(be)->stream)(q, k, lse, stats.mass, stats.sq, stats.win, T, s->n_heads,
+                                       s->n_kv_heads, s->d_head, s->sink_window, scale);
+    return cuda_launch_check(be, "attention statistics");
+}
+
+template <int DM>
 static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *y, float *lse,
                            const float *q, const float *k, const float *v, gsink_attn_stats stats)
 {
@@ -484,15 +503,19 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
                                                               s->d_head, scale);
     rc = cuda_launch_check(be, "attention forward");
     if (rc) return rc;
-    if (stats.mass || stats.sq || stats.win) {
-        rc = smem_fits(be, stats_smem<DM>(), "attention statistics");
-        if (rc) return rc;
-        GSINK_LAUNCH(k_attn_stats<DM>, grid, ATT_THREADS, stats_smem<DM>(), st)(
-            q, k, lse, stats.mass, stats.sq, stats.win, T, s->n_heads, s->n_kv_heads, s->d_head,
-            s->sink_window, scale);
-        rc = cuda_launch_check(be, "attention statistics");
+    return stats_dm<DM>(be, s, lse, q, k, stats);
+}
+
+/* The column statistics from q, k and a finished forward's lse (any forward). */
+static gsink_status stats_any(gsink_backend *be, const gsink_attn_shape *s, const float *lse,
+                              const float *q, const float *k, gsink_attn_stats stats)
+{
+    switch (pick_dm(s->d_head)) {
+    case 32: return stats_dm<32>(be, s, lse, q, k, stats);
+    case 64: return stats_dm<64>(be, s, lse, q, k, stats);
+    case 128: return stats_dm<128>(be, s, lse, q, k, stats);
+    default: return stats_dm<256>(be, s, lse, q, k, stats);
     }
-    return rc;
 }
 
 gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
@@ -503,6 +526,10 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
     if (rc || s->batch == 0 || s->seq == 0) return rc;
     rc = cuda_enter(be);
     if (rc) return rc;
+    if (cuda_attention_tc_eligible(be, s)) { /* TF32 tensor cores (attention_tc.cu) */
+        rc = cuda_attention_tc_fwd(be, s, y, lse, q, k, v);
+        return rc ? rc : stats_any(be, s, lse, q, k, stats);
+    }
     switch (pick_dm(s->d_head)) {
     case 32: return fwd_dm<32>(be, s, y, lse, q, k, v, stats);
     case 64: return fwd_dm<64>(be, s, y, lse, q, k, v, stats);
@@ -548,6 +575,10 @@ gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, fl
     GSINK_LAUNCH(k_attn_dot, cuda_blocks(rows * 32, 256), 256, 0, CUDA_CTX(be)->stream)(D, dy, y, B, T, H, dh);
     rc = cuda_launch_check(be, "attention backward (D)");
     if (rc) return rc;
+    if (cuda_attention_tc_eligible(be, s)) { /* TF32 tensor cores (attention_tc.cu) */
+        gsink_attn_stats none = {NULL, NULL, NULL};
+        return cuda_attention_tc_bwd(be, s, dq, dk, dv, dy, q, k, v, lse, D, none);
+    }
     switch (pick_dm(dh)) {
     case 32: return bwd_dm<32>(be, s, dq, dk, dv, dy, q, k, v, lse, D);
     case 64: return bwd_dm<64>(be, s, dq, dk, dv, dy, q, k, v, lse, D);
