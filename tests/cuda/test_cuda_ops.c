@@ -846,12 +846,20 @@ END_TEST
 
 /* ------------------------------------------------------------------------ */
 
-static void add(Suite *s, const char *name, const TTest *t)
+static TCase *add(Suite *s, const char *name, const TTest *t)
 {
     TCase *tc = tcase_create(name); /* one case per test: CK_RUN_CASE=name runs one */
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, t);
     suite_add_tcase(s, tc);
+    return tc;
+}
+
+/* Back to exact FP32 math after a test that switched to TF32, also when the
+ * test failed half-way (checked teardowns run then too). */
+static void math_fp32(void)
+{
+    if (gpu_is_cuda) gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32);
 }
 
 static Suite *cuda_suite(void)
@@ -869,7 +877,7 @@ static Suite *cuda_suite(void)
     add(s, "adamw", test_adamw);
     add(s, "vscale", test_vscale);
     add(s, "attention", test_attention);
-    add(s, "attention_tf32", test_attention_tf32);
+    tcase_add_checked_fixture(add(s, "attention_tf32", test_attention_tf32), NULL, math_fp32);
     add(s, "attention_bad_shape", test_attention_bad_shape);
     add(s, "out_of_memory", test_out_of_memory);
     add(s, "model_parity", test_model_parity);
