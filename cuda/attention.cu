@@ -34,6 +34,9 @@
  * row t / 4 and head-dimension entries d = (t % 4) + 4 j, j < DM / 4 (the
  * interleaving keeps shared-memory reads free of bank conflicts; rows are
  * padded by one float for the same reason).
+ *
+ * With TF32 math (gsink__cuda_set_math) the forward and backward run on
+ * tensor cores instead (attention_tc.cu) where cuda_attention_tc_eligible.
  */
 #include <float.h>
 #include <math.h>
@@ -455,7 +458,8 @@ gsink_status cuda_attention_init(gsink_backend *be)
     if (e == cudaSuccess) e = optin_one<64>(mx);
     if (e == cudaSuccess) e = optin_one<128>(mx);
     if (e == cudaSuccess) e = optin_one<256>(mx);
-    return cuda_check(be, e, "attention: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    gsink_status rc = cuda_check(be, e, "attention: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
+    return rc ? rc : cuda_attention_tc_init(be);
 }
 
 static gsink_status attn_check(gsink_backend *be, const gsink_attn_shape *s)
@@ -503,21 +507,6 @@ static gsink_status stats_dm(gsink_backend *be, const gsink_attn_shape *s, const
     return cuda_launch_check(be, "attention statistics");
 }
 
-gsink_status cuda_attention_stats(gsink_backend *be, const gsink_attn_shape *s, const float *q,
-                                  const float *k, const float *lse, gsink_attn_stats stats)
-{
-    gsink_status rc = attn_check(be, s);
-    if (rc || s->batch == 0 || s->seq == 0) return rc;
-    rc = cuda_enter(be);
-    if (rc) return rc;
-    switch (pick_dm(s->d_head)) {
-    case 32: return stats_dm<32>(be, s, q, k, lse, stats);
-    case 64: return stats_dm<64>(be, s, q, k, lse, stats);
-    case 128: return stats_dm<128>(be, s, q, k, lse, stats);
-    default: return stats_dm<256>(be, s, q, k, lse, stats);
-    }
-}
-
 template <int DM>
 static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *y, float *lse,
                            const float *q, const float *k, const float *v, gsink_attn_stats stats)
@@ -536,6 +525,28 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     return stats_dm<DM>(be, s, q, k, lse, stats);
 }
 
+/* The column statistics from q, k and a finished forward's lse (any forward). */
+static gsink_status stats_any(gsink_backend *be, const gsink_attn_shape *s, const float *q,
+                              const float *k, const float *lse, gsink_attn_stats stats)
+{
+    switch (pick_dm(s->d_head)) {
+    case 32: return stats_dm<32>(be, s, q, k, lse, stats);
+    case 64: return stats_dm<64>(be, s, q, k, lse, stats);
+    case 128: return stats_dm<128>(be, s, q, k, lse, stats);
+    default: return stats_dm<256>(be, s, q, k, lse, stats);
+    }
+}
+
+gsink_status cuda_attention_stats(gsink_backend *be, const gsink_attn_shape *s, const float *q,
+                                  const float *k, const float *lse, gsink_attn_stats stats)
+{
+    gsink_status rc = attn_check(be, s);
+    if (rc || s->batch == 0 || s->seq == 0) return rc;
+    rc = cuda_enter(be);
+    if (rc) return rc;
+    return stats_any(be, s, q, k, lse, stats);
+}
+
 gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
                                 float *lse, const float *q, const float *k, const float *v,
                                 gsink_attn_stats stats)
@@ -544,6 +555,10 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
     if (rc || s->batch == 0 || s->seq == 0) return rc;
     rc = cuda_enter(be);
     if (rc) return rc;
+    if (cuda_attention_tc_eligible(be, s)) { /* TF32 tensor cores (attention_tc.cu) */
+        rc = cuda_attention_tc_fwd(be, s, y, lse, q, k, v);
+        return rc ? rc : stats_any(be, s, q, k, lse, stats);
+    }
     switch (pick_dm(s->d_head)) {
     case 32: return fwd_dm<32>(be, s, y, lse, q, k, v, stats);
     case 64: return fwd_dm<64>(be, s, y, lse, q, k, v, stats);
@@ -591,6 +606,9 @@ gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, fl
     GSINK_LAUNCH(k_attn_dot, cuda_blocks(rows * 32, 256), 256, 0, CUDA_CTX(be)->stream)(D, dy, y, B, T, H, dh);
     rc = cuda_launch_check(be, "attention backward (D)");
     if (rc) return rc;
+    if (cuda_attention_tc_eligible(be, s)) { /* TF32 tensor cores (attention_tc.cu) */
+        return cuda_attention_tc_bwd(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    }
     switch (pick_dm(dh)) {
     case 32: return bwd_dm<32>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
     case 64: return bwd_dm<64>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);

@@ -102,4 +102,21 @@ gsink_status cuda_attention_stats(gsink_backend *be, const gsink_attn_shape *s, 
 /* Opts the attention kernels in to large shared memory (called once at creation). */
 gsink_status cuda_attention_init(gsink_backend *be);
 
+/* ---- attention on TF32 tensor cores (attention_tc.cu) ---- */
+/* 1 when the TF32 kernels can run this shape: math mode TF32, d_head <= 128,
+ * a valid GQA shape and enough shared memory; otherwise the exact kernels. */
+int cuda_attention_tc_eligible(gsink_backend *be, const gsink_attn_shape *s);
+/* y (B, T, H, dh) and lse (B, H, T), written (=). */
+gsink_status cuda_attention_tc_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
+                                   float *lse, const float *q, const float *k, const float *v);
+/* dq, dk, dv written (=) from D(b, h, t) = <dy_t, y_t> (k_attn_dot); the
+ * column statistics of stats (any pointer may be NULL), each (B, H, T), are
+ * written (=) from the recomputed probabilities. */
+gsink_status cuda_attention_tc_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
+                                   float *dk, float *dv, const float *dy, const float *q,
+                                   const float *k, const float *v, const float *lse,
+                                   const float *D, gsink_attn_stats stats);
+/* Shared-memory opt-in of the TF32 kernels (called by cuda_attention_init). */
+gsink_status cuda_attention_tc_init(gsink_backend *be);
+
 #endif

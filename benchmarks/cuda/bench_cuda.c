@@ -9,7 +9,7 @@
  *       or TF32 peak of the GPU; H100 SXM: 67 FP32, 495 TF32).
  *
  *   bench_cuda attention [--batch 4] [--heads 16] [--dh 64] [--seq 1024,2048,4096,8192]
- *                        [--iters 10]
+ *                        [--iters 10] [--tf32]
  *       fused causal attention alone: forward, backward without and with the
  *       column statistics summed inside the backward kernel (their overhead
  *       as a share of forward + backward), the stand-alone statistics pass
@@ -163,6 +163,12 @@ static int bench_attention(int argc, char **argv)
         fprintf(stderr, "CUDA backend: %s\n", gsink_last_error());
         return 1;
     }
+    int tf32 = arg_flag(argc, argv, "--tf32");
+    if (tf32 && gsink__cuda_set_math(be, GSINK_CUDA_MATH_TF32) != GSINK_OK) {
+        fprintf(stderr, "tf32: %s\n", be->err);
+        be->iface->destroy(be);
+        return 1;
+    }
     char desc[512];
     be->iface->describe(be, desc, sizeof desc);
     printf("device: %s\n", desc);
@@ -226,10 +232,10 @@ static int bench_attention(int argc, char **argv)
             /* stats_overhead_percent: the column statistics summed inside the
              * backward kernel, as a share of the fwd+bwd attention time without
              * them; stats_alone_ms: the separate pass of forward-only analyses */
-            printf("attention B %d H %d dh %d T %d: fwd_ms %.3f fwd_tflops %.2f bwd_ms %.3f "
+            printf("attention %s B %d H %d dh %d T %d: fwd_ms %.3f fwd_tflops %.2f bwd_ms %.3f "
                    "bwd_tflops %.2f fwd_bwd_tflops %.2f bwd_stats_ms %.3f "
                    "stats_overhead_percent %.2f stats_alone_ms %.3f\n",
-                   B, H, dh, T, f * 1e3, flops_f / f * 1e-12, b * 1e3, 2.5 * flops_f / b * 1e-12,
+                   tf32 ? "tf32" : "fp32", B, H, dh, T, f * 1e3, flops_f / f * 1e-12, b * 1e3, 2.5 * flops_f / b * 1e-12,
                    3.5 * flops_f / (f + b) * 1e-12, bs * 1e3, 100.0 * (bs - b) / (f + b), sa * 1e3);
         }
         for (int i = 0; i < 8; i++) be->iface->free(be, *bufs[i]);

@@ -37,6 +37,7 @@ TB="$ROOT/benchmarks/cuda/torch_bench.py"
   for dh in 64 128; do
     echo "## attention dh $dh"
     "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192
+    "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192 --tf32
     "$PY" "$TB" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192
   done
 } 2>&1 | tee "$OUT"

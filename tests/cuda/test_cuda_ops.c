@@ -20,7 +20,8 @@
  *   attention outputs and gradients, column statistics: rtol 2e-4, atol 2e-5
  *     (different summation order over up to T keys);
  *   GEMM with TF32 tensor cores: atol 2e-3 * sqrt(K) (10-bit mantissa inputs,
- *     operands in [-1, 1]).
+ *     operands in [-1, 1]);
+ *   attention on TF32 tensor cores: see test_attention_tf32.
  */
 #include <check.h>
 #include <math.h>
@@ -508,6 +509,141 @@ START_TEST(test_attention)
 }
 END_TEST
 
+/* TF32 tensor-core attention (cuda/attention_tc.cu), chosen by the CUDA
+ * backend in TF32 math mode for d_head <= 128 (larger heads fall back to the
+ * exact kernels). Compared with the exact CPU backend; each tensor X is held
+ * to |gpu - cpu| <= rtol |cpu| + arel max|X_cpu| with
+ *   y, dq, dk, dv:         rtol 2e-3, arel 2e-3
+ *   lse:                   rtol 0,    arel 2e-3 (an absolute error of the
+ *                          log-sum-exp, relative to the largest |lse|)
+ *   column mass, sq, win:  rtol 2e-3, arel 2e-3
+ * plus an absolute floor of 1e-4 everywhere (inputs are O(1)): a single
+ * token's dq and dk are exactly 0 on the CPU but TF32 noise of dP - D, ~2e-5,
+ * on the GPU.
+ * Q K^T, P V, dY V^T, P^T dY, dS^T Q and dS K take their inputs rounded to
+ * TF32 (10 explicit mantissa bits, relative error <= 2^-11 ~ 4.9e-4) and
+ * accumulate in fp32, so scores are off by a few 1e-4 (|q|, |k| <= 1.5, up
+ * to 128-long dot products scaled by 1/sqrt(d_head)) and every output by a
+ * few 1e-4 of its scale; the measured worst cases in the host emulation
+ * (which rounds like the device) are 3.5-5x below these bounds. The second
+ * backward must be bitwise identical (no atomics, fixed summation order).
+ * The column statistics summed inside the TF32 backward are checked against
+ * the CPU forward's, with the same bounds, and for determinism. */
+
+/* pair_check with an absolute part relative to the CPU tensor's max |x|,
+ * and an absolute floor of 1e-4 for tensors that vanish (see above). */
+static void pair_check_scaled(const pair *p, double rtol, double arel, const char *what)
+{
+    double mx = 0.0;
+    for (size_t i = 0; i < p->n; i++) mx = fmax(mx, fabs((double)p->c[i]));
+    pair_check(p, rtol, arel * mx + 1e-4, what);
+}
+
+static void attention_tf32_case(attn_case_t a)
+{
+    const double RT = 2e-3, AR = 2e-3;
+    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
+    size_t nq = (size_t)a.B * a.T * a.H * a.dh, nk = (size_t)a.B * a.T * a.KV * a.dh;
+    size_t nv = (size_t)a.B * a.T * a.NV * a.dh, ns = (size_t)a.B * a.H * a.T;
+    pair q = pair_new(nq, 251, 1.5f), k = pair_new(nk, 257, 1.5f), v = pair_new(nv, 263, 1.0f);
+    pair y = pair_new(nq, 0, 0), lse = pair_new(ns, 0, 0);
+    pair mass = pair_new(ns, 0, 0), sq = pair_new(ns, 0, 0), win = pair_new(ns, 0, 0);
+    gsink_attn_stats sc = {mass.c, sq.c, win.c}, sg = {mass.g, sq.g, win.g};
+    char what[160];
+#define WHAT(name) (snprintf(what, sizeof what, "tf32 %s B%d T%d H%d KV%d NV%d dh%d W%d", name, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
+    OKC(cpu->iface->attention_fwd(cpu, &s, y.c, lse.c, q.c, k.c, v.c, sc));
+    OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, sg));
+    pair_check_scaled(&y, RT, AR, WHAT("attention y"));
+    pair_check_scaled(&lse, 0, AR, WHAT("attention lse"));
+    pair_check_scaled(&mass, RT, AR, WHAT("column mass (forward)"));
+    pair_check_scaled(&sq, RT, AR, WHAT("column sq (forward)"));
+    pair_check_scaled(&win, RT, AR, WHAT("column window (forward)"));
+
+    pair dy = pair_new(nq, 267, 1.0f);
+    pair dq = pair_new(nq, 273, 9.0f), dk = pair_new(nk, 279, 9.0f), dv = pair_new(nv, 281, 9.0f);
+    gsink_attn_stats none = {NULL, NULL, NULL};
+    OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c, none));
+    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
+    pair_check_scaled(&dq, RT, AR, WHAT("attention dq"));
+    pair_check_scaled(&dk, RT, AR, WHAT("attention dk"));
+    pair_check_scaled(&dv, RT, AR, WHAT("attention dv"));
+    /* determinism: a second run is bitwise identical */
+    float *r1[3] = {download(&dq), download(&dk), download(&dv)};
+    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
+    float *r2[3] = {download(&dq), download(&dk), download(&dv)};
+    ck_assert_msg(memcmp(r1[0], r2[0], nq * sizeof(float)) == 0, "%s", WHAT("dq not deterministic"));
+    ck_assert_msg(memcmp(r1[1], r2[1], nk * sizeof(float)) == 0, "%s", WHAT("dk not deterministic"));
+    ck_assert_msg(memcmp(r1[2], r2[2], nv * sizeof(float)) == 0, "%s", WHAT("dv not deterministic"));
+    for (int i = 0; i < 3; i++) free(r2[i]);
+
+    {
+        /* statistics buffers start as garbage: every entry must be written */
+        pair m2 = pair_new(ns, 283, 7.0f), s2 = pair_new(ns, 293, 7.0f), w2 = pair_new(ns, 307, 7.0f);
+        gsink_attn_stats st2 = {m2.g, s2.g, w2.g};
+        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, st2));
+        pair cm = {mass.c, m2.g, ns}, cs = {sq.c, s2.g, ns}, cw = {win.c, w2.g, ns};
+        pair_check_scaled(&cm, RT, AR, WHAT("column mass (backward)"));
+        pair_check_scaled(&cs, RT, AR, WHAT("column sq (backward)"));
+        pair_check_scaled(&cw, RT, AR, WHAT("column window (backward)"));
+        /* asking for the statistics leaves the gradients bitwise unchanged */
+        float *r3[3] = {download(&dq), download(&dk), download(&dv)};
+        ck_assert_msg(memcmp(r1[0], r3[0], nq * sizeof(float)) == 0, "%s", WHAT("dq changed by stats"));
+        ck_assert_msg(memcmp(r1[1], r3[1], nk * sizeof(float)) == 0, "%s", WHAT("dk changed by stats"));
+        ck_assert_msg(memcmp(r1[2], r3[2], nv * sizeof(float)) == 0, "%s", WHAT("dv changed by stats"));
+        /* the statistics are deterministic too, and NULL pointers are skipped */
+        float *s1[3] = {download(&m2), download(&s2), download(&w2)};
+        gsink_attn_stats only_sq = {NULL, s2.g, NULL};
+        OKG(gpu->iface->zero(gpu, s2.g, sizeof(float) * ns));
+        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, only_sq));
+        float *sq2 = download(&s2);
+        ck_assert_msg(memcmp(s1[1], sq2, ns * sizeof(float)) == 0, "%s", WHAT("column sq not deterministic"));
+        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, st2));
+        float *s3[3] = {download(&m2), download(&s2), download(&w2)};
+        for (int i = 0; i < 3; i++) {
+            ck_assert_msg(memcmp(s1[i], s3[i], ns * sizeof(float)) == 0, "%s",
+                          WHAT("column statistics not deterministic"));
+            free(s1[i]);
+            free(s3[i]);
+            free(r1[i]);
+            free(r3[i]);
+        }
+        free(sq2);
+        pair_free(&m2);
+        pair_free(&s2);
+        pair_free(&w2);
+    }
+#undef WHAT
+    pair_free(&q);
+    pair_free(&k);
+    pair_free(&v);
+    pair_free(&y);
+    pair_free(&lse);
+    pair_free(&mass);
+    pair_free(&sq);
+    pair_free(&win);
+    pair_free(&dy);
+    pair_free(&dq);
+    pair_free(&dk);
+    pair_free(&dv);
+}
+
+START_TEST(test_attention_tf32)
+{
+    static const attn_case_t cases[] = {
+        {1, 1, 1, 1, 1, 8, 4},        /* a single token */
+        {2, 100, 4, 2, 2, 64, 16},    /* T not a multiple of 64, GQA, per-KV-head values */
+        {1, 150, 4, 2, 4, 64, 80},    /* GQA with per-query-head values, window spans tiles */
+        {1, 130, 2, 1, 2, 128, 64},   /* MQA keys, per-query-head values, d_head 128 */
+        {1, 70, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
+        {1, 45, 3, 3, 3, 30, 7},      /* d_head 30: not a multiple of 4 (scalar loads) */
+        {1, 33, 2, 1, 1, 256, 3},     /* d_head 256: falls back to the exact kernels */
+    };
+    if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_TF32), GSINK_OK);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_tf32_case(cases[i]);
+    if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
+}
+END_TEST
+
 START_TEST(test_attention_bad_shape)
 {
     pair z = pair_new(64, 0, 0);
@@ -708,12 +844,20 @@ END_TEST
 
 /* ------------------------------------------------------------------------ */
 
-static void add(Suite *s, const char *name, const TTest *t)
+static TCase *add(Suite *s, const char *name, const TTest *t)
 {
     TCase *tc = tcase_create(name); /* one case per test: CK_RUN_CASE=name runs one */
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, t);
     suite_add_tcase(s, tc);
+    return tc;
+}
+
+/* Back to exact FP32 math after a test that switched to TF32, also when the
+ * test failed half-way (checked teardowns run then too). */
+static void math_fp32(void)
+{
+    if (gpu_is_cuda) gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32);
 }
 
 static Suite *cuda_suite(void)
@@ -731,6 +875,7 @@ static Suite *cuda_suite(void)
     add(s, "adamw", test_adamw);
     add(s, "vscale", test_vscale);
     add(s, "attention", test_attention);
+    tcase_add_checked_fixture(add(s, "attention_tf32", test_attention_tf32), NULL, math_fp32);
     add(s, "attention_bad_shape", test_attention_bad_shape);
     add(s, "out_of_memory", test_out_of_memory);
     add(s, "model_parity", test_model_parity);

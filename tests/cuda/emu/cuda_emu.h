@@ -51,6 +51,7 @@ struct fiber {
     uint3 tid;
     int lin, state, started;
     unsigned shfl_count;
+    unsigned mma_count; /* wmma::mma_sync calls of this thread in the current block */
 };
 
 inline fiber *cur;
@@ -128,6 +129,7 @@ inline void run_launch()
                 for (unsigned i = 0; i < n; i++) {
                     fibers[i].state = F_READY;
                     fibers[i].shfl_count = 0;
+                    fibers[i].mma_count = 0;
                 }
                 for (;;) {
                     bool runnable = false, waiting = false;
@@ -213,8 +215,10 @@ template <class... P> struct launcher {
         g_body_arg = &tup;
         g_block_dim = block;
         g_grid_dim = grid;
-        std::vector<float> dyn((smem + 3) / 4 + 1);
-        g_dyn_smem = dyn.data();
+        /* 128-byte aligned, as the kernels' dynamic shared memory is on the
+         * device (wmma pointers must be 32-byte aligned). */
+        std::vector<float> dyn((smem + 3) / 4 + 1 + 32);
+        g_dyn_smem = (float *)(((uintptr_t)dyn.data() + 127) & ~(uintptr_t)127);
         g_dyn_smem_bytes = smem;
         prof_enter();
         run_launch();
@@ -253,6 +257,216 @@ inline void __syncthreads() { emu::yield(emu::F_AT_SYNC); }
 template <class T> inline T __shfl_xor_sync(unsigned, T v, int mask) { return emu::shfl_xor(v, mask); }
 template <class T> inline T __ldg(const T *p) { return *p; }
 inline int min(int a, int b) { return a < b ? a : b; }
+/* A warp-level barrier: every lane of the warp reaches it before any goes on
+ * (all of a warp's lanes run the same sequence of warp-collective calls, so
+ * one scheduler round brings them all to it). */
+inline void __syncwarp(unsigned = 0xffffffffu) { emu::yield(emu::F_AT_SHFL); }
+struct __attribute__((aligned(16), may_alias)) float4 { float x, y, z, w; };
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
+/* ---- warp matrix functions: nvcuda::wmma, TF32 m16n16k8 only ----
+ *
+ * Fragments are distributed over the 32 lanes of a warp as on the device:
+ * a matrix_a (16x8) or matrix_b (8x16) fragment holds 4 elements per lane, an
+ * accumulator (16x16) 8, and num_elements says so. The element-to-(row, col)
+ * mapping is deliberately NOT the hardware's (which CUDA leaves unspecified):
+ * element i of lane L is entry ((32 i + L) * 37 + 5) mod N of the tile in
+ * row-major order, N = 128 or 256. A kernel that relies on the mapping (other
+ * than element-wise operations between fragments of the same type, or on all
+ * elements alike) gives wrong results here.
+ *
+ * load_matrix_sync/store_matrix_sync move only the calling lane's elements and
+ * do not synchronise: data written by other lanes must be published with
+ * __syncwarp() (or __syncthreads()) first, as on the device. mma_sync is a
+ * warp collective: lanes publish their a, b, c elements, meet at a scheduler
+ * round (like a shuffle), then each computes its own d elements. A warp whose
+ * lanes are not all at the same mma_sync (divergence) is reported as a launch
+ * error, as are a pointer that is not 32-byte aligned and an ldm that is not a
+ * multiple of 4 floats or is smaller than the tile.
+ *
+ * Numerics: __float_to_tf32 rounds to 10 mantissa bits with the device's
+ * cvt.rna.tf32.f32 rule (to nearest, ties away from zero; NaN/Inf unchanged).
+ * mma_sync reads only the TF32 bits of a and b (the low 13 mantissa bits are
+ * dropped, so an unconverted operand is truncated, never used at full
+ * precision), forms exact products and accumulates them onto c in fp32 in k
+ * order. The device's accumulation order within one mma is unspecified, so
+ * results may differ from it in the last bits of the fp32 sum. */
+namespace emu {
+enum { ERR_MISALIGNED = 716, ERR_WARP_DIVERGENT = 715 };
+inline const char *g_err_detail;
+inline void set_error(int code, const char *detail)
+{
+    if (!g_last_error) {
+        g_last_error = code;
+        g_err_detail = detail;
+    }
+}
+inline float mma_slots[2][1024][16]; /* per thread: a[4], b[4], c[8] */
+inline unsigned mma_seq[2][1024];
+inline float tf32_bits(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u &= 0xffffe000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+/* (lane, element) <-> row-major index of an N-element tile */
+inline int frag_index(int lane, int i, int N) { return ((32 * i + lane) * 37 + 5) & (N - 1); }
+inline void frag_owner(int idx, int N, int *lane, int *i)
+{
+    int x = ((idx - 5) * 173) & (N - 1); /* 173 = 37^-1 mod 256 (and mod 128) */
+    *lane = x & 31;
+    *i = x >> 5;
+}
+inline void check_ptr(const void *p, unsigned ldm, unsigned min_ldm)
+{
+    if ((uintptr_t)p % 32) set_error(ERR_MISALIGNED, "wmma pointer not 32-byte aligned (emulation check)");
+    if (ldm % 4 || ldm < min_ldm) set_error(ERR_MISALIGNED, "wmma ldm not a multiple of 4 floats or below the tile width (emulation check)");
+}
+} // namespace emu
+
+namespace nvcuda {
+namespace wmma {
+struct row_major;
+struct col_major;
+struct matrix_a;
+struct matrix_b;
+struct accumulator;
+namespace precision {
+struct tf32;
+}
+enum layout_t { mem_row_major, mem_col_major };
+
+inline float __float_to_tf32(float in)
+{
+    uint32_t u;
+    memcpy(&u, &in, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return in; /* Inf, NaN */
+    u = (u + 0x1000u) & 0xffffe000u;                 /* nearest, ties away (cvt.rna) */
+    float r;
+    memcpy(&r, &u, 4);
+    return r;
+}
+
+template <class Use> struct frag_shape;
+template <> struct frag_shape<matrix_a> { enum { R = 16, C = 8 }; };
+template <> struct frag_shape<matrix_b> { enum { R = 8, C = 16 }; };
+template <> struct frag_shape<accumulator> { enum { R = 16, C = 16 }; };
+
+template <class Use, class T, class Layout> struct frag_check {
+    static_assert(sizeof(T) == 0, "unsupported fragment (the emulation has the device's TF32 m16n16k8 set)");
+};
+template <class L> struct frag_check<matrix_a, precision::tf32, L> {};
+template <class L> struct frag_check<matrix_b, precision::tf32, L> {};
+template <> struct frag_check<accumulator, float, void> {};
+
+template <class Use, int m, int n, int k, class T, class Layout = void> class fragment {
+    static_assert(m == 16 && n == 16 && k == 8, "the emulation has the TF32 shape m16n16k8 only");
+    static_assert(sizeof(frag_check<Use, T, Layout>) > 0, "");
+
+public:
+    enum { rows = frag_shape<Use>::R, cols = frag_shape<Use>::C };
+    enum { num_elements = rows * cols / 32, num_storage_elements = num_elements };
+    typedef float storage_element_type;
+    float x[num_elements];
+};
+
+template <class L> struct layout_is_row;
+template <> struct layout_is_row<row_major> { enum { v = 1 }; };
+template <> struct layout_is_row<col_major> { enum { v = 0 }; };
+
+template <class Use, class T, class Layout>
+inline void fill_fragment(fragment<Use, 16, 16, 8, T, Layout> &f, float v)
+{
+    for (int i = 0; i < f.num_elements; i++) f.x[i] = v;
+}
+
+/* matrix_a / matrix_b: the layout comes from the fragment type */
+template <class Use, class Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, 8, precision::tf32, Layout> &f, const float *p, unsigned ldm)
+{
+    typedef fragment<Use, 16, 16, 8, precision::tf32, Layout> F;
+    const bool row = layout_is_row<Layout>::v;
+    emu::check_ptr(p, ldm, row ? F::cols : F::rows);
+    const int lane = emu::cur->lin & 31, N = F::rows * F::cols;
+    for (int i = 0; i < F::num_elements; i++) {
+        int idx = emu::frag_index(lane, i, N), r = idx / F::cols, c = idx % F::cols;
+        f.x[i] = row ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+    }
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 8, float> &f, const float *p, unsigned ldm, layout_t layout)
+{
+    emu::check_ptr(p, ldm, 16);
+    const int lane = emu::cur->lin & 31;
+    for (int i = 0; i < 8; i++) {
+        int idx = emu::frag_index(lane, i, 256), r = idx / 16, c = idx % 16;
+        f.x[i] = layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
+    }
+}
+
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 8, float> &f, unsigned ldm, layout_t layout)
+{
+    emu::check_ptr(p, ldm, 16);
+    const int lane = emu::cur->lin & 31;
+    for (int i = 0; i < 8; i++) {
+        int idx = emu::frag_index(lane, i, 256), r = idx / 16, c = idx % 16;
+        (layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r]) = f.x[i];
+    }
+}
+
+/* d = a b + c over the warp (d may be c). */
+template <class LA, class LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 8, float> &d,
+                     const fragment<matrix_a, 16, 16, 8, precision::tf32, LA> &a,
+                     const fragment<matrix_b, 16, 16, 8, precision::tf32, LB> &b,
+                     const fragment<accumulator, 16, 16, 8, float> &c)
+{
+    (void)layout_is_row<LA>::v;
+    (void)layout_is_row<LB>::v;
+    const int lin = emu::cur->lin, lane = lin & 31, base = lin & ~31;
+    const unsigned seq = emu::cur->mma_count++, buf = seq & 1;
+    float *slot = emu::mma_slots[buf][lin];
+    for (int i = 0; i < 4; i++) slot[i] = emu::tf32_bits(a.x[i]);
+    for (int i = 0; i < 4; i++) slot[4 + i] = emu::tf32_bits(b.x[i]);
+    for (int i = 0; i < 8; i++) slot[8 + i] = c.x[i];
+    emu::mma_seq[buf][lin] = seq;
+    emu::yield(emu::F_AT_SHFL); /* every lane of the warp publishes its part */
+    for (int l = 0; l < 32; l++)
+        if (emu::mma_seq[buf][base + l] != seq)
+            emu::set_error(emu::ERR_WARP_DIVERGENT, "wmma::mma_sync not reached by all lanes of a warp (emulation check)");
+    /* where A(r, k), B(k, c) and C(r, c) sit in the slots of lanes 0..31 */
+    struct tables {
+        short a[16][8], b[8][16], c[256];
+        tables()
+        {
+            int l, i;
+            for (int x = 0; x < 128; x++) {
+                emu::frag_owner(x, 128, &l, &i);
+                a[x / 8][x % 8] = (short)(l * 16 + i);
+                b[x / 16][x % 16] = (short)(l * 16 + 4 + i);
+            }
+            for (int x = 0; x < 256; x++) {
+                emu::frag_owner(x, 256, &l, &i);
+                c[x] = (short)(l * 16 + 8 + i);
+            }
+        }
+    };
+    static const tables tb;
+    const float *w = emu::mma_slots[buf][base];
+    float out[8];
+    for (int i = 0; i < 8; i++) {
+        int idx = emu::frag_index(lane, i, 256), r = idx / 16, cc = idx % 16;
+        float acc = w[tb.c[idx]];
+        for (int kk = 0; kk < 8; kk++) acc += w[tb.a[r][kk]] * w[tb.b[kk][cc]]; /* exact product */
+        out[i] = acc;
+    }
+    for (int i = 0; i < 8; i++) d.x[i] = out[i];
+}
+} // namespace wmma
+} // namespace nvcuda
+
 
 /* ---- runtime ---- */
 typedef int cudaError_t;
@@ -277,7 +491,11 @@ inline cudaError_t cudaGetLastError()
     emu::g_last_error = 0;
     return e;
 }
-inline const char *cudaGetErrorString(cudaError_t e) { return e == 2 ? "out of memory" : e ? "emulated CUDA error" : "no error"; }
+inline const char *cudaGetErrorString(cudaError_t e)
+{
+    if ((e == emu::ERR_MISALIGNED || e == emu::ERR_WARP_DIVERGENT) && emu::g_err_detail) return emu::g_err_detail;
+    return e == 2 ? "out of memory" : e ? "emulated CUDA error" : "no error";
+}
 inline const char *cudaGetErrorName(cudaError_t e) { return e == 2 ? "cudaErrorMemoryAllocation" : e ? "cudaErrorEmulated" : "cudaSuccess"; }
 inline cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return 0; }
 inline cudaError_t cudaSetDevice(int d) { return d == 0 ? 0 : cudaErrorInvalidDevice; }
