@@ -439,16 +439,10 @@ k_attn_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const flo
 
 template <int DM> static cudaError_t optin_one(int max_optin)
 {
-    cudaError_t e = cudaSuccess;
-#define OPTIN(kern, bytes)                                                                  \
-    if ((bytes) > 48 * 1024 && (size_t)(bytes) <= (size_t)max_optin && e == cudaSuccess)     \
-        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(bytes));
-    OPTIN(k_attn_fwd<DM>, fwd_smem<DM>())
-    OPTIN(k_attn_stats<DM>, stats_smem<DM>())
-    OPTIN(k_attn_bwd_kv<DM>, bwd_kv_smem<DM>())
-    OPTIN(k_attn_bwd_q<DM>, bwd_q_smem<DM>())
-#undef OPTIN
-    return e;
+    cudaError_t e = cuda_smem_optin(cudaSuccess, k_attn_fwd<DM>, fwd_smem<DM>(), max_optin);
+    e = cuda_smem_optin(e, k_attn_stats<DM>, stats_smem<DM>(), max_optin);
+    e = cuda_smem_optin(e, k_attn_bwd_kv<DM>, bwd_kv_smem<DM>(), max_optin);
+    return cuda_smem_optin(e, k_attn_bwd_q<DM>, bwd_q_smem<DM>(), max_optin);
 }
 
 gsink_status cuda_attention_init(gsink_backend *be)

@@ -571,15 +571,9 @@ k_tc_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const float
 
 template <int DM> static cudaError_t tc_optin(int max_optin)
 {
-    cudaError_t e = cudaSuccess;
-#define TC_OPTIN(kern, bytes)                                                              \
-    if ((bytes) > 48 * 1024 && (size_t)(bytes) <= (size_t)max_optin && e == cudaSuccess)    \
-        e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)(bytes));
-    TC_OPTIN(k_tc_fwd<DM>, tc_fwd_smem<DM>())
-    TC_OPTIN(k_tc_bwd_kv<DM>, tc_bwd_kv_smem<DM>())
-    TC_OPTIN(k_tc_bwd_q<DM>, tc_bwd_q_smem<DM>())
-#undef TC_OPTIN
-    return e;
+    cudaError_t e = cuda_smem_optin(cudaSuccess, k_tc_fwd<DM>, tc_fwd_smem<DM>(), max_optin);
+    e = cuda_smem_optin(e, k_tc_bwd_kv<DM>, tc_bwd_kv_smem<DM>(), max_optin);
+    return cuda_smem_optin(e, k_tc_bwd_q<DM>, tc_bwd_q_smem<DM>(), max_optin);
 }
 
 gsink_status cuda_attention_tc_init(gsink_backend *be)

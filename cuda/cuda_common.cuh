@@ -46,6 +46,15 @@ gsink_status cuda_enter(gsink_backend *be);
 /* Returns at least bytes of scratch (device memory, valid until the next call). */
 gsink_status cuda_scratch(gsink_backend *be, size_t bytes, void **p);
 
+/* Opts kernel k in to `bytes` of dynamic shared memory when that is above the
+ * default 48 KB and within the device's limit (launches above the limit are
+ * refused later with a message); passes an earlier error through. */
+template <class K> static inline cudaError_t cuda_smem_optin(cudaError_t e, K k, size_t bytes, int max_optin)
+{
+    if (e != cudaSuccess || bytes <= 48 * 1024 || bytes > (size_t)max_optin) return e;
+    return cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes);
+}
+
 static inline unsigned cuda_blocks(size_t n, unsigned threads, unsigned cap = 65535u * 4u)
 {
     size_t b = (n + threads - 1) / threads;
