@@ -503,7 +503,7 @@ static gsink_status stats_dm(gsink_backend *be, const gsink_attn_shape *s, const
 
 template <int DM>
 static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *y, float *lse,
-                           const float *q, const float *k, const float *v, gsink_attn_stats stats)
+                           const float *q, const float *k, const float *v)
 {
     cudaStream_t st = CUDA_CTX(be)->stream;
     const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
@@ -514,9 +514,7 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     GSINK_LAUNCH(k_attn_fwd<DM>, grid, ATT_THREADS, fwd_smem<DM>(), st)(q, k, v, y, lse, T, s->n_heads,
                                                               s->n_kv_heads, s->n_v_heads,
                                                               s->d_head, scale);
-    rc = cuda_launch_check(be, "attention forward");
-    if (rc) return rc;
-    return stats_dm<DM>(be, s, q, k, lse, stats);
+    return cuda_launch_check(be, "attention forward");
 }
 
 /* The column statistics from q, k and a finished forward's lse (any forward). */
@@ -549,16 +547,16 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
     if (rc || s->batch == 0 || s->seq == 0) return rc;
     rc = cuda_enter(be);
     if (rc) return rc;
-    if (cuda_attention_tc_eligible(be, s)) { /* TF32 tensor cores (attention_tc.cu) */
+    if (cuda_attention_tc_eligible(be, s)) /* TF32 tensor cores (attention_tc.cu) */
         rc = cuda_attention_tc_fwd(be, s, y, lse, q, k, v);
-        return rc ? rc : stats_any(be, s, q, k, lse, stats);
-    }
-    switch (pick_dm(s->d_head)) {
-    case 32: return fwd_dm<32>(be, s, y, lse, q, k, v, stats);
-    case 64: return fwd_dm<64>(be, s, y, lse, q, k, v, stats);
-    case 128: return fwd_dm<128>(be, s, y, lse, q, k, v, stats);
-    default: return fwd_dm<256>(be, s, y, lse, q, k, v, stats);
-    }
+    else
+        switch (pick_dm(s->d_head)) {
+        case 32: rc = fwd_dm<32>(be, s, y, lse, q, k, v); break;
+        case 64: rc = fwd_dm<64>(be, s, y, lse, q, k, v); break;
+        case 128: rc = fwd_dm<128>(be, s, y, lse, q, k, v); break;
+        default: rc = fwd_dm<256>(be, s, y, lse, q, k, v); break;
+        }
+    return rc ? rc : stats_any(be, s, q, k, lse, stats);
 }
 
 template <int DM>

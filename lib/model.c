@@ -197,6 +197,7 @@ static void free_acts(gsink_model *m)
 {
     if (m->act_mem) BE(m)->free(m->be, m->act_mem);
     m->act_mem = NULL;
+    m->act_bytes = 0;
     m->cap_tokens = 0;
     free(m->hstats.mass);
     free(m->hstats.sq);
@@ -766,6 +767,15 @@ static float vscale_c0(const gsink_model *m)
     return (float)m->cfg.d_model * (float)m->cfg.d_head * m->vs.sigma * m->vs.sigma;
 }
 
+/* Attention shape of the last forward; the sink window is the one that
+ * forward recorded (hstats.window), wherever the statistics are summed. */
+static gsink_attn_shape attn_shape(const gsink_model *m)
+{
+    const gsink_config *c = &m->cfg;
+    return (gsink_attn_shape){m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head,
+                              m->hstats.window};
+}
+
 /* Batch mean of the (B, H, T) statistics of one layer into host (H, T): summed
  * over the batch on the backend (b in order), so only (H, T) per statistic
  * crosses to the host. */
@@ -798,9 +808,8 @@ gsink_status gsink__attn_stats(gsink_model *m)
 {
     if (m->stats_ready) return GSINK_OK;
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
-    const gsink_config *c = &m->cfg;
-    gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->hstats.window};
-    for (int l = 0; l < c->n_layers; l++) {
+    gsink_attn_shape sh = attn_shape(m);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
         gsink_layer_acts *a = &m->layers[l];
         gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win};
         TRY(m, BE(m)->attention_stats(m->be, &sh, a->site[GSINK_SITE_Q], a->site[GSINK_SITE_K], a->lse, stats),
@@ -829,7 +838,7 @@ static gsink_status layer_forward(gsink_model *m, int l)
     TRY(m, f->rope(be, s[GSINK_SITE_K], m->B, m->T, c->n_kv_heads, c->d_head, c->rope_theta, 0), "rope k");
     TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
                          c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
-    gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->diag.sink_window};
+    gsink_attn_shape sh = attn_shape(m);
     gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win}, none = {NULL, NULL, NULL};
     TRY(m, f->attention_fwd(be, &sh, s[GSINK_SITE_Z], a->lse, s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED],
                             m->defer_stats ? none : stats), "attention");
@@ -974,8 +983,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
     const float *dattn = ds[GSINK_SITE_RESID_MID];
     TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dattn, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
     TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dattn, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
-    gsink_attn_shape sh = {m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head, m->diag.sink_window};
-    sh.sink_window = m->hstats.window; /* the window of the forward, as attention_fwd would use */
+    gsink_attn_shape sh = attn_shape(m);
     /* Deferred statistics come from the probabilities this pass recomputes. */
     gsink_attn_stats stats = {NULL, NULL, NULL};
     if (m->defer_stats && !m->stats_ready) stats = (gsink_attn_stats){a->col_mass, a->col_sq, a->col_win};
