@@ -591,7 +591,7 @@ static int tc_smem_fits(gsink_backend *be, size_t bytes)
 
 int cuda_attention_tc_eligible(gsink_backend *be, const gsink_attn_shape *s)
 {
-    if (!be || !s || CUDA_CTX(be)->math != GSINK_CUDA_MATH_TF32) return 0;
+    if (!be || !s || CUDA_CTX(be)->math == GSINK_CUDA_MATH_FP32) return 0;
     const int H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads, dh = s->d_head;
     if (s->batch < 0 || s->seq < 0 || H <= 0 || KV <= 0 || NV <= 0 || dh <= 0 || H % KV ||
         H % NV || NV % KV || s->batch > 65535 || H > 65535)

@@ -148,16 +148,20 @@ static void cuda_describe(gsink_backend *be, char *buf, size_t size)
     if (!buf || !size) return;
     cuda_ctx *c = CUDA_CTX(be);
     snprintf(buf, size, "%s, gemm %s", c->name,
-             c->math == GSINK_CUDA_MATH_TF32 ? "tf32 tensor cores" : "fp32");
+             c->math == GSINK_CUDA_MATH_TF32   ? "tf32 tensor cores"
+             : c->math == GSINK_CUDA_MATH_BF16 ? "bf16 tensor cores"
+                                               : "fp32");
 }
 
 static gsink_status cuda_set_math(gsink_backend *be, int mode)
 {
-    if (mode != GSINK_CUDA_MATH_FP32 && mode != GSINK_CUDA_MATH_TF32)
+    if (mode != GSINK_CUDA_MATH_FP32 && mode != GSINK_CUDA_MATH_TF32 && mode != GSINK_CUDA_MATH_BF16)
         return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "unknown CUDA math mode %d", mode);
     gsink_status st = cuda_enter(be);
     if (st) return st;
     cuda_ctx *c = CUDA_CTX(be);
+    /* BF16 picks its compute type per call (cuda_gemm); the handle's math
+     * mode only matters to cublasSgemm. */
     cublasMath_t mm = mode == GSINK_CUDA_MATH_TF32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
     st = cublas_check(be, cublasSetMathMode(c->blas, mm), "cublasSetMathMode");
     if (st) return st;
@@ -259,13 +263,18 @@ static gsink_status cuda_gemm(gsink_backend *be, int trans_a, int trans_b, int M
     if (st) return st;
     cuda_ctx *c = CUDA_CTX(be);
     /* K == 0 is passed on: cuBLAS then computes C = beta C. */
-    cublasStatus_t s = cublasSgemm(c->blas, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                   trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb,
-                                   A, lda, &beta, C, ldc);
+    cublasOperation_t opa = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+    int bf16 = c->math == GSINK_CUDA_MATH_BF16;
+    cublasStatus_t s;
+    if (bf16) /* fp32 in and out; cuBLAS rounds the inputs to bf16 for the tensor cores and accumulates in fp32 */
+        s = cublasGemmEx(c->blas, opb, opa, N, M, K, &alpha, B, CUDA_R_32F, ldb, A, CUDA_R_32F, lda, &beta,
+                         C, CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F_FAST_16BF, CUBLAS_GEMM_DEFAULT);
+    else
+        s = cublasSgemm(c->blas, opb, opa, N, M, K, &alpha, B, ldb, A, lda, &beta, C, ldc);
     if (s != CUBLAS_STATUS_SUCCESS) {
         char what[96];
-        snprintf(what, sizeof what, "cublasSgemm(%c%c, M=%d N=%d K=%d)", trans_a ? 'T' : 'N',
-                 trans_b ? 'T' : 'N', M, N, K);
+        snprintf(what, sizeof what, "%s(%c%c, M=%d N=%d K=%d)", bf16 ? "cublasGemmEx/bf16" : "cublasSgemm",
+                 trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K);
         return cublas_check(be, s, what);
     }
     return GSINK_OK;

@@ -23,6 +23,12 @@
 #include "cuda_module.h"
 #include "internal.h"
 
+/* lib/model.c passes a gsink_precision as the module's math mode. */
+_Static_assert((int)GSINK_CUDA_MATH_FP32 == (int)GSINK_PRECISION_FP32 &&
+                   (int)GSINK_CUDA_MATH_TF32 == (int)GSINK_PRECISION_TF32 &&
+                   (int)GSINK_CUDA_MATH_BF16 == (int)GSINK_PRECISION_BF16,
+               "CUDA math modes and gsink_precision must share their values");
+
 static pthread_once_t module_once = PTHREAD_ONCE_INIT;
 static const gsink_cuda_module *module_table; /* written once under module_once */
 static char module_error[GSINK_MSG_SIZE];

@@ -27,7 +27,7 @@ extern "C" {
 #define GSINK_CUDA_MODULE_ABI 1
 
 /* Math mode of the GEMMs (gsink__cuda_set_math). */
-enum { GSINK_CUDA_MATH_FP32 = 0, GSINK_CUDA_MATH_TF32 = 1 };
+enum { GSINK_CUDA_MATH_FP32 = 0, GSINK_CUDA_MATH_TF32 = 1, GSINK_CUDA_MATH_BF16 = 2 };
 
 typedef struct gsink_cuda_module {
     int module_abi;          /* GSINK_CUDA_MODULE_ABI */

@@ -172,12 +172,16 @@ typedef enum gsink_model_flags {
     GSINK_MODEL_DISCARD_SITE_GRADS = 1u << 0
 } gsink_model_flags;
 
-/* Matrix-product precision. FP32 is exact fp32 everywhere; TF32 uses tensor
- * cores with fp32 accumulation and is only available on CUDA devices
- * (GSINK_ERR_UNSUPPORTED on the CPU). */
+/* Matrix-product precision. FP32 is exact fp32 everywhere. TF32 and BF16 run
+ * the matrix products (GEMMs and attention) on tensor cores, with inputs
+ * rounded to TF32 (10-bit mantissa) or bfloat16 (7-bit mantissa) and fp32
+ * accumulation; weights, activations, gradients and optimizer state stay
+ * fp32. Both are only available on CUDA devices (GSINK_ERR_UNSUPPORTED on the
+ * CPU). BF16 since 0.1.0. */
 typedef enum gsink_precision {
     GSINK_PRECISION_FP32 = 0,
-    GSINK_PRECISION_TF32 = 1
+    GSINK_PRECISION_TF32 = 1,
+    GSINK_PRECISION_BF16 = 2
 } gsink_precision;
 
 GSINK_API void gsink_model_options_init_size(gsink_model_options *opts, size_t size);

@@ -245,10 +245,12 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         o.size = sizeof o;
     }
     if (o.n_threads < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
-    if (o.precision != GSINK_PRECISION_FP32 && o.precision != GSINK_PRECISION_TF32)
+    if (o.precision != GSINK_PRECISION_FP32 && o.precision != GSINK_PRECISION_TF32 &&
+        o.precision != GSINK_PRECISION_BF16)
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown precision %d", o.precision);
-    if (o.precision == GSINK_PRECISION_TF32 && o.device != GSINK_DEVICE_CUDA)
-        return gsink__fail(errbuf, GSINK_ERR_UNSUPPORTED, "TF32 precision needs a CUDA device; the CPU computes in exact fp32");
+    if (o.precision != GSINK_PRECISION_FP32 && o.device != GSINK_DEVICE_CUDA)
+        return gsink__fail(errbuf, GSINK_ERR_UNSUPPORTED, "%s precision needs a CUDA device; the CPU computes in exact fp32",
+                           o.precision == GSINK_PRECISION_TF32 ? "TF32" : "BF16");
     if (o.flags & ~(uint32_t)GSINK_MODEL_DISCARD_SITE_GRADS)
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown model flags 0x%x", (unsigned)o.flags);
 
@@ -270,7 +272,8 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         st = gsink_cpu_backend_create(o.n_threads, &m->be);
     } else if (o.device == GSINK_DEVICE_CUDA) {
         st = gsink_cuda_backend_create(o.device_index, &m->be);
-        if (!st && o.precision == GSINK_PRECISION_TF32 && (st = gsink__cuda_set_math(m->be, 1))) {
+        /* gsink_precision and the module's GSINK_CUDA_MATH_* share their values. */
+        if (!st && o.precision != GSINK_PRECISION_FP32 && (st = gsink__cuda_set_math(m->be, o.precision))) {
             BE(m)->destroy(m->be);
             m->be = NULL;
         }

@@ -21,6 +21,9 @@
  *     (different summation order over up to T keys);
  *   GEMM with TF32 tensor cores: atol 2e-3 * sqrt(K) (10-bit mantissa inputs,
  *     operands in [-1, 1]);
+ *   GEMM with BF16 tensor cores: atol 8e-3 * sqrt(K) (inputs rounded to 8
+ *     significant bits, relative error <= 2^-8 each, so <= ~7.8e-3 per
+ *     product; operands in [-1, 1]);
  *   attention on TF32 tensor cores: see test_attention_tf32.
  */
 #include <check.h>
@@ -162,6 +165,19 @@ START_TEST(test_gemm_tf32)
         for (int tb = 0; tb < 2; tb++) gemm_case(ta, tb, 96, 80, 256, 1.0f, 0.0f, 0, 2e-3);
     ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
     ck_assert_int_eq(gsink__cuda_set_math(gpu, 7), GSINK_ERR_INVALID_ARGUMENT);
+}
+END_TEST
+
+START_TEST(test_gemm_bf16)
+{
+    if (!gpu_is_cuda) return;
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_BF16), GSINK_OK);
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case(ta, tb, 96, 80, 256, 1.0f, 0.0f, 0, 8e-3);
+            gemm_case(ta, tb, 37, 53, 29, 0.5f, 1.0f, 3, 8e-3);
+        }
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
 }
 END_TEST
 
@@ -866,6 +882,7 @@ static Suite *cuda_suite(void)
     add(s, "describe", test_describe);
     add(s, "gemm", test_gemm);
     add(s, "gemm_tf32", test_gemm_tf32);
+    tcase_add_checked_fixture(add(s, "gemm_bf16", test_gemm_bf16), NULL, math_fp32);
     add(s, "embedding", test_embedding);
     add(s, "rmsnorm", test_rmsnorm);
     add(s, "rope", test_rope);

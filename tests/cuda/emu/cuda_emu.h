@@ -569,4 +569,48 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
     return CUBLAS_STATUS_SUCCESS;
 }
 
+/* cublasGemmEx, fp32 in and out only. CUBLAS_COMPUTE_32F_FAST_16BF rounds
+ * every input element to bfloat16 (nearest, ties to even) like the tensor
+ * cores' down-conversion, then accumulates exactly (double). */
+typedef enum { CUDA_R_32F = 0 } cudaDataType;
+typedef enum { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_16BF = 75 } cublasComputeType_t;
+typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
+inline float emu_round_bf16(float x)
+{
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n,
+                                   int k, const void *alpha, const void *A, cudaDataType at, int lda, const void *B,
+                                   cudaDataType bt, int ldb, const void *beta, void *C, cudaDataType ct, int ldc,
+                                   cublasComputeType_t compute, cublasGemmAlgo_t)
+{
+    if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F ||
+        (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_FAST_16BF))
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (compute == CUBLAS_COMPUTE_32F || m <= 0 || n <= 0 || k <= 0)
+        return cublasSgemm(h, ta, tb, m, n, k, (const float *)alpha, (const float *)A, lda, (const float *)B, ldb,
+                           (const float *)beta, (float *)C, ldc);
+    size_t na = (size_t)(ta ? m : k) * lda, nb = (size_t)(tb ? k : n) * ldb;
+    float *a = (float *)malloc(na * sizeof(float)), *b = (float *)malloc(nb * sizeof(float));
+    if (!a || !b) {
+        free(a);
+        free(b);
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    }
+    /* Only the elements the product reads are rounded (the rest may be NaN). */
+    for (int j = 0; j < (ta ? m : k); j++)
+        for (int i = 0; i < (ta ? k : m); i++) a[(size_t)j * lda + i] = emu_round_bf16(((const float *)A)[(size_t)j * lda + i]);
+    for (int j = 0; j < (tb ? k : n); j++)
+        for (int i = 0; i < (tb ? n : k); i++) b[(size_t)j * ldb + i] = emu_round_bf16(((const float *)B)[(size_t)j * ldb + i]);
+    cublasStatus_t st = cublasSgemm(h, ta, tb, m, n, k, (const float *)alpha, a, lda, b, ldb, (const float *)beta,
+                                    (float *)C, ldc);
+    free(a);
+    free(b);
+    return st;
+}
+
 #endif
