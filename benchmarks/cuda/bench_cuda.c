@@ -2,14 +2,15 @@
  * bench_cuda.c - CUDA backend benchmarks (needs a GPU; see docs/cuda.md).
  *
  *   bench_cuda model [--preset paper-0.1b] [--batch 8] [--seq 1024] [--iters 10]
- *                    [--warmup 3] [--tf32] [--peak-tflops 67]
+ *                    [--warmup 3] [--tf32 | --bf16] [--peak-tflops 67]
  *       median time of one forward+backward step of the whole model (mean
  *       cross-entropy, gradients of every parameter and site, attention column
- *       statistics summed in the backward), tokens/s and MFU against --peak-tflops (dense FP32
- *       or TF32 peak of the GPU; H100 SXM: 67 FP32, 495 TF32).
+ *       statistics summed in the backward), tokens/s and MFU against --peak-tflops (dense FP32,
+ *       TF32 or BF16 peak of the GPU; H100 SXM: 67 FP32, 495 TF32, 989 BF16).
+ *       --tf32 / --bf16 create the model with GSINK_PRECISION_TF32 / _BF16.
  *
  *   bench_cuda attention [--batch 4] [--heads 16] [--dh 64] [--seq 1024,2048,4096,8192]
- *                        [--iters 10] [--tf32]
+ *                        [--iters 10] [--tf32 | --bf16]
  *       fused causal attention alone: forward, backward without and with the
  *       column statistics summed inside the backward kernel (their overhead
  *       as a share of forward + backward), the stand-alone statistics pass
@@ -75,14 +76,27 @@ static int arg_flag(int argc, char **argv, const char *name)
     return 0;
 }
 
+/* GSINK_CUDA_MATH_* from --tf32 / --bf16 (FP32 without either); -1 for both. */
+static int arg_math(int argc, char **argv)
+{
+    int tf32 = arg_flag(argc, argv, "--tf32"), bf16 = arg_flag(argc, argv, "--bf16");
+    if (tf32 && bf16) return -1;
+    return tf32 ? GSINK_CUDA_MATH_TF32 : bf16 ? GSINK_CUDA_MATH_BF16 : GSINK_CUDA_MATH_FP32;
+}
+
+static const char *math_name(int math)
+{
+    return math == GSINK_CUDA_MATH_TF32 ? "tf32" : math == GSINK_CUDA_MATH_BF16 ? "bf16" : "fp32";
+}
+
 static int bench_model(int argc, char **argv)
 {
     const char *preset = arg_str(argc, argv, "--preset", "paper-0.1b");
     int B = arg_int(argc, argv, "--batch", 8), T = arg_int(argc, argv, "--seq", 1024);
     int iters = arg_int(argc, argv, "--iters", 10), warm = arg_int(argc, argv, "--warmup", 3);
-    int tf32 = arg_flag(argc, argv, "--tf32");
+    int math = arg_math(argc, argv);
     double peak = atof(arg_str(argc, argv, "--peak-tflops", "0"));
-    if (B <= 0 || T <= 0 || iters <= 0 || iters > 1000 || warm < 0) {
+    if (B <= 0 || T <= 0 || iters <= 0 || iters > 1000 || warm < 0 || math < 0) {
         fprintf(stderr, "bad arguments\n");
         return 2;
     }
@@ -95,14 +109,10 @@ static int bench_model(int argc, char **argv)
     gsink_model_options o;
     gsink_model_options_init(&o);
     o.device = GSINK_DEVICE_CUDA;
+    o.precision = math; /* gsink_precision and GSINK_CUDA_MATH_* share their values */
     gsink_model *m = NULL;
     if (gsink_model_create(&cfg, &o, &m) != GSINK_OK) {
         fprintf(stderr, "model on CUDA: %s\n", gsink_last_error());
-        return 1;
-    }
-    if (tf32 && gsink__cuda_set_math(m->be, GSINK_CUDA_MATH_TF32) != GSINK_OK) {
-        fprintf(stderr, "tf32: %s\n", gsink_last_error());
-        gsink_model_free(m);
         return 1;
     }
     char desc[512];
@@ -137,8 +147,8 @@ static int bench_model(int argc, char **argv)
         double flops = 6.0 * (double)np * (double)n +
                        6.0 * cfg.n_layers * (double)T * cfg.n_heads * cfg.d_head * (double)n;
         printf("device: %s\n", desc);
-        printf("config: preset %s B %d T %d params %zu gemm %s\n", preset, B, T, np,
-               tf32 ? "tf32" : "fp32");
+        printf("config: preset %s B %d T %d params %zu precision %s\n", preset, B, T, np,
+               math_name(math));
         printf("loss: %.6f\n", loss);
         printf("step_ms_median: %.3f\n", med * 1e3);
         printf("tokens_per_s: %.1f\n", (double)n / med);
@@ -163,11 +173,11 @@ static int bench_attention(int argc, char **argv)
         fprintf(stderr, "CUDA backend: %s\n", gsink_last_error());
         return 1;
     }
-    int tf32 = arg_flag(argc, argv, "--tf32");
-    if (tf32 && gsink__cuda_set_math(be, GSINK_CUDA_MATH_TF32) != GSINK_OK) {
-        fprintf(stderr, "tf32: %s\n", be->err);
+    int math = arg_math(argc, argv);
+    if (math < 0 || gsink__cuda_set_math(be, math) != GSINK_OK) {
+        fprintf(stderr, "math mode: %s\n", math < 0 ? "--tf32 and --bf16 exclude each other" : be->err);
         be->iface->destroy(be);
-        return 1;
+        return math < 0 ? 2 : 1;
     }
     char desc[512];
     be->iface->describe(be, desc, sizeof desc);
@@ -235,7 +245,7 @@ static int bench_attention(int argc, char **argv)
             printf("attention %s B %d H %d dh %d T %d: fwd_ms %.3f fwd_tflops %.2f bwd_ms %.3f "
                    "bwd_tflops %.2f fwd_bwd_tflops %.2f bwd_stats_ms %.3f "
                    "stats_overhead_percent %.2f stats_alone_ms %.3f\n",
-                   tf32 ? "tf32" : "fp32", B, H, dh, T, f * 1e3, flops_f / f * 1e-12, b * 1e3, 2.5 * flops_f / b * 1e-12,
+                   math_name(math), B, H, dh, T, f * 1e3, flops_f / f * 1e-12, b * 1e3, 2.5 * flops_f / b * 1e-12,
                    3.5 * flops_f / (f + b) * 1e-12, bs * 1e3, 100.0 * (bs - b) / (f + b), sa * 1e3);
         }
         for (int i = 0; i < 8; i++) be->iface->free(be, *bufs[i]);

@@ -858,6 +858,97 @@ START_TEST(test_model_parity)
 }
 END_TEST
 
+/* The public precision option end to end: a CUDA model created with
+ * GSINK_PRECISION_TF32 or _BF16 against the exact CPU model. Loss, every
+ * parameter gradient (relative L2 error) and the column statistics must stay
+ * within the precision's bound, and BF16 must really round (its gradients
+ * differ from the exact ones). Bounds: unit roundoff u = 2^-11 (TF32) or
+ * 2^-8 (BF16) per input; a product loses about 2u, and the micro model's few
+ * layers amplify that by a small factor, so loss 8u, gradients 16u relative
+ * L2, statistics rtol 16u plus atol 2u. */
+static double l2_rel(const float *ref, const float *x, size_t n)
+{
+    double d = 0, r = 0;
+    for (size_t i = 0; i < n; i++) {
+        d += ((double)x[i] - ref[i]) * ((double)x[i] - ref[i]);
+        r += (double)ref[i] * ref[i];
+    }
+    return r > 0 ? sqrt(d / r) : sqrt(d);
+}
+
+static void precision_case(int precision)
+{
+    const double u = precision == GSINK_PRECISION_BF16 ? 0x1p-8 : 0x1p-11;
+    gsink_config cfg;
+    ck_assert_int_eq(gsink_config_preset("micro", &cfg), GSINK_OK);
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.seed = 99;
+    o.n_threads = 1;
+    gsink_model *mc = NULL, *mg = NULL;
+    ck_assert_int_eq(gsink_model_create(&cfg, &o, &mc), GSINK_OK);
+    o.device = GSINK_DEVICE_CUDA;
+    o.precision = precision;
+    gsink_status st = gsink_model_create(&cfg, &o, &mg);
+    ck_assert_msg(st == GSINK_OK, "create on CUDA: %s", gsink_last_error());
+    char desc[256];
+    mg->be->iface->describe(mg->be, desc, sizeof desc);
+    ck_assert_msg(strstr(desc, precision == GSINK_PRECISION_BF16 ? "bf16" : "tf32"), "describe: %s", desc);
+
+    enum { B = 2, T = 48 };
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (i * 29 + 3) % cfg.vocab_size;
+        tgt[i] = (i * 41 + 7) % cfg.vocab_size;
+    }
+    float lc = 0, lg = 0;
+    ck_assert_int_eq(gsink_forward(mc, tok, tgt, B, T, &lc), GSINK_OK);
+    st = gsink_forward(mg, tok, tgt, B, T, &lg);
+    ck_assert_msg(st == GSINK_OK, "forward: %s", gsink_model_errmsg(mg));
+    ck_assert_msg(fabs((double)lg - lc) <= 8 * u * fabs((double)lc), "loss cpu %.8g gpu %.8g (u %g)", lc, lg, u);
+    ck_assert_int_eq(gsink_backward(mc, 0), GSINK_OK);
+    st = gsink_backward(mg, 0);
+    ck_assert_msg(st == GSINK_OK, "backward: %s", gsink_model_errmsg(mg));
+
+    size_t np = 0;
+    double worst = 0;
+    ck_assert_int_eq(gsink_param_count(mc, &np), GSINK_OK);
+    for (size_t i = 0; i < np; i++) {
+        const char *name;
+        int nd;
+        int64_t dims[2];
+        ck_assert_int_eq(gsink_param_info(mc, i, &name, &nd, dims), GSINK_OK);
+        size_t n = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
+        float *gc = malloc(sizeof(float) * n), *gg = malloc(sizeof(float) * n);
+        ck_assert_int_eq(gsink_get_param_grad(mc, name, gc, n), GSINK_OK);
+        ck_assert_int_eq(gsink_get_param_grad(mg, name, gg, n), GSINK_OK);
+        double e = l2_rel(gc, gg, n);
+        ck_assert_msg(e <= 16 * u, "%s: relative L2 error %.3g > %.3g", name, e, 16 * u);
+        if (e > worst) worst = e;
+        free(gc);
+        free(gg);
+    }
+    if (precision == GSINK_PRECISION_BF16) ck_assert_msg(worst > 0, "BF16 gradients are exact: no rounding happened");
+    for (int l = 0; l < cfg.n_layers; l++)
+        for (int h = 0; h < cfg.n_heads; h++) {
+            float Mc[T], Sc[T], Mg[T], Sg[T];
+            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
+            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
+            compare_host(Mc, Mg, T, 16 * u, 2 * u, "column mass");
+            compare_host(Sc, Sg, T, 16 * u, 2 * u, "column second moment");
+        }
+    gsink_model_free(mc);
+    gsink_model_free(mg);
+}
+
+START_TEST(test_model_precision)
+{
+    if (!gpu_is_cuda) return;
+    precision_case(GSINK_PRECISION_TF32);
+    precision_case(GSINK_PRECISION_BF16);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 static TCase *add(Suite *s, const char *name, const TTest *t)
@@ -896,6 +987,7 @@ static Suite *cuda_suite(void)
     add(s, "attention_bad_shape", test_attention_bad_shape);
     add(s, "out_of_memory", test_out_of_memory);
     add(s, "model_parity", test_model_parity);
+    add(s, "model_precision", test_model_precision);
     return s;
 }
 

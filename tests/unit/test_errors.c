@@ -152,6 +152,10 @@ START_TEST(test_inconsistent_configs)
     o.device_index = 0;
     o.precision = GSINK_PRECISION_TF32;
     EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(gsink_last_error(), "TF32 precision needs a CUDA device"));
+    o.precision = GSINK_PRECISION_BF16;
+    EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(gsink_last_error(), "BF16 precision needs a CUDA device"));
     o.precision = 9;
     EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_INVALID_ARGUMENT);
     if (n == 0) {

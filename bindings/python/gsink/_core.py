@@ -67,6 +67,7 @@ class DeviceKind(enum.IntEnum):
 class Precision(enum.IntEnum):
     FP32 = 0
     TF32 = 1  # CUDA only
+    BF16 = 2  # CUDA only
 
 
 # gsink_model_flags

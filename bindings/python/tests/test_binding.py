@@ -538,3 +538,12 @@ def test_discard_site_grads():
     with pytest.raises(gsink.UnsupportedError):
         drop.gradient_sink_ratio(0, t_e=8)
     assert drop.activation("resid_out", layer=1).shape == (2, 16, 32)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", gsink.Precision.BF16])
+def test_reduced_precision_needs_cuda(precision):
+    # TF32 and BF16 are CUDA-only; on the CPU they are refused, not ignored
+    with pytest.raises(gsink.UnsupportedError, match="needs a CUDA device"):
+        gsink.Model("micro", precision=precision)
+    with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+        gsink.Model("micro", precision="fp16")

@@ -489,6 +489,7 @@ pub const gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS: gsink_model_flags = 
 pub type gsink_model_flags = ::std::os::raw::c_uint;
 pub const gsink_precision_GSINK_PRECISION_FP32: gsink_precision = 0;
 pub const gsink_precision_GSINK_PRECISION_TF32: gsink_precision = 1;
+pub const gsink_precision_GSINK_PRECISION_BF16: gsink_precision = 2;
 pub type gsink_precision = ::std::os::raw::c_uint;
 extern "C" {
     pub fn gsink_model_options_init_size(opts: *mut gsink_model_options, size: usize);

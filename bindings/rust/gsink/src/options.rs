@@ -143,7 +143,7 @@ pub struct ModelOptions {
     pub n_threads: i32,
     /// Initialisation seed.
     pub seed: u64,
-    /// Matrix-product precision: exact FP32 (default) or TF32 (CUDA only).
+    /// Matrix-product precision: exact FP32 (default), TF32 or BF16 (CUDA only).
     pub precision: Precision,
     /// Keep no per-layer site gradients (`GSINK_MODEL_DISCARD_SITE_GRADS`):
     /// about half the activation memory of a training run; gradient
@@ -156,8 +156,11 @@ pub struct ModelOptions {
 pub enum Precision {
     /// Exact fp32 everywhere.
     Fp32,
-    /// Tensor cores with fp32 accumulation; CUDA devices only.
+    /// TF32 tensor cores with fp32 accumulation; CUDA devices only.
     Tf32,
+    /// BF16 tensor cores (inputs rounded to bfloat16) with fp32
+    /// accumulation and fp32 storage; CUDA devices only.
+    Bf16,
 }
 
 impl Default for ModelOptions {
@@ -178,7 +181,11 @@ impl Default for ModelOptions {
             device_index: raw.device_index,
             n_threads: raw.n_threads,
             seed: raw.seed,
-            precision: if raw.precision == sys::gsink_precision_GSINK_PRECISION_TF32 as i32 { Precision::Tf32 } else { Precision::Fp32 },
+            precision: match raw.precision {
+                p if p == sys::gsink_precision_GSINK_PRECISION_TF32 as i32 => Precision::Tf32,
+                p if p == sys::gsink_precision_GSINK_PRECISION_BF16 as i32 => Precision::Bf16,
+                _ => Precision::Fp32,
+            },
             discard_site_grads: raw.flags & sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS != 0,
         }
     }
@@ -195,6 +202,7 @@ impl ModelOptions {
             precision: match self.precision {
                 Precision::Fp32 => sys::gsink_precision_GSINK_PRECISION_FP32 as i32,
                 Precision::Tf32 => sys::gsink_precision_GSINK_PRECISION_TF32 as i32,
+                Precision::Bf16 => sys::gsink_precision_GSINK_PRECISION_BF16 as i32,
             },
             flags: if self.discard_site_grads { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS } else { 0 },
         }

@@ -1,6 +1,6 @@
 //! Failures come back as Err with the library's status and message, and the
 //! handle stays usable afterwards.
-use gsink::{BatchAgg, Config, Model, ModelOptions, Site, Status};
+use gsink::{BatchAgg, Config, Model, ModelOptions, Precision, Site, Status};
 
 fn micro() -> Model {
     Model::new(&Config::preset("micro").unwrap(), &ModelOptions { seed: 7, n_threads: 1, ..ModelOptions::default() }).unwrap()
@@ -88,6 +88,16 @@ fn missing_files() {
     assert!(!e.message().is_empty());
     let e = gsink::Tokenizer::load_gguf("/nonexistent/tok.gguf").unwrap_err();
     assert!(!e.message().is_empty());
+}
+
+#[test]
+fn reduced_precision_needs_cuda() {
+    for precision in [Precision::Tf32, Precision::Bf16] {
+        let opts = ModelOptions { precision, ..ModelOptions::default() };
+        let e = Model::new(&Config::preset("micro").unwrap(), &opts).unwrap_err();
+        assert_eq!(e.status(), Status::Unsupported);
+        assert!(e.message().contains("needs a CUDA device"), "{}", e.message());
+    }
 }
 
 #[test]
