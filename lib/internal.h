@@ -127,8 +127,12 @@ struct gsink_model {
     bool have_forward, have_targets, have_backward;
     /* Where the attention column statistics come from (see backend.h):
      * defer_stats = the backend's stats_in_backward at creation (tests may
-     * flip it); stats_ready = hstats holds those of the last forward. */
-    bool defer_stats, stats_ready;
+     * flip it); stats_ready = hstats holds those of the last forward;
+     * stats_on_backend = the layers' backend buffers hold them (summed by a
+     * backward) but they have not been reduced into hstats yet: that waits
+     * for the first read (gsink__attn_stats), so a training step that never
+     * reads them downloads nothing. */
+    bool defer_stats, stats_ready, stats_on_backend;
     bool discard_site_grads; /* GSINK_MODEL_DISCARD_SITE_GRADS: layers share dsite */
     float last_loss;
     int64_t n_targets;

@@ -811,6 +811,7 @@ gsink_status gsink__attn_stats(gsink_model *m)
 {
     if (m->stats_ready) return GSINK_OK;
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    if (m->stats_on_backend) return reduce_all_stats(m); /* summed by the backward */
     gsink_attn_shape sh = attn_shape(m);
     for (int l = 0; l < m->cfg.n_layers; l++) {
         gsink_layer_acts *a = &m->layers[l];
@@ -890,7 +891,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
     if (!st && targets) st = check_ids(m, targets, N, true);
     if (st) return st;
 
-    m->have_forward = m->have_backward = m->stats_ready = false;
+    m->have_forward = m->have_backward = m->stats_ready = m->stats_on_backend = false;
     st = ensure_acts(m, batch, seq_len);
     if (st) return st;
     m->B = batch;
@@ -989,7 +990,8 @@ static gsink_status layer_backward(gsink_model *m, int l)
     gsink_attn_shape sh = attn_shape(m);
     /* Deferred statistics come from the probabilities this pass recomputes. */
     gsink_attn_stats stats = {NULL, NULL, NULL};
-    if (m->defer_stats && !m->stats_ready) stats = (gsink_attn_stats){a->col_mass, a->col_sq, a->col_win};
+    if (m->defer_stats && !m->stats_ready && !m->stats_on_backend)
+        stats = (gsink_attn_stats){a->col_mass, a->col_sq, a->col_win};
     TRY(m, f->attention_bwd(be, &sh, ds[GSINK_SITE_Q], ds[GSINK_SITE_K], ds[GSINK_SITE_V_SCALED], ds[GSINK_SITE_Z],
                             s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], s[GSINK_SITE_Z], a->lse, stats), "attention");
     int learn = m->vs.mode == GSINK_VSCALE_FULL && m->vs.learnable;
@@ -1049,10 +1051,8 @@ gsink_status gsink_backward(gsink_model *m, unsigned flags)
         if (st) return st;
     }
     TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
-    if (m->defer_stats && !m->stats_ready) {
-        gsink_status st = reduce_all_stats(m);
-        if (st) return st;
-    }
+    /* Reduced into hstats on the first read only (gsink__attn_stats). */
+    if (m->defer_stats && !m->stats_ready) m->stats_on_backend = true;
     m->have_backward = true;
     return GSINK_OK;
 }

@@ -88,13 +88,35 @@ START_TEST(test_backward_path)
     ck_assert(!def->stats_ready);
     ck_assert_int_eq(gsink_backward(ref, 0), GSINK_OK);
     ck_assert_int_eq(gsink_backward(def, 0), GSINK_OK);
-    ck_assert(def->stats_ready); /* from the backward kernel, before any read */
+    /* summed by the backward kernel, reduced only when first read */
+    ck_assert(!def->stats_ready && def->stats_on_backend);
+    /* the read must not recompute them: spoil the queries the stand-alone
+     * pass would read (the backward is done with them) */
+    for (int l = 0; l < 2; l++) memset(def->layers[l].site[GSINK_SITE_Q], 0, sizeof(float) * B * T * H * 8);
     same_stats(ref, def, "after backward");
+    ck_assert(def->stats_ready);
     /* the JSON report reads them too */
     char *js = NULL;
     ck_assert_int_eq(gsink_report_json(def, NULL, &js), GSINK_OK);
     ck_assert_ptr_nonnull(strstr(js, "sink_rate"));
     gsink_free(js);
+    gsink_model_free(ref);
+    gsink_model_free(def);
+}
+END_TEST
+
+START_TEST(test_accumulated_backward)
+{
+    /* a second (accumulating) backward before any read keeps the statistics
+     * of the first and the read reports them once, not summed twice */
+    fill_ids();
+    gsink_model *ref = make(false), *def = make(true);
+    ck_assert_int_eq(gsink_forward(ref, tok, tgt, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_forward(def, tok, tgt, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(def, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(def, GSINK_BACKWARD_ACCUMULATE), GSINK_OK);
+    ck_assert(def->stats_on_backend);
+    same_stats(ref, def, "after two backward passes");
     gsink_model_free(ref);
     gsink_model_free(def);
 }
@@ -161,6 +183,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_backward_path);
+    tcase_add_test(tc, test_accumulated_backward);
     tcase_add_test(tc, test_forward_only_path);
     tcase_add_test(tc, test_window_of_the_forward);
     tcase_add_test(tc, test_no_forward);
