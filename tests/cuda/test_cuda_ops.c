@@ -753,6 +753,22 @@ static void compare_host(const float *c, const float *g, size_t n, double rtol, 
                       "%s[%zu]: cpu %.9g gpu %.9g", what, i, (double)c[i], (double)g[i]);
 }
 
+/* Parameter i's gradient from both models (the caller frees *gc and *gg);
+ * returns its element count. */
+static size_t param_grads(gsink_model *mc, gsink_model *mg, size_t i, const char **name, float **gc, float **gg)
+{
+    int nd;
+    int64_t dims[2];
+    ck_assert_int_eq(gsink_param_info(mc, i, name, &nd, dims), GSINK_OK);
+    size_t n = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
+    *gc = malloc(sizeof(float) * n);
+    *gg = malloc(sizeof(float) * n);
+    ck_assert(*gc && *gg);
+    ck_assert_int_eq(gsink_get_param_grad(mc, *name, *gc, n), GSINK_OK);
+    ck_assert_int_eq(gsink_get_param_grad(mg, *name, *gg, n), GSINK_OK);
+    return n;
+}
+
 static void model_case(int per_query_head, int mode)
 {
     gsink_model *mc = NULL, *mg = NULL;
@@ -791,13 +807,8 @@ static void model_case(int per_query_head, int mode)
     ck_assert_int_eq(gsink_param_count(mc, &np), GSINK_OK);
     for (size_t i = 0; i < np; i++) {
         const char *name;
-        int nd;
-        int64_t dims[2];
-        ck_assert_int_eq(gsink_param_info(mc, i, &name, &nd, dims), GSINK_OK);
-        size_t n = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
-        float *gc = malloc(sizeof(float) * n), *gg = malloc(sizeof(float) * n);
-        ck_assert_int_eq(gsink_get_param_grad(mc, name, gc, n), GSINK_OK);
-        ck_assert_int_eq(gsink_get_param_grad(mg, name, gg, n), GSINK_OK);
+        float *gc, *gg;
+        size_t n = param_grads(mc, mg, i, &name, &gc, &gg);
         float mx = 0;
         for (size_t j = 0; j < n; j++) mx = fmaxf(mx, fabsf(gc[j]));
         compare_host(gc, gg, n, 1e-3, 1e-4 * mx + 1e-9, name);
@@ -915,13 +926,8 @@ static void precision_case(int precision)
     ck_assert_int_eq(gsink_param_count(mc, &np), GSINK_OK);
     for (size_t i = 0; i < np; i++) {
         const char *name;
-        int nd;
-        int64_t dims[2];
-        ck_assert_int_eq(gsink_param_info(mc, i, &name, &nd, dims), GSINK_OK);
-        size_t n = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
-        float *gc = malloc(sizeof(float) * n), *gg = malloc(sizeof(float) * n);
-        ck_assert_int_eq(gsink_get_param_grad(mc, name, gc, n), GSINK_OK);
-        ck_assert_int_eq(gsink_get_param_grad(mg, name, gg, n), GSINK_OK);
+        float *gc, *gg;
+        size_t n = param_grads(mc, mg, i, &name, &gc, &gg);
         double e = l2_rel(gc, gg, n);
         ck_assert_msg(e <= 16 * u, "%s: relative L2 error %.3g > %.3g", name, e, 16 * u);
         if (e > worst) worst = e;
