@@ -41,6 +41,7 @@ static void usage(FILE *f)
             "  --batch N           sequences per batch (default 1)\n"
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
+            "  --precision P       fp32 (default) | tf32 | bf16 matrix products (tf32, bf16: CUDA only)\n"
             "  --threads N         CPU threads (default: all)\n"
             "  --vscale MODE       off | full | backward-only (default off)\n"
             "  --sink-eps X        sink-rate threshold eps (default 0.3)\n"
@@ -232,7 +233,7 @@ static int cmd_info(void)
 }
 
 typedef struct analyze_args {
-    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device;
+    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device, *precision;
     uint64_t seed;
     int batch, seq, threads, quiet;
     int vscale;
@@ -268,6 +269,7 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         else if (!strcmp(o, "--tokenizer")) { NEED_VALUE(); a->tokenizer = v; }
         else if (!strcmp(o, "--json")) { NEED_VALUE(); a->json = v; }
         else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
+        else if (!strcmp(o, "--precision")) { NEED_VALUE(); a->precision = v; }
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
         else if (!strcmp(o, "--batch")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->batch)) return -1; }
         else if (!strcmp(o, "--seq")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 24, &a->seq)) return -1; }
@@ -312,6 +314,10 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         fprintf(stderr, "%s: --device expects cpu or cuda, got '%s'\n", prog, a->device);
         return -1;
     }
+    if (a->precision && strcmp(a->precision, "fp32") && strcmp(a->precision, "tf32") && strcmp(a->precision, "bf16")) {
+        fprintf(stderr, "%s: --precision expects fp32, tf32 or bf16, got '%s'\n", prog, a->precision);
+        return -1;
+    }
     if (!a->model && !a->preset) a->preset = "tiny";
     return 0;
 }
@@ -350,6 +356,8 @@ static int cmd_analyze(int argc, char **argv)
     mo.seed = a.seed;
     mo.n_threads = a.threads;
     if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
+    if (a.precision && !strcmp(a.precision, "tf32")) mo.precision = GSINK_PRECISION_TF32;
+    if (a.precision && !strcmp(a.precision, "bf16")) mo.precision = GSINK_PRECISION_BF16;
     if (a.model) {
         if ((st = gsink_model_load(a.model, &mo, &m))) { rc = fail_lib("loading the model", st); goto out; }
     } else {

@@ -243,6 +243,7 @@ static void fill_batch_starts(const token_file *f, uint64_t first, int B, int T,
 
 typedef struct train_args {
     const char *data_dir, *out_dir, *preset, *vscale, *save_model;
+    const char *device, *precision; /* --device cpu|cuda, --precision fp32|tf32|bf16 */
     int doc_start; /* --windows doc-start */
     const char *dump_batches; /* --dump-batches FILE: raw int32 ids of every training micro-batch */
     uint64_t seed;
@@ -292,6 +293,8 @@ static void usage(FILE *f)
             "  --per-query-head     V-scale per query head (default per KV head)\n"
             "  --d-model/--layers/--heads/--kv-heads/--d-head/--d-ff N   override the shape\n"
             "  --threads N          CPU threads (default 0 = all)\n"
+            "  --device D           cpu (default) or cuda (GPU 0)\n"
+            "  --precision P        fp32 (default), tf32 or bf16 matrix products (tf32/bf16: CUDA only)\n"
             "  --eval-every N       validation every N steps (default 100)\n"
             "  --eval-batches N     validation batches (default 8)\n"
             "  --diag-every N       diagnostics JSON line every N steps (default 100)\n"
@@ -335,6 +338,8 @@ static void parse_args(int argc, char **argv, train_args *a)
     memset(a, 0, sizeof *a);
     a->preset = "exp";
     a->vscale = "off";
+    a->device = "cpu";
+    a->precision = "fp32";
     a->seed = 1;
     a->steps = -1;
     a->batch = a->seq = a->warmup = -1;
@@ -350,7 +355,7 @@ static void parse_args(int argc, char **argv, train_args *a)
     a->progress = 1;
     enum { O_DATA = 256, O_OUT, O_PRESET, O_SEED, O_STEPS, O_BATCH, O_SEQ, O_ACC, O_LR, O_MINLR, O_WARM, O_WD,
            O_CLIP, O_VS, O_FROZEN, O_PQH, O_DM, O_L, O_H, O_KV, O_DH, O_FF, O_THR, O_EE, O_EB, O_DE, O_CE, O_LE,
-           O_RES, O_SAVE, O_NOPROG, O_HELP, O_STOP, O_WIN, O_DUMP };
+           O_RES, O_SAVE, O_NOPROG, O_HELP, O_STOP, O_WIN, O_DUMP, O_DEV, O_PREC };
     static const struct option opts[] = {
         {"data", 1, 0, O_DATA}, {"out", 1, 0, O_OUT}, {"preset", 1, 0, O_PRESET}, {"seed", 1, 0, O_SEED},
         {"steps", 1, 0, O_STEPS}, {"batch", 1, 0, O_BATCH}, {"seq", 1, 0, O_SEQ}, {"grad-accum", 1, 0, O_ACC},
@@ -361,7 +366,8 @@ static void parse_args(int argc, char **argv, train_args *a)
         {"eval-every", 1, 0, O_EE}, {"eval-batches", 1, 0, O_EB}, {"diag-every", 1, 0, O_DE},
         {"ckpt-every", 1, 0, O_CE}, {"log-every", 1, 0, O_LE}, {"resume", 0, 0, O_RES}, {"stop-at", 1, 0, O_STOP},
         {"save-model", 1, 0, O_SAVE}, {"no-progress", 0, 0, O_NOPROG}, {"windows", 1, 0, O_WIN},
-        {"dump-batches", 1, 0, O_DUMP}, {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
+        {"dump-batches", 1, 0, O_DUMP}, {"device", 1, 0, O_DEV}, {"precision", 1, 0, O_PREC},
+        {"help", 0, 0, O_HELP}, {0, 0, 0, 0}};
     int c;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -398,6 +404,15 @@ static void parse_args(int argc, char **argv, train_args *a)
         case O_SAVE: a->save_model = optarg; break;
         case O_NOPROG: a->progress = 0; break;
         case O_DUMP: a->dump_batches = optarg; break;
+        case O_DEV:
+            if (strcmp(optarg, "cpu") && strcmp(optarg, "cuda")) die("--device must be cpu or cuda (got '%s')", optarg);
+            a->device = optarg;
+            break;
+        case O_PREC:
+            if (strcmp(optarg, "fp32") && strcmp(optarg, "tf32") && strcmp(optarg, "bf16"))
+                die("--precision must be fp32, tf32 or bf16 (got '%s')", optarg);
+            a->precision = optarg;
+            break;
         case O_WIN:
             if (!strcmp(optarg, "packed")) a->doc_start = 0;
             else if (!strcmp(optarg, "doc-start")) a->doc_start = 1;
@@ -909,6 +924,10 @@ int main(int argc, char **argv)
     gsink_model_options_init(&mo);
     mo.n_threads = a->threads;
     mo.seed = a->seed;
+    mo.device = strcmp(a->device, "cuda") ? GSINK_DEVICE_CPU : GSINK_DEVICE_CUDA;
+    mo.precision = !strcmp(a->precision, "tf32")   ? GSINK_PRECISION_TF32
+                   : !strcmp(a->precision, "bf16") ? GSINK_PRECISION_BF16
+                                                   : GSINK_PRECISION_FP32;
     CHECK(gsink_model_create(&tr.cfg, &mo, &tr.model));
     int vmode = vscale_mode_of(a->vscale);
     if (vmode != GSINK_VSCALE_OFF) {
@@ -961,20 +980,21 @@ int main(int argc, char **argv)
     if (!tr.x || !tr.y) die("out of memory");
     fprintf(stderr,
             "gsink-train: %zu parameters (d%d L%d H%d KV%d dh%d ff%d V%d), V-scale %s, %lld steps of %d x %d x %d "
-            "tokens, lr %g -> %g (warm-up %d), train %llu / val %llu tokens%s\n",
+            "tokens, lr %g -> %g (warm-up %d), train %llu / val %llu tokens, %s %s%s\n",
             numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head, tr.cfg.d_ff,
             tr.cfg.vocab_size, a->vscale, (long long)a->steps, a->grad_accum, B, T, (double)a->lr,
             (double)a->min_lr, a->warmup, (unsigned long long)tr.train.count, (unsigned long long)tr.val.count,
-            a->resume ? "; resumed" : "");
+            a->device, a->precision, a->resume ? "; resumed" : "");
     if (!a->resume) {
         fprintf(tr.log, "{\"step\":0,\"config\":{\"params\":%zu,\"d_model\":%d,\"layers\":%d,\"heads\":%d,"
                         "\"kv_heads\":%d,\"d_head\":%d,\"d_ff\":%d,\"vocab\":%d,\"vscale\":\"%s\",\"batch\":%d,"
                         "\"seq\":%d,\"grad_accum\":%d,\"steps\":%lld,\"lr\":%g,\"min_lr\":%g,\"warmup\":%d,"
-                        "\"weight_decay\":%g,\"clip\":%g,\"windows\":\"%s\",\"seed\":%llu}}\n",
+                        "\"weight_decay\":%g,\"clip\":%g,\"windows\":\"%s\",\"seed\":%llu,\"device\":\"%s\","
+                        "\"precision\":\"%s\"}}\n",
                 numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head,
                 tr.cfg.d_ff, tr.cfg.vocab_size, a->vscale, B, T, a->grad_accum, (long long)a->steps, (double)a->lr,
                 (double)a->min_lr, a->warmup, (double)a->wd, (double)a->clip, a->doc_start ? "doc-start" : "packed",
-                (unsigned long long)a->seed);
+                (unsigned long long)a->seed, a->device, a->precision);
         float v0 = eval_loss(&tr);
         fprintf(tr.log, "{\"step\":0,\"val_loss\":%.6f}\n", (double)v0);
         diagnostics(&tr, tr.diag, 0);

@@ -569,7 +569,8 @@ def test_cli_analyze_json_and_errors(tmp_path):
     assert json.loads(out2.read_text())["layers"] == rep["layers"]
     # usage errors: exit 2 and a message on stderr
     for args in (["analyze", "--bogus"], ["analyze", "--seq"], ["analyze", "--preset", "nope"],
-                 ["analyze", "--preset", "micro", "--seq", "100000"], ["frobnicate"], []):
+                 ["analyze", "--preset", "micro", "--seq", "100000"], ["analyze", "--precision", "fp16"],
+                 ["frobnicate"], []):
         p = subprocess.run([cli] + args, capture_output=True, text=True)
         assert p.returncode == 2 and p.stderr, args
     # runtime error: token id out of range -> exit 1
@@ -578,6 +579,9 @@ def test_cli_analyze_json_and_errors(tmp_path):
     p = subprocess.run([cli, "analyze", "--preset", "micro", "--tokens", str(bad), "--seq", "48"],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "token" in p.stderr.lower()
+    # reduced precision is CUDA-only: refused on the CPU with the library's message
+    p = subprocess.run([cli, "analyze", "--preset", "micro", "--precision", "bf16", "-q"], capture_output=True, text=True)
+    assert p.returncode == 1 and "BF16 precision needs a CUDA device" in p.stderr, p.stderr
     p = subprocess.run([cli, "info"], capture_output=True, text=True)
     assert p.returncode == 0 and "paper-0.1b" in p.stdout
     p = subprocess.run([cli, "--help"], capture_output=True, text=True)

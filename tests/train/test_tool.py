@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from conftest import prepare, read_log, run_tool
+from conftest import _build_dir, prepare, read_log, run_tool
 
 COMMON = ["--preset", "test", "--threads", "1", "--seed", "7", "--eval-every", "4", "--eval-batches", "2",
           "--diag-every", "8", "--no-progress"]
@@ -177,6 +177,47 @@ def test_doc_start_needs_separators(tool, small_data, tmp_path):
     r = run_tool(tool, "--data", d, "--out", tmp_path / "o", "--steps", 2, "--windows", "bogus", *COMMON,
                  check=False)
     assert r.returncode != 0 and "--windows must be packed or doc-start" in r.stderr
+
+
+def test_device_and_precision_options(tool, small_data, tmp_path):
+    r = run_tool(tool, "--data", small_data, "--out", tmp_path / "a", "--steps", 1, "--precision", "bf16", *COMMON,
+                 check=False)
+    assert r.returncode == 1 and "BF16 precision needs a CUDA device" in r.stderr, r.stderr
+    r = run_tool(tool, "--data", small_data, "--out", tmp_path / "b", "--precision", "fp16", *COMMON, check=False)
+    assert r.returncode == 1 and "--precision must be fp32, tf32 or bf16" in r.stderr
+    r = run_tool(tool, "--data", small_data, "--out", tmp_path / "c", "--device", "gpu", *COMMON, check=False)
+    assert r.returncode == 1 and "--device must be cpu or cuda" in r.stderr
+
+
+def test_cuda_training_matches_cpu(tool, small_data, tmp_path):
+    # --device cuda through the host emulation of the CUDA module: the same
+    # run as on the CPU within fp32 reduction-order noise, a BF16 run within
+    # bf16 rounding, and a CUDA checkpoint resumes on the CPU
+    emu = os.environ.get("GSINK_CUDA_EMU") or os.path.join(_build_dir(), "tests", "cuda", "libgsink-cuda-emu.so")
+    if not os.path.exists(emu):
+        pytest.skip(f"{emu} not built (it is left out of sanitizer builds)")
+    env = {"GSINK_CUDA_MODULE": emu}
+    args = ["--data", small_data, "--steps", 4, "--batch", 2, "--seq", 32, "--ckpt-every", 2, *COMMON]
+    run_tool(tool, "--out", tmp_path / "cpu", *args)
+    run_tool(tool, "--out", tmp_path / "cuda", "--device", "cuda", *args, env=env)
+    run_tool(tool, "--out", tmp_path / "bf16", "--device", "cuda", "--precision", "bf16", *args, env=env)
+    cpu, _ = read_log(tmp_path / "cpu" / "log.jsonl")
+    cuda, _ = read_log(tmp_path / "cuda" / "log.jsonl")
+    bf16, _ = read_log(tmp_path / "bf16" / "log.jsonl")
+    assert sorted(cpu) == sorted(cuda) == sorted(bf16) == [1, 2, 3, 4]
+    for k in cpu:
+        assert abs(cuda[k] - cpu[k]) <= 1e-5 * abs(cpu[k]), (k, cpu[k], cuda[k])
+        assert abs(bf16[k] - cpu[k]) <= 2 ** -8 * abs(cpu[k]), (k, cpu[k], bf16[k])
+    assert bf16 != cuda  # bf16 really rounds
+    cfg = json.loads(open(tmp_path / "bf16" / "log.jsonl").readline())["config"]
+    assert (cfg["device"], cfg["precision"]) == ("cuda", "bf16")
+    # stop a CUDA run at step 2, resume it on the CPU: steps 3-4 follow the CPU run
+    mix = tmp_path / "mix"
+    run_tool(tool, "--out", mix, "--device", "cuda", "--stop-at", 2, *args, env=env)
+    run_tool(tool, "--out", mix, "--resume", *args)
+    m, _ = read_log(mix / "log.jsonl")
+    for k in (3, 4):
+        assert abs(m[k] - cpu[k]) <= 1e-5 * abs(cpu[k]), (k, cpu[k], m[k])
 
 
 def test_fetch_script_lists_every_source_package():
