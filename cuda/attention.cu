@@ -35,8 +35,9 @@
  * interleaving keeps shared-memory reads free of bank conflicts; rows are
  * padded by one float for the same reason).
  *
- * With TF32 math (gsink__cuda_set_math) the forward and backward run on
- * tensor cores instead (attention_tc.cu) where cuda_attention_tc_eligible.
+ * With TF32 or BF16 math (gsink__cuda_set_math) the forward and backward run
+ * on tensor cores instead (attention_tc.cu, inputs rounded to TF32 or BF16)
+ * where cuda_attention_tc_eligible.
  */
 #include <float.h>
 #include <math.h>
@@ -547,7 +548,7 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
     if (rc || s->batch == 0 || s->seq == 0) return rc;
     rc = cuda_enter(be);
     if (rc) return rc;
-    if (cuda_attention_tc_eligible(be, s)) /* TF32 tensor cores (attention_tc.cu) */
+    if (cuda_attention_tc_eligible(be, s)) /* TF32 or BF16 tensor cores (attention_tc.cu) */
         rc = cuda_attention_tc_fwd(be, s, y, lse, q, k, v);
     else
         switch (pick_dm(s->d_head)) {
@@ -598,7 +599,7 @@ gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, fl
     GSINK_LAUNCH(k_attn_dot, cuda_blocks(rows * 32, 256), 256, 0, CUDA_CTX(be)->stream)(D, dy, y, B, T, H, dh);
     rc = cuda_launch_check(be, "attention backward (D)");
     if (rc) return rc;
-    if (cuda_attention_tc_eligible(be, s)) { /* TF32 tensor cores (attention_tc.cu) */
+    if (cuda_attention_tc_eligible(be, s)) { /* TF32 or BF16 tensor cores (attention_tc.cu) */
         return cuda_attention_tc_bwd(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
     }
     switch (pick_dm(dh)) {

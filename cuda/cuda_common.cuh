@@ -111,9 +111,10 @@ gsink_status cuda_attention_stats(gsink_backend *be, const gsink_attn_shape *s, 
 /* Opts the attention kernels in to large shared memory (called once at creation). */
 gsink_status cuda_attention_init(gsink_backend *be);
 
-/* ---- attention on TF32 tensor cores (attention_tc.cu) ---- */
-/* 1 when the TF32 kernels can run this shape: math mode TF32, d_head <= 128,
- * a valid GQA shape and enough shared memory; otherwise the exact kernels. */
+/* ---- attention on TF32 or BF16 tensor cores (attention_tc.cu) ---- */
+/* 1 when the tensor-core kernels can run this shape: math mode TF32 or BF16
+ * (the kernels of that precision), d_head <= 128, a valid GQA shape and enough
+ * shared memory; otherwise the exact kernels. */
 int cuda_attention_tc_eligible(gsink_backend *be, const gsink_attn_shape *s);
 /* y (B, T, H, dh) and lse (B, H, T), written (=). */
 gsink_status cuda_attention_tc_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
@@ -125,7 +126,7 @@ gsink_status cuda_attention_tc_bwd(gsink_backend *be, const gsink_attn_shape *s,
                                    float *dk, float *dv, const float *dy, const float *q,
                                    const float *k, const float *v, const float *lse,
                                    const float *D, gsink_attn_stats stats);
-/* Shared-memory opt-in of the TF32 kernels (called by cuda_attention_init). */
+/* Shared-memory opt-in of the TF32 and BF16 kernels (called by cuda_attention_init). */
 gsink_status cuda_attention_tc_init(gsink_backend *be);
 
 #endif

@@ -24,7 +24,11 @@
  *   GEMM with BF16 tensor cores: atol 8e-3 * sqrt(K) (inputs rounded to 8
  *     significant bits, relative error <= 2^-8 each, so <= ~7.8e-3 per
  *     product; operands in [-1, 1]);
- *   attention on TF32 tensor cores: see test_attention_tf32.
+ *   attention on TF32 / BF16 tensor cores (see attention_tc_case): rtol
+ *     and atol relative to the tensor's largest |x| 4u, u the unit roundoff
+ *     of the inputs (TF32 2^-11: 2e-3; BF16 2^-8: 2^-6 = 1.5625e-2), plus a
+ *     floor of 1e-4 (TF32) or u = 2^-8 (BF16) for tensors that vanish;
+ *     d_head > 128 falls back to the exact kernels and their bounds.
  */
 #include <check.h>
 #include <math.h>
@@ -525,39 +529,82 @@ START_TEST(test_attention)
 }
 END_TEST
 
-/* TF32 tensor-core attention (cuda/attention_tc.cu), chosen by the CUDA
- * backend in TF32 math mode for d_head <= 128 (larger heads fall back to the
+/* Tensor-core attention (cuda/attention_tc.cu), chosen by the CUDA backend in
+ * TF32 or BF16 math mode for d_head <= 128 (larger heads fall back to the
  * exact kernels). Compared with the exact CPU backend; each tensor X is held
- * to |gpu - cpu| <= rtol |cpu| + arel max|X_cpu| with
- *   y, dq, dk, dv:         rtol 2e-3, arel 2e-3
- *   lse:                   rtol 0,    arel 2e-3 (an absolute error of the
- *                          log-sum-exp, relative to the largest |lse|)
- *   column mass, sq, win:  rtol 2e-3, arel 2e-3
- * plus an absolute floor of 1e-4 everywhere (inputs are O(1)): a single
- * token's dq and dk are exactly 0 on the CPU but TF32 noise of dP - D, ~2e-5,
- * on the GPU.
+ * to |gpu - cpu| <= rtol |cpu| + arel max|X_cpu| + floor.
  * Q K^T, P V, dY V^T, P^T dY, dS^T Q and dS K take their inputs rounded to
- * TF32 (10 explicit mantissa bits, relative error <= 2^-11 ~ 4.9e-4) and
- * accumulate in fp32, so scores are off by a few 1e-4 (|q|, |k| <= 1.5, up
- * to 128-long dot products scaled by 1/sqrt(d_head)) and every output by a
- * few 1e-4 of its scale; the measured worst cases in the host emulation
- * (which rounds like the device) are 3.5-5x below these bounds. The second
- * backward must be bitwise identical (no atomics, fixed summation order).
- * The column statistics summed inside the TF32 backward are checked against
- * the CPU forward's, with the same bounds, and for determinism. */
+ * TF32 (10 explicit mantissa bits, unit roundoff u = 2^-11 ~ 4.9e-4) or to
+ * BF16 (7 explicit bits, u = 2^-8 ~ 3.9e-3) and accumulate in fp32, so
+ * scores are off by a few u (|q|, |k| <= 1.5, up to 128-long dot products
+ * scaled by 1/sqrt(d_head)) and every output by a few u of its scale:
+ *                                  TF32            BF16
+ *   y, dq, dk, dv, column mass,
+ *   sq, win: rtol and arel         2e-3 (~4u)      2^-6 = 1.5625e-2 (4u)
+ *   lse: arel (rtol 0; an absolute
+ *   error relative to max |lse|)   2e-3 (~4u)      2^-6 (4u)
+ *   floor (inputs are O(1))        1e-4 (~0.2u)    2^-8 ~ 3.9e-3 (u)
+ * The floor covers tensors that vanish: a single token's dq and dk are
+ * exactly 0 on the CPU but rounding noise of dP - D on the GPU (dP takes dY
+ * and V rounded, D = rowsum(dY * Y) does not): measured 0.04u (TF32) and
+ * 0.24u (BF16). Elsewhere the measured worst cases in the host emulation
+ * (which rounds like the device) are 3.5-4.5x below the bounds, for both
+ * precisions. The second backward must be bitwise identical (no atomics,
+ * fixed summation order). The column statistics are checked, with the same
+ * bounds, from the forward (the exact statistics pass on the tensor-core
+ * lse), from inside the tensor-core backward (also for determinism) and from
+ * the stand-alone pass.
+ * With d_head > 128 the exact kernels run: the results are held to the exact
+ * path's bounds (rtol 2e-4, atol 5e-5) and, on a device, must be bitwise those
+ * of FP32 math. On a device (not the CPU harness) a single token's y and dv
+ * are exactly V and dY rounded to the input precision (P = 1, l = 1) and its
+ * lse the score of the rounded q and k, which checks the rounding rule of
+ * those operands (a truncation, say, stays within the bounds above): TF32 to
+ * nearest with ties away (cvt.rna), BF16 to nearest even. BF16 results must
+ * differ from TF32's (the BF16 kernels ran, not the TF32 ones). */
+
+typedef struct {
+    const char *name;
+    int mode;                   /* GSINK_CUDA_MATH_* */
+    double rtol, floor_;        /* rtol = arel, and the floor (see above) */
+} tc_prec;
+
+static const tc_prec TC_TF32 = {"tf32", GSINK_CUDA_MATH_TF32, 2e-3, 1e-4};
+static const tc_prec TC_BF16 = {"bf16", GSINK_CUDA_MATH_BF16, 4 * 0x1p-8, 0x1p-8};
 
 /* pair_check with an absolute part relative to the CPU tensor's max |x|,
- * and an absolute floor of 1e-4 for tensors that vanish (see above). */
-static void pair_check_scaled(const pair *p, double rtol, double arel, const char *what)
+ * plus an absolute floor for tensors that vanish (see above). */
+static void pair_check_scaled(const pair *p, double rtol, double arel, double floor_, const char *what)
 {
     double mx = 0.0;
     for (size_t i = 0; i < p->n; i++) mx = fmax(mx, fabs((double)p->c[i]));
-    pair_check(p, rtol, arel * mx + 1e-4, what);
+    pair_check(p, rtol, arel * mx + floor_, what);
 }
 
-static void attention_tf32_case(attn_case_t a)
+/* x rounded as the tensor cores take it: TF32 (cvt.rna) or BF16 (cvt.rn) */
+static float tc_round(float x, int mode)
 {
-    const double RT = 2e-3, AR = 2e-3;
+    uint32_t u;
+    memcpy(&u, &x, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u)
+        u = mode == GSINK_CUDA_MATH_BF16 ? (u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u
+                                         : (u + 0x1000u) & 0xffffe000u;
+    memcpy(&x, &u, 4);
+    return x;
+}
+
+static void check_bitwise(const float *a, const pair *p, const char *what)
+{
+    float *b = download(p);
+    ck_assert_msg(memcmp(a, b, p->n * sizeof(float)) == 0, "%s", what);
+    free(b);
+}
+
+static void attention_tc_case(attn_case_t a, const tc_prec *pr)
+{
+    const int fallback = a.dh > 128; /* exact kernels */
+    const double RT = fallback ? 2e-4 : pr->rtol, AR = fallback ? 0 : pr->rtol;
+    const double FL = fallback ? 5e-5 : pr->floor_;
     gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
     size_t nq = (size_t)a.B * a.T * a.H * a.dh, nk = (size_t)a.B * a.T * a.KV * a.dh;
     size_t nv = (size_t)a.B * a.T * a.NV * a.dh, ns = (size_t)a.B * a.H * a.T;
@@ -566,31 +613,51 @@ static void attention_tf32_case(attn_case_t a)
     pair mass = pair_new(ns, 0, 0), sq = pair_new(ns, 0, 0), win = pair_new(ns, 0, 0);
     gsink_attn_stats sc = {mass.c, sq.c, win.c}, sg = {mass.g, sq.g, win.g};
     char what[160];
-#define WHAT(name) (snprintf(what, sizeof what, "tf32 %s B%d T%d H%d KV%d NV%d dh%d W%d", name, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
+#define WHAT(nm) (snprintf(what, sizeof what, "%s %s B%d T%d H%d KV%d NV%d dh%d W%d", pr->name, nm, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
     OKC(cpu->iface->attention_fwd(cpu, &s, y.c, lse.c, q.c, k.c, v.c, sc));
     OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, sg));
-    pair_check_scaled(&y, RT, AR, WHAT("attention y"));
-    pair_check_scaled(&lse, 0, AR, WHAT("attention lse"));
-    pair_check_scaled(&mass, RT, AR, WHAT("column mass (forward)"));
-    pair_check_scaled(&sq, RT, AR, WHAT("column sq (forward)"));
-    pair_check_scaled(&win, RT, AR, WHAT("column window (forward)"));
+    pair_check_scaled(&y, RT, AR, FL, WHAT("attention y"));
+    pair_check_scaled(&lse, fallback ? RT : 0, AR, FL, WHAT("attention lse"));
+    pair_check_scaled(&mass, RT, AR, FL, WHAT("column mass (forward)"));
+    pair_check_scaled(&sq, RT, AR, FL, WHAT("column sq (forward)"));
+    pair_check_scaled(&win, RT, AR, FL, WHAT("column window (forward)"));
+    float *yf = download(&y), *lf = download(&lse);
+    /* a single token on the tensor cores: P = 1 and l = 1, so y is V rounded
+     * to the input precision, bit for bit, and lse the score of q and k
+     * rounded (fp32 sums: to 1e-5, far below a rounding difference) */
+    const int one = gpu_is_cuda && !fallback && a.T == 1 && a.H == 1 && a.KV == 1 && a.NV == 1;
+    if (one) {
+        for (size_t i = 0; i < nq; i++)
+            ck_assert_msg(yf[i] == tc_round(v.c[i], pr->mode), "%s: element %zu: %.9g, V %.9g",
+                          WHAT("y of one token"), i, (double)yf[i], (double)v.c[i]);
+        for (int b = 0; b < a.B; b++) {
+            double sc = 0.0;
+            for (int d = 0; d < a.dh; d++)
+                sc += (double)tc_round(q.c[b * a.dh + d], pr->mode) * tc_round(k.c[b * a.dh + d], pr->mode);
+            const float ref = (float)sc * (1.0f / sqrtf((float)a.dh));
+            ck_assert_msg(fabs((double)lf[b] - ref) <= 1e-5, "%s: %.9g, rounded q k %.9g",
+                          WHAT("lse of one token"), (double)lf[b], (double)ref);
+        }
+    }
 
     pair dy = pair_new(nq, 267, 1.0f);
     pair dq = pair_new(nq, 273, 9.0f), dk = pair_new(nk, 279, 9.0f), dv = pair_new(nv, 281, 9.0f);
     gsink_attn_stats none = {NULL, NULL, NULL};
     OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c, none));
     OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
-    pair_check_scaled(&dq, RT, AR, WHAT("attention dq"));
-    pair_check_scaled(&dk, RT, AR, WHAT("attention dk"));
-    pair_check_scaled(&dv, RT, AR, WHAT("attention dv"));
+    pair_check_scaled(&dq, RT, AR, FL, WHAT("attention dq"));
+    pair_check_scaled(&dk, RT, AR, FL, WHAT("attention dk"));
+    pair_check_scaled(&dv, RT, AR, FL, WHAT("attention dv"));
     /* determinism: a second run is bitwise identical */
     float *r1[3] = {download(&dq), download(&dk), download(&dv)};
     OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
-    float *r2[3] = {download(&dq), download(&dk), download(&dv)};
-    ck_assert_msg(memcmp(r1[0], r2[0], nq * sizeof(float)) == 0, "%s", WHAT("dq not deterministic"));
-    ck_assert_msg(memcmp(r1[1], r2[1], nk * sizeof(float)) == 0, "%s", WHAT("dk not deterministic"));
-    ck_assert_msg(memcmp(r1[2], r2[2], nv * sizeof(float)) == 0, "%s", WHAT("dv not deterministic"));
-    for (int i = 0; i < 3; i++) free(r2[i]);
+    check_bitwise(r1[0], &dq, WHAT("dq not deterministic"));
+    check_bitwise(r1[1], &dk, WHAT("dk not deterministic"));
+    check_bitwise(r1[2], &dv, WHAT("dv not deterministic"));
+    if (one) /* P^T = 1: dv is dY rounded, bit for bit */
+        for (size_t i = 0; i < nv; i++)
+            ck_assert_msg(r1[2][i] == tc_round(dy.c[i], pr->mode), "%s: element %zu: %.9g, dY %.9g",
+                          WHAT("dv of one token"), i, (double)r1[2][i], (double)dy.c[i]);
 
     {
         /* statistics buffers start as garbage: every entry must be written */
@@ -598,36 +665,58 @@ static void attention_tf32_case(attn_case_t a)
         gsink_attn_stats st2 = {m2.g, s2.g, w2.g};
         OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, st2));
         pair cm = {mass.c, m2.g, ns}, cs = {sq.c, s2.g, ns}, cw = {win.c, w2.g, ns};
-        pair_check_scaled(&cm, RT, AR, WHAT("column mass (backward)"));
-        pair_check_scaled(&cs, RT, AR, WHAT("column sq (backward)"));
-        pair_check_scaled(&cw, RT, AR, WHAT("column window (backward)"));
+        pair_check_scaled(&cm, RT, AR, FL, WHAT("column mass (backward)"));
+        pair_check_scaled(&cs, RT, AR, FL, WHAT("column sq (backward)"));
+        pair_check_scaled(&cw, RT, AR, FL, WHAT("column window (backward)"));
         /* asking for the statistics leaves the gradients bitwise unchanged */
-        float *r3[3] = {download(&dq), download(&dk), download(&dv)};
-        ck_assert_msg(memcmp(r1[0], r3[0], nq * sizeof(float)) == 0, "%s", WHAT("dq changed by stats"));
-        ck_assert_msg(memcmp(r1[1], r3[1], nk * sizeof(float)) == 0, "%s", WHAT("dk changed by stats"));
-        ck_assert_msg(memcmp(r1[2], r3[2], nv * sizeof(float)) == 0, "%s", WHAT("dv changed by stats"));
+        check_bitwise(r1[0], &dq, WHAT("dq changed by stats"));
+        check_bitwise(r1[1], &dk, WHAT("dk changed by stats"));
+        check_bitwise(r1[2], &dv, WHAT("dv changed by stats"));
         /* the statistics are deterministic too, and NULL pointers are skipped */
         float *s1[3] = {download(&m2), download(&s2), download(&w2)};
         gsink_attn_stats only_sq = {NULL, s2.g, NULL};
         OKG(gpu->iface->zero(gpu, s2.g, sizeof(float) * ns));
         OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, only_sq));
-        float *sq2 = download(&s2);
-        ck_assert_msg(memcmp(s1[1], sq2, ns * sizeof(float)) == 0, "%s", WHAT("column sq not deterministic"));
+        check_bitwise(s1[1], &s2, WHAT("column sq not deterministic"));
         OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, st2));
-        float *s3[3] = {download(&m2), download(&s2), download(&w2)};
-        for (int i = 0; i < 3; i++) {
-            ck_assert_msg(memcmp(s1[i], s3[i], ns * sizeof(float)) == 0, "%s",
-                          WHAT("column statistics not deterministic"));
-            free(s1[i]);
-            free(s3[i]);
-            free(r1[i]);
-            free(r3[i]);
-        }
-        free(sq2);
+        check_bitwise(s1[0], &m2, WHAT("column mass not deterministic"));
+        check_bitwise(s1[1], &s2, WHAT("column sq not deterministic"));
+        check_bitwise(s1[2], &w2, WHAT("column window not deterministic"));
+        /* the stand-alone statistics pass on the device's lse */
+        OKG(gpu->iface->zero(gpu, m2.g, sizeof(float) * ns));
+        OKG(gpu->iface->attention_stats(gpu, &s, q.g, k.g, lse.g, st2));
+        pair_check_scaled(&cm, RT, AR, FL, WHAT("column mass (stand-alone)"));
+        pair_check_scaled(&cs, RT, AR, FL, WHAT("column sq (stand-alone)"));
+        pair_check_scaled(&cw, RT, AR, FL, WHAT("column window (stand-alone)"));
+        for (int i = 0; i < 3; i++) free(s1[i]);
         pair_free(&m2);
         pair_free(&s2);
         pair_free(&w2);
     }
+
+    if (gpu_is_cuda && (fallback || pr->mode == GSINK_CUDA_MATH_BF16)) {
+        /* the same shape in another math mode: FP32 for the fallback (the
+         * same exact kernels, so the same bits), TF32 for BF16 (different
+         * kernels, so different bits) */
+        const int other = fallback ? GSINK_CUDA_MATH_FP32 : GSINK_CUDA_MATH_TF32;
+        ck_assert_int_eq(gsink__cuda_set_math(gpu, other), GSINK_OK);
+        OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, none));
+        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
+        ck_assert_int_eq(gsink__cuda_set_math(gpu, pr->mode), GSINK_OK);
+        float *o[5] = {download(&y), download(&lse), download(&dq), download(&dk), download(&dv)};
+        const float *m[5] = {yf, lf, r1[0], r1[1], r1[2]};
+        const size_t n[5] = {nq, ns, nq, nk, nv};
+        static const char *names[5] = {"y", "lse", "dq", "dk", "dv"};
+        for (int i = 0; i < 5; i++) {
+            int same = memcmp(o[i], m[i], n[i] * sizeof(float)) == 0;
+            ck_assert_msg(same == fallback, "%s: %s", WHAT(names[i]),
+                          fallback ? "differs from FP32 math" : "equals TF32's (BF16 kernels not used?)");
+            free(o[i]);
+        }
+    }
+    for (int i = 0; i < 3; i++) free(r1[i]);
+    free(yf);
+    free(lf);
 #undef WHAT
     pair_free(&q);
     pair_free(&k);
@@ -643,20 +732,32 @@ static void attention_tf32_case(attn_case_t a)
     pair_free(&dv);
 }
 
+static const attn_case_t tc_cases[] = {
+    {1, 1, 1, 1, 1, 8, 4},        /* a single token */
+    {2, 100, 4, 2, 2, 64, 16},    /* T not a multiple of 64, GQA, per-KV-head values */
+    {1, 150, 4, 2, 4, 64, 80},    /* GQA with per-query-head values, window spans tiles */
+    {1, 130, 2, 1, 2, 128, 64},   /* MQA keys, per-query-head values, d_head 128 */
+    {1, 70, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
+    {1, 45, 3, 3, 3, 30, 7},      /* d_head 30: not a multiple of 4 (scalar loads) */
+    {1, 33, 2, 1, 1, 256, 3},     /* d_head 256: falls back to the exact kernels */
+};
+
+static void attention_tc_cases(const tc_prec *pr)
+{
+    if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, pr->mode), GSINK_OK);
+    for (size_t i = 0; i < sizeof tc_cases / sizeof tc_cases[0]; i++) attention_tc_case(tc_cases[i], pr);
+    if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
+}
+
 START_TEST(test_attention_tf32)
 {
-    static const attn_case_t cases[] = {
-        {1, 1, 1, 1, 1, 8, 4},        /* a single token */
-        {2, 100, 4, 2, 2, 64, 16},    /* T not a multiple of 64, GQA, per-KV-head values */
-        {1, 150, 4, 2, 4, 64, 80},    /* GQA with per-query-head values, window spans tiles */
-        {1, 130, 2, 1, 2, 128, 64},   /* MQA keys, per-query-head values, d_head 128 */
-        {1, 70, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
-        {1, 45, 3, 3, 3, 30, 7},      /* d_head 30: not a multiple of 4 (scalar loads) */
-        {1, 33, 2, 1, 1, 256, 3},     /* d_head 256: falls back to the exact kernels */
-    };
-    if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_TF32), GSINK_OK);
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_tf32_case(cases[i]);
-    if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
+    attention_tc_cases(&TC_TF32);
+}
+END_TEST
+
+START_TEST(test_attention_bf16)
+{
+    attention_tc_cases(&TC_BF16);
 }
 END_TEST
 
@@ -990,6 +1091,7 @@ static Suite *cuda_suite(void)
     add(s, "vscale", test_vscale);
     add(s, "attention", test_attention);
     tcase_add_checked_fixture(add(s, "attention_tf32", test_attention_tf32), NULL, math_fp32);
+    tcase_add_checked_fixture(add(s, "attention_bf16", test_attention_bf16), NULL, math_fp32);
     add(s, "attention_bad_shape", test_attention_bad_shape);
     add(s, "out_of_memory", test_out_of_memory);
     add(s, "model_parity", test_model_parity);

@@ -264,16 +264,49 @@ inline void __syncwarp(unsigned = 0xffffffffu) { emu::yield(emu::F_AT_SHFL); }
 struct __attribute__((aligned(16), may_alias)) float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
-/* ---- warp matrix functions: nvcuda::wmma, TF32 m16n16k8 only ----
+/* ---- bfloat16 (cuda_bf16.h subset) ----
+ * Storage is the upper 16 bits of the fp32 pattern. __float2bfloat16_rn and
+ * __float2bfloat16 round to nearest, ties to even, like cvt.rn.bf16.f32
+ * (overflow to Inf; a NaN becomes the canonical 0x7fff); __bfloat162float is
+ * exact. */
+struct __nv_bfloat16 { unsigned short __x; };
+struct __attribute__((may_alias)) __nv_bfloat162 { __nv_bfloat16 x, y; };
+inline __nv_bfloat16 __float2bfloat16_rn(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    __nv_bfloat16 r;
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        r.__x = 0x7fffu;
+    else
+        r.__x = (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return r;
+}
+inline __nv_bfloat16 __float2bfloat16(float f) { return __float2bfloat16_rn(f); }
+inline float __bfloat162float(__nv_bfloat16 h)
+{
+    uint32_t u = (uint32_t)h.__x << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+inline __nv_bfloat162 __floats2bfloat162_rn(float a, float b)
+{
+    return __nv_bfloat162{__float2bfloat16_rn(a), __float2bfloat16_rn(b)};
+}
+
+/* ---- warp matrix functions: nvcuda::wmma, TF32 m16n16k8 and BF16 m16n16k16 ----
  *
  * Fragments are distributed over the 32 lanes of a warp as on the device:
- * a matrix_a (16x8) or matrix_b (8x16) fragment holds 4 elements per lane, an
- * accumulator (16x16) 8, and num_elements says so. The element-to-(row, col)
- * mapping is deliberately NOT the hardware's (which CUDA leaves unspecified):
- * element i of lane L is entry ((32 i + L) * 37 + 5) mod N of the tile in
- * row-major order, N = 128 or 256. A kernel that relies on the mapping (other
- * than element-wise operations between fragments of the same type, or on all
- * elements alike) gives wrong results here.
+ * TF32 (m16n16k8): a matrix_a (16x8) or matrix_b (8x16) fragment holds 4
+ * float elements per lane; BF16 (m16n16k16): a matrix_a or matrix_b (16x16)
+ * fragment holds 8 __nv_bfloat16 elements per lane; an accumulator (16x16,
+ * float) holds 8 for either shape; num_elements says so. The element-to-(row,
+ * col) mapping is deliberately NOT the hardware's (which CUDA leaves
+ * unspecified): element i of lane L is entry ((32 i + L) * 37 + 5) mod N of
+ * the tile in row-major order, N = 128 or 256. A kernel that relies on the
+ * mapping (other than element-wise operations between fragments of the same
+ * type, or on all elements alike) gives wrong results here.
  *
  * load_matrix_sync/store_matrix_sync move only the calling lane's elements and
  * do not synchronise: data written by other lanes must be published with
@@ -282,15 +315,17 @@ inline float4 make_float4(float x, float y, float z, float w) { return float4{x,
  * round (like a shuffle), then each computes its own d elements. A warp whose
  * lanes are not all at the same mma_sync (divergence) is reported as a launch
  * error, as are a pointer that is not 32-byte aligned and an ldm that is not a
- * multiple of 4 floats or is smaller than the tile.
+ * multiple of 16 bytes (4 floats, 8 bf16) or is smaller than the tile.
  *
  * Numerics: __float_to_tf32 rounds to 10 mantissa bits with the device's
  * cvt.rna.tf32.f32 rule (to nearest, ties away from zero; NaN/Inf unchanged).
- * mma_sync reads only the TF32 bits of a and b (the low 13 mantissa bits are
- * dropped, so an unconverted operand is truncated, never used at full
- * precision), forms exact products and accumulates them onto c in fp32 in k
- * order. The device's accumulation order within one mma is unspecified, so
- * results may differ from it in the last bits of the fp32 sum. */
+ * A TF32 mma_sync reads only the TF32 bits of a and b (the low 13 mantissa
+ * bits are dropped, so an unconverted operand is truncated, never used at
+ * full precision); a BF16 mma_sync reads its bf16 elements (rounded when they
+ * were made, e.g. by __float2bfloat16_rn). Both form exact products (11 x 11
+ * or 8 x 8 significant bits fit in fp32) and accumulate them onto c in fp32
+ * in k order. The device's accumulation order within one mma is unspecified,
+ * so results may differ from it in the last bits of the fp32 sum. */
 namespace emu {
 enum { ERR_MISALIGNED = 716, ERR_WARP_DIVERGENT = 715 };
 inline const char *g_err_detail;
@@ -301,7 +336,7 @@ inline void set_error(int code, const char *detail)
         g_err_detail = detail;
     }
 }
-inline float mma_slots[2][1024][16]; /* per thread: a[4], b[4], c[8] */
+inline float mma_slots[2][1024][24]; /* per thread: a[K/2], b[K/2], c[8] */
 inline unsigned mma_seq[2][1024];
 inline float tf32_bits(float x)
 {
@@ -311,6 +346,9 @@ inline float tf32_bits(float x)
     memcpy(&x, &u, 4);
     return x;
 }
+/* the value an mma reads from an operand element (TF32 fragments store float) */
+inline float operand_value(float x) { return tf32_bits(x); }
+inline float operand_value(__nv_bfloat16 x) { return __bfloat162float(x); }
 /* (lane, element) <-> row-major index of an N-element tile */
 inline int frag_index(int lane, int i, int N) { return ((32 * i + lane) * 37 + 5) & (N - 1); }
 inline void frag_owner(int idx, int N, int *lane, int *i)
@@ -319,10 +357,10 @@ inline void frag_owner(int idx, int N, int *lane, int *i)
     *lane = x & 31;
     *i = x >> 5;
 }
-inline void check_ptr(const void *p, unsigned ldm, unsigned min_ldm)
+inline void check_ptr(const void *p, unsigned ldm, unsigned min_ldm, size_t elem = 4)
 {
     if ((uintptr_t)p % 32) set_error(ERR_MISALIGNED, "wmma pointer not 32-byte aligned (emulation check)");
-    if (ldm % 4 || ldm < min_ldm) set_error(ERR_MISALIGNED, "wmma ldm not a multiple of 4 floats or below the tile width (emulation check)");
+    if (ldm * elem % 16 || ldm < min_ldm) set_error(ERR_MISALIGNED, "wmma ldm not a multiple of 16 bytes or below the tile width (emulation check)");
 }
 } // namespace emu
 
@@ -349,46 +387,52 @@ inline float __float_to_tf32(float in)
     return r;
 }
 
-template <class Use> struct frag_shape;
-template <> struct frag_shape<matrix_a> { enum { R = 16, C = 8 }; };
-template <> struct frag_shape<matrix_b> { enum { R = 8, C = 16 }; };
-template <> struct frag_shape<accumulator> { enum { R = 16, C = 16 }; };
+template <class Use, int K> struct frag_shape;
+template <int K> struct frag_shape<matrix_a, K> { enum { R = 16, C = K }; };
+template <int K> struct frag_shape<matrix_b, K> { enum { R = K, C = 16 }; };
+template <int K> struct frag_shape<accumulator, K> { enum { R = 16, C = 16 }; };
 
-template <class Use, class T, class Layout> struct frag_check {
-    static_assert(sizeof(T) == 0, "unsupported fragment (the emulation has the device's TF32 m16n16k8 set)");
+/* the device's m16n16k8 TF32 and m16n16k16 BF16 sets; storage type of the elements */
+template <class Use, int K, class T, class Layout> struct frag_check {
+    static_assert(sizeof(T) == 0, "unsupported fragment (the emulation has the device's TF32 m16n16k8 and BF16 m16n16k16 sets)");
 };
-template <class L> struct frag_check<matrix_a, precision::tf32, L> {};
-template <class L> struct frag_check<matrix_b, precision::tf32, L> {};
-template <> struct frag_check<accumulator, float, void> {};
+template <class L> struct frag_check<matrix_a, 8, precision::tf32, L> { typedef float S; };
+template <class L> struct frag_check<matrix_b, 8, precision::tf32, L> { typedef float S; };
+template <class L> struct frag_check<matrix_a, 16, __nv_bfloat16, L> { typedef __nv_bfloat16 S; };
+template <class L> struct frag_check<matrix_b, 16, __nv_bfloat16, L> { typedef __nv_bfloat16 S; };
+template <int K> struct frag_check<accumulator, K, float, void> { typedef float S; };
 
 template <class Use, int m, int n, int k, class T, class Layout = void> class fragment {
-    static_assert(m == 16 && n == 16 && k == 8, "the emulation has the TF32 shape m16n16k8 only");
-    static_assert(sizeof(frag_check<Use, T, Layout>) > 0, "");
+    static_assert(m == 16 && n == 16 && (k == 8 || k == 16), "the emulation has the shapes m16n16k8 (TF32) and m16n16k16 (BF16) only");
 
 public:
-    enum { rows = frag_shape<Use>::R, cols = frag_shape<Use>::C };
+    typedef typename frag_check<Use, k, T, Layout>::S storage_element_type;
+    enum { rows = frag_shape<Use, k>::R, cols = frag_shape<Use, k>::C };
     enum { num_elements = rows * cols / 32, num_storage_elements = num_elements };
-    typedef float storage_element_type;
-    float x[num_elements];
+    storage_element_type x[num_elements];
 };
 
 template <class L> struct layout_is_row;
 template <> struct layout_is_row<row_major> { enum { v = 1 }; };
 template <> struct layout_is_row<col_major> { enum { v = 0 }; };
 
-template <class Use, class T, class Layout>
-inline void fill_fragment(fragment<Use, 16, 16, 8, T, Layout> &f, float v)
+template <class Use, int K, class T, class Layout>
+inline void fill_fragment(fragment<Use, 16, 16, K, T, Layout> &f,
+                          const typename fragment<Use, 16, 16, K, T, Layout>::storage_element_type &v)
 {
     for (int i = 0; i < f.num_elements; i++) f.x[i] = v;
 }
 
-/* matrix_a / matrix_b: the layout comes from the fragment type */
-template <class Use, class Layout>
-inline void load_matrix_sync(fragment<Use, 16, 16, 8, precision::tf32, Layout> &f, const float *p, unsigned ldm)
+/* matrix_a / matrix_b: the layout comes from the fragment type; p points to
+ * the storage type (float for TF32, __nv_bfloat16 for BF16) */
+template <class Use, int K, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, 16, 16, K, T, Layout> &f,
+                             const typename fragment<Use, 16, 16, K, T, Layout>::storage_element_type *p,
+                             unsigned ldm)
 {
-    typedef fragment<Use, 16, 16, 8, precision::tf32, Layout> F;
+    typedef fragment<Use, 16, 16, K, T, Layout> F;
     const bool row = layout_is_row<Layout>::v;
-    emu::check_ptr(p, ldm, row ? F::cols : F::rows);
+    emu::check_ptr(p, ldm, row ? F::cols : F::rows, sizeof *p);
     const int lane = emu::cur->lin & 31, N = F::rows * F::cols;
     for (int i = 0; i < F::num_elements; i++) {
         int idx = emu::frag_index(lane, i, N), r = idx / F::cols, c = idx % F::cols;
@@ -396,7 +440,8 @@ inline void load_matrix_sync(fragment<Use, 16, 16, 8, precision::tf32, Layout> &
     }
 }
 
-inline void load_matrix_sync(fragment<accumulator, 16, 16, 8, float> &f, const float *p, unsigned ldm, layout_t layout)
+template <int K>
+inline void load_matrix_sync(fragment<accumulator, 16, 16, K, float> &f, const float *p, unsigned ldm, layout_t layout)
 {
     emu::check_ptr(p, ldm, 16);
     const int lane = emu::cur->lin & 31;
@@ -406,7 +451,8 @@ inline void load_matrix_sync(fragment<accumulator, 16, 16, 8, float> &f, const f
     }
 }
 
-inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 8, float> &f, unsigned ldm, layout_t layout)
+template <int K>
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, K, float> &f, unsigned ldm, layout_t layout)
 {
     emu::check_ptr(p, ldm, 16);
     const int lane = emu::cur->lin & 31;
@@ -417,20 +463,19 @@ inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 8, f
 }
 
 /* d = a b + c over the warp (d may be c). */
-template <class LA, class LB>
-inline void mma_sync(fragment<accumulator, 16, 16, 8, float> &d,
-                     const fragment<matrix_a, 16, 16, 8, precision::tf32, LA> &a,
-                     const fragment<matrix_b, 16, 16, 8, precision::tf32, LB> &b,
-                     const fragment<accumulator, 16, 16, 8, float> &c)
+template <int K, class T, class LA, class LB>
+inline void mma_sync(fragment<accumulator, 16, 16, K, float> &d, const fragment<matrix_a, 16, 16, K, T, LA> &a,
+                     const fragment<matrix_b, 16, 16, K, T, LB> &b, const fragment<accumulator, 16, 16, K, float> &c)
 {
     (void)layout_is_row<LA>::v;
     (void)layout_is_row<LB>::v;
+    enum { NE = K / 2 }; /* operand elements per lane: 16 K / 32 */
     const int lin = emu::cur->lin, lane = lin & 31, base = lin & ~31;
     const unsigned seq = emu::cur->mma_count++, buf = seq & 1;
     float *slot = emu::mma_slots[buf][lin];
-    for (int i = 0; i < 4; i++) slot[i] = emu::tf32_bits(a.x[i]);
-    for (int i = 0; i < 4; i++) slot[4 + i] = emu::tf32_bits(b.x[i]);
-    for (int i = 0; i < 8; i++) slot[8 + i] = c.x[i];
+    for (int i = 0; i < NE; i++) slot[i] = emu::operand_value(a.x[i]);
+    for (int i = 0; i < NE; i++) slot[NE + i] = emu::operand_value(b.x[i]);
+    for (int i = 0; i < 8; i++) slot[2 * NE + i] = c.x[i];
     emu::mma_seq[buf][lin] = seq;
     emu::yield(emu::F_AT_SHFL); /* every lane of the warp publishes its part */
     for (int l = 0; l < 32; l++)
@@ -438,18 +483,18 @@ inline void mma_sync(fragment<accumulator, 16, 16, 8, float> &d,
             emu::set_error(emu::ERR_WARP_DIVERGENT, "wmma::mma_sync not reached by all lanes of a warp (emulation check)");
     /* where A(r, k), B(k, c) and C(r, c) sit in the slots of lanes 0..31 */
     struct tables {
-        short a[16][8], b[8][16], c[256];
+        short a[16][K], b[K][16], c[256];
         tables()
         {
             int l, i;
-            for (int x = 0; x < 128; x++) {
-                emu::frag_owner(x, 128, &l, &i);
-                a[x / 8][x % 8] = (short)(l * 16 + i);
-                b[x / 16][x % 16] = (short)(l * 16 + 4 + i);
+            for (int x = 0; x < 16 * K; x++) {
+                emu::frag_owner(x, 16 * K, &l, &i);
+                a[x / K][x % K] = (short)(l * 24 + i);
+                b[x / 16][x % 16] = (short)(l * 24 + NE + i);
             }
             for (int x = 0; x < 256; x++) {
                 emu::frag_owner(x, 256, &l, &i);
-                c[x] = (short)(l * 16 + 8 + i);
+                c[x] = (short)(l * 24 + 2 * NE + i);
             }
         }
     };
@@ -459,7 +504,7 @@ inline void mma_sync(fragment<accumulator, 16, 16, 8, float> &d,
     for (int i = 0; i < 8; i++) {
         int idx = emu::frag_index(lane, i, 256), r = idx / 16, cc = idx % 16;
         float acc = w[tb.c[idx]];
-        for (int kk = 0; kk < 8; kk++) acc += w[tb.a[r][kk]] * w[tb.b[kk][cc]]; /* exact product */
+        for (int kk = 0; kk < K; kk++) acc += w[tb.a[r][kk]] * w[tb.b[kk][cc]]; /* exact product */
         out[i] = acc;
     }
     for (int i = 0; i < 8; i++) d.x[i] = out[i];
