@@ -2,12 +2,14 @@
  * bench_cuda.c - CUDA backend benchmarks (needs a GPU; see docs/cuda.md).
  *
  *   bench_cuda model [--preset paper-0.1b] [--batch 8] [--seq 1024] [--iters 10]
- *                    [--warmup 3] [--tf32 | --bf16] [--peak-tflops 67]
+ *                    [--warmup 3] [--tf32 | --bf16] [--peak-tflops 67] [--diag]
  *       median time of one forward+backward step of the whole model (mean
  *       cross-entropy, gradients of every parameter and site, attention column
  *       statistics summed in the backward), tokens/s and MFU against --peak-tflops (dense FP32,
  *       TF32 or BF16 peak of the GPU; H100 SXM: 67 FP32, 495 TF32, 989 BF16).
  *       --tf32 / --bf16 create the model with GSINK_PRECISION_TF32 / _BF16.
+ *       --diag then computes every diagnostic of the last step (the JSON
+ *       report) and prints its time.
  *
  *   bench_cuda attention [--batch 4] [--heads 16] [--dh 64] [--seq 1024,2048,4096,8192]
  *                        [--iters 10] [--tf32 | --bf16]
@@ -95,6 +97,7 @@ static int bench_model(int argc, char **argv)
     int B = arg_int(argc, argv, "--batch", 8), T = arg_int(argc, argv, "--seq", 1024);
     int iters = arg_int(argc, argv, "--iters", 10), warm = arg_int(argc, argv, "--warmup", 3);
     int math = arg_math(argc, argv);
+    int diag = arg_flag(argc, argv, "--diag");
     double peak = atof(arg_str(argc, argv, "--peak-tflops", "0"));
     if (B <= 0 || T <= 0 || iters <= 0 || iters > 1000 || warm < 0 || math < 0) {
         fprintf(stderr, "bad arguments\n");
@@ -154,6 +157,20 @@ static int bench_model(int argc, char **argv)
         printf("tokens_per_s: %.1f\n", (double)n / med);
         printf("model_tflops: %.2f\n", flops / med * 1e-12);
         if (peak > 0) printf("mfu_percent: %.2f\n", 100.0 * flops / med * 1e-12 / peak);
+    }
+    if (!rc && diag) {
+        /* every diagnostic of the last step: the JSON report reads the column
+         * statistics summed by the backward, gradients and activations */
+        double t0 = now_s();
+        char *js = NULL;
+        if (gsink_report_json(m, NULL, &js) != GSINK_OK) {
+            fprintf(stderr, "report: %s\n", gsink_model_errmsg(m));
+            rc = 1;
+        } else {
+            printf("diag_report_ms: %.3f\n", (now_s() - t0) * 1e3);
+            printf("diag_report_bytes: %zu\n", strlen(js));
+            gsink_free(js);
+        }
     }
     free(tok);
     free(tgt);

@@ -31,7 +31,7 @@ TB="$ROOT/benchmarks/cuda/torch_bench.py"
   echo "## memory: paper-0.1b diagnostics at T=8192 (B=1), peak device memory sampled by nvidia-smi"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > /tmp/gsink-mem.$$ &
   SMI=$!
-  "$BENCH" model --preset paper-0.1b --batch 1 --seq 8192 --iters 2 --warmup 1
+  "$BENCH" model --preset paper-0.1b --batch 1 --seq 8192 --iters 2 --warmup 1 --diag
   kill $SMI 2>/dev/null || true
   echo "peak_device_mem_mib: $(sort -n /tmp/gsink-mem.$$ | tail -1)"
   rm -f /tmp/gsink-mem.$$
