@@ -443,8 +443,10 @@ class Model(_Handle):
     Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
     precision=None, discard_site_grads=False, **overrides): config is a Config, a preset
     name, a dict or None (the default "tiny" config); keyword overrides change config
-    fields. discard_site_grads=True keeps no per-layer site gradients (about half the
-    activation memory of training; gradient diagnostics then raise)."""
+    fields. precision is "fp32" (default), "tf32" or "bf16" (or a Precision): tensor-core
+    matrix products with fp32 accumulation and fp32 storage, CUDA only (the CPU raises
+    UnsupportedError). discard_site_grads=True keeps no per-layer site gradients (about
+    half the activation memory of training; gradient diagnostics then raise)."""
 
     _free_fn = staticmethod(_lib.gsink_model_free)
     _errmsg_fn = staticmethod(_lib.gsink_model_errmsg)
