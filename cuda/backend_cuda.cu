@@ -93,6 +93,7 @@ gsink_status cuda_scratch(gsink_backend *be, size_t bytes, void **p)
         if (c->scratch) {
             /* cudaFree waits for queued work that may still use the old buffer. */
             cudaFree(c->scratch);
+            gsink_memtrack_shrink(&c->mem, c->scratch_bytes);
             c->scratch = NULL;
             c->scratch_bytes = 0;
         }
@@ -111,6 +112,7 @@ gsink_status cuda_scratch(gsink_backend *be, size_t bytes, void **p)
         }
         c->scratch = q;
         c->scratch_bytes = want;
+        gsink_memtrack_grow(&c->mem, want);
     }
     *p = c->scratch;
     return GSINK_OK;
@@ -131,6 +133,7 @@ static void cuda_destroy(gsink_backend *be)
         if (c->blas) cublasDestroy(c->blas);
         if (c->stream) cudaStreamDestroy(c->stream);
         cudaGetLastError();
+        gsink_memtrack_free(&c->mem);
         free(c);
     }
     free(be);
@@ -190,6 +193,11 @@ static gsink_status cuda_alloc(gsink_backend *be, size_t bytes, void **ptr)
                          "cudaMalloc of %zu bytes failed: %s (device %d: %zu of %zu bytes free)",
                          bytes, cudaGetErrorString(e), CUDA_CTX(be)->device, free_b, total_b);
     }
+    if (gsink_memtrack_add(&CUDA_CTX(be)->mem, *ptr, bytes)) {
+        cudaFree(*ptr);
+        *ptr = NULL;
+        return cuda_fail(be, GSINK_ERR_OUT_OF_MEMORY, "cannot record a device buffer (host memory)");
+    }
     return GSINK_OK;
 }
 
@@ -199,6 +207,12 @@ static void cuda_free(gsink_backend *be, void *ptr)
     cudaSetDevice(CUDA_CTX(be)->device);
     cudaFree(ptr); /* implicitly waits for work that uses ptr */
     cudaGetLastError();
+    gsink_memtrack_remove(&CUDA_CTX(be)->mem, ptr);
+}
+
+static void cuda_memory(gsink_backend *be, size_t *live, size_t *peak, int reset_peak)
+{
+    gsink_memtrack_query(&CUDA_CTX(be)->mem, live, peak, reset_peak);
 }
 
 static gsink_status cuda_upload(gsink_backend *be, void *dst, const void *src, size_t bytes)
@@ -295,6 +309,7 @@ static gsink_backend_iface make_iface(void)
     t.set_threads = cuda_set_threads;
     t.describe = cuda_describe;
     t.alloc = cuda_alloc;
+    t.memory = cuda_memory;
     t.free = cuda_free;
     t.upload = cuda_upload;
     t.download = cuda_download;

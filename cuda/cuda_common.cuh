@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "backend.h"
+#include "memtrack.h"
 
 #ifdef GSINK_CUDA_EMULATE
 /* Host emulation of the CUDA subset used here (tests/cuda/emu): lets the
@@ -27,6 +28,7 @@ struct cuda_ctx {
     int math;              /* GSINK_CUDA_MATH_* */
     void *scratch;         /* stream-ordered temporary buffer, grown on demand */
     size_t scratch_bytes;
+    gsink_memtrack mem;    /* buffers handed out by cuda_alloc, and the scratch */
     int max_smem_optin;    /* bytes of shared memory a block may opt in to */
     int sm_count;
     char name[320];

@@ -202,6 +202,22 @@ GSINK_API const char *gsink_model_errmsg(const gsink_model *model);
 /* Sets the number of CPU threads this model uses (0 = all). */
 GSINK_API gsink_status gsink_model_set_threads(gsink_model *model, int n_threads);
 
+/* Memory flags. GSINK_MEMORY_RESET_PEAK: after reading, the peak restarts
+ * from the current bytes (to measure one phase, e.g. a forward + backward at
+ * a given sequence length). */
+typedef enum gsink_memory_flags {
+    GSINK_MEMORY_RESET_PEAK = 1u << 0
+} gsink_memory_flags;
+
+/* Memory the model's backend holds (device memory on CUDA, host memory on
+ * the CPU): *bytes now and *peak_bytes the most since the model was created
+ * or the peak was last reset. It counts every buffer of the model (weights,
+ * gradients, activations, attention statistics, optimizer state) and the
+ * backend's long-lived scratch; not the CUDA context, cuBLAS workspaces or
+ * short-lived host temporaries. Either pointer may be NULL. (Since 0.1.0.) */
+GSINK_API gsink_status gsink_model_memory(gsink_model *model, uint64_t *bytes, uint64_t *peak_bytes,
+                                          uint32_t flags);
+
 /* Parameters, named as in HuggingFace LlamaForCausalLM:
  *   model.embed_tokens.weight                (vocab, d_model)
  *   model.layers.{l}.input_layernorm.weight   (d_model)

@@ -20,7 +20,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 2
+#define GSINK_BACKEND_API_VERSION 3
 
 typedef struct gsink_backend gsink_backend;
 
@@ -148,6 +148,13 @@ typedef struct gsink_backend_iface {
     gsink_status (*adamw)(gsink_backend *be, float *p, const float *g, float *m, float *v,
                           size_t n, float lr, float beta1, float beta2, float eps, float wd,
                           float bc1, float bc2, float gscale);
+
+    /* Bytes of the buffers this backend holds now (*live: everything alloc
+     * handed out and not freed, plus the backend's own long-lived scratch)
+     * and the most since creation or the last reset (*peak); reset_peak sets
+     * the peak to the live bytes after reading. Either pointer may be NULL.
+     * (Since version 3.) */
+    void (*memory)(gsink_backend *be, size_t *live, size_t *peak, int reset_peak);
 } gsink_backend_iface;
 
 struct gsink_backend {

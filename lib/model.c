@@ -397,6 +397,19 @@ gsink_status gsink_model_set_threads(gsink_model *m, int n)
     return GSINK_OK;
 }
 
+gsink_status gsink_model_memory(gsink_model *m, uint64_t *bytes, uint64_t *peak_bytes, uint32_t flags)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    gsink__clear(m->errmsg);
+    if (flags & ~(uint32_t)GSINK_MEMORY_RESET_PEAK)
+        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown memory flags 0x%x", (unsigned)flags);
+    size_t live = 0, peak = 0;
+    BE(m)->memory(m->be, &live, &peak, (flags & GSINK_MEMORY_RESET_PEAK) != 0);
+    if (bytes) *bytes = live;
+    if (peak_bytes) *peak_bytes = peak;
+    return GSINK_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Parameter access                                                          */
 /* ------------------------------------------------------------------------ */

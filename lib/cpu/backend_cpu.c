@@ -19,6 +19,7 @@
 #endif
 
 #include "internal.h"
+#include "memtrack.h"
 
 /* ------------------------------------------------------------------------ */
 /* BLIS kernel family                                                        */
@@ -114,6 +115,8 @@ typedef struct cpu_ctx {
     rntm_t rntm1;    /* BLIS runtime: 1 thread (inside our own parallel loops) */
     float *scratch;  /* per-thread attention scratch */
     size_t scratch_per_thread; /* floats */
+    size_t scratch_bytes;      /* all threads */
+    gsink_memtrack mem;        /* buffers handed out by cpu_alloc, and the scratch */
 } cpu_ctx;
 
 #define CTX(be) ((cpu_ctx *)(be)->ctx)
@@ -151,8 +154,10 @@ static gsink_status cpu_set_threads(gsink_backend *be, int n)
     bli_rntm_init(&c->rntm1);
     bli_rntm_set_num_threads(1, &c->rntm1);
     free(c->scratch);
+    gsink_memtrack_shrink(&c->mem, c->scratch_bytes);
     c->scratch = NULL;
     c->scratch_per_thread = 0;
+    c->scratch_bytes = 0;
     return GSINK_OK;
 }
 
@@ -170,7 +175,10 @@ static void cpu_destroy(gsink_backend *be)
 {
     if (!be) return;
     cpu_ctx *c = CTX(be);
-    if (c) free(c->scratch);
+    if (c) {
+        free(c->scratch);
+        gsink_memtrack_free(&c->mem);
+    }
     free(c);
     free(be);
 }
@@ -186,7 +194,8 @@ static gsink_status cpu_alloc(gsink_backend *be, size_t bytes, void **ptr)
     if (bytes > SIZE_MAX - 64) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "allocation size overflows");
     size_t rounded = (bytes + 63) & ~(size_t)63;
     void *p = aligned_alloc(64, rounded);
-    if (!p) {
+    if (!p || gsink_memtrack_add(&CTX(be)->mem, p, rounded)) {
+        free(p);
         snprintf(be->err, sizeof be->err, "cannot allocate %zu bytes of host memory", bytes);
         return GSINK_ERR_OUT_OF_MEMORY;
     }
@@ -196,8 +205,14 @@ static gsink_status cpu_alloc(gsink_backend *be, size_t bytes, void **ptr)
 
 static void cpu_free(gsink_backend *be, void *ptr)
 {
-    (void)be;
+    if (!ptr) return;
+    gsink_memtrack_remove(&CTX(be)->mem, ptr);
     free(ptr);
+}
+
+static void cpu_memory(gsink_backend *be, size_t *live, size_t *peak, int reset_peak)
+{
+    gsink_memtrack_query(&CTX(be)->mem, live, peak, reset_peak);
 }
 
 static gsink_status cpu_memcpy(gsink_backend *be, void *dst, const void *src, size_t bytes)
@@ -399,8 +414,11 @@ static gsink_status ensure_scratch(gsink_backend *be, size_t per_thread)
     float *s = malloc(total);
     if (!s) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate attention scratch");
     free(c->scratch);
+    gsink_memtrack_shrink(&c->mem, c->scratch_bytes);
     c->scratch = s;
     c->scratch_per_thread = per_thread;
+    c->scratch_bytes = total;
+    gsink_memtrack_grow(&c->mem, total);
     return GSINK_OK;
 }
 
@@ -906,6 +924,7 @@ static const gsink_backend_iface cpu_iface = {
     .batch_sum = cpu_batch_sum,
     .sumsq = cpu_sumsq,
     .adamw = cpu_adamw,
+    .memory = cpu_memory,
 };
 
 gsink_status gsink_cpu_backend_create(int n_threads, gsink_backend **out)
