@@ -172,6 +172,13 @@ static int bench_model(int argc, char **argv)
             gsink_free(js);
         }
     }
+    if (!rc) {
+        /* the model's device buffers (weights, gradients, activations,
+         * statistics, scratch); nvidia-smi adds the context and cuBLAS */
+        uint64_t live = 0, peak_b = 0;
+        if (gsink_model_memory(m, &live, &peak_b, 0) == GSINK_OK)
+            printf("model_memory_mib: %.1f\nmodel_peak_memory_mib: %.1f\n", live / 1048576.0, peak_b / 1048576.0);
+    }
     free(tok);
     free(tgt);
     free(times);

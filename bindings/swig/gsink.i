@@ -235,6 +235,8 @@ GSINK_OUT_SCALAR(size_t, count, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
 GSINK_OUT_SCALAR(size_t, numel, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
 GSINK_OUT_SCALAR(size_t, n_ids, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
 GSINK_OUT_SCALAR(gsink_site, site, Tcl_NewIntObj((int)tmp$argnum))
+GSINK_OUT_SCALAR(uint64_t, bytes, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+GSINK_OUT_SCALAR(uint64_t, peak_bytes, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
 
 /* param_info: name and dims. */
 %typemap(in, numinputs=0) const char **name (const char *tmp = NULL) { $1 = ($1_ltype)&tmp; }

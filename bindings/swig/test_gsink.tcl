@@ -141,6 +141,11 @@ set w [gsink_get_param $m model.norm.weight [gsink_config_d_model_get $cfg]]
 gsink_set_param $m model.norm.weight $w
 check "param round trip" {[gsink_get_param $m model.norm.weight [llength $w]] eq $w}
 
+# Memory: bytes and peak of the backend's buffers; the reset peak starts from the bytes.
+lassign [gsink_model_memory $m $GSINK_MEMORY_RESET_PEAK] bytes peak
+check "memory" {$bytes >= 8 * [gsink_param_numel $m] && $peak >= $bytes} "$bytes $peak"
+check "memory peak reset" {[gsink_model_memory $m 0] eq [list $bytes $bytes]}
+
 # ---- errors ----------------------------------------------------------------
 set code [catch {gsink_config_preset no-such-preset $cfg} msg opt]
 check "unknown preset raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_UNKNOWN_NAME} "$msg"

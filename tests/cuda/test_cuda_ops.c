@@ -1056,6 +1056,44 @@ START_TEST(test_model_precision)
 }
 END_TEST
 
+/* Device memory of a full step (forward, backward, every diagnostic) on a
+ * CUDA model, above the freshly created model's: linear in T, so no T x T
+ * buffer (memory a + b T with a >= 0 gives A(4T) <= 4 A(T)). */
+static uint64_t cuda_step_peak(int T)
+{
+    gsink_config cfg;
+    ck_assert_int_eq(gsink_config_preset("micro", &cfg), GSINK_OK);
+    cfg.max_seq_len = 256;
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.device = GSINK_DEVICE_CUDA;
+    gsink_model *m = NULL;
+    ck_assert_msg(gsink_model_create(&cfg, &o, &m) == GSINK_OK, "create on CUDA: %s", gsink_last_error());
+    uint64_t base = 0, peak = 0;
+    ck_assert_int_eq(gsink_model_memory(m, &base, NULL, GSINK_MEMORY_RESET_PEAK), GSINK_OK);
+    int32_t *tok = malloc(sizeof(int32_t) * (size_t)T);
+    ck_assert_ptr_nonnull(tok);
+    for (int i = 0; i < T; i++) tok[i] = (i * 13 + 1) % cfg.vocab_size;
+    ck_assert_int_eq(gsink_forward(m, tok, tok, 1, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    char *js = NULL;
+    ck_assert_msg(gsink_report_json(m, NULL, &js) == GSINK_OK, "report: %s", gsink_model_errmsg(m));
+    gsink_free(js);
+    ck_assert_int_eq(gsink_model_memory(m, NULL, &peak, 0), GSINK_OK);
+    free(tok);
+    gsink_model_free(m);
+    return peak - base;
+}
+
+START_TEST(test_model_memory_linear)
+{
+    if (!gpu_is_cuda) return;
+    uint64_t a1 = cuda_step_peak(64), a4 = cuda_step_peak(256);
+    ck_assert_msg(a4 <= 4 * a1 && a4 > 2 * a1, "device peak %llu bytes at T=64, %llu at T=256",
+                  (unsigned long long)a1, (unsigned long long)a4);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 static TCase *add(Suite *s, const char *name, const TTest *t)
@@ -1096,6 +1134,7 @@ static Suite *cuda_suite(void)
     add(s, "out_of_memory", test_out_of_memory);
     add(s, "model_parity", test_model_parity);
     add(s, "model_precision", test_model_precision);
+    add(s, "model_memory_linear", test_model_memory_linear);
     return s;
 }
 

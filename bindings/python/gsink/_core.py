@@ -72,6 +72,8 @@ class Precision(enum.IntEnum):
 
 # gsink_model_flags
 MODEL_DISCARD_SITE_GRADS = 1
+# gsink_memory_flags
+MEMORY_RESET_PEAK = 1
 
 
 # ---------------------------------------------------------------------------
@@ -508,6 +510,16 @@ class Model(_Handle):
 
     def set_threads(self, n_threads):
         self._ok(_lib.gsink_model_set_threads(self._handle(), _cint(n_threads, "n_threads")))
+
+    def memory(self, reset_peak=False):
+        """(bytes, peak_bytes) of the buffers the model's backend holds: device
+        memory on CUDA (weights, gradients, activations, statistics, optimizer
+        state, scratch), host memory on the CPU. reset_peak=True restarts the
+        peak from the current bytes after reading."""
+        b, p = L.c_uint64(), L.c_uint64()
+        self._ok(_lib.gsink_model_memory(self._handle(), ctypes.byref(b), ctypes.byref(p),
+                                         MEMORY_RESET_PEAK if reset_peak else 0))
+        return b.value, p.value
 
     def save(self, directory):
         """Writes directory/model.safetensors + config.json (HF layout)."""

@@ -149,6 +149,7 @@ PROTOTYPES = {
     "gsink_model_config": (S, [P, POINTER(Config)]),
     "gsink_model_errmsg": (c_char_p, [P]),
     "gsink_model_set_threads": (S, [P, c_int]),
+    "gsink_model_memory": (S, [P, POINTER(c_uint64), POINTER(c_uint64), ctypes.c_uint32]),
     "gsink_param_count": (S, [P, POINTER(c_size_t)]),
     "gsink_param_info": (S, [P, c_size_t, POINTER(c_char_p), POINTER(c_int), POINTER(c_int64)]),
     "gsink_param_numel": (S, [P, POINTER(c_size_t)]),

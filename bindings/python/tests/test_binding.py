@@ -547,3 +547,15 @@ def test_reduced_precision_needs_cuda(precision):
         gsink.Model("micro", precision=precision)
     with pytest.raises(ValueError, match="unknown precision 'fp16'"):
         gsink.Model("micro", precision="fp16")
+
+
+def test_memory_accounting():
+    m = gsink.Model("micro", seed=1, n_threads=1)
+    b0, p0 = m.memory()
+    assert b0 >= 8 * m.num_params and p0 == b0  # weights and gradients
+    tok = np.arange(64, dtype=np.int32).reshape(2, 32) % 64
+    m.forward(tok, tok)
+    m.backward()
+    b1, p1 = m.memory(reset_peak=True)
+    assert b1 > b0 and p1 >= b1
+    assert m.memory() == (b1, b1)  # the peak restarted from the live bytes

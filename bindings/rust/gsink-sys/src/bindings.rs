@@ -516,6 +516,16 @@ extern "C" {
         n_threads: ::std::os::raw::c_int,
     ) -> gsink_status;
 }
+pub const gsink_memory_flags_GSINK_MEMORY_RESET_PEAK: gsink_memory_flags = 1;
+pub type gsink_memory_flags = ::std::os::raw::c_uint;
+extern "C" {
+    pub fn gsink_model_memory(
+        model: *mut gsink_model,
+        bytes: *mut u64,
+        peak_bytes: *mut u64,
+        flags: u32,
+    ) -> gsink_status;
+}
 extern "C" {
     pub fn gsink_param_count(model: *const gsink_model, count: *mut usize) -> gsink_status;
 }

@@ -148,6 +148,18 @@ impl Model {
         check(unsafe { sys::gsink_model_set_threads(self.raw(), n) })
     }
 
+    /// Bytes of the buffers the model's backend holds now and the most
+    /// since creation or the last reset (`gsink_model_memory`): device
+    /// memory on CUDA, host memory on the CPU. `reset_peak` restarts the
+    /// peak from the current bytes after reading.
+    pub fn memory(&mut self, reset_peak: bool) -> Result<(u64, u64)> {
+        let (mut bytes, mut peak) = (0u64, 0u64);
+        let flags = if reset_peak { sys::gsink_memory_flags_GSINK_MEMORY_RESET_PEAK } else { 0 };
+        // SAFETY: valid handle and out pointers.
+        check(unsafe { sys::gsink_model_memory(self.raw(), &mut bytes, &mut peak, flags) })?;
+        Ok((bytes, peak))
+    }
+
     // ---------------------------------------------------------------- params
 
     /// Number of parameter tensors.

@@ -224,3 +224,14 @@ fn site_names_round_trip() {
     assert_eq!(Site::parse("blocks.3.hook_resid_post").unwrap(), (Site::ResidOut, Some(3)));
     assert_eq!(Site::parse("nope").unwrap_err().status(), Status::UnknownSite);
 }
+
+#[test]
+fn memory_accounting() {
+    let mut m = micro();
+    let (b0, p0) = m.memory(false).unwrap();
+    assert!(b0 >= 8 * m.param_numel().unwrap() as u64 && p0 == b0); // weights and gradients
+    run(&mut m);
+    let (b1, p1) = m.memory(true).unwrap();
+    assert!(b1 > b0 && p1 >= b1);
+    assert_eq!(m.memory(false).unwrap(), (b1, b1)); // the peak restarted from the live bytes
+}
