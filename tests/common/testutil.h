@@ -2,6 +2,7 @@
 #ifndef GSINK_TESTUTIL_H
 #define GSINK_TESTUTIL_H
 
+#include <check.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -27,6 +28,18 @@ static inline double tu_dot(const float *a, const float *b, size_t n)
 static inline int tu_close(double a, double b, double rtol, double atol)
 {
     return fabs(a - b) <= atol + rtol * fmax(fabs(a), fabs(b));
+}
+
+/* Runs a check suite (in this process when fork is 0) and frees it; the
+ * number of failed tests. */
+static inline int tu_run_suite(Suite *s, int fork)
+{
+    SRunner *sr = srunner_create(s);
+    if (!fork) srunner_set_fork_status(sr, CK_NOFORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed;
 }
 
 #endif

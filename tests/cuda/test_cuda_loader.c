@@ -10,6 +10,7 @@
 #include <check.h>
 #include <string.h>
 
+#include "../common/testutil.h"
 #include "gsink.h"
 #include "internal.h"
 
@@ -82,10 +83,6 @@ int main(void)
     tcase_add_test(tc, test_discovery);
     tcase_add_test(tc, test_model_on_cuda);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_run_suite(s, 0);
     return failed ? 1 : 0;
 }

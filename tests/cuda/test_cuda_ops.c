@@ -854,6 +854,27 @@ static void compare_host(const float *c, const float *g, size_t n, double rtol, 
                       "%s[%zu]: cpu %.9g gpu %.9g", what, i, (double)c[i], (double)g[i]);
 }
 
+/* Column mass and second moment of every layer and head agree (T <= 64). */
+static void compare_column_stats(gsink_model *mc, gsink_model *mg, int T, double rtol, double atol,
+                                 const char *when)
+{
+    gsink_config cfg;
+    cfg.size = sizeof cfg;
+    ck_assert_int_eq(gsink_model_config(mc, &cfg), GSINK_OK);
+    ck_assert_int_le(T, 64);
+    char what[96];
+    for (int l = 0; l < cfg.n_layers; l++)
+        for (int h = 0; h < cfg.n_heads; h++) {
+            float Mc[64], Sc[64], Mg[64], Sg[64];
+            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
+            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
+            snprintf(what, sizeof what, "column mass %s l%d h%d", when, l, h);
+            compare_host(Mc, Mg, (size_t)T, rtol, atol, what);
+            snprintf(what, sizeof what, "column second moment %s l%d h%d", when, l, h);
+            compare_host(Sc, Sg, (size_t)T, rtol, atol, what);
+        }
+}
+
 /* Parameter i's gradient from both models (the caller frees *gc and *gg);
  * returns its element count. */
 static size_t param_grads(gsink_model *mc, gsink_model *mg, size_t i, const char **name, float **gc, float **gg)
@@ -887,14 +908,7 @@ static void model_case(int per_query_head, int mode)
      * inside its backward kernel, computes them on demand here */
     ck_assert_int_eq(gsink_forward(mc, tok, NULL, B, T, NULL), GSINK_OK);
     ck_assert_int_eq(gsink_forward(mg, tok, NULL, B, T, NULL), GSINK_OK);
-    for (int l = 0; l < cfg.n_layers; l++)
-        for (int h = 0; h < cfg.n_heads; h++) {
-            float Mc[40], Sc[40], Mg[40], Sg[40];
-            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
-            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
-            compare_host(Mc, Mg, T, 2e-4, 2e-5, "column mass (forward only)");
-            compare_host(Sc, Sg, T, 2e-4, 2e-5, "column second moment (forward only)");
-        }
+    compare_column_stats(mc, mg, T, 2e-4, 2e-5, "(forward only)");
     float lc = 0, lg = 0;
     ck_assert_int_eq(gsink_forward(mc, tok, tgt, B, T, &lc), GSINK_OK);
     gsink_status st = gsink_forward(mg, tok, tgt, B, T, &lg);
@@ -916,14 +930,7 @@ static void model_case(int per_query_head, int mode)
         free(gc);
         free(gg);
     }
-    for (int l = 0; l < cfg.n_layers; l++)
-        for (int h = 0; h < cfg.n_heads; h++) {
-            float Mc[40], Sc[40], Mg[40], Sg[40];
-            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
-            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
-            compare_host(Mc, Mg, T, 2e-4, 2e-5, "column mass");
-            compare_host(Sc, Sg, T, 2e-4, 2e-5, "column second moment");
-        }
+    compare_column_stats(mc, mg, T, 2e-4, 2e-5, "(after backward)");
     if (mode == GSINK_VSCALE_FULL) {
         size_t nt = 0;
         ck_assert_int_eq(gsink_vscale_theta_count(mc, &nt), GSINK_OK);
@@ -1036,14 +1043,7 @@ static void precision_case(int precision)
         free(gg);
     }
     if (precision == GSINK_PRECISION_BF16) ck_assert_msg(worst > 0, "BF16 gradients are exact: no rounding happened");
-    for (int l = 0; l < cfg.n_layers; l++)
-        for (int h = 0; h < cfg.n_heads; h++) {
-            float Mc[T], Sc[T], Mg[T], Sg[T];
-            ck_assert_int_eq(gsink_attention_column_mass(mc, l, h, Mc, Sc, T), GSINK_OK);
-            ck_assert_int_eq(gsink_attention_column_mass(mg, l, h, Mg, Sg, T), GSINK_OK);
-            compare_host(Mc, Mg, T, 16 * u, 2 * u, "column mass");
-            compare_host(Sc, Sg, T, 16 * u, 2 * u, "column second moment");
-        }
+    compare_column_stats(mc, mg, T, 16 * u, 2 * u, "");
     gsink_model_free(mc);
     gsink_model_free(mg);
 }
@@ -1164,11 +1164,7 @@ int main(void)
     }
     if (gsink_cpu_backend_create(1, &cpu) != GSINK_OK) return 1;
 
-    SRunner *sr = srunner_create(cuda_suite());
-    srunner_set_fork_status(sr, CK_NOFORK);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_run_suite(cuda_suite(), 0);
     gpu->iface->destroy(gpu);
     cpu->iface->destroy(cpu);
     return failed ? 1 : 0;

@@ -512,9 +512,6 @@ static Suite *suite(void)
 
 int main(void)
 {
-    SRunner *sr = srunner_create(suite());
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_run_suite(suite(), 1);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

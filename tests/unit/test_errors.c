@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../common/testutil.h"
 #include "gsink.h"
 
 static gsink_model *m;
@@ -318,9 +319,6 @@ int main(void)
     tcase_add_test(tc, test_status_strings);
     tcase_add_test(tc, test_init_respects_caller_struct_size);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_run_suite(s, 1);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }

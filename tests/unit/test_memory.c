@@ -111,9 +111,6 @@ int main(void)
     tcase_add_test(tc, test_accounting);
     tcase_add_test(tc, test_linear_in_seq_len);
     suite_add_tcase(s, tc);
-    SRunner *sr = srunner_create(s);
-    srunner_run_all(sr, CK_NORMAL);
-    int failed = srunner_ntests_failed(sr);
-    srunner_free(sr);
+    int failed = tu_run_suite(s, 1);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
 }
