@@ -105,6 +105,49 @@ inline void resume(fiber &f)
     }
 }
 
+/* Scheduling between block barriers (GSINK_EMU_SCHED):
+ *   lockstep (default): every runnable thread runs to its next yield
+ *     (barrier, shuffle, __syncwarp, mma) in each round, so all warps move
+ *     together;
+ *   warps / warps-reverse: one warp at a time (in warp order, or reversed)
+ *     runs until all its threads wait at __syncthreads or the block end,
+ *     then the next one. Warps are independent between block barriers on
+ *     the device, so a kernel whose warps exchange data through shared
+ *     memory without a __syncthreads reads stale values (or overwrites
+ *     values another warp still needs) under one of these two orders.
+ * The lanes of one warp always run in lockstep. */
+inline int sched_mode()
+{
+    static int mode = -1;
+    if (mode < 0) {
+        const char *e = getenv("GSINK_EMU_SCHED");
+        mode = !e || !strcmp(e, "lockstep") ? 0 : !strcmp(e, "warps") ? 1 : !strcmp(e, "warps-reverse") ? 2 : 0;
+    }
+    return mode;
+}
+
+inline bool fiber_runnable(const fiber &f) { return f.state == F_READY || f.state == F_AT_SHFL; }
+
+/* Runs the first warp (in warp order, or reversed) that has a runnable
+ * thread until none of its threads is runnable. */
+inline void run_one_warp(unsigned n, bool reverse)
+{
+    unsigned nw = (n + 31) / 32;
+    for (unsigned k = 0; k < nw; k++) {
+        unsigned w = reverse ? nw - 1 - k : k, lo = 32 * w, hi = lo + 32 < n ? lo + 32 : n;
+        bool any = false;
+        for (unsigned i = lo; i < hi; i++) any = any || fiber_runnable(fibers[i]);
+        if (!any) continue;
+        while (any) {
+            for (unsigned i = lo; i < hi; i++)
+                if (fiber_runnable(fibers[i])) resume(fibers[i]);
+            any = false;
+            for (unsigned i = lo; i < hi; i++) any = any || fiber_runnable(fibers[i]);
+        }
+        return;
+    }
+}
+
 inline void run_launch()
 {
     unsigned n = g_block_dim.x * g_block_dim.y * g_block_dim.z;
@@ -138,9 +181,11 @@ inline void run_launch()
                         if (st == F_READY || st == F_AT_SHFL) runnable = true;
                         if (st == F_AT_SYNC) waiting = true;
                     }
-                    if (runnable) {
+                    if (runnable && sched_mode() == 0) {
                         for (unsigned i = 0; i < n; i++)
                             if (fibers[i].state == F_READY || fibers[i].state == F_AT_SHFL) resume(fibers[i]);
+                    } else if (runnable) {
+                        run_one_warp(n, sched_mode() == 2);
                     } else if (waiting) {
                         for (unsigned i = 0; i < n; i++)
                             if (fibers[i].state == F_AT_SYNC) fibers[i].state = F_READY;
