@@ -75,6 +75,13 @@ static void pair_free(pair *p)
     p->c = p->g = NULL;
 }
 
+/* pair_free on every argument: pair_free_all(&a, &b, ...). */
+static void pair_free_list(pair *const *ps)
+{
+    for (; *ps; ps++) pair_free(*ps);
+}
+#define pair_free_all(...) pair_free_list((pair *const[]){__VA_ARGS__, NULL})
+
 typedef struct {
     int32_t *c, *g;
 } ipair;
@@ -145,9 +152,7 @@ static void gemm_case(int ta, int tb, int M, int N, int K, float alpha, float be
     char what[96];
     snprintf(what, sizeof what, "gemm %c%c %dx%dx%d", ta ? 'T' : 'N', tb ? 'T' : 'N', M, N, K);
     pair_check(&C, 1e-5, rtol_scale * sqrt((double)K), what);
-    pair_free(&A);
-    pair_free(&B);
-    pair_free(&C);
+    pair_free_all(&A, &B, &C);
 }
 
 START_TEST(test_gemm)
@@ -205,10 +210,7 @@ START_TEST(test_embedding)
     OKG(gpu->iface->embedding_bwd(gpu, dtab.g, T.g, dout.g, N, d));
     /* Both sum each table row in token order: identical results. */
     pair_check(&dtab, 0, 0, "embedding_bwd");
-    pair_free(&table);
-    pair_free(&out);
-    pair_free(&dout);
-    pair_free(&dtab);
+    pair_free_all(&table, &out, &dout, &dtab);
     ipair_free(&T);
     free(tok);
 }
@@ -230,14 +232,9 @@ START_TEST(test_rmsnorm)
         OKG(gpu->iface->rmsnorm_bwd(gpu, dx.g, dgain.g, dout.g, x.g, gain.g, rstd.g, N, d, acc));
         pair_check(&dx, 1e-5, 1e-6, acc ? "rmsnorm dx (accumulate)" : "rmsnorm dx");
         pair_check(&dgain, 1e-5, 1e-5, "rmsnorm dgain");
-        pair_free(&dout);
-        pair_free(&dx);
-        pair_free(&dgain);
+        pair_free_all(&dout, &dx, &dgain);
     }
-    pair_free(&x);
-    pair_free(&gain);
-    pair_free(&out);
-    pair_free(&rstd);
+    pair_free_all(&x, &gain, &out, &rstd);
 }
 END_TEST
 
@@ -273,12 +270,7 @@ START_TEST(test_swiglu)
     OKG(gpu->iface->swiglu_bwd(gpu, dg.g, du.g, dh.g, g.g, u.g, n));
     pair_check(&dg, 1e-5, 1e-7, "swiglu dgate");
     pair_check(&du, 1e-5, 1e-7, "swiglu dup");
-    pair_free(&g);
-    pair_free(&u);
-    pair_free(&h);
-    pair_free(&dh);
-    pair_free(&dg);
-    pair_free(&du);
+    pair_free_all(&g, &u, &h, &dh, &dg, &du);
 }
 END_TEST
 
@@ -352,11 +344,7 @@ START_TEST(test_elementwise_reductions)
     OKG(gpu->iface->sumsq(gpu, &sg, &fg, a.g, n));
     ck_assert_int_eq(fc, 0);
     ck_assert_int_eq(fg, 0);
-    pair_free(&a);
-    pair_free(&b);
-    pair_free(&x);
-    pair_free(&o);
-    pair_free(&bs);
+    pair_free_all(&a, &b, &x, &o, &bs);
 }
 END_TEST
 
@@ -374,9 +362,7 @@ START_TEST(test_adamw)
     pair_check(&m, 1e-5, 1e-9, "adamw m");
     pair_check(&v, 1e-5, 1e-12, "adamw v");
     pair_check(&p, 1e-5, 1e-7, "adamw p");
-    pair_free(&p);
-    pair_free(&m);
-    pair_free(&v);
+    pair_free_all(&p, &m, &v);
 }
 END_TEST
 
@@ -403,12 +389,7 @@ static void vscale_case(int hin, int hout, int dh, int mode)
     pair_check(&dv, 1e-5, 1e-7, what);
     snprintf(what, sizeof what, "vscale dtheta mode %d %d->%d", mode, hin, hout);
     pair_check(&dtheta, 1e-5, 1e-7, what);
-    pair_free(&v);
-    pair_free(&theta);
-    pair_free(&out);
-    pair_free(&dout);
-    pair_free(&dv);
-    pair_free(&dtheta);
+    pair_free_all(&v, &theta, &out, &dout, &dv, &dtheta);
 }
 
 START_TEST(test_vscale)
@@ -489,9 +470,7 @@ static void attention_case(attn_case_t a)
     pair_check(&mass, 2e-4, 2e-5, WHAT("column mass (stand-alone)"));
     pair_check(&sq, 2e-4, 2e-5, WHAT("column sq (stand-alone)"));
     pair_check(&win, 2e-4, 2e-5, WHAT("column window (stand-alone)"));
-    pair_free(&bm);
-    pair_free(&bs);
-    pair_free(&bw);
+    pair_free_all(&bm, &bs, &bw);
     free(dk1);
     free(dk2);
     free(dq1);
@@ -499,18 +478,7 @@ static void attention_case(attn_case_t a)
     free(dv1);
     free(dv2);
 #undef WHAT
-    pair_free(&q);
-    pair_free(&k);
-    pair_free(&v);
-    pair_free(&y);
-    pair_free(&lse);
-    pair_free(&mass);
-    pair_free(&sq);
-    pair_free(&win);
-    pair_free(&dy);
-    pair_free(&dq);
-    pair_free(&dk);
-    pair_free(&dv);
+    pair_free_all(&q, &k, &v, &y, &lse, &mass, &sq, &win, &dy, &dq, &dk, &dv);
 }
 
 START_TEST(test_attention)
@@ -689,9 +657,7 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
         pair_check_scaled(&cs, RT, AR, FL, WHAT("column sq (stand-alone)"));
         pair_check_scaled(&cw, RT, AR, FL, WHAT("column window (stand-alone)"));
         for (int i = 0; i < 3; i++) free(s1[i]);
-        pair_free(&m2);
-        pair_free(&s2);
-        pair_free(&w2);
+        pair_free_all(&m2, &s2, &w2);
     }
 
     if (gpu_is_cuda && (fallback || pr->mode == GSINK_CUDA_MATH_BF16)) {
@@ -718,18 +684,7 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
     free(yf);
     free(lf);
 #undef WHAT
-    pair_free(&q);
-    pair_free(&k);
-    pair_free(&v);
-    pair_free(&y);
-    pair_free(&lse);
-    pair_free(&mass);
-    pair_free(&sq);
-    pair_free(&win);
-    pair_free(&dy);
-    pair_free(&dq);
-    pair_free(&dk);
-    pair_free(&dv);
+    pair_free_all(&q, &k, &v, &y, &lse, &mass, &sq, &win, &dy, &dq, &dk, &dv);
 }
 
 static const attn_case_t tc_cases[] = {
