@@ -409,27 +409,56 @@ END_TEST
 
 typedef struct { int B, T, H, KV, NV, dh, W; } attn_case_t;
 
+/* The inputs and outputs of one attention case on both backends: q, k, v
+ * and dy random (seeds seed, +6, +12, +16), the outputs zero, the gradient
+ * buffers pre-filled with garbage (seeds +22, +28, +30). */
+typedef struct {
+    pair q, k, v, y, lse, mass, sq, win, dy, dq, dk, dv;
+} attn_bufs;
+
+static attn_bufs attn_bufs_new(attn_case_t a, uint64_t seed)
+{
+    size_t nq = (size_t)a.B * a.T * a.H * a.dh, nk = (size_t)a.B * a.T * a.KV * a.dh;
+    size_t nv = (size_t)a.B * a.T * a.NV * a.dh, ns = (size_t)a.B * a.H * a.T;
+    attn_bufs t;
+    t.q = pair_new(nq, seed, 1.5f);
+    t.k = pair_new(nk, seed + 6, 1.5f);
+    t.v = pair_new(nv, seed + 12, 1.0f);
+    t.y = pair_new(nq, 0, 0);
+    t.lse = pair_new(ns, 0, 0);
+    t.mass = pair_new(ns, 0, 0);
+    t.sq = pair_new(ns, 0, 0);
+    t.win = pair_new(ns, 0, 0);
+    t.dy = pair_new(nq, seed + 16, 1.0f);
+    t.dq = pair_new(nq, seed + 22, 9.0f);
+    t.dk = pair_new(nk, seed + 28, 9.0f);
+    t.dv = pair_new(nv, seed + 30, 9.0f);
+    return t;
+}
+
+static void attn_bufs_free(attn_bufs *t)
+{
+    pair_free_all(&t->q, &t->k, &t->v, &t->y, &t->lse, &t->mass, &t->sq, &t->win, &t->dy, &t->dq, &t->dk, &t->dv);
+}
+
 static void attention_case(attn_case_t a)
 {
     gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
-    size_t nq = (size_t)a.B * a.T * a.H * a.dh, nk = (size_t)a.B * a.T * a.KV * a.dh;
-    size_t nv = (size_t)a.B * a.T * a.NV * a.dh, ns = (size_t)a.B * a.H * a.T;
-    pair q = pair_new(nq, 151, 1.5f), k = pair_new(nk, 157, 1.5f), v = pair_new(nv, 163, 1.0f);
-    pair y = pair_new(nq, 0, 0), lse = pair_new(ns, 0, 0);
-    pair mass = pair_new(ns, 0, 0), sq = pair_new(ns, 0, 0), win = pair_new(ns, 0, 0);
-    gsink_attn_stats sc = {mass.c, sq.c, win.c}, sg = {mass.g, sq.g, win.g};
+    attn_bufs t = attn_bufs_new(a, 151);
+    const size_t nq = t.q.n, nk = t.k.n, nv = t.v.n, ns = t.mass.n;
+    gsink_attn_stats sc = {t.mass.c, t.sq.c, t.win.c}, sg = {t.mass.g, t.sq.g, t.win.g};
     char what[160];
 #define WHAT(name) (snprintf(what, sizeof what, "%s B%d T%d H%d KV%d NV%d dh%d W%d", name, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
-    OKC(cpu->iface->attention_fwd(cpu, &s, y.c, lse.c, q.c, k.c, v.c, sc));
-    OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, sg));
-    pair_check(&y, 2e-4, 2e-5, WHAT("attention y"));
-    pair_check(&lse, 2e-5, 2e-5, WHAT("attention lse"));
-    pair_check(&mass, 2e-4, 2e-5, WHAT("column mass"));
-    pair_check(&sq, 2e-4, 2e-5, WHAT("column sq"));
-    pair_check(&win, 2e-4, 2e-5, WHAT("column window"));
+    OKC(cpu->iface->attention_fwd(cpu, &s, t.y.c, t.lse.c, t.q.c, t.k.c, t.v.c, sc));
+    OKG(gpu->iface->attention_fwd(gpu, &s, t.y.g, t.lse.g, t.q.g, t.k.g, t.v.g, sg));
+    pair_check(&t.y, 2e-4, 2e-5, WHAT("attention y"));
+    pair_check(&t.lse, 2e-5, 2e-5, WHAT("attention lse"));
+    pair_check(&t.mass, 2e-4, 2e-5, WHAT("column mass"));
+    pair_check(&t.sq, 2e-4, 2e-5, WHAT("column sq"));
+    pair_check(&t.win, 2e-4, 2e-5, WHAT("column window"));
     /* independent identity: every query row's probabilities sum to 1, so the
      * column masses of each (b, h) sum to T */
-    float *m = download(&mass);
+    float *m = download(&t.mass);
     for (int bh = 0; bh < a.B * a.H; bh++) {
         double tot = 0;
         for (int t = 0; t < a.T; t++) tot += m[(size_t)bh * a.T + t];
@@ -438,38 +467,36 @@ static void attention_case(attn_case_t a)
     free(m);
     /* NULL statistics pointers are allowed */
     gsink_attn_stats none = {NULL, NULL, NULL};
-    OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, none));
-    pair_check(&y, 2e-4, 2e-5, WHAT("attention y (no stats)"));
+    OKG(gpu->iface->attention_fwd(gpu, &s, t.y.g, t.lse.g, t.q.g, t.k.g, t.v.g, none));
+    pair_check(&t.y, 2e-4, 2e-5, WHAT("attention y (no stats)"));
 
-    pair dy = pair_new(nq, 167, 1.0f);
-    pair dq = pair_new(nq, 173, 9.0f), dk = pair_new(nk, 179, 9.0f), dv = pair_new(nv, 181, 9.0f);
-    OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c, none));
-    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
-    pair_check(&dq, 2e-4, 5e-5, WHAT("attention dq"));
-    pair_check(&dk, 2e-4, 5e-5, WHAT("attention dk"));
-    pair_check(&dv, 2e-4, 5e-5, WHAT("attention dv"));
-    float *dk1 = download(&dk), *dq1 = download(&dq), *dv1 = download(&dv);
+    OKC(cpu->iface->attention_bwd(cpu, &s, t.dq.c, t.dk.c, t.dv.c, t.dy.c, t.q.c, t.k.c, t.v.c, t.y.c, t.lse.c, none));
+    OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, none));
+    pair_check(&t.dq, 2e-4, 5e-5, WHAT("attention dq"));
+    pair_check(&t.dk, 2e-4, 5e-5, WHAT("attention dk"));
+    pair_check(&t.dv, 2e-4, 5e-5, WHAT("attention dv"));
+    float *dk1 = download(&t.dk), *dq1 = download(&t.dq), *dv1 = download(&t.dv);
     /* the statistics summed inside the backward kernel and by the stand-alone
-     * pass against the CPU forward's (mass/sq/win.c still hold those) */
+     * pass against the CPU forward's (mass/sq/t.win.c still hold those) */
     pair bm = pair_new(ns, 191, 9.0f), bs = pair_new(ns, 193, 9.0f), bw = pair_new(ns, 197, 9.0f);
-    gsink_attn_stats bg = {bm.g, bs.g, bw.g}, og = {mass.g, sq.g, win.g};
-    memcpy(bm.c, mass.c, ns * sizeof(float));
-    memcpy(bs.c, sq.c, ns * sizeof(float));
-    memcpy(bw.c, win.c, ns * sizeof(float));
-    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, bg));
+    gsink_attn_stats bg = {bm.g, bs.g, bw.g}, og = {t.mass.g, t.sq.g, t.win.g};
+    memcpy(bm.c, t.mass.c, ns * sizeof(float));
+    memcpy(bs.c, t.sq.c, ns * sizeof(float));
+    memcpy(bw.c, t.win.c, ns * sizeof(float));
+    OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, bg));
     pair_check(&bm, 2e-4, 2e-5, WHAT("column mass (backward)"));
     pair_check(&bs, 2e-4, 2e-5, WHAT("column sq (backward)"));
     pair_check(&bw, 2e-4, 2e-5, WHAT("column window (backward)"));
     /* determinism, and the statistics do not change the gradients: bitwise */
-    float *dk2 = download(&dk), *dq2 = download(&dq), *dv2 = download(&dv);
+    float *dk2 = download(&t.dk), *dq2 = download(&t.dq), *dv2 = download(&t.dv);
     ck_assert_msg(memcmp(dk1, dk2, nk * sizeof(float)) == 0, "%s", WHAT("dk not deterministic"));
     ck_assert_msg(memcmp(dq1, dq2, nq * sizeof(float)) == 0, "%s", WHAT("dq not deterministic"));
     ck_assert_msg(memcmp(dv1, dv2, nv * sizeof(float)) == 0, "%s", WHAT("dv not deterministic"));
-    OKG(gpu->iface->zero(gpu, mass.g, ns * sizeof(float)));
-    OKG(gpu->iface->attention_stats(gpu, &s, q.g, k.g, lse.g, og));
-    pair_check(&mass, 2e-4, 2e-5, WHAT("column mass (stand-alone)"));
-    pair_check(&sq, 2e-4, 2e-5, WHAT("column sq (stand-alone)"));
-    pair_check(&win, 2e-4, 2e-5, WHAT("column window (stand-alone)"));
+    OKG(gpu->iface->zero(gpu, t.mass.g, ns * sizeof(float)));
+    OKG(gpu->iface->attention_stats(gpu, &s, t.q.g, t.k.g, t.lse.g, og));
+    pair_check(&t.mass, 2e-4, 2e-5, WHAT("column mass (stand-alone)"));
+    pair_check(&t.sq, 2e-4, 2e-5, WHAT("column sq (stand-alone)"));
+    pair_check(&t.win, 2e-4, 2e-5, WHAT("column window (stand-alone)"));
     pair_free_all(&bm, &bs, &bw);
     free(dk1);
     free(dk2);
@@ -478,7 +505,7 @@ static void attention_case(attn_case_t a)
     free(dv1);
     free(dv2);
 #undef WHAT
-    pair_free_all(&q, &k, &v, &y, &lse, &mass, &sq, &win, &dy, &dq, &dk, &dv);
+    attn_bufs_free(&t);
 }
 
 START_TEST(test_attention)
@@ -574,85 +601,80 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
     const double RT = fallback ? 2e-4 : pr->rtol, AR = fallback ? 0 : pr->rtol;
     const double FL = fallback ? 5e-5 : pr->floor_;
     gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
-    size_t nq = (size_t)a.B * a.T * a.H * a.dh, nk = (size_t)a.B * a.T * a.KV * a.dh;
-    size_t nv = (size_t)a.B * a.T * a.NV * a.dh, ns = (size_t)a.B * a.H * a.T;
-    pair q = pair_new(nq, 251, 1.5f), k = pair_new(nk, 257, 1.5f), v = pair_new(nv, 263, 1.0f);
-    pair y = pair_new(nq, 0, 0), lse = pair_new(ns, 0, 0);
-    pair mass = pair_new(ns, 0, 0), sq = pair_new(ns, 0, 0), win = pair_new(ns, 0, 0);
-    gsink_attn_stats sc = {mass.c, sq.c, win.c}, sg = {mass.g, sq.g, win.g};
+    attn_bufs t = attn_bufs_new(a, 251);
+    const size_t nq = t.q.n, nk = t.k.n, nv = t.v.n, ns = t.mass.n;
+    gsink_attn_stats sc = {t.mass.c, t.sq.c, t.win.c}, sg = {t.mass.g, t.sq.g, t.win.g};
     char what[160];
 #define WHAT(nm) (snprintf(what, sizeof what, "%s %s B%d T%d H%d KV%d NV%d dh%d W%d", pr->name, nm, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
-    OKC(cpu->iface->attention_fwd(cpu, &s, y.c, lse.c, q.c, k.c, v.c, sc));
-    OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, sg));
-    pair_check_scaled(&y, RT, AR, FL, WHAT("attention y"));
-    pair_check_scaled(&lse, fallback ? RT : 0, AR, FL, WHAT("attention lse"));
-    pair_check_scaled(&mass, RT, AR, FL, WHAT("column mass (forward)"));
-    pair_check_scaled(&sq, RT, AR, FL, WHAT("column sq (forward)"));
-    pair_check_scaled(&win, RT, AR, FL, WHAT("column window (forward)"));
-    float *yf = download(&y), *lf = download(&lse);
+    OKC(cpu->iface->attention_fwd(cpu, &s, t.y.c, t.lse.c, t.q.c, t.k.c, t.v.c, sc));
+    OKG(gpu->iface->attention_fwd(gpu, &s, t.y.g, t.lse.g, t.q.g, t.k.g, t.v.g, sg));
+    pair_check_scaled(&t.y, RT, AR, FL, WHAT("attention y"));
+    pair_check_scaled(&t.lse, fallback ? RT : 0, AR, FL, WHAT("attention lse"));
+    pair_check_scaled(&t.mass, RT, AR, FL, WHAT("column mass (forward)"));
+    pair_check_scaled(&t.sq, RT, AR, FL, WHAT("column sq (forward)"));
+    pair_check_scaled(&t.win, RT, AR, FL, WHAT("column window (forward)"));
+    float *yf = download(&t.y), *lf = download(&t.lse);
     /* a single token on the tensor cores: P = 1 and l = 1, so y is V rounded
      * to the input precision, bit for bit, and lse the score of q and k
      * rounded (fp32 sums: to 1e-5, far below a rounding difference) */
     const int one = gpu_is_cuda && !fallback && a.T == 1 && a.H == 1 && a.KV == 1 && a.NV == 1;
     if (one) {
         for (size_t i = 0; i < nq; i++)
-            ck_assert_msg(yf[i] == tc_round(v.c[i], pr->mode), "%s: element %zu: %.9g, V %.9g",
-                          WHAT("y of one token"), i, (double)yf[i], (double)v.c[i]);
+            ck_assert_msg(yf[i] == tc_round(t.v.c[i], pr->mode), "%s: element %zu: %.9g, V %.9g",
+                          WHAT("y of one token"), i, (double)yf[i], (double)t.v.c[i]);
         for (int b = 0; b < a.B; b++) {
             double sc = 0.0;
             for (int d = 0; d < a.dh; d++)
-                sc += (double)tc_round(q.c[b * a.dh + d], pr->mode) * tc_round(k.c[b * a.dh + d], pr->mode);
+                sc += (double)tc_round(t.q.c[b * a.dh + d], pr->mode) * tc_round(t.k.c[b * a.dh + d], pr->mode);
             const float ref = (float)sc * (1.0f / sqrtf((float)a.dh));
             ck_assert_msg(fabs((double)lf[b] - ref) <= 1e-5, "%s: %.9g, rounded q k %.9g",
                           WHAT("lse of one token"), (double)lf[b], (double)ref);
         }
     }
 
-    pair dy = pair_new(nq, 267, 1.0f);
-    pair dq = pair_new(nq, 273, 9.0f), dk = pair_new(nk, 279, 9.0f), dv = pair_new(nv, 281, 9.0f);
     gsink_attn_stats none = {NULL, NULL, NULL};
-    OKC(cpu->iface->attention_bwd(cpu, &s, dq.c, dk.c, dv.c, dy.c, q.c, k.c, v.c, y.c, lse.c, none));
-    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
-    pair_check_scaled(&dq, RT, AR, FL, WHAT("attention dq"));
-    pair_check_scaled(&dk, RT, AR, FL, WHAT("attention dk"));
-    pair_check_scaled(&dv, RT, AR, FL, WHAT("attention dv"));
+    OKC(cpu->iface->attention_bwd(cpu, &s, t.dq.c, t.dk.c, t.dv.c, t.dy.c, t.q.c, t.k.c, t.v.c, t.y.c, t.lse.c, none));
+    OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, none));
+    pair_check_scaled(&t.dq, RT, AR, FL, WHAT("attention dq"));
+    pair_check_scaled(&t.dk, RT, AR, FL, WHAT("attention dk"));
+    pair_check_scaled(&t.dv, RT, AR, FL, WHAT("attention dv"));
     /* determinism: a second run is bitwise identical */
-    float *r1[3] = {download(&dq), download(&dk), download(&dv)};
-    OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
-    check_bitwise(r1[0], &dq, WHAT("dq not deterministic"));
-    check_bitwise(r1[1], &dk, WHAT("dk not deterministic"));
-    check_bitwise(r1[2], &dv, WHAT("dv not deterministic"));
+    float *r1[3] = {download(&t.dq), download(&t.dk), download(&t.dv)};
+    OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, none));
+    check_bitwise(r1[0], &t.dq, WHAT("dq not deterministic"));
+    check_bitwise(r1[1], &t.dk, WHAT("dk not deterministic"));
+    check_bitwise(r1[2], &t.dv, WHAT("dv not deterministic"));
     if (one) /* P^T = 1: dv is dY rounded, bit for bit */
         for (size_t i = 0; i < nv; i++)
-            ck_assert_msg(r1[2][i] == tc_round(dy.c[i], pr->mode), "%s: element %zu: %.9g, dY %.9g",
-                          WHAT("dv of one token"), i, (double)r1[2][i], (double)dy.c[i]);
+            ck_assert_msg(r1[2][i] == tc_round(t.dy.c[i], pr->mode), "%s: element %zu: %.9g, dY %.9g",
+                          WHAT("dv of one token"), i, (double)r1[2][i], (double)t.dy.c[i]);
 
     {
         /* statistics buffers start as garbage: every entry must be written */
         pair m2 = pair_new(ns, 283, 7.0f), s2 = pair_new(ns, 293, 7.0f), w2 = pair_new(ns, 307, 7.0f);
         gsink_attn_stats st2 = {m2.g, s2.g, w2.g};
-        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, st2));
-        pair cm = {mass.c, m2.g, ns}, cs = {sq.c, s2.g, ns}, cw = {win.c, w2.g, ns};
+        OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, st2));
+        pair cm = {t.mass.c, m2.g, ns}, cs = {t.sq.c, s2.g, ns}, cw = {t.win.c, w2.g, ns};
         pair_check_scaled(&cm, RT, AR, FL, WHAT("column mass (backward)"));
         pair_check_scaled(&cs, RT, AR, FL, WHAT("column sq (backward)"));
         pair_check_scaled(&cw, RT, AR, FL, WHAT("column window (backward)"));
         /* asking for the statistics leaves the gradients bitwise unchanged */
-        check_bitwise(r1[0], &dq, WHAT("dq changed by stats"));
-        check_bitwise(r1[1], &dk, WHAT("dk changed by stats"));
-        check_bitwise(r1[2], &dv, WHAT("dv changed by stats"));
+        check_bitwise(r1[0], &t.dq, WHAT("dq changed by stats"));
+        check_bitwise(r1[1], &t.dk, WHAT("dk changed by stats"));
+        check_bitwise(r1[2], &t.dv, WHAT("dv changed by stats"));
         /* the statistics are deterministic too, and NULL pointers are skipped */
         float *s1[3] = {download(&m2), download(&s2), download(&w2)};
         gsink_attn_stats only_sq = {NULL, s2.g, NULL};
         OKG(gpu->iface->zero(gpu, s2.g, sizeof(float) * ns));
-        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, only_sq));
+        OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, only_sq));
         check_bitwise(s1[1], &s2, WHAT("column sq not deterministic"));
-        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, st2));
+        OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, st2));
         check_bitwise(s1[0], &m2, WHAT("column mass not deterministic"));
         check_bitwise(s1[1], &s2, WHAT("column sq not deterministic"));
         check_bitwise(s1[2], &w2, WHAT("column window not deterministic"));
         /* the stand-alone statistics pass on the device's lse */
         OKG(gpu->iface->zero(gpu, m2.g, sizeof(float) * ns));
-        OKG(gpu->iface->attention_stats(gpu, &s, q.g, k.g, lse.g, st2));
+        OKG(gpu->iface->attention_stats(gpu, &s, t.q.g, t.k.g, t.lse.g, st2));
         pair_check_scaled(&cm, RT, AR, FL, WHAT("column mass (stand-alone)"));
         pair_check_scaled(&cs, RT, AR, FL, WHAT("column sq (stand-alone)"));
         pair_check_scaled(&cw, RT, AR, FL, WHAT("column window (stand-alone)"));
@@ -666,10 +688,10 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
          * kernels, so different bits) */
         const int other = fallback ? GSINK_CUDA_MATH_FP32 : GSINK_CUDA_MATH_TF32;
         ck_assert_int_eq(gsink__cuda_set_math(gpu, other), GSINK_OK);
-        OKG(gpu->iface->attention_fwd(gpu, &s, y.g, lse.g, q.g, k.g, v.g, none));
-        OKG(gpu->iface->attention_bwd(gpu, &s, dq.g, dk.g, dv.g, dy.g, q.g, k.g, v.g, y.g, lse.g, none));
+        OKG(gpu->iface->attention_fwd(gpu, &s, t.y.g, t.lse.g, t.q.g, t.k.g, t.v.g, none));
+        OKG(gpu->iface->attention_bwd(gpu, &s, t.dq.g, t.dk.g, t.dv.g, t.dy.g, t.q.g, t.k.g, t.v.g, t.y.g, t.lse.g, none));
         ck_assert_int_eq(gsink__cuda_set_math(gpu, pr->mode), GSINK_OK);
-        float *o[5] = {download(&y), download(&lse), download(&dq), download(&dk), download(&dv)};
+        float *o[5] = {download(&t.y), download(&t.lse), download(&t.dq), download(&t.dk), download(&t.dv)};
         const float *m[5] = {yf, lf, r1[0], r1[1], r1[2]};
         const size_t n[5] = {nq, ns, nq, nk, nv};
         static const char *names[5] = {"y", "lse", "dq", "dk", "dv"};
@@ -684,7 +706,7 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
     free(yf);
     free(lf);
 #undef WHAT
-    pair_free_all(&q, &k, &v, &y, &lse, &mass, &sq, &win, &dy, &dq, &dk, &dv);
+    attn_bufs_free(&t);
 }
 
 static const attn_case_t tc_cases[] = {
