@@ -871,10 +871,24 @@ static gsink_status cpu_sumsq(gsink_backend *be, double *out, int *finite, const
     return GSINK_OK;
 }
 
+/* AdamW: separate IEEE roundings in this order, never contracted into FMAs
+ * (even when built for a CPU that has them), so that the CUDA backend, which
+ * performs the same operations with its _rn intrinsics, matches bitwise. */
+#if defined(__clang__)
+#define GSINK_NO_FP_CONTRACT
+#elif defined(__GNUC__)
+#define GSINK_NO_FP_CONTRACT __attribute__((optimize("fp-contract=off")))
+#else
+#define GSINK_NO_FP_CONTRACT
+#endif
+GSINK_NO_FP_CONTRACT
 static gsink_status cpu_adamw(gsink_backend *be, float *p, const float *g, float *m, float *v,
                               size_t n, float lr, float beta1, float beta2, float eps, float wd,
                               float bc1, float bc2, float gscale)
 {
+#if defined(__clang__)
+#pragma clang fp contract(off)
+#endif
     float sbc2 = sqrtf(bc2);
 #pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
     for (size_t i = 0; i < n; i++) {

@@ -12,8 +12,8 @@
  * a GPU (CUDA-only tests are then skipped inside).
  *
  * Tolerances (|gpu - cpu| <= atol + rtol * |cpu|), exact FP32 path:
- *   element-wise ops, RoPE, V-scale, AdamW: rtol 1e-5 (FMA contraction and
- *     libm differences of a few ulp);
+ *   element-wise ops, RoPE, V-scale: rtol 1e-5 (FMA contraction and
+ *     libm differences of a few ulp); AdamW: bitwise (see test_adamw);
  *   row reductions (RMSNorm, sums of squares): rtol 1e-5; cross-entropy loss
  *     rtol 1e-6 (the CPU sums exps in float blocks of 256, the GPU in double);
  *   GEMM: atol 1e-5 * sqrt(K) * scale of the operands, rtol 1e-5;
@@ -359,9 +359,14 @@ START_TEST(test_adamw)
         OKG(gpu->iface->adamw(gpu, p.g, g.g, m.g, v.g, n, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, bc1, bc2, 0.7f));
         pair_free(&g);
     }
-    pair_check(&m, 1e-5, 1e-9, "adamw m");
-    pair_check(&v, 1e-5, 1e-12, "adamw v");
-    pair_check(&p, 1e-5, 1e-7, "adamw p");
+    /* Bitwise: both backends perform the same correctly rounded operations
+     * in the same order, none contracted into an FMA. m cancels (it is ~1e-3
+     * of its terms here), so one skipped rounding shows as a 1e-4 relative
+     * error in m: the bound of rtol 1e-5 failed on an H200 when nvcc fused
+     * beta1 * m + (1 - beta1) * g into an FMA. */
+    pair_check(&m, 0.0, 0.0, "adamw m");
+    pair_check(&v, 0.0, 0.0, "adamw v");
+    pair_check(&p, 0.0, 0.0, "adamw p");
     pair_free_all(&p, &m, &v);
 }
 END_TEST
@@ -1108,7 +1113,10 @@ static Suite *cuda_suite(void)
     tcase_add_checked_fixture(add(s, "attention_tf32", test_attention_tf32), NULL, math_fp32);
     tcase_add_checked_fixture(add(s, "attention_bf16", test_attention_bf16), NULL, math_fp32);
     add(s, "attention_bad_shape", test_attention_bad_shape);
-    add(s, "out_of_memory", test_out_of_memory);
+    /* It fails device allocations on purpose: the sanitizer runs of
+     * tools/gpu-session.sh leave it out (CK_EXCLUDE_TAGS) and check it alone
+     * with API-error reporting off. */
+    tcase_set_tags(add(s, "out_of_memory", test_out_of_memory), "deliberate_failure");
     add(s, "model_parity", test_model_parity);
     add(s, "model_precision", test_model_precision);
     add(s, "model_memory_linear", test_model_memory_linear);

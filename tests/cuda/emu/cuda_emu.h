@@ -306,6 +306,13 @@ inline int min(int a, int b) { return a < b ? a : b; }
  * (all of a warp's lanes run the same sequence of warp-collective calls, so
  * one scheduler round brings them all to it). */
 inline void __syncwarp(unsigned = 0xffffffffu) { emu::yield(emu::F_AT_SHFL); }
+/* Correctly rounded single operations that are never contracted into an
+ * FMA (the volatile store forces the rounding on any host build). */
+inline float __fadd_rn(float a, float b) { volatile float r = a + b; return r; }
+inline float __fsub_rn(float a, float b) { volatile float r = a - b; return r; }
+inline float __fmul_rn(float a, float b) { volatile float r = a * b; return r; }
+inline float __fdiv_rn(float a, float b) { volatile float r = a / b; return r; }
+inline float __fsqrt_rn(float a) { volatile float r = sqrtf(a); return r; }
 struct __attribute__((aligned(16), may_alias)) float4 { float x, y, z, w; };
 inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
 
