@@ -6,7 +6,9 @@
 #
 #   tools/gpu-session.sh [all|test|bench|STEP,...] OUTDIR [--emulate]
 #     test   build + suite (meson test --suite cuda --suite cuda-loader)
-#            + memcheck + racecheck (compute-sanitizer on test_cuda_ops)
+#            + memcheck (test_cuda_ops; its deliberate out-of-memory case alone,
+#            API errors off) + racecheck (the three attention cases); each
+#            passes only on a summary of 0 errors / 0 hazards
 #     bench  build + bench (benchmarks/cuda/run_cuda_bench.sh)
 #     all    both (default; may not fit one 10-minute command)
 #     STEP,...  some of suite, memcheck, racecheck, bench (e.g. racecheck)
@@ -26,7 +28,9 @@
 # GSINK_PYTHON (python with torch for the benchmarks), GSINK_MESON_ARGS (more
 # meson setup options), GSINK_SESSION_CUDA (-Dcuda: default enabled; when
 # emulating, enabled if nvcc exists), GSINK_GPU_ARCHS (90), GSINK_SAN_CASE
-# (CK_RUN_CASE for the sanitizer runs), GSINK_CAP_<STEP> (a step's limit, s).
+# (CK_RUN_CASE for the sanitizer runs: one memcheck case, or the racecheck
+# cases), GSINK_RACECHECK_CASES (default: attention attention_tf32
+# attention_bf16), GSINK_CAP_<STEP> (a step's limit, s).
 set -uo pipefail
 # shellcheck disable=SC2317  # step_* functions run through `bash $0 __step NAME`
 
@@ -41,7 +45,7 @@ if [ "${1:-}" != __step ]; then
     case "$a" in
       all|test|bench|suite*|memcheck*|racecheck*) phase=$a ;;
       --emulate) emulate=1 ;;
-      -h|--help) sed -n '2,29p' "$SELF"; exit 0 ;;
+      -h|--help) sed -n '2,33p' "$SELF"; exit 0 ;;
       -*) echo "gpu-session: unknown option $a" >&2; exit 2 ;;
       *) out=$a ;;
     esac
@@ -185,18 +189,57 @@ step_suite() {
   rm -f "$console"
   exit $rc
 }
+# A sanitizer run passes only when the test run passed AND compute-sanitizer's
+# summary reads exactly 0 errors (memcheck) or 0 hazards (racecheck): its exit
+# code alone would let a real error hide behind an expected one.
+# memcheck: the whole test_cuda_ops except out_of_memory (tag
+# deliberate_failure: it fails device
+# allocations on purpose), then out_of_memory alone with API-error reporting
+# off (its memory accesses are still checked). racecheck: the attention cases
+# (FP32 SIMT, TF32 and BF16 tensor cores), one run each.
+GSINK_RACECHECK_CASES=${GSINK_RACECHECK_CASES:-attention attention_tf32 attention_bf16}
+san_run() { # TOOL EXPECT_REGEX CASE_ENV [sanitizer options...]: one run, judged
+  local tool=$1 expect=$2 case_env=$3 log rc; shift 3
+  log=$(mktemp /tmp/gsink-san.XXXXXX)
+  echo "---- compute-sanitizer --tool $tool $* ($case_env)"
+  # shellcheck disable=SC2086
+  env GSINK_CUDA_MODULE="$MODULE" CK_FORK=no $case_env \
+    "$CS" --tool "$tool" --error-exitcode 86 "$@" "$BUILD/tests/cuda/test_cuda_ops" > "$log" 2>&1
+  rc=$?
+  cat "$log"
+  if ((rc)); then echo "gpu-session: $tool run ($case_env) exited with $rc"; rm -f "$log"; return 1; fi
+  if ! grep -qE '^[0-9]+%: Checks: [1-9][0-9]*, Failures: 0, Errors: 0' "$log"; then
+    echo "gpu-session: $tool run ($case_env): the tests did not all pass (or none ran)"; rm -f "$log"; return 1
+  fi
+  if ! grep -qE "$expect" "$log"; then
+    echo "gpu-session: $tool run ($case_env): the summary is not '$expect'"; rm -f "$log"; return 1
+  fi
+  rm -f "$log"
+}
 step_sanitizer() { # memcheck|racecheck
   if [ "$emulate" = 1 ]; then
     echo "emulated: no compute-sanitizer here; plain run of CK_RUN_CASE=${GSINK_SAN_CASE:-rmsnorm} on the emulated module"
     exec env GSINK_CUDA_MODULE="$MODULE" CK_FORK=no OMP_NUM_THREADS=1 CK_RUN_CASE="${GSINK_SAN_CASE:-rmsnorm}" \
       "$BUILD/tests/cuda/test_cuda_ops"
   fi
-  local cs
-  cs=$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null) ||
+  CS=$(command -v compute-sanitizer || ls /usr/local/cuda/compute-sanitizer/compute-sanitizer 2>/dev/null) ||
     { echo "gpu-session: compute-sanitizer not found"; exit 127; }
-  "$cs" --version | tail -1
-  exec env GSINK_CUDA_MODULE="$MODULE" CK_FORK=no ${GSINK_SAN_CASE:+CK_RUN_CASE=$GSINK_SAN_CASE} \
-    "$cs" --tool "$1" --error-exitcode 86 "$BUILD/tests/cuda/test_cuda_ops"
+  "$CS" --version | tail -1
+  local fail=0 c
+  if [ "$1" = memcheck ]; then
+    if [ -n "${GSINK_SAN_CASE:-}" ]; then
+      san_run memcheck 'ERROR SUMMARY: 0 errors' "CK_RUN_CASE=$GSINK_SAN_CASE" || fail=1
+    else
+      san_run memcheck 'ERROR SUMMARY: 0 errors' "CK_EXCLUDE_TAGS=deliberate_failure" || fail=1
+      san_run memcheck 'ERROR SUMMARY: 0 errors' "CK_INCLUDE_TAGS=deliberate_failure" \
+        --report-api-errors no || fail=1
+    fi
+  else
+    for c in ${GSINK_SAN_CASE:-$GSINK_RACECHECK_CASES}; do
+      san_run racecheck 'RACECHECK SUMMARY: 0 hazards displayed \(0 errors, 0 warnings\)' "CK_RUN_CASE=$c" || fail=1
+    done
+  fi
+  exit $fail
 }
 step_memcheck() { step_sanitizer memcheck; }
 step_racecheck() { step_sanitizer racecheck; }
@@ -264,7 +307,7 @@ note() { # a one-line result read off the step's log
     suite) sed '/^---- /q' "$2" | grep -E '^(Ok|Fail|Skipped|Timeout):' | tail -4 | sed -E 's/:[[:space:]]+/ /; s/[[:space:]]+$//' |
           paste -sd ',' | sed 's/,/, /g' ;;
     memcheck|racecheck)
-      { grep -E '^[0-9]+%: Checks' "$2" | tail -1; grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$2" | tail -1; } |
+      { grep -E '^[0-9]+%: Checks|ERROR SUMMARY|RACECHECK SUMMARY' "$2"; } |
         sed 's/^========= //' | paste -sd ';' ;;
     bench) [ -n "$(ls "$out"/cuda-bench-*.txt 2>/dev/null)" ] &&
            echo "$(grep -c '^## ' "$out"/cuda-bench-*.txt | tail -1)/9 sections in $(basename "$(ls "$out"/cuda-bench-*.txt | tail -1)")" ;;
