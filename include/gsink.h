@@ -113,6 +113,14 @@ GSINK_API gsink_status gsink_device_count(gsink_device_kind kind, int *count);
  * For the CPU it names the BLIS kernel family in use and thread count. */
 GSINK_API gsink_status gsink_device_describe(gsink_device_kind kind, int index,
                                              char *buf, size_t buf_size);
+/* Largest CPU thread count a model accepts (gsink_model_options.n_threads,
+ * gsink_model_set_threads): 2 per CPU this process may run on, i.e. twice
+ * the size of its CPU affinity mask (the online CPUs where the mask cannot
+ * be read); at least 2. Larger counts are refused with
+ * GSINK_ERR_INVALID_ARGUMENT, and no OpenMP region or BLIS call of the
+ * library runs more threads than this. Returns an int, not a status; the
+ * value follows the affinity mask at the time of the call. (Since 0.1.0.) */
+GSINK_API int gsink_max_threads(void);
 
 /* ------------------------------------------------------------------------ */
 /* Model configuration                                                      */
@@ -156,7 +164,8 @@ typedef struct gsink_model_options {
     size_t size;            /* sizeof(gsink_model_options) */
     int32_t device;         /* gsink_device_kind, default CPU */
     int32_t device_index;   /* default 0 */
-    int32_t n_threads;      /* CPU threads for this model; 0 = all online CPUs */
+    int32_t n_threads;      /* CPU threads for this model: 0 (default) = one per CPU
+                             * this process may run on; at most gsink_max_threads() */
     uint64_t seed;          /* initialisation seed, default 0 */
     int32_t precision;      /* gsink_precision, default GSINK_PRECISION_FP32 (since 0.1.0) */
     uint32_t flags;         /* gsink_model_flags, default 0 (since 0.1.0) */
@@ -199,7 +208,10 @@ GSINK_API void gsink_model_free(gsink_model *model);
 GSINK_API gsink_status gsink_model_config(const gsink_model *model, gsink_config *cfg);
 /* Last error message for this model ("" if none). */
 GSINK_API const char *gsink_model_errmsg(const gsink_model *model);
-/* Sets the number of CPU threads this model uses (0 = all). */
+/* Sets the number of CPU threads this model uses: 0 = one per CPU this
+ * process may run on (its affinity mask); 1..gsink_max_threads(). A negative
+ * count or one above gsink_max_threads() gives GSINK_ERR_INVALID_ARGUMENT and
+ * leaves the model's thread count unchanged. */
 GSINK_API gsink_status gsink_model_set_threads(gsink_model *model, int n_threads);
 
 /* Memory flags. GSINK_MEMORY_RESET_PEAK: after reading, the peak restarts

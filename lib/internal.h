@@ -32,6 +32,16 @@ size_t gsink__copy_sized(void *out, size_t size, const void *full, size_t full_s
 /* Checked size arithmetic: returns false on overflow. */
 bool gsink__mul_size(size_t a, size_t b, size_t *out);
 
+/* ---- threads ------------------------------------------------------------- */
+
+/* Thread limit: at most this many threads per CPU the process may run on. */
+#define GSINK__THREADS_PER_CPU 2
+#define GSINK__MAX_CPUS 4096
+/* CPUs this process may run on (affinity mask, else online CPUs), >= 1. */
+int gsink__cpu_count(void);
+/* GSINK__THREADS_PER_CPU * gsink__cpu_count(): the n_threads limit. */
+int gsink__max_threads(void);
+
 /* ---- parameters ---------------------------------------------------------- */
 
 typedef struct gsink_layer_params {

@@ -63,6 +63,22 @@ gsink_status gsink_device_describe(gsink_device_kind kind, int index, char *buf,
     return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "unknown device kind %d", (int)kind);
 }
 
+int gsink_max_threads(void) { return gsink__max_threads(); }
+
+/* n_threads of a model: 0 (one per CPU) up to gsink_max_threads(). Larger
+ * counts made OpenMP start thousands of threads, and libgomp exits the
+ * process when it cannot create one. */
+static gsink_status check_threads(int n, char *errbuf)
+{
+    if (n < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "thread count %d must be >= 0 (0 = one per CPU)", n);
+    int max = gsink__max_threads();
+    if (n > max)
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT,
+                           "thread count %d exceeds the limit %d (%d per CPU this process may run on, %d CPUs; "
+                           "see gsink_max_threads)", n, max, GSINK__THREADS_PER_CPU, gsink__cpu_count());
+    return GSINK_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Options                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -244,7 +260,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
         o.size = sizeof o;
     }
-    if (o.n_threads < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
+    if ((st = check_threads(o.n_threads, errbuf))) return st;
     if (o.precision != GSINK_PRECISION_FP32 && o.precision != GSINK_PRECISION_TF32 &&
         o.precision != GSINK_PRECISION_BF16)
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown precision %d", o.precision);
@@ -391,7 +407,8 @@ gsink_status gsink_model_set_threads(gsink_model *m, int n)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
     gsink__clear(m->errmsg);
-    if (n < 0) return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "thread count %d must be >= 0", n);
+    gsink_status st = check_threads(n, m->errmsg);
+    if (st) return st;
     TRY(m, BE(m)->set_threads(m->be, n), "set_threads");
     m->n_threads = n;
     return GSINK_OK;

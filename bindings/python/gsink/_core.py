@@ -227,6 +227,13 @@ def device_describe(kind=DeviceKind.CPU, index=0):
     return _text(buf.value)
 
 
+def max_threads():
+    """Largest n_threads a Model accepts (Model(n_threads=...), set_threads):
+    2 per CPU this process may run on (its CPU affinity mask). Larger counts
+    raise InvalidArgumentError; 0 (the default) means one thread per CPU."""
+    return int(_lib.gsink_max_threads())
+
+
 def presets():
     """Names of the built-in configuration presets."""
     names = []
@@ -448,7 +455,9 @@ class Model(_Handle):
     fields. precision is "fp32" (default), "tf32" or "bf16" (or a Precision): tensor-core
     matrix products with fp32 accumulation and fp32 storage, CUDA only (the CPU raises
     UnsupportedError). discard_site_grads=True keeps no per-layer site gradients (about
-    half the activation memory of training; gradient diagnostics then raise)."""
+    half the activation memory of training; gradient diagnostics then raise).
+    n_threads: 0 = one CPU thread per CPU this process may run on, at most
+    max_threads() (2 per CPU; more raises InvalidArgumentError)."""
 
     _free_fn = staticmethod(_lib.gsink_model_free)
     _errmsg_fn = staticmethod(_lib.gsink_model_errmsg)
@@ -509,6 +518,9 @@ class Model(_Handle):
         return _text(_lib.gsink_model_errmsg(self._handle())) or ""
 
     def set_threads(self, n_threads):
+        """CPU threads of this model: 0 = one per CPU this process may run on,
+        1..max_threads(); anything else raises InvalidArgumentError and keeps
+        the current count."""
         self._ok(_lib.gsink_model_set_threads(self._handle(), _cint(n_threads, "n_threads")))
 
     def memory(self, reset_peak=False):

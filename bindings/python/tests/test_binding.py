@@ -559,3 +559,22 @@ def test_memory_accounting():
     b1, p1 = m.memory(reset_peak=True)
     assert b1 > b0 and p1 >= b1
     assert m.memory() == (b1, b1)  # the peak restarted from the live bytes
+
+
+def test_thread_limit(model):
+    # 2 threads per CPU this process may run on; more is refused, the model
+    # keeps working, and the maximum itself runs a forward
+    limit = gsink.max_threads()
+    assert limit == 2 * len(os.sched_getaffinity(0))
+    tok, tgt = batch()
+    ref = model.forward(tok, tgt)
+    for bad in (limit + 1, 1000, 5000, 2 ** 31 - 1):
+        with pytest.raises(gsink.InvalidArgumentError, match="limit"):
+            model.set_threads(bad)
+        assert model.forward(tok, tgt) == ref
+    with pytest.raises(gsink.InvalidArgumentError, match="limit"):
+        gsink.Model(gsink.Config(**SMALL), n_threads=limit + 1)
+    model.set_threads(limit)
+    assert model.forward(tok, tgt) == pytest.approx(ref, rel=1e-6)
+    with gsink.Model(gsink.Config(**SMALL), seed=1, n_threads=limit) as m:
+        assert m.forward(tok, tgt) == pytest.approx(ref, rel=1e-6)

@@ -70,6 +70,9 @@ extern "C" {
         buf_size: usize,
     ) -> gsink_status;
 }
+extern "C" {
+    pub fn gsink_max_threads() -> ::std::os::raw::c_int;
+}
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
 pub struct gsink_config {
