@@ -253,7 +253,7 @@ END_TEST
 
 START_TEST(test_status_strings)
 {
-    for (int s = 0; s <= GSINK_ERR_DEVICE_OUT_OF_MEMORY; s++) {
+    for (int s = 0; s <= GSINK_ERR_BUSY; s++) {
         const char *str = gsink_status_str((gsink_status)s);
         ck_assert_ptr_nonnull(str);
         ck_assert(strcmp(str, "unknown status") != 0);

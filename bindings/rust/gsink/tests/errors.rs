@@ -141,3 +141,10 @@ fn thread_limit() {
     let loss = m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap();
     assert!((loss - reference).abs() <= 1e-6 * reference.abs());
 }
+
+#[test]
+fn busy_status_maps_both_ways() {
+    assert_eq!(Status::from_code(22), Status::Busy);
+    assert_eq!(Status::Busy.code(), 22);
+    assert_eq!(Status::Busy.description(), "handle busy");
+}
