@@ -42,7 +42,7 @@ static void usage(FILE *f)
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
             "  --precision P       fp32 (default) | tf32 | bf16 matrix products (tf32, bf16: CUDA only)\n"
-            "  --threads N         CPU threads (default: all)\n"
+            "  --threads N         CPU threads, 0..gsink_max_threads() = 2 per CPU (default 0: one per CPU)\n"
             "  --vscale MODE       off | full | backward-only (default off)\n"
             "  --sink-eps X        sink-rate threshold eps (default 0.3)\n"
             "  --sink-window N     T_eps (default 64, clipped to seq_len)\n"
@@ -273,7 +273,7 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
         else if (!strcmp(o, "--batch")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->batch)) return -1; }
         else if (!strcmp(o, "--seq")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 24, &a->seq)) return -1; }
-        else if (!strcmp(o, "--threads")) { NEED_VALUE(); if (parse_int(o, v, 0, 4096, &a->threads)) return -1; }
+        else if (!strcmp(o, "--threads")) { NEED_VALUE(); if (parse_int(o, v, 0, gsink_max_threads(), &a->threads)) return -1; }
         else if (!strcmp(o, "--sink-eps")) { NEED_VALUE(); if (parse_float(o, v, &a->diag.sink_eps)) return -1; }
         else if (!strcmp(o, "--sink-window")) {
             NEED_VALUE();

@@ -21,7 +21,17 @@
  *  - Arrays are row-major float32 (host memory). Sizes are size_t counts of
  *    elements, never bytes, unless the name says bytes.
  *  - The library never prints, exits or aborts.
- *  - A handle must be used by one thread at a time.
+ *  - A handle (model, optimizer, tokenizer) must be used by one thread at a
+ *    time; different handles may be used from different threads at once. A
+ *    call that finds its handle inside a call on another thread returns
+ *    GSINK_ERR_BUSY at once without touching the handle: the message goes to
+ *    gsink_last_error() of the calling thread only, and the other call, its
+ *    results and the handle's own message (*_errmsg) are unaffected. An
+ *    optimizer call also uses its model, so it is busy while the model is.
+ *    Misuse is detected, not made safe: serialise your calls (e.g. a mutex
+ *    per handle). The *_free functions return nothing; on a busy handle they
+ *    free nothing, record GSINK_ERR_BUSY in gsink_last_error(), and the
+ *    handle stays valid, to be freed once the other call has returned.
  */
 #ifndef GSINK_H
 #define GSINK_H
@@ -84,7 +94,8 @@ typedef enum gsink_status {
     GSINK_ERR_BACKEND = 18,          /* backend (BLIS/CUDA) reported a failure */
     GSINK_ERR_NON_FINITE = 19,       /* NaN/Inf in loss or gradients; step refused */
     GSINK_ERR_MISSING_TENSOR = 20,   /* checkpoint lacks a required tensor */
-    GSINK_ERR_DEVICE_OUT_OF_MEMORY = 21 /* device (GPU) allocation failed */
+    GSINK_ERR_DEVICE_OUT_OF_MEMORY = 21, /* device (GPU) allocation failed */
+    GSINK_ERR_BUSY = 22              /* handle in use by another thread (since 0.1.0) */
 } gsink_status;
 
 /* Short constant description of a status code ("out of memory"). Never NULL. */
@@ -113,6 +124,14 @@ GSINK_API gsink_status gsink_device_count(gsink_device_kind kind, int *count);
  * For the CPU it names the BLIS kernel family in use and thread count. */
 GSINK_API gsink_status gsink_device_describe(gsink_device_kind kind, int index,
                                              char *buf, size_t buf_size);
+/* Largest CPU thread count a model accepts (gsink_model_options.n_threads,
+ * gsink_model_set_threads): 2 per CPU this process may run on, i.e. twice
+ * the size of its CPU affinity mask (the online CPUs where the mask cannot
+ * be read); at least 2. Larger counts are refused with
+ * GSINK_ERR_INVALID_ARGUMENT, and no OpenMP region or BLIS call of the
+ * library runs more threads than this. Returns an int, not a status; the
+ * value follows the affinity mask at the time of the call. (Since 0.1.0.) */
+GSINK_API int gsink_max_threads(void);
 
 /* ------------------------------------------------------------------------ */
 /* Model configuration                                                      */
@@ -156,7 +175,8 @@ typedef struct gsink_model_options {
     size_t size;            /* sizeof(gsink_model_options) */
     int32_t device;         /* gsink_device_kind, default CPU */
     int32_t device_index;   /* default 0 */
-    int32_t n_threads;      /* CPU threads for this model; 0 = all online CPUs */
+    int32_t n_threads;      /* CPU threads for this model: 0 (default) = one per CPU
+                             * this process may run on; at most gsink_max_threads() */
     uint64_t seed;          /* initialisation seed, default 0 */
     int32_t precision;      /* gsink_precision, default GSINK_PRECISION_FP32 (since 0.1.0) */
     uint32_t flags;         /* gsink_model_flags, default 0 (since 0.1.0) */
@@ -193,13 +213,20 @@ GSINK_API void gsink_model_options_init_size(gsink_model_options *opts, size_t s
 GSINK_API gsink_status gsink_model_create(const gsink_config *cfg,
                                           const gsink_model_options *opts,
                                           gsink_model **out);
-/* Frees a model; NULL is allowed. */
+/* Frees a model; NULL is allowed. While another thread is inside a call on
+ * the model (or on an optimizer of it) nothing is freed: the model stays
+ * valid and gsink_last_error() says GSINK_ERR_BUSY (see Conventions). */
 GSINK_API void gsink_model_free(gsink_model *model);
 /* Copies the model's config into *cfg (cfg->size must be set). */
 GSINK_API gsink_status gsink_model_config(const gsink_model *model, gsink_config *cfg);
-/* Last error message for this model ("" if none). */
+/* Last error message for this model ("" if none). While another thread is
+ * inside a call on the model it returns a constant "in use by another thread"
+ * text instead of the buffer that call is writing. */
 GSINK_API const char *gsink_model_errmsg(const gsink_model *model);
-/* Sets the number of CPU threads this model uses (0 = all). */
+/* Sets the number of CPU threads this model uses: 0 = one per CPU this
+ * process may run on (its affinity mask); 1..gsink_max_threads(). A negative
+ * count or one above gsink_max_threads() gives GSINK_ERR_INVALID_ARGUMENT and
+ * leaves the model's thread count unchanged. */
 GSINK_API gsink_status gsink_model_set_threads(gsink_model *model, int n_threads);
 
 /* Memory flags. GSINK_MEMORY_RESET_PEAK: after reading, the peak restarts
@@ -474,15 +501,21 @@ GSINK_API void gsink_optimizer_options_init_size(gsink_optimizer_options *opts, 
 GSINK_API gsink_status gsink_optimizer_create(gsink_model *model,
                                               const gsink_optimizer_options *opts,
                                               gsink_optimizer **out);
+/* Frees an optimizer (NULL is allowed); refused like gsink_model_free while
+ * another thread uses the optimizer or its model. */
 GSINK_API void gsink_optimizer_free(gsink_optimizer *opt);
+/* Last error message of the optimizer ("" if none; a constant text while
+ * another thread uses it, as gsink_model_errmsg). */
 GSINK_API const char *gsink_optimizer_errmsg(const gsink_optimizer *opt);
-/* Learning rate the schedule gives at step (0-based). */
+/* Learning rate the schedule gives at step (0-based); NaN (GSINK_ERR_BUSY in
+ * gsink_last_error) while another thread uses the optimizer. */
 GSINK_API float gsink_optimizer_lr_at(const gsink_optimizer *opt, int64_t step);
 /* One AdamW update from the model's accumulated gradients, then zeroes them.
  * *grad_norm (may be NULL) receives the pre-clip global gradient norm. NaN/Inf
  * gradients give GSINK_ERR_NON_FINITE and leave the weights untouched. */
 GSINK_API gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm);
-/* Number of steps taken. */
+/* Number of steps taken; -1 (GSINK_ERR_BUSY in gsink_last_error) while
+ * another thread uses the optimizer. */
 GSINK_API int64_t gsink_optimizer_step_count(const gsink_optimizer *opt);
 /* Saves the optimizer state (step and AdamW moments of every parameter and
  * of V-scale theta) to path, written atomically (temporary file, fsync,
@@ -515,7 +548,11 @@ typedef struct gsink_tokenizer gsink_tokenizer;
 
 /* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata. */
 GSINK_API gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out);
+/* Frees a tokenizer (NULL is allowed); refused like gsink_model_free while
+ * another thread uses it. */
 GSINK_API void gsink_tokenizer_free(gsink_tokenizer *tok);
+/* Last error message of the tokenizer ("" if none; a constant text while
+ * another thread uses it). */
 GSINK_API const char *gsink_tokenizer_errmsg(const gsink_tokenizer *tok);
 GSINK_API gsink_status gsink_tokenizer_vocab_size(const gsink_tokenizer *tok, int32_t *n);
 /* Special token ids (-1 if the vocabulary has none). */

@@ -32,11 +32,49 @@ const char *gsink_status_str(gsink_status status)
     case GSINK_ERR_NON_FINITE: return "non-finite values";
     case GSINK_ERR_MISSING_TENSOR: return "missing tensor";
     case GSINK_ERR_DEVICE_OUT_OF_MEMORY: return "device out of memory";
+    case GSINK_ERR_BUSY: return "handle busy";
     }
     return "unknown status";
 }
 
 const char *gsink_last_error(void) { return tls_msg; }
+
+/* The address of a thread-local object identifies the thread while it runs
+ * (never 0; the owner word is cleared before a call returns, so a later
+ * thread reusing the address cannot find itself owner by mistake). */
+static _Thread_local char tls_self;
+
+static uintptr_t self_id(void) { return (uintptr_t)&tls_self; }
+
+bool gsink__use_acquire(gsink__use *u, gsink__owner *owner)
+{
+    uintptr_t idle = 0, me = self_id();
+    u->owner = NULL;
+    if (atomic_compare_exchange_strong_explicit(owner, &idle, me, memory_order_acquire,
+                                                memory_order_relaxed)) {
+        u->owner = owner;
+        return true;
+    }
+    return idle == me; /* nested call on the owning thread */
+}
+
+void gsink__use_release(gsink__use *u)
+{
+    if (u->owner) atomic_store_explicit(u->owner, 0, memory_order_release);
+    u->owner = NULL;
+}
+
+bool gsink__used_elsewhere(const gsink__owner *owner)
+{
+    uintptr_t o = atomic_load_explicit((gsink__owner *)owner, memory_order_acquire);
+    return o != 0 && o != self_id();
+}
+
+gsink_status gsink__busy(const char *what)
+{
+    /* Only the thread's own slot: the handle's buffer belongs to the owner. */
+    return gsink__fail(NULL, GSINK_ERR_BUSY, GSINK__BUSY_MSG("%s"), what);
+}
 
 gsink_status gsink__fail(char *msgbuf, gsink_status status, const char *fmt, ...)
 {

@@ -5,6 +5,7 @@
 #define GSINK_INTERNAL_H
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -31,6 +32,59 @@ void gsink__clear(char *msgbuf);
 size_t gsink__copy_sized(void *out, size_t size, const void *full, size_t full_size);
 /* Checked size arithmetic: returns false on overflow. */
 bool gsink__mul_size(size_t a, size_t b, size_t *out);
+
+/* ---- handle use ----------------------------------------------------------- */
+
+/* A handle may be used by one thread at a time (gsink.h). Each handle holds
+ * an atomic owner word: 0 when idle, else an id of the thread inside a call
+ * on it. Every public function taking the handle starts with GSINK_USE(...),
+ * which claims the word (compare-and-swap 0 -> this thread, acquire) and
+ * releases it (store 0, release) when the function's scope ends, on every
+ * return path (the cleanup attribute). A call that finds the handle owned by
+ * another thread returns GSINK_ERR_BUSY at once: it touches nothing of the
+ * handle, not even its message buffer (the owner may be writing it); its
+ * message goes to the calling thread's gsink_last_error only. A nested call
+ * on the same thread (a public function calling another) passes through.
+ * Every handle struct (model, optimizer, tokenizer) begins with its owner
+ * word, so GSINK__OWNER(h) finds it for any handle (tests use it too). */
+typedef _Atomic uintptr_t gsink__owner;
+typedef struct gsink__use { gsink__owner *owner; } gsink__use;
+/* Claims *owner for this thread (records it in u to release) or finds this
+ * thread already owns it (u records nothing); false: another thread owns it. */
+bool gsink__use_acquire(gsink__use *u, gsink__owner *owner);
+/* Releases what gsink__use_acquire claimed (no-op for nested and failed uses). */
+void gsink__use_release(gsink__use *u);
+/* Records the busy failure in the thread's message and returns GSINK_ERR_BUSY. */
+gsink_status gsink__busy(const char *what);
+/* Its message, a string literal (what: a string literal too). */
+#define GSINK__BUSY_MSG(what) \
+    "the " what " is in use by another thread (a handle must be used by one thread at a time)"
+/* True while a thread other than the caller is inside a call on the handle. */
+bool gsink__used_elsewhere(const gsink__owner *owner);
+
+#define GSINK__OWNER(h) ((gsink__owner *)(void *)(h))
+#define GSINK__CAT2(a, b) a##b
+#define GSINK__CAT(a, b) GSINK__CAT2(a, b)
+/* Claims the handle `h` (any handle struct with an `owner` member) for the
+ * rest of the enclosing scope, or returns `busy_ret` from the function. `h`
+ * may point to const: the owner word is the one mutable field of a handle. */
+#define GSINK_USE_OR(h, what, busy_ret)                                                      \
+    gsink__use GSINK__CAT(gsink_use_, __LINE__) __attribute__((cleanup(gsink__use_release))) = \
+        {NULL};                                                                              \
+    if (!gsink__use_acquire(&GSINK__CAT(gsink_use_, __LINE__), (gsink__owner *)&(h)->owner))   \
+        return (busy_ret)
+/* The same for functions returning a gsink_status: GSINK_ERR_BUSY with a message. */
+#define GSINK_USE(h, what) GSINK_USE_OR(h, what, gsink__busy(what))
+
+/* ---- threads ------------------------------------------------------------- */
+
+/* Thread limit: at most this many threads per CPU the process may run on. */
+#define GSINK__THREADS_PER_CPU 2
+#define GSINK__MAX_CPUS 4096
+/* CPUs this process may run on (affinity mask, else online CPUs), >= 1. */
+int gsink__cpu_count(void);
+/* GSINK__THREADS_PER_CPU * gsink__cpu_count(): the n_threads limit. */
+int gsink__max_threads(void);
 
 /* ---- parameters ---------------------------------------------------------- */
 
@@ -93,6 +147,7 @@ typedef struct gsink_vscale_state {
 } gsink_vscale_state;
 
 struct gsink_model {
+    gsink__owner owner;   /* first, as in every handle: thread inside a call (GSINK_USE) */
     gsink_config cfg;
     gsink_backend *be;
     int device_kind, device_index, n_threads;

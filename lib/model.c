@@ -63,6 +63,22 @@ gsink_status gsink_device_describe(gsink_device_kind kind, int index, char *buf,
     return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "unknown device kind %d", (int)kind);
 }
 
+int gsink_max_threads(void) { return gsink__max_threads(); }
+
+/* n_threads of a model: 0 (one per CPU) up to gsink_max_threads(). Larger
+ * counts made OpenMP start thousands of threads, and libgomp exits the
+ * process when it cannot create one. */
+static gsink_status check_threads(int n, char *errbuf)
+{
+    if (n < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "thread count %d must be >= 0 (0 = one per CPU)", n);
+    int max = gsink__max_threads();
+    if (n > max)
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT,
+                           "thread count %d exceeds the limit %d (%d per CPU this process may run on, %d CPUs; "
+                           "see gsink_max_threads)", n, max, GSINK__THREADS_PER_CPU, gsink__cpu_count());
+    return GSINK_OK;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Options                                                                   */
 /* ------------------------------------------------------------------------ */
@@ -210,6 +226,15 @@ static void free_acts(gsink_model *m)
 void gsink_model_free(gsink_model *m)
 {
     if (!m) return;
+    /* Freeing a model another thread is inside a call on would pull its
+     * memory away under it: refuse, leave the model valid (the caller may
+     * free it once that call has returned) and say so in gsink_last_error.
+     * The claim is never released: the memory goes away below. */
+    gsink__use u;
+    if (!gsink__use_acquire(&u, &m->owner)) {
+        gsink__busy("model");
+        return;
+    }
     if (m->be) {
         free_acts(m);
         if (m->param_mem) BE(m)->free(m->be, m->param_mem);
@@ -244,7 +269,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
         o.size = sizeof o;
     }
-    if (o.n_threads < 0) return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "n_threads must be >= 0");
+    if ((st = check_threads(o.n_threads, errbuf))) return st;
     if (o.precision != GSINK_PRECISION_FP32 && o.precision != GSINK_PRECISION_TF32 &&
         o.precision != GSINK_PRECISION_BF16)
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown precision %d", o.precision);
@@ -377,6 +402,7 @@ gsink_status gsink_model_create(const gsink_config *cfg, const gsink_model_optio
 gsink_status gsink_model_config(const gsink_model *m, gsink_config *cfg)
 {
     if (!m || !cfg) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or config is NULL");
+    GSINK_USE(m, "model");
     size_t n = cfg->size;
     if (n < sizeof(size_t)) return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "cfg->size is not set (call gsink_config_init)");
     if (n > sizeof *cfg) n = sizeof *cfg;
@@ -385,13 +411,21 @@ gsink_status gsink_model_config(const gsink_model *m, gsink_config *cfg)
     return GSINK_OK;
 }
 
-const char *gsink_model_errmsg(const gsink_model *m) { return m ? m->errmsg : "model is NULL"; }
+const char *gsink_model_errmsg(const gsink_model *m)
+{
+    if (!m) return "model is NULL";
+    /* The buffer belongs to the call in progress on another thread. */
+    if (gsink__used_elsewhere(&m->owner)) return GSINK__BUSY_MSG("model");
+    return m->errmsg;
+}
 
 gsink_status gsink_model_set_threads(gsink_model *m, int n)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
-    if (n < 0) return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "thread count %d must be >= 0", n);
+    gsink_status st = check_threads(n, m->errmsg);
+    if (st) return st;
     TRY(m, BE(m)->set_threads(m->be, n), "set_threads");
     m->n_threads = n;
     return GSINK_OK;
@@ -400,6 +434,7 @@ gsink_status gsink_model_set_threads(gsink_model *m, int n)
 gsink_status gsink_model_memory(gsink_model *m, uint64_t *bytes, uint64_t *peak_bytes, uint32_t flags)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (flags & ~(uint32_t)GSINK_MEMORY_RESET_PEAK)
         return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown memory flags 0x%x", (unsigned)flags);
@@ -422,6 +457,7 @@ static size_t n_theta_entries(const gsink_model *m)
 gsink_status gsink_param_count(const gsink_model *m, size_t *count)
 {
     if (!m || !count) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or count is NULL");
+    GSINK_USE(m, "model");
     *count = m->n_entries + n_theta_entries(m);
     return GSINK_OK;
 }
@@ -430,6 +466,7 @@ gsink_status gsink_param_info(const gsink_model *m, size_t index, const char **n
                               int64_t dims[2])
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     if (index < m->n_entries) {
         const gsink_param_entry *e = &m->entries[index];
         if (name) *name = e->name;
@@ -457,6 +494,7 @@ gsink_status gsink_param_info(const gsink_model *m, size_t index, const char **n
 gsink_status gsink_param_numel(const gsink_model *m, size_t *numel)
 {
     if (!m || !numel) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or numel is NULL");
+    GSINK_USE(m, "model");
     *numel = m->n_param_floats + n_theta_entries(m) * (size_t)m->vs.n_scale_heads;
     return GSINK_OK;
 }
@@ -466,6 +504,7 @@ typedef enum { P_GET, P_SET, P_GRAD } param_op;
 static gsink_status param_io(gsink_model *m, const char *name, float *buf, size_t count, param_op op)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!name || !buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "name or buffer is NULL");
     const gsink_param_entry *e = gsink__find_param(m, name);
@@ -587,6 +626,7 @@ int gsink__site_width(const gsink_model *m, gsink_site site)
 gsink_status gsink_site_dims(const gsink_model *m, gsink_site site, int *heads, int *width)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     if ((int)site < 0 || site >= GSINK_SITE_COUNT)
         return gsink__fail(NULL, GSINK_ERR_UNKNOWN_SITE, "unknown site id %d", (int)site);
     int h = gsink__site_heads(m, site);
@@ -606,6 +646,7 @@ float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad)
 static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float *out, size_t count, bool grad)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "output buffer is NULL");
     if ((int)site < 0 || site >= GSINK_SITE_COUNT)
@@ -637,7 +678,9 @@ gsink_status gsink_get_gradient(gsink_model *m, int layer, gsink_site site, floa
 
 gsink_status gsink_set_diag_options(gsink_model *m, const gsink_diag_options *o)
 {
-    if (!m || !o) return gsink__fail(m ? m->errmsg : NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
+    if (!o) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
     gsink__clear(m->errmsg);
     if (o->size < sizeof(gsink_diag_options))
         return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "diag options size %zu too small (call gsink_diag_options_init)", o->size);
@@ -655,6 +698,7 @@ gsink_status gsink_set_diag_options(gsink_model *m, const gsink_diag_options *o)
 gsink_status gsink_get_diag_options(const gsink_model *m, gsink_diag_options *o)
 {
     if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
+    GSINK_USE(m, "model");
     if (!gsink__copy_sized(o, o->size, &m->diag, sizeof m->diag))
         return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "opts->size is not set (use gsink_diag_options_init)");
     return GSINK_OK;
@@ -891,6 +935,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
                            int seq_len, float *loss)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!tokens) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "tokens is NULL");
     if (batch < 1) return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "batch = %d must be >= 1", batch);
@@ -950,6 +995,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
 gsink_status gsink_last_shape(const gsink_model *m, int *batch, int *seq_len)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     if (batch) *batch = m->have_forward ? m->B : 0;
     if (seq_len) *seq_len = m->have_forward ? m->T : 0;
     if (!m->have_forward) return gsink__fail(NULL, GSINK_ERR_CALL_ORDER, "no forward pass has run");
@@ -959,6 +1005,7 @@ gsink_status gsink_last_shape(const gsink_model *m, int *batch, int *seq_len)
 gsink_status gsink_get_logits(gsink_model *m, float *out, size_t count)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "output buffer is NULL");
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
@@ -1032,6 +1079,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
 gsink_status gsink_zero_grad(gsink_model *m)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     TRY(m, BE(m)->zero(m->be, m->grad_mem, m->n_param_floats * sizeof(float)), "zero");
     TRY(m, BE(m)->zero(m->be, m->vs.dtheta, (size_t)m->cfg.n_layers * m->cfg.n_heads * sizeof(float)), "zero");
@@ -1041,6 +1089,7 @@ gsink_status gsink_zero_grad(gsink_model *m)
 gsink_status gsink_backward(gsink_model *m, unsigned flags)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (flags & ~GSINK_BACKWARD_ACCUMULATE)
         return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown backward flags 0x%x", flags);
@@ -1077,6 +1126,7 @@ gsink_status gsink_backward(gsink_model *m, unsigned flags)
 gsink_status gsink_vscale_enable(gsink_model *m, const gsink_vscale_options *o)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!o) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "options is NULL");
     if (o->size < sizeof(gsink_vscale_options))
@@ -1105,6 +1155,7 @@ gsink_status gsink_vscale_enable(gsink_model *m, const gsink_vscale_options *o)
 gsink_status gsink_vscale_get(const gsink_model *m, gsink_vscale_options *o)
 {
     if (!m || !o) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or options is NULL");
+    GSINK_USE(m, "model");
     gsink_vscale_options v;
     gsink_vscale_options_init(&v);
     v.mode = m->vs.mode;
@@ -1119,6 +1170,7 @@ gsink_status gsink_vscale_get(const gsink_model *m, gsink_vscale_options *o)
 gsink_status gsink_vscale_theta_count(const gsink_model *m, size_t *count)
 {
     if (!m || !count) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model or count is NULL");
+    GSINK_USE(m, "model");
     *count = n_theta_entries(m) * (size_t)m->vs.n_scale_heads;
     return GSINK_OK;
 }
@@ -1126,6 +1178,7 @@ gsink_status gsink_vscale_theta_count(const gsink_model *m, size_t *count)
 static gsink_status theta_io(gsink_model *m, float *buf, size_t count, param_op op)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "buffer is NULL");
     if (m->vs.mode == GSINK_VSCALE_OFF)

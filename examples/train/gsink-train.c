@@ -292,7 +292,7 @@ static void usage(FILE *f)
             "  --frozen-theta       full V-scale with theta frozen at 0\n"
             "  --per-query-head     V-scale per query head (default per KV head)\n"
             "  --d-model/--layers/--heads/--kv-heads/--d-head/--d-ff N   override the shape\n"
-            "  --threads N          CPU threads (default 0 = all)\n"
+            "  --threads N          CPU threads, 0..2 per CPU (default 0 = one per CPU)\n"
             "  --device D           cpu (default) or cuda (GPU 0)\n"
             "  --precision P        fp32 (default), tf32 or bf16 matrix products (tf32/bf16: CUDA only)\n"
             "  --eval-every N       validation every N steps (default 100)\n"
@@ -393,7 +393,13 @@ static void parse_args(int argc, char **argv, train_args *a)
         case O_KV: a->kv_heads = (int)parse_long(optarg, "--kv-heads"); break;
         case O_DH: a->d_head = (int)parse_long(optarg, "--d-head"); break;
         case O_FF: a->d_ff = (int)parse_long(optarg, "--d-ff"); break;
-        case O_THR: a->threads = (int)parse_long(optarg, "--threads"); break;
+        case O_THR: {
+            long v = parse_long(optarg, "--threads");
+            if (v < 0 || v > gsink_max_threads())
+                die("--threads must be in [0, %d] (2 per CPU this process may run on), got %ld", gsink_max_threads(), v);
+            a->threads = (int)v;
+            break;
+        }
         case O_EE: a->eval_every = (int)parse_long(optarg, "--eval-every"); break;
         case O_EB: a->eval_batches = (int)parse_long(optarg, "--eval-batches"); break;
         case O_DE: a->diag_every = (int)parse_long(optarg, "--diag-every"); break;

@@ -7,6 +7,7 @@
  */
 #include <cpuid.h>
 #include <float.h>
+#include <sched.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -130,11 +131,22 @@ static inline int nt_for(gsink_backend *be, size_t work)
     return work < PAR_MIN_WORK ? 1 : CTX(be)->nt;
 }
 
-static int online_cpus(void)
+int gsink__cpu_count(void)
 {
+    /* The CPUs this process may run on (taskset, cgroup cpusets, container
+     * limits that pin CPUs); the online CPUs where the mask cannot be read
+     * (more CPUs than a cpu_set_t holds). */
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof set, &set) == 0) {
+        int n = CPU_COUNT(&set);
+        if (n > 0) return n;
+    }
     long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
+    return n > 0 ? (n > GSINK__MAX_CPUS ? GSINK__MAX_CPUS : (int)n) : 1;
 }
+
+int gsink__max_threads(void) { return GSINK__THREADS_PER_CPU * gsink__cpu_count(); }
 
 static gsink_status set_fail(gsink_backend *be, gsink_status st, const char *msg)
 {
@@ -146,8 +158,12 @@ static gsink_status cpu_set_threads(gsink_backend *be, int n)
 {
     cpu_ctx *c = CTX(be);
     if (n < 0) return set_fail(be, GSINK_ERR_INVALID_ARGUMENT, "thread count must be >= 0");
-    if (n == 0) n = online_cpus();
-    if (n > 1024) n = 1024;
+    /* nt bounds every OpenMP region (nt_for, the attention loops) and BLIS's
+     * rntm: no region asks for more threads than gsink_max_threads(). The
+     * model refuses larger counts; this clamp keeps the backend safe alone. */
+    int max = gsink__max_threads();
+    if (n == 0) n = gsink__cpu_count();
+    if (n > max) n = max;
     c->nt = n;
     bli_rntm_init(&c->rntm);
     bli_rntm_set_num_threads(n, &c->rntm);

@@ -191,6 +191,7 @@ static gsink_status norms_checked(gsink_model *m, int layer, gsink_site site, in
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
     if ((st = check_site(m, site))) return st;
@@ -221,6 +222,7 @@ gsink_status gsink_attention_column_mass(gsink_model *m, int layer, int head, fl
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if ((st = gsink__diag_need(m, false))) return st;
     if ((st = gsink__diag_layer(m, layer))) return st;
@@ -267,6 +269,7 @@ gsink_status gsink_sink_scores(gsink_model *m, int layer, int s, float *out, siz
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
     if ((st = gsink__diag_need(m, false))) return st;
@@ -293,6 +296,7 @@ gsink_status gsink_sink_rate(gsink_model *m, int layer, int s, float eps, float 
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!rate) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "rate is NULL");
     if (!isfinite(eps))
@@ -309,6 +313,7 @@ gsink_status gsink_attention_pattern(gsink_model *m, int layer, int batch_index,
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
     if ((st = gsink__diag_need(m, false))) return st;
@@ -386,6 +391,7 @@ gsink_status gsink_gradient_sink_ratio(gsink_model *m, int layer, int s, int t_e
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!ratio) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "ratio is NULL");
     if ((st = gsink__diag_need(m, true))) return st;
@@ -488,6 +494,7 @@ gsink_status gsink_branch_ratios(gsink_model *m, int layer, int branch, int agg,
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if ((st = gsink__diag_need(m, true))) return st;
     if ((st = gsink__diag_layer(m, layer))) return st;
@@ -525,6 +532,7 @@ gsink_status gsink_massive_activation_ratio(gsink_model *m, int layer, gsink_sit
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!ratio) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "ratio is NULL");
     if ((st = check_site(m, site))) return st;
@@ -607,6 +615,7 @@ gsink_status gsink_qkv_gradient_split(gsink_model *m, int layer, int agg, float 
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if ((st = gsink__diag_need(m, true))) return st;
     if ((st = gsink__diag_layer(m, layer))) return st;

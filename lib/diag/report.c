@@ -309,6 +309,7 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
 {
     gsink_status st;
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!json) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "json is NULL");
     *json = NULL;

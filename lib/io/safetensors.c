@@ -602,6 +602,7 @@ typedef struct save_item { const char *name; char own[96]; int ndim; int64_t dim
 gsink_status gsink_model_save(gsink_model *model, const char *dir)
 {
     if (!model) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(model, "model");
     gsink__clear(model->errmsg);
     char *err = model->errmsg;
     if (!dir || !dir[0]) return gsink__fail(err, GSINK_ERR_NULL_ARGUMENT, "dir is NULL or empty");

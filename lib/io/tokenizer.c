@@ -14,6 +14,7 @@ typedef struct hent { const char *s; uint32_t len; int32_t val; } hent;
 typedef struct hmap { hent *e; size_t cap; } hmap;
 
 struct gsink_tokenizer {
+    gsink__owner owner;     /* first (see GSINK__OWNER): thread inside a call (GSINK_USE) */
     char errmsg[GSINK_MSG_SIZE];
     int32_t n_vocab;
     char *arena;            /* all token and merge strings */
@@ -146,6 +147,11 @@ static void byte_map(gsink_tokenizer *t)
 void gsink_tokenizer_free(gsink_tokenizer *t)
 {
     if (!t) return;
+    gsink__use u; /* as gsink_model_free: refused while another thread uses it */
+    if (!gsink__use_acquire(&u, &t->owner)) {
+        gsink__busy("tokenizer");
+        return;
+    }
     free(t->arena);
     free(t->tok);
     free(t->tok_len);
@@ -278,11 +284,16 @@ gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out)
     return GSINK_OK;
 }
 
-const char *gsink_tokenizer_errmsg(const gsink_tokenizer *t) { return t ? t->errmsg : ""; }
+const char *gsink_tokenizer_errmsg(const gsink_tokenizer *t)
+{
+    if (!t) return "";
+    return gsink__used_elsewhere(&t->owner) ? GSINK__BUSY_MSG("tokenizer") : t->errmsg;
+}
 
 gsink_status gsink_tokenizer_vocab_size(const gsink_tokenizer *t, int32_t *n)
 {
     if (!t || !n) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer or n is NULL");
+    GSINK_USE(t, "tokenizer");
     *n = t->n_vocab;
     return GSINK_OK;
 }
@@ -290,6 +301,7 @@ gsink_status gsink_tokenizer_vocab_size(const gsink_tokenizer *t, int32_t *n)
 gsink_status gsink_tokenizer_special(const gsink_tokenizer *t, int32_t *bos, int32_t *eos)
 {
     if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    GSINK_USE(t, "tokenizer");
     if (bos) *bos = t->bos;
     if (eos) *eos = t->eos;
     return GSINK_OK;
@@ -526,6 +538,7 @@ gsink_status gsink_tokenizer_encode(gsink_tokenizer *t, const char *text, size_t
                                     int32_t *ids, size_t capacity, size_t *n_ids)
 {
     if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    GSINK_USE(t, "tokenizer");
     gsink__clear(t->errmsg);
     if (!n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "n_ids is NULL");
     *n_ids = 0;
@@ -582,6 +595,7 @@ gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size
                                     size_t buf_size, size_t *len)
 {
     if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    GSINK_USE(t, "tokenizer");
     gsink__clear(t->errmsg);
     if (!ids && n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "ids is NULL");
     if (!buf && buf_size) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "buf is NULL");

@@ -29,6 +29,7 @@
 #include "internal.h"
 
 struct gsink_optimizer {
+    gsink__owner owner;    /* first (see GSINK__OWNER): thread inside a call (GSINK_USE) */
     gsink_model *model;
     gsink_optimizer_options o;
     int64_t step;          /* updates taken */
@@ -122,6 +123,7 @@ gsink_status gsink_optimizer_create(gsink_model *model, const gsink_optimizer_op
 {
     if (out) *out = NULL;
     if (!model || !out) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_create: model or out is NULL");
+    GSINK_USE(model, "model");
     gsink_optimizer_options o;
     gsink_optimizer_options_init(&o);
     if (opts) {
@@ -156,13 +158,28 @@ gsink_status gsink_optimizer_create(gsink_model *model, const gsink_optimizer_op
 void gsink_optimizer_free(gsink_optimizer *opt)
 {
     if (!opt) return;
+    /* Its state lives in the model's backend: refused (as gsink_model_free)
+     * while another thread uses the optimizer or its model. */
+    gsink__use u;
+    if (!gsink__use_acquire(&u, &opt->owner)) {
+        gsink__busy("optimizer");
+        return;
+    }
+    gsink__use um;
+    if (!gsink__use_acquire(&um, &opt->model->owner)) {
+        gsink__use_release(&u);
+        gsink__busy("model");
+        return;
+    }
     release(opt);
+    gsink__use_release(&um);
     free(opt);
 }
 
 const char *gsink_optimizer_errmsg(const gsink_optimizer *opt)
 {
-    return opt ? opt->errmsg : "";
+    if (!opt) return "";
+    return gsink__used_elsewhere(&opt->owner) ? GSINK__BUSY_MSG("optimizer") : opt->errmsg;
 }
 
 static double schedule(const gsink_optimizer_options *o, int64_t step)
@@ -182,12 +199,15 @@ static double schedule(const gsink_optimizer_options *o, int64_t step)
 float gsink_optimizer_lr_at(const gsink_optimizer *opt, int64_t step)
 {
     if (!opt) return 0.0f;
+    GSINK_USE_OR(opt, "optimizer", (gsink__busy("optimizer"), NAN));
     return (float)schedule(&opt->o, step);
 }
 
 int64_t gsink_optimizer_step_count(const gsink_optimizer *opt)
 {
-    return opt ? opt->step : 0;
+    if (!opt) return 0;
+    GSINK_USE_OR(opt, "optimizer", (gsink__busy("optimizer"), -1));
+    return opt->step;
 }
 
 static int theta_trainable(const gsink_model *m)
@@ -207,8 +227,10 @@ static int entry_in_block(const gsink_model *m, const gsink_param_entry *e)
 gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm)
 {
     if (!opt) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_step: opt is NULL");
-    gsink__clear(opt->errmsg);
+    GSINK_USE(opt, "optimizer");
     gsink_model *m = opt->model;
+    GSINK_USE(m, "model");
+    gsink__clear(opt->errmsg);
     gsink_backend *be = m->be;
     const gsink_optimizer_options *o = &opt->o;
     if (m->n_param_floats != opt->n_param || theta_capacity(m) != opt->n_theta)
@@ -343,6 +365,8 @@ static gsink_status write_floats(gsink_optimizer *opt, int fd, const float *src,
 gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path)
 {
     if (!opt) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_save: opt is NULL");
+    GSINK_USE(opt, "optimizer");
+    GSINK_USE(opt->model, "model");
     gsink__clear(opt->errmsg);
     if (!path) return gsink__fail(opt->errmsg, GSINK_ERR_NULL_ARGUMENT, "optimizer_save: path is NULL");
     size_t plen = strlen(path);
@@ -406,6 +430,8 @@ static int read_all(FILE *f, void *buf, size_t n, uint64_t *hash)
 gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path)
 {
     if (!opt) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_load: opt is NULL");
+    GSINK_USE(opt, "optimizer");
+    GSINK_USE(opt->model, "model");
     gsink__clear(opt->errmsg);
     if (!path) return gsink__fail(opt->errmsg, GSINK_ERR_NULL_ARGUMENT, "optimizer_load: path is NULL");
     FILE *f = fopen(path, "rb");

@@ -3,11 +3,14 @@
  * stays usable (a good call afterwards gives the same result as before).
  */
 #include <check.h>
+#include <limits.h>
 #include <math.h>
+#include <sched.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "../common/testutil.h"
 #include "gsink.h"
@@ -250,7 +253,7 @@ END_TEST
 
 START_TEST(test_status_strings)
 {
-    for (int s = 0; s <= GSINK_ERR_DEVICE_OUT_OF_MEMORY; s++) {
+    for (int s = 0; s <= GSINK_ERR_BUSY; s++) {
         const char *str = gsink_status_str((gsink_status)s);
         ck_assert_ptr_nonnull(str);
         ck_assert(strcmp(str, "unknown status") != 0);
@@ -302,6 +305,69 @@ START_TEST(test_init_respects_caller_struct_size)
 }
 END_TEST
 
+/* Thread counts are bounded by gsink_max_threads() (2 per CPU of the
+ * process's affinity mask): larger counts are refused at create and by
+ * set_threads, the model stays usable, and the maximum itself works. */
+START_TEST(test_thread_limit)
+{
+    int max = gsink_max_threads();
+    long online = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    ck_assert_int_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    ck_assert_int_eq(max, 2 * CPU_COUNT(&set));
+    ck_assert_int_le(max, 2 * online);
+    const int bad[] = {max + 1, 1000, 5000, INT_MAX, -1, INT_MIN};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (bad[i] >= 0 && bad[i] <= max) continue;
+        EXPECT(gsink_model_set_threads(m, bad[i]), GSINK_ERR_INVALID_ARGUMENT);
+        if (bad[i] > 0) ck_assert_msg(strstr(gsink_model_errmsg(m), "limit") != NULL, "%s", gsink_model_errmsg(m));
+        assert_usable(); /* still one thread: the very same loss */
+    }
+    /* the same bound at creation */
+    gsink_config c;
+    gsink_config_preset("tiny", &c);
+    c.max_seq_len = 16;
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.n_threads = max + 1;
+    gsink_model *x = (gsink_model *)0x1;
+    EXPECT(gsink_model_create(&c, &o, &x), GSINK_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(x);
+    ck_assert(strstr(gsink_last_error(), "limit") != NULL);
+    /* the maximum and the default (0 = one per CPU) run a forward + backward
+     * with the same numbers as one thread */
+    const int good[] = {max, 0};
+    for (size_t i = 0; i < 2; i++) {
+        float loss;
+        ck_assert_int_eq(gsink_model_set_threads(m, good[i]), GSINK_OK);
+        ck_assert_int_eq(gsink_forward(m, tok, tgt, 2, 16, &loss), GSINK_OK);
+        ck_assert(tu_close(loss, ref_loss, 1e-6, 0));
+        ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    }
+    o.n_threads = max;
+    ck_assert_int_eq(gsink_model_create(&c, &o, &x), GSINK_OK);
+    float loss;
+    ck_assert_int_eq(gsink_forward(x, tok, tgt, 2, 16, &loss), GSINK_OK);
+    ck_assert(tu_close(loss, ref_loss, 1e-6, 0));
+    gsink_model_free(x);
+    /* the limit follows the affinity mask: one CPU allows 2 threads */
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int i = 0; i < CPU_SETSIZE; i++)
+        if (CPU_ISSET(i, &set)) {
+            CPU_SET(i, &one);
+            break;
+        }
+    ck_assert_int_eq(sched_setaffinity(0, sizeof one, &one), 0);
+    ck_assert_int_eq(gsink_max_threads(), 2);
+    EXPECT(gsink_model_set_threads(m, 3), GSINK_ERR_INVALID_ARGUMENT);
+    ck_assert_int_eq(gsink_model_set_threads(m, 2), GSINK_OK);
+    ck_assert_int_eq(gsink_forward(m, tok, tgt, 2, 16, &loss), GSINK_OK);
+    ck_assert_int_eq(sched_setaffinity(0, sizeof set, &set), 0);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("errors");
@@ -318,6 +384,7 @@ int main(void)
     tcase_add_test(tc, test_vscale_bad_input);
     tcase_add_test(tc, test_status_strings);
     tcase_add_test(tc, test_init_respects_caller_struct_size);
+    tcase_add_test(tc, test_thread_limit);
     suite_add_tcase(s, tc);
     int failed = tu_run_suite(s, 1);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -2,8 +2,10 @@
 
 import ctypes
 import enum
+import functools
 import json
 import operator
+import threading
 import weakref
 
 import numpy as np
@@ -227,6 +229,13 @@ def device_describe(kind=DeviceKind.CPU, index=0):
     return _text(buf.value)
 
 
+def max_threads():
+    """Largest n_threads a Model accepts (Model(n_threads=...), set_threads):
+    2 per CPU this process may run on (its CPU affinity mask). Larger counts
+    raise InvalidArgumentError; 0 (the default) means one thread per CPU."""
+    return int(_lib.gsink_max_threads())
+
+
 def presets():
     """Names of the built-in configuration presets."""
     names = []
@@ -392,13 +401,61 @@ def _model_options(seed, n_threads, device, device_index, precision=None,
 # handles
 
 
+def _locked(fn):
+    """Runs a handle method with the handle's locks held (see _Handle)."""
+    @functools.wraps(fn)
+    def call(self, *args, **kwargs):
+        locks = self._locks
+        for lk in locks:
+            lk.acquire()
+        try:
+            return fn(self, *args, **kwargs)
+        finally:
+            for lk in reversed(locks):
+                lk.release()
+    return call
+
+
+_UNLOCKED = frozenset(("__new__", "__init__", "__del__", "__init_subclass__", "__repr__",
+                       "_handle", "_ok"))
+
+
+def _serialise(cls):
+    """Wraps every method and property of cls defined in its body in _locked."""
+    for name, v in list(vars(cls).items()):
+        if name in _UNLOCKED:
+            continue
+        if isinstance(v, property):
+            setattr(cls, name, property(v.fget and _locked(v.fget), v.fset and _locked(v.fset),
+                                        v.fdel and _locked(v.fdel), v.__doc__))
+        elif callable(v) and not isinstance(v, (staticmethod, classmethod, type)):
+            setattr(cls, name, _locked(v))
+
+
 class _Handle:
-    """Owns one C handle; close() frees it once, use after close raises."""
+    """Owns one C handle; close() frees it once, use after close raises.
+
+    A C handle must be used by one thread at a time (the library answers a
+    second thread with GSINK_ERR_BUSY). Each Python handle therefore holds a
+    threading.RLock, and every method and property runs with it held, so
+    calls from several Python threads on one object are serialised, and
+    close() waits for a call in progress. An Optimizer takes its model's lock
+    first, then its own (the C optimizer works on the model's memory)."""
 
     _free_fn = None
     _errmsg_fn = None
     _kind = "handle"
     _h = None
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self._lock = threading.RLock()
+        self._locks = (self._lock,)
+        return self
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _serialise(cls)
 
     def _handle(self):
         h = self._h
@@ -439,6 +496,9 @@ class _Handle:
             pass
 
 
+_serialise(_Handle)
+
+
 class Model(_Handle):
     """A Llama-style model (gsink_model).
 
@@ -448,7 +508,9 @@ class Model(_Handle):
     fields. precision is "fp32" (default), "tf32" or "bf16" (or a Precision): tensor-core
     matrix products with fp32 accumulation and fp32 storage, CUDA only (the CPU raises
     UnsupportedError). discard_site_grads=True keeps no per-layer site gradients (about
-    half the activation memory of training; gradient diagnostics then raise)."""
+    half the activation memory of training; gradient diagnostics then raise).
+    n_threads: 0 = one CPU thread per CPU this process may run on, at most
+    max_threads() (2 per CPU; more raises InvalidArgumentError)."""
 
     _free_fn = staticmethod(_lib.gsink_model_free)
     _errmsg_fn = staticmethod(_lib.gsink_model_errmsg)
@@ -509,6 +571,9 @@ class Model(_Handle):
         return _text(_lib.gsink_model_errmsg(self._handle())) or ""
 
     def set_threads(self, n_threads):
+        """CPU threads of this model: 0 = one per CPU this process may run on,
+        1..max_threads(); anything else raises InvalidArgumentError and keeps
+        the current count."""
         self._ok(_lib.gsink_model_set_threads(self._handle(), _cint(n_threads, "n_threads")))
 
     def memory(self, reset_peak=False):
@@ -924,13 +989,15 @@ class Optimizer(_Handle):
             setattr(o, k, _cint(v, k) if k in self._INT_FIELDS else float(v))
         self.options = {f: getattr(o, f) for f in fields}
         h = ctypes.c_void_p()
-        mh = model._handle()
-        st = _lib.gsink_optimizer_create(mh, ctypes.byref(o), ctypes.byref(h))
-        if st != 0:
-            model._ok(st)
-        self._h = h.value
-        self.model = model
-        model._dependents.add(self)
+        with model._lock:
+            mh = model._handle()
+            st = _lib.gsink_optimizer_create(mh, ctypes.byref(o), ctypes.byref(h))
+            if st != 0:
+                model._ok(st)
+            self._h = h.value
+            self.model = model
+            self._locks = (model._lock, self._lock)
+            model._dependents.add(self)
 
     def step(self):
         """One AdamW update; returns the pre-clip global gradient norm."""

@@ -137,6 +137,7 @@ PROTOTYPES = {
     # devices
     "gsink_device_count": (S, [c_int, POINTER(c_int)]),
     "gsink_device_describe": (S, [c_int, c_int, c_char_p, c_size_t]),
+    "gsink_max_threads": (c_int, []),
     # configuration
     "gsink_config_init_size": (None, [POINTER(Config), c_size_t]),
     "gsink_config_preset_size": (S, [c_char_p, POINTER(Config), c_size_t]),

@@ -10,7 +10,7 @@ __all__ = [
     "NoTargetsError", "UnknownSiteError", "UnknownNameError", "OutOfRangeError",
     "BufferTooSmallError", "ShapeMismatchError", "GsinkIOError", "FormatError",
     "UnsupportedError", "NoDeviceError", "BackendError", "NonFiniteError",
-    "MissingTensorError", "DeviceOutOfMemoryError", "STATUS_NAMES", "error_class",
+    "MissingTensorError", "DeviceOutOfMemoryError", "BusyError", "STATUS_NAMES", "error_class",
 ]
 
 # gsink_status values (include/gsink.h); never renumbered.
@@ -38,6 +38,7 @@ STATUS_NAMES = {
     19: "GSINK_ERR_NON_FINITE",
     20: "GSINK_ERR_MISSING_TENSOR",
     21: "GSINK_ERR_DEVICE_OUT_OF_MEMORY",
+    22: "GSINK_ERR_BUSY",
 }
 
 
@@ -153,12 +154,19 @@ class DeviceOutOfMemoryError(GsinkError, MemoryError):
     status = 21
 
 
+class BusyError(GsinkError, RuntimeError):
+    """The handle is inside a call on another thread (GSINK_ERR_BUSY). The
+    binding's handles serialise their own calls with a lock, so this comes
+    only from a handle shared with code outside the binding."""
+    status = 22
+
+
 _BY_STATUS = {cls.status: cls for cls in (
     NullArgumentError, InvalidArgumentError, OutOfMemoryError, TokenOutOfRangeError,
     SeqTooLongError, BadConfigError, CallOrderError, NoTargetsError, UnknownSiteError,
     UnknownNameError, OutOfRangeError, BufferTooSmallError, ShapeMismatchError, GsinkIOError,
     FormatError, UnsupportedError, NoDeviceError, BackendError, NonFiniteError,
-    MissingTensorError, DeviceOutOfMemoryError)}
+    MissingTensorError, DeviceOutOfMemoryError, BusyError)}
 
 
 def error_class(status):

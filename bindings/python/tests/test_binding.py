@@ -559,3 +559,91 @@ def test_memory_accounting():
     b1, p1 = m.memory(reset_peak=True)
     assert b1 > b0 and p1 >= b1
     assert m.memory() == (b1, b1)  # the peak restarted from the live bytes
+
+
+def test_thread_limit(model):
+    # 2 threads per CPU this process may run on; more is refused, the model
+    # keeps working, and the maximum itself runs a forward
+    limit = gsink.max_threads()
+    assert limit == 2 * len(os.sched_getaffinity(0))
+    tok, tgt = batch()
+    ref = model.forward(tok, tgt)
+    for bad in (limit + 1, 1000, 5000, 2 ** 31 - 1):
+        with pytest.raises(gsink.InvalidArgumentError, match="limit"):
+            model.set_threads(bad)
+        assert model.forward(tok, tgt) == ref
+    with pytest.raises(gsink.InvalidArgumentError, match="limit"):
+        gsink.Model(gsink.Config(**SMALL), n_threads=limit + 1)
+    model.set_threads(limit)
+    assert model.forward(tok, tgt) == pytest.approx(ref, rel=1e-6)
+    with gsink.Model(gsink.Config(**SMALL), seed=1, n_threads=limit) as m:
+        assert m.forward(tok, tgt) == pytest.approx(ref, rel=1e-6)
+
+
+def test_threads_sharing_one_model_are_serialised():
+    # ctypes releases the GIL during library calls, so without the handle's
+    # lock these threads would reach the library at the same time (which it
+    # answers with GSINK_ERR_BUSY, and which crashed before that check)
+    import threading
+    m = gsink.Model("small", seed=5, n_threads=1)
+    tok = (np.arange(128, dtype=np.int32).reshape(1, 128) * 37) % 4096
+    ref = m.forward(tok, tok)
+    opt = m.optimizer(lr=0.0, weight_decay=0.0)
+    errors, losses = [], []
+    start = threading.Barrier(4)
+
+    def hammer(k):
+        try:
+            start.wait()
+            for i in range(6):
+                losses.append(m.forward(tok, tok))
+                if k == 0:
+                    m.backward()
+                    opt.step()  # lr 0: the weights stay the same
+                elif k == 1:
+                    m.activation_norms("resid_out", layer=0)
+                    m.set_threads(1)
+                elif k == 2:
+                    m.logits()
+                    m.param_info()
+                else:
+                    m.memory()
+                    m.last_shape
+        except BaseException as e:  # noqa: B902 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=hammer, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert len(losses) == 24 and all(l == ref for l in losses)
+
+    # close() waits for a call in progress, then frees the model
+    inside = threading.Event()
+    result = []
+
+    def forward_then_report():
+        inside.set()
+        try:
+            result.append(m.forward(tok, tok))
+        except gsink.ClosedError as e:  # close() won the lock first
+            result.append(e)
+        except BaseException as e:  # noqa: B902
+            errors.append(e)
+
+    t = threading.Thread(target=forward_then_report)
+    t.start()
+    inside.wait()
+    m.close()
+    t.join()
+    assert not errors, errors
+    assert result and (result[0] == ref or isinstance(result[0], gsink.ClosedError))
+    assert m.closed and opt.closed
+
+
+def test_busy_status_maps_to_busy_error():
+    assert gsink.errors.error_class(22) is gsink.BusyError
+    assert issubclass(gsink.BusyError, RuntimeError)
+    assert gsink.status_str(22) == "handle busy"

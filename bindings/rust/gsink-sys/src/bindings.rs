@@ -43,6 +43,7 @@ pub const gsink_status_GSINK_ERR_BACKEND: gsink_status = 18;
 pub const gsink_status_GSINK_ERR_NON_FINITE: gsink_status = 19;
 pub const gsink_status_GSINK_ERR_MISSING_TENSOR: gsink_status = 20;
 pub const gsink_status_GSINK_ERR_DEVICE_OUT_OF_MEMORY: gsink_status = 21;
+pub const gsink_status_GSINK_ERR_BUSY: gsink_status = 22;
 pub type gsink_status = ::std::os::raw::c_uint;
 extern "C" {
     pub fn gsink_status_str(status: gsink_status) -> *const ::std::os::raw::c_char;
@@ -69,6 +70,9 @@ extern "C" {
         buf: *mut ::std::os::raw::c_char,
         buf_size: usize,
     ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_max_threads() -> ::std::os::raw::c_int;
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

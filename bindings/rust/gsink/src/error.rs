@@ -31,6 +31,10 @@ pub enum Status {
     NonFinite,
     MissingTensor,
     DeviceOutOfMemory,
+    /// The handle is inside a call on another thread (`GSINK_ERR_BUSY`). The
+    /// crate's handles are `Send` but not `Sync`, so safe Rust cannot get it;
+    /// it comes from a handle shared through `as_ptr` with other code.
+    Busy,
     Other(u32),
 }
 
@@ -60,6 +64,7 @@ impl Status {
             sys::gsink_status_GSINK_ERR_NON_FINITE => NonFinite,
             sys::gsink_status_GSINK_ERR_MISSING_TENSOR => MissingTensor,
             sys::gsink_status_GSINK_ERR_DEVICE_OUT_OF_MEMORY => DeviceOutOfMemory,
+            sys::gsink_status_GSINK_ERR_BUSY => Busy,
             other => Other(other),
         }
     }
@@ -89,6 +94,7 @@ impl Status {
             NonFinite => sys::gsink_status_GSINK_ERR_NON_FINITE,
             MissingTensor => sys::gsink_status_GSINK_ERR_MISSING_TENSOR,
             DeviceOutOfMemory => sys::gsink_status_GSINK_ERR_DEVICE_OUT_OF_MEMORY,
+            Busy => sys::gsink_status_GSINK_ERR_BUSY,
             Other(c) => c,
         }
     }

@@ -81,6 +81,15 @@ pub fn device_count(device: Device) -> Result<usize> {
     Ok(n.max(0) as usize)
 }
 
+/// Largest CPU thread count a model accepts (`ModelOptions::n_threads`,
+/// `Model::set_threads`): 2 per CPU this process may run on (its CPU
+/// affinity mask). Larger counts fail with `Status::InvalidArgument`.
+pub fn max_threads() -> usize {
+    // SAFETY: no arguments; reads the process's CPU affinity.
+    let n = unsafe { sys::gsink_max_threads() };
+    n.max(1) as usize
+}
+
 /// Human-readable description of a device.
 pub fn device_describe(device: Device, index: usize) -> Result<String> {
     let idx = util::to_c_int(index, "device index")?;

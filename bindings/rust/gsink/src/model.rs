@@ -141,7 +141,8 @@ impl Model {
         unsafe { cstr_lossy(sys::gsink_model_errmsg(self.ptr.as_ptr())) }
     }
 
-    /// Sets the number of CPU threads (0 = all online CPUs).
+    /// Sets the number of CPU threads: 0 = one per CPU this process may run
+    /// on, at most `max_threads()` (more gives `Status::InvalidArgument`).
     pub fn set_threads(&mut self, n_threads: usize) -> Result<()> {
         let n = to_c_int(n_threads, "n_threads")?;
         // SAFETY: valid handle.

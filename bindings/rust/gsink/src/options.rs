@@ -139,7 +139,8 @@ impl Device {
 pub struct ModelOptions {
     pub device: Device,
     pub device_index: i32,
-    /// CPU threads for this model; 0 = all online CPUs.
+    /// CPU threads for this model; 0 = one per CPU this process may run on;
+    /// at most `gsink::max_threads()`.
     pub n_threads: i32,
     /// Initialisation seed.
     pub seed: u64,

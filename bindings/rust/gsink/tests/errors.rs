@@ -118,3 +118,33 @@ fn discarded_site_grads_are_unsupported() {
     // the handle stays usable: activations are still there
     assert_eq!(m.activation(0, Site::ResidOut).unwrap().len(), keep.activation(0, Site::ResidOut).unwrap().len());
 }
+
+#[test]
+fn thread_limit() {
+    let max = gsink::max_threads();
+    assert!(max >= 2);
+    let mut m = micro();
+    let (tokens, targets) = inputs(32);
+    let reference = m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap();
+    for bad in [max + 1, 1000, 5000] {
+        if bad <= max {
+            continue;
+        }
+        let e = m.set_threads(bad).unwrap_err();
+        assert_eq!(e.status(), Status::InvalidArgument);
+        assert!(e.message().contains("limit"), "{}", e.message());
+        assert_eq!(m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap(), reference);
+    }
+    let opts = ModelOptions { n_threads: (max + 1) as i32, ..ModelOptions::default() };
+    assert_eq!(Model::new(&Config::preset("micro").unwrap(), &opts).unwrap_err().status(), Status::InvalidArgument);
+    m.set_threads(max).unwrap();
+    let loss = m.forward(&tokens, Some(&targets), 1, 32).unwrap().unwrap();
+    assert!((loss - reference).abs() <= 1e-6 * reference.abs());
+}
+
+#[test]
+fn busy_status_maps_both_ways() {
+    assert_eq!(Status::from_code(22), Status::Busy);
+    assert_eq!(Status::Busy.code(), 22);
+    assert_eq!(Status::Busy.description(), "handle busy");
+}
