@@ -366,3 +366,116 @@ def test_tokenizer_errors(tmp_path):
     write_tokenizer_gguf(path, tokens, merges, set(), "qwen2-unknown")
     st, msg = status_of(lambda: gsink.Tokenizer(path))
     assert st == 16 and "pre-tokenizer" in msg
+
+
+def write_vocab_gguf(path, tokens, types, merges, extra=()):
+    """A tokenizer GGUF with explicit token types (1 normal, 2 unknown,
+    3 control, 4 user-defined, 6 byte) and extra (key, type, value) entries."""
+    kvs = [("general.architecture", ggufw.STRING, "llama"),
+           ("tokenizer.ggml.model", ggufw.STRING, "gpt2"),
+           ("tokenizer.ggml.pre", ggufw.STRING, "gpt2"),
+           ("tokenizer.ggml.tokens", ggufw.ARRAY, tokens, ggufw.STRING),
+           ("tokenizer.ggml.token_type", ggufw.ARRAY, types, ggufw.INT32),
+           ("tokenizer.ggml.merges", ggufw.ARRAY, merges, ggufw.STRING)] + list(extra)
+    with open(path, "wb") as f:
+        f.write(ggufw.build(kvs, []))
+
+
+def hf_with_added(user, control):
+    """The trained HF tokenizer plus added tokens (not normalized, so one
+    leftmost-longest matcher as in libgsink); returns it and the GGUF
+    vocabulary (tokens, types, merges) with the same ids."""
+    from tokenizers import AddedToken
+    hf = train_hf_tokenizer("gpt2")
+    tokens, merges = vocab_and_merges(hf)
+    special = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+    types = [3 if t in special else 1 for t in tokens]
+    known = set(tokens)
+    user = [x for x in dict.fromkeys(user) if x not in known]
+    control = [x for x in dict.fromkeys(control) if x not in known and x not in user]
+    hf.add_tokens([AddedToken(x, normalized=False) for x in user])
+    hf.add_special_tokens([AddedToken(x, normalized=False) for x in control])
+    tokens = tokens + user + control
+    types = types + [4] * len(user) + [3] * len(control)
+    assert [hf.token_to_id(x) for x in tokens] == list(range(len(tokens)))
+    return hf, tokens, types, merges
+
+
+def test_tokenizer_overlapping_added_tokens_match_hf(tmp_path):
+    # Overlapping added tokens: HF matches the leftmost, and the longest
+    # there; pieces of the text as tokens make overlaps everywhere.
+    rng = np.random.default_rng(5)
+    text = VARIED_TEXT
+    pieces = []
+    for _ in range(400):
+        a = int(rng.integers(0, len(text) - 12))
+        pieces.append(text[a:a + int(rng.integers(2, 12))])
+    user = ["ab", "abc", "bcd", "b c", "cdef", "hello", "hell", "llo w", " world", "日本", "本語のテ", "😀🎉",
+            "ing", "in", "ng "] + pieces[:300]
+    control = ["<ctl>", "<ctl", "ctl>x", "es, "] + pieces[300:]
+    hf, tokens, types, merges = hf_with_added(user, control)
+    path = str(tmp_path / "added.gguf")
+    write_vocab_gguf(path, tokens, types, merges)
+    tok = gsink.Tokenizer(path)
+    texts = check_texts() + ["abcdef xbcdefabcd", "hello world<ctl>x<ctlctl>xx", "<ctl<ctl>>es, ing"]
+    n_added = 0
+    for t in texts:
+        want = hf.encode(t).ids
+        got = list(tok.encode(t, parse_special=True))
+        assert got == want, repr(t[:60])
+        n_added += sum(i >= 600 for i in got)
+        assert tok.decode(np.array(got, dtype=np.int32)) == t
+    assert n_added > 100
+    # Without parse_special the control tokens are text; user-defined ones
+    # still match (HF: encode_special_tokens).
+    hf.encode_special_tokens = True
+    for t in texts:
+        assert list(tok.encode(t)) == hf.encode(t).ids, repr(t[:60])
+
+
+def test_tokenizer_many_added_tokens_linear(tmp_path):
+    # 200,000 user-defined tokens: loading (building the matcher) and
+    # encoding 100 KB must cost about what they cost with 100 tokens, not
+    # time proportional to tokens x text.
+    import time
+    hf = train_hf_tokenizer("gpt2")
+    tokens, merges = vocab_and_merges(hf)
+    rng = np.random.default_rng(7)
+    raw = (rng.integers(0, 10, (230000, 11)) + ord("a")).astype(np.uint8).tobytes()
+    lens = rng.integers(4, 12, 230000)
+    known = set(tokens)
+    added = list(dict.fromkeys(raw[11 * k:11 * k + int(lens[k])].decode() for k in range(230000)))
+    added = [a for a in added if a not in known][:200000]
+    assert len(added) == 200000
+    text = (rng.integers(0, 11, 100000) + ord("a")).astype(np.uint8).tobytes().decode().replace("k", " ")
+
+    def timed(n_added):
+        path = str(tmp_path / ("m%d.gguf" % n_added))
+        write_vocab_gguf(path, tokens + added[:n_added], [1] * len(tokens) + [4] * n_added, merges)
+        t0 = time.perf_counter()
+        tok = gsink.Tokenizer(path)
+        t1 = time.perf_counter()
+        ids = tok.encode(text)
+        t2 = time.perf_counter()
+        return tok, ids, t1 - t0, t2 - t1
+
+    _, _, load_small, enc_small = timed(100)
+    tok, ids, load_big, enc_big = timed(len(added))
+    # Generous bounds (sanitizer builds, shared CI cores): the matcher that
+    # tried every added token at every position took 30 s and more here.
+    assert enc_big < 10 * enc_small + 2.0, (enc_big, enc_small)
+    assert load_big < 10 * load_small + 3.0, (load_big, load_small)
+    assert tok.decode(ids) == text
+    # The added tokens found are the leftmost-longest ones (a plain scan
+    # over the first 20 KB as reference; ids >= len(tokens) are added).
+    index = {a: len(tokens) + k for k, a in enumerate(added)}
+    want, i, head = [], 0, text[:20000]
+    while i < len(head):
+        hit = next((head[i:i + n] for n in range(11, 3, -1) if head[i:i + n] in index), None)
+        if hit and i + len(hit) <= len(head):
+            want.append(index[hit])
+            i += len(hit)
+        else:
+            i += 1
+    got = [k for k in tok.encode(head) if k >= len(tokens)]
+    assert len(want) > 1000 and got == want
