@@ -479,3 +479,92 @@ def test_tokenizer_many_added_tokens_linear(tmp_path):
             i += 1
     got = [k for k in tok.encode(head) if k >= len(tokens)]
     assert len(want) > 1000 and got == want
+
+
+# Input the vocabulary has no token for: HF's BPE uses the byte fallback
+# tokens (<0xXX>, of the UTF-8 bytes of each byte-level image it cannot
+# find), else the unknown token (one per image, not fused); libgsink must do
+# the same, and fail rather than drop input when the vocabulary has neither.
+
+SMALL_VOCAB = ["h", "e", "l", "o", "w", "r", "d", "Ġ", "he", "ll", "hell", "hello", "Ġw", "or"]
+SMALL_MERGES = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r"]
+FALLBACK_TEXTS = ["hello world", "ÿ", "héllo wörld ÿ€😀", "hello\x00\x7f\xa0", VARIED_TEXT, "x"]
+
+
+def hf_small(vocab, byte_fallback=False, unk=None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    hf = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)},
+                              merges=[tuple(m.split(" ")) for m in SMALL_MERGES],
+                              byte_fallback=byte_fallback, unk_token=unk))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.ByteLevel()])
+    return hf
+
+
+def test_tokenizer_unknown_token_like_hf(tmp_path):
+    vocab = ["<unk>"] + SMALL_VOCAB
+    hf = hf_small(vocab, unk="<unk>")
+    for name, extra in [("id", [("tokenizer.ggml.unknown_token_id", ggufw.UINT32, 0)]), ("type", [])]:
+        path = str(tmp_path / ("unk_%s.gguf" % name))
+        write_vocab_gguf(path, vocab, [2] + [1] * len(SMALL_VOCAB), SMALL_MERGES, extra)
+        tok = gsink.Tokenizer(path)
+        n_unk = 0
+        for text in FALLBACK_TEXTS:
+            want = hf.encode(text).ids
+            n_unk += want.count(0)
+            assert list(tok.encode(text)) == want, (name, text[:40])
+        assert n_unk > 100
+
+
+def test_tokenizer_byte_fallback_like_hf(tmp_path):
+    byte_toks = ["<0x%02X>" % b for b in range(256)]
+    vocab = SMALL_VOCAB + byte_toks
+    hf = hf_small(vocab, byte_fallback=True)
+    path = str(tmp_path / "bf.gguf")
+    write_vocab_gguf(path, vocab, [1] * len(SMALL_VOCAB) + [6] * 256, SMALL_MERGES)
+    tok = gsink.Tokenizer(path)
+    for text in FALLBACK_TEXTS:
+        want = hf.encode(text).ids
+        got = tok.encode(text)
+        assert list(got) == want, text[:40]
+        assert tok.decode(got) == hf.decode(want) == text
+    # A byte fallback token missing: that image takes the unknown token (HF
+    # falls back on bytes only when it has all of an image's bytes). Texts
+    # where no byte-fallback image follows an unknown one in the same word:
+    # HF then emits the pending unknown token after those bytes, out of
+    # input order, where libgsink keeps the order.
+    vocab = ["<unk>"] + SMALL_VOCAB + [b for b in byte_toks if b != "<0xBF>"]
+    hf = hf_small(vocab, byte_fallback=True, unk="<unk>")
+    write_vocab_gguf(path, vocab, [2] + [1] * len(SMALL_VOCAB) + [6] * 255, SMALL_MERGES)
+    tok = gsink.Tokenizer(path)
+    for text in ["ÿ", "hello ÿ world", "he¿", "¿ x ÿ", "タ"]:  # images ¿ (C2 BF) -> <unk>
+        want = hf.encode(text).ids
+        assert 0 in want
+        assert list(tok.encode(text)) == want, text
+    # ÿ is C3 BF: images Ã (C3 83, by bytes) and ¿ (C2 BF: <unk>), in order.
+    y = [vocab.index("<0xC3>"), vocab.index("<0x83>"), 0]
+    assert tok.encode("ÿÿ").tolist() == y + y
+
+
+def test_tokenizer_unencodable_input_is_an_error(tmp_path):
+    # Neither byte fallback nor unknown token: HF drops such input silently;
+    # libgsink refuses it, naming the first byte it cannot encode.
+    path = str(tmp_path / "two.gguf")
+    write_vocab_gguf(path, ["h", "e"], [1, 1], [])
+    tok = gsink.Tokenizer(path)
+    with pytest.raises(gsink.InvalidArgumentError) as e:
+        tok.encode("hello world")
+    assert e.value.status == 2 and "byte 2 " in str(e.value)  # "l" is the first byte with no token
+    assert tok.encode("hehe").tolist() == [0, 1, 0, 1]  # the handle stays usable
+    text = "hé"  # é is C3 A9: neither image (Ã, ©) is in the vocabulary
+    with pytest.raises(gsink.InvalidArgumentError) as e:
+        tok.encode(text)
+    assert "byte %d " % len("h".encode()) in str(e.value)
+    # Some byte fallback tokens but not those an image needs, and no unknown token.
+    path = str(tmp_path / "partial.gguf")
+    write_vocab_gguf(path, SMALL_VOCAB + ["<0x78>"], [1] * len(SMALL_VOCAB) + [6], SMALL_MERGES)
+    tok = gsink.Tokenizer(path)
+    assert tok.encode("hex").tolist() == [SMALL_VOCAB.index("he"), len(SMALL_VOCAB)]
+    with pytest.raises(gsink.InvalidArgumentError) as e:
+        tok.encode("hello wörld")
+    assert "byte %d " % "hello wörld".encode().index(b"\xc3") in str(e.value)
