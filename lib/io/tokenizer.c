@@ -780,11 +780,12 @@ static size_t put_image(const gsink_tokenizer *t, const uint8_t *p, size_t n, in
     return k;
 }
 
-/* The byte a byte fallback token <0xXX> stands for, -1 for other tokens. */
+/* The byte a byte fallback token <0xXX> stands for (the encoder's lookup is
+ * by text, so any non-added token of that text), -1 for other tokens. */
 static int byte_token_value(const gsink_tokenizer *t, int32_t id)
 {
     const char *s = t->tok[id];
-    if (t->type[id] != TOK_BYTE || t->tok_len[id] != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>')
+    if (!t->byte_fallback || t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER_DEFINED || t->tok_len[id] != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>')
         return -1;
     int hi = s[3] >= '0' && s[3] <= '9' ? s[3] - '0' : s[3] >= 'A' && s[3] <= 'F' ? s[3] - 'A' + 10 : -1;
     int lo = s[4] >= '0' && s[4] <= '9' ? s[4] - '0' : s[4] >= 'A' && s[4] <= 'F' ? s[4] - 'A' + 10 : -1;
