@@ -563,7 +563,16 @@ GSINK_API gsink_status gsink_tokenizer_special(const gsink_tokenizer *tok, int32
 #define GSINK_ENCODE_ADD_BOS 2u
 
 /* Encodes UTF-8 text. Writes at most capacity ids; *n_ids receives the total
- * needed (GSINK_ERR_BUFFER_TOO_SMALL if more than capacity). */
+ * needed (GSINK_ERR_BUFFER_TOO_SMALL if more than capacity).
+ * Added tokens (user-defined always, control with GSINK_ENCODE_PARSE_SPECIAL)
+ * are matched as HF tokenizers does: leftmost, then longest; time is linear
+ * in the text whatever the number of added tokens.
+ * Input with no token in the vocabulary takes, per byte-level image, the
+ * byte fallback tokens "<0xXX>" of its UTF-8 bytes when the vocabulary has
+ * BYTE tokens, else the unknown token (tokenizer.ggml.unknown_token_id, or
+ * the first UNKNOWN token), as HF's BPE does; with neither, encoding fails
+ * with GSINK_ERR_INVALID_ARGUMENT naming the offset of the first byte it
+ * cannot encode (input is never dropped). */
 GSINK_API gsink_status gsink_tokenizer_encode(gsink_tokenizer *tok, const char *text,
                                               size_t text_len, unsigned flags, int32_t *ids,
                                               size_t capacity, size_t *n_ids);

@@ -73,14 +73,24 @@ struct gsink__json {
     size_t len;        /* STRING: byte length; ARRAY/OBJECT: item count */
     char **keys;       /* OBJECT: len keys */
     gsink__json *items;/* ARRAY/OBJECT: len values */
+    unsigned char *shadowed; /* OBJECT: NULL, or per member 1 if its key occurs again later */
+    size_t dup;        /* OBJECT with shadowed: first member whose key occurs again */
 };
 
 /* Parses a complete JSON document. GSINK_ERR_FORMAT with a message (byte
  * offset included) on malformed input; nesting is limited to 64 levels. */
 gsink_status gsink__json_parse(const char *text, size_t len, gsink__json **out, char *err);
 void gsink__json_free(gsink__json *j);
-/* Member of an object by key (NULL if absent or j is not an object). */
+/* Member of an object by key (NULL if absent or j is not an object). A key
+ * given more than once yields its last value, as Python's json and
+ * HuggingFace take it. */
 const gsink__json *gsink__json_get(const gsink__json *j, const char *key);
+/* 1 if member k of object j is shadowed by a later member of the same key
+ * (code walking an object's members skips those to agree with lookups). */
+int gsink__json_shadowed(const gsink__json *j, size_t k);
+/* A key that object j gives more than once, NULL if none (for formats that
+ * refuse duplicates, such as safetensors tensor names). */
+const char *gsink__json_duplicate_key(const gsink__json *j);
 
 /* ---- GGUF --------------------------------------------------------------- */
 

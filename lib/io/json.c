@@ -1,5 +1,7 @@
-/* json.c - a small strict JSON parser (RFC 8259) for config.json and
- * safetensors headers. Depth-limited, length-checked, never reads past len. */
+/* json.c - a small strict JSON parser (RFC 8259) for config.json,
+ * model.safetensors.index.json and safetensors headers. Depth-limited,
+ * length-checked, never reads past len. An object that names a key twice
+ * means its last value (as Python's json and HuggingFace read it). */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -216,6 +218,46 @@ static gsink_status grow(jp *p, gsink__json *v, size_t *cap, int with_keys)
     return GSINK_OK;
 }
 
+static uint64_t key_hash(const char *k)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (; *k; k++) h = (h ^ (uint8_t)*k) * 1099511628211ull;
+    return h;
+}
+
+/* Marks the members of an object whose key occurs again later: a key given
+ * twice takes its last value, as Python's json and HuggingFace do. Lookups
+ * (gsink__json_get) then see the last value; code that walks the members
+ * skips the shadowed ones (gsink__json_shadowed) or refuses the object
+ * (gsink__json_duplicate_key). Linear in the member count. */
+static gsink_status mark_duplicates(jp *p, gsink__json *v)
+{
+    if (v->len < 2) return GSINK_OK;
+    size_t cap = 16;
+    while (cap < 2 * v->len) cap *= 2;
+    size_t *slot = malloc(cap * sizeof *slot);
+    if (!slot) return jfail(p, "out of memory");
+    for (size_t k = 0; k < cap; k++) slot[k] = SIZE_MAX;
+    for (size_t k = 0; k < v->len; k++) {
+        size_t i = (size_t)key_hash(v->keys[k]) & (cap - 1);
+        while (slot[i] != SIZE_MAX && strcmp(v->keys[slot[i]], v->keys[k]) != 0) i = (i + 1) & (cap - 1);
+        if (slot[i] != SIZE_MAX) {
+            if (!v->shadowed) {
+                v->shadowed = calloc(v->len, 1);
+                if (!v->shadowed) {
+                    free(slot);
+                    return jfail(p, "out of memory");
+                }
+                v->dup = slot[i];
+            }
+            v->shadowed[slot[i]] = 1;
+        }
+        slot[i] = k;
+    }
+    free(slot);
+    return GSINK_OK;
+}
+
 static gsink_status parse_value(jp *p, gsink__json *v, int depth)
 {
     memset(v, 0, sizeof *v);
@@ -252,7 +294,10 @@ static gsink_status parse_value(jp *p, gsink__json *v, int depth)
             if (st) return st;
             skip_ws(p);
             if (p->i < p->n && p->s[p->i] == ',') { p->i++; continue; }
-            if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) { p->i++; return GSINK_OK; }
+            if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) {
+                p->i++;
+                return obj ? mark_duplicates(p, v) : GSINK_OK;
+            }
             return jfail(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
         }
     }
@@ -281,6 +326,7 @@ static void free_value(gsink__json *v)
         }
         free(v->items);
         free(v->keys);
+        free(v->shadowed);
     }
 }
 
@@ -312,7 +358,19 @@ gsink_status gsink__json_parse(const char *text, size_t len, gsink__json **out, 
 const gsink__json *gsink__json_get(const gsink__json *j, const char *key)
 {
     if (!j || j->type != GSINK_JSON_OBJECT) return NULL;
-    for (size_t k = 0; k < j->len; k++)
+    /* The last member of that name: earlier ones are shadowed. */
+    for (size_t k = j->len; k-- > 0;)
         if (strcmp(j->keys[k], key) == 0) return &j->items[k];
     return NULL;
+}
+
+int gsink__json_shadowed(const gsink__json *j, size_t k)
+{
+    return j && j->type == GSINK_JSON_OBJECT && j->shadowed && k < j->len && j->shadowed[k];
+}
+
+const char *gsink__json_duplicate_key(const gsink__json *j)
+{
+    if (!j || j->type != GSINK_JSON_OBJECT || !j->shadowed) return NULL;
+    return j->keys[j->dup];
 }

@@ -357,6 +357,7 @@ static gsink_status open_shards(const char *dir, const char *weights_path, st_se
     }
     for (size_t k = 0; k < wm->len && !st; k++) {
         const gsink__json *f = &wm->items[k];
+        if (gsink__json_shadowed(wm, k)) continue; /* a later entry names the tensor again */
         if (f->type != GSINK_JSON_STRING || f->len == 0 || strlen(f->str) != f->len || strchr(f->str, '/') ||
             strcmp(f->str, "..") == 0) {
             st = gsink__fail(err, GSINK_ERR_FORMAT, "weight_map entry '%.64s' names an invalid shard file",
@@ -365,7 +366,9 @@ static gsink_status open_shards(const char *dir, const char *weights_path, st_se
         }
         int seen = 0;
         for (size_t q = 0; q < k; q++)
-            if (wm->items[q].type == GSINK_JSON_STRING && strcmp(wm->items[q].str, f->str) == 0) seen = 1;
+            if (!gsink__json_shadowed(wm, q) && wm->items[q].type == GSINK_JSON_STRING &&
+                strcmp(wm->items[q].str, f->str) == 0)
+                seen = 1;
         if (seen) continue;
         char *p = path_join(dir, f->str);
         if (!p) {

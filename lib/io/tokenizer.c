@@ -1,6 +1,7 @@
 /* tokenizer.c - GPT-2 style byte-level BPE built from a GGUF's tokenizer.ggml.*
  * metadata. Pre-tokenizers ("gpt2", "smollm") are hand-written matchers for
  * the regular expressions their HF/llama.cpp definitions use. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,8 +25,19 @@ struct gsink_tokenizer {
     hmap vocab, merges;
     int pre;
     int32_t bos, eos;
-    int32_t *special;       /* ids matched in text, longest first */
-    size_t n_special;
+    /* Added tokens (control, user-defined) matched in text: an Aho-Corasick
+     * automaton over their reversed texts (see build_matcher). */
+    size_t n_special, n_user;
+    uint32_t *ac_fail;      /* (ac_n) failure link of each state; state 0 is the root */
+    int32_t *ac_out;        /* (ac_n) longest added token that is a suffix of the state, -1 if none */
+    uint64_t *ac_key;       /* (ac_cap) edge table: (state << 8 | byte) -> ac_child */
+    uint32_t *ac_child;     /* (ac_cap) 0 = empty slot */
+    size_t ac_n, ac_cap;
+    /* Input the vocabulary has no token for: byte fallback (<0xXX>), else
+     * the unknown token, else an error. */
+    int32_t byte_tok[256];  /* id of "<0xXX>", -1 if none or no byte fallback */
+    int byte_fallback;
+    int32_t unk;
     uint32_t byte2cp[256];
     int16_t cp2byte[512];   /* -1 when the code point is not a byte image */
 };
@@ -158,15 +170,137 @@ void gsink_tokenizer_free(gsink_tokenizer *t)
     free(t->type);
     free(t->vocab.e);
     free(t->merges.e);
-    free(t->special);
+    free(t->ac_fail);
+    free(t->ac_out);
+    free(t->ac_key);
+    free(t->ac_child);
     free(t);
 }
 
-static int cmp_special_len(const void *a, const void *b, void *ctx)
+/* ---- added-token matcher ----------------------------------------------------
+ * Added tokens are matched as the HF tokenizers do (aho-corasick,
+ * leftmost-longest): at the leftmost position where some added token starts,
+ * the longest one starting there (control tokens included when they are
+ * not parsed: their text is then left as text). An Aho-Corasick automaton over the tokens'
+ * reversed texts, run over the text backwards, gives the longest token
+ * starting at every position in one pass linear in the text; the automaton
+ * is built in time linear in the tokens' total length. */
+
+static size_t ac_slot(const gsink_tokenizer *t, uint64_t key)
 {
-    const gsink_tokenizer *t = ctx;
-    uint32_t la = t->tok_len[*(const int32_t *)a], lb = t->tok_len[*(const int32_t *)b];
-    return la > lb ? -1 : la < lb;
+    uint64_t h = key * 0x9E3779B97F4A7C15ull;
+    h ^= h >> 29;
+    size_t i = (size_t)h & (t->ac_cap - 1);
+    while (t->ac_child[i] && t->ac_key[i] != key) i = (i + 1) & (t->ac_cap - 1);
+    return i;
+}
+
+static uint32_t ac_get(const gsink_tokenizer *t, uint32_t state, uint8_t b)
+{
+    return t->ac_child[ac_slot(t, ((uint64_t)state << 8) | b)];
+}
+
+static int is_added(const gsink_tokenizer *t, size_t k)
+{
+    return (t->type[k] == TOK_CONTROL || t->type[k] == TOK_USER_DEFINED) && t->tok_len[k] > 0;
+}
+
+static gsink_status build_matcher(gsink_tokenizer *t)
+{
+    size_t nv = (size_t)t->n_vocab, total = 1;
+    for (size_t k = 0; k < nv; k++) {
+        if (!is_added(t, k)) continue;
+        t->n_special++;
+        if (t->type[k] == TOK_USER_DEFINED) t->n_user++;
+        total += t->tok_len[k];
+    }
+    if (!t->n_special) return GSINK_OK;
+    if (total > UINT32_MAX / 4) return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: added tokens are too long");
+    size_t cap = 16;
+    while (cap < 2 * total) cap *= 2;
+    t->ac_cap = cap;
+    t->ac_key = malloc(cap * sizeof *t->ac_key);
+    t->ac_child = calloc(cap, sizeof *t->ac_child);
+    t->ac_fail = malloc(total * sizeof *t->ac_fail);
+    t->ac_out = malloc(total * sizeof *t->ac_out);
+    /* Build-only: first child / next sibling lists and edge bytes, for the
+     * breadth-first pass. */
+    uint32_t *first = malloc(total * sizeof *first), *next = malloc(total * sizeof *next),
+             *queue = malloc(total * sizeof *queue);
+    uint8_t *edge = malloc(total);
+    gsink_status st = GSINK_OK;
+    if (!t->ac_key || !t->ac_child || !t->ac_fail || !t->ac_out || !first || !next ||
+        !queue || !edge) {
+        st = gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+        goto done;
+    }
+    size_t n = 1;
+    first[0] = 0;
+    t->ac_out[0] = -1;
+    /* Tokens in id order: of two with the same text the lower id wins (as
+     * in the vocabulary lookup). */
+    for (size_t k = 0; k < nv; k++) {
+        if (!is_added(t, k)) continue;
+        uint32_t s = 0;
+        for (size_t q = t->tok_len[k]; q-- > 0;) {
+            uint8_t b = (uint8_t)t->tok[k][q];
+            uint64_t key = ((uint64_t)s << 8) | b;
+            size_t slot = ac_slot(t, key);
+            if (!t->ac_child[slot]) {
+                t->ac_key[slot] = key;
+                t->ac_child[slot] = (uint32_t)n;
+                first[n] = 0;
+                next[n] = first[s];
+                first[s] = (uint32_t)n;
+                edge[n] = b;
+                t->ac_out[n] = -1;
+                n++;
+            }
+            s = t->ac_child[slot];
+        }
+        if (t->ac_out[s] < 0) t->ac_out[s] = (int32_t)k;
+    }
+    t->ac_n = n;
+    /* Breadth first: failure links, and each state's longest token among
+     * itself and its failure chain (states nearer the root come first). */
+    size_t qh = 0, qt = 0;
+    t->ac_fail[0] = 0;
+    queue[qt++] = 0;
+    while (qh < qt) {
+        uint32_t u = queue[qh++];
+        for (uint32_t v = first[u]; v; v = next[v]) {
+            uint32_t f = 0;
+            if (u != 0) {
+                f = t->ac_fail[u];
+                uint32_t c;
+                while ((c = ac_get(t, f, edge[v])) == 0 && f != 0) f = t->ac_fail[f];
+                f = c;
+            }
+            t->ac_fail[v] = f;
+            if (t->ac_out[v] < 0) t->ac_out[v] = t->ac_out[f];
+            queue[qt++] = v;
+        }
+    }
+done:
+    free(first);
+    free(next);
+    free(queue);
+    free(edge);
+    return st;
+}
+
+/* longest[i] = the longest added token that starts at byte i of s, -1 if
+ * none. */
+static void match_added(const gsink_tokenizer *t, const uint8_t *s, size_t n, int32_t *longest)
+{
+    const int32_t *out = t->ac_out;
+    uint32_t st = 0;
+    for (size_t i = n; i-- > 0;) {
+        uint32_t c;
+        while ((c = ac_get(t, st, s[i])) == 0 && st != 0) st = t->ac_fail[st];
+        st = c;
+        longest[i] = out[st];
+    }
 }
 
 static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
@@ -248,17 +382,24 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
     if ((kv = gsink__gguf_find(g, "tokenizer.ggml.eos_token_id")) && kv->type != GSINK_GGUF_STRING &&
         kv->type != GSINK_GGUF_ARRAY && kv->u < nv)
         t->eos = (int32_t)kv->u;
-    size_t ns = 0;
-    for (size_t k = 0; k < nv; k++)
-        if ((t->type[k] == TOK_CONTROL || t->type[k] == TOK_USER_DEFINED) && t->tok_len[k] > 0) ns++;
-    t->special = malloc((ns ? ns : 1) * sizeof *t->special);
-    if (!t->special) return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
-    for (size_t k = 0; k < nv; k++)
-        if ((t->type[k] == TOK_CONTROL || t->type[k] == TOK_USER_DEFINED) && t->tok_len[k] > 0)
-            t->special[t->n_special++] = (int32_t)k;
-    qsort_r(t->special, t->n_special, sizeof *t->special, cmp_special_len, t);
+    /* Unknown token: tokenizer.ggml.unknown_token_id, else the first token
+     * of type UNKNOWN. Byte fallback: when the vocabulary has BYTE tokens,
+     * the <0xXX> tokens by text (as HF's BPE byte_fallback looks them up). */
+    t->unk = -1;
+    if ((kv = gsink__gguf_find(g, "tokenizer.ggml.unknown_token_id")) && kv->type != GSINK_GGUF_STRING &&
+        kv->type != GSINK_GGUF_ARRAY && kv->u < nv)
+        t->unk = (int32_t)kv->u;
+    for (size_t k = 0; k < nv && t->unk < 0; k++)
+        if (t->type[k] == TOK_UNKNOWN) t->unk = (int32_t)k;
+    for (size_t k = 0; k < nv && !t->byte_fallback; k++)
+        if (t->type[k] == TOK_BYTE) t->byte_fallback = 1;
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_tok[b] = t->byte_fallback ? hmap_get(&t->vocab, name, 6) : -1;
+    }
     byte_map(t);
-    return GSINK_OK;
+    return build_matcher(t);
 }
 
 gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out)
@@ -331,8 +472,12 @@ typedef struct enc {
     size_t heap_cap, heap_n;
     char *pair;
     size_t pair_cap;
-    int oom;
+    const uint8_t *text; /* the whole input, for byte offsets in messages */
+    int stop;            /* STOP_OOM or STOP_UNENCODABLE: give up */
+    size_t bad_off;      /* STOP_UNENCODABLE: offset of the first byte with no token */
 } enc;
+
+enum { STOP_OOM = 1, STOP_UNENCODABLE = 2 };
 
 static void emit(enc *e, int32_t id)
 {
@@ -357,7 +502,7 @@ static int32_t pair_rank(enc *e, uint32_t a, uint32_t b)
 {
     uint32_t la = e->sym_len[a], lb = e->sym_len[b];
     size_t need = (size_t)la + lb + 1;
-    if (!reserve((void **)&e->pair, &e->pair_cap, need, 1)) { e->oom = 1; return -1; }
+    if (!reserve((void **)&e->pair, &e->pair_cap, need, 1)) { e->stop = STOP_OOM; return -1; }
     memcpy(e->pair, e->word + e->sym_off[a], la);
     e->pair[la] = ' ';
     memcpy(e->pair + la + 1, e->word + e->sym_off[b], lb);
@@ -374,7 +519,7 @@ static void heap_push(enc *e, uint32_t a, uint32_t b)
 {
     int32_t r = pair_rank(e, a, b);
     if (r < 0) return;
-    if (!reserve((void **)&e->heap, &e->heap_cap, e->heap_n + 1, sizeof(merge_cand))) { e->oom = 1; return; }
+    if (!reserve((void **)&e->heap, &e->heap_cap, e->heap_n + 1, sizeof(merge_cand))) { e->stop = STOP_OOM; return; }
     merge_cand c = {r, a, b, e->sym_len[a], e->sym_len[b]};
     size_t i = e->heap_n++;
     while (i > 0 && cand_less(&c, &e->heap[(i - 1) / 2])) {
@@ -407,13 +552,13 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
 {
     gsink_tokenizer *t = e->t;
     if (n == 0) return;
-    if (n > UINT32_MAX / 8) { e->oom = 1; return; }
-    if (!reserve((void **)&e->word, &e->word_cap, n * 2 + 1, 1)) { e->oom = 1; return; }
+    if (n > UINT32_MAX / 8) { e->stop = STOP_OOM; return; }
+    if (!reserve((void **)&e->word, &e->word_cap, n * 2 + 1, 1)) { e->stop = STOP_OOM; return; }
     if (!reserve((void **)&e->sym_off, &e->off_cap, n, sizeof(uint32_t)) ||
         !reserve((void **)&e->sym_len, &e->len_cap, n, sizeof(uint32_t)) ||
         !reserve((void **)&e->sym_prev, &e->prev_cap, n, sizeof(uint32_t)) ||
         !reserve((void **)&e->sym_next, &e->next_cap, n, sizeof(uint32_t))) {
-        e->oom = 1;
+        e->stop = STOP_OOM;
         return;
     }
     const uint32_t NONE = UINT32_MAX;
@@ -428,8 +573,8 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         wl += l;
     }
     e->heap_n = 0;
-    for (uint32_t i = 0; i + 1 < ns && !e->oom; i++) heap_push(e, i, i + 1);
-    while (e->heap_n > 0 && !e->oom) {
+    for (uint32_t i = 0; i + 1 < ns && !e->stop; i++) heap_push(e, i, i + 1);
+    while (e->heap_n > 0 && !e->stop) {
         merge_cand c = heap_pop(e);
         uint32_t a = c.left, b = c.right;
         if (e->sym_len[a] != c.len_left || e->sym_len[b] != c.len_right || e->sym_next[a] != b)
@@ -442,22 +587,40 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         if (e->sym_prev[a] != NONE) heap_push(e, e->sym_prev[a], a);
         if (nb != NONE) heap_push(e, a, nb);
     }
-    for (uint32_t i = 0; i != NONE && !e->oom; i = e->sym_next[i]) {
+    for (uint32_t i = 0; i != NONE && !e->stop; i = e->sym_next[i]) {
         int32_t id = hmap_get(&t->vocab, e->word + e->sym_off[i], e->sym_len[i]);
         if (id >= 0) {
             emit(e, id);
             continue;
         }
-        /* Not in the vocabulary: fall back to one token per byte image. */
+        /* Not in the vocabulary: one token per byte image (one per input
+         * byte: symbol i starts at byte i of the piece). An image with no
+         * token takes the byte fallback tokens of its UTF-8 bytes, else the
+         * unknown token (HF BPE's order, unknowns not fused), else the
+         * input cannot be encoded: never drop it. */
         const char *p = e->word + e->sym_off[i];
         uint32_t left = e->sym_len[i];
-        while (left > 0) {
+        size_t at = (size_t)(s - e->text) + i;
+        while (left > 0 && !e->stop) {
             uint32_t cp;
             size_t l = utf8_next((const uint8_t *)p, left, &cp);
             int32_t bid = hmap_get(&t->vocab, p, l);
-            if (bid >= 0) emit(e, bid);
+            int all_bytes = 1;
+            for (size_t q = 0; q < l; q++)
+                if (t->byte_tok[(uint8_t)p[q]] < 0) all_bytes = 0;
+            if (bid >= 0) {
+                emit(e, bid);
+            } else if (all_bytes) {
+                for (size_t q = 0; q < l; q++) emit(e, t->byte_tok[(uint8_t)p[q]]);
+            } else if (t->unk >= 0) {
+                emit(e, t->unk);
+            } else {
+                e->stop = STOP_UNENCODABLE;
+                e->bad_off = at;
+            }
             p += l;
             left -= (uint32_t)l;
+            at++;
         }
     }
 }
@@ -467,7 +630,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
 static void split_gpt2(enc *e, const uint8_t *s, const uint32_t *cp, const size_t *off, size_t a, size_t b)
 {
     size_t i = a;
-    while (i < b && !e->oom) {
+    while (i < b && !e->stop) {
         size_t j = i;
         uint32_t c = cp[i];
         if (c == '\'' && i + 1 < b) {
@@ -506,7 +669,7 @@ static void encode_text(enc *e, const uint8_t *s, size_t n)
     if (!cp || !off) {
         free(cp);
         free(off);
-        e->oom = 1;
+        e->stop = STOP_OOM;
         return;
     }
     size_t nc = 0, p = 0;
@@ -553,28 +716,37 @@ gsink_status gsink_tokenizer_encode(gsink_tokenizer *t, const char *text, size_t
     e.cap = capacity;
     if ((flags & GSINK_ENCODE_ADD_BOS) && t->bos >= 0) emit(&e, t->bos);
     const uint8_t *s = (const uint8_t *)text;
+    e.text = s;
     size_t start = 0;
-    for (size_t i = 0; i < text_len && !e.oom;) {
-        int32_t hit = -1;
-        for (size_t k = 0; k < t->n_special; k++) {
-            int32_t id = t->special[k];
-            if (t->type[id] == TOK_CONTROL && !(flags & GSINK_ENCODE_PARSE_SPECIAL)) continue;
-            uint32_t l = t->tok_len[id];
-            if (l <= text_len - i && (uint8_t)t->tok[id][0] == s[i] && memcmp(t->tok[id], s + i, l) == 0) {
-                hit = id;
-                break;
+    int user_only = !(flags & GSINK_ENCODE_PARSE_SPECIAL);
+    if (text_len > 0 && (user_only ? t->n_user : t->n_special) > 0) {
+        int32_t *longest = text_len <= SIZE_MAX / sizeof *longest ? malloc(text_len * sizeof *longest) : NULL;
+        if (!longest) {
+            e.stop = STOP_OOM;
+        } else {
+            match_added(t, s, text_len, longest);
+            for (size_t i = 0; i < text_len && !e.stop;) {
+                int32_t hit = longest[i];
+                if (hit < 0) {
+                    i++;
+                    continue;
+                }
+                if (user_only && t->type[hit] == TOK_CONTROL) {
+                    /* Control tokens are text here, but (as in HF with
+                     * encode_special_tokens) a control token's match still
+                     * wins its span over the added tokens overlapping it. */
+                    i += t->tok_len[hit];
+                    continue;
+                }
+                encode_text(&e, s + start, i - start);
+                emit(&e, hit);
+                i += t->tok_len[hit];
+                start = i;
             }
+            free(longest);
         }
-        if (hit < 0) {
-            i++;
-            continue;
-        }
-        encode_text(&e, s + start, i - start);
-        emit(&e, hit);
-        i += t->tok_len[hit];
-        start = i;
     }
-    if (!e.oom) encode_text(&e, s + start, text_len - start);
+    if (!e.stop) encode_text(&e, s + start, text_len - start);
     free(e.word);
     free(e.sym_off);
     free(e.sym_len);
@@ -582,7 +754,12 @@ gsink_status gsink_tokenizer_encode(gsink_tokenizer *t, const char *text, size_t
     free(e.sym_next);
     free(e.heap);
     free(e.pair);
-    if (e.oom) return gsink__fail(t->errmsg, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    if (e.stop == STOP_OOM) return gsink__fail(t->errmsg, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    if (e.stop == STOP_UNENCODABLE)
+        return gsink__fail(t->errmsg, GSINK_ERR_INVALID_ARGUMENT,
+                           "cannot encode byte %zu (0x%02X): the vocabulary has no token for it, no byte "
+                           "fallback tokens and no unknown token",
+                           e.bad_off, (unsigned)s[e.bad_off]);
     *n_ids = e.n;
     if (e.n > capacity)
         return gsink__fail(t->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "%zu ids needed, capacity is %zu", e.n, capacity);
@@ -590,6 +767,43 @@ gsink_status gsink_tokenizer_encode(gsink_tokenizer *t, const char *text, size_t
 }
 
 /* ---- decoding ------------------------------------------------------------ */
+
+/* Writes the bytes of byte-level image text p[0, n) at buf + *o (counting
+ * what does not fit). Unless final, stops before a UTF-8 sequence that may
+ * still be incomplete; returns the bytes consumed. */
+static size_t put_image(const gsink_tokenizer *t, const uint8_t *p, size_t n, int final, char *buf,
+                        size_t buf_size, size_t *o)
+{
+    size_t k = 0;
+    while (k < n) {
+        uint8_t c = p[k];
+        size_t want = c < 0xC0 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : c < 0xF8 ? 4 : 1;
+        if (!final && want > n - k) break;
+        uint32_t cp;
+        size_t l = utf8_next(p + k, n - k, &cp);
+        if (cp < 512 && t->cp2byte[cp] >= 0) {
+            if (buf && *o + 1 < buf_size) buf[*o] = (char)t->cp2byte[cp];
+            (*o)++;
+        } else {
+            if (buf && *o + l < buf_size) memcpy(buf + *o, p + k, l);
+            *o += l;
+        }
+        k += l;
+    }
+    return k;
+}
+
+/* The byte a byte fallback token <0xXX> stands for (the encoder's lookup is
+ * by text, so any non-added token of that text), -1 for other tokens. */
+static int byte_token_value(const gsink_tokenizer *t, int32_t id)
+{
+    const char *s = t->tok[id];
+    if (!t->byte_fallback || t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER_DEFINED || t->tok_len[id] != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>')
+        return -1;
+    int hi = s[3] >= '0' && s[3] <= '9' ? s[3] - '0' : s[3] >= 'A' && s[3] <= 'F' ? s[3] - 'A' + 10 : -1;
+    int lo = s[4] >= '0' && s[4] <= '9' ? s[4] - '0' : s[4] >= 'A' && s[4] <= 'F' ? s[4] - 'A' + 10 : -1;
+    return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
 
 gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf,
                                     size_t buf_size, size_t *len)
@@ -600,11 +814,24 @@ gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size
     if (!ids && n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "ids is NULL");
     if (!buf && buf_size) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "buf is NULL");
     size_t o = 0;
+    /* Byte fallback tokens give the UTF-8 bytes of byte images (what the
+     * encoder, like HF's, falls back on): a run of them is image text. */
+    uint8_t pend[4];
+    size_t np = 0;
     for (size_t k = 0; k < n_ids; k++) {
         int32_t id = ids[k];
         if (id < 0 || id >= t->n_vocab)
             return gsink__fail(t->errmsg, GSINK_ERR_TOKEN_OUT_OF_RANGE, "token id %d at %zu is outside [0, %d)",
                                id, k, t->n_vocab);
+        int bv = byte_token_value(t, id);
+        if (bv >= 0) {
+            pend[np++] = (uint8_t)bv;
+            size_t used = put_image(t, pend, np, np == sizeof pend, buf, buf_size, &o);
+            memmove(pend, pend + used, np - used);
+            np -= used;
+            continue;
+        }
+        if (np) np -= put_image(t, pend, np, 1, buf, buf_size, &o);
         const uint8_t *p = (const uint8_t *)t->tok[id];
         size_t left = t->tok_len[id];
         if (t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER_DEFINED) {
@@ -612,20 +839,9 @@ gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size
             o += left;
             continue;
         }
-        while (left > 0) {
-            uint32_t cp;
-            size_t l = utf8_next(p, left, &cp);
-            if (cp < 512 && t->cp2byte[cp] >= 0) {
-                if (buf && o + 1 < buf_size) buf[o] = (char)t->cp2byte[cp];
-                o++;
-            } else {
-                if (buf && o + l < buf_size) memcpy(buf + o, p, l);
-                o += l;
-            }
-            p += l;
-            left -= l;
-        }
+        put_image(t, p, left, 1, buf, buf_size, &o);
     }
+    if (np) put_image(t, pend, np, 1, buf, buf_size, &o);
     if (len) *len = o;
     if (o + 1 > buf_size) {
         if (buf && buf_size) buf[0] = '\0';

@@ -326,3 +326,45 @@ def test_failed_load_leaves_no_model_and_library_usable(tmp_path):
     assert "GGUF" in gsink.last_error()
     m = gsink.Model.load(str(write(tmp_path, "ok.gguf", valid_gguf())))
     assert m.config.n_layers == 1
+
+
+# ---- duplicate JSON keys -----------------------------------------------------
+# An object naming a key twice means its last value for Python's json and
+# HuggingFace (which reads config.json and the shard index with json.load);
+# libgsink must read the same files the same way.
+
+def dup_key_json(pairs):
+    """A JSON object text with the (key, value) pairs in order, repeats kept."""
+    return "{" + ", ".join("%s: %s" % (json.dumps(k), json.dumps(v)) for k, v in pairs) + "}"
+
+
+def test_config_duplicate_keys_take_the_last_value(tmp_path):
+    pairs = list(HF_CFG.items())
+    # Earlier, different values for keys given again later (the first ones
+    # would give a shape mismatch or a different eps / theta).
+    pairs = ([("hidden_size", 64), ("num_key_value_heads", 2), ("rms_norm_eps", 0.25),
+              ("rope_theta", 77.0)] + pairs + [("rope_theta", 5000.0)])
+    text = dup_key_json(pairs)
+    want = json.loads(text)  # the independent reading of the same file
+    assert want["hidden_size"] == 32 and want["rope_theta"] == 5000.0
+    d = hf_dir(tmp_path, st_bytes(hf_tensors()))
+    (d / "config.json").write_text(text)
+    m = gsink.Model.load(str(d))
+    assert m.config.d_model == want["hidden_size"]
+    assert m.config.n_kv_heads == want["num_key_value_heads"]
+    assert m.config.rms_eps == pytest.approx(want["rms_norm_eps"])
+    assert m.config.rope_theta == pytest.approx(want["rope_theta"])
+
+
+def test_shard_index_duplicate_keys_take_the_last_value(tmp_path):
+    d = tmp_path / "idx"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(HF_CFG))
+    (d / "part1.safetensors").write_bytes(st_bytes(hf_tensors()))
+    # A tensor first mapped to a shard that does not exist, then to the real one.
+    pairs = [("model.norm.weight", "missing.safetensors")] + [(k, "part1.safetensors") for k in hf_tensors()]
+    text = '{"weight_map": %s}' % dup_key_json(pairs)
+    assert set(json.loads(text)["weight_map"].values()) == {"part1.safetensors"}
+    (d / "model.safetensors.index.json").write_text(text)
+    m = gsink.Model.load(str(d))
+    assert m.config.d_model == 32

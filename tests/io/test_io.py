@@ -366,3 +366,205 @@ def test_tokenizer_errors(tmp_path):
     write_tokenizer_gguf(path, tokens, merges, set(), "qwen2-unknown")
     st, msg = status_of(lambda: gsink.Tokenizer(path))
     assert st == 16 and "pre-tokenizer" in msg
+
+
+def write_vocab_gguf(path, tokens, types, merges, extra=()):
+    """A tokenizer GGUF with explicit token types (1 normal, 2 unknown,
+    3 control, 4 user-defined, 6 byte) and extra (key, type, value) entries."""
+    kvs = [("general.architecture", ggufw.STRING, "llama"),
+           ("tokenizer.ggml.model", ggufw.STRING, "gpt2"),
+           ("tokenizer.ggml.pre", ggufw.STRING, "gpt2"),
+           ("tokenizer.ggml.tokens", ggufw.ARRAY, tokens, ggufw.STRING),
+           ("tokenizer.ggml.token_type", ggufw.ARRAY, types, ggufw.INT32),
+           ("tokenizer.ggml.merges", ggufw.ARRAY, merges, ggufw.STRING)] + list(extra)
+    with open(path, "wb") as f:
+        f.write(ggufw.build(kvs, []))
+
+
+def hf_with_added(user, control):
+    """The trained HF tokenizer plus added tokens (not normalized, so one
+    leftmost-longest matcher as in libgsink); returns it and the GGUF
+    vocabulary (tokens, types, merges) with the same ids."""
+    from tokenizers import AddedToken
+    hf = train_hf_tokenizer("gpt2")
+    tokens, merges = vocab_and_merges(hf)
+    special = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+    types = [3 if t in special else 1 for t in tokens]
+    known = set(tokens)
+    user = [x for x in dict.fromkeys(user) if x not in known]
+    control = [x for x in dict.fromkeys(control) if x not in known and x not in user]
+    hf.add_tokens([AddedToken(x, normalized=False) for x in user])
+    hf.add_special_tokens([AddedToken(x, normalized=False) for x in control])
+    tokens = tokens + user + control
+    types = types + [4] * len(user) + [3] * len(control)
+    assert [hf.token_to_id(x) for x in tokens] == list(range(len(tokens)))
+    return hf, tokens, types, merges
+
+
+def test_tokenizer_overlapping_added_tokens_match_hf(tmp_path):
+    # Overlapping added tokens: HF matches the leftmost, and the longest
+    # there; pieces of the text as tokens make overlaps everywhere.
+    rng = np.random.default_rng(5)
+    text = VARIED_TEXT
+    pieces = []
+    for _ in range(400):
+        a = int(rng.integers(0, len(text) - 12))
+        pieces.append(text[a:a + int(rng.integers(2, 12))])
+    user = ["ab", "abc", "bcd", "b c", "cdef", "hello", "hell", "llo w", " world", "日本", "本語のテ", "😀🎉",
+            "ing", "in", "ng "] + pieces[:300]
+    control = ["<ctl>", "<ctl", "ctl>x", "es, "] + pieces[300:]
+    hf, tokens, types, merges = hf_with_added(user, control)
+    path = str(tmp_path / "added.gguf")
+    write_vocab_gguf(path, tokens, types, merges)
+    tok = gsink.Tokenizer(path)
+    texts = check_texts() + ["abcdef xbcdefabcd", "hello world<ctl>x<ctlctl>xx", "<ctl<ctl>>es, ing"]
+    n_added = 0
+    for t in texts:
+        want = hf.encode(t).ids
+        got = list(tok.encode(t, parse_special=True))
+        assert got == want, repr(t[:60])
+        n_added += sum(i >= 600 for i in got)
+        assert tok.decode(np.array(got, dtype=np.int32)) == t
+    assert n_added > 100
+    # Without parse_special the control tokens are text; user-defined ones
+    # still match (HF: encode_special_tokens).
+    hf.encode_special_tokens = True
+    for t in texts:
+        assert list(tok.encode(t)) == hf.encode(t).ids, repr(t[:60])
+
+
+def test_tokenizer_many_added_tokens_linear(tmp_path):
+    # 200,000 user-defined tokens: loading (building the matcher) and
+    # encoding 100 KB must cost about what they cost with 100 tokens, not
+    # time proportional to tokens x text.
+    import time
+    hf = train_hf_tokenizer("gpt2")
+    tokens, merges = vocab_and_merges(hf)
+    rng = np.random.default_rng(7)
+    raw = (rng.integers(0, 10, (230000, 11)) + ord("a")).astype(np.uint8).tobytes()
+    lens = rng.integers(4, 12, 230000)
+    known = set(tokens)
+    added = list(dict.fromkeys(raw[11 * k:11 * k + int(lens[k])].decode() for k in range(230000)))
+    added = [a for a in added if a not in known][:200000]
+    assert len(added) == 200000
+    text = (rng.integers(0, 11, 100000) + ord("a")).astype(np.uint8).tobytes().decode().replace("k", " ")
+
+    def timed(n_added):
+        path = str(tmp_path / ("m%d.gguf" % n_added))
+        write_vocab_gguf(path, tokens + added[:n_added], [1] * len(tokens) + [4] * n_added, merges)
+        t0 = time.perf_counter()
+        tok = gsink.Tokenizer(path)
+        t1 = time.perf_counter()
+        ids = tok.encode(text)
+        t2 = time.perf_counter()
+        return tok, ids, t1 - t0, t2 - t1
+
+    _, _, load_small, enc_small = timed(100)
+    tok, ids, load_big, enc_big = timed(len(added))
+    # Generous bounds (sanitizer builds, shared CI cores): the matcher that
+    # tried every added token at every position took 30 s and more here.
+    assert enc_big < 10 * enc_small + 2.0, (enc_big, enc_small)
+    assert load_big < 10 * load_small + 3.0, (load_big, load_small)
+    assert tok.decode(ids) == text
+    # The added tokens found are the leftmost-longest ones (a plain scan
+    # over the first 20 KB as reference; ids >= len(tokens) are added).
+    index = {a: len(tokens) + k for k, a in enumerate(added)}
+    want, i, head = [], 0, text[:20000]
+    while i < len(head):
+        hit = next((head[i:i + n] for n in range(11, 3, -1) if head[i:i + n] in index), None)
+        if hit and i + len(hit) <= len(head):
+            want.append(index[hit])
+            i += len(hit)
+        else:
+            i += 1
+    got = [k for k in tok.encode(head) if k >= len(tokens)]
+    assert len(want) > 1000 and got == want
+
+
+# Input the vocabulary has no token for: HF's BPE uses the byte fallback
+# tokens (<0xXX>, of the UTF-8 bytes of each byte-level image it cannot
+# find), else the unknown token (one per image, not fused); libgsink must do
+# the same, and fail rather than drop input when the vocabulary has neither.
+
+SMALL_VOCAB = ["h", "e", "l", "o", "w", "r", "d", "Ġ", "he", "ll", "hell", "hello", "Ġw", "or"]
+SMALL_MERGES = ["h e", "l l", "he ll", "hell o", "Ġ w", "o r"]
+FALLBACK_TEXTS = ["hello world", "ÿ", "héllo wörld ÿ€😀", "hello\x00\x7f\xa0", VARIED_TEXT, "x"]
+
+
+def hf_small(vocab, byte_fallback=False, unk=None):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    hf = Tokenizer(models.BPE(vocab={t: i for i, t in enumerate(vocab)},
+                              merges=[tuple(m.split(" ")) for m in SMALL_MERGES],
+                              byte_fallback=byte_fallback, unk_token=unk))
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    hf.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.ByteLevel()])
+    return hf
+
+
+def test_tokenizer_unknown_token_like_hf(tmp_path):
+    vocab = ["<unk>"] + SMALL_VOCAB
+    hf = hf_small(vocab, unk="<unk>")
+    for name, extra in [("id", [("tokenizer.ggml.unknown_token_id", ggufw.UINT32, 0)]), ("type", [])]:
+        path = str(tmp_path / ("unk_%s.gguf" % name))
+        write_vocab_gguf(path, vocab, [2] + [1] * len(SMALL_VOCAB), SMALL_MERGES, extra)
+        tok = gsink.Tokenizer(path)
+        n_unk = 0
+        for text in FALLBACK_TEXTS:
+            want = hf.encode(text).ids
+            n_unk += want.count(0)
+            assert list(tok.encode(text)) == want, (name, text[:40])
+        assert n_unk > 100
+
+
+def test_tokenizer_byte_fallback_like_hf(tmp_path):
+    byte_toks = ["<0x%02X>" % b for b in range(256)]
+    vocab = SMALL_VOCAB + byte_toks
+    hf = hf_small(vocab, byte_fallback=True)
+    path = str(tmp_path / "bf.gguf")
+    write_vocab_gguf(path, vocab, [1] * len(SMALL_VOCAB) + [6] * 256, SMALL_MERGES)
+    tok = gsink.Tokenizer(path)
+    for text in FALLBACK_TEXTS:
+        want = hf.encode(text).ids
+        got = tok.encode(text)
+        assert list(got) == want, text[:40]
+        assert tok.decode(got) == hf.decode(want) == text
+    # A byte fallback token missing: that image takes the unknown token (HF
+    # falls back on bytes only when it has all of an image's bytes). Texts
+    # where no byte-fallback image follows an unknown one in the same word:
+    # HF then emits the pending unknown token after those bytes, out of
+    # input order, where libgsink keeps the order.
+    vocab = ["<unk>"] + SMALL_VOCAB + [b for b in byte_toks if b != "<0xBF>"]
+    hf = hf_small(vocab, byte_fallback=True, unk="<unk>")
+    write_vocab_gguf(path, vocab, [2] + [1] * len(SMALL_VOCAB) + [6] * 255, SMALL_MERGES)
+    tok = gsink.Tokenizer(path)
+    for text in ["ÿ", "hello ÿ world", "he¿", "¿ x ÿ", "タ"]:  # images ¿ (C2 BF) -> <unk>
+        want = hf.encode(text).ids
+        assert 0 in want
+        assert list(tok.encode(text)) == want, text
+    # ÿ is C3 BF: images Ã (C3 83, by bytes) and ¿ (C2 BF: <unk>), in order.
+    y = [vocab.index("<0xC3>"), vocab.index("<0x83>"), 0]
+    assert tok.encode("ÿÿ").tolist() == y + y
+
+
+def test_tokenizer_unencodable_input_is_an_error(tmp_path):
+    # Neither byte fallback nor unknown token: HF drops such input silently;
+    # libgsink refuses it, naming the first byte it cannot encode.
+    path = str(tmp_path / "two.gguf")
+    write_vocab_gguf(path, ["h", "e"], [1, 1], [])
+    tok = gsink.Tokenizer(path)
+    with pytest.raises(gsink.InvalidArgumentError) as e:
+        tok.encode("hello world")
+    assert e.value.status == 2 and "byte 2 " in str(e.value)  # "l" is the first byte with no token
+    assert tok.encode("hehe").tolist() == [0, 1, 0, 1]  # the handle stays usable
+    text = "hé"  # é is C3 A9: neither image (Ã, ©) is in the vocabulary
+    with pytest.raises(gsink.InvalidArgumentError) as e:
+        tok.encode(text)
+    assert "byte %d " % len("h".encode()) in str(e.value)
+    # Some byte fallback tokens but not those an image needs, and no unknown token.
+    path = str(tmp_path / "partial.gguf")
+    write_vocab_gguf(path, SMALL_VOCAB + ["<0x78>"], [1] * len(SMALL_VOCAB) + [6], SMALL_MERGES)
+    tok = gsink.Tokenizer(path)
+    assert tok.encode("hex").tolist() == [SMALL_VOCAB.index("he"), len(SMALL_VOCAB)]
+    with pytest.raises(gsink.InvalidArgumentError) as e:
+        tok.encode("hello wörld")
+    assert "byte %d " % "hello wörld".encode().index(b"\xc3") in str(e.value)

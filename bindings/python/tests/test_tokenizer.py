@@ -89,3 +89,23 @@ def test_encode_decode(gguf):
             tok.decode([len(TOKENS) + 5])
     with pytest.raises(gsink.ClosedError):
         tok.encode("x")
+
+
+def test_unencodable_input_raises(tmp_path):
+    # A vocabulary of two tokens, no byte fallback and no unknown token:
+    # "hello world" cannot be encoded from byte 2 ("l") on; the binding
+    # raises InvalidArgumentError (a ValueError) with the library's message.
+    kvs = [kv("general.architecture", STRING, "llama"),
+           kv("tokenizer.ggml.model", STRING, "gpt2"),
+           kv("tokenizer.ggml.tokens", ARRAY, ["h", "e"], STRING),
+           kv("tokenizer.ggml.merges", ARRAY, [], STRING)]
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+    p = tmp_path / "two.gguf"
+    p.write_bytes(data + b"\0" * ((-len(data)) % 32))
+    with gsink.Tokenizer(p) as tok:
+        with pytest.raises(gsink.InvalidArgumentError) as e:
+            tok.encode("hello world")
+        assert isinstance(e.value, ValueError)
+        assert e.value.status_name == "GSINK_ERR_INVALID_ARGUMENT"
+        assert "byte 2 " in e.value.message and "no token" in e.value.message
+        assert tok.encode("heh").tolist() == [0, 1, 0]
