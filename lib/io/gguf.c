@@ -321,7 +321,7 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
                                "GGUF: tensor '%.*s' data [%llu, +%zu) lies outside the %zu-byte data section",
                                nl, t->name.ptr, (unsigned long long)t->offset, t->nbytes, data_size);
         }
-        ord[n_known++] = t;
+        if (t->nbytes) ord[n_known++] = t; /* empty tensors share no bytes with anything */
     }
     qsort(ord, n_known, sizeof *ord, cmp_off);
     for (size_t k = 1; k < n_known; k++) {

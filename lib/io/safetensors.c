@@ -219,9 +219,11 @@ static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set
     if (nt > 1) {
         st_tensor **ord = malloc(nt * sizeof *ord);
         if (!ord) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
-        for (size_t k = 0; k < nt; k++) ord[k] = &s->t[first + k];
-        qsort(ord, nt, sizeof *ord, cmp_begin);
-        for (size_t k = 1; k < nt; k++)
+        size_t no = 0; /* empty tensors share no bytes with anything */
+        for (size_t k = 0; k < nt; k++)
+            if (s->t[first + k].end > s->t[first + k].begin) ord[no++] = &s->t[first + k];
+        qsort(ord, no, sizeof *ord, cmp_begin);
+        for (size_t k = 1; k < no; k++)
             if (ord[k]->begin < ord[k - 1]->end) {
                 st = gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': tensors '%.64s' and '%.64s' overlap",
                                  fname, ord[k - 1]->name, ord[k]->name);
