@@ -9,12 +9,15 @@
  * Exit status: 0 success, 1 runtime failure (message on stderr), 2 usage error.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "gsink.h"
 
@@ -35,7 +38,9 @@ static void usage(FILE *f)
             "  --model PATH        load weights (HF directory, .safetensors or .gguf)\n"
             "  --preset NAME       create a randomly initialised model (default: tiny)\n"
             "  --seed N            initialisation / random-token seed (default 0)\n"
-            "  --tokens FILE       token ids: raw int32 binary, or whitespace-separated integers\n"
+            "  --tokens FILE       token ids: a text file (only printable ASCII and whitespace)\n"
+            "                      holds decimal ids separated by whitespace and nothing else;\n"
+            "                      any other file is raw little-endian int32 ids\n"
             "  --text FILE         UTF-8 text, tokenized with --tokenizer GGUF\n"
             "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text)\n"
             "  --batch N           sequences per batch (default 1)\n"
@@ -106,9 +111,25 @@ static int parse_float(const char *opt, const char *s, float *out)
 /* Reads a whole file; returns NULL (message printed) on failure. */
 static char *read_file(const char *path, size_t *len)
 {
-    FILE *f = fopen(path, "rb");
+    /* O_NONBLOCK: a FIFO must not make the tool wait for a writer; only
+     * regular files are read. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        fprintf(stderr, "%s: cannot open '%s': %s\n", prog, path, strerror(errno));
+        return NULL;
+    }
+    struct stat sb;
+    int fl;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (fl = fcntl(fd, F_GETFL)) < 0 ||
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        fprintf(stderr, "%s: '%s' is not a regular file\n", prog, path);
+        close(fd);
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
     if (!f) {
         fprintf(stderr, "%s: cannot open '%s': %s\n", prog, path, strerror(errno));
+        close(fd);
         return NULL;
     }
     size_t cap = 1 << 16, n = 0;
@@ -140,8 +161,10 @@ static char *read_file(const char *path, size_t *len)
     return buf;
 }
 
-/* Token file: whitespace-separated decimal ids if the file is only digits,
- * signs and whitespace; otherwise raw little-endian int32. */
+/* Token file: text if every byte is printable ASCII or whitespace (then it
+ * must hold whitespace-separated decimal ids and nothing else: "1 2 abc" is
+ * refused, not read as int32); otherwise raw little-endian int32. Binary ids
+ * below 2^24 always hold zero bytes, so they are never taken for text. */
 static int32_t *load_tokens(const char *path, size_t *n_out)
 {
     size_t len;
@@ -150,8 +173,7 @@ static int32_t *load_tokens(const char *path, size_t *n_out)
     int text = len > 0;
     for (size_t i = 0; i < len && text; i++) {
         unsigned char c = (unsigned char)buf[i];
-        if (!((c >= '0' && c <= '9') || c == '-' || c == ' ' || c == '\n' || c == '\r' || c == '\t'))
-            text = 0;
+        if (!((c >= 0x20 && c <= 0x7e) || (c >= '\t' && c <= '\r'))) text = 0;
     }
     int32_t *ids = NULL;
     size_t n = 0;
@@ -159,13 +181,19 @@ static int32_t *load_tokens(const char *path, size_t *n_out)
         ids = malloc(sizeof(int32_t) * (len / 2 + 1));
         char *p = buf;
         while (ids) {
-            while (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t') p++;
+            while (*p == ' ' || (*p >= '\t' && *p <= '\r')) p++;
             if (!*p) break;
             char *end;
             errno = 0;
-            long v = strtol(p, &end, 10);
-            if (end == p || errno || v < INT32_MIN || v > INT32_MAX) {
-                fprintf(stderr, "%s: '%s': bad token id near byte %zu\n", prog, path, (size_t)(p - buf));
+            long v = (*p >= '0' && *p <= '9') || (*p == '-' && p[1] >= '0' && p[1] <= '9') ? strtol(p, &end, 10) : 0;
+            if (!((*p >= '0' && *p <= '9') || (*p == '-' && p[1] >= '0' && p[1] <= '9'))) end = p;
+            int sep_ok = *end == '\0' || *end == ' ' || (*end >= '\t' && *end <= '\r');
+            if (end == p || !sep_ok || errno || v < INT32_MIN || v > INT32_MAX) {
+                size_t w = 0;
+                while (p[w] && p[w] != ' ' && !(p[w] >= '\t' && p[w] <= '\r') && w < 32) w++;
+                fprintf(stderr, "%s: '%s' is a text token file but '%.*s' at byte %zu is not a token id "
+                                "(text token files hold whitespace-separated decimal integers only)\n",
+                        prog, path, (int)w, p, (size_t)(p - buf));
                 free(ids);
                 free(buf);
                 return NULL;
@@ -175,7 +203,7 @@ static int32_t *load_tokens(const char *path, size_t *n_out)
         }
     } else {
         if (len % 4 != 0) {
-            fprintf(stderr, "%s: '%s' is neither whitespace-separated ids nor int32 binary "
+            fprintf(stderr, "%s: '%s' is neither a text token file nor int32 binary "
                             "(size %zu is not a multiple of 4)\n", prog, path, len);
             free(buf);
             return NULL;

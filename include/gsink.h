@@ -533,11 +533,21 @@ GSINK_API gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *pa
 
 /* Loads a model: a HuggingFace directory (config.json + model.safetensors or
  * sharded model.safetensors.index.json), a .safetensors file with a
- * config.json beside it, or a llama.cpp .gguf file. opts may be NULL. */
+ * config.json beside it, or a llama.cpp .gguf file. opts may be NULL.
+ * Every file read must be a regular file (a FIFO or device gives
+ * GSINK_ERR_IO at once, never a wait). Every tensor's presence, shape and
+ * dtype is checked against the configuration before the model is allocated.
+ * Duplicate tensor names or GGUF metadata keys, and JSON keys holding a NUL
+ * character, give GSINK_ERR_FORMAT. A safetensors file whose __metadata__
+ * has "gsink.checksum" ("fnv1a64:" + 16 hex digits, the FNV-1a 64 of the
+ * data section) must match it (GSINK_ERR_FORMAT otherwise); files without
+ * the key load as before. */
 GSINK_API gsink_status gsink_model_load(const char *path, const gsink_model_options *opts,
                                         gsink_model **out);
 /* Saves weights as dir/model.safetensors + dir/config.json (HF
- * LlamaForCausalLM), written atomically. Creates dir if needed. */
+ * LlamaForCausalLM), written atomically. Creates dir if needed. The
+ * safetensors __metadata__ holds "format": "pt" and "gsink.checksum" (see
+ * gsink_model_load), both strings, so HF readers open the file as usual. */
 GSINK_API gsink_status gsink_model_save(gsink_model *model, const char *dir);
 
 /* ------------------------------------------------------------------------ */

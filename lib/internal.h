@@ -209,9 +209,34 @@ gsink_status gsink__be_check(gsink_model *m, gsink_status st, const char *what);
  * that compute the statistics in backward). Needs a forward. */
 gsink_status gsink__attn_stats(gsink_model *m);
 
+/* The index-th parameter (registry order, HF names) of a model with config
+ * c, computed without allocating anything: loaders check a file against it
+ * before the model is allocated. Returns 0 past the last parameter. */
+int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *ndim, int64_t dims[2]);
+
 /* Allocates a model with zeroed weights (no random init); used by loaders. */
 gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_options *opts,
                                 gsink_model **out, char *errbuf);
+
+/* Opens path read-only without blocking (FIFOs, devices) and refuses
+ * anything that is not a regular file; st receives its fstat. Returns the
+ * descriptor (O_CLOEXEC, blocking again), or -1 after a GSINK_ERR_IO
+ * message naming the path (lib/io/file.c). */
+struct stat;
+int gsink__open_regular(const char *path, struct stat *st, char *errbuf);
+
+/* FNV-1a 64: the checksum of the optimizer state file and of the tensor
+ * data of the safetensors files the library writes ("gsink.checksum"). */
+#define GSINK_FNV1A64_INIT 1469598103934665603ull
+static inline uint64_t gsink__fnv1a64(uint64_t h, const void *data, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)data;
+    for (size_t i = 0; i < n; i++) {
+        h ^= p[i];
+        h *= 1099511628211ull;
+    }
+    return h;
+}
 
 /* Deterministic normal(0, std) generator (splitmix64 + Box-Muller). */
 typedef struct gsink_rng { uint64_t state; int has_spare; double spare; } gsink_rng;

@@ -132,6 +132,45 @@ static void add_entry(gsink_model *m, const char *name, int layer, int64_t d0, i
     *off += e->numel;
 }
 
+int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *ndim, int64_t dims[2])
+{
+    static const char *const suffix[9] = {
+        "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+    int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->d_head, kd = (int64_t)c->n_kv_heads * c->d_head;
+    size_t nl = (size_t)(c->n_layers > 0 ? c->n_layers : 0), last = 1 + nl * 9;
+    int64_t d0, d1;
+    if (index == 0) {
+        snprintf(name, 96, "model.embed_tokens.weight");
+        d0 = c->vocab_size, d1 = d;
+    } else if (index < last) {
+        size_t l = (index - 1) / 9, j = (index - 1) % 9;
+        snprintf(name, 96, "model.layers.%zu.%s", l, suffix[j]);
+        static const int kind[9] = {0, 1, 2, 2, 3, 0, 4, 4, 5};
+        switch (kind[j]) {
+        case 0: d0 = d, d1 = 0; break;
+        case 1: d0 = qd, d1 = d; break;
+        case 2: d0 = kd, d1 = d; break;
+        case 3: d0 = d, d1 = qd; break;
+        case 4: d0 = c->d_ff, d1 = d; break;
+        default: d0 = d, d1 = c->d_ff; break;
+        }
+    } else if (index == last) {
+        snprintf(name, 96, "model.norm.weight");
+        d0 = d, d1 = 0;
+    } else if (index == last + 1 && !c->tie_embeddings) {
+        snprintf(name, 96, "lm_head.weight");
+        d0 = c->vocab_size, d1 = d;
+    } else {
+        return 0;
+    }
+    *ndim = d1 > 0 ? 2 : 1;
+    dims[0] = d0;
+    dims[1] = d1 > 0 ? d1 : 0;
+    return 1;
+}
+
 /* Builds the registry (HF order) and returns the total float count. */
 static gsink_status build_registry(gsink_model *m, char *errbuf)
 {
@@ -141,28 +180,16 @@ static gsink_status build_registry(gsink_model *m, char *errbuf)
     m->theta_names = calloc((size_t)c->n_layers, sizeof *m->theta_names);
     if (!m->entries || !m->theta_names)
         return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the parameter registry");
-    int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->d_head, kd = (int64_t)c->n_kv_heads * c->d_head;
     size_t off = 0;
     char name[96];
-    add_entry(m, "model.embed_tokens.weight", -1, c->vocab_size, d, &off);
-    for (int l = 0; l < c->n_layers; l++) {
-#define E(suffix, d0, d1)                                                     \
-    snprintf(name, sizeof name, "model.layers.%d.%s", l, suffix);             \
-    add_entry(m, name, l, d0, d1, &off);
-        E("input_layernorm.weight", d, 0);
-        E("self_attn.q_proj.weight", qd, d);
-        E("self_attn.k_proj.weight", kd, d);
-        E("self_attn.v_proj.weight", kd, d);
-        E("self_attn.o_proj.weight", d, qd);
-        E("post_attention_layernorm.weight", d, 0);
-        E("mlp.gate_proj.weight", c->d_ff, d);
-        E("mlp.up_proj.weight", c->d_ff, d);
-        E("mlp.down_proj.weight", d, c->d_ff);
-#undef E
-        snprintf(m->theta_names[l], sizeof m->theta_names[l], "model.layers.%d.self_attn.v_scale_theta", l);
+    int ndim;
+    int64_t dims[2];
+    for (size_t k = 0; gsink__param_spec(c, k, name, &ndim, dims); k++) {
+        int layer = k >= 1 && k < 1 + (size_t)c->n_layers * 9 ? (int)((k - 1) / 9) : -1;
+        add_entry(m, name, layer, dims[0], dims[1], &off);
     }
-    add_entry(m, "model.norm.weight", -1, d, 0, &off);
-    if (!c->tie_embeddings) add_entry(m, "lm_head.weight", -1, c->vocab_size, d, &off);
+    for (int l = 0; l < c->n_layers; l++)
+        snprintf(m->theta_names[l], sizeof m->theta_names[l], "model.layers.%d.self_attn.v_scale_theta", l);
     m->n_param_floats = off;
     return GSINK_OK;
 }
@@ -191,6 +218,16 @@ static void bind_views(const gsink_model *m, float *base, gsink_params *p)
 
 const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *name)
 {
+    /* The registry has a fixed order: a layer's name is looked up among its
+     * nine entries, so loading every parameter by name stays linear. */
+    int l, used = 0;
+    if (sscanf(name, "model.layers.%d.%n", &l, &used) == 1 && used > 0 && l >= 0 && l < m->cfg.n_layers &&
+        m->n_entries >= 1 + (size_t)m->cfg.n_layers * 9) {
+        const gsink_param_entry *le = m->entries + 1 + (size_t)l * 9;
+        for (int j = 0; j < 9; j++)
+            if (strcmp(le[j].name, name) == 0) return &le[j];
+        return NULL;
+    }
     for (size_t i = 0; i < m->n_entries; i++)
         if (strcmp(m->entries[i].name, name) == 0) return &m->entries[i];
     return NULL;

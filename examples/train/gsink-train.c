@@ -86,6 +86,50 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+/* Opens path for reading without blocking on a FIFO (or a device) and
+ * refuses anything that is not a regular file: errno is EINVAL then. */
+static int open_regular(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) return -1;
+    struct stat sb;
+    int fl;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || (fl = fcntl(fd, F_GETFL)) < 0 ||
+        fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        close(fd);
+        errno = EINVAL;
+        return -1;
+    }
+    return fd;
+}
+
+static FILE *fopen_regular(const char *path)
+{
+    int fd = open_regular(path);
+    if (fd < 0) return NULL;
+    FILE *f = fdopen(fd, "rb");
+    if (!f) close(fd);
+    return f;
+}
+
+/* "not a regular file" for open_regular's EINVAL, strerror otherwise. */
+static const char *open_error(void) { return errno == EINVAL ? "not a regular file" : strerror(errno); }
+
+/* Decimal digits of a * b (exact: 128-bit) into buf. */
+static const char *mul_u64_str(uint64_t a, uint64_t b, char *buf, size_t n)
+{
+    unsigned __int128 v = (unsigned __int128)a * b;
+    char tmp[48];
+    int i = (int)sizeof tmp - 1;
+    tmp[i] = 0;
+    do {
+        tmp[--i] = (char)('0' + (int)(v % 10));
+        v /= 10;
+    } while (v);
+    snprintf(buf, n, "%s", tmp + i);
+    return buf;
+}
+
 static void fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
@@ -115,7 +159,7 @@ static void rm_rf(const char *path)
 
 static int copy_file(const char *src, const char *dst)
 {
-    FILE *in = fopen(src, "rb");
+    FILE *in = fopen_regular(src);
     if (!in) return -1;
     FILE *out = fopen(dst, "wb");
     if (!out) {
@@ -157,8 +201,8 @@ static void token_file_open(token_file *f, const char *path)
 {
     memset(f, 0, sizeof *f);
     f->path = path;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) die("cannot open token file %s: %s (run tools/corpus/prepare.py)", path, strerror(errno));
+    int fd = open_regular(path);
+    if (fd < 0) die("cannot open token file %s: %s (run tools/corpus/prepare.py)", path, open_error());
     struct stat sb;
     if (fstat(fd, &sb) != 0) die("stat %s: %s", path, strerror(errno));
     if ((uint64_t)sb.st_size < TOK_HEADER) die("%s: corrupt token file (shorter than the %d-byte header)", path, TOK_HEADER);
@@ -180,10 +224,17 @@ static void token_file_open(token_file *f, const char *path)
     if (version != 1) die("%s: unsupported token file version %u", path, version);
     if (dtype != 2 && dtype != 4) die("%s: corrupt token file (dtype %u bytes)", path, dtype);
     if (vocab == 0 || vocab > (1u << 30)) die("%s: corrupt token file (vocab %u)", path, vocab);
-    if (count > (f->map_bytes - TOK_HEADER) / dtype || count * dtype != f->map_bytes - TOK_HEADER)
-        die("%s: corrupt token file: header says %llu tokens (%llu bytes) but the file has %llu payload bytes",
-            path, (unsigned long long)count, (unsigned long long)(count * dtype),
-            (unsigned long long)(f->map_bytes - TOK_HEADER));
+    /* prepare.py packs uint16 exactly when the vocabulary fits: a larger
+     * vocabulary with 2-byte ids cannot be, and would size the model. */
+    if (dtype == 2 && vocab > 65536)
+        die("%s: corrupt token file: vocab %u does not fit its 2-byte token ids (at most 65536)", path, vocab);
+    uint64_t payload = f->map_bytes - TOK_HEADER;
+    if (payload % dtype != 0 || count != payload / dtype) { /* division: count * dtype may overflow */
+        char need[48];
+        die("%s: corrupt token file: header says %llu tokens (%s bytes) but the file has %llu payload bytes",
+            path, (unsigned long long)count, mul_u64_str(count, dtype, need, sizeof need),
+            (unsigned long long)payload);
+    }
     f->data = h + TOK_HEADER;
     f->dtype = (int)dtype;
     f->count = count;
@@ -195,6 +246,34 @@ static void token_file_open(token_file *f, const char *path)
         if (t < 0 || t >= f->vocab) die("%s: corrupt token file: token %d at %llu outside vocab %d", path, t,
                                         (unsigned long long)i, f->vocab);
     }
+}
+
+/* meta.json (written with the token files by prepare.py) names the
+ * tokenizer's vocabulary: the token files' headers, which size the model's
+ * embedding, must agree with it before anything is allocated. */
+static void check_meta_vocab(const char *dir, int32_t vocab)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    FILE *f = fopen_regular(path);
+    if (!f) {
+        if (errno == ENOENT) return; /* data prepared by other means */
+        die("cannot open %s: %s", path, open_error());
+    }
+    static char text[1 << 20];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    const char *p = strstr(text, "\"vocab_size\"");
+    if (!p) return;
+    p += strlen("\"vocab_size\"");
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ':') p++;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(p, &end, 10);
+    if (end == p || errno || *p == '-') die("%s: vocab_size is not a non-negative integer", path);
+    if (v != (unsigned long long)vocab)
+        die("token files say vocab %d but %s says vocab_size %llu: corrupt or mismatched data", vocab, path, v);
 }
 
 static void token_file_close(token_file *f)
@@ -579,8 +658,8 @@ static void xread(FILE *f, void *p, size_t n, uint32_t *crc, const char *path)
 /* Reads state.bin fully and verifies it before changing the model. */
 static void read_state(trainer *tr, const char *path)
 {
-    FILE *f = fopen(path, "rb");
-    if (!f) die("cannot open %s: %s", path, strerror(errno));
+    FILE *f = fopen_regular(path);
+    if (!f) die("cannot open %s: %s", path, open_error());
     uint32_t crc = 0;
     char magic[8];
     ckpt_identity id, want = identity_of(tr);
@@ -688,7 +767,7 @@ static void save_checkpoint(trainer *tr)
     if (crash && *crash && strcmp(crash, "0")) _exit(86); /* test hook: die before the switch */
     snprintf(path, sizeof path, "%s/latest", tr->a.out_dir);
     char prev[256] = "";
-    FILE *pf = fopen(path, "r");
+    FILE *pf = fopen_regular(path);
     if (pf) {
         if (!fgets(prev, sizeof prev, pf)) prev[0] = 0;
         prev[strcspn(prev, "\n")] = 0;
@@ -714,8 +793,8 @@ static void resume(trainer *tr)
 {
     char path[4400], name[256];
     snprintf(path, sizeof path, "%s/latest", tr->a.out_dir);
-    FILE *f = fopen(path, "r");
-    if (!f) die("--resume: no checkpoint in %s (%s)", tr->a.out_dir, strerror(errno));
+    FILE *f = fopen_regular(path);
+    if (!f) die("--resume: no checkpoint in %s (%s: %s)", tr->a.out_dir, path, open_error());
     if (!fgets(name, sizeof name, f)) die("--resume: %s is empty", path);
     fclose(f);
     name[strcspn(name, "\n")] = 0;
@@ -733,7 +812,7 @@ static void resume(trainer *tr)
 /* Drops log lines after the resumed step so the logs read like one run. */
 static void truncate_log(const char *path, int64_t step)
 {
-    FILE *f = fopen(path, "r");
+    FILE *f = fopen_regular(path);
     if (!f) return;
     char tmp[4200];
     if (snprintf(tmp, sizeof tmp, "%s.tmp", path) >= (int)sizeof tmp) die("path too long: %s", path);
@@ -899,6 +978,7 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/val.bin", a->data_dir);
     token_file_open(&tr.val, path);
     if (tr.val.vocab != tr.train.vocab) die("train.bin and val.bin disagree on the vocabulary size");
+    check_meta_vocab(a->data_dir, tr.train.vocab);
     uint64_t need = (uint64_t)a->batch * a->seq + 1;
     if (tr.train.count < need)
         die("%s/train.bin has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",

@@ -11,22 +11,46 @@
 
 #include "io_internal.h"
 
+int gsink__open_regular(const char *path, struct stat *st, char *err)
+{
+    /* O_NONBLOCK: opening a FIFO for reading would otherwise wait for a
+     * writer forever (and a device could block too). The flag is cleared once
+     * the file is known to be a regular file. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        gsink__fail(err, GSINK_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, st) != 0) {
+        int e = errno;
+        close(fd);
+        gsink__fail(err, GSINK_ERR_IO, "cannot stat '%s': %s", path, strerror(e));
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        close(fd);
+        gsink__fail(err, GSINK_ERR_IO, "'%s' is not a regular file (%s)", path,
+                    S_ISDIR(st->st_mode) ? "a directory" : S_ISFIFO(st->st_mode) ? "a FIFO"
+                    : S_ISSOCK(st->st_mode) ? "a socket" : S_ISCHR(st->st_mode) ? "a character device"
+                    : S_ISBLK(st->st_mode) ? "a block device" : "not a plain file");
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0) {
+        int e = errno;
+        close(fd);
+        gsink__fail(err, GSINK_ERR_IO, "cannot read '%s': %s", path, strerror(e));
+        return -1;
+    }
+    return fd;
+}
+
 gsink_status gsink__file_open(const char *path, gsink__file *f, char *err)
 {
     memset(f, 0, sizeof *f);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return gsink__fail(err, GSINK_ERR_IO, "cannot open '%s': %s", path, strerror(errno));
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return gsink__fail(err, GSINK_ERR_IO, "cannot stat '%s': %s", path, strerror(e));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return gsink__fail(err, GSINK_ERR_IO, "'%s' is not a regular file", path);
-    }
+    int fd = gsink__open_regular(path, &st, err);
+    if (fd < 0) return GSINK_ERR_IO;
     if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
         close(fd);
         return gsink__fail(err, GSINK_ERR_IO, "'%s' is too large to map", path);
@@ -143,6 +167,20 @@ gsink_status gsink__afile_write(gsink__afile *a, const void *data, size_t size, 
 {
     if (write_all(a->fd, data, size) != 0)
         return gsink__fail(err, GSINK_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+    return GSINK_OK;
+}
+
+gsink_status gsink__afile_pwrite(gsink__afile *a, const void *data, size_t size, size_t offset, char *err)
+{
+    const uint8_t *p = data;
+    while (size > 0) {
+        ssize_t w = pwrite(a->fd, p, size, (off_t)offset);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return gsink__fail(err, GSINK_ERR_IO, "cannot write '%s': %s", a->tmp, strerror(errno));
+        p += w;
+        size -= (size_t)w;
+        offset += (size_t)w;
+    }
     return GSINK_OK;
 }
 

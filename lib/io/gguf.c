@@ -158,6 +158,34 @@ static gsink_status read_kv(rd *r, gsink__gguf_kv *kv)
                        (int)(kv->key.len > 64 ? 64 : kv->key.len), kv->key.ptr, kv->type);
 }
 
+/* Byte-wise order of two counted strings (a prefix sorts first). */
+static int str_cmp(gsink__gguf_str a, gsink__gguf_str b)
+{
+    size_t n = a.len < b.len ? (size_t)a.len : (size_t)b.len;
+    int c = n ? memcmp(a.ptr, b.ptr, n) : 0;
+    if (c) return c;
+    return (a.len > b.len) - (a.len < b.len);
+}
+
+static int cmp_idx_tail(int c, const void *a, const void *b)
+{
+    if (c) return c;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_kv_idx(const void *a, const void *b, void *ctx)
+{
+    const gsink__gguf_kv *kv = ctx;
+    return cmp_idx_tail(str_cmp(kv[*(const size_t *)a].key, kv[*(const size_t *)b].key), a, b);
+}
+
+static int cmp_tensor_idx(const void *a, const void *b, void *ctx)
+{
+    const gsink__gguf_tensor *t = ctx;
+    return cmp_idx_tail(str_cmp(t[*(const size_t *)a].name, t[*(const size_t *)b].name), a, b);
+}
+
 static int cmp_off(const void *a, const void *b)
 {
     const gsink__gguf_tensor *x = *(const gsink__gguf_tensor *const *)a;
@@ -192,6 +220,18 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
     if (!g->kv || !g->tensors) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
     for (uint64_t k = 0; k < g->n_kv; k++)
         if ((st = read_kv(&r, &g->kv[k]))) return st;
+    /* Sorted key index: duplicates are refused (as llama.cpp does) and
+     * lookups are binary searches, O(n log n) in all. */
+    g->kv_by_key = malloc((g->n_kv ? (size_t)g->n_kv : 1) * sizeof *g->kv_by_key);
+    if (!g->kv_by_key) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
+    for (size_t k = 0; k < g->n_kv; k++) g->kv_by_key[k] = k;
+    qsort_r(g->kv_by_key, (size_t)g->n_kv, sizeof *g->kv_by_key, cmp_kv_idx, g->kv);
+    for (size_t k = 1; k < g->n_kv; k++) {
+        const gsink__gguf_str *a = &g->kv[g->kv_by_key[k - 1]].key, *b = &g->kv[g->kv_by_key[k]].key;
+        if (str_cmp(*a, *b) == 0)
+            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate metadata key '%.*s'",
+                               (int)(b->len > 64 ? 64 : b->len), b->ptr);
+    }
 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
     const gsink__gguf_kv *al = gsink__gguf_find(g, "general.alignment");
@@ -224,6 +264,18 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
     g->data_off = pos + pad;
     size_t data_size = size - g->data_off;
 
+    /* Sorted name index: duplicates refused, binary-search lookups. */
+    g->t_by_name = malloc((g->n_tensors ? (size_t)g->n_tensors : 1) * sizeof *g->t_by_name);
+    if (!g->t_by_name) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
+    for (size_t k = 0; k < g->n_tensors; k++) g->t_by_name[k] = k;
+    qsort_r(g->t_by_name, (size_t)g->n_tensors, sizeof *g->t_by_name, cmp_tensor_idx, g->tensors);
+    for (size_t k = 1; k < g->n_tensors; k++) {
+        const gsink__gguf_str *a = &g->tensors[g->t_by_name[k - 1]].name, *b = &g->tensors[g->t_by_name[k]].name;
+        if (str_cmp(*a, *b) == 0)
+            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate tensor '%.*s'",
+                               (int)(b->len > 64 ? 64 : b->len), b->ptr);
+    }
+
     /* Sizes, bounds, alignment and overlaps of the tensor data. */
     gsink__gguf_tensor **ord = malloc((g->n_tensors ? (size_t)g->n_tensors : 1) * sizeof *ord);
     if (!ord) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
@@ -231,13 +283,6 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
     for (uint64_t k = 0; k < g->n_tensors; k++) {
         gsink__gguf_tensor *t = &g->tensors[k];
         const int nl = (int)(t->name.len > 64 ? 64 : t->name.len);
-        for (uint64_t j = 0; j < k; j++) {
-            if (g->tensors[j].name.len == t->name.len &&
-                memcmp(g->tensors[j].name.ptr, t->name.ptr, t->name.len) == 0) {
-                free(ord);
-                return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate tensor '%.*s'", nl, t->name.ptr);
-            }
-        }
         size_t numel = 1;
         for (int d = 0; d < GGUF_MAX_DIMS; d++) {
             if (t->ne[d] > SIZE_MAX || !gsink__mul_size(numel, (size_t)t->ne[d], &numel)) {
@@ -276,7 +321,7 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
                                "GGUF: tensor '%.*s' data [%llu, +%zu) lies outside the %zu-byte data section",
                                nl, t->name.ptr, (unsigned long long)t->offset, t->nbytes, data_size);
         }
-        ord[n_known++] = t;
+        if (t->nbytes) ord[n_known++] = t; /* empty tensors share no bytes with anything */
     }
     qsort(ord, n_known, sizeof *ord, cmp_off);
     for (size_t k = 1; k < n_known; k++) {
@@ -301,8 +346,11 @@ gsink_status gsink__gguf_parse(const uint8_t *data, size_t size, gsink__gguf *g,
     if (st) {
         free(g->kv);
         free(g->tensors);
+        free(g->kv_by_key);
+        free(g->t_by_name);
         g->kv = NULL;
         g->tensors = NULL;
+        g->kv_by_key = g->t_by_name = NULL;
     }
     return st;
 }
@@ -327,21 +375,43 @@ void gsink__gguf_close(gsink__gguf *g)
     if (!g) return;
     free(g->kv);
     free(g->tensors);
+    free(g->kv_by_key);
+    free(g->t_by_name);
     gsink__file_close(&g->file);
     memset(g, 0, sizeof *g);
 }
 
 const gsink__gguf_kv *gsink__gguf_find(const gsink__gguf *g, const char *key)
 {
-    for (uint64_t k = 0; k < g->n_kv; k++)
-        if (str_eq(g->kv[k].key, key)) return &g->kv[k];
+    gsink__gguf_str want = {key, strlen(key)};
+    if (!g->kv_by_key) { /* the index is built while parsing: general.alignment */
+        for (uint64_t k = 0; k < g->n_kv; k++)
+            if (str_eq(g->kv[k].key, key)) return &g->kv[k];
+        return NULL;
+    }
+    size_t lo = 0, hi = (size_t)g->n_kv;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = str_cmp(g->kv[g->kv_by_key[mid]].key, want);
+        if (c == 0) return &g->kv[g->kv_by_key[mid]];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
     return NULL;
 }
 
 const gsink__gguf_tensor *gsink__gguf_find_tensor(const gsink__gguf *g, const char *name)
 {
-    for (uint64_t k = 0; k < g->n_tensors; k++)
-        if (str_eq(g->tensors[k].name, name)) return &g->tensors[k];
+    gsink__gguf_str want = {name, strlen(name)};
+    if (!g->t_by_name) return NULL;
+    size_t lo = 0, hi = (size_t)g->n_tensors;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = str_cmp(g->tensors[g->t_by_name[mid]].name, want);
+        if (c == 0) return &g->tensors[g->t_by_name[mid]];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
     return NULL;
 }
 
@@ -436,6 +506,39 @@ static void unpermute_rows(const float *src, float *dst, int n_head, int d_head,
             }
 }
 
+/* The GGUF tensor for parameter `name` exists, has a known type and the
+ * shape the config needs. */
+static gsink_status check_tensor(const gsink__gguf_tensor *t, const char *gname, const char *name, int ndim,
+                                 const int64_t *dims, char *err)
+{
+    gsink_status st = GSINK_OK;
+    do {
+        if (!t) {
+            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "GGUF: missing tensor '%s' (for %s)", gname, name);
+            break;
+        }
+        size_t be;
+        if (!gsink__ggml_block(t->type, &be, NULL)) {
+            st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: tensor '%s' has unsupported type %u (%s)",
+                             gname, t->type, gsink__ggml_type_name(t->type));
+            break;
+        }
+        /* GGUF dims are innermost first: ne[0] = columns, ne[1] = rows. */
+        uint64_t want0 = ndim == 2 ? (uint64_t)dims[1] : (uint64_t)dims[0];
+        uint64_t want1 = ndim == 2 ? (uint64_t)dims[0] : 1;
+        if (t->ne[0] != want0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1) {
+            st = gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH,
+                             "GGUF: tensor '%s' has shape [%llu, %llu, %llu, %llu] (innermost first), "
+                             "the config needs [%llu, %llu]",
+                             gname, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
+                             (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
+                             (unsigned long long)want0, (unsigned long long)want1);
+            break;
+        }
+    } while (0);
+    return st;
+}
+
 gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *opts,
                                     gsink_model **out, char *err)
 {
@@ -482,6 +585,17 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
     cfg.tie_embeddings = gsink__gguf_find_tensor(g, "output.weight") == NULL;
     if ((st = gsink_config_validate(&cfg))) return gsink__refail(err, st, "GGUF");
 
+    /* Every tensor's presence, type and shape before the model (whose size
+     * the metadata alone decides) is allocated. */
+    {
+        char name[96], gname[128];
+        int ndim, perm;
+        int64_t dims[2];
+        for (size_t k = 0; gsink__param_spec(&cfg, k, name, &ndim, dims); k++) {
+            if (!gguf_name(name, gname, sizeof gname, &perm)) continue;
+            if ((st = check_tensor(gsink__gguf_find_tensor(g, gname), gname, name, ndim, dims, err))) return st;
+        }
+    }
     char merr[GSINK_MSG_SIZE] = "";
     gsink_model *m = NULL;
     st = gsink__model_alloc(&cfg, opts, &m, merr);
@@ -503,28 +617,7 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
         int perm;
         if (!gguf_name(name, gname, sizeof gname, &perm)) continue; /* e.g. V-scale theta */
         const gsink__gguf_tensor *t = gsink__gguf_find_tensor(g, gname);
-        if (!t) {
-            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "GGUF: missing tensor '%s' (for %s)", gname, name);
-            break;
-        }
-        size_t be;
-        if (!gsink__ggml_block(t->type, &be, NULL)) {
-            st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: tensor '%s' has unsupported type %u (%s)",
-                             gname, t->type, gsink__ggml_type_name(t->type));
-            break;
-        }
-        /* GGUF dims are innermost first: ne[0] = columns, ne[1] = rows. */
-        uint64_t want0 = ndim == 2 ? (uint64_t)dims[1] : (uint64_t)dims[0];
-        uint64_t want1 = ndim == 2 ? (uint64_t)dims[0] : 1;
-        if (t->ne[0] != want0 || t->ne[1] != want1 || t->ne[2] != 1 || t->ne[3] != 1) {
-            st = gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH,
-                             "GGUF: tensor '%s' has shape [%llu, %llu, %llu, %llu] (innermost first), "
-                             "the config needs [%llu, %llu]",
-                             gname, (unsigned long long)t->ne[0], (unsigned long long)t->ne[1],
-                             (unsigned long long)t->ne[2], (unsigned long long)t->ne[3],
-                             (unsigned long long)want0, (unsigned long long)want1);
-            break;
-        }
+        if ((st = check_tensor(t, gname, name, ndim, dims, err))) break;
         size_t n = t->numel;
         if (n > cap) {
             free(buf);

@@ -34,6 +34,8 @@ gsink_status gsink__write_atomic(const char *path, const void *data, size_t size
 typedef struct gsink__afile { int fd; char *tmp, *path; } gsink__afile;
 gsink_status gsink__afile_open(gsink__afile *a, const char *path, char *err);
 gsink_status gsink__afile_write(gsink__afile *a, const void *data, size_t size, char *err);
+/* Overwrites bytes already written (at offset from the file's start). */
+gsink_status gsink__afile_pwrite(gsink__afile *a, const void *data, size_t size, size_t offset, char *err);
 gsink_status gsink__afile_commit(gsink__afile *a, char *err);
 void gsink__afile_abort(gsink__afile *a);
 
@@ -140,6 +142,7 @@ typedef struct gsink__gguf {
     uint64_t n_kv, n_tensors;
     gsink__gguf_kv *kv;
     gsink__gguf_tensor *tensors;
+    size_t *kv_by_key, *t_by_name; /* indices sorted by key / name (binary search) */
     size_t alignment;
     size_t data_off;      /* absolute file offset of the data section */
 } gsink__gguf;

@@ -280,6 +280,11 @@ static gsink_status parse_value(jp *p, gsink__json *v, int depth)
                 char *k;
                 size_t kl;
                 if (parse_string(p, &k, &kl)) return p->st;
+                if (strlen(k) != kl) {
+                    /* keys are C strings: "a\u0000b" would be taken as "a" */
+                    free(k);
+                    return jfail(p, "object key holds a NUL character (\\u0000)");
+                }
                 v->keys[v->len] = k;
                 skip_ws(p);
                 if (p->i >= p->n || p->s[p->i] != ':') {

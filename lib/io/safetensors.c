@@ -32,6 +32,7 @@ typedef struct st_set {
     int n_files;
     st_tensor *t;
     size_t n, cap;
+    size_t *by_name; /* indices into t sorted by name (st_index) */
 } st_set;
 
 static void st_set_free(st_set *s)
@@ -41,6 +42,7 @@ static void st_set_free(st_set *s)
     free(s->data_off);
     for (size_t k = 0; k < s->n; k++) free(s->t[k].name);
     free(s->t);
+    free(s->by_name);
     memset(s, 0, sizeof *s);
 }
 
@@ -66,6 +68,40 @@ static int cmp_begin(const void *a, const void *b)
 {
     const st_tensor *x = *(const st_tensor *const *)a, *y = *(const st_tensor *const *)b;
     return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+/* "gsink.checksum" in __metadata__: "fnv1a64:" and 16 hex digits, the
+ * FNV-1a 64 of the whole data section (everything after the header). The
+ * library writes it (gsink_model_save); files without it (HF) are taken as
+ * they are. */
+#define ST_CHECKSUM_KEY "gsink.checksum"
+#define ST_CHECKSUM_ALG "fnv1a64:"
+
+static gsink_status st_check_metadata(const gsink__json *md, const uint8_t *data, size_t dsize,
+                                      const char *fname, char *err)
+{
+    const gsink__json *c = gsink__json_get(md, ST_CHECKSUM_KEY);
+    if (!c) return GSINK_OK;
+    const size_t al = strlen(ST_CHECKSUM_ALG);
+    uint64_t want = 0;
+    int ok = c->type == GSINK_JSON_STRING && c->len == al + 16 && memcmp(c->str, ST_CHECKSUM_ALG, al) == 0;
+    for (size_t k = 0; ok && k < 16; k++) {
+        char h = c->str[al + k];
+        int v = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : -1;
+        if (v < 0) ok = 0;
+        else want = want << 4 | (uint64_t)v;
+    }
+    if (!ok)
+        return gsink__fail(err, GSINK_ERR_FORMAT,
+                           "safetensors '%s': __metadata__ " ST_CHECKSUM_KEY " must be \"" ST_CHECKSUM_ALG
+                           "\" and 16 lowercase hex digits", fname);
+    uint64_t got = gsink__fnv1a64(GSINK_FNV1A64_INIT, data, dsize);
+    if (got != want)
+        return gsink__fail(err, GSINK_ERR_FORMAT,
+                           "safetensors '%s': checksum mismatch: the tensor data hashes to " ST_CHECKSUM_ALG
+                           "%016llx, __metadata__ records " ST_CHECKSUM_ALG "%016llx (corrupt file)",
+                           fname, (unsigned long long)got, (unsigned long long)want);
+    return GSINK_OK;
 }
 
 /* Parses one safetensors file's header and appends its tensors to s. */
@@ -98,7 +134,10 @@ static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set
     for (size_t k = 0; k < j->len && !st; k++) {
         const char *key = j->keys[k];
         const gsink__json *v = &j->items[k];
-        if (strcmp(key, "__metadata__") == 0) continue;
+        if (strcmp(key, "__metadata__") == 0) {
+            st = st_check_metadata(v, data + 8 + (size_t)hlen, size - 8 - (size_t)hlen, fname, err);
+            continue;
+        }
         const gsink__json *dt = gsink__json_get(v, "dtype"), *sh = gsink__json_get(v, "shape"),
                           *of = gsink__json_get(v, "data_offsets");
         if (!dt || dt->type != GSINK_JSON_STRING || !sh || sh->type != GSINK_JSON_ARRAY || !of ||
@@ -126,7 +165,7 @@ static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set
         st_tensor *t = &s->t[s->n];
         memset(t, 0, sizeof *t);
         size_t esize;
-        if (!dtype_from_name(dt->str, &t->dtype, &esize)) {
+        if (strlen(dt->str) != dt->len || !dtype_from_name(dt->str, &t->dtype, &esize)) {
             st = gsink__fail(err, GSINK_ERR_UNSUPPORTED, "safetensors '%s': tensor '%.64s' has unknown dtype '%.16s'",
                              fname, key, dt->str);
             break;
@@ -171,11 +210,6 @@ static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set
             st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
             break;
         }
-        for (size_t q = 0; q < s->n; q++)
-            if (strcmp(s->t[q].name, key) == 0) {
-                st = gsink__fail(err, GSINK_ERR_FORMAT, "safetensors: tensor '%.64s' appears twice", key);
-                break;
-            }
         s->n++;
     }
     gsink__json_free(j);
@@ -185,9 +219,11 @@ static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set
     if (nt > 1) {
         st_tensor **ord = malloc(nt * sizeof *ord);
         if (!ord) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
-        for (size_t k = 0; k < nt; k++) ord[k] = &s->t[first + k];
-        qsort(ord, nt, sizeof *ord, cmp_begin);
-        for (size_t k = 1; k < nt; k++)
+        size_t no = 0; /* empty tensors share no bytes with anything */
+        for (size_t k = 0; k < nt; k++)
+            if (s->t[first + k].end > s->t[first + k].begin) ord[no++] = &s->t[first + k];
+        qsort(ord, no, sizeof *ord, cmp_begin);
+        for (size_t k = 1; k < no; k++)
             if (ord[k]->begin < ord[k - 1]->end) {
                 st = gsink__fail(err, GSINK_ERR_FORMAT, "safetensors '%s': tensors '%.64s' and '%.64s' overlap",
                                  fname, ord[k - 1]->name, ord[k]->name);
@@ -198,20 +234,51 @@ static gsink_status st_parse(const uint8_t *data, size_t size, int shard, st_set
     return st;
 }
 
+static int cmp_name_idx(const void *a, const void *b, void *ctx)
+{
+    const st_tensor *t = ctx;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(t[x].name, t[y].name);
+    return c ? c : (x > y) - (x < y);
+}
+
+/* Sorts the tensor names (O(n log n)) and refuses duplicates. */
+static gsink_status st_index(st_set *s, char *err)
+{
+    free(s->by_name);
+    s->by_name = malloc((s->n ? s->n : 1) * sizeof *s->by_name);
+    if (!s->by_name) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "safetensors: out of memory");
+    for (size_t k = 0; k < s->n; k++) s->by_name[k] = k;
+    qsort_r(s->by_name, s->n, sizeof *s->by_name, cmp_name_idx, s->t);
+    for (size_t k = 1; k < s->n; k++)
+        if (strcmp(s->t[s->by_name[k - 1]].name, s->t[s->by_name[k]].name) == 0)
+            return gsink__fail(err, GSINK_ERR_FORMAT, "safetensors: tensor '%.64s' appears twice",
+                               s->t[s->by_name[k]].name);
+    return GSINK_OK;
+}
+
 gsink_status gsink__st_check(const uint8_t *data, size_t size, char *err)
 {
     st_set s;
     memset(&s, 0, sizeof s);
     size_t off;
     gsink_status st = st_parse(data, size, 0, &s, &off, "<memory>", err);
+    if (!st) st = st_index(&s, err);
     st_set_free(&s);
     return st;
 }
 
+/* Binary search in the name index (st_index must have run). */
 static const st_tensor *st_find(const st_set *s, const char *name)
 {
-    for (size_t k = 0; k < s->n; k++)
-        if (strcmp(s->t[k].name, name) == 0) return &s->t[k];
+    size_t lo = 0, hi = s->by_name ? s->n : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int c = strcmp(s->t[s->by_name[mid]].name, name);
+        if (c == 0) return &s->t[s->by_name[mid]];
+        if (c < 0) lo = mid + 1;
+        else hi = mid;
+    }
     return NULL;
 }
 
@@ -274,8 +341,8 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
     if (j->type != GSINK_JSON_OBJECT)
         return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json is not a JSON object");
     const gsink__json *mt = gsink__json_get(j, "model_type");
-    if (mt && mt->type == GSINK_JSON_STRING && strcmp(mt->str, "llama") != 0 &&
-        strcmp(mt->str, "mistral") != 0)
+    if (mt && mt->type == GSINK_JSON_STRING && (strlen(mt->str) != mt->len || (strcmp(mt->str, "llama") != 0 &&
+        strcmp(mt->str, "mistral") != 0)))
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: model_type '%.32s' is not supported (llama)",
                            mt->str);
     gsink_status st;
@@ -299,7 +366,7 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
     const gsink__json *tie = gsink__json_get(j, "tie_word_embeddings");
     *tie_flag = tie && tie->type == GSINK_JSON_BOOL && tie->boolean;
     const gsink__json *act = gsink__json_get(j, "hidden_act");
-    if (act && act->type == GSINK_JSON_STRING && strcmp(act->str, "silu") != 0)
+    if (act && act->type == GSINK_JSON_STRING && (strlen(act->str) != act->len || strcmp(act->str, "silu") != 0))
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: hidden_act '%.32s' is not supported (silu)",
                            act->str);
     const gsink__json *rs = gsink__json_get(j, "rope_scaling");
@@ -326,16 +393,33 @@ static gsink_status read_json_file(const char *path, gsink__json **out, char *er
     return GSINK_OK;
 }
 
+static int cmp_shard_idx(const void *a, const void *b, void *ctx)
+{
+    const gsink__json *items = ctx;
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    int c = strcmp(items[x].str, items[y].str);
+    return c ? c : (x > y) - (x < y);
+}
+
+static int cmp_size(const void *a, const void *b)
+{
+    size_t x = *(const size_t *)a, y = *(const size_t *)b;
+    return (x > y) - (x < y);
+}
+
 static gsink_status open_shards(const char *dir, const char *weights_path, st_set *s, char *err)
 {
-    if (weights_path) return add_shard(s, weights_path, err);
+    if (weights_path) {
+        gsink_status st = add_shard(s, weights_path, err);
+        return st ? st : st_index(s, err);
+    }
     char *single = path_join(dir, "model.safetensors");
     if (!single) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
     struct stat sb;
     if (stat(single, &sb) == 0) {
         gsink_status st = add_shard(s, single, err);
         free(single);
-        return st;
+        return st ? st : st_index(s, err);
     }
     free(single);
     char *idx = path_join(dir, "model.safetensors.index.json");
@@ -364,20 +448,34 @@ static gsink_status open_shards(const char *dir, const char *weights_path, st_se
                              wm->keys[k]);
             break;
         }
-        int seen = 0;
-        for (size_t q = 0; q < k; q++)
-            if (!gsink__json_shadowed(wm, q) && wm->items[q].type == GSINK_JSON_STRING &&
-                strcmp(wm->items[q].str, f->str) == 0)
-                seen = 1;
-        if (seen) continue;
-        char *p = path_join(dir, f->str);
-        if (!p) {
-            st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
-            break;
-        }
-        st = add_shard(s, p, err);
-        free(p);
     }
+    /* Each shard file once, in the order of first mention (sorted, not
+     * compared pairwise: an index may list a million tensors). */
+    size_t *ord = st ? NULL : malloc((wm->len ? wm->len : 1) * sizeof *ord);
+    if (!st && !ord) st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+    if (!st) {
+        /* entries a later one overrides (duplicate keys: the last wins) name no shard */
+        size_t n = 0;
+        for (size_t k = 0; k < wm->len; k++)
+            if (!gsink__json_shadowed(wm, k)) ord[n++] = k;
+        qsort_r(ord, n, sizeof *ord, cmp_shard_idx, wm->items);
+        /* keep ord[] entries that are first mentions, then restore file order */
+        size_t nu = 0;
+        for (size_t k = 0; k < n; k++)
+            if (k == 0 || strcmp(wm->items[ord[k]].str, wm->items[ord[k - 1]].str) != 0) ord[nu++] = ord[k];
+        qsort(ord, nu, sizeof *ord, cmp_size);
+        for (size_t u = 0; u < nu && !st; u++) {
+            char *p = path_join(dir, wm->items[ord[u]].str);
+            if (!p) {
+                st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "out of memory");
+                break;
+            }
+            st = add_shard(s, p, err);
+            free(p);
+        }
+    }
+    free(ord);
+    if (!st) st = st_index(s, err);
     /* Every tensor the index names must be in the shard it names. */
     for (size_t k = 0; k < wm->len && !st; k++) {
         const st_tensor *t = st_find(s, wm->keys[k]);
@@ -469,6 +567,37 @@ static gsink_status load_vscale(gsink_model *m, const gsink__json *cfgj, const s
     return st;
 }
 
+static gsink_status check_one(const st_tensor *t, const char *name, int ndim, const int64_t *dims, char *err)
+{
+    if (!t) return gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "safetensors: missing tensor '%s'", name);
+    int ok = t->ndim == ndim;
+    for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == (uint64_t)dims[d];
+    if (!ok) {
+        char got[128] = "", *p = got;
+        for (int d = 0; d < t->ndim && p < got + 100; d++)
+            p += snprintf(p, 20, d ? ", %llu" : "%llu", (unsigned long long)t->shape[d]);
+        return gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH,
+                           "safetensors: tensor '%s' has shape [%s], the config needs [%lld%s%lld]", name, got,
+                           (long long)dims[0], ndim == 2 ? ", " : "", ndim == 2 ? (long long)dims[1] : 0LL);
+    }
+    if (t->dtype == ST_OTHER)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                           "safetensors: tensor '%s' has dtype %s (F32, F16 or BF16 needed)", name, t->dtype_name);
+    return GSINK_OK;
+}
+
+static gsink_status st_precheck(const gsink_config *cfg, const st_set *s, char *err)
+{
+    char name[96];
+    int ndim;
+    int64_t dims[2];
+    for (size_t k = 0; gsink__param_spec(cfg, k, name, &ndim, dims); k++) {
+        gsink_status st = check_one(st_find(s, name), name, ndim, dims, err);
+        if (st) return st;
+    }
+    return GSINK_OK;
+}
+
 gsink_status gsink__st_load_dir(const char *dir, const char *weights_path,
                                 const gsink_model_options *opts, gsink_model **out, char *err)
 {
@@ -493,6 +622,9 @@ gsink_status gsink__st_load_dir(const char *dir, const char *weights_path,
         st = gsink__refail(err, st, "config.json");
         goto done;
     }
+    /* Every tensor's presence, shape and dtype before the model (whose size
+     * the config alone decides) is allocated. */
+    if ((st = st_precheck(&cfg, &s, err))) goto done;
     char merr[GSINK_MSG_SIZE] = "";
     if ((st = gsink__model_alloc(&cfg, opts, &m, merr))) {
         st = gsink__refail(err, st, "safetensors");
@@ -510,21 +642,7 @@ gsink_status gsink__st_load_dir(const char *dir, const char *weights_path,
         }
         if (is_theta_name(name)) continue;
         const st_tensor *t = st_find(&s, name);
-        if (!t) {
-            st = gsink__fail(err, GSINK_ERR_MISSING_TENSOR, "safetensors: missing tensor '%s'", name);
-            break;
-        }
-        int ok = t->ndim == ndim;
-        for (int d = 0; ok && d < ndim; d++) ok = t->shape[d] == (uint64_t)dims[d];
-        if (!ok) {
-            char got[128] = "", *p = got;
-            for (int d = 0; d < t->ndim && p < got + 100; d++)
-                p += snprintf(p, 20, d ? ", %llu" : "%llu", (unsigned long long)t->shape[d]);
-            st = gsink__fail(err, GSINK_ERR_SHAPE_MISMATCH,
-                             "safetensors: tensor '%s' has shape [%s], the config needs [%lld%s%lld]", name, got,
-                             (long long)dims[0], ndim == 2 ? ", " : "", ndim == 2 ? (long long)dims[1] : 0LL);
-            break;
-        }
+        if ((st = check_one(t, name, ndim, dims, err))) break;
         st = fill_tensor(m, &s, t, name, &buf, &cap, err);
     }
     if (!st) st = load_vscale(m, cj, &s, err);
@@ -654,7 +772,10 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
 
     /* Header: offsets are contiguous in registry order. */
     sbuf h = {0};
-    sb_add(&h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    /* The checksum's digits are written once the data has been hashed. */
+    sb_add(&h, "{\"__metadata__\":{\"format\":\"pt\",\"" ST_CHECKSUM_KEY "\":\"" ST_CHECKSUM_ALG);
+    size_t sum_pos = h.n;
+    sb_add(&h, "0000000000000000\"}");
     size_t off = 0, maxn = 0;
     for (size_t k = 0; k < ni; k++) {
         save_item *it = &items[k];
@@ -687,6 +808,7 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
     for (int b = 0; b < 8; b++) len8[b] = (uint8_t)((uint64_t)h.n >> (8 * b));
     st = gsink__afile_write(&af, len8, 8, err);
     if (!st) st = gsink__afile_write(&af, h.p, h.n, err);
+    uint64_t sum = GSINK_FNV1A64_INIT;
     for (size_t k = 0; k < ni && !st; k++) {
         save_item *it = &items[k];
         const float *src;
@@ -696,7 +818,13 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
             if ((st = gsink_get_param(model, it->name, buf, it->numel))) break;
             src = buf;
         }
+        sum = gsink__fnv1a64(sum, src, it->numel * 4);
         st = gsink__afile_write(&af, src, it->numel * 4, err); /* little-endian host */
+    }
+    if (!st) {
+        char hex[17];
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)sum);
+        st = gsink__afile_pwrite(&af, hex, 16, 8 + sum_pos, err);
     }
     if (st) {
         gsink__afile_abort(&af);

@@ -320,16 +320,8 @@ static const char OPT_MAGIC[8] = {'G', 'S', 'K', 'O', 'P', 'T', 0, 1};
 #define OPT_VERSION 1u
 #define OPT_HEADER_BYTES 40u
 
-static uint64_t fnv1a(uint64_t h, const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) {
-        h ^= p[i];
-        h *= 1099511628211ull;
-    }
-    return h;
-}
-#define FNV_INIT 1469598103934665603ull
+#define fnv1a gsink__fnv1a64
+#define FNV_INIT GSINK_FNV1A64_INIT
 
 static int write_all(int fd, const void *buf, size_t n, uint64_t *hash)
 {
@@ -434,9 +426,16 @@ gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path)
     GSINK_USE(opt->model, "model");
     gsink__clear(opt->errmsg);
     if (!path) return gsink__fail(opt->errmsg, GSINK_ERR_NULL_ARGUMENT, "optimizer_load: path is NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return gsink__fail(opt->errmsg, GSINK_ERR_IO, "optimizer_load: cannot open %s: %s", path, strerror(errno));
+    struct stat sb;
+    char oerr[GSINK_MSG_SIZE] = "";
+    int fd = gsink__open_regular(path, &sb, oerr); /* never blocks on a FIFO */
+    if (fd < 0) return gsink__fail(opt->errmsg, GSINK_ERR_IO, "optimizer_load: %s", oerr);
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        int e = errno;
+        close(fd);
+        return gsink__fail(opt->errmsg, GSINK_ERR_IO, "optimizer_load: cannot open %s: %s", path, strerror(e));
+    }
     gsink_status st = GSINK_OK;
     float *host = NULL;
     unsigned char hdr[OPT_HEADER_BYTES];

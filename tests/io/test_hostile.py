@@ -368,3 +368,226 @@ def test_shard_index_duplicate_keys_take_the_last_value(tmp_path):
     (d / "model.safetensors.index.json").write_text(text)
     m = gsink.Model.load(str(d))
     assert m.config.d_model == 32
+
+
+# ---- hardening: FIFOs, scale, allocation order, NUL keys, checksums ------------
+
+import subprocess  # noqa: E402
+import time  # noqa: E402
+
+CLI = os.environ.get("GSINK_CLI")
+
+
+def run_py(code, timeout=60):
+    """Runs code in a fresh interpreter (same binding, same library); a hang
+    fails the test through the timeout instead of stalling the suite."""
+    pre = "import sys, gsink\nfrom gsink.errors import GsinkError\nsys.path.insert(0, %r)\n" % HERE
+    r = subprocess.run([sys.executable, "-c", pre + code], capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+LOAD_STATUS = """
+def st(p):
+    try:
+        gsink.Model.load(p)
+        return "loaded"
+    except GsinkError as e:
+        return "%d %s" % (e.status, e)
+"""
+
+
+def test_fifos_are_refused_without_blocking(tmp_path):
+    """A FIFO anywhere the loader reads (model file, config.json, shard named by
+    the index, tokenizer GGUF, optimizer state) is refused at once, not waited on."""
+    os.mkfifo(tmp_path / "p.gguf")
+    a = hf_dir(tmp_path, st_bytes(hf_tensors()), name="cfg")
+    (a / "config.json").unlink()
+    os.mkfifo(a / "config.json")
+    b = hf_dir(tmp_path, st_bytes(hf_tensors()), name="single")
+    (b / "model.safetensors").unlink()
+    os.mkfifo(b / "model.safetensors")
+    c = tmp_path / "sharded"
+    c.mkdir()
+    (c / "config.json").write_text(json.dumps(HF_CFG))
+    os.mkfifo(c / "part1.safetensors")
+    (c / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {k: "part1.safetensors" for k in hf_tensors()}}))
+    os.mkfifo(tmp_path / "opt.bin")
+    code = LOAD_STATUS + """
+for p in %r:
+    print(st(p))
+try:
+    gsink.Tokenizer.load_gguf(%r)
+    print("loaded")
+except GsinkError as e:
+    print("%%d %%s" %% (e.status, e))
+m = gsink.Model(gsink.Config.preset("micro"), n_threads=1)
+o = gsink.Optimizer(m)
+try:
+    o.load(%r)
+    print("loaded")
+except GsinkError as e:
+    print("%%d %%s" %% (e.status, e))
+o.close()
+m.close()
+""" % ([str(tmp_path / "p.gguf"), str(a), str(b), str(c)], str(tmp_path / "p.gguf"), str(tmp_path / "opt.bin"))
+    out = run_py(code, timeout=60).strip().splitlines()
+    assert len(out) == 6, out
+    for line in out:
+        assert line.startswith("%d " % ERR_IO) and "not a regular file" in line, line
+    if CLI:
+        for args in (["--model", str(tmp_path / "p.gguf")],
+                     ["--preset", "tiny", "--tokens", str(tmp_path / "p.gguf")]):
+            r = subprocess.run([CLI, "analyze", *args], capture_output=True, text=True, timeout=60)
+            assert r.returncode != 0 and "not a regular file" in r.stderr, r.stderr
+
+
+def big_gguf(n_extra, dup=False, dup_kv=False):
+    """The valid base model plus n_extra zero-size tensor infos (and a repeated
+    name or metadata key at the very end), written without quadratic joins."""
+    tensors = tensors_for(CFG)
+    kvs = ggufw.llama_kvs(CFG)
+    if dup_kv:
+        kvs = kvs + [kvs[0]]
+    parts = [b"GGUF", struct.pack("<IQQ", 3, len(tensors) + n_extra + dup, len(kvs))]
+    parts += [ggufw.kv_bytes(*kv) for kv in kvs]
+    off, offs = 0, []
+    for t in tensors:
+        offs.append(off)
+        off += (len(t.data) + 31) // 32 * 32
+    for t, o in zip(tensors, offs):
+        parts.append(ggufw.gstr(t.name) + struct.pack("<I", len(t.ne)) +
+                     b"".join(struct.pack("<Q", d) for d in t.ne) + struct.pack("<IQ", t.ttype, o))
+    tail = struct.pack("<IQIQ", 1, 0, ggufw.F32, 0)
+    parts += [ggufw.gstr("extra.%07d" % i) + tail for i in range(n_extra)]
+    if dup:
+        parts.append(ggufw.gstr("extra.%07d" % (n_extra - 1)) + tail)
+    head = b"".join(parts)
+    head += b"\0" * ((-len(head)) % 32)
+    return head + b"".join(t.data + b"\0" * ((-len(t.data)) % 32) for t in tensors)
+
+
+def timed_load(path):
+    t0 = time.perf_counter()
+    try:
+        gsink.Model.load(str(path))
+        res = None
+    except GsinkError as e:
+        res = (e.status, str(e))
+    return res, time.perf_counter() - t0
+
+
+def test_many_tensor_infos_are_not_quadratic(tmp_path):
+    # 300k infos: the pairwise name check took ~4 min here (150k: 52 s).
+    n = 300_000
+    res, dt = timed_load(write(tmp_path, "many.gguf", big_gguf(n)))
+    assert res is None and dt < 10, (res, dt)
+    res, dt = timed_load(write(tmp_path, "dup.gguf", big_gguf(n, dup=True)))
+    assert res[0] == ERR_FORMAT and "duplicate tensor 'extra.0299999'" in res[1] and dt < 10, (res, dt)
+    res, _ = timed_load(write(tmp_path, "dupkv.gguf", big_gguf(0, dup_kv=True)))
+    assert res[0] == ERR_FORMAT and "duplicate metadata key 'general.architecture'" in res[1], res
+
+
+def test_many_safetensors_entries_are_not_quadratic(tmp_path):
+    n = 250_000
+    extra = {"extra.%07d" % i: {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(n)}
+    res, dt = timed_load(hf_dir(tmp_path, st_bytes(hf_tensors(), header_override=extra), name="a"))
+    assert res is None and dt < 10, (res, dt)
+    # A sharded index listing 250k tensors of one shard (each shard opened once).
+    d = tmp_path / "b"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(HF_CFG))
+    (d / "part1.safetensors").write_bytes(st_bytes(hf_tensors()))
+    wm = {k: "part1.safetensors" for k in hf_tensors()}
+    wm.update({"missing.%07d" % i: "part1.safetensors" for i in range(n)})
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": wm}))
+    res, dt = timed_load(d)
+    assert res[0] == ERR_MISSING and "missing.0000000" in res[1] and dt < 10, (res, dt)
+
+
+PEAK_RSS = """
+import resource
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(st(%r))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_config_is_checked_against_tensors_before_allocating(tmp_path):
+    """A small file whose config claims a vocabulary of 2^22 is refused before
+    the 2 x 512 MB of parameters and gradients are allocated and zeroed."""
+    cfg = dict(HF_CFG, vocab_size=1 << 22)
+    a = hf_dir(tmp_path, st_bytes(hf_tensors()), cfg=cfg, name="a")
+    gcfg = dict(CFG, vocab_size=1 << 22)
+    g = write(tmp_path, "v.gguf", ggufw.build(ggufw.llama_kvs(gcfg), tensors_for(CFG)))
+    for path, word in ((a, "model.embed_tokens.weight"), (g, "token_embd.weight")):
+        out = run_py(LOAD_STATUS + PEAK_RSS % str(path)).split("\n")
+        assert out[0].startswith("%d " % ERR_SHAPE) and word in out[0], out
+        assert int(out[1]) < 200 * 1024, out  # KiB: nothing model-sized was touched
+
+
+def test_nul_in_json_keys_and_strings(tmp_path):
+    # "model.norm.weight\0evil" must not stand in for model.norm.weight.
+    t = hf_tensors()
+    t["model.norm.weight\0evil"] = t.pop("model.norm.weight")
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(t), name="a"))
+    assert st == ERR_FORMAT and "NUL" in msg and "safetensors" in msg, msg
+    t = hf_tensors()
+    t["model.norm.weight"] = ("F32\0x", [32])
+    st, msg = load_status(hf_dir(tmp_path, st_bytes(t), name="b"))
+    assert st == ERR_UNSUPPORTED and "dtype" in msg, msg
+    for key, value, want in (("model_type", "llama\0gpt2", ERR_UNSUPPORTED),
+                             ("hidden_act", "silu\0gelu", ERR_UNSUPPORTED)):
+        st, msg = load_status(hf_dir(tmp_path, st_bytes(hf_tensors()), cfg=dict(HF_CFG, **{key: value}),
+                                     name="c"))
+        assert st == want and key in msg, (key, msg)
+    d = hf_dir(tmp_path, st_bytes(hf_tensors()), name="d")
+    (d / "config.json").write_text(json.dumps(dict(HF_CFG, **{"vocab_size\0x": 12})))
+    st, msg = load_status(d)
+    assert st == ERR_FORMAT and "NUL" in msg and "config.json" in msg, msg
+
+
+def test_saved_weights_carry_a_checksum(tmp_path):
+    from safetensors import safe_open
+    m = gsink.Model(gsink.Config.preset("micro"), seed=3, n_threads=1)
+    d = tmp_path / "ckpt"
+    m.save(str(d))
+    f = d / "model.safetensors"
+    with safe_open(str(f), framework="numpy") as s:  # HF's reader: str -> str metadata
+        md = s.metadata()
+    assert md["format"] == "pt" and md["gsink.checksum"].startswith("fnv1a64:"), md
+    assert gsink.Model.load(str(d)).get_param("model.norm.weight").tobytes() == \
+        m.get_param("model.norm.weight").tobytes()
+    raw = bytearray(f.read_bytes())
+    hlen = struct.unpack_from("<Q", raw)[0]
+    for pos in (8 + hlen, len(raw) - 1, 8 + hlen + (len(raw) - 8 - hlen) // 2):
+        bad = bytearray(raw)
+        bad[pos] ^= 0x01
+        f.write_bytes(bytes(bad))
+        st, msg = load_status(d)
+        assert st == ERR_FORMAT and "checksum mismatch" in msg and "model.safetensors" in msg, msg
+    # A malformed checksum value is refused too; a file without one loads.
+    f.write_bytes(bytes(raw).replace(b'"fnv1a64:', b'"crc9999:'))
+    st, msg = load_status(d)
+    assert st == ERR_FORMAT and "gsink.checksum" in msg, msg
+    f.write_bytes(bytes(raw))
+    assert gsink.Model.load(str(d)).config == m.config
+
+
+@pytest.mark.skipif(not CLI, reason="GSINK_CLI not set")
+def test_cli_text_token_file_must_hold_integers(tmp_path):
+    """'1 2 3 abc 5' is text with a word in it, not three int32 ids."""
+    def cli(data):
+        p = tmp_path / "ids"
+        p.write_bytes(data)
+        return subprocess.run([CLI, "analyze", "--preset", "tiny", "--tokens", str(p), "--batch", "1", "--seq", "4",
+                               "--threads", "1"], capture_output=True, text=True, timeout=120)
+    for bad, word in ((b"1 2 3 abc 5\n", "'abc' at byte 6"), (b"1 2 3 4x 5\n", "'4x' at byte 6"),
+                      (b"1 2 3 - 5\n", "'-' at byte 6")):
+        r = cli(bad)
+        assert r.returncode != 0 and "is not a token id" in r.stderr and word in r.stderr, (bad, r.stderr)
+    r = cli(b"1 2 3 4 5\n")
+    assert r.returncode == 0, r.stderr
+    r = cli(np.array([1, 2, 3, 4, 5], "<i4").tobytes())  # binary ids still read
+    assert r.returncode == 0, r.stderr

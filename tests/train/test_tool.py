@@ -279,3 +279,56 @@ def test_kill9_loop_resumes_bit_for_bit(tool, small_data, tmp_path):
         last = f"ckpt-{steps:08d}"
         assert (out / last / f).read_bytes() == (ref / last / f).read_bytes(), f
     assert (out / "final" / "model.safetensors").read_bytes() == (ref / "final" / "model.safetensors").read_bytes()
+
+
+# ---- hostile token files (no corpus needed) ---------------------------------------
+
+
+def _tiny_data(d, vocab=4096, n=5000, meta=None):
+    d.mkdir()
+    ids = np.arange(n) % 97
+    prepare.write_tokens(str(d / "train.bin"), ids, vocab, 0)
+    prepare.write_tokens(str(d / "val.bin"), ids, vocab, 0)
+    if meta is not None:
+        (d / "meta.json").write_text(json.dumps({"vocab_size": meta, "eot_id": 0}))
+    return d
+
+
+def _run_fast(tool, d, out, timeout=60):
+    import subprocess
+    return subprocess.run([tool, "--data", str(d), "--out", str(out), "--steps", "2", *COMMON], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_token_header_checked_before_the_model_is_allocated(tool, tmp_path):
+    # uint16 ids whose header claims a 2^22 vocabulary: the model would be sized by it
+    d = _tiny_data(tmp_path / "a")
+    for f in ("train.bin", "val.bin"):
+        raw = bytearray((d / f).read_bytes())
+        raw[24:28] = (1 << 22).to_bytes(4, "little")
+        (d / f).write_bytes(bytes(raw))
+    r = _run_fast(tool, d, tmp_path / "o1")
+    assert r.returncode == 1 and "vocab 4194304 does not fit its 2-byte token ids" in r.stderr, r.stderr
+    # int32 ids with a 2^22 vocabulary, but meta.json (prepare.py) says 4096
+    d = _tiny_data(tmp_path / "b", vocab=1 << 22, meta=4096)
+    r = _run_fast(tool, d, tmp_path / "o2")
+    assert r.returncode == 1 and "vocab_size 4096" in r.stderr and "4194304" in r.stderr, r.stderr
+
+
+def test_token_count_overflow_reports_true_sizes(tool, tmp_path):
+    d = _tiny_data(tmp_path / "a", vocab=1 << 17, n=20000)  # int32 ids: 80000 payload bytes
+    raw = bytearray((d / "val.bin").read_bytes())
+    raw[16:24] = ((1 << 62) + 20000).to_bytes(8, "little")  # count * 4 wraps to 80000
+    (d / "val.bin").write_bytes(bytes(raw))
+    r = _run_fast(tool, d, tmp_path / "o")
+    assert r.returncode == 1, r.stderr
+    assert "header says 4611686018427407904 tokens (18446744073709631616 bytes) but the file has 80000 " \
+           "payload bytes" in r.stderr, r.stderr
+
+
+def test_fifo_token_file_is_refused_without_blocking(tool, tmp_path):
+    d = _tiny_data(tmp_path / "a")
+    (d / "val.bin").unlink()
+    os.mkfifo(d / "val.bin")
+    r = _run_fast(tool, d, tmp_path / "o", timeout=30)
+    assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
