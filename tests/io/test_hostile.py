@@ -591,3 +591,27 @@ def test_cli_text_token_file_must_hold_integers(tmp_path):
     assert r.returncode == 0, r.stderr
     r = cli(np.array([1, 2, 3, 4, 5], "<i4").tobytes())  # binary ids still read
     assert r.returncode == 0, r.stderr
+
+
+def test_model_and_optimizer_freed_in_order_by_the_garbage_collector():
+    """A model and its optimizer in a reference cycle are finalised by the cyclic
+    collector in an arbitrary order, with their weak references already cleared:
+    the C optimizer (whose state lives in the model's backend) must still be freed
+    before the model, not after it (a use-after-free that ASan reports; at
+    interpreter exit it ended Python with SIGSEGV)."""
+    code = """
+import gc
+for i in range(4):
+    m = gsink.Model(gsink.Config.preset("micro"), n_threads=1)
+    o = gsink.Optimizer(m)
+    m.extra = o                # model <-> optimizer cycle
+    if i % 2:
+        o.extra = m
+    del m, o
+    gc.collect()
+m = gsink.Model(gsink.Config.preset("micro"), n_threads=1)
+o = gsink.Optimizer(m)
+m.extra = o                    # left to the interpreter's exit
+print("ok")
+"""
+    assert run_py(code).strip() == "ok"
