@@ -10,11 +10,93 @@
 
 #define JSON_MAX_DEPTH 64
 
+/* Every allocation of one document comes from an arena of chunks freed
+ * together: a safetensors header may hold a million small objects, and one
+ * malloc (and free) per string, key array and item array made parsing one
+ * cost seconds and gigabytes. Growing the newest block extends it in place. */
+typedef struct chunk {
+    struct chunk *next;
+    size_t used, cap;
+    max_align_t data[];
+} chunk;
+
+typedef struct arena {
+    chunk *head;
+    void *last;       /* the newest block (can grow in place) */
+} arena;
+
+/* The document: its root value and the arena that holds the rest. */
+typedef struct doc {
+    gsink__json root; /* first: gsink__json_free gets &doc->root */
+    arena a;
+} doc;
+
+#define ARENA_ALIGN (sizeof(max_align_t))
+#define ARENA_CHUNK ((size_t)1 << 20)
+
+static size_t round_up(size_t n) { return (n + ARENA_ALIGN - 1) & ~(ARENA_ALIGN - 1); }
+
+static void *arena_alloc(arena *a, size_t n)
+{
+    if (n > SIZE_MAX / 4) return NULL;
+    n = round_up(n ? n : 1);
+    chunk *c = a->head;
+    if (!c || c->cap - c->used < n) {
+        size_t cap = n > ARENA_CHUNK / 4 ? n : ARENA_CHUNK;
+        chunk *nc = malloc(sizeof *nc + cap);
+        if (!nc) return NULL;
+        nc->cap = cap;
+        nc->used = 0;
+        if (c && n > ARENA_CHUNK / 4) { /* a big block: keep the current chunk in front */
+            nc->next = c->next;
+            c->next = nc;
+            nc->used = n;
+            return nc->data; /* not the newest block of the front chunk */
+        }
+        nc->next = c;
+        a->head = c = nc;
+    }
+    void *p = (char *)c->data + c->used;
+    c->used += n;
+    a->last = p;
+    return p;
+}
+
+/* Grows a block from old_n to n bytes: in place when it is the newest block
+ * of the front chunk and there is room, else by a copy (the old space stays
+ * unused until the arena is freed; growth by doubling bounds the waste). */
+static void *arena_grow(arena *a, void *old, size_t old_n, size_t n)
+{
+    if (n > SIZE_MAX / 4) return NULL;
+    chunk *c = a->head;
+    if (old && old == a->last && c) {
+        size_t off = (size_t)((char *)old - (char *)c->data);
+        if (off + round_up(n) <= c->cap) {
+            c->used = off + round_up(n);
+            return old;
+        }
+    }
+    void *p = arena_alloc(a, n);
+    if (p && old) memcpy(p, old, old_n);
+    return p;
+}
+
+static void arena_free(arena *a)
+{
+    for (chunk *c = a->head, *next; c; c = next) {
+        next = c->next;
+        free(c);
+    }
+    a->head = NULL;
+    a->last = NULL;
+}
+
 typedef struct jp {
     const char *s;
     size_t n, i;
     char *err;
     gsink_status st;
+    arena *a;
 } jp;
 
 static gsink_status jfail(jp *p, const char *what)
@@ -67,7 +149,7 @@ size_t gsink__utf8_put(char *o, uint32_t cp)
     o[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); o[3] = (char)(0x80 | (cp & 0x3F)); return 4;
 }
 
-/* Parses a string starting at the opening quote into a malloc'd buffer. */
+/* Parses a string starting at the opening quote into a buffer of the arena. */
 static gsink_status parse_string(jp *p, char **out, size_t *out_len)
 {
     p->i++; /* opening quote */
@@ -78,7 +160,7 @@ static gsink_status parse_string(jp *p, char **out, size_t *out_len)
         end++;
     }
     if (end >= p->n) return jfail(p, "unterminated string");
-    char *buf = malloc(end - start + 1);
+    char *buf = arena_alloc(p->a, end - start + 1);
     if (!buf) {
         p->st = gsink__fail(p->err, GSINK_ERR_OUT_OF_MEMORY, "JSON: out of memory");
         return p->st;
@@ -86,7 +168,7 @@ static gsink_status parse_string(jp *p, char **out, size_t *out_len)
     size_t o = 0;
     while (p->i < end) {
         unsigned char c = (unsigned char)p->s[p->i];
-        if (c < 0x20) { free(buf); return jfail(p, "control character in string"); }
+        if (c < 0x20) return jfail(p, "control character in string");
         if (c != '\\') { buf[o++] = (char)c; p->i++; continue; }
         p->i++;
         char e = p->s[p->i++];
@@ -101,18 +183,13 @@ static gsink_status parse_string(jp *p, char **out, size_t *out_len)
         case 't': buf[o++] = '\t'; break;
         case 'u': {
             uint32_t cp;
-            if (p->i > end || read_hex4(p, &cp) != 0 || p->i > end) {
-                free(buf);
-                return jfail(p, "bad \\u escape");
-            }
+            if (p->i > end || read_hex4(p, &cp) != 0 || p->i > end) return jfail(p, "bad \\u escape");
             if (cp >= 0xD800 && cp < 0xDC00) {
                 uint32_t lo;
                 if (p->i + 6 <= end && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u') {
                     p->i += 2;
-                    if (read_hex4(p, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF) {
-                        free(buf);
+                    if (read_hex4(p, &lo) != 0 || lo < 0xDC00 || lo > 0xDFFF)
                         return jfail(p, "bad surrogate pair");
-                    }
                     cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
                 } else {
                     cp = 0xFFFD;
@@ -126,7 +203,6 @@ static gsink_status parse_string(jp *p, char **out, size_t *out_len)
             break;
         }
         default:
-            free(buf);
             return jfail(p, "bad escape");
         }
     }
@@ -206,14 +282,14 @@ static gsink_status grow(jp *p, gsink__json *v, size_t *cap, int with_keys)
 {
     if (v->len < *cap) return GSINK_OK;
     size_t nc = *cap ? *cap * 2 : 4;
-    gsink__json *ni = realloc(v->items, nc * sizeof *ni);
-    if (!ni) return jfail(p, "out of memory");
-    v->items = ni;
-    if (with_keys) {
-        char **nk = realloc(v->keys, nc * sizeof *nk);
+    if (with_keys) { /* keys first: the items block then stays the newest (grows in place) */
+        char **nk = arena_grow(p->a, v->keys, *cap * sizeof *nk, nc * sizeof *nk);
         if (!nk) return jfail(p, "out of memory");
         v->keys = nk;
     }
+    gsink__json *ni = arena_grow(p->a, v->items, *cap * sizeof *ni, nc * sizeof *ni);
+    if (!ni) return jfail(p, "out of memory");
+    v->items = ni;
     *cap = nc;
     return GSINK_OK;
 }
@@ -233,6 +309,21 @@ static uint64_t key_hash(const char *k)
 static gsink_status mark_duplicates(jp *p, gsink__json *v)
 {
     if (v->len < 2) return GSINK_OK;
+    if (v->len <= 8) { /* small objects (most of them): the same marks, no table */
+        for (size_t q = 1; q < v->len; q++)
+            for (size_t k = q; k-- > 0;)
+                if (strcmp(v->keys[k], v->keys[q]) == 0) {
+                    if (!v->shadowed) {
+                        v->shadowed = arena_alloc(p->a, v->len);
+                        if (!v->shadowed) return jfail(p, "out of memory");
+                        memset(v->shadowed, 0, v->len);
+                        v->dup = k;
+                    }
+                    v->shadowed[k] = 1;
+                    break;
+                }
+        return GSINK_OK;
+    }
     size_t cap = 16;
     while (cap < 2 * v->len) cap *= 2;
     size_t *slot = malloc(cap * sizeof *slot);
@@ -243,11 +334,12 @@ static gsink_status mark_duplicates(jp *p, gsink__json *v)
         while (slot[i] != SIZE_MAX && strcmp(v->keys[slot[i]], v->keys[k]) != 0) i = (i + 1) & (cap - 1);
         if (slot[i] != SIZE_MAX) {
             if (!v->shadowed) {
-                v->shadowed = calloc(v->len, 1);
+                v->shadowed = arena_alloc(p->a, v->len);
                 if (!v->shadowed) {
                     free(slot);
                     return jfail(p, "out of memory");
                 }
+                memset(v->shadowed, 0, v->len);
                 v->dup = slot[i];
             }
             v->shadowed[slot[i]] = 1;
@@ -282,7 +374,6 @@ static gsink_status parse_value(jp *p, gsink__json *v, int depth)
                 if (parse_string(p, &k, &kl)) return p->st;
                 if (strlen(k) != kl) {
                     /* keys are C strings: "a\u0000b" would be taken as "a" */
-                    free(k);
                     return jfail(p, "object key holds a NUL character (\\u0000)");
                 }
                 v->keys[v->len] = k;
@@ -301,6 +392,8 @@ static gsink_status parse_value(jp *p, gsink__json *v, int depth)
             if (p->i < p->n && p->s[p->i] == ',') { p->i++; continue; }
             if (p->i < p->n && p->s[p->i] == (obj ? '}' : ']')) {
                 p->i++;
+                if ((void *)v->items == p->a->last) /* e.g. an array of numbers: give back the slack */
+                    arena_grow(p->a, v->items, v->len * sizeof *v->items, v->len * sizeof *v->items);
                 return obj ? mark_duplicates(p, v) : GSINK_OK;
             }
             return jfail(p, obj ? "expected ',' or '}'" : "expected ',' or ']'");
@@ -321,42 +414,29 @@ static gsink_status parse_value(jp *p, gsink__json *v, int depth)
     return jfail(p, "unexpected character");
 }
 
-static void free_value(gsink__json *v)
-{
-    if (v->type == GSINK_JSON_STRING) free(v->str);
-    if (v->type == GSINK_JSON_ARRAY || v->type == GSINK_JSON_OBJECT) {
-        for (size_t k = 0; k < v->len; k++) {
-            free_value(&v->items[k]);
-            if (v->keys) free(v->keys[k]);
-        }
-        free(v->items);
-        free(v->keys);
-        free(v->shadowed);
-    }
-}
-
 void gsink__json_free(gsink__json *j)
 {
     if (!j) return;
-    free_value(j);
-    free(j);
+    doc *d = (doc *)(void *)j; /* the root is the document's first member */
+    arena_free(&d->a);
+    free(d);
 }
 
 gsink_status gsink__json_parse(const char *text, size_t len, gsink__json **out, char *err)
 {
     *out = NULL;
-    gsink__json *v = calloc(1, sizeof *v);
-    if (!v) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "JSON: out of memory");
-    jp p = {text, len, 0, err, GSINK_OK};
-    if (parse_value(&p, v, 0) == GSINK_OK) {
+    doc *d = calloc(1, sizeof *d);
+    if (!d) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "JSON: out of memory");
+    jp p = {text, len, 0, err, GSINK_OK, &d->a};
+    if (parse_value(&p, &d->root, 0) == GSINK_OK) {
         skip_ws(&p);
         if (p.i != p.n) jfail(&p, "trailing characters");
     }
     if (p.st) {
-        gsink__json_free(v);
+        gsink__json_free(&d->root);
         return p.st;
     }
-    *out = v;
+    *out = &d->root;
     return GSINK_OK;
 }
 
