@@ -215,7 +215,10 @@ GSINK_API gsink_status gsink_model_create(const gsink_config *cfg,
                                           gsink_model **out);
 /* Frees a model; NULL is allowed. While another thread is inside a call on
  * the model (or on an optimizer of it) nothing is freed: the model stays
- * valid and gsink_last_error() says GSINK_ERR_BUSY (see Conventions). */
+ * valid and gsink_last_error() says GSINK_ERR_BUSY (see Conventions).
+ * Optimizers still open on the model lose their state with it (it lives in
+ * the model's backend): their step/save/load then return
+ * GSINK_ERR_CALL_ORDER, and gsink_optimizer_free still frees them. */
 GSINK_API void gsink_model_free(gsink_model *model);
 /* Copies the model's config into *cfg (cfg->size must be set). */
 GSINK_API gsink_status gsink_model_config(const gsink_model *model, gsink_config *cfg);
@@ -501,8 +504,8 @@ GSINK_API void gsink_optimizer_options_init_size(gsink_optimizer_options *opts, 
 GSINK_API gsink_status gsink_optimizer_create(gsink_model *model,
                                               const gsink_optimizer_options *opts,
                                               gsink_optimizer **out);
-/* Frees an optimizer (NULL is allowed); refused like gsink_model_free while
- * another thread uses the optimizer or its model. */
+/* Frees an optimizer (NULL is allowed), before or after its model; refused
+ * like gsink_model_free while another thread uses the optimizer or its model. */
 GSINK_API void gsink_optimizer_free(gsink_optimizer *opt);
 /* Last error message of the optimizer ("" if none; a constant text while
  * another thread uses it, as gsink_model_errmsg). */

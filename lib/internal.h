@@ -76,6 +76,13 @@ bool gsink__used_elsewhere(const gsink__owner *owner);
 /* The same for functions returning a gsink_status: GSINK_ERR_BUSY with a message. */
 #define GSINK_USE(h, what) GSINK_USE_OR(h, what, gsink__busy(what))
 
+/* Before a model is freed: claims every optimizer created on it (false, and
+ * nothing changed, when another thread is inside a call on one), then frees
+ * their state (it lives in the model's backend) and detaches them: their
+ * calls then fail with GSINK_ERR_CALL_ORDER, and gsink_optimizer_free frees
+ * only the optimizer itself. The caller holds the model's claim. */
+bool gsink__optimizers_detach(gsink_model *m);
+
 /* ---- threads ------------------------------------------------------------- */
 
 /* Thread limit: at most this many threads per CPU the process may run on. */
@@ -148,6 +155,7 @@ typedef struct gsink_vscale_state {
 
 struct gsink_model {
     gsink__owner owner;   /* first, as in every handle: thread inside a call (GSINK_USE) */
+    struct gsink_optimizer *optimizers; /* live optimizers on this model (their state is ours) */
     gsink_config cfg;
     gsink_backend *be;
     int device_kind, device_index, n_threads;

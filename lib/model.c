@@ -272,6 +272,11 @@ void gsink_model_free(gsink_model *m)
         gsink__busy("model");
         return;
     }
+    if (!gsink__optimizers_detach(m)) { /* an optimizer on it is in use */
+        gsink__use_release(&u);
+        gsink__busy("optimizer of this model");
+        return;
+    }
     if (m->be) {
         free_acts(m);
         if (m->param_mem) BE(m)->free(m->be, m->param_mem);

@@ -30,7 +30,8 @@
 
 struct gsink_optimizer {
     gsink__owner owner;    /* first (see GSINK__OWNER): thread inside a call (GSINK_USE) */
-    gsink_model *model;
+    gsink_model *model;    /* NULL once the model was freed (gsink__optimizers_detach) */
+    gsink_optimizer *prev, *next; /* the model's list of its optimizers */
     gsink_optimizer_options o;
     int64_t step;          /* updates taken */
     size_t n_param;        /* floats in the parameter block at creation */
@@ -151,8 +152,19 @@ gsink_status gsink_optimizer_create(gsink_model *model, const gsink_optimizer_op
         free(opt);
         return st;
     }
+    opt->next = model->optimizers;
+    if (opt->next) opt->next->prev = opt;
+    model->optimizers = opt;
     *out = opt;
     return GSINK_OK;
+}
+
+static void unlink_from_model(gsink_optimizer *opt)
+{
+    if (opt->prev) opt->prev->next = opt->next;
+    else opt->model->optimizers = opt->next;
+    if (opt->next) opt->next->prev = opt->prev;
+    opt->prev = opt->next = NULL;
 }
 
 void gsink_optimizer_free(gsink_optimizer *opt)
@@ -165,16 +177,48 @@ void gsink_optimizer_free(gsink_optimizer *opt)
         gsink__busy("optimizer");
         return;
     }
-    gsink__use um;
-    if (!gsink__use_acquire(&um, &opt->model->owner)) {
-        gsink__use_release(&u);
-        gsink__busy("model");
-        return;
+    if (opt->model) { /* else the model's free already released the state */
+        gsink__use um;
+        if (!gsink__use_acquire(&um, &opt->model->owner)) {
+            gsink__use_release(&u);
+            gsink__busy("model");
+            return;
+        }
+        release(opt);
+        unlink_from_model(opt);
+        gsink__use_release(&um);
     }
-    release(opt);
-    gsink__use_release(&um);
     free(opt);
 }
+
+bool gsink__optimizers_detach(gsink_model *m)
+{
+    gsink_optimizer *o;
+    for (o = m->optimizers; o; o = o->next) {
+        gsink__use u;
+        if (!gsink__use_acquire(&u, &o->owner) || !u.owner) { /* busy (or this thread is inside it) */
+            gsink__use_release(&u);
+            for (gsink_optimizer *q = m->optimizers; q != o; q = q->next)
+                atomic_store_explicit(&q->owner, 0, memory_order_release);
+            return false;
+        }
+    }
+    while ((o = m->optimizers) != NULL) {
+        release(o);
+        unlink_from_model(o);
+        o->model = NULL;
+        atomic_store_explicit(&o->owner, 0, memory_order_release);
+    }
+    return true;
+}
+
+/* The optimizer's model was freed: nothing left to update, save or load. */
+#define NEED_MODEL(opt, what)                                                                    \
+    do {                                                                                         \
+        if (!(opt)->model)                                                                       \
+            return gsink__fail((opt)->errmsg, GSINK_ERR_CALL_ORDER,                              \
+                               what ": the optimizer's model was freed (free optimizers first)"); \
+    } while (0)
 
 const char *gsink_optimizer_errmsg(const gsink_optimizer *opt)
 {
@@ -228,6 +272,7 @@ gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm)
 {
     if (!opt) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_step: opt is NULL");
     GSINK_USE(opt, "optimizer");
+    NEED_MODEL(opt, "optimizer_step");
     gsink_model *m = opt->model;
     GSINK_USE(m, "model");
     gsink__clear(opt->errmsg);
@@ -358,6 +403,7 @@ gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path)
 {
     if (!opt) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_save: opt is NULL");
     GSINK_USE(opt, "optimizer");
+    NEED_MODEL(opt, "optimizer_save");
     GSINK_USE(opt->model, "model");
     gsink__clear(opt->errmsg);
     if (!path) return gsink__fail(opt->errmsg, GSINK_ERR_NULL_ARGUMENT, "optimizer_save: path is NULL");
@@ -423,6 +469,7 @@ gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path)
 {
     if (!opt) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_load: opt is NULL");
     GSINK_USE(opt, "optimizer");
+    NEED_MODEL(opt, "optimizer_load");
     GSINK_USE(opt->model, "model");
     gsink__clear(opt->errmsg);
     if (!path) return gsink__fail(opt->errmsg, GSINK_ERR_NULL_ARGUMENT, "optimizer_load: path is NULL");

@@ -352,6 +352,49 @@ START_TEST(test_every_call_checks_the_owner)
 }
 END_TEST
 
+/* A model freed before its optimizers frees their state with it (it lives
+ * in the model's backend); the optimizers stay valid handles whose calls fail
+ * with GSINK_ERR_CALL_ORDER, and gsink_optimizer_free frees them (it used to
+ * read the freed model: a use-after-free under ASan). While another thread is
+ * inside a call on one of them, the model's free is refused. */
+START_TEST(test_model_freed_before_its_optimizers)
+{
+    gsink_config c;
+    gsink_config_preset("micro", &c);
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.n_threads = 1;
+    gsink_model *m;
+    ck_assert_int_eq(gsink_model_create(&c, &o, &m), GSINK_OK);
+    gsink_optimizer *a, *b, *x;
+    ck_assert_int_eq(gsink_optimizer_create(m, NULL, &a), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_create(m, NULL, &b), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_create(m, NULL, &x), GSINK_OK);
+    gsink_optimizer_free(x); /* freed first: unlinked from the model */
+
+    /* refused while another thread is inside a call on an optimizer */
+    atomic_store(GSINK__OWNER(a), (uintptr_t)0x10);
+    gsink_model_free(m);
+    ck_assert_msg(strstr(gsink_last_error(), "in use by another thread") != NULL, "%s", gsink_last_error());
+    ck_assert(atomic_load(&m->owner) == 0 && atomic_load(GSINK__OWNER(b)) == 0); /* claims rolled back */
+    atomic_store(GSINK__OWNER(a), 0);
+    int32_t t[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    ck_assert_int_eq(gsink_forward(m, t, t, 1, 8, NULL), GSINK_OK); /* the model still works */
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_step(b, NULL), GSINK_OK);
+
+    gsink_model_free(m);
+    ck_assert_int_eq(gsink_optimizer_step(a, NULL), GSINK_ERR_CALL_ORDER);
+    ck_assert_msg(strstr(gsink_optimizer_errmsg(a), "model was freed") != NULL, "%s", gsink_optimizer_errmsg(a));
+    ck_assert_int_eq(gsink_optimizer_save(b, "unused.bin"), GSINK_ERR_CALL_ORDER);
+    ck_assert_int_eq(gsink_optimizer_load(b, "unused.bin"), GSINK_ERR_CALL_ORDER);
+    ck_assert_int_eq(gsink_optimizer_step_count(b), 1);
+    ck_assert(gsink_optimizer_lr_at(a, 0) > 0.0f);
+    gsink_optimizer_free(a);
+    gsink_optimizer_free(b);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("threads");
@@ -360,6 +403,7 @@ int main(void)
     tcase_add_test(tc, test_every_call_checks_the_owner);
     tcase_add_test(tc, test_calls_during_forward_are_busy);
     tcase_add_test(tc, test_free_during_forward_is_refused);
+    tcase_add_test(tc, test_model_freed_before_its_optimizers);
     suite_add_tcase(s, tc);
     int failed = tu_run_suite(s, 1);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;
