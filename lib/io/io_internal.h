@@ -152,6 +152,9 @@ gsink_status gsink__gguf_parse(const uint8_t *data, size_t size, gsink__gguf *g,
 /* Opens, maps and parses path; g owns the mapping afterwards. */
 gsink_status gsink__gguf_open(const char *path, gsink__gguf *g, char *err);
 void gsink__gguf_close(gsink__gguf *g);
+/* The tokenizer of a parsed GGUF (gsink_tokenizer_load_gguf without the
+ * file; it copies what it keeps, so g may be closed afterwards). */
+gsink_status gsink__tokenizer_from_gguf(gsink__gguf *g, gsink_tokenizer **out);
 const gsink__gguf_kv *gsink__gguf_find(const gsink__gguf *g, const char *key);
 const gsink__gguf_tensor *gsink__gguf_find_tensor(const gsink__gguf *g, const char *name);
 /* Next string of a string array (validated by the parser); start the cursor

@@ -402,6 +402,20 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
     return build_matcher(t);
 }
 
+gsink_status gsink__tokenizer_from_gguf(gsink__gguf *g, gsink_tokenizer **out)
+{
+    *out = NULL;
+    gsink_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    gsink_status st = build(g, t);
+    if (st) {
+        gsink_tokenizer_free(t);
+        return st;
+    }
+    *out = t;
+    return GSINK_OK;
+}
+
 gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out)
 {
     if (!out) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
@@ -410,19 +424,9 @@ gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out)
     gsink__gguf g;
     gsink_status st = gsink__gguf_open(path, &g, NULL);
     if (st) return st;
-    gsink_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) {
-        gsink__gguf_close(&g);
-        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
-    }
-    st = build(&g, t);
+    st = gsink__tokenizer_from_gguf(&g, out);
     gsink__gguf_close(&g);
-    if (st) {
-        gsink_tokenizer_free(t);
-        return st;
-    }
-    *out = t;
-    return GSINK_OK;
+    return st;
 }
 
 const char *gsink_tokenizer_errmsg(const gsink_tokenizer *t)

@@ -1,8 +1,8 @@
 /* fuzz_targets.c - libFuzzer-style harnesses for the GGUF and safetensors
- * parsers. Build one as a fuzzer with
+ * parsers and the GGUF tokenizer. Build one as a fuzzer with
  *   clang -fsanitize=fuzzer,address -DGSINK_FUZZ_GGUF tests/io/fuzz_targets.c ...
- * (or -DGSINK_FUZZ_SAFETENSORS); fuzz_replay.c runs them over a corpus as an
- * ordinary test. */
+ * (or -DGSINK_FUZZ_SAFETENSORS, -DGSINK_FUZZ_TOKENIZER); fuzz_replay.c runs
+ * them over a corpus as an ordinary test. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +11,7 @@
 
 int gsink_fuzz_gguf(const uint8_t *data, size_t size);
 int gsink_fuzz_safetensors(const uint8_t *data, size_t size);
+int gsink_fuzz_tokenizer(const uint8_t *data, size_t size);
 
 int gsink_fuzz_gguf(const uint8_t *data, size_t size)
 {
@@ -52,10 +53,40 @@ int gsink_fuzz_safetensors(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* A tokenizer built from the file's vocabulary, merges and token types
+ * encodes text with added tokens, bytes of every length class and invalid
+ * UTF-8, with and without special-token parsing, then decodes the ids. */
+int gsink_fuzz_tokenizer(const uint8_t *data, size_t size)
+{
+    gsink__gguf g;
+    if (gsink__gguf_parse(data, size, &g, NULL) != GSINK_OK) return 0;
+    g.file.data = data; /* borrowed */
+    g.file.size = size;
+    gsink_tokenizer *t = NULL;
+    gsink_status st = gsink__tokenizer_from_gguf(&g, &t);
+    memset(&g.file, 0, sizeof g.file);
+    gsink__gguf_close(&g);
+    if (st != GSINK_OK) return 0;
+    static const char text[] = "ab <s> abab\xff\xfe a\u0120b \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 <s><s>ba\n\n"
+                               "\xc0\x80 \xed\xa0\x80 zz <|end|> <0x41>";
+    int32_t ids[512];
+    char out[4096];
+    for (unsigned flags = 0; flags < 4; flags++) {
+        size_t n = 0, len = 0;
+        st = gsink_tokenizer_encode(t, text, sizeof text - 1, flags, ids, 512, &n);
+        if (st == GSINK_OK) (void)gsink_tokenizer_decode(t, ids, n, out, sizeof out, &len);
+    }
+    gsink_tokenizer_free(t);
+    return 0;
+}
+
 #if defined(GSINK_FUZZ_GGUF)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz_gguf(data, size); }
 #elif defined(GSINK_FUZZ_SAFETENSORS)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz_safetensors(data, size); }
+#elif defined(GSINK_FUZZ_TOKENIZER)
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz_tokenizer(data, size); }
 #endif

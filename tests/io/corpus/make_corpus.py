@@ -45,3 +45,30 @@ open(os.path.join(HERE, "safetensors", "mixed.safetensors"), "wb").write(st({
     "a": ("F32", [3, 4], f32), "b": ("F16", [2, 2], b"\x00\x3c" * 4), "c": ("BF16", [1], b"\x80\x3f"),
     "d": ("I64", [1], b"\0" * 8), "e\u00e9\\\"": ("F32", [0], b"")}))
 open(os.path.join(HERE, "safetensors", "one.safetensors"), "wb").write(st({"w": ("F32", [3], f32[:12])}))
+
+# Tokenizer seeds (fuzz_replay tokenizer): added tokens (control, user-defined,
+# overlapping), byte-fallback tokens, an unknown token, a vocabulary with
+# neither (the error path), and the model file above.
+tok_dir = os.path.join(HERE, "tokenizer")
+os.makedirs(tok_dir, exist_ok=True)
+words = ["a", "b", "ab", "ba", "aba", "<s>", "<|end|>", "<|end|><s>", "\u0120", "\u010a", "<unk>",
+         "<0x41>", "<0xC3>", "<0xFF>", "\u0120a", "z"]
+types = [1, 1, 1, 1, 1, 3, 4, 4, 1, 1, 2, 6, 6, 6, 1, 1]
+open(os.path.join(tok_dir, "bpe_added_bytes.gguf"), "wb").write(ggufw.build([
+    ("general.architecture", ggufw.STRING, "llama"),
+    ("tokenizer.ggml.model", ggufw.STRING, "gpt2"),
+    ("tokenizer.ggml.pre", ggufw.STRING, "smollm"),
+    ("tokenizer.ggml.tokens", ggufw.ARRAY, words, ggufw.STRING),
+    ("tokenizer.ggml.merges", ggufw.ARRAY, ["a b", "b a", "ab a", "\u0120 a"], ggufw.STRING),
+    ("tokenizer.ggml.token_type", ggufw.ARRAY, types, ggufw.INT32),
+    ("tokenizer.ggml.bos_token_id", ggufw.UINT32, 5),
+    ("tokenizer.ggml.eos_token_id", ggufw.UINT32, 6),
+    ("tokenizer.ggml.unknown_token_id", ggufw.UINT32, 10),
+], []))
+open(os.path.join(tok_dir, "two_tokens.gguf"), "wb").write(ggufw.build([
+    ("tokenizer.ggml.model", ggufw.STRING, "gpt2"),
+    ("tokenizer.ggml.tokens", ggufw.ARRAY, ["a", "b", "ab"], ggufw.STRING),
+    ("tokenizer.ggml.merges", ggufw.ARRAY, ["a b"], ggufw.STRING),
+], []))
+open(os.path.join(tok_dir, "all_types.gguf"), "wb").write(
+    open(os.path.join(HERE, "gguf", "all_types.gguf"), "rb").read())
