@@ -21,10 +21,10 @@
 enum { B = 1, T = 256, ROUNDS = 200 };
 static int32_t tok[B * T], tgt[B * T];
 
-static gsink_model *make(void)
+static gsink_model *make_preset(const char *preset)
 {
     gsink_config c;
-    ck_assert_int_eq(gsink_config_preset("small", &c), GSINK_OK);
+    ck_assert_int_eq(gsink_config_preset(preset, &c), GSINK_OK);
     gsink_model_options o;
     gsink_model_options_init(&o);
     o.n_threads = 1;
@@ -33,6 +33,8 @@ static gsink_model *make(void)
     ck_assert_msg(gsink_model_create(&c, &o, &m) == GSINK_OK, "%s", gsink_last_error());
     return m;
 }
+
+static gsink_model *make(void) { return make_preset("small"); }
 
 /* A worker thread that runs one forward per round on w->m. */
 typedef struct worker {
@@ -243,13 +245,7 @@ END_TEST
  * outputs and the handle's message alone, and works again afterwards. */
 START_TEST(test_every_call_checks_the_owner)
 {
-    gsink_config c;
-    gsink_config_preset("micro", &c);
-    gsink_model_options o;
-    gsink_model_options_init(&o);
-    o.n_threads = 1;
-    gsink_model *m;
-    ck_assert_int_eq(gsink_model_create(&c, &o, &m), GSINK_OK);
+    gsink_model *m = make_preset("micro");
     int32_t t[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     float ref;
     ck_assert_int_eq(gsink_forward(m, t, t, 1, 8, &ref), GSINK_OK);
@@ -359,13 +355,7 @@ END_TEST
  * inside a call on one of them, the model's free is refused. */
 START_TEST(test_model_freed_before_its_optimizers)
 {
-    gsink_config c;
-    gsink_config_preset("micro", &c);
-    gsink_model_options o;
-    gsink_model_options_init(&o);
-    o.n_threads = 1;
-    gsink_model *m;
-    ck_assert_int_eq(gsink_model_create(&c, &o, &m), GSINK_OK);
+    gsink_model *m = make_preset("micro");
     gsink_optimizer *a, *b, *x;
     ck_assert_int_eq(gsink_optimizer_create(m, NULL, &a), GSINK_OK);
     ck_assert_int_eq(gsink_optimizer_create(m, NULL, &b), GSINK_OK);
