@@ -1,6 +1,7 @@
 /* gguf.c - GGUF (v2/v3) reader: header, metadata, tensor infos, and the
  * llama-architecture model loader. Every length and offset read from the file
  * is checked against the bytes that remain before it is used. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -167,24 +168,59 @@ static int str_cmp(gsink__gguf_str a, gsink__gguf_str b)
     return (a.len > b.len) - (a.len < b.len);
 }
 
-static int cmp_idx_tail(int c, const void *a, const void *b)
+/* A name index: the positions of an array's entries sorted by a string
+ * member (GGUF metadata keys, tensor names). Built in O(n log n); finds
+ * duplicates (adjacent after sorting) and serves binary-search lookups. */
+typedef struct name_col {
+    const char *base;  /* the array */
+    size_t stride;     /* sizeof an entry */
+    size_t off;        /* offsetof the gsink__gguf_str member */
+} name_col;
+
+static gsink__gguf_str name_at(const name_col *c, size_t i)
 {
-    if (c) return c;
+    return *(const gsink__gguf_str *)(const void *)(c->base + i * c->stride + c->off);
+}
+
+static int cmp_name_pos(const void *a, const void *b, void *ctx)
+{
     size_t x = *(const size_t *)a, y = *(const size_t *)b;
-    return (x > y) - (x < y);
+    int c = str_cmp(name_at(ctx, x), name_at(ctx, y));
+    return c ? c : (x > y) - (x < y);
 }
 
-static int cmp_kv_idx(const void *a, const void *b, void *ctx)
+/* *idx: the n positions sorted by name (malloc'd; NULL when out of memory:
+ * returns false). *dup: the position of a name given twice, else SIZE_MAX. */
+static bool name_index(name_col c, size_t n, size_t **idx, size_t *dup)
 {
-    const gsink__gguf_kv *kv = ctx;
-    return cmp_idx_tail(str_cmp(kv[*(const size_t *)a].key, kv[*(const size_t *)b].key), a, b);
+    *dup = SIZE_MAX;
+    *idx = malloc((n ? n : 1) * sizeof **idx);
+    if (!*idx) return false;
+    for (size_t k = 0; k < n; k++) (*idx)[k] = k;
+    qsort_r(*idx, n, sizeof **idx, cmp_name_pos, &c);
+    for (size_t k = 1; k < n && *dup == SIZE_MAX; k++)
+        if (str_cmp(name_at(&c, (*idx)[k - 1]), name_at(&c, (*idx)[k])) == 0) *dup = (*idx)[k];
+    return true;
 }
 
-static int cmp_tensor_idx(const void *a, const void *b, void *ctx)
+/* The position named `name` through the index, or SIZE_MAX. */
+static size_t name_find(name_col c, const size_t *idx, size_t n, const char *name)
 {
-    const gsink__gguf_tensor *t = ctx;
-    return cmp_idx_tail(str_cmp(t[*(const size_t *)a].name, t[*(const size_t *)b].name), a, b);
+    gsink__gguf_str want = {name, strlen(name)};
+    size_t lo = 0, hi = idx ? n : 0;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        int r = str_cmp(name_at(&c, idx[mid]), want);
+        if (r == 0) return idx[mid];
+        if (r < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return SIZE_MAX;
 }
+
+#define KV_NAMES(g) ((name_col){(const char *)(g)->kv, sizeof *(g)->kv, offsetof(gsink__gguf_kv, key)})
+#define TENSOR_NAMES(g) \
+    ((name_col){(const char *)(g)->tensors, sizeof *(g)->tensors, offsetof(gsink__gguf_tensor, name)})
 
 static int cmp_off(const void *a, const void *b)
 {
@@ -222,15 +258,13 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
         if ((st = read_kv(&r, &g->kv[k]))) return st;
     /* Sorted key index: duplicates are refused (as llama.cpp does) and
      * lookups are binary searches, O(n log n) in all. */
-    g->kv_by_key = malloc((g->n_kv ? (size_t)g->n_kv : 1) * sizeof *g->kv_by_key);
-    if (!g->kv_by_key) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
-    for (size_t k = 0; k < g->n_kv; k++) g->kv_by_key[k] = k;
-    qsort_r(g->kv_by_key, (size_t)g->n_kv, sizeof *g->kv_by_key, cmp_kv_idx, g->kv);
-    for (size_t k = 1; k < g->n_kv; k++) {
-        const gsink__gguf_str *a = &g->kv[g->kv_by_key[k - 1]].key, *b = &g->kv[g->kv_by_key[k]].key;
-        if (str_cmp(*a, *b) == 0)
-            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate metadata key '%.*s'",
-                               (int)(b->len > 64 ? 64 : b->len), b->ptr);
+    size_t dup;
+    if (!name_index(KV_NAMES(g), (size_t)g->n_kv, &g->kv_by_key, &dup))
+        return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
+    if (dup != SIZE_MAX) {
+        const gsink__gguf_str *b = &g->kv[dup].key;
+        return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate metadata key '%.*s'",
+                           (int)(b->len > 64 ? 64 : b->len), b->ptr);
     }
 
     g->alignment = GGUF_DEFAULT_ALIGNMENT;
@@ -265,15 +299,12 @@ static gsink_status parse(const uint8_t *data, size_t size, gsink__gguf *g, char
     size_t data_size = size - g->data_off;
 
     /* Sorted name index: duplicates refused, binary-search lookups. */
-    g->t_by_name = malloc((g->n_tensors ? (size_t)g->n_tensors : 1) * sizeof *g->t_by_name);
-    if (!g->t_by_name) return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
-    for (size_t k = 0; k < g->n_tensors; k++) g->t_by_name[k] = k;
-    qsort_r(g->t_by_name, (size_t)g->n_tensors, sizeof *g->t_by_name, cmp_tensor_idx, g->tensors);
-    for (size_t k = 1; k < g->n_tensors; k++) {
-        const gsink__gguf_str *a = &g->tensors[g->t_by_name[k - 1]].name, *b = &g->tensors[g->t_by_name[k]].name;
-        if (str_cmp(*a, *b) == 0)
-            return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate tensor '%.*s'",
-                               (int)(b->len > 64 ? 64 : b->len), b->ptr);
+    if (!name_index(TENSOR_NAMES(g), (size_t)g->n_tensors, &g->t_by_name, &dup))
+        return gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: out of memory");
+    if (dup != SIZE_MAX) {
+        const gsink__gguf_str *b = &g->tensors[dup].name;
+        return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: duplicate tensor '%.*s'",
+                           (int)(b->len > 64 ? 64 : b->len), b->ptr);
     }
 
     /* Sizes, bounds, alignment and overlaps of the tensor data. */
@@ -383,36 +414,19 @@ void gsink__gguf_close(gsink__gguf *g)
 
 const gsink__gguf_kv *gsink__gguf_find(const gsink__gguf *g, const char *key)
 {
-    gsink__gguf_str want = {key, strlen(key)};
-    if (!g->kv_by_key) { /* the index is built while parsing: general.alignment */
+    if (!g->kv_by_key) { /* before the index is built (a failed parse) */
         for (uint64_t k = 0; k < g->n_kv; k++)
             if (str_eq(g->kv[k].key, key)) return &g->kv[k];
         return NULL;
     }
-    size_t lo = 0, hi = (size_t)g->n_kv;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = str_cmp(g->kv[g->kv_by_key[mid]].key, want);
-        if (c == 0) return &g->kv[g->kv_by_key[mid]];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
-    }
-    return NULL;
+    size_t k = name_find(KV_NAMES(g), g->kv_by_key, (size_t)g->n_kv, key);
+    return k == SIZE_MAX ? NULL : &g->kv[k];
 }
 
 const gsink__gguf_tensor *gsink__gguf_find_tensor(const gsink__gguf *g, const char *name)
 {
-    gsink__gguf_str want = {name, strlen(name)};
-    if (!g->t_by_name) return NULL;
-    size_t lo = 0, hi = (size_t)g->n_tensors;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = str_cmp(g->tensors[g->t_by_name[mid]].name, want);
-        if (c == 0) return &g->tensors[g->t_by_name[mid]];
-        if (c < 0) lo = mid + 1;
-        else hi = mid;
-    }
-    return NULL;
+    size_t k = name_find(TENSOR_NAMES(g), g->t_by_name, (size_t)g->n_tensors, name);
+    return k == SIZE_MAX ? NULL : &g->tensors[k];
 }
 
 gsink__gguf_str gsink__gguf_next_str(const gsink__gguf *g, size_t *cursor)
