@@ -130,3 +130,17 @@ def test_qwen2_biases_are_parameters():
         assert "lm_head.weight" not in names  # tied
         b = m.get_param("model.layers.0.self_attn.q_proj.bias")
         assert b.shape == (m.config.n_heads * m.config.d_head,) and np.any(b != 0)
+
+
+def test_cli_info_prints_architecture_and_flags():
+    cli = os.environ.get("GSINK_CLI")
+    if not cli:
+        pytest.skip("GSINK_CLI not set (run through meson)")
+    import subprocess
+    for arch, (name, rope, bias) in ARCHS.items():
+        p = subprocess.run([cli, "info", os.path.join(DATA, arch)], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert "architecture: %s\n" % name in p.stdout, p.stdout
+        assert "qkv_bias=%d" % bias in p.stdout and "rope_scaling=%s" % rope in p.stdout, p.stdout
+    p = subprocess.run([cli, "info", os.path.join(DATA, "nonexistent")], capture_output=True, text=True)
+    assert p.returncode == 1 and p.stderr
