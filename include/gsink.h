@@ -153,7 +153,10 @@ typedef struct gsink_config {
     float init_std;        /* default 0.02 */
     /* ---- since 0.1.0 (architectures); a caller's older, smaller struct
      * leaves them at their defaults (plain Llama, no RoPE scaling) ---- */
-    int32_t arch;          /* gsink_arch, default GSINK_ARCH_LLAMA */
+    int32_t arch;          /* gsink_arch, default GSINK_ARCH_LLAMA: the row of the
+                            * architecture table; gsink_model_load sets it and the
+                            * row's flags (qkv_bias) from config.json's model_type,
+                            * gsink_model_create takes the flags as given */
     int32_t qkv_bias;      /* 1: q, k and v projections carry biases (Qwen2) */
     int32_t rope_scaling;  /* gsink_rope_scaling, default GSINK_ROPE_NONE */
     float rope_factor;     /* scaling factor (linear, llama3, yarn), default 1 */
