@@ -76,7 +76,7 @@ gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const 
                               const float *x, const float *gain, const float *rstd, int N, int d,
                               int accumulate);
 gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
-                       float theta, int inverse);
+                       const double *inv_freq, float scale, int inverse);
 gsink_status cuda_vscale_fwd(gsink_backend *be, float *out, const float *v, const float *theta,
                              int N, int heads_in, int heads_out, int dh, float c0, int mode);
 gsink_status cuda_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, const float *dout,

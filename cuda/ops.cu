@@ -250,16 +250,16 @@ gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const 
 /* RoPE (HF rotate_half: pairs (i, i + d_head/2)); angles in double as on the CPU */
 /* ------------------------------------------------------------------------ */
 
-__global__ void k_rope_table(float *cs, int T, int half, int dh, float theta, int inverse)
+__global__ void k_rope_table(float *cs, int T, int half, const double *inv_freq, float scale, int inverse)
 {
     size_t total = (size_t)T * half;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         int t = (int)(idx / half), i = (int)(idx % half);
-        double inv_freq = pow((double)theta, -2.0 * i / dh);
-        double ang = (double)t * inv_freq;
+        double ang = (double)t * inv_freq[i];
         double s, c;
         sincos(ang, &s, &c);
+        if (scale != 1.0f) c *= scale, s *= scale;
         cs[idx * 2] = (float)c;
         cs[idx * 2 + 1] = (float)(inverse ? -s : s);
     }
@@ -283,7 +283,7 @@ __global__ void k_rope_apply(float *x, const float *cs, size_t rows, int T, int 
 }
 
 gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
-                       float theta, int inverse)
+                       const double *inv_freq, float scale, int inverse)
 {
     if (B <= 0 || T <= 0 || heads <= 0 || d_head <= 0) return GSINK_OK;
     if (d_head % 2)
@@ -296,7 +296,7 @@ gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int
     if (st) return st;
     cudaStream_t s = CUDA_CTX(be)->stream;
     GSINK_LAUNCH(k_rope_table, cuda_blocks((size_t)T * half, OPS_THREADS), OPS_THREADS, 0, s)(
-        cs, T, half, d_head, theta, inverse);
+        cs, T, half, inv_freq, scale, inverse);
     size_t rows = (size_t)B * T;
     GSINK_LAUNCH(k_rope_apply, cuda_blocks(rows * heads * half, OPS_THREADS), OPS_THREADS, 0, s)(
         x, cs, rows, T, heads, half);

@@ -5,6 +5,7 @@
  *                                 per-layer sink / gradient-sink table and
  *                                 optionally writes the JSON report
  *   gsink-cli info                version, devices and presets
+ *   gsink-cli info MODEL          a checkpoint's architecture, flags and shapes
  *
  * Exit status: 0 success, 1 runtime failure (message on stderr), 2 usage error.
  */
@@ -33,6 +34,8 @@ static void usage(FILE *f)
             "commands:\n"
             "  analyze   run forward+backward on a batch and print sink / gradient-sink metrics\n"
             "  info      print the library version, devices and model presets\n"
+            "  info MODEL  print a checkpoint's architecture, its flags (q/k/v biases,\n"
+            "            RoPE scaling) and shapes without running it\n"
             "\n"
             "analyze options:\n"
             "  --model PATH        load weights (HF directory, .safetensors or .gguf)\n"
@@ -257,6 +260,54 @@ static int cmd_info(void)
         printf("  %-12s %6d %6d %4d %4d %4d %6d %7d %6d\n", name, c.n_layers, c.d_model, c.n_heads,
                c.n_kv_heads, c.d_head, c.d_ff, c.vocab_size, c.max_seq_len);
     }
+    return 0;
+}
+
+/* gsink-cli info MODEL: loads the checkpoint and prints its configuration. */
+static int cmd_info_model(const char *path)
+{
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.n_threads = 1;
+    gsink_model *m = NULL;
+    if (gsink_model_load(path, &o, &m) != GSINK_OK) {
+        fprintf(stderr, "%s: %s\n", prog, gsink_last_error());
+        return 1;
+    }
+    gsink_config c;
+    gsink_config_init(&c);
+    gsink_status st = gsink_model_config(m, &c);
+    size_t numel = 0;
+    if (!st) st = gsink_param_numel(m, &numel);
+    gsink_model_free(m);
+    if (st) {
+        fprintf(stderr, "%s: %s\n", prog, gsink_last_error());
+        return 1;
+    }
+    const char *arch = gsink_arch_name(c.arch), *rope = gsink_rope_scaling_name(c.rope_scaling);
+    printf("model: %s\n", path);
+    printf("architecture: %s\n", arch ? arch : "?");
+    printf("flags: qkv_bias=%d tie_embeddings=%d rope_scaling=%s\n", c.qkv_bias, c.tie_embeddings,
+           rope ? rope : "?");
+    printf("rope: theta=%g", (double)c.rope_theta);
+    switch (c.rope_scaling) {
+    case GSINK_ROPE_LINEAR: printf(" factor=%g", (double)c.rope_factor); break;
+    case GSINK_ROPE_LLAMA3:
+        printf(" factor=%g low_freq_factor=%g high_freq_factor=%g original_max_position_embeddings=%d",
+               (double)c.rope_factor, (double)c.rope_low_freq_factor, (double)c.rope_high_freq_factor,
+               c.rope_original_max_pos);
+        break;
+    case GSINK_ROPE_YARN:
+        printf(" factor=%g beta_fast=%g beta_slow=%g original_max_position_embeddings=%d attention_factor=%g truncate=%d",
+               (double)c.rope_factor, (double)c.rope_beta_fast, (double)c.rope_beta_slow, c.rope_original_max_pos,
+               (double)c.rope_attention_factor, c.rope_truncate);
+        break;
+    default: break;
+    }
+    printf("\n");
+    printf("shape: layers=%d d_model=%d heads=%d kv_heads=%d d_head=%d d_ff=%d vocab=%d max_seq_len=%d\n",
+           c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, c.d_head, c.d_ff, c.vocab_size, c.max_seq_len);
+    printf("parameters: %zu\n", numel);
     return 0;
 }
 
@@ -534,12 +585,16 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(cmd, "info")) {
+        const char *model = NULL;
         for (int i = 2; i < argc; i++) {
             if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
-            fprintf(stderr, "%s: info takes no options ('%s')\n", prog, argv[i]);
-            return EXIT_USAGE;
+            if (argv[i][0] == '-' || model) {
+                fprintf(stderr, "%s: info takes no options and at most one MODEL ('%s')\n", prog, argv[i]);
+                return EXIT_USAGE;
+            }
+            model = argv[i];
         }
-        return cmd_info();
+        return model ? cmd_info_model(model) : cmd_info();
     }
     if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 2, argv + 2);
     fprintf(stderr, "%s: unknown command '%s' (see --help)\n", prog, cmd);

@@ -151,7 +151,46 @@ typedef struct gsink_config {
     float rope_theta;      /* default 10000 */
     int32_t tie_embeddings;/* 1: LM head shares the embedding matrix */
     float init_std;        /* default 0.02 */
+    /* ---- since 0.1.0 (architectures); a caller's older, smaller struct
+     * leaves them at their defaults (plain Llama, no RoPE scaling) ---- */
+    int32_t arch;          /* gsink_arch, default GSINK_ARCH_LLAMA: the row of the
+                            * architecture table; gsink_model_load sets it and the
+                            * row's flags (qkv_bias) from config.json's model_type,
+                            * gsink_model_create takes the flags as given */
+    int32_t qkv_bias;      /* 1: q, k and v projections carry biases (Qwen2) */
+    int32_t rope_scaling;  /* gsink_rope_scaling, default GSINK_ROPE_NONE */
+    float rope_factor;     /* scaling factor (linear, llama3, yarn), default 1 */
+    float rope_low_freq_factor;  /* llama3: default 1 */
+    float rope_high_freq_factor; /* llama3: default 4 */
+    int32_t rope_original_max_pos; /* llama3, yarn: original_max_position_embeddings
+                                    * (0: max_seq_len) */
+    float rope_beta_fast;  /* yarn: default 32 */
+    float rope_beta_slow;  /* yarn: default 1 */
+    float rope_attention_factor; /* yarn: multiplies cos and sin; 0 (default) =
+                                  * HF's 0.1 ln(factor) + 1 (1 when factor <= 1) */
+    int32_t rope_truncate; /* yarn: round the correction range (HF truncate), default 1 */
 } gsink_config;
+
+/* Architectures (gsink_config.arch): rows of the library's architecture table,
+ * selected by config.json's model_type. gsink_arch_name gives the name. */
+typedef enum gsink_arch {
+    GSINK_ARCH_LLAMA = 0,   /* "llama": Llama 1-3 (RoPE scaling in rope_scaling) */
+    GSINK_ARCH_MISTRAL = 1, /* "mistral": as llama (no sliding window) */
+    GSINK_ARCH_QWEN2 = 2    /* "qwen2": llama + q/k/v biases (Qwen2, Qwen2.5) */
+} gsink_arch;
+
+/* RoPE scaling (gsink_config.rope_scaling), as HF transformers' rope_type. */
+typedef enum gsink_rope_scaling {
+    GSINK_ROPE_NONE = 0,    /* "default" */
+    GSINK_ROPE_LINEAR = 1,  /* "linear": inv_freq / factor */
+    GSINK_ROPE_LLAMA3 = 2,  /* "llama3" (Llama 3.1-3.3) */
+    GSINK_ROPE_YARN = 3     /* "yarn" */
+} gsink_rope_scaling;
+
+/* Name of an architecture ("llama", "qwen2"), or NULL if unknown. Static. */
+GSINK_API const char *gsink_arch_name(int arch);
+/* Name of a RoPE scaling type ("default", "llama3", ...), or NULL. Static. */
+GSINK_API const char *gsink_rope_scaling_name(int type);
 
 /* Fills a config with the "tiny" preset and sets size. */
 GSINK_API void gsink_config_init_size(gsink_config *cfg, size_t size);

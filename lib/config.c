@@ -1,4 +1,6 @@
 /* config.c - model configuration presets and validation. */
+#include <math.h>
+#include <stddef.h>
 #include <string.h>
 
 #include "internal.h"
@@ -39,6 +41,17 @@ static void fill(gsink_config *out, const preset *p, size_t size)
     cfg->rope_theta = 10000.0f;
     cfg->tie_embeddings = p->tie;
     cfg->init_std = 0.02f;
+    cfg->arch = GSINK_ARCH_LLAMA;
+    cfg->qkv_bias = 0;
+    cfg->rope_scaling = GSINK_ROPE_NONE;
+    cfg->rope_factor = 1.0f;
+    cfg->rope_low_freq_factor = 1.0f;
+    cfg->rope_high_freq_factor = 4.0f;
+    cfg->rope_original_max_pos = 0;
+    cfg->rope_beta_fast = 32.0f;
+    cfg->rope_beta_slow = 1.0f;
+    cfg->rope_attention_factor = 0.0f;
+    cfg->rope_truncate = 1;
     gsink__copy_sized(out, size, cfg, sizeof *cfg);
 }
 
@@ -66,19 +79,39 @@ const char *gsink_config_preset_name(int index)
     return presets[index].name;
 }
 
+/* Size of gsink_config before the architecture fields were appended. */
+#define CONFIG_SIZE_V0 (offsetof(gsink_config, init_std) + sizeof(float))
+
+void gsink__config_normalize(const gsink_config *in, gsink_config *out)
+{
+    gsink_config_init(out);
+    size_t n = in->size < sizeof *out ? in->size : sizeof *out;
+    memcpy(out, in, n);
+    out->size = sizeof *out;
+}
+
 /* Limits that keep every derived size far from overflow and allocations sane. */
 #define MAX_DIM (1 << 20)
 #define MAX_VOCAB (1 << 22)
 #define MAX_LAYERS 4096
 #define MAX_SEQ (1 << 20)
 
-gsink_status gsink_config_validate(const gsink_config *cfg)
+static gsink_status validate_full(const gsink_config *cfg);
+
+gsink_status gsink_config_validate(const gsink_config *in)
 {
-    if (!cfg) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "config is NULL");
-    if (cfg->size < sizeof(gsink_config))
+    if (!in) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "config is NULL");
+    if (in->size < CONFIG_SIZE_V0)
         return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG,
                            "config size %zu is smaller than expected %zu (call gsink_config_init)",
-                           cfg->size, sizeof(gsink_config));
+                           in->size, sizeof(gsink_config));
+    gsink_config full;
+    gsink__config_normalize(in, &full);
+    return validate_full(&full);
+}
+
+static gsink_status validate_full(const gsink_config *cfg)
+{
 #define RANGE(field, lo, hi)                                                                 \
     if (cfg->field < (lo) || cfg->field > (hi))                                               \
         return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, #field " = %ld is outside [%ld, %ld]", \
@@ -107,5 +140,36 @@ gsink_status gsink_config_validate(const gsink_config *cfg)
         return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "init_std = %g must be in [0, 10]", cfg->init_std);
     if (cfg->tie_embeddings != 0 && cfg->tie_embeddings != 1)
         return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "tie_embeddings must be 0 or 1");
+    if (!gsink__arch(cfg->arch))
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "unknown architecture %d (supported: %s)", cfg->arch,
+                           gsink__arch_list());
+    if (cfg->qkv_bias != 0 && cfg->qkv_bias != 1)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "qkv_bias must be 0 or 1");
+    if (!gsink_rope_scaling_name(cfg->rope_scaling))
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "unknown rope_scaling %d", cfg->rope_scaling);
+    if (cfg->rope_scaling != GSINK_ROPE_NONE) {
+        if (!(cfg->rope_factor > 0.0f) || cfg->rope_factor > 1e6f)
+            return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rope_factor = %g must be in (0, 1e6]", cfg->rope_factor);
+        if (cfg->rope_original_max_pos < 0)
+            return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rope_original_max_pos = %d must be >= 0",
+                               cfg->rope_original_max_pos);
+    }
+    if (cfg->rope_scaling == GSINK_ROPE_LLAMA3 &&
+        (!(cfg->rope_low_freq_factor > 0.0f) || !(cfg->rope_high_freq_factor > cfg->rope_low_freq_factor) ||
+         !isfinite(cfg->rope_high_freq_factor)))
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG,
+                           "llama3 RoPE needs 0 < low_freq_factor (%g) < high_freq_factor (%g)",
+                           cfg->rope_low_freq_factor, cfg->rope_high_freq_factor);
+    if (cfg->rope_scaling == GSINK_ROPE_YARN) {
+        if (!(cfg->rope_beta_fast > 0.0f) || !(cfg->rope_beta_slow > 0.0f) || !isfinite(cfg->rope_beta_fast) ||
+            !isfinite(cfg->rope_beta_slow))
+            return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "yarn beta_fast (%g) and beta_slow (%g) must be positive",
+                               cfg->rope_beta_fast, cfg->rope_beta_slow);
+        if (!(cfg->rope_attention_factor >= 0.0f) || cfg->rope_attention_factor > 1e3f)
+            return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "yarn attention_factor = %g must be in [0, 1e3]",
+                               cfg->rope_attention_factor);
+        if (cfg->rope_truncate != 0 && cfg->rope_truncate != 1)
+            return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rope_truncate must be 0 or 1");
+    }
     return GSINK_OK;
 }

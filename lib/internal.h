@@ -93,6 +93,25 @@ int gsink__cpu_count(void);
 /* GSINK__THREADS_PER_CPU * gsink__cpu_count(): the n_threads limit. */
 int gsink__max_threads(void);
 
+/* ---- architectures (arch.c) ---------------------------------------------- */
+
+/* A row of the architecture table: HF model_type -> flags. */
+typedef struct gsink_arch_info {
+    int id;                   /* gsink_arch */
+    const char *model_type;   /* config.json model_type */
+    const char *hf_class;     /* config.json architectures[0] written on save */
+    int qkv_bias;             /* q/k/v projections carry biases */
+} gsink_arch_info;
+
+const gsink_arch_info *gsink__arch(int arch);                   /* NULL if unknown */
+const gsink_arch_info *gsink__arch_by_name(const char *model_type);
+const char *gsink__arch_list(void);                             /* "llama, mistral, ..." */
+int gsink__rope_scaling_by_name(const char *name);              /* -1 if unknown */
+/* inv_freq[d_head/2] and the cos/sin factor of the config's RoPE (HF). */
+void gsink__rope_freqs(const gsink_config *c, double *inv_freq, double *attn_scale);
+/* Copies a caller's config (of any size it declares) over the defaults. */
+void gsink__config_normalize(const gsink_config *in, gsink_config *out);
+
 /* ---- parameters ---------------------------------------------------------- */
 
 typedef struct gsink_layer_params {
@@ -105,6 +124,7 @@ typedef struct gsink_layer_params {
     float *wgate;     /* (ff, d) */
     float *wup;       /* (ff, d) */
     float *wdown;     /* (d, ff) */
+    float *bq, *bk, *bv; /* (H*dh), (KV*dh), (KV*dh) when cfg.qkv_bias, else NULL */
 } gsink_layer_params;
 
 /* Views into one allocation; params and grads share this layout. */
@@ -184,6 +204,9 @@ struct gsink_model {
     float *logits, *dlogits;       /* (B,T,V) */
     float *dfinal_out;             /* (B,T,d) */
     float *scratch;                /* (B,T,max(ff,d,H*dh)) backward temporaries */
+    float *ones;                   /* (B*T) ones: bias broadcast and column sums by GEMM */
+    double *rope_freq;             /* backend memory: inv_freq (d_head/2), host-computed */
+    float rope_scale;              /* factor on cos and sin (yarn attention factor) */
     float *stats_sum;              /* (3,H,T) batch sums of the column statistics */
     gsink_host_stats hstats;
 

@@ -132,29 +132,37 @@ static void add_entry(gsink_model *m, const char *name, int layer, int64_t d0, i
     *off += e->numel;
 }
 
+/* Parameters per layer: the nine Llama tensors, then the optional steps'
+ * tensors that the config's flags switch on (HF names). */
+static size_t layer_param_count(const gsink_config *c) { return 9 + (c->qkv_bias == 1 ? 3 : 0); }
+
 int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *ndim, int64_t dims[2])
 {
-    static const char *const suffix[9] = {
+    static const char *const suffix[12] = {
         "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
         "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight"};
+        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+        "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"};
     int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->d_head, kd = (int64_t)c->n_kv_heads * c->d_head;
-    size_t nl = (size_t)(c->n_layers > 0 ? c->n_layers : 0), last = 1 + nl * 9;
+    size_t LP = layer_param_count(c);
+    size_t nl = (size_t)(c->n_layers > 0 ? c->n_layers : 0), last = 1 + nl * LP;
     int64_t d0, d1;
     if (index == 0) {
         snprintf(name, 96, "model.embed_tokens.weight");
         d0 = c->vocab_size, d1 = d;
     } else if (index < last) {
-        size_t l = (index - 1) / 9, j = (index - 1) % 9;
+        size_t l = (index - 1) / LP, j = (index - 1) % LP;
         snprintf(name, 96, "model.layers.%zu.%s", l, suffix[j]);
-        static const int kind[9] = {0, 1, 2, 2, 3, 0, 4, 4, 5};
+        static const int kind[12] = {0, 1, 2, 2, 3, 0, 4, 4, 5, 6, 7, 7};
         switch (kind[j]) {
         case 0: d0 = d, d1 = 0; break;
         case 1: d0 = qd, d1 = d; break;
         case 2: d0 = kd, d1 = d; break;
         case 3: d0 = d, d1 = qd; break;
         case 4: d0 = c->d_ff, d1 = d; break;
-        default: d0 = d, d1 = c->d_ff; break;
+        case 5: d0 = d, d1 = c->d_ff; break;
+        case 6: d0 = qd, d1 = 0; break;
+        default: d0 = kd, d1 = 0; break;
         }
     } else if (index == last) {
         snprintf(name, 96, "model.norm.weight");
@@ -175,7 +183,8 @@ int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *n
 static gsink_status build_registry(gsink_model *m, char *errbuf)
 {
     const gsink_config *c = &m->cfg;
-    size_t n = 1 + (size_t)c->n_layers * 9 + 1 + (c->tie_embeddings ? 0 : 1);
+    size_t LP = layer_param_count(c);
+    size_t n = 1 + (size_t)c->n_layers * LP + 1 + (c->tie_embeddings ? 0 : 1);
     m->entries = calloc(n, sizeof *m->entries);
     m->theta_names = calloc((size_t)c->n_layers, sizeof *m->theta_names);
     if (!m->entries || !m->theta_names)
@@ -185,7 +194,7 @@ static gsink_status build_registry(gsink_model *m, char *errbuf)
     int ndim;
     int64_t dims[2];
     for (size_t k = 0; gsink__param_spec(c, k, name, &ndim, dims); k++) {
-        int layer = k >= 1 && k < 1 + (size_t)c->n_layers * 9 ? (int)((k - 1) / 9) : -1;
+        int layer = k >= 1 && k < 1 + (size_t)c->n_layers * LP ? (int)((k - 1) / LP) : -1;
         add_entry(m, name, layer, dims[0], dims[1], &off);
     }
     for (int l = 0; l < c->n_layers; l++)
@@ -197,9 +206,10 @@ static gsink_status build_registry(gsink_model *m, char *errbuf)
 static void bind_views(const gsink_model *m, float *base, gsink_params *p)
 {
     const gsink_param_entry *e = m->entries;
+    size_t LP = layer_param_count(&m->cfg);
     p->embed = base + e[0].offset;
     for (int l = 0; l < m->cfg.n_layers; l++) {
-        const gsink_param_entry *le = e + 1 + (size_t)l * 9;
+        const gsink_param_entry *le = e + 1 + (size_t)l * LP;
         gsink_layer_params *lp = &p->layers[l];
         lp->attn_norm = base + le[0].offset;
         lp->wq = base + le[1].offset;
@@ -210,8 +220,12 @@ static void bind_views(const gsink_model *m, float *base, gsink_params *p)
         lp->wgate = base + le[6].offset;
         lp->wup = base + le[7].offset;
         lp->wdown = base + le[8].offset;
+        bool bias = LP > 9;
+        lp->bq = bias ? base + le[9].offset : NULL;
+        lp->bk = bias ? base + le[10].offset : NULL;
+        lp->bv = bias ? base + le[11].offset : NULL;
     }
-    size_t last = 1 + (size_t)m->cfg.n_layers * 9;
+    size_t last = 1 + (size_t)m->cfg.n_layers * LP;
     p->final_norm = base + e[last].offset;
     p->lm_head = m->cfg.tie_embeddings ? p->embed : base + e[last + 1].offset;
 }
@@ -219,12 +233,13 @@ static void bind_views(const gsink_model *m, float *base, gsink_params *p)
 const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *name)
 {
     /* The registry has a fixed order: a layer's name is looked up among its
-     * nine entries, so loading every parameter by name stays linear. */
+     * own entries, so loading every parameter by name stays linear. */
     int l, used = 0;
+    size_t LP = layer_param_count(&m->cfg);
     if (sscanf(name, "model.layers.%d.%n", &l, &used) == 1 && used > 0 && l >= 0 && l < m->cfg.n_layers &&
-        m->n_entries >= 1 + (size_t)m->cfg.n_layers * 9) {
-        const gsink_param_entry *le = m->entries + 1 + (size_t)l * 9;
-        for (int j = 0; j < 9; j++)
+        m->n_entries >= 1 + (size_t)m->cfg.n_layers * LP) {
+        const gsink_param_entry *le = m->entries + 1 + (size_t)l * LP;
+        for (size_t j = 0; j < LP; j++)
             if (strcmp(le[j].name, name) == 0) return &le[j];
         return NULL;
     }
@@ -283,6 +298,7 @@ void gsink_model_free(gsink_model *m)
         if (m->grad_mem) BE(m)->free(m->be, m->grad_mem);
         if (m->vs.theta) BE(m)->free(m->be, m->vs.theta);
         if (m->vs.dtheta) BE(m)->free(m->be, m->vs.dtheta);
+        if (m->rope_freq) BE(m)->free(m->be, m->rope_freq);
         BE(m)->destroy(m->be);
     }
     free(m->p.layers);
@@ -323,8 +339,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
 
     gsink_model *m = calloc(1, sizeof *m);
     if (!m) return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the model");
-    memcpy(&m->cfg, cfg, sizeof m->cfg);
-    m->cfg.size = sizeof m->cfg;
+    gsink__config_normalize(cfg, &m->cfg);
     m->device_kind = o.device;
     m->device_index = o.device_index;
     m->n_threads = o.n_threads;
@@ -385,6 +400,25 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     m->vs.sigma = 0.02f;
     m->vs.n_scale_heads = cfg->n_kv_heads;
 
+    /* RoPE frequencies: data computed once on the host (HF rope_type). */
+    {
+        size_t half = (size_t)m->cfg.d_head / 2;
+        double *freq = malloc(half * sizeof(double)), scale = 1.0;
+        if (!freq) {
+            st = gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the RoPE table");
+            goto fail;
+        }
+        gsink__rope_freqs(&m->cfg, freq, &scale);
+        m->rope_scale = (float)scale;
+        st = BE(m)->alloc(m->be, half * sizeof(double), (void **)&m->rope_freq);
+        if (!st) st = BE(m)->upload(m->be, m->rope_freq, freq, half * sizeof(double));
+        free(freq);
+        if (st) {
+            st = gsink__fail(errbuf, st, "cannot allocate the RoPE table");
+            goto fail;
+        }
+    }
+
     m->p.layers = calloc((size_t)cfg->n_layers, sizeof(gsink_layer_params));
     m->g.layers = calloc((size_t)cfg->n_layers, sizeof(gsink_layer_params));
     m->layers = calloc((size_t)cfg->n_layers, sizeof(gsink_layer_acts));
@@ -411,7 +445,7 @@ gsink_status gsink_model_create(const gsink_config *cfg, const gsink_model_optio
     gsink_model *m;
     gsink_status st = gsink__model_alloc(cfg, opts, &m, NULL);
     if (st) return st;
-    /* HF LlamaForCausalLM init: normal(0, std) matrices/embeddings, ones for norms. */
+    /* HF LlamaForCausalLM init: normal(0, std) matrices/embeddings, ones for norms, zero biases. */
     gsink_rng rng;
     gsink__rng_seed(&rng, opts ? opts->seed : 0);
     size_t max_numel = 0;
@@ -424,8 +458,9 @@ gsink_status gsink_model_create(const gsink_config *cfg, const gsink_model_optio
     }
     for (size_t i = 0; i < m->n_entries; i++) {
         const gsink_param_entry *e = &m->entries[i];
+        bool is_bias = strlen(e->name) > 5 && strcmp(e->name + strlen(e->name) - 5, ".bias") == 0;
         if (e->ndim == 1)
-            for (size_t j = 0; j < e->numel; j++) host[j] = 1.0f;
+            for (size_t j = 0; j < e->numel; j++) host[j] = is_bias ? 0.0f : 1.0f; /* HF: zero biases */
         else
             for (size_t j = 0; j < e->numel; j++) host[j] = (float)(gsink__rng_normal(&rng) * m->cfg.init_std);
         st = BE(m)->upload(m->be, m->param_mem + e->offset, host, e->numel * sizeof(float));
@@ -817,6 +852,7 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     m->logits = take(c, NV, 4);
     m->dlogits = take(c, NV, 4);
     m->scratch = take(c, Nq > Nk ? Nq : Nk, 4);
+    m->ones = cf->qkv_bias ? take(c, N, 4) : NULL;
     m->stats_sum = take(c, NH, 4 * 3); /* (3, H, T) with T <= N */
 }
 
@@ -846,6 +882,17 @@ static gsink_status ensure_acts(gsink_model *m, int B, int T)
         layout_acts(m, N, &c);
     }
 stats:;
+    if (m->ones) {
+        float *h = malloc(N * sizeof(float));
+        gsink_status ust = h ? GSINK_OK : GSINK_ERR_OUT_OF_MEMORY;
+        for (size_t i = 0; h && i < N; i++) h[i] = 1.0f;
+        if (!ust) ust = BE(m)->upload(m->be, m->ones, h, N * sizeof(float));
+        free(h);
+        if (ust) {
+            free_acts(m);
+            return gsink__fail(m->errmsg, ust, "cannot fill the bias ones vector");
+        }
+    }
     size_t need = LHT * (size_t)T;
     free(m->hstats.mass);
     free(m->hstats.sq);
@@ -937,8 +984,13 @@ static gsink_status layer_forward(gsink_model *m, int l)
     TRY(m, f->gemm(be, 0, 1, N, qd, d, 1.0f, x, d, w->wq, d, 0.0f, s[GSINK_SITE_Q], qd), "gemm q");
     TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wk, d, 0.0f, s[GSINK_SITE_K], kd), "gemm k");
     TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wv, d, 0.0f, s[GSINK_SITE_V], kd), "gemm v");
-    TRY(m, f->rope(be, s[GSINK_SITE_Q], m->B, m->T, c->n_heads, c->d_head, c->rope_theta, 0), "rope q");
-    TRY(m, f->rope(be, s[GSINK_SITE_K], m->B, m->T, c->n_kv_heads, c->d_head, c->rope_theta, 0), "rope k");
+    if (c->qkv_bias) { /* optional step: q, k, v += bias (ones(N,1) x b(1,n) by GEMM) */
+        TRY(m, f->gemm(be, 0, 0, N, qd, 1, 1.0f, m->ones, 1, w->bq, qd, 1.0f, s[GSINK_SITE_Q], qd), "bias q");
+        TRY(m, f->gemm(be, 0, 0, N, kd, 1, 1.0f, m->ones, 1, w->bk, kd, 1.0f, s[GSINK_SITE_K], kd), "bias k");
+        TRY(m, f->gemm(be, 0, 0, N, kd, 1, 1.0f, m->ones, 1, w->bv, kd, 1.0f, s[GSINK_SITE_V], kd), "bias v");
+    }
+    TRY(m, f->rope(be, s[GSINK_SITE_Q], m->B, m->T, c->n_heads, c->d_head, m->rope_freq, m->rope_scale, 0), "rope q");
+    TRY(m, f->rope(be, s[GSINK_SITE_K], m->B, m->T, c->n_kv_heads, c->d_head, m->rope_freq, m->rope_scale, 0), "rope k");
     TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
                          c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
     gsink_attn_shape sh = attn_shape(m);
@@ -1104,15 +1156,21 @@ static gsink_status layer_backward(gsink_model *m, int l)
     float *dx = ds[GSINK_SITE_ATTN_NORM_OUT];
     /* q and k sites hold post-RoPE values; their projections need pre-RoPE gradients. */
     TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_Q], (size_t)N * qd * sizeof(float)), "copy");
-    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_heads, c->d_head, c->rope_theta, 1), "rope");
+    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_heads, c->d_head, m->rope_freq, m->rope_scale, 1), "rope");
     TRY(m, f->gemm(be, 0, 0, N, d, qd, 1.0f, m->scratch, qd, w->wq, d, 0.0f, dx, d), "gemm");
     TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, m->scratch, qd, x, d, 1.0f, gw->wq, d), "gemm");
+    if (c->qkv_bias) /* optional step: dbias += column sums (ones(1,N) x dq) */
+        TRY(m, f->gemm(be, 1, 0, 1, qd, N, 1.0f, m->ones, 1, m->scratch, qd, 1.0f, gw->bq, qd), "bias q");
     TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_K], (size_t)N * kd * sizeof(float)), "copy");
-    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_kv_heads, c->d_head, c->rope_theta, 1), "rope");
+    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_kv_heads, c->d_head, m->rope_freq, m->rope_scale, 1), "rope");
     TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, m->scratch, kd, w->wk, d, 1.0f, dx, d), "gemm");
     TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, m->scratch, kd, x, d, 1.0f, gw->wk, d), "gemm");
+    if (c->qkv_bias)
+        TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, m->scratch, kd, 1.0f, gw->bk, kd), "bias k");
     TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, ds[GSINK_SITE_V], kd, w->wv, d, 1.0f, dx, d), "gemm");
     TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, ds[GSINK_SITE_V], kd, x, d, 1.0f, gw->wv, d), "gemm");
+    if (c->qkv_bias)
+        TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, ds[GSINK_SITE_V], kd, 1.0f, gw->bv, kd), "bias v");
     TRY(m, f->copy(be, m->dresid[l], dattn, Nd * sizeof(float)), "copy");
     TRY(m, f->rmsnorm_bwd(be, m->dresid[l], gw->attn_norm, dx, m->resid[l], w->attn_norm, a->rstd_attn, N, d, 1), "rmsnorm");
     return GSINK_OK;

@@ -167,6 +167,21 @@ check "forward without targets" {$code == 0}
 set code [catch {gsink_backward $m 0} msg opt]
 check "backward without targets raises" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_NO_TARGETS} "$msg"
 
+# ---- architectures: a Qwen2 checkpoint loads with its architecture and biases
+set qdir [file join [file dirname [file normalize [info script]]] .. .. tests data hf-archs qwen2]
+set qm [gsink_model_load $qdir $opts]
+set qcfg [new_gsink_config]
+gsink_config_init $qcfg
+gsink_model_config $qm $qcfg
+check "qwen2 architecture" {[gsink_arch_name [gsink_config_arch_get $qcfg]] eq "qwen2"}
+check "qwen2 q/k/v biases" {[gsink_config_qkv_bias_get $qcfg] == 1}
+check "rope scaling name" {[gsink_rope_scaling_name [gsink_config_rope_scaling_get $qcfg]] eq "default"}
+set qd [expr {[gsink_config_n_heads_get $qcfg] * [gsink_config_d_head_get $qcfg]}]
+set qb [gsink_get_param $qm model.layers.0.self_attn.q_proj.bias $qd]
+check "q bias is a parameter" {[llength $qb] == $qd && [l2 $qb] > 0.0}
+gsink_model_free $qm
+delete_gsink_config $qcfg
+
 gsink_model_free $m
 delete_gsink_config $cfg
 delete_gsink_model_options $opts

@@ -378,17 +378,18 @@ static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, 
 /* ------------------------------------------------------------------------ */
 
 static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int heads, int dh,
-                             float theta, int inverse)
+                             const double *inv_freq, float scale, int inverse)
 {
     int half = dh / 2;
     float *cs = malloc(sizeof(float) * 2 * (size_t)T * half);
     if (!cs) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rope table");
     for (int t = 0; t < T; t++)
         for (int i = 0; i < half; i++) {
-            double inv_freq = pow((double)theta, -2.0 * i / dh);
-            double ang = (double)t * inv_freq;
-            cs[((size_t)t * half + i) * 2] = (float)cos(ang);
-            cs[((size_t)t * half + i) * 2 + 1] = (float)(inverse ? -sin(ang) : sin(ang));
+            double ang = (double)t * inv_freq[i];
+            double c = cos(ang), sn = sin(ang);
+            if (scale != 1.0f) c *= scale, sn *= scale;
+            cs[((size_t)t * half + i) * 2] = (float)c;
+            cs[((size_t)t * half + i) * 2 + 1] = (float)(inverse ? -sn : sn);
         }
     size_t rows = (size_t)B * T;
 #pragma omp parallel for num_threads(nt_for(be, rows * (size_t)heads * dh)) schedule(static)

@@ -589,7 +589,7 @@ gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, floa
         /* q, k are stored after RoPE: dL/dx_pre = R^T dL/dx. */
         if (path[p].rope &&
             (st = gsink__be_check(m, be->rope(m->be, pre, sum ? 1 : B, T, path[p].heads, dh,
-                                              m->cfg.rope_theta, 1),
+                                              m->rope_freq, m->rope_scale, 1),
                                   "rope")))
             goto done;
         /* proj(rows, d) = pre(rows, W) @ Wmat(W, d) */

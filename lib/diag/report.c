@@ -365,7 +365,12 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
               (int)m->cfg.n_kv_heads, (int)m->cfg.d_head, (int)m->cfg.d_ff, (int)m->cfg.max_seq_len);
     sb_key_num(&b, "rms_eps", m->cfg.rms_eps, true);
     sb_key_num(&b, "rope_theta", m->cfg.rope_theta, true);
-    sb_printf(&b, "\"tie_embeddings\": %s},\n", m->cfg.tie_embeddings ? "true" : "false");
+    sb_printf(&b, "\"tie_embeddings\": %s, ", m->cfg.tie_embeddings ? "true" : "false");
+    {
+        const char *an = gsink_arch_name(m->cfg.arch), *rn = gsink_rope_scaling_name(m->cfg.rope_scaling);
+        sb_printf(&b, "\"arch\": \"%s\", \"qkv_bias\": %s, \"rope_scaling\": \"%s\"},\n", an ? an : "unknown",
+                  m->cfg.qkv_bias ? "true" : "false", rn ? rn : "unknown");
+    }
     sb_printf(&b, "  \"vscale\": {\"mode\": \"%s\", ", vscale_name(vo.mode));
     sb_key_num(&b, "sigma", vo.sigma, true);
     sb_printf(&b, "\"learnable_theta\": %s, \"per_query_head\": %s},\n",

@@ -1,6 +1,7 @@
 /* safetensors.c - HuggingFace checkpoints: config.json + model.safetensors
  * (or sharded model.safetensors.index.json) reader, and the atomic writer. */
 #include <errno.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,16 +336,83 @@ static gsink_status cfg_get_float(const gsink__json *j, const char *key, float *
     return GSINK_OK;
 }
 
+/* rope_scaling (HF: rope_type, or "type" in older files): llama3, linear,
+ * yarn; null, absent or "default" is plain RoPE. Anything else is refused. */
+static gsink_status parse_rope_scaling(const gsink__json *j, gsink_config *cfg, char *err)
+{
+    const gsink__json *rs = gsink__json_get(j, "rope_scaling");
+    if (!rs || rs->type == GSINK_JSON_NULL) return GSINK_OK;
+    if (rs->type != GSINK_JSON_OBJECT)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: rope_scaling must be an object or null");
+    const gsink__json *ty = gsink__json_get(rs, "rope_type");
+    if (!ty || ty->type == GSINK_JSON_NULL) ty = gsink__json_get(rs, "type");
+    if (!ty || ty->type != GSINK_JSON_STRING)
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: rope_scaling has no rope_type");
+    int type = strlen(ty->str) == ty->len ? gsink__rope_scaling_by_name(ty->str) : -1;
+    if (type < 0)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                           "config.json: rope_scaling rope_type '%.32s' is not supported (default, linear, llama3, yarn)",
+                           ty->str);
+    cfg->rope_scaling = type;
+    if (type == GSINK_ROPE_NONE) return GSINK_OK;
+    gsink_status st;
+    const gsink__json *th = gsink__json_get(rs, "rope_theta"); /* transformers 5 repeats it here */
+    if (th && th->type == GSINK_JSON_NUMBER) cfg->rope_theta = (float)th->number;
+    float factor = 0.0f;
+    if ((st = cfg_get_float(rs, "factor", &factor, err))) return st;
+    if ((st = cfg_get_int(rs, "original_max_position_embeddings", 0, &cfg->rope_original_max_pos, err)))
+        return st;
+    if (factor == 0.0f) {
+        if (type == GSINK_ROPE_YARN && cfg->rope_original_max_pos > 0) /* HF: the context ratio */
+            factor = (float)cfg->max_seq_len / (float)cfg->rope_original_max_pos;
+        else
+            return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: rope_scaling '%s' needs a factor",
+                               gsink_rope_scaling_name(type));
+    }
+    cfg->rope_factor = factor;
+    if (type == GSINK_ROPE_LLAMA3) {
+        if (cfg->rope_original_max_pos == 0)
+            return gsink__fail(err, GSINK_ERR_BAD_CONFIG,
+                               "config.json: llama3 rope_scaling needs original_max_position_embeddings");
+        if ((st = cfg_get_float(rs, "low_freq_factor", &cfg->rope_low_freq_factor, err))) return st;
+        if ((st = cfg_get_float(rs, "high_freq_factor", &cfg->rope_high_freq_factor, err))) return st;
+    } else if (type == GSINK_ROPE_YARN) {
+        float bf = 0.0f, bs = 0.0f, af = 0.0f, ms = 0.0f, msa = 0.0f;
+        if ((st = cfg_get_float(rs, "beta_fast", &bf, err)) || (st = cfg_get_float(rs, "beta_slow", &bs, err)) ||
+            (st = cfg_get_float(rs, "attention_factor", &af, err)) || (st = cfg_get_float(rs, "mscale", &ms, err)) ||
+            (st = cfg_get_float(rs, "mscale_all_dim", &msa, err)))
+            return st;
+        if (bf != 0.0f) cfg->rope_beta_fast = bf; /* HF: `or 32`, `or 1` */
+        if (bs != 0.0f) cfg->rope_beta_slow = bs;
+        if (af != 0.0f) {
+            cfg->rope_attention_factor = af;
+        } else if (ms != 0.0f && msa != 0.0f) { /* HF: get_mscale(f, mscale) / get_mscale(f, mscale_all_dim) */
+            double f = cfg->rope_factor;
+            double a = f <= 1.0 ? 1.0 : 0.1 * ms * log(f) + 1.0, b = f <= 1.0 ? 1.0 : 0.1 * msa * log(f) + 1.0;
+            cfg->rope_attention_factor = (float)(a / b);
+        }
+        const gsink__json *tr = gsink__json_get(rs, "truncate");
+        if (tr && tr->type == GSINK_JSON_BOOL) cfg->rope_truncate = tr->boolean ? 1 : 0;
+    }
+    return GSINK_OK;
+}
+
 static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *tie_flag, char *err)
 {
     gsink_config_init(cfg);
     if (j->type != GSINK_JSON_OBJECT)
         return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json is not a JSON object");
+    /* The architecture table's row for model_type sets the flags (absent: llama). */
     const gsink__json *mt = gsink__json_get(j, "model_type");
-    if (mt && mt->type == GSINK_JSON_STRING && (strlen(mt->str) != mt->len || (strcmp(mt->str, "llama") != 0 &&
-        strcmp(mt->str, "mistral") != 0)))
-        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: model_type '%.32s' is not supported (llama)",
-                           mt->str);
+    const gsink_arch_info *arch = gsink__arch(GSINK_ARCH_LLAMA);
+    if (mt && mt->type == GSINK_JSON_STRING) {
+        arch = strlen(mt->str) == mt->len ? gsink__arch_by_name(mt->str) : NULL;
+        if (!arch)
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: model_type '%.32s' is not supported (%s)",
+                               mt->str, gsink__arch_list());
+    }
+    cfg->arch = arch->id;
+    cfg->qkv_bias = arch->qkv_bias;
     gsink_status st;
     if ((st = cfg_get_int(j, "vocab_size", 1, &cfg->vocab_size, err))) return st;
     if ((st = cfg_get_int(j, "hidden_size", 1, &cfg->d_model, err))) return st;
@@ -369,10 +437,11 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
     if (act && act->type == GSINK_JSON_STRING && (strlen(act->str) != act->len || strcmp(act->str, "silu") != 0))
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: hidden_act '%.32s' is not supported (silu)",
                            act->str);
-    const gsink__json *rs = gsink__json_get(j, "rope_scaling");
-    if (rs && rs->type != GSINK_JSON_NULL)
-        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: rope_scaling is not supported");
-    return GSINK_OK;
+    const gsink__json *ab = gsink__json_get(j, "attention_bias");
+    if (ab && ab->type == GSINK_JSON_BOOL && ab->boolean != (cfg->qkv_bias != 0) && arch->id != GSINK_ARCH_QWEN2)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: attention_bias is not supported for %s",
+                           arch->model_type);
+    return parse_rope_scaling(j, cfg, err);
 }
 
 /* ---- loading ------------------------------------------------------------- */
@@ -686,8 +755,10 @@ static void sb_add(sbuf *b, const char *fmt, ...)
 static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale_options *vo)
 {
     sb_add(b, "{\n");
-    sb_add(b, "  \"architectures\": [\"LlamaForCausalLM\"],\n");
-    sb_add(b, "  \"model_type\": \"llama\",\n");
+    const gsink_arch_info *arch = gsink__arch(c->arch);
+    if (!arch) arch = gsink__arch(GSINK_ARCH_LLAMA);
+    sb_add(b, "  \"architectures\": [\"%s\"],\n", arch->hf_class);
+    sb_add(b, "  \"model_type\": \"%s\",\n", arch->model_type);
     sb_add(b, "  \"vocab_size\": %d,\n", c->vocab_size);
     sb_add(b, "  \"hidden_size\": %d,\n", c->d_model);
     sb_add(b, "  \"intermediate_size\": %d,\n", c->d_ff);
@@ -698,11 +769,35 @@ static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale
     sb_add(b, "  \"max_position_embeddings\": %d,\n", c->max_seq_len);
     sb_add(b, "  \"rms_norm_eps\": %.9g,\n", (double)c->rms_eps);
     sb_add(b, "  \"rope_theta\": %.9g,\n", (double)c->rope_theta);
-    sb_add(b, "  \"rope_scaling\": null,\n");
+    switch (c->rope_scaling) {
+    case GSINK_ROPE_LINEAR:
+        sb_add(b, "  \"rope_scaling\": {\"rope_type\": \"linear\", \"factor\": %.9g},\n", (double)c->rope_factor);
+        break;
+    case GSINK_ROPE_LLAMA3:
+        sb_add(b, "  \"rope_scaling\": {\"rope_type\": \"llama3\", \"factor\": %.9g, \"low_freq_factor\": %.9g, "
+                  "\"high_freq_factor\": %.9g, \"original_max_position_embeddings\": %d},\n",
+               (double)c->rope_factor, (double)c->rope_low_freq_factor, (double)c->rope_high_freq_factor,
+               c->rope_original_max_pos);
+        break;
+    case GSINK_ROPE_YARN:
+        sb_add(b, "  \"rope_scaling\": {\"rope_type\": \"yarn\", \"factor\": %.9g, \"beta_fast\": %.9g, "
+                  "\"beta_slow\": %.9g, \"truncate\": %s",
+               (double)c->rope_factor, (double)c->rope_beta_fast, (double)c->rope_beta_slow,
+               c->rope_truncate ? "true" : "false");
+        if (c->rope_original_max_pos > 0)
+            sb_add(b, ", \"original_max_position_embeddings\": %d", c->rope_original_max_pos);
+        if (c->rope_attention_factor > 0.0f)
+            sb_add(b, ", \"attention_factor\": %.9g", (double)c->rope_attention_factor);
+        sb_add(b, "},\n");
+        break;
+    default:
+        sb_add(b, "  \"rope_scaling\": null,\n");
+        break;
+    }
     sb_add(b, "  \"initializer_range\": %.9g,\n", (double)c->init_std);
     sb_add(b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");
     sb_add(b, "  \"hidden_act\": \"silu\",\n");
-    sb_add(b, "  \"attention_bias\": false,\n");
+    sb_add(b, "  \"attention_bias\": %s,\n", c->qkv_bias ? "true" : "false");
     sb_add(b, "  \"attention_dropout\": 0.0,\n");
     sb_add(b, "  \"mlp_bias\": false,\n");
     sb_add(b, "  \"pretraining_tp\": 1,\n");

@@ -244,14 +244,31 @@ START_TEST(test_rope)
     size_t n = (size_t)B * T * heads * dh;
     pair x = pair_new(n, 61, 1.0f);
     float *orig = download(&x);
+    double fr[32], *frc = NULL, *frg = NULL;
+    for (int i = 0; i < dh / 2; i++) fr[i] = pow(10000.0, -2.0 * i / dh);
+    OKC(cpu->iface->alloc(cpu, sizeof fr, (void **)&frc));
+    OKG(gpu->iface->alloc(gpu, sizeof fr, (void **)&frg));
+    OKC(cpu->iface->upload(cpu, frc, fr, sizeof fr));
+    OKG(gpu->iface->upload(gpu, frg, fr, sizeof fr));
     for (int inv = 0; inv < 2; inv++) {
-        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, 10000.0f, inv));
-        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, 10000.0f, inv));
+        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, frc, 1.0f, inv));
+        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, frg, 1.0f, inv));
         pair_check(&x, 1e-5, 1e-6, inv ? "rope inverse" : "rope");
     }
     /* forward then inverse is the identity (independent of the CPU) */
     float *back = download(&x);
     for (size_t i = 0; i < n; i++) ck_assert_msg(fabsf(back[i] - orig[i]) < 1e-5f, "rope roundtrip %zu", i);
+    /* a scaled table (llama3-like: low frequencies divided) with a cos/sin factor (yarn) */
+    for (int i = dh / 4; i < dh / 2; i++) fr[i] /= 8.0;
+    OKC(cpu->iface->upload(cpu, frc, fr, sizeof fr));
+    OKG(gpu->iface->upload(gpu, frg, fr, sizeof fr));
+    for (int inv = 0; inv < 2; inv++) {
+        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, frc, 1.1f, inv));
+        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, frg, 1.1f, inv));
+        pair_check(&x, 1e-5, 1e-6, inv ? "scaled rope inverse" : "scaled rope");
+    }
+    cpu->iface->free(cpu, frc);
+    gpu->iface->free(gpu, frg);
     free(orig);
     free(back);
     pair_free(&x);

@@ -140,6 +140,64 @@ def test_forward_backward_matches_torch(cfg_name, B, T):
         compare(model, ref, cfg["n_layers"], "%s B%d T%d" % (cfg_name, B, T))
 
 
+# Architecture variants (the architecture table's optional steps and RoPE
+# scalings): HF semantics re-derived in torch_llama.py. Positions up to 64 with
+# small original contexts so that every branch of llama3 / yarn is exercised.
+ARCH_VARIANTS = {
+    "qwen2_bias": dict(arch="qwen2", qkv_bias=True, rope_theta=1e6),
+    "llama3": dict(rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+                   rope_high_freq_factor=4.0, rope_original_max_pos=32, rope_theta=5e5),
+    # theta 100, d_head 6 or 8: wavelengths 6.3 ... 200 put frequencies in llama3's medium band
+    "llama3_medium": dict(rope_scaling="llama3", rope_factor=8.0, rope_low_freq_factor=1.0,
+                          rope_high_freq_factor=16.0, rope_original_max_pos=64, rope_theta=100.0),
+    "linear": dict(rope_scaling="linear", rope_factor=3.0),
+    # theta 100: yarn's correction range covers several frequencies (a real ramp)
+    "yarn": dict(rope_scaling="yarn", rope_factor=4.0, rope_original_max_pos=256, rope_theta=100.0),
+    "yarn_untruncated_af": dict(rope_scaling="yarn", rope_factor=2.5, rope_original_max_pos=200,
+                                rope_beta_fast=16.0, rope_beta_slow=2.0, rope_truncate=False,
+                                rope_attention_factor=1.3, rope_theta=100.0),
+    "qwen2_bias_llama3": dict(arch="qwen2", qkv_bias=True, rope_scaling="llama3", rope_factor=4.0,
+                              rope_low_freq_factor=1.0, rope_high_freq_factor=2.0,
+                              rope_original_max_pos=16),
+}
+
+
+def randomize_biases(model, rng, scale=0.3):
+    for name, shape in model.param_info():
+        if name.endswith(".bias"):
+            model.set_param(name, (scale * rng.standard_normal(shape)).astype(np.float32))
+
+
+@pytest.mark.parametrize("variant", sorted(ARCH_VARIANTS))
+@pytest.mark.parametrize("cfg_name,B,T", [("gqa_untied", 3, 64), ("mha_tied", 1, 7)])
+def test_architecture_variants_match_torch(variant, cfg_name, B, T):
+    model, cfg = make_model(cfg_name, seed=11 + T, **ARCH_VARIANTS[variant])
+    with model:
+        for k, v in ARCH_VARIANTS[variant].items():
+            assert cfg[k] == (pytest.approx(v) if isinstance(v, float) else v), k
+        rng = np.random.default_rng(T)
+        randomize_biases(model, rng)
+        tokens, targets = random_batch(rng, cfg["vocab_size"], B, T)
+        run_lib(model, tokens, targets)
+        ref = TorchLlama(cfg, torch_params(model)).run(tokens, targets)
+        compare(model, ref, cfg["n_layers"], "%s %s B%d T%d" % (variant, cfg_name, B, T))
+
+
+def test_rope_scaling_changes_the_model():
+    """Negative control: the scaled frequencies are used (a llama3 model differs
+    from plain RoPE at long positions), and the torch reference agrees."""
+    a, cfg = make_model("gqa_untied", seed=4)
+    b, cfg_b = make_model("gqa_untied", seed=4, **ARCH_VARIANTS["llama3"])
+    with a, b:
+        rng = np.random.default_rng(0)
+        tokens, targets = random_batch(rng, cfg["vocab_size"], 1, 64)
+        for n, _ in a.param_info():
+            b.set_param(n, a.get_param(n))
+        a.forward(tokens, targets)
+        b.forward(tokens, targets)
+        assert rel_err(a.logits(), b.logits()) > 1e-3
+
+
 def test_forward_without_targets_matches_torch():
     model, cfg = make_model("gqa_untied", seed=5)
     with model:
@@ -235,14 +293,20 @@ def _loss_at(model, tokens, targets):
     return float(model.forward(tokens, targets))
 
 
-@pytest.mark.parametrize("vscale", [None, "full"])
-def test_finite_differences_through_binding(vscale):
+@pytest.mark.parametrize("vscale,arch", [(None, None), ("full", None), (None, "qwen2_bias_llama3"),
+                                          (None, "yarn")])
+def test_finite_differences_through_binding(vscale, arch):
     """Central differences of the float32 loss along directions inside single
-    parameter tensors (and theta) against the analytic directional derivative."""
+    parameter tensors (and theta) against the analytic directional derivative;
+    also for q/k/v biases and scaled RoPE (arch: an ARCH_VARIANTS entry)."""
     cfg = dict(vocab_size=23, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2, d_head=4,
                d_ff=20, max_seq_len=16, tie_embeddings=0, init_std=0.3)
+    if arch:
+        cfg.update(ARCH_VARIANTS[arch])
+        cfg["rope_original_max_pos"] = 8  # max_seq_len 16: long positions relative to it
     with gsink.Model(gsink.Config(**cfg), seed=3, n_threads=1) as model:
         cfg = model.config.to_dict()
+        randomize_biases(model, np.random.default_rng(9))
         if vscale:
             model.vscale_enable(vscale, sigma=0.1, learnable_theta=True)
             model.theta = np.full(model.theta.shape, 0.3, dtype=np.float32)
@@ -258,6 +322,9 @@ def test_finite_differences_through_binding(vscale):
                  "model.layers.1.mlp.down_proj.weight", "model.norm.weight", "lm_head.weight"]
         if vscale:
             names += [theta_name(0), theta_name(1)]
+        if cfg["qkv_bias"]:
+            names += ["model.layers.0.self_attn.q_proj.bias", "model.layers.1.self_attn.k_proj.bias",
+                      "model.layers.0.self_attn.v_proj.bias", "model.layers.1.self_attn.q_proj.bias"]
         grads = {n: model.get_param_grad(n).astype(np.float64) for n in names
                  if not n.endswith("v_scale_theta")}
         if vscale:
@@ -299,7 +366,7 @@ def test_finite_differences_through_binding(vscale):
             print("  %-48s fd %+.6e analytic %+.6e rel %.1e" % (n, fd, analytic, err))
             worst = max(worst, err)
             assert err < 5e-3, "%s: finite difference %.6g vs analytic %.6g" % (n, fd, analytic)
-        print("\n[finite differences, vscale=%s] worst rel err %.2e" % (vscale, worst))
+        print("\n[finite differences, vscale=%s arch=%s] worst rel err %.2e" % (vscale, arch, worst))
 
 
 @pytest.mark.parametrize("variant", [{"rope": "interleaved"}, {"gqa": "tile"}],

@@ -19,6 +19,12 @@ SITES = ("resid_in", "attn_norm_out", "q", "k", "v", "v_scaled", "attn_out", "re
 
 CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff",
                "rms_eps", "rope_theta", "tie_embeddings")
+# Architecture fields (gsink_config since the architecture table) with the
+# library's defaults: plain Llama.
+ARCH_DEFAULTS = dict(max_seq_len=2048, qkv_bias=False, rope_scaling="default", rope_factor=1.0,
+                     rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_pos=0,
+                     rope_beta_fast=32.0, rope_beta_slow=1.0, rope_attention_factor=0.0,
+                     rope_truncate=True)
 
 
 def param_names(cfg, with_theta=False):
@@ -31,6 +37,9 @@ def param_names(cfg, with_theta=False):
                   p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight",
                   p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight",
                   p + "mlp.down_proj.weight"]
+        if cfg.get("qkv_bias"):
+            names += [p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias",
+                      p + "self_attn.v_proj.bias"]
         if with_theta:
             names.append(p + "self_attn.v_scale_theta")
     names.append("model.norm.weight")
@@ -48,14 +57,57 @@ def rotate_half(x):
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def rope_cos_sin(T, d_head, base, dtype):
-    """HF LlamaRotaryEmbedding: inv_freq_i = base^(-2i/d_head), angle = t*inv_freq,
-    duplicated over both halves."""
-    inv_freq = 1.0 / (base ** (torch.arange(0, d_head, 2, dtype=torch.float64) / d_head))
+def rope_inv_freq(cfg):
+    """Inverse frequencies and the cos/sin factor of HF transformers' rope
+    types (modeling_rope_utils: default, linear, llama3, yarn), in float64,
+    written from HF's formulas."""
+    c = dict(ARCH_DEFAULTS, **cfg)
+    dim, base = c["d_head"], float(c["rope_theta"])
+    inv = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    kind, factor = c["rope_scaling"], float(c["rope_factor"])
+    orig = c["rope_original_max_pos"] or c["max_seq_len"]
+    if kind == "default":
+        return inv, 1.0
+    if kind == "linear":
+        return inv / factor, 1.0
+    if kind == "llama3":
+        lo, hi = c["rope_low_freq_factor"], c["rope_high_freq_factor"]
+        wavelen = 2 * math.pi / inv
+        out = np.where(wavelen > orig / lo, inv / factor, inv)
+        smooth = (orig / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * out / factor + smooth * out
+        medium = ~(wavelen < orig / hi) & ~(wavelen > orig / lo)
+        return np.where(medium, smoothed, out), 1.0
+    if kind == "yarn":
+        def corr_dim(rot):
+            return dim * math.log(orig / (rot * 2 * math.pi)) / (2 * math.log(base))
+        low, high = corr_dim(c["rope_beta_fast"]), corr_dim(c["rope_beta_slow"])
+        if c["rope_truncate"]:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0, 1)
+        extra = 1 - ramp
+        inv = (inv / factor) * (1 - extra) + inv * extra
+        att = c["rope_attention_factor"] or (1.0 if factor <= 1 else 0.1 * math.log(factor) + 1.0)
+        return inv, att
+    raise ValueError("unknown rope_scaling %r" % kind)
+
+
+def rope_cos_sin(T, d_head, base, dtype, cfg=None):
+    """HF LlamaRotaryEmbedding: inv_freq_i = base^(-2i/d_head) (or a scaled
+    table, cfg's rope_scaling), angle = t*inv_freq, duplicated over both
+    halves; cos and sin times the attention factor (yarn)."""
+    if cfg is None:
+        inv, att = 1.0 / (base ** (np.arange(0, d_head, 2, dtype=np.float64) / d_head)), 1.0
+    else:
+        inv, att = rope_inv_freq(cfg)
+    inv_freq = torch.tensor(inv, dtype=torch.float64)
     t = torch.arange(T, dtype=torch.float64)
     freqs = torch.outer(t, inv_freq)
     emb = torch.cat((freqs, freqs), dim=-1)  # (T, d_head)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (att * emb.cos()).to(dtype), (att * emb.sin()).to(dtype)
 
 
 def apply_rope(x, cos, sin):
@@ -105,6 +157,7 @@ class TorchLlama:
 
     def __init__(self, cfg, params, vscale=None, dtype=torch.float64, variant=None):
         self.cfg = {k: cfg[k] for k in CONFIG_KEYS}
+        self.cfg.update({k: cfg.get(k, v) for k, v in ARCH_DEFAULTS.items()})
         # Deliberately wrong conventions, used only by negative-control tests
         # that check the comparison can tell them apart: {"rope": "interleaved"}
         # (GPT-J pairs instead of rotate_half), {"gqa": "tile"} (query head h
@@ -156,7 +209,7 @@ class TorchLlama:
         H, KV, dh = c["n_heads"], c["n_kv_heads"], c["d_head"]
         rep = H // KV
         eps = c["rms_eps"]
-        cos, sin = rope_cos_sin(T, dh, c["rope_theta"], self.dtype)
+        cos, sin = rope_cos_sin(T, dh, c["rope_theta"], self.dtype, c)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
         sites = {}
 
@@ -170,9 +223,15 @@ class TorchLlama:
             pre = "model.layers.%d." % l
             h = site(l, "resid_in", h)
             hn = site(l, "attn_norm_out", rms_norm(h, p[pre + "input_layernorm.weight"], eps))
-            q = (hn @ p[pre + "self_attn.q_proj.weight"].T).view(B, T, H, dh)
-            k = (hn @ p[pre + "self_attn.k_proj.weight"].T).view(B, T, KV, dh)
-            v = site(l, "v", hn @ p[pre + "self_attn.v_proj.weight"].T)
+            q = hn @ p[pre + "self_attn.q_proj.weight"].T
+            k = hn @ p[pre + "self_attn.k_proj.weight"].T
+            v = hn @ p[pre + "self_attn.v_proj.weight"].T
+            if c["qkv_bias"]:  # Qwen2: biases on q, k and v (before RoPE)
+                q = q + p[pre + "self_attn.q_proj.bias"]
+                k = k + p[pre + "self_attn.k_proj.bias"]
+                v = v + p[pre + "self_attn.v_proj.bias"]
+            q, k = q.view(B, T, H, dh), k.view(B, T, KV, dh)
+            v = site(l, "v", v)
             rope = apply_rope_interleaved if self.variant.get("rope") == "interleaved" else apply_rope
             q = site(l, "q", rope(q, cos, sin).reshape(B, T, H * dh))
             k = site(l, "k", rope(k, cos, sin).reshape(B, T, KV * dh))

@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -173,11 +174,19 @@ END_TEST
 /* Finite differences of the full model loss for a sample of every parameter.
  * The model runs in fp32, so a large init_std (sizeable gradients) and loose
  * tolerances; the exact float64 comparison lives in the PyTorch reference suite. */
-static void model_fd(int tie)
+static void model_fd(int tie, int arch)
 {
     gsink_config c;
     gsink_config_preset("micro", &c);
     c.tie_embeddings = tie;
+    if (arch) { /* q/k/v biases (qwen2) and llama3-scaled RoPE */
+        c.arch = GSINK_ARCH_QWEN2;
+        c.qkv_bias = 1;
+        c.rope_scaling = GSINK_ROPE_LLAMA3;
+        c.rope_factor = 4.0f;
+        c.rope_original_max_pos = 4;
+        c.rope_theta = 100.0f;
+    }
     c.init_std = 0.3f;
     c.n_kv_heads = 1;
     gsink_model_options o;
@@ -233,10 +242,82 @@ static void model_fd(int tie)
     gsink_model_free(m);
 }
 
-START_TEST(test_model_fd_untied) { model_fd(0); }
+START_TEST(test_model_fd_untied) { model_fd(0, 0); }
 END_TEST
 
-START_TEST(test_model_fd_tied) { model_fd(1); }
+START_TEST(test_model_fd_tied) { model_fd(1, 0); }
+END_TEST
+
+START_TEST(test_model_fd_qwen2_llama3) { model_fd(0, 1); }
+END_TEST
+
+/* The architecture fields: defaults, names, validation, and a caller's
+ * config of the size before them (an older program) keeps working. */
+START_TEST(test_config_architecture_fields)
+{
+    gsink_config c;
+    gsink_config_init(&c);
+    ck_assert_int_eq(c.arch, GSINK_ARCH_LLAMA);
+    ck_assert_int_eq(c.qkv_bias, 0);
+    ck_assert_int_eq(c.rope_scaling, GSINK_ROPE_NONE);
+    ck_assert_str_eq(gsink_arch_name(GSINK_ARCH_QWEN2), "qwen2");
+    ck_assert_str_eq(gsink_arch_name(GSINK_ARCH_MISTRAL), "mistral");
+    ck_assert_ptr_null(gsink_arch_name(99));
+    ck_assert_str_eq(gsink_rope_scaling_name(GSINK_ROPE_LLAMA3), "llama3");
+    ck_assert_str_eq(gsink_rope_scaling_name(GSINK_ROPE_YARN), "yarn");
+    ck_assert_ptr_null(gsink_rope_scaling_name(-1));
+    gsink_config b = c;
+    b.arch = 99;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b = c;
+    b.rope_scaling = 7;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b = c;
+    b.rope_scaling = GSINK_ROPE_LLAMA3;
+    b.rope_high_freq_factor = 0.5f; /* below low_freq_factor */
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b = c;
+    b.rope_scaling = GSINK_ROPE_LINEAR;
+    b.rope_factor = 0.0f;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b = c;
+    b.qkv_bias = 2;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+
+    /* An older caller: size up to init_std, garbage after it (not its memory). */
+    gsink_config old;
+    memset(&old, 0x7f, sizeof old);
+    size_t old_size = offsetof(gsink_config, init_std) + sizeof(float);
+    gsink_config_init_size(&old, old_size);
+    ck_assert_uint_eq(old.size, old_size);
+    ck_assert_int_eq(old.qkv_bias, 0x7f7f7f7f); /* not written past its size */
+    ck_assert_int_eq(gsink_config_validate(&old), GSINK_OK);
+    gsink_model *m;
+    ck_assert_int_eq(gsink_model_create(&old, NULL, &m), GSINK_OK);
+    gsink_config got;
+    gsink_config_init(&got);
+    ck_assert_int_eq(gsink_model_config(m, &got), GSINK_OK);
+    ck_assert_int_eq(got.arch, GSINK_ARCH_LLAMA);
+    ck_assert_int_eq(got.qkv_bias, 0);
+    ck_assert_int_eq(got.rope_scaling, GSINK_ROPE_NONE);
+    size_t np = 0;
+    gsink_param_count(m, &np);
+    ck_assert_uint_eq(np, 1 + (size_t)got.n_layers * 9 + 1 + (got.tie_embeddings ? 0 : 1));
+    gsink_model_free(m);
+
+    /* q/k/v biases: three more parameters per layer, zero-initialised (HF). */
+    c.qkv_bias = 1;
+    c.arch = GSINK_ARCH_QWEN2;
+    ck_assert_int_eq(gsink_model_create(&c, NULL, &m), GSINK_OK);
+    gsink_param_count(m, &np);
+    ck_assert_uint_eq(np, 1 + (size_t)c.n_layers * 12 + 1 + (c.tie_embeddings ? 0 : 1));
+    size_t kd = (size_t)c.n_kv_heads * c.d_head;
+    float *bias = malloc(kd * sizeof *bias);
+    ck_assert_int_eq(gsink_get_param(m, "model.layers.1.self_attn.v_proj.bias", bias, kd), GSINK_OK);
+    for (size_t i = 0; i < kd; i++) ck_assert(bias[i] == 0.0f);
+    free(bias);
+    gsink_model_free(m);
+}
 END_TEST
 
 START_TEST(test_gradient_accumulation_and_zero)
@@ -346,6 +427,8 @@ int main(void)
     tcase_add_test(tc, test_residual_sites_are_consistent);
     tcase_add_test(tc, test_model_fd_untied);
     tcase_add_test(tc, test_model_fd_tied);
+    tcase_add_test(tc, test_model_fd_qwen2_llama3);
+    tcase_add_test(tc, test_config_architecture_fields);
     tcase_add_test(tc, test_gradient_accumulation_and_zero);
     tcase_add_test(tc, test_threads_do_not_change_results);
     tcase_add_test(tc, test_vscale_modes_through_model);

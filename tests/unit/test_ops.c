@@ -89,30 +89,36 @@ START_TEST(test_rope)
 {
     enum { B = 2, T = 5, Hh = 3, DH = 6 };
     float x[B * T * Hh * DH], y[B * T * Hh * DH], R[B * T * Hh * DH], g[B * T * Hh * DH];
+    double fr[DH / 2];
     tu_fill(x, sizeof x / 4, 4, 1.0f);
     tu_fill(R, sizeof R / 4, 5, 1.0f);
-    memcpy(y, x, sizeof x);
-    F->rope(be, y, B, T, Hh, DH, 10000.0f, 0);
-    /* HF rotate_half reference */
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < Hh; h++)
-                for (int i = 0; i < DH / 2; i++) {
-                    double f = pow(10000.0, -2.0 * i / DH), c = cos(t * f), s = sin(t * f);
-                    size_t o = (((size_t)b * T + t) * Hh + h) * DH;
-                    double x1 = x[o + i], x2 = x[o + i + DH / 2];
-                    ck_assert(tu_close(y[o + i], x1 * c - x2 * s, 1e-5, 1e-6));
-                    ck_assert(tu_close(y[o + i + DH / 2], x2 * c + x1 * s, 1e-5, 1e-6));
-                }
-    /* the inverse rotation undoes it, and is the transpose (= gradient map) */
-    F->rope(be, y, B, T, Hh, DH, 10000.0f, 1);
-    for (size_t i = 0; i < sizeof x / 4; i++) ck_assert(tu_close(y[i], x[i], 1e-5, 1e-6));
-    memcpy(g, R, sizeof R);
-    F->rope(be, g, B, T, Hh, DH, 10000.0f, 1);
-    float tmp[B * T * Hh * DH];
-#define ROPE_LOSS (memcpy(tmp, x, sizeof x), F->rope(be, tmp, B, T, Hh, DH, 10000.0f, 0), tu_dot(tmp, R, sizeof R / 4))
-    FD_CHECK(x, sizeof x / 4, g, ROPE_LOSS, 1e-2, 1e-3);
+    /* plain RoPE (scale 1), then a scaled table with a cos/sin factor (yarn) */
+    for (int pass = 0; pass < 2; pass++) {
+        float sc = pass ? 1.25f : 1.0f;
+        for (int i = 0; i < DH / 2; i++) fr[i] = pow(10000.0, -2.0 * i / DH) / (pass ? 3.0 : 1.0);
+        memcpy(y, x, sizeof x);
+        F->rope(be, y, B, T, Hh, DH, fr, sc, 0);
+        /* HF rotate_half reference */
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < Hh; h++)
+                    for (int i = 0; i < DH / 2; i++) {
+                        double f = fr[i], c = sc * cos(t * f), s = sc * sin(t * f);
+                        size_t o = (((size_t)b * T + t) * Hh + h) * DH;
+                        double x1 = x[o + i], x2 = x[o + i + DH / 2];
+                        ck_assert(tu_close(y[o + i], x1 * c - x2 * s, 1e-5, 1e-6));
+                        ck_assert(tu_close(y[o + i + DH / 2], x2 * c + x1 * s, 1e-5, 1e-6));
+                    }
+        /* the inverse rotation undoes it (up to sc^2), and is the transpose (= gradient map) */
+        F->rope(be, y, B, T, Hh, DH, fr, sc, 1);
+        for (size_t i = 0; i < sizeof x / 4; i++) ck_assert(tu_close(y[i], x[i] * sc * sc, 1e-5, 1e-6));
+        memcpy(g, R, sizeof R);
+        F->rope(be, g, B, T, Hh, DH, fr, sc, 1);
+        float tmp[B * T * Hh * DH];
+#define ROPE_LOSS (memcpy(tmp, x, sizeof x), F->rope(be, tmp, B, T, Hh, DH, fr, sc, 0), tu_dot(tmp, R, sizeof R / 4))
+        FD_CHECK(x, sizeof x / 4, g, ROPE_LOSS, 1e-2, 1e-3);
 #undef ROPE_LOSS
+    }
 }
 END_TEST
 

@@ -292,12 +292,36 @@ def _resolve_site(site, layer):
 # configuration
 
 
+def _enum_name(fn, v):
+    """Name of an enum value from a gsink_*_name function (the int if unknown)."""
+    name = fn(int(v))
+    return name.decode() if name else int(v)
+
+
+def _enum_value(fn, v, field):
+    """Enum value of a name ("qwen2") or an int."""
+    if isinstance(v, str):
+        for i in range(64):
+            name = fn(i)
+            if name is not None and name.decode() == v:
+                return i
+        raise ValueError("unknown %s %r" % (field, v))
+    return v
+
+
 class Config:
     """Model configuration (gsink_config). Config() starts from the library's
     default ("tiny"); keyword arguments override fields."""
 
     FIELDS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_head", "d_ff",
-              "max_seq_len", "rms_eps", "rope_theta", "tie_embeddings", "init_std")
+              "max_seq_len", "rms_eps", "rope_theta", "tie_embeddings", "init_std",
+              "arch", "qkv_bias", "rope_scaling", "rope_factor", "rope_low_freq_factor",
+              "rope_high_freq_factor", "rope_original_max_pos", "rope_beta_fast", "rope_beta_slow",
+              "rope_attention_factor", "rope_truncate")
+    # arch and rope_scaling are names ("qwen2", "llama3"); integers are accepted too
+    _BOOLS = ("tie_embeddings", "qkv_bias", "rope_truncate")
+    _FLOATS = ("rms_eps", "rope_theta", "init_std", "rope_factor", "rope_low_freq_factor",
+               "rope_high_freq_factor", "rope_beta_fast", "rope_beta_slow", "rope_attention_factor")
 
     def __init__(self, **fields):
         c = L.Config()
@@ -325,7 +349,11 @@ class Config:
     def _set_from_c(self, c):
         for f in self.FIELDS:
             v = getattr(c, f)
-            setattr(self, f, bool(v) if f == "tie_embeddings" else v)
+            if f == "arch":
+                v = _enum_name(_lib.gsink_arch_name, v)
+            elif f == "rope_scaling":
+                v = _enum_name(_lib.gsink_rope_scaling_name, v)
+            setattr(self, f, bool(v) if f in self._BOOLS else v)
 
     def update(self, **fields):
         for k, v in fields.items():
@@ -339,7 +367,11 @@ class Config:
         c.size = L.Config.known_size
         for f in self.FIELDS:
             v = getattr(self, f)
-            if f in ("rms_eps", "rope_theta", "init_std"):
+            if f == "arch":
+                v = _enum_value(_lib.gsink_arch_name, v, f)
+            elif f == "rope_scaling":
+                v = _enum_value(_lib.gsink_rope_scaling_name, v, f)
+            if f in self._FLOATS:
                 setattr(c, f, float(v))
             else:
                 setattr(c, f, _cint(v, f))

@@ -67,6 +67,17 @@ class Config(ctypes.Structure):
         ("rope_theta", c_float),
         ("tie_embeddings", c_int32),
         ("init_std", c_float),
+        ("arch", c_int32),
+        ("qkv_bias", c_int32),
+        ("rope_scaling", c_int32),
+        ("rope_factor", c_float),
+        ("rope_low_freq_factor", c_float),
+        ("rope_high_freq_factor", c_float),
+        ("rope_original_max_pos", c_int32),
+        ("rope_beta_fast", c_float),
+        ("rope_beta_slow", c_float),
+        ("rope_attention_factor", c_float),
+        ("rope_truncate", c_int32),
     ])
 
 
@@ -143,6 +154,8 @@ PROTOTYPES = {
     "gsink_config_preset_size": (S, [c_char_p, POINTER(Config), c_size_t]),
     "gsink_config_preset_name": (c_char_p, [c_int]),
     "gsink_config_validate": (S, [POINTER(Config)]),
+    "gsink_arch_name": (c_char_p, [c_int]),
+    "gsink_rope_scaling_name": (c_char_p, [c_int]),
     # models
     "gsink_model_options_init_size": (None, [POINTER(ModelOptions), c_size_t]),
     "gsink_model_create": (S, [POINTER(Config), POINTER(ModelOptions), POINTER(c_void_p)]),

@@ -90,12 +90,23 @@ pub struct gsink_config {
     pub rope_theta: f32,
     pub tie_embeddings: i32,
     pub init_std: f32,
+    pub arch: i32,
+    pub qkv_bias: i32,
+    pub rope_scaling: i32,
+    pub rope_factor: f32,
+    pub rope_low_freq_factor: f32,
+    pub rope_high_freq_factor: f32,
+    pub rope_original_max_pos: i32,
+    pub rope_beta_fast: f32,
+    pub rope_beta_slow: f32,
+    pub rope_attention_factor: f32,
+    pub rope_truncate: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_config() {
     assert_eq!(
         ::std::mem::size_of::<gsink_config>(),
-        56usize,
+        104usize,
         concat!("Size of: ", stringify!(gsink_config))
     );
     assert_eq!(
@@ -324,6 +335,208 @@ fn bindgen_test_layout_gsink_config() {
         );
     }
     test_field_init_std();
+    fn test_field_arch() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).arch) as usize - ptr as usize
+            },
+            56usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(arch)
+            )
+        );
+    }
+    test_field_arch();
+    fn test_field_qkv_bias() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).qkv_bias) as usize - ptr as usize
+            },
+            60usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(qkv_bias)
+            )
+        );
+    }
+    test_field_qkv_bias();
+    fn test_field_rope_scaling() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_scaling) as usize - ptr as usize
+            },
+            64usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_scaling)
+            )
+        );
+    }
+    test_field_rope_scaling();
+    fn test_field_rope_factor() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_factor) as usize - ptr as usize
+            },
+            68usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_factor)
+            )
+        );
+    }
+    test_field_rope_factor();
+    fn test_field_rope_low_freq_factor() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_low_freq_factor) as usize - ptr as usize
+            },
+            72usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_low_freq_factor)
+            )
+        );
+    }
+    test_field_rope_low_freq_factor();
+    fn test_field_rope_high_freq_factor() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_high_freq_factor) as usize - ptr as usize
+            },
+            76usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_high_freq_factor)
+            )
+        );
+    }
+    test_field_rope_high_freq_factor();
+    fn test_field_rope_original_max_pos() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_original_max_pos) as usize - ptr as usize
+            },
+            80usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_original_max_pos)
+            )
+        );
+    }
+    test_field_rope_original_max_pos();
+    fn test_field_rope_beta_fast() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_beta_fast) as usize - ptr as usize
+            },
+            84usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_beta_fast)
+            )
+        );
+    }
+    test_field_rope_beta_fast();
+    fn test_field_rope_beta_slow() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_beta_slow) as usize - ptr as usize
+            },
+            88usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_beta_slow)
+            )
+        );
+    }
+    test_field_rope_beta_slow();
+    fn test_field_rope_attention_factor() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_attention_factor) as usize - ptr as usize
+            },
+            92usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_attention_factor)
+            )
+        );
+    }
+    test_field_rope_attention_factor();
+    fn test_field_rope_truncate() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_truncate) as usize - ptr as usize
+            },
+            96usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_truncate)
+            )
+        );
+    }
+    test_field_rope_truncate();
+}
+pub const gsink_arch_GSINK_ARCH_LLAMA: gsink_arch = 0;
+pub const gsink_arch_GSINK_ARCH_MISTRAL: gsink_arch = 1;
+pub const gsink_arch_GSINK_ARCH_QWEN2: gsink_arch = 2;
+pub type gsink_arch = ::std::os::raw::c_uint;
+pub const gsink_rope_scaling_GSINK_ROPE_NONE: gsink_rope_scaling = 0;
+pub const gsink_rope_scaling_GSINK_ROPE_LINEAR: gsink_rope_scaling = 1;
+pub const gsink_rope_scaling_GSINK_ROPE_LLAMA3: gsink_rope_scaling = 2;
+pub const gsink_rope_scaling_GSINK_ROPE_YARN: gsink_rope_scaling = 3;
+pub type gsink_rope_scaling = ::std::os::raw::c_uint;
+extern "C" {
+    pub fn gsink_arch_name(arch: ::std::os::raw::c_int) -> *const ::std::os::raw::c_char;
+}
+extern "C" {
+    pub fn gsink_rope_scaling_name(type_: ::std::os::raw::c_int) -> *const ::std::os::raw::c_char;
 }
 extern "C" {
     pub fn gsink_config_init_size(cfg: *mut gsink_config, size: usize);

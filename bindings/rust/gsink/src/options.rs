@@ -21,6 +21,20 @@ pub struct Config {
     pub rope_theta: f32,
     pub tie_embeddings: bool,
     pub init_std: f32,
+    /// Architecture (`gsink_arch`: 0 llama, 1 mistral, 2 qwen2); see `arch_name`.
+    pub arch: i32,
+    /// q, k and v projections carry biases (Qwen2).
+    pub qkv_bias: bool,
+    /// RoPE scaling (`gsink_rope_scaling`: 0 none, 1 linear, 2 llama3, 3 yarn).
+    pub rope_scaling: i32,
+    pub rope_factor: f32,
+    pub rope_low_freq_factor: f32,
+    pub rope_high_freq_factor: f32,
+    pub rope_original_max_pos: i32,
+    pub rope_beta_fast: f32,
+    pub rope_beta_slow: f32,
+    pub rope_attention_factor: f32,
+    pub rope_truncate: bool,
 }
 
 impl Default for Config {
@@ -48,6 +62,17 @@ pub(crate) fn empty_config() -> sys::gsink_config {
         rope_theta: 0.0,
         tie_embeddings: 0,
         init_std: 0.0,
+        arch: 0,
+        qkv_bias: 0,
+        rope_scaling: 0,
+        rope_factor: 0.0,
+        rope_low_freq_factor: 0.0,
+        rope_high_freq_factor: 0.0,
+        rope_original_max_pos: 0,
+        rope_beta_fast: 0.0,
+        rope_beta_slow: 0.0,
+        rope_attention_factor: 0.0,
+        rope_truncate: 0,
     }
 }
 
@@ -97,6 +122,17 @@ impl Config {
             rope_theta: self.rope_theta,
             tie_embeddings: self.tie_embeddings as i32,
             init_std: self.init_std,
+            arch: self.arch,
+            qkv_bias: self.qkv_bias as i32,
+            rope_scaling: self.rope_scaling,
+            rope_factor: self.rope_factor,
+            rope_low_freq_factor: self.rope_low_freq_factor,
+            rope_high_freq_factor: self.rope_high_freq_factor,
+            rope_original_max_pos: self.rope_original_max_pos,
+            rope_beta_fast: self.rope_beta_fast,
+            rope_beta_slow: self.rope_beta_slow,
+            rope_attention_factor: self.rope_attention_factor,
+            rope_truncate: self.rope_truncate as i32,
         }
     }
 
@@ -114,7 +150,32 @@ impl Config {
             rope_theta: raw.rope_theta,
             tie_embeddings: raw.tie_embeddings != 0,
             init_std: raw.init_std,
+            arch: raw.arch,
+            qkv_bias: raw.qkv_bias != 0,
+            rope_scaling: raw.rope_scaling,
+            rope_factor: raw.rope_factor,
+            rope_low_freq_factor: raw.rope_low_freq_factor,
+            rope_high_freq_factor: raw.rope_high_freq_factor,
+            rope_original_max_pos: raw.rope_original_max_pos,
+            rope_beta_fast: raw.rope_beta_fast,
+            rope_beta_slow: raw.rope_beta_slow,
+            rope_attention_factor: raw.rope_attention_factor,
+            rope_truncate: raw.rope_truncate != 0,
         }
+    }
+
+    /// Name of the architecture ("llama", "mistral", "qwen2"), if the library knows it.
+    pub fn arch_name(&self) -> Option<String> {
+        // SAFETY: returns a static string or NULL.
+        let p = unsafe { sys::gsink_arch_name(self.arch) };
+        if p.is_null() { None } else { Some(unsafe { cstr_lossy(p) }) }
+    }
+
+    /// Name of the RoPE scaling ("default", "linear", "llama3", "yarn"), if known.
+    pub fn rope_scaling_name(&self) -> Option<String> {
+        // SAFETY: returns a static string or NULL.
+        let p = unsafe { sys::gsink_rope_scaling_name(self.rope_scaling) };
+        if p.is_null() { None } else { Some(unsafe { cstr_lossy(p) }) }
     }
 }
 

@@ -235,3 +235,19 @@ fn memory_accounting() {
     assert!(b1 > b0 && p1 >= b1);
     assert_eq!(m.memory(false).unwrap(), (b1, b1)); // the peak restarted from the live bytes
 }
+
+#[test]
+fn loads_a_qwen2_checkpoint_with_its_architecture() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../tests/data/hf-archs/qwen2");
+    let opts = ModelOptions { n_threads: 1, ..ModelOptions::default() };
+    let mut m = Model::load(&dir, Some(&opts)).unwrap();
+    let cfg = m.config().unwrap();
+    assert_eq!(cfg.arch_name().as_deref(), Some("qwen2"));
+    assert!(cfg.qkv_bias);
+    assert_eq!(cfg.rope_scaling_name().as_deref(), Some("default"));
+    let bias = m.get_param("model.layers.0.self_attn.q_proj.bias").unwrap();
+    assert_eq!(bias.len(), (cfg.n_heads * cfg.d_head) as usize);
+    assert!(bias.iter().any(|&v| v != 0.0));
+    let llama31 = Model::load(dir.join("../llama31"), Some(&opts)).unwrap();
+    assert_eq!(llama31.config().unwrap().rope_scaling_name().as_deref(), Some("llama3"));
+}
