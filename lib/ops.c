@@ -115,6 +115,8 @@ const char *gsink_ops_errmsg(const gsink_ops *ops)
     return ops->errmsg;
 }
 
+gsink_backend *gsink__ops_backend(gsink_ops *ops) { return ops ? ops->be : NULL; }
+
 static gsink_status be_fail(gsink_ops *ops, gsink_status st, const char *what)
 {
     if (st == GSINK_OK) return st;
