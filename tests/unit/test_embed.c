@@ -12,7 +12,7 @@
 #include <string.h>
 
 #include "../common/testutil.h"
-#include "gsink.h"
+#include "internal.h" /* GSINK__OWNER: the busy test */
 
 #define L_CHECK 1 /* the layer compared */
 
@@ -574,6 +574,27 @@ START_TEST(test_bad_arguments)
 }
 END_TEST
 
+/* A handle another thread is inside a call on: every call answers
+ * GSINK_ERR_BUSY at once, and free frees nothing. */
+START_TEST(test_busy_handle)
+{
+    gsink_ops *ops = cpu_ops();
+    gsink__owner *ow = GSINK__OWNER(ops);
+    atomic_store(ow, (uintptr_t)0x1234); /* not this thread's id */
+    gsink_attn_desc ad;
+    gsink_attn_desc_init(&ad);
+    float x[64] = {0};
+    ck_assert_int_eq(gsink_ops_attention_forward(ops, &ad, x, x, x, x, x, NULL, NULL, NULL), GSINK_ERR_BUSY);
+    ck_assert_int_eq(gsink_ops_set_stream(ops, NULL), GSINK_ERR_BUSY);
+    ck_assert(strstr(gsink_ops_errmsg(ops), "another thread") != NULL);
+    gsink_ops_free(ops); /* refused: the handle stays valid */
+    ck_assert(strstr(gsink_last_error(), "another thread") != NULL);
+    atomic_store(ow, (uintptr_t)0);
+    ck_assert_int_eq(gsink_ops_set_stream(ops, NULL), GSINK_OK);
+    gsink_ops_free(ops);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("embed");
@@ -587,6 +608,7 @@ int main(void)
     tcase_add_loop_test(tc, test_attention_finite_differences, 0, 2);
     tcase_add_loop_test(tc, test_vscale_finite_differences, 0, 2);
     tcase_add_test(tc, test_bad_arguments);
+    tcase_add_test(tc, test_busy_handle);
     suite_add_tcase(s, tc);
     return tu_run_suite(s, 1) ? EXIT_FAILURE : EXIT_SUCCESS;
 }
