@@ -493,7 +493,7 @@ static gsink_status stats_dm(gsink_backend *be, const gsink_attn_shape *s, const
 {
     if (!stats.mass && !stats.sq && !stats.win) return GSINK_OK;
     const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
-    const float scale = 1.0f / sqrtf((float)s->d_head);
+    const float scale = gsink_attn_scale(s);
     gsink_status rc = smem_fits(be, stats_smem<DM>(), "attention statistics");
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_stats<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, stats_smem<DM>(),
@@ -508,7 +508,7 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
 {
     cudaStream_t st = CUDA_CTX(be)->stream;
     const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
-    const float scale = 1.0f / sqrtf((float)s->d_head);
+    const float scale = gsink_attn_scale(s);
     dim3 grid(nb, s->n_heads, s->batch);
     gsink_status rc = smem_fits(be, fwd_smem<DM>(), "attention forward");
     if (rc) return rc;
@@ -568,7 +568,7 @@ static gsink_status bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
 {
     cudaStream_t st = CUDA_CTX(be)->stream;
     const int T = s->seq, nb = (T + ATT_BR - 1) / ATT_BR;
-    const float scale = 1.0f / sqrtf((float)s->d_head);
+    const float scale = gsink_attn_scale(s);
     gsink_status rc = smem_fits(be, bwd_kv_smem<DM>(), "attention backward (dK, dV)");
     if (!rc) rc = smem_fits(be, bwd_q_smem<DM>(), "attention backward (dQ)");
     if (rc) return rc;

@@ -754,7 +754,7 @@ static gsink_status tc_fwd_dm(gsink_backend *be, const gsink_attn_shape *s, floa
                               const float *q, const float *k, const float *v)
 {
     const int T = s->seq, nb = (T + TC_BQ - 1) / TC_BQ;
-    const float scale = 1.0f / sqrtf((float)s->d_head);
+    const float scale = gsink_attn_scale(s);
     const int vec4 = s->d_head % 4 == 0 && tc_aligned(q) && tc_aligned(k) && tc_aligned(v);
     /* (named first: a template-id would split the macro's arguments) */
     auto kern = k_tc_fwd<P, DM>;
@@ -788,7 +788,7 @@ static gsink_status tc_bwd_dm(gsink_backend *be, const gsink_attn_shape *s, floa
     cudaStream_t st = CUDA_CTX(be)->stream;
     const int T = s->seq, nb = (T + TC_BQ - 1) / TC_BQ;
     const int H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads, dh = s->d_head;
-    const float scale = 1.0f / sqrtf((float)dh);
+    const float scale = gsink_attn_scale(s);
     const int vec4 = dh % 4 == 0 && tc_aligned(q) && tc_aligned(k) && tc_aligned(v) && tc_aligned(dy);
     auto kern_kv = k_tc_bwd_kv<P, DM>;
     auto kern_q = k_tc_bwd_q<P, DM>;

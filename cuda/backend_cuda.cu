@@ -129,9 +129,10 @@ static void cuda_destroy(gsink_backend *be)
     if (c) {
         cudaSetDevice(c->device);
         if (c->stream) cudaStreamSynchronize(c->stream);
+        if (c->own_stream && c->own_stream != c->stream) cudaStreamSynchronize(c->own_stream);
         if (c->scratch) cudaFree(c->scratch);
         if (c->blas) cublasDestroy(c->blas);
-        if (c->stream) cudaStreamDestroy(c->stream);
+        if (c->own_stream) cudaStreamDestroy(c->own_stream); /* a borrowed stream stays */
         cudaGetLastError();
         gsink_memtrack_free(&c->mem);
         free(c);
@@ -298,6 +299,31 @@ static gsink_status cuda_gemm(gsink_backend *be, int trans_a, int trans_b, int M
 /* Table and module entry                                                    */
 /* ------------------------------------------------------------------------ */
 
+/* Ops run on the caller's stream (borrowed) or, for NULL, on our own again.
+ * The work queued on the stream we leave is finished first: the scratch
+ * buffer is shared by every stream the backend runs on. */
+static gsink_status cuda_set_stream(gsink_backend *be, void *stream)
+{
+    cuda_ctx *c = CUDA_CTX(be);
+    cudaStream_t want = stream ? (cudaStream_t)stream : c->own_stream;
+    if (want == c->stream) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    st = cuda_check(be, cudaStreamSynchronize(c->stream), "set_stream (synchronize the previous stream)");
+    if (st) return st;
+    st = cublas_check(be, cublasSetStream(c->blas, want), "cublasSetStream");
+    if (st) return st;
+    c->stream = want;
+    return GSINK_OK;
+}
+
+static gsink_status cuda_synchronize(gsink_backend *be)
+{
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    return cuda_check(be, cudaStreamSynchronize(CUDA_CTX(be)->stream), "cudaStreamSynchronize");
+}
+
 static gsink_backend_iface make_iface(void)
 {
     gsink_backend_iface t;
@@ -336,6 +362,8 @@ static gsink_backend_iface make_iface(void)
     t.batch_sum = cuda_batch_sum;
     t.sumsq = cuda_sumsq;
     t.adamw = cuda_adamw;
+    t.set_stream = cuda_set_stream;
+    t.synchronize = cuda_synchronize;
     return t;
 }
 
@@ -401,6 +429,7 @@ static gsink_status mod_create(int index, gsink_backend **out, char *msg, size_t
                  p.minor, p.multiProcessorCount);
         st = cuda_check(be, cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking),
                         "cudaStreamCreate");
+        c->own_stream = c->stream;
     }
     if (!st) st = cublas_check(be, cublasCreate(&c->blas), "cublasCreate");
     if (!st) st = cublas_check(be, cublasSetStream(c->blas, c->stream), "cublasSetStream");

@@ -23,7 +23,8 @@
 
 struct cuda_ctx {
     int device;
-    cudaStream_t stream;
+    cudaStream_t stream;     /* where ops run: own_stream, or a caller's (set_stream) */
+    cudaStream_t own_stream; /* created with the backend, destroyed with it */
     cublasHandle_t blas;
     int math;              /* GSINK_CUDA_MATH_* */
     void *scratch;         /* stream-ordered temporary buffer, grown on demand */

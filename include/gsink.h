@@ -519,6 +519,187 @@ GSINK_API gsink_status gsink_vscale_set_theta(gsink_model *model, const float *d
 GSINK_API gsink_status gsink_vscale_get_theta_grad(gsink_model *model, float *out, size_t count);
 
 /* ------------------------------------------------------------------------ */
+/* Operations on caller buffers (embedding; since 0.1.0)                    */
+/* ------------------------------------------------------------------------ */
+
+/* The model's attention and V-scale kernels, run on buffers the caller owns
+ * (docs/embedding.md). An ops handle holds one backend: the CPU (buffers are
+ * host pointers; the call returns when the results are written) or a CUDA
+ * device (buffers are device pointers of that device; the CUDA module is
+ * loaded at run time as for models). On CUDA the ops run on the handle's own
+ * stream and the call waits for them, unless gsink_ops_set_stream gave the
+ * caller's stream: then they are only queued on it, in order with the
+ * caller's other work, and the caller synchronises as for its own kernels.
+ * An ops handle is used by one thread at a time (GSINK_ERR_BUSY otherwise).
+ *
+ * Layout (GSINK_ATTN_LAYOUT_BTHD, the only one): row-major, contiguous,
+ *   q, out, dq, dout  (batch, seq, n_heads,    d_head)
+ *   k, dk             (batch, seq, n_kv_heads, d_head)
+ *   v, dv             (batch, seq, n_v_heads,  d_head)
+ *   lse, col_*        (batch, n_heads, seq)
+ * i.e. element (b, t, h, i) of q is q[((b*seq + t)*n_heads + h)*d_head + i].
+ * Query head h reads key head h / (n_heads/n_kv_heads) and value head
+ * h / (n_heads/n_v_heads). Attention is causal. */
+typedef struct gsink_ops gsink_ops;
+
+typedef struct gsink_ops_options {
+    size_t size;          /* sizeof(gsink_ops_options) */
+    int32_t device;       /* gsink_device_kind, default CPU */
+    int32_t device_index; /* default 0 */
+    int32_t n_threads;    /* CPU threads: 0 (default) = one per CPU this process may
+                           * run on; at most gsink_max_threads() */
+} gsink_ops_options;
+
+GSINK_API void gsink_ops_options_init_size(gsink_ops_options *opts, size_t size);
+#define gsink_ops_options_init(opts) gsink_ops_options_init_size((opts), sizeof *(opts))
+/* Creates an ops handle (opts may be NULL: the CPU). No CUDA device:
+ * GSINK_ERR_NO_DEVICE. On failure *out is NULL. */
+GSINK_API gsink_status gsink_ops_create(const gsink_ops_options *opts, gsink_ops **out);
+/* Frees an ops handle (NULL is allowed; refused like gsink_model_free while
+ * another thread uses it). A borrowed stream is synchronised, not destroyed. */
+GSINK_API void gsink_ops_free(gsink_ops *ops);
+/* Last error message of the handle ("" if none). */
+GSINK_API const char *gsink_ops_errmsg(const gsink_ops *ops);
+/* CUDA: later ops are queued on stream (a cudaStream_t, borrowed; it must
+ * outlive its use by the handle) and return without waiting; NULL returns to
+ * the handle's own stream and synchronous calls. Work queued on the previous
+ * stream is finished first. CPU: only NULL is accepted
+ * (GSINK_ERR_INVALID_ARGUMENT otherwise). */
+GSINK_API gsink_status gsink_ops_set_stream(gsink_ops *ops, void *stream);
+
+typedef enum gsink_attn_layout {
+    GSINK_ATTN_LAYOUT_BTHD = 0 /* (batch, seq, heads, d_head) contiguous */
+} gsink_attn_layout;
+
+/* Attention shape. n_heads must be a multiple of n_kv_heads; n_v_heads is
+ * n_kv_heads or n_heads (V-scale per query head). */
+typedef struct gsink_attn_desc {
+    size_t size;           /* sizeof(gsink_attn_desc), set by gsink_attn_desc_init */
+    int32_t batch;         /* >= 1 */
+    int32_t seq;           /* >= 1 */
+    int32_t n_heads;       /* query heads */
+    int32_t n_kv_heads;    /* key heads */
+    int32_t n_v_heads;     /* value heads */
+    int32_t d_head;        /* 1..256 */
+    float softmax_scale;   /* scores are softmax_scale * q.k; 0 (default) = 1/sqrt(d_head) */
+    int32_t sink_window;   /* T_eps of col_win, default 64, >= 1 */
+    int32_t layout;        /* gsink_attn_layout, default BTHD */
+} gsink_attn_desc;
+
+/* Fills a descriptor with the defaults (all shape fields 0) and sets size. */
+GSINK_API void gsink_attn_desc_init_size(gsink_attn_desc *desc, size_t size);
+#define gsink_attn_desc_init(desc) gsink_attn_desc_init_size((desc), sizeof *(desc))
+
+/* Causal attention forward, exactly the model's kernel: out = softmax(scale
+ * q k^T + causal mask) v and lse[b,h,t] = log-sum-exp of row t's scaled
+ * scores (needed by the backward). The column statistics of the
+ * probabilities a_ts are summed inside the kernel, each (batch, n_heads,
+ * seq), any of them NULL to skip: col_mass[s] = M_s = sum_{t>=s} a_ts,
+ * col_sq[s] = S_s = sum_{t>=s} a_ts^2, col_win[s] = sum_{t=s}^{min(seq-1,
+ * s+T_eps-1)} a_ts (gsink_metric_sink_scores turns it into alpha_s^h).
+ * Status: NULL_ARGUMENT (ops, desc, q, k, v, out, lse), INVALID_ARGUMENT
+ * (desc->size wrong, bad shape, scale or window), UNSUPPORTED (layout), or
+ * the backend's failure. */
+GSINK_API gsink_status gsink_ops_attention_forward(gsink_ops *ops, const gsink_attn_desc *desc,
+                                                   const float *q, const float *k, const float *v,
+                                                   float *out, float *lse, float *col_mass,
+                                                   float *col_sq, float *col_win);
+/* Attention backward from dout = dL/dout, the forward's q, k, v, out and
+ * lse: dq, dk, dv written (not accumulated). The column statistics (any may
+ * be NULL) are recomputed as in the forward (the CUDA model takes them
+ * here). */
+GSINK_API gsink_status gsink_ops_attention_backward(gsink_ops *ops, const gsink_attn_desc *desc,
+                                                    const float *q, const float *k,
+                                                    const float *v, const float *out,
+                                                    const float *lse, const float *dout,
+                                                    float *dq, float *dk, float *dv,
+                                                    float *col_mass, float *col_sq,
+                                                    float *col_win);
+/* The column statistics alone, from q, k and the forward's lse (at least one
+ * output must be given). */
+GSINK_API gsink_status gsink_ops_attention_stats(gsink_ops *ops, const gsink_attn_desc *desc,
+                                                 const float *q, const float *k,
+                                                 const float *lse, float *col_mass,
+                                                 float *col_sq, float *col_win);
+
+/* V-scale shape and settings. v is (n_rows, heads_in, d_head); out, dout and
+ * theta/dtheta have heads_out heads: heads_in (per KV head) or a multiple of
+ * it (per query head: out head j reads v head j / (heads_out/heads_in)).
+ * C_j = d_model * d_head * sigma^2 * exp(theta[j]) and phi = r/(r + C_j),
+ * r = ||v||^2, as the model computes them. */
+typedef struct gsink_vscale_desc {
+    size_t size;        /* sizeof(gsink_vscale_desc), set by gsink_vscale_desc_init */
+    int32_t mode;       /* gsink_vscale_mode, default FULL */
+    int32_t n_rows;     /* token rows, batch * seq */
+    int32_t heads_in;   /* heads of v (the model: n_kv_heads) */
+    int32_t heads_out;  /* heads of out and theta (n_kv_heads or n_heads) */
+    int32_t d_head;
+    int32_t d_model;    /* enters C_j (the model's d_model) */
+    float sigma;        /* default 0.02; > 0 */
+} gsink_vscale_desc;
+
+GSINK_API void gsink_vscale_desc_init_size(gsink_vscale_desc *desc, size_t size);
+#define gsink_vscale_desc_init(desc) gsink_vscale_desc_init_size((desc), sizeof *(desc))
+/* out = phi(||v||^2) v (FULL); OFF and BACKWARD_ONLY copy v (expanded to
+ * heads_out). theta (heads_out values) may be NULL for OFF only. */
+GSINK_API gsink_status gsink_ops_vscale_forward(gsink_ops *ops, const gsink_vscale_desc *desc,
+                                                const float *v, const float *theta, float *out);
+/* dv (written) from dout = dL/dout: the Jacobian of FULL and BACKWARD_ONLY
+ * (identity for OFF), summed over the heads_out/heads_in expanded heads.
+ * dtheta (heads_out values, may be NULL) is accumulated (+=) in FULL mode
+ * only; BACKWARD_ONLY and OFF leave it untouched. */
+GSINK_API gsink_status gsink_ops_vscale_backward(gsink_ops *ops, const gsink_vscale_desc *desc,
+                                                 const float *v, const float *theta,
+                                                 const float *dout, float *dv, float *dtheta);
+
+/* ------------------------------------------------------------------------ */
+/* Metrics on caller tensors (host memory, no handle; since 0.1.0)          */
+/* ------------------------------------------------------------------------ */
+
+/* Pure functions on host float32 arrays computing exactly what the model's
+ * diagnostics compute from its own tensors (the same code). Thread-safe.
+ * Failures: NULL_ARGUMENT, INVALID_ARGUMENT (shape, agg), OUT_OF_RANGE
+ * (positions, windows), BUFFER_TOO_SMALL (count). */
+
+/* Token-wise norms of x (batch, seq, heads*head_width), out[t] for t < seq
+ * (count >= seq): one head (head >= 0) or the whole vector
+ * (GSINK_ALL_HEADS). agg: SUM_THEN_NORM ||sum_b x_bt|| or PER_SEQUENCE
+ * mean_b ||x_bt|| (the model's activation norms are PER_SEQUENCE). */
+GSINK_API gsink_status gsink_metric_token_norms(const float *x, int batch, int seq, int heads,
+                                                int head_width, int head, int agg, float *out,
+                                                size_t count);
+/* R_GS(s; T_e) = g[s] / ((1/T_e) sum_{0<=t<=T_e, t!=s} g[t]) from token-wise
+ * gradient norms g (count = seq values; 1 <= T_e < seq, 0 <= s < seq):
+ * g = gsink_metric_token_norms of dL/d attn_norm_out, as gsink_gradient_sink_ratio. */
+GSINK_API gsink_status gsink_metric_gradient_sink_ratio(const float *norms, size_t count, int s,
+                                                        int t_e, float *ratio);
+/* Massive-activation ratio norms[0] / mean(norms[1..15]) (count >= 16), with
+ * norms the PER_SEQUENCE token norms of an activation (t0/early). */
+GSINK_API gsink_status gsink_metric_massive_activation_ratio(const float *norms, size_t count,
+                                                             float *ratio);
+/* Batch mean of a column statistic (batch, heads, seq) into out (heads,
+ * seq): M_s and S_s as gsink_attention_column_mass gives them. */
+GSINK_API gsink_status gsink_metric_column_mean(const float *stat, int batch, int heads, int seq,
+                                                float *out, size_t count);
+/* Sink scores alpha_s^h = batch mean of col_win[b,h,s] / T_eps for every head
+ * (out: heads values) from the col_win (batch, heads, seq) of an attention
+ * op with window sink_window; s + sink_window must not exceed seq. */
+GSINK_API gsink_status gsink_metric_sink_scores(const float *col_win, int batch, int heads,
+                                                int seq, int sink_window, int s, float *out,
+                                                size_t count);
+/* Sink rate (1/H) sum_h [alpha_s^h > eps] from the same col_win. */
+GSINK_API gsink_status gsink_metric_sink_rate(const float *col_win, int batch, int heads, int seq,
+                                              int sink_window, int s, float eps, float *rate);
+/* Branch gradient reshaping (gsink_branch_ratios) from three gradient
+ * tensors (batch, seq, width): grad_in = dL/dh_in (the branch's residual
+ * input), grad_out = dL/d(branch out) (its residual output), grad_normed =
+ * dL/d(normed input). Bloat, Change, Compress: seq values each, any NULL. */
+GSINK_API gsink_status gsink_metric_branch_ratios(const float *grad_in, const float *grad_out,
+                                                  const float *grad_normed, int batch, int seq,
+                                                  int width, int agg, float *bloat,
+                                                  float *change, float *compress, size_t count);
+
+/* ------------------------------------------------------------------------ */
 /* Optimizer (AdamW + clipping + cosine schedule)                           */
 /* ------------------------------------------------------------------------ */
 

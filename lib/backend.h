@@ -15,6 +15,7 @@
 #ifndef GSINK_BACKEND_H
 #define GSINK_BACKEND_H
 
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,7 +31,14 @@ typedef struct gsink_backend gsink_backend;
 typedef struct gsink_attn_shape {
     int batch, seq, n_heads, n_kv_heads, n_v_heads, d_head;
     int sink_window; /* T_eps for the sink-score accumulator */
+    float scale;     /* softmax scale of the scores q.k; 0 = 1/sqrt(d_head) (since version 4) */
 } gsink_attn_shape;
+
+/* The softmax scale an attention op applies. */
+static inline float gsink_attn_scale(const gsink_attn_shape *s)
+{
+    return s->scale > 0.0f ? s->scale : 1.0f / sqrtf((float)s->d_head);
+}
 
 /* Column statistics of the attention probabilities a_ts, each (B, H, T):
  * mass[s] = sum_{t>=s} a_ts, sq[s] = sum_{t>=s} a_ts^2,
@@ -158,6 +166,15 @@ typedef struct gsink_backend_iface {
      * the peak to the live bytes after reading. Either pointer may be NULL.
      * (Since version 3.) */
     void (*memory)(gsink_backend *be, size_t *live, size_t *peak, int reset_peak);
+
+    /* Since version 4; NULL on backends without streams (the CPU), whose ops
+     * finish before they return. set_stream: later ops run on the given
+     * stream (a cudaStream_t of the caller, borrowed, never destroyed), or
+     * on the backend's own stream again for NULL; work queued on the
+     * previous stream is finished first (the scratch buffers are shared).
+     * synchronize: waits until the current stream's work is done. */
+    gsink_status (*set_stream)(gsink_backend *be, void *stream);
+    gsink_status (*synchronize)(gsink_backend *be);
 } gsink_backend_iface;
 
 struct gsink_backend {

@@ -83,6 +83,11 @@ bool gsink__used_elsewhere(const gsink__owner *owner);
  * only the optimizer itself. The caller holds the model's claim. */
 bool gsink__optimizers_detach(gsink_model *m);
 
+/* ---- ops handles ----------------------------------------------------------- */
+
+/* The backend of an ops handle (tests allocate device buffers with it). */
+gsink_backend *gsink__ops_backend(gsink_ops *ops);
+
 /* ---- threads ------------------------------------------------------------- */
 
 /* Thread limit: at most this many threads per CPU the process may run on. */

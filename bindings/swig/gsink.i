@@ -160,6 +160,207 @@ static gsink_status gsink_tokenizer_decode_all(gsink_tokenizer *tok, const int32
     if (need == 0) return GSINK_OK;
     return gsink_tokenizer_decode(tok, ids, n_ids, out->s, need + 1, &out->n);
 }
+
+/* ---- embedding API: lists in, lists out ---------------------------------- */
+static void gsink_tcl_attn_desc_init(gsink_attn_desc *d) { gsink_attn_desc_init(d); }
+static void gsink_tcl_vscale_desc_init(gsink_vscale_desc *d) { gsink_vscale_desc_init(d); }
+static void gsink_tcl_ops_options_init(gsink_ops_options *o) { gsink_ops_options_init(o); }
+
+/* An output array owned by the wrapper, returned as a list. */
+typedef struct { float *v; size_t n; } gsink_tcl_vec;
+
+static gsink_status gsink_tcl_vec_alloc(gsink_tcl_vec *o, size_t n)
+{
+    o->v = calloc(n ? n : 1, sizeof *o->v);
+    o->n = n;
+    if (!o->v) {
+        snprintf(gsink_tcl_msg, sizeof gsink_tcl_msg, "out of memory");
+        return GSINK_ERR_OUT_OF_MEMORY;
+    }
+    return GSINK_OK;
+}
+
+static gsink_status gsink_tcl_len(size_t got, size_t want, const char *what)
+{
+    if (got == want) return GSINK_OK;
+    snprintf(gsink_tcl_msg, sizeof gsink_tcl_msg, "%s has %zu values, the shape needs %zu", what, got, want);
+    return GSINK_ERR_SHAPE_MISMATCH;
+}
+
+/* Product of positive dims, 0 when one is < 1 or it overflows (the library
+ * then reports the bad shape itself). */
+static size_t gsink_tcl_prod(int a, int b, int c, int d)
+{
+    int v[4] = {a, b, c, d};
+    size_t n = 1;
+    for (int i = 0; i < 4; i++) {
+        if (v[i] < 1 || n > SIZE_MAX / 4 / (size_t)v[i]) return 0;
+        n *= (size_t)v[i];
+    }
+    return n;
+}
+
+static int gsink_tcl_attn_sizes(const gsink_attn_desc *d, size_t *nq, size_t *nk, size_t *nv, size_t *nst)
+{
+    if (!d || d->size != sizeof *d) return 0;
+    *nq = gsink_tcl_prod(d->batch, d->seq, d->n_heads, d->d_head);
+    *nk = gsink_tcl_prod(d->batch, d->seq, d->n_kv_heads, d->d_head);
+    *nv = gsink_tcl_prod(d->batch, d->seq, d->n_v_heads, d->d_head);
+    *nst = gsink_tcl_prod(d->batch, d->n_heads, d->seq, 1);
+    return *nq && *nk && *nv && *nst;
+}
+
+static gsink_status gsink_tcl_attention_forward(gsink_ops *ops, const gsink_attn_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, const float *x2, size_t n2,
+        gsink_tcl_vec *out, gsink_tcl_vec *lse, gsink_tcl_vec *mass, gsink_tcl_vec *sq, gsink_tcl_vec *win)
+{
+    size_t nq, nk, nv, nst;
+    gsink_status st;
+    /* The library checks the descriptor first: a bad one fails here with its
+     * message, a good one with "q is NULL" (ignored). */
+    st = gsink_ops_attention_forward(ops, d, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL);
+    if (st != GSINK_ERR_NULL_ARGUMENT || !gsink_tcl_attn_sizes(d, &nq, &nk, &nv, &nst))
+        return st != GSINK_OK ? st : GSINK_ERR_NULL_ARGUMENT;
+    if ((st = gsink_tcl_len(n0, nq, "q")) || (st = gsink_tcl_len(n1, nk, "k")) || (st = gsink_tcl_len(n2, nv, "v")))
+        return st;
+    if ((st = gsink_tcl_vec_alloc(out, nq)) || (st = gsink_tcl_vec_alloc(lse, nst)) ||
+        (st = gsink_tcl_vec_alloc(mass, nst)) || (st = gsink_tcl_vec_alloc(sq, nst)) ||
+        (st = gsink_tcl_vec_alloc(win, nst)))
+        return st;
+    return gsink_ops_attention_forward(ops, d, x0, x1, x2, out->v, lse->v, mass->v, sq->v, win->v);
+}
+
+static gsink_status gsink_tcl_attention_backward(gsink_ops *ops, const gsink_attn_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, const float *x2, size_t n2,
+        const float *x3, size_t n3, const float *x4, size_t n4, const float *x5, size_t n5,
+        gsink_tcl_vec *dq, gsink_tcl_vec *dk, gsink_tcl_vec *dv)
+{
+    size_t nq, nk, nv, nst;
+    gsink_status st;
+    st = gsink_ops_attention_backward(ops, d, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+                                      NULL, NULL, NULL); /* descriptor check, as in the forward */
+    if (st != GSINK_ERR_NULL_ARGUMENT || !gsink_tcl_attn_sizes(d, &nq, &nk, &nv, &nst))
+        return st != GSINK_OK ? st : GSINK_ERR_NULL_ARGUMENT;
+    if ((st = gsink_tcl_len(n0, nq, "q")) || (st = gsink_tcl_len(n1, nk, "k")) || (st = gsink_tcl_len(n2, nv, "v")) ||
+        (st = gsink_tcl_len(n3, nq, "out")) || (st = gsink_tcl_len(n4, nst, "lse")) ||
+        (st = gsink_tcl_len(n5, nq, "dout")))
+        return st;
+    if ((st = gsink_tcl_vec_alloc(dq, nq)) || (st = gsink_tcl_vec_alloc(dk, nk)) || (st = gsink_tcl_vec_alloc(dv, nv)))
+        return st;
+    return gsink_ops_attention_backward(ops, d, x0, x1, x2, x3, x4, x5, dq->v, dk->v, dv->v, NULL, NULL, NULL);
+}
+
+static int gsink_tcl_vscale_sizes(const gsink_vscale_desc *d, size_t *nin, size_t *nout)
+{
+    if (!d || d->size != sizeof *d) return 0;
+    *nin = gsink_tcl_prod(d->n_rows, d->heads_in, d->d_head, 1);
+    *nout = gsink_tcl_prod(d->n_rows, d->heads_out, d->d_head, 1);
+    return *nin && *nout && d->heads_in > 0 && d->heads_out % d->heads_in == 0;
+}
+
+/* theta: heads_out values, or an empty list (NULL) for mode OFF. */
+static gsink_status gsink_tcl_theta(const gsink_vscale_desc *d, const float *t, size_t n, const float **out)
+{
+    *out = n ? t : NULL;
+    return n ? gsink_tcl_len(n, (size_t)d->heads_out, "theta") : GSINK_OK;
+}
+
+static gsink_status gsink_tcl_vscale_forward(gsink_ops *ops, const gsink_vscale_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, gsink_tcl_vec *out)
+{
+    size_t nin, nout;
+    const float *theta;
+    gsink_status st;
+    if (!gsink_tcl_vscale_sizes(d, &nin, &nout))
+        return gsink_ops_vscale_forward(ops, d, NULL, NULL, NULL);
+    if ((st = gsink_tcl_len(n0, nin, "v")) || (st = gsink_tcl_theta(d, x1, n1, &theta)) ||
+        (st = gsink_tcl_vec_alloc(out, nout)))
+        return st;
+    return gsink_ops_vscale_forward(ops, d, x0, theta, out->v);
+}
+
+/* dtheta: the values to accumulate into ({} for none); returned updated. */
+static gsink_status gsink_tcl_vscale_backward(gsink_ops *ops, const gsink_vscale_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, const float *x2, size_t n2,
+        const float *x3, size_t n3, gsink_tcl_vec *dv, gsink_tcl_vec *dtheta)
+{
+    size_t nin, nout;
+    const float *theta;
+    gsink_status st;
+    if (!gsink_tcl_vscale_sizes(d, &nin, &nout))
+        return gsink_ops_vscale_backward(ops, d, NULL, NULL, NULL, NULL, NULL);
+    if ((st = gsink_tcl_len(n0, nin, "v")) || (st = gsink_tcl_theta(d, x1, n1, &theta)) ||
+        (st = gsink_tcl_len(n2, nout, "dout")) || (n3 && (st = gsink_tcl_len(n3, (size_t)d->heads_out, "dtheta"))) ||
+        (st = gsink_tcl_vec_alloc(dv, nin)) || (st = gsink_tcl_vec_alloc(dtheta, n3)))
+        return st;
+    if (n3) memcpy(dtheta->v, x3, n3 * sizeof(float));
+    return gsink_ops_vscale_backward(ops, d, x0, theta, x2, dv->v, n3 ? dtheta->v : NULL);
+}
+
+static gsink_status gsink_tcl_metric_token_norms(const float *x0, size_t n0, int batch, int seq, int heads,
+        int head_width, int head, int agg, gsink_tcl_vec *out)
+{
+    size_t n = gsink_tcl_prod(batch, seq, heads, head_width);
+    gsink_status st;
+    if (n && (st = gsink_tcl_len(n0, n, "x"))) return st;
+    if ((st = gsink_tcl_vec_alloc(out, n ? (size_t)seq : 0))) return st; /* bad shape: the library says so */
+    return gsink_metric_token_norms(x0, batch, seq, heads, head_width, head, agg, out->v, out->n);
+}
+
+static gsink_status gsink_tcl_metric_column_mean(const float *x0, size_t n0, int batch, int heads, int seq,
+                                                 gsink_tcl_vec *out)
+{
+    size_t n = gsink_tcl_prod(batch, heads, seq, 1);
+    gsink_status st;
+    if (n && ((st = gsink_tcl_len(n0, n, "stat")) || (st = gsink_tcl_vec_alloc(out, n / (size_t)batch))))
+        return st;
+    return gsink_metric_column_mean(x0, batch, heads, seq, out->v, out->n);
+}
+
+static gsink_status gsink_tcl_metric_sink_scores(const float *x0, size_t n0, int batch, int heads, int seq,
+                                                 int sink_window, int s, gsink_tcl_vec *out)
+{
+    size_t n = gsink_tcl_prod(batch, heads, seq, 1);
+    gsink_status st;
+    if (n && ((st = gsink_tcl_len(n0, n, "col_win")) || (st = gsink_tcl_vec_alloc(out, (size_t)heads))))
+        return st;
+    return gsink_metric_sink_scores(x0, batch, heads, seq, sink_window, s, out->v, out->n);
+}
+
+static gsink_status gsink_tcl_metric_sink_rate(const float *x0, size_t n0, int batch, int heads, int seq,
+                                               int sink_window, int s, float eps, float *rate)
+{
+    size_t n = gsink_tcl_prod(batch, heads, seq, 1);
+    gsink_status st;
+    *rate = 0.0f;
+    if (n && (st = gsink_tcl_len(n0, n, "col_win"))) return st;
+    return gsink_metric_sink_rate(x0, batch, heads, seq, sink_window, s, eps, rate);
+}
+
+static gsink_status gsink_tcl_metric_gradient_sink_ratio(const float *x0, size_t n0, int s, int t_e, float *ratio)
+{
+    *ratio = 0.0f;
+    return gsink_metric_gradient_sink_ratio(x0, n0, s, t_e, ratio);
+}
+
+static gsink_status gsink_tcl_metric_massive_activation_ratio(const float *x0, size_t n0, float *ratio)
+{
+    *ratio = 0.0f;
+    return gsink_metric_massive_activation_ratio(x0, n0, ratio);
+}
+
+static gsink_status gsink_tcl_metric_branch_ratios(const float *x0, size_t n0, const float *x1, size_t n1,
+        const float *x2, size_t n2, int batch, int seq, int width, int agg, gsink_tcl_vec *bloat,
+        gsink_tcl_vec *change, gsink_tcl_vec *compress)
+{
+    size_t n = gsink_tcl_prod(batch, seq, width, 1);
+    gsink_status st;
+    if (n && ((st = gsink_tcl_len(n0, n, "grad_in")) || (st = gsink_tcl_len(n1, n, "grad_out")) ||
+              (st = gsink_tcl_len(n2, n, "grad_normed")) || (st = gsink_tcl_vec_alloc(bloat, (size_t)seq)) ||
+              (st = gsink_tcl_vec_alloc(change, (size_t)seq)) || (st = gsink_tcl_vec_alloc(compress, (size_t)seq))))
+        return st;
+    return gsink_metric_branch_ratios(x0, x1, x2, batch, seq, width, agg, bloat->v, change->v, compress->v, bloat->n);
+}
 %}
 
 %include <stdint.i>
@@ -351,12 +552,49 @@ GSINK_OUT_ARRAYS3(gq, gk, gv)
 }
 %typemap(freearg) gsink_tcl_str *out { free(tmp$argnum.s); }
 
+
+/* ---- embedding API typemaps ---------------------------------------------- */
+%typemap(in, numinputs=0) gsink_ops **out (gsink_ops *tmp = NULL) { $1 = &tmp; }
+%typemap(argout) gsink_ops **out {
+    Tcl_ListObjAppendElement(interp, Tcl_GetObjResult(interp), SWIG_NewInstanceObj(tmp$argnum, $descriptor(gsink_ops *), 0));
+}
+%define GSINK_IN_LIST(X, N)
+%typemap(in) (const float *X, size_t N) (float *tmp = NULL, size_t n = 0) {
+    if (gsink_tcl_floats(interp, $input, &tmp, &n) != TCL_OK) SWIG_fail;
+    $1 = tmp; $2 = n;
+}
+%typemap(freearg) (const float *X, size_t N) { free(tmp$argnum); }
+%enddef
+GSINK_IN_LIST(x0, n0)
+GSINK_IN_LIST(x1, n1)
+GSINK_IN_LIST(x2, n2)
+GSINK_IN_LIST(x3, n3)
+GSINK_IN_LIST(x4, n4)
+GSINK_IN_LIST(x5, n5)
+%typemap(in, numinputs=0) gsink_tcl_vec * (gsink_tcl_vec tmp = {NULL, 0}) { $1 = &tmp; }
+%typemap(argout) gsink_tcl_vec * {
+    Tcl_ListObjAppendElement(interp, Tcl_GetObjResult(interp), gsink_tcl_list(tmp$argnum.v, tmp$argnum.n));
+}
+%typemap(freearg) gsink_tcl_vec * { free(tmp$argnum.v); }
+
 /* ---- the API ------------------------------------------------------------- */
 #define GSINK_API
 %ignore gsink_forward;
 %ignore gsink_tokenizer_encode;
 %ignore gsink_tokenizer_decode;
 %ignore gsink_free;
+%ignore gsink_ops_attention_forward;
+%ignore gsink_ops_attention_backward;
+%ignore gsink_ops_attention_stats;
+%ignore gsink_ops_vscale_forward;
+%ignore gsink_ops_vscale_backward;
+%ignore gsink_metric_token_norms;
+%ignore gsink_metric_gradient_sink_ratio;
+%ignore gsink_metric_massive_activation_ratio;
+%ignore gsink_metric_column_mean;
+%ignore gsink_metric_sink_scores;
+%ignore gsink_metric_sink_rate;
+%ignore gsink_metric_branch_ratios;
 
 %include "gsink.h"
 
@@ -388,3 +626,54 @@ gsink_status gsink_tokenizer_encode_all(gsink_tokenizer *tok, const char *text, 
 %rename(gsink_tokenizer_decode) gsink_tokenizer_decode_all;
 gsink_status gsink_tokenizer_decode_all(gsink_tokenizer *tok, const int32_t *ids, size_t n_ids,
                                         gsink_tcl_str *out);
+
+/* Embedding API (docs/embedding.md): arrays are Tcl lists; lengths are
+ * checked against the descriptor (GSINK_ERR_SHAPE_MISMATCH).
+ *   gsink_ops_attention_forward ops desc q k v  -> {out lse col_mass col_sq col_win}
+ *   gsink_ops_attention_backward ops desc q k v out lse dout -> {dq dk dv}
+ *   gsink_ops_vscale_forward ops desc v theta    -> out   (theta {} for OFF)
+ *   gsink_ops_vscale_backward ops desc v theta dout dtheta -> {dv dtheta}
+ *                                  (dtheta: values accumulated into, or {})
+ *   gsink_metric_* take the tensors as lists and return lists or numbers. */
+%rename(gsink_attn_desc_init) gsink_tcl_attn_desc_init;
+void gsink_tcl_attn_desc_init(gsink_attn_desc *d);
+%rename(gsink_vscale_desc_init) gsink_tcl_vscale_desc_init;
+void gsink_tcl_vscale_desc_init(gsink_vscale_desc *d);
+%rename(gsink_ops_options_init) gsink_tcl_ops_options_init;
+void gsink_tcl_ops_options_init(gsink_ops_options *o);
+%rename(gsink_ops_attention_forward) gsink_tcl_attention_forward;
+gsink_status gsink_tcl_attention_forward(gsink_ops *ops, const gsink_attn_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, const float *x2, size_t n2,
+        gsink_tcl_vec *out, gsink_tcl_vec *lse, gsink_tcl_vec *mass, gsink_tcl_vec *sq, gsink_tcl_vec *win);
+%rename(gsink_ops_attention_backward) gsink_tcl_attention_backward;
+gsink_status gsink_tcl_attention_backward(gsink_ops *ops, const gsink_attn_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, const float *x2, size_t n2,
+        const float *x3, size_t n3, const float *x4, size_t n4, const float *x5, size_t n5,
+        gsink_tcl_vec *dq, gsink_tcl_vec *dk, gsink_tcl_vec *dv);
+%rename(gsink_ops_vscale_forward) gsink_tcl_vscale_forward;
+gsink_status gsink_tcl_vscale_forward(gsink_ops *ops, const gsink_vscale_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, gsink_tcl_vec *out);
+%rename(gsink_ops_vscale_backward) gsink_tcl_vscale_backward;
+gsink_status gsink_tcl_vscale_backward(gsink_ops *ops, const gsink_vscale_desc *d,
+        const float *x0, size_t n0, const float *x1, size_t n1, const float *x2, size_t n2,
+        const float *x3, size_t n3, gsink_tcl_vec *dv, gsink_tcl_vec *dtheta);
+%rename(gsink_metric_token_norms) gsink_tcl_metric_token_norms;
+gsink_status gsink_tcl_metric_token_norms(const float *x0, size_t n0, int batch, int seq, int heads,
+        int head_width, int head, int agg, gsink_tcl_vec *out);
+%rename(gsink_metric_column_mean) gsink_tcl_metric_column_mean;
+gsink_status gsink_tcl_metric_column_mean(const float *x0, size_t n0, int batch, int heads, int seq,
+                                          gsink_tcl_vec *out);
+%rename(gsink_metric_sink_scores) gsink_tcl_metric_sink_scores;
+gsink_status gsink_tcl_metric_sink_scores(const float *x0, size_t n0, int batch, int heads, int seq,
+                                          int sink_window, int s, gsink_tcl_vec *out);
+%rename(gsink_metric_sink_rate) gsink_tcl_metric_sink_rate;
+gsink_status gsink_tcl_metric_sink_rate(const float *x0, size_t n0, int batch, int heads, int seq,
+                                        int sink_window, int s, float eps, float *rate);
+%rename(gsink_metric_gradient_sink_ratio) gsink_tcl_metric_gradient_sink_ratio;
+gsink_status gsink_tcl_metric_gradient_sink_ratio(const float *x0, size_t n0, int s, int t_e, float *ratio);
+%rename(gsink_metric_massive_activation_ratio) gsink_tcl_metric_massive_activation_ratio;
+gsink_status gsink_tcl_metric_massive_activation_ratio(const float *x0, size_t n0, float *ratio);
+%rename(gsink_metric_branch_ratios) gsink_tcl_metric_branch_ratios;
+gsink_status gsink_tcl_metric_branch_ratios(const float *x0, size_t n0, const float *x1, size_t n1,
+        const float *x2, size_t n2, int batch, int seq, int width, int agg, gsink_tcl_vec *bloat,
+        gsink_tcl_vec *change, gsink_tcl_vec *compress);

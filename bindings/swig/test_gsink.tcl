@@ -182,6 +182,66 @@ check "q bias is a parameter" {[llength $qb] == $qd && [l2 $qb] > 0.0}
 gsink_model_free $qm
 delete_gsink_config $qcfg
 
+# ---- embedding API: the operations and metrics on the model's tensors ------
+proc max_diff {a b} {
+    if {[llength $a] != [llength $b]} { return 1e30 }
+    set m 0.0
+    foreach x $a y $b { set m [expr {max($m, abs($x - $y))}] }
+    return $m
+}
+set KV [gsink_config_n_kv_heads_get $cfg]
+set DH [gsink_config_d_head_get $cfg]
+gsink_forward $m $tokens $targets $B $T ;# the same weights and batch as above
+gsink_backward $m 0
+set ops [gsink_ops_create NULL]
+set ad [new_gsink_attn_desc]
+gsink_attn_desc_init $ad
+gsink_attn_desc_batch_set $ad $B
+gsink_attn_desc_seq_set $ad $T
+gsink_attn_desc_n_heads_set $ad $H
+gsink_attn_desc_n_kv_heads_set $ad $KV
+gsink_attn_desc_n_v_heads_set $ad $KV
+gsink_attn_desc_d_head_set $ad $DH
+gsink_attn_desc_sink_window_set $ad $win
+set nq [expr {$B * $T * $H * $DH}]
+set nk [expr {$B * $T * $KV * $DH}]
+set q [gsink_get_activation $m 0 $GSINK_SITE_Q $nq]
+set k [gsink_get_activation $m 0 $GSINK_SITE_K $nk]
+set vsc [gsink_get_activation $m 0 $GSINK_SITE_V_SCALED $nk]
+lassign [gsink_ops_attention_forward $ops $ad $q $k $vsc] out lse cmass csq cwin
+check "ops attention forward = z" {[max_diff $out [gsink_get_activation $m 0 $GSINK_SITE_Z $nq]] < 1e-6}
+check "metric sink scores" {[max_diff [gsink_metric_sink_scores $cwin $B $H $T $win 0] $scores] < 1e-6}
+check "metric sink rate" {[gsink_metric_sink_rate $cwin $B $H $T $win 0 0.3] == $rate}
+lassign [gsink_ops_attention_backward $ops $ad $q $k $vsc $out $lse [gsink_get_gradient $m 0 $GSINK_SITE_Z $nq]] dq dk dv
+check "ops attention backward = dq" {[max_diff $dq [gsink_get_gradient $m 0 $GSINK_SITE_Q $nq]] < 1e-6}
+check "ops attention backward = dv" {[max_diff $dv [gsink_get_gradient $m 0 $GSINK_SITE_V_SCALED $nk]] < 1e-6}
+set n2 [gsink_metric_token_norms $g $B $T 1 $W $GSINK_ALL_HEADS $GSINK_AGG_SUM_THEN_NORM]
+check "metric token norms" {$n2 eq $norms}
+check "metric R_GS" {[gsink_metric_gradient_sink_ratio $n2 0 $te] == $rgs}
+check "metric t0/early" {[gsink_metric_massive_activation_ratio $an] == $t0}
+set vd [new_gsink_vscale_desc]
+gsink_vscale_desc_init $vd
+gsink_vscale_desc_n_rows_set $vd [expr {$B * $T}]
+gsink_vscale_desc_heads_in_set $vd $KV
+gsink_vscale_desc_heads_out_set $vd $KV
+gsink_vscale_desc_d_head_set $vd $DH
+gsink_vscale_desc_d_model_set $vd [gsink_config_d_model_get $cfg]
+set theta [lrepeat $KV 0.0]
+set vout [gsink_ops_vscale_forward $ops $vd $vsc $theta]
+check "ops vscale forward shrinks" {[l2 $vout] < [l2 $vsc]}
+lassign [gsink_ops_vscale_backward $ops $vd $vsc $theta $vout [lrepeat $KV 1.0]] vdv vdt
+check "ops vscale backward" {[llength $vdv] == $nk && [llength $vdt] == $KV}
+set code [catch {gsink_ops_attention_forward $ops $ad [lrange $q 0 5] $k $vsc} msg opt]
+check "ops list length refused" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_SHAPE_MISMATCH} "$msg"
+gsink_attn_desc_n_kv_heads_set $ad 3
+set code [catch {gsink_ops_attention_forward $ops $ad $q $k $vsc} msg opt]
+check "ops bad descriptor refused" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_INVALID_ARGUMENT} "$msg"
+set code [catch {gsink_metric_sink_scores $cwin $B $H $T $win [expr {$T - 1}]} msg opt]
+check "metric window refused" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_OUT_OF_RANGE} "$msg"
+gsink_ops_free $ops
+delete_gsink_attn_desc $ad
+delete_gsink_vscale_desc $vd
+
 gsink_model_free $m
 delete_gsink_config $cfg
 delete_gsink_model_options $opts

@@ -504,7 +504,7 @@ static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape 
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
               dh = s->d_head, W = s->sink_window;
     const int ldq = H * dh, ldk = KV * dh, ldv = NV * dh;
-    const float scale = 1.0f / sqrtf((float)dh);
+    const float scale = gsink_attn_scale(s);
     int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
     gsink_status st = ensure_scratch(be, (size_t)qb * T * 2);
     if (st) return st;
@@ -555,7 +555,7 @@ static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape 
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
               dh = s->d_head;
     const int ldq = H * dh, ldk = KV * dh, ldv = NV * dh;
-    const float scale = 1.0f / sqrtf((float)dh);
+    const float scale = gsink_attn_scale(s);
     const int G = H / KV; /* query heads per key head */
     int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
     gsink_status st = ensure_scratch(be, (size_t)qb * T * 2);
@@ -615,7 +615,7 @@ static gsink_status cpu_attention_stats(gsink_backend *be, const gsink_attn_shap
     cpu_ctx *c = CTX(be);
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, dh = s->d_head;
     const int ldq = H * dh, ldk = KV * dh;
-    const float scale = 1.0f / sqrtf((float)dh);
+    const float scale = gsink_attn_scale(s);
     int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
     if (!stats_wanted(stats)) return GSINK_OK;
     gsink_status st = ensure_scratch(be, (size_t)qb * T * 2);

@@ -258,11 +258,22 @@ static gsink_status sink_window_ok(gsink_model *m, int s)
     return GSINK_OK;
 }
 
+float gsink__diag_sink_score(float win_mean, int window) { return win_mean / (float)window; }
+
+float gsink__diag_sink_rate_of(const float *scores, int heads, float eps)
+{
+    int n = 0;
+    for (int h = 0; h < heads; h++)
+        if (scores[h] > eps) n++;
+    return (float)n / (float)heads;
+}
+
 void gsink__diag_sink_scores(gsink_model *m, int layer, int s, float *out)
 {
     const int H = m->cfg.n_heads, T = m->T, W = m->hstats.window;
     for (int h = 0; h < H; h++)
-        out[h] = m->hstats.win[((size_t)layer * (size_t)H + (size_t)h) * (size_t)T + (size_t)s] / (float)W;
+        out[h] = gsink__diag_sink_score(
+            m->hstats.win[((size_t)layer * (size_t)H + (size_t)h) * (size_t)T + (size_t)s], W);
 }
 
 gsink_status gsink_sink_scores(gsink_model *m, int layer, int s, float *out, size_t count)
@@ -282,13 +293,11 @@ gsink_status gsink_sink_scores(gsink_model *m, int layer, int s, float *out, siz
 
 float gsink__diag_sink_rate(gsink_model *m, int layer, int s, float eps)
 {
-    const int H = m->cfg.n_heads;
-    const int T = m->T, W = m->hstats.window;
+    const int H = m->cfg.n_heads, T = m->T, W = m->hstats.window;
     int n = 0;
-    for (int h = 0; h < H; h++) {
-        float a = m->hstats.win[((size_t)layer * (size_t)H + (size_t)h) * (size_t)T + (size_t)s] / (float)W;
-        if (a > eps) n++;
-    }
+    for (int h = 0; h < H; h++)
+        n += gsink__diag_sink_score(
+                 m->hstats.win[((size_t)layer * (size_t)H + (size_t)h) * (size_t)T + (size_t)s], W) > eps;
     return (float)n / (float)H;
 }
 
@@ -427,8 +436,6 @@ static gsink_status row_norms(gsink_model *m, gsink_diag_tmp *ts, const float *x
 gsink_status gsink__diag_branch(gsink_model *m, int layer, int branch, int agg, float *bloat,
                                 float *change, float *compress)
 {
-    const gsink_backend_iface *be = m->be->iface;
-    const int B = m->B, T = m->T, d = m->cfg.d_model;
     gsink_site s_in = branch == GSINK_BRANCH_ATTN ? GSINK_SITE_RESID_IN : GSINK_SITE_RESID_MID;
     gsink_site s_out = branch == GSINK_BRANCH_ATTN ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_OUT;
     gsink_site s_norm = branch == GSINK_BRANCH_ATTN ? GSINK_SITE_ATTN_NORM_OUT : GSINK_SITE_MLP_NORM_OUT;
@@ -437,7 +444,16 @@ gsink_status gsink__diag_branch(gsink_model *m, int layer, int branch, int agg, 
     const float *dnorm = gsink__site_ptr(m, layer, s_norm, true);
     if (!din || !dout || !dnorm)
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "branch gradients are not stored");
+    return gsink__diag_branch_tensors(m, din, dout, dnorm, m->cfg.d_model, agg, bloat, change,
+                                      compress);
+}
 
+gsink_status gsink__diag_branch_tensors(gsink_model *m, const float *din, const float *dout,
+                                        const float *dnorm, int d, int agg, float *bloat,
+                                        float *change, float *compress)
+{
+    const gsink_backend_iface *be = m->be->iface;
+    const int B = m->B, T = m->T;
     const bool sum = agg == GSINK_AGG_SUM_THEN_NORM;
     const size_t rows = sum ? (size_t)T : (size_t)B * (size_t)T;
     const size_t n = rows * (size_t)d;

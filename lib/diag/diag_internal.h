@@ -31,12 +31,20 @@ gsink_status gsink__diag_rgs_args(gsink_model *m, int s, int t_e);
 /* The computations below assume validated arguments. */
 gsink_status gsink__diag_tensor_norms(gsink_model *m, const float *x, int heads, int hw, int head,
                                       int agg, float *out);
+/* alpha_s^h from the batch mean of col_win at s, and the sink rate of H scores. */
+float gsink__diag_sink_score(float win_mean, int window);
+float gsink__diag_sink_rate_of(const float *scores, int heads, float eps);
 void gsink__diag_sink_scores(gsink_model *m, int layer, int s, float *out);
 float gsink__diag_sink_rate(gsink_model *m, int layer, int s, float eps);
 float gsink__diag_rgs_from_norms(const float *g, int s, int t_e);
 float gsink__diag_t0_early(const float *norms);
 gsink_status gsink__diag_branch(gsink_model *m, int layer, int branch, int agg, float *bloat,
                                 float *change, float *compress);
+/* The same from the three gradient tensors (B, T, d) of the model's backend:
+ * dL/dh_in, dL/d(branch out), dL/d(normed input). */
+gsink_status gsink__diag_branch_tensors(gsink_model *m, const float *din, const float *dout,
+                                        const float *dnorm, int d, int agg, float *bloat,
+                                        float *change, float *compress);
 gsink_status gsink__diag_massive(gsink_model *m, int layer, gsink_site site, float *ratio);
 gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, float *gk, float *gv);
 

@@ -465,7 +465,7 @@ static void attn_bufs_free(attn_bufs *t)
 
 static void attention_case(attn_case_t a)
 {
-    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
+    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, 0.0f};
     attn_bufs t = attn_bufs_new(a, 151);
     const size_t nq = t.q.n, nk = t.k.n, nv = t.v.n, ns = t.mass.n;
     gsink_attn_stats sc = {t.mass.c, t.sq.c, t.win.c}, sg = {t.mass.g, t.sq.g, t.win.g};
@@ -622,7 +622,7 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
     const int fallback = a.dh > 128; /* exact kernels */
     const double RT = fallback ? 2e-4 : pr->rtol, AR = fallback ? 0 : pr->rtol;
     const double FL = fallback ? 5e-5 : pr->floor_;
-    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W};
+    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, 0.0f};
     attn_bufs t = attn_bufs_new(a, 251);
     const size_t nq = t.q.n, nk = t.k.n, nv = t.v.n, ns = t.mass.n;
     gsink_attn_stats sc = {t.mass.c, t.sq.c, t.win.c}, sg = {t.mass.g, t.sq.g, t.win.g};
@@ -763,7 +763,7 @@ END_TEST
 START_TEST(test_attention_bad_shape)
 {
     pair z = pair_new(64, 0, 0);
-    gsink_attn_shape s = {1, 4, 4, 3, 4, 4, 2}; /* 4 % 3 != 0 */
+    gsink_attn_shape s = {1, 4, 4, 3, 4, 4, 2, 0.0f}; /* 4 % 3 != 0 */
     gsink_attn_stats none = {NULL, NULL, NULL};
     if (!gpu_is_cuda) {
         pair_free(&z);

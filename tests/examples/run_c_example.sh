@@ -53,4 +53,8 @@ rows=$(echo "$out" | grep -cE '^ +[0-9]+ +[0-9.]+ +[0-9.]+ +[0-9.]+$')
 "$stage/analyze" --numbers >"$stage/installed.txt"
 "$build/examples/c/analyze" --numbers >"$stage/tree.txt"
 diff -u "$stage/tree.txt" "$stage/installed.txt"
+# The operations example builds and runs the same way.
+# shellcheck disable=SC2086
+"$CC" -std=c11 -Wall -Wextra -Werror -o "$stage/ops" "$src/examples/c/ops.c" $cflags $libs -lm
+"$stage/ops" | grep -q "sink rate (eps 0.3): 1.00" || { echo "run_c_example: ops example output" >&2; exit 1; }
 echo "run_c_example: ok"

@@ -1152,3 +1152,215 @@ class Tokenizer(_Handle):
             return buf.raw[:n.value].decode("utf-8", "replace")
         self._ok(st)
         return ""
+
+
+# ---- embedding: operations on caller buffers, metrics on caller tensors -----
+# A thin numpy layer over gsink_ops_* and gsink_metric_* (docs/embedding.md):
+# host arrays in, new arrays out. Attention tensors are (batch, seq, heads,
+# d_head); lse and the column statistics (batch, n_heads, seq).
+
+
+def _attn_desc(q, k, v, softmax_scale, sink_window):
+    for name, a in (("q", q), ("k", k), ("v", v)):
+        if a.ndim != 4:
+            raise ValueError("%s must have shape (batch, seq, heads, d_head), got %s" % (name, a.shape))
+    b, t, h, dh = q.shape
+    if k.shape[:2] != (b, t) or v.shape[:2] != (b, t) or k.shape[3] != dh or v.shape[3] != dh:
+        raise ValueError("q %s, k %s and v %s disagree in batch, seq or d_head" % (q.shape, k.shape, v.shape))
+    d = L.AttnDesc()
+    _lib.gsink_attn_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
+    d.batch, d.seq, d.n_heads = _cint(b, "batch"), _cint(t, "seq"), _cint(h, "n_heads")
+    d.n_kv_heads, d.n_v_heads, d.d_head = _cint(k.shape[2], "n_kv_heads"), _cint(v.shape[2], "n_v_heads"), _cint(dh, "d_head")
+    d.softmax_scale = float(softmax_scale)
+    d.sink_window = _cint(sink_window, "sink_window")
+    return d
+
+
+def _f32(a, name):
+    arr = np.asarray(a)
+    if arr.dtype.kind != "f":
+        raise TypeError("%s must be a floating-point array, got dtype %s" % (name, arr.dtype))
+    return np.ascontiguousarray(arr, dtype=np.float32)
+
+
+class Ops(_Handle):
+    """Operations on caller buffers (gsink_ops) on the CPU: V-scale and causal
+    attention with the column statistics computed in the kernel, the model's
+    own kernels. Ops(n_threads=0)."""
+
+    _free_fn = staticmethod(_lib.gsink_ops_free)
+    _errmsg_fn = staticmethod(_lib.gsink_ops_errmsg)
+    _kind = "ops handle"
+
+    def __init__(self, n_threads=0):
+        o = L.OpsOptions()
+        _lib.gsink_ops_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
+        o.device = int(DeviceKind.CPU)
+        o.n_threads = _cint(n_threads, "n_threads")
+        h = ctypes.c_void_p()
+        _check(_lib.gsink_ops_create(ctypes.byref(o), ctypes.byref(h)))
+        self._h = h.value
+
+    def set_stream(self, stream=None):
+        """gsink_ops_set_stream: CUDA only; the CPU accepts None only."""
+        self._ok(_lib.gsink_ops_set_stream(self._handle(), stream))
+
+    def attention_forward(self, q, k, v, softmax_scale=0.0, sink_window=64):
+        """(out, lse, col_mass, col_sq, col_win) of causal attention."""
+        h = self._handle()
+        q, k, v = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
+        d = _attn_desc(q, k, v, softmax_scale, sink_window)
+        st = (d.batch, d.n_heads, d.seq)
+        out = np.empty(q.shape, dtype=np.float32)
+        lse, m, sq, win = (np.empty(st, dtype=np.float32) for _ in range(4))
+        self._ok(_lib.gsink_ops_attention_forward(h, ctypes.byref(d), q.ctypes.data, k.ctypes.data,
+                                                  v.ctypes.data, out.ctypes.data, lse.ctypes.data,
+                                                  m.ctypes.data, sq.ctypes.data, win.ctypes.data))
+        return out, lse, m, sq, win
+
+    def attention_stats(self, q, k, lse, softmax_scale=0.0, sink_window=64):
+        """(col_mass, col_sq, col_win) from q, k and the forward's lse."""
+        h = self._handle()
+        q, k = _f32(q, "q"), _f32(k, "k")
+        d = _attn_desc(q, k, k, softmax_scale, sink_window)
+        lse = _float_input(lse, "lse", (d.batch, d.n_heads, d.seq))
+        m, sq, win = (np.empty((d.batch, d.n_heads, d.seq), dtype=np.float32) for _ in range(3))
+        self._ok(_lib.gsink_ops_attention_stats(h, ctypes.byref(d), q.ctypes.data, k.ctypes.data,
+                                                lse.ctypes.data, m.ctypes.data, sq.ctypes.data,
+                                                win.ctypes.data))
+        return m, sq, win
+
+    def attention_backward(self, q, k, v, out, lse, dout, softmax_scale=0.0):
+        """(dq, dk, dv) from dL/dout and the forward's out and lse."""
+        h = self._handle()
+        q, k, v = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
+        d = _attn_desc(q, k, v, softmax_scale, 64)
+        out = _float_input(out, "out", q.shape)
+        dout = _float_input(dout, "dout", q.shape)
+        lse = _float_input(lse, "lse", (d.batch, d.n_heads, d.seq))
+        dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+        self._ok(_lib.gsink_ops_attention_backward(
+            h, ctypes.byref(d), q.ctypes.data, k.ctypes.data, v.ctypes.data, out.ctypes.data, lse.ctypes.data,
+            dout.ctypes.data, dq.ctypes.data, dk.ctypes.data, dv.ctypes.data, None, None, None))
+        return dq, dk, dv
+
+    def _vscale_desc(self, v, heads_out, d_model, sigma, mode):
+        if v.ndim != 3:
+            raise ValueError("v must have shape (rows, heads, d_head), got %s" % (v.shape,))
+        d = L.VScaleDesc()
+        _lib.gsink_vscale_desc_init_size(ctypes.byref(d), ctypes.sizeof(d))
+        d.mode = _enum_arg(mode, VScaleMode, "mode")
+        d.n_rows, d.heads_in, d.d_head = (_cint(x, "v shape") for x in v.shape)
+        d.heads_out = _cint(v.shape[1] if heads_out is None else heads_out, "heads_out")
+        d.d_model = _cint(d_model, "d_model")
+        d.sigma = float(sigma)
+        return d
+
+    def vscale_forward(self, v, theta, d_model, sigma=0.02, mode=VScaleMode.FULL, heads_out=None):
+        """V-scale of v (rows, heads_in, d_head) -> (rows, heads_out, d_head)."""
+        h = self._handle()
+        v = _f32(v, "v")
+        d = self._vscale_desc(v, heads_out, d_model, sigma, mode)
+        th = None if theta is None else _float_input(theta, "theta", (d.heads_out,))
+        out = np.empty((d.n_rows, d.heads_out, d.d_head), dtype=np.float32)
+        self._ok(_lib.gsink_ops_vscale_forward(h, ctypes.byref(d), v.ctypes.data,
+                                               None if th is None else th.ctypes.data, out.ctypes.data))
+        return out
+
+    def vscale_backward(self, v, theta, dout, d_model, sigma=0.02, mode=VScaleMode.FULL, dtheta=None):
+        """dL/dv; dL/dtheta is added into dtheta (float32, heads_out) if given."""
+        h = self._handle()
+        v = _f32(v, "v")
+        dout = _f32(dout, "dout")
+        d = self._vscale_desc(v, dout.shape[1] if dout.ndim == 3 else None, d_model, sigma, mode)
+        dout = _float_input(dout, "dout", (d.n_rows, d.heads_out, d.d_head))
+        th = None if theta is None else _float_input(theta, "theta", (d.heads_out,))
+        if dtheta is not None:
+            dtheta = _out_array(dtheta, (d.heads_out,), "dtheta")
+        dv = np.empty_like(v)
+        self._ok(_lib.gsink_ops_vscale_backward(
+            h, ctypes.byref(d), v.ctypes.data, None if th is None else th.ctypes.data, dout.ctypes.data,
+            dv.ctypes.data, None if dtheta is None else dtheta.ctypes.data))
+        return dv
+
+
+def metric_token_norms(x, head=ALL_HEADS, agg=BatchAgg.SUM_THEN_NORM):
+    """Token-wise norms (seq,) of x (batch, seq, width) or (batch, seq, heads, head_width)."""
+    x = _f32(x, "x")
+    if x.ndim == 3:
+        x = x.reshape(x.shape[0], x.shape[1], 1, x.shape[2])
+    if x.ndim != 4:
+        raise ValueError("x must have 3 or 4 dimensions, got %s" % (x.shape,))
+    out = np.empty(x.shape[1], dtype=np.float32)
+    _check(_lib.gsink_metric_token_norms(x.ctypes.data, *(_cint(n, "x shape") for n in x.shape),
+                                         _cint(head, "head"), _enum_arg(agg, BatchAgg, "agg"),
+                                         out.ctypes.data, out.size))
+    return out
+
+
+def metric_gradient_sink_ratio(norms, s=0, t_e=31):
+    """R_GS(s; T_e) from token-wise gradient norms."""
+    n = _f32(norms, "norms").reshape(-1)
+    r = ctypes.c_float(0)
+    _check(_lib.gsink_metric_gradient_sink_ratio(n.ctypes.data, n.size, _cint(s, "s"), _cint(t_e, "t_e"),
+                                                 ctypes.byref(r)))
+    return r.value
+
+
+def metric_massive_activation_ratio(norms):
+    """t0/early from PER_SEQUENCE activation norms (>= 16 values)."""
+    n = _f32(norms, "norms").reshape(-1)
+    r = ctypes.c_float(0)
+    _check(_lib.gsink_metric_massive_activation_ratio(n.ctypes.data, n.size, ctypes.byref(r)))
+    return r.value
+
+
+def _stat(a, name):
+    a = _f32(a, name)
+    if a.ndim != 3:
+        raise ValueError("%s must have shape (batch, heads, seq), got %s" % (name, a.shape))
+    return a
+
+
+def metric_column_mean(stat):
+    """Batch mean (heads, seq) of a column statistic (batch, heads, seq)."""
+    a = _stat(stat, "stat")
+    out = np.empty(a.shape[1:], dtype=np.float32)
+    _check(_lib.gsink_metric_column_mean(a.ctypes.data, *(_cint(n, "shape") for n in a.shape),
+                                         out.ctypes.data, out.size))
+    return out
+
+
+def metric_sink_scores(col_win, sink_window, s=0):
+    """alpha_s^h (heads,) from col_win (batch, heads, seq)."""
+    a = _stat(col_win, "col_win")
+    out = np.empty(a.shape[1], dtype=np.float32)
+    _check(_lib.gsink_metric_sink_scores(a.ctypes.data, *(_cint(n, "shape") for n in a.shape),
+                                         _cint(sink_window, "sink_window"), _cint(s, "s"),
+                                         out.ctypes.data, out.size))
+    return out
+
+
+def metric_sink_rate(col_win, sink_window, s=0, eps=0.3):
+    """Share of heads with alpha_s^h > eps."""
+    a = _stat(col_win, "col_win")
+    r = ctypes.c_float(0)
+    _check(_lib.gsink_metric_sink_rate(a.ctypes.data, *(_cint(n, "shape") for n in a.shape),
+                                       _cint(sink_window, "sink_window"), _cint(s, "s"), float(eps),
+                                       ctypes.byref(r)))
+    return r.value
+
+
+def metric_branch_ratios(grad_in, grad_out, grad_normed, agg=BatchAgg.SUM_THEN_NORM):
+    """(bloat, change, compress), each (seq,), from three (batch, seq, width) gradients."""
+    gi = _f32(grad_in, "grad_in")
+    if gi.ndim != 3:
+        raise ValueError("grad_in must have shape (batch, seq, width), got %s" % (gi.shape,))
+    go = _float_input(grad_out, "grad_out", gi.shape)
+    gn = _float_input(grad_normed, "grad_normed", gi.shape)
+    out = [np.empty(gi.shape[1], dtype=np.float32) for _ in range(3)]
+    _check(_lib.gsink_metric_branch_ratios(gi.ctypes.data, go.ctypes.data, gn.ctypes.data,
+                                           *(_cint(n, "shape") for n in gi.shape),
+                                           _enum_arg(agg, BatchAgg, "agg"),
+                                           *(o.ctypes.data for o in out), gi.shape[1]))
+    return tuple(out)

@@ -130,8 +130,49 @@ class OptimizerOptions(ctypes.Structure):
     ])
 
 
-for _cls in (Config, ModelOptions, DiagOptions, VScaleOptions, OptimizerOptions):
+class OpsOptions(ctypes.Structure):
+    _fields_ = _with_tail([
+        ("size", c_size_t),
+        ("device", c_int32),
+        ("device_index", c_int32),
+        ("n_threads", c_int32),
+    ])
+
+
+# The operation descriptors carry no slack: the library accepts exactly its
+# own sizeof (a descriptor is input only), so size must be ctypes.sizeof.
+class AttnDesc(ctypes.Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("batch", c_int32),
+        ("seq", c_int32),
+        ("n_heads", c_int32),
+        ("n_kv_heads", c_int32),
+        ("n_v_heads", c_int32),
+        ("d_head", c_int32),
+        ("softmax_scale", c_float),
+        ("sink_window", c_int32),
+        ("layout", c_int32),
+    ]
+
+
+class VScaleDesc(ctypes.Structure):
+    _fields_ = [
+        ("size", c_size_t),
+        ("mode", c_int32),
+        ("n_rows", c_int32),
+        ("heads_in", c_int32),
+        ("heads_out", c_int32),
+        ("d_head", c_int32),
+        ("d_model", c_int32),
+        ("sigma", c_float),
+    ]
+
+
+for _cls in (Config, ModelOptions, DiagOptions, VScaleOptions, OptimizerOptions, OpsOptions):
     _cls.known_size = _known_size(_cls)
+for _cls in (AttnDesc, VScaleDesc):
+    _cls.known_size = ctypes.sizeof(_cls)
 
 S = c_int  # gsink_status (an enum: int)
 P = c_void_p  # handles and array buffers
@@ -219,6 +260,26 @@ PROTOTYPES = {
     # checkpoints
     "gsink_model_load": (S, [c_char_p, POINTER(ModelOptions), POINTER(c_void_p)]),
     "gsink_model_save": (S, [P, c_char_p]),
+    # embedding: operations on caller buffers and metrics on caller tensors
+    "gsink_ops_options_init_size": (None, [POINTER(OpsOptions), c_size_t]),
+    "gsink_ops_create": (S, [POINTER(OpsOptions), POINTER(c_void_p)]),
+    "gsink_ops_free": (None, [P]),
+    "gsink_ops_errmsg": (c_char_p, [P]),
+    "gsink_ops_set_stream": (S, [P, c_void_p]),
+    "gsink_attn_desc_init_size": (None, [POINTER(AttnDesc), c_size_t]),
+    "gsink_ops_attention_forward": (S, [P, POINTER(AttnDesc), P, P, P, P, P, P, P, P]),
+    "gsink_ops_attention_backward": (S, [P, POINTER(AttnDesc)] + [P] * 12),
+    "gsink_ops_attention_stats": (S, [P, POINTER(AttnDesc), P, P, P, P, P, P]),
+    "gsink_vscale_desc_init_size": (None, [POINTER(VScaleDesc), c_size_t]),
+    "gsink_ops_vscale_forward": (S, [P, POINTER(VScaleDesc), P, P, P]),
+    "gsink_ops_vscale_backward": (S, [P, POINTER(VScaleDesc), P, P, P, P, P]),
+    "gsink_metric_token_norms": (S, [P, c_int, c_int, c_int, c_int, c_int, c_int, P, c_size_t]),
+    "gsink_metric_gradient_sink_ratio": (S, [P, c_size_t, c_int, c_int, POINTER(c_float)]),
+    "gsink_metric_massive_activation_ratio": (S, [P, c_size_t, POINTER(c_float)]),
+    "gsink_metric_column_mean": (S, [P, c_int, c_int, c_int, P, c_size_t]),
+    "gsink_metric_sink_scores": (S, [P, c_int, c_int, c_int, c_int, c_int, P, c_size_t]),
+    "gsink_metric_sink_rate": (S, [P, c_int, c_int, c_int, c_int, c_int, c_float, POINTER(c_float)]),
+    "gsink_metric_branch_ratios": (S, [P, P, P, c_int, c_int, c_int, c_int, P, P, P, c_size_t]),
     # tokenizer
     "gsink_tokenizer_load_gguf": (S, [c_char_p, POINTER(c_void_p)]),
     "gsink_tokenizer_free": (None, [P]),

@@ -67,7 +67,10 @@ STRUCTS = (("gsink_config", _lib.Config, "gsink_config_init_size"),
            ("gsink_model_options", _lib.ModelOptions, "gsink_model_options_init_size"),
            ("gsink_diag_options", _lib.DiagOptions, "gsink_diag_options_init_size"),
            ("gsink_vscale_options", _lib.VScaleOptions, "gsink_vscale_options_init_size"),
-           ("gsink_optimizer_options", _lib.OptimizerOptions, "gsink_optimizer_options_init_size"))
+           ("gsink_optimizer_options", _lib.OptimizerOptions, "gsink_optimizer_options_init_size"),
+           ("gsink_ops_options", _lib.OpsOptions, "gsink_ops_options_init_size"),
+           ("gsink_attn_desc", _lib.AttnDesc, "gsink_attn_desc_init_size"),
+           ("gsink_vscale_desc", _lib.VScaleDesc, "gsink_vscale_desc_init_size"))
 
 
 def test_struct_layout_matches_the_c_compiler(tmp_path):

@@ -1266,6 +1266,629 @@ extern "C" {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct gsink_ops {
+    _unused: [u8; 0],
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct gsink_ops_options {
+    pub size: usize,
+    pub device: i32,
+    pub device_index: i32,
+    pub n_threads: i32,
+}
+#[test]
+fn bindgen_test_layout_gsink_ops_options() {
+    assert_eq!(
+        ::std::mem::size_of::<gsink_ops_options>(),
+        24usize,
+        concat!("Size of: ", stringify!(gsink_ops_options))
+    );
+    assert_eq!(
+        ::std::mem::align_of::<gsink_ops_options>(),
+        8usize,
+        concat!("Alignment of ", stringify!(gsink_ops_options))
+    );
+    fn test_field_size() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_ops_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).size) as usize - ptr as usize
+            },
+            0usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_ops_options),
+                "::",
+                stringify!(size)
+            )
+        );
+    }
+    test_field_size();
+    fn test_field_device() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_ops_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).device) as usize - ptr as usize
+            },
+            8usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_ops_options),
+                "::",
+                stringify!(device)
+            )
+        );
+    }
+    test_field_device();
+    fn test_field_device_index() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_ops_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).device_index) as usize - ptr as usize
+            },
+            12usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_ops_options),
+                "::",
+                stringify!(device_index)
+            )
+        );
+    }
+    test_field_device_index();
+    fn test_field_n_threads() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_ops_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_threads) as usize - ptr as usize
+            },
+            16usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_ops_options),
+                "::",
+                stringify!(n_threads)
+            )
+        );
+    }
+    test_field_n_threads();
+}
+extern "C" {
+    pub fn gsink_ops_options_init_size(opts: *mut gsink_ops_options, size: usize);
+}
+extern "C" {
+    pub fn gsink_ops_create(
+        opts: *const gsink_ops_options,
+        out: *mut *mut gsink_ops,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_ops_free(ops: *mut gsink_ops);
+}
+extern "C" {
+    pub fn gsink_ops_errmsg(ops: *const gsink_ops) -> *const ::std::os::raw::c_char;
+}
+extern "C" {
+    pub fn gsink_ops_set_stream(
+        ops: *mut gsink_ops,
+        stream: *mut ::std::os::raw::c_void,
+    ) -> gsink_status;
+}
+pub const gsink_attn_layout_GSINK_ATTN_LAYOUT_BTHD: gsink_attn_layout = 0;
+pub type gsink_attn_layout = ::std::os::raw::c_uint;
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct gsink_attn_desc {
+    pub size: usize,
+    pub batch: i32,
+    pub seq: i32,
+    pub n_heads: i32,
+    pub n_kv_heads: i32,
+    pub n_v_heads: i32,
+    pub d_head: i32,
+    pub softmax_scale: f32,
+    pub sink_window: i32,
+    pub layout: i32,
+}
+#[test]
+fn bindgen_test_layout_gsink_attn_desc() {
+    assert_eq!(
+        ::std::mem::size_of::<gsink_attn_desc>(),
+        48usize,
+        concat!("Size of: ", stringify!(gsink_attn_desc))
+    );
+    assert_eq!(
+        ::std::mem::align_of::<gsink_attn_desc>(),
+        8usize,
+        concat!("Alignment of ", stringify!(gsink_attn_desc))
+    );
+    fn test_field_size() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).size) as usize - ptr as usize
+            },
+            0usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(size)
+            )
+        );
+    }
+    test_field_size();
+    fn test_field_batch() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).batch) as usize - ptr as usize
+            },
+            8usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(batch)
+            )
+        );
+    }
+    test_field_batch();
+    fn test_field_seq() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).seq) as usize - ptr as usize
+            },
+            12usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(seq)
+            )
+        );
+    }
+    test_field_seq();
+    fn test_field_n_heads() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_heads) as usize - ptr as usize
+            },
+            16usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(n_heads)
+            )
+        );
+    }
+    test_field_n_heads();
+    fn test_field_n_kv_heads() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_kv_heads) as usize - ptr as usize
+            },
+            20usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(n_kv_heads)
+            )
+        );
+    }
+    test_field_n_kv_heads();
+    fn test_field_n_v_heads() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_v_heads) as usize - ptr as usize
+            },
+            24usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(n_v_heads)
+            )
+        );
+    }
+    test_field_n_v_heads();
+    fn test_field_d_head() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).d_head) as usize - ptr as usize
+            },
+            28usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(d_head)
+            )
+        );
+    }
+    test_field_d_head();
+    fn test_field_softmax_scale() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).softmax_scale) as usize - ptr as usize
+            },
+            32usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(softmax_scale)
+            )
+        );
+    }
+    test_field_softmax_scale();
+    fn test_field_sink_window() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).sink_window) as usize - ptr as usize
+            },
+            36usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(sink_window)
+            )
+        );
+    }
+    test_field_sink_window();
+    fn test_field_layout() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_attn_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).layout) as usize - ptr as usize
+            },
+            40usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_attn_desc),
+                "::",
+                stringify!(layout)
+            )
+        );
+    }
+    test_field_layout();
+}
+extern "C" {
+    pub fn gsink_attn_desc_init_size(desc: *mut gsink_attn_desc, size: usize);
+}
+extern "C" {
+    pub fn gsink_ops_attention_forward(
+        ops: *mut gsink_ops,
+        desc: *const gsink_attn_desc,
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        out: *mut f32,
+        lse: *mut f32,
+        col_mass: *mut f32,
+        col_sq: *mut f32,
+        col_win: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_ops_attention_backward(
+        ops: *mut gsink_ops,
+        desc: *const gsink_attn_desc,
+        q: *const f32,
+        k: *const f32,
+        v: *const f32,
+        out: *const f32,
+        lse: *const f32,
+        dout: *const f32,
+        dq: *mut f32,
+        dk: *mut f32,
+        dv: *mut f32,
+        col_mass: *mut f32,
+        col_sq: *mut f32,
+        col_win: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_ops_attention_stats(
+        ops: *mut gsink_ops,
+        desc: *const gsink_attn_desc,
+        q: *const f32,
+        k: *const f32,
+        lse: *const f32,
+        col_mass: *mut f32,
+        col_sq: *mut f32,
+        col_win: *mut f32,
+    ) -> gsink_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct gsink_vscale_desc {
+    pub size: usize,
+    pub mode: i32,
+    pub n_rows: i32,
+    pub heads_in: i32,
+    pub heads_out: i32,
+    pub d_head: i32,
+    pub d_model: i32,
+    pub sigma: f32,
+}
+#[test]
+fn bindgen_test_layout_gsink_vscale_desc() {
+    assert_eq!(
+        ::std::mem::size_of::<gsink_vscale_desc>(),
+        40usize,
+        concat!("Size of: ", stringify!(gsink_vscale_desc))
+    );
+    assert_eq!(
+        ::std::mem::align_of::<gsink_vscale_desc>(),
+        8usize,
+        concat!("Alignment of ", stringify!(gsink_vscale_desc))
+    );
+    fn test_field_size() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).size) as usize - ptr as usize
+            },
+            0usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(size)
+            )
+        );
+    }
+    test_field_size();
+    fn test_field_mode() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).mode) as usize - ptr as usize
+            },
+            8usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(mode)
+            )
+        );
+    }
+    test_field_mode();
+    fn test_field_n_rows() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).n_rows) as usize - ptr as usize
+            },
+            12usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(n_rows)
+            )
+        );
+    }
+    test_field_n_rows();
+    fn test_field_heads_in() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).heads_in) as usize - ptr as usize
+            },
+            16usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(heads_in)
+            )
+        );
+    }
+    test_field_heads_in();
+    fn test_field_heads_out() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).heads_out) as usize - ptr as usize
+            },
+            20usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(heads_out)
+            )
+        );
+    }
+    test_field_heads_out();
+    fn test_field_d_head() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).d_head) as usize - ptr as usize
+            },
+            24usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(d_head)
+            )
+        );
+    }
+    test_field_d_head();
+    fn test_field_d_model() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).d_model) as usize - ptr as usize
+            },
+            28usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(d_model)
+            )
+        );
+    }
+    test_field_d_model();
+    fn test_field_sigma() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_vscale_desc>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).sigma) as usize - ptr as usize
+            },
+            32usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_vscale_desc),
+                "::",
+                stringify!(sigma)
+            )
+        );
+    }
+    test_field_sigma();
+}
+extern "C" {
+    pub fn gsink_vscale_desc_init_size(desc: *mut gsink_vscale_desc, size: usize);
+}
+extern "C" {
+    pub fn gsink_ops_vscale_forward(
+        ops: *mut gsink_ops,
+        desc: *const gsink_vscale_desc,
+        v: *const f32,
+        theta: *const f32,
+        out: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_ops_vscale_backward(
+        ops: *mut gsink_ops,
+        desc: *const gsink_vscale_desc,
+        v: *const f32,
+        theta: *const f32,
+        dout: *const f32,
+        dv: *mut f32,
+        dtheta: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_token_norms(
+        x: *const f32,
+        batch: ::std::os::raw::c_int,
+        seq: ::std::os::raw::c_int,
+        heads: ::std::os::raw::c_int,
+        head_width: ::std::os::raw::c_int,
+        head: ::std::os::raw::c_int,
+        agg: ::std::os::raw::c_int,
+        out: *mut f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_gradient_sink_ratio(
+        norms: *const f32,
+        count: usize,
+        s: ::std::os::raw::c_int,
+        t_e: ::std::os::raw::c_int,
+        ratio: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_massive_activation_ratio(
+        norms: *const f32,
+        count: usize,
+        ratio: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_column_mean(
+        stat: *const f32,
+        batch: ::std::os::raw::c_int,
+        heads: ::std::os::raw::c_int,
+        seq: ::std::os::raw::c_int,
+        out: *mut f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_sink_scores(
+        col_win: *const f32,
+        batch: ::std::os::raw::c_int,
+        heads: ::std::os::raw::c_int,
+        seq: ::std::os::raw::c_int,
+        sink_window: ::std::os::raw::c_int,
+        s: ::std::os::raw::c_int,
+        out: *mut f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_sink_rate(
+        col_win: *const f32,
+        batch: ::std::os::raw::c_int,
+        heads: ::std::os::raw::c_int,
+        seq: ::std::os::raw::c_int,
+        sink_window: ::std::os::raw::c_int,
+        s: ::std::os::raw::c_int,
+        eps: f32,
+        rate: *mut f32,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_metric_branch_ratios(
+        grad_in: *const f32,
+        grad_out: *const f32,
+        grad_normed: *const f32,
+        batch: ::std::os::raw::c_int,
+        seq: ::std::os::raw::c_int,
+        width: ::std::os::raw::c_int,
+        agg: ::std::os::raw::c_int,
+        bloat: *mut f32,
+        change: *mut f32,
+        compress: *mut f32,
+        count: usize,
+    ) -> gsink_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct gsink_optimizer {
     _unused: [u8; 0],
 }

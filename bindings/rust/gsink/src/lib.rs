@@ -17,13 +17,17 @@
 //! ```
 //!
 //! Errors come back as [`Error`], carrying the library's status and message.
-//! Handles ([`Model`], [`Optimizer`], [`Tokenizer`]) free themselves on drop
+//! The layers and metrics without a model, on your own slices, are in
+//! [`ops`].
+//!
+//! Handles ([`Model`], [`Optimizer`], [`Tokenizer`], [`ops::Ops`]) free themselves on drop
 //! and are `Send` but not `Sync`.
 
 pub use gsink_sys as sys;
 
 mod error;
 mod model;
+pub mod ops;
 mod optimizer;
 mod options;
 mod site;
