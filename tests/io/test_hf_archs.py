@@ -18,12 +18,14 @@ import gsink
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data", "hf-archs")
 ARCHS = {  # fixture dir -> (architecture, rope scaling, q/k/v biases)
+    "qwen3": ("qwen3", "default", False),
+    "glm": ("glm", "default", True),
+    "glm4": ("glm4", "default", True),
     "llama": ("llama", "default", False),
     "llama31": ("llama", "llama3", False),
     "mistral": ("mistral", "default", False),
     "qwen2": ("qwen2", "default", True),
 }
-REFUSED = {"qwen3": "qwen3", "glm": "glm", "glm4": "glm4"}
 
 
 def devices():
@@ -89,7 +91,7 @@ def with_config(tmp_path, arch, **changes):
     return str(d)
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "glm", "glm4", "gemma"])
+@pytest.mark.parametrize("model_type", ["gemma", "phi3", "glm4_moe"])
 def test_unsupported_architectures_refused_by_name(tmp_path, model_type):
     d = with_config(tmp_path, "llama", model_type=model_type)
     with pytest.raises(gsink.UnsupportedError, match="model_type '%s' is not supported" % model_type):
@@ -106,7 +108,7 @@ def test_unknown_rope_type_refused_by_name(tmp_path, rope_type):
 def test_saved_architecture_round_trips(tmp_path):
     """gsink_model_save writes model_type, rope_scaling and the biases; the
     saved directory loads back into the same model."""
-    for arch in ("llama31", "qwen2"):
+    for arch in ("llama31", "qwen2", "qwen3", "glm", "glm4"):
         _, ref, got = run(arch, "cpu")
         with gsink.Model.load(os.path.join(DATA, arch)) as m:
             out = str(tmp_path / ("saved-" + arch))
@@ -121,7 +123,49 @@ def test_saved_architecture_round_trips(tmp_path):
                 assert rel(m2.logits(), ref["logits"]) < 1e-5
 
 
-def test_qwen2_biases_are_parameters():
+def safetensors_names(path):
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return sorted(k for k in json.loads(f.read(n)) if k != "__metadata__")
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "glm", "glm4"])
+def test_saved_checkpoint_has_hf_names_and_keys(tmp_path, arch):
+    """gsink_model_save writes the tensors under the names of HF's file (GLM's
+    fused mlp.gate_up_proj, q_norm / k_norm, the post norms) and the
+    config.json keys that select the same model (partial_rotary_factor)."""
+    with gsink.Model.load(os.path.join(DATA, arch)) as m:
+        out = str(tmp_path / arch)
+        m.save(out)
+    assert safetensors_names(os.path.join(out, "model.safetensors")) == \
+        safetensors_names(os.path.join(DATA, arch, "model.safetensors"))
+    saved = json.load(open(os.path.join(out, "config.json")))
+    src = json.load(open(os.path.join(DATA, arch, "config.json")))
+    for k in ("model_type", "head_dim", "attention_bias", "partial_rotary_factor"):
+        if k in src:
+            assert saved[k] == src[k], k
+
+
+def test_partial_rotary_and_attention_bias_keys(tmp_path):
+    """partial_rotary_factor sets the rotated dims (HF: int(head_dim * factor));
+    GLM's attention_bias key switches the q/k/v biases."""
+    with gsink.Model.load(with_config(tmp_path, "glm", partial_rotary_factor=0.25)) as m:
+        assert m.config.rope_dims == 4 and m.config.rope_interleaved
+    d = tmp_path / "full"
+    d.mkdir()
+    with gsink.Model.load(with_config(d, "glm", partial_rotary_factor=1.0)) as m:
+        assert m.config.rope_dims == 0  # the whole head
+    d = tmp_path / "nobias"
+    d.mkdir()
+    with gsink.Model.load(with_config(d, "glm", attention_bias=False)) as m:
+        assert not m.config.qkv_bias  # (the loader skips the file's bias tensors)
+        assert "model.layers.0.self_attn.q_proj.bias" not in m.param_names()
+    d = tmp_path / "odd"
+    d.mkdir()
+    with pytest.raises(gsink.UnsupportedError, match="rotated dims"):
+        gsink.Model.load(with_config(d, "glm", partial_rotary_factor=0.1875))  # 16 * 0.1875 = 3
+
     with gsink.Model.load(os.path.join(DATA, "qwen2")) as m:
         names = m.param_names()
         for l in range(m.config.n_layers):
@@ -142,5 +186,9 @@ def test_cli_info_prints_architecture_and_flags():
         assert p.returncode == 0, p.stderr
         assert "architecture: %s\n" % name in p.stdout, p.stdout
         assert "qkv_bias=%d" % bias in p.stdout and "rope_scaling=%s" % rope in p.stdout, p.stdout
+        assert "qk_norm=%d" % (name == "qwen3") in p.stdout, p.stdout
+        assert "sandwich_norm=%d" % (name == "glm4") in p.stdout, p.stdout
+        glm = name in ("glm", "glm4")
+        assert ("rotary_dims=8/16 pairs=interleaved" if glm else "pairs=halves") in p.stdout, p.stdout
     p = subprocess.run([cli, "info", os.path.join(DATA, "nonexistent")], capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr

@@ -159,13 +159,33 @@ ARCH_VARIANTS = {
     "qwen2_bias_llama3": dict(arch="qwen2", qkv_bias=True, rope_scaling="llama3", rope_factor=4.0,
                               rope_low_freq_factor=1.0, rope_high_freq_factor=2.0,
                               rope_original_max_pos=16),
+    # Qwen3 / GLM / GLM-4-0414 steps. rope_dims 4 of d_head 6 or 8: partial rotary
+    # (GLM's partial_rotary_factor), interleaved pairs (2i, 2i+1)
+    "qwen3_qk_norm": dict(arch="qwen3", qk_norm=True, rope_theta=1e6),
+    "glm": dict(arch="glm", qkv_bias=True, rope_dims=4, rope_interleaved=True),
+    "glm4": dict(arch="glm4", qkv_bias=True, rope_dims=4, rope_interleaved=True, sandwich_norm=True),
+    # the extended RoPE op off its HF rows: partial rotate_half with llama3 scaling,
+    # interleaved over the whole head, every optional step at once
+    "partial_halves_llama3": dict(rope_dims=4, rope_scaling="llama3", rope_factor=4.0,
+                                  rope_low_freq_factor=1.0, rope_high_freq_factor=2.0,
+                                  rope_original_max_pos=16),
+    "interleaved_full": dict(rope_interleaved=True),
+    "all_steps": dict(arch="glm4", qkv_bias=True, qk_norm=True, rope_dims=2, rope_interleaved=True,
+                      sandwich_norm=True),
 }
+
+# Norm gains of the optional steps (ones at creation, as in HF): randomized so
+# that a misplaced gain shows.
+STEP_NORMS = (".q_norm.weight", ".k_norm.weight", ".post_self_attn_layernorm.weight",
+              ".post_mlp_layernorm.weight")
 
 
 def randomize_biases(model, rng, scale=0.3):
     for name, shape in model.param_info():
         if name.endswith(".bias"):
             model.set_param(name, (scale * rng.standard_normal(shape)).astype(np.float32))
+        elif name.endswith(STEP_NORMS):
+            model.set_param(name, (1.0 + scale * rng.standard_normal(shape)).astype(np.float32))
 
 
 @pytest.mark.parametrize("variant", sorted(ARCH_VARIANTS))
@@ -294,7 +314,8 @@ def _loss_at(model, tokens, targets):
 
 
 @pytest.mark.parametrize("vscale,arch", [(None, None), ("full", None), (None, "qwen2_bias_llama3"),
-                                          (None, "yarn")])
+                                          (None, "yarn"), (None, "qwen3_qk_norm"), (None, "glm"),
+                                          ("full", "glm4"), (None, "all_steps")])
 def test_finite_differences_through_binding(vscale, arch):
     """Central differences of the float32 loss along directions inside single
     parameter tensors (and theta) against the analytic directional derivative;
@@ -304,6 +325,8 @@ def test_finite_differences_through_binding(vscale, arch):
     if arch:
         cfg.update(ARCH_VARIANTS[arch])
         cfg["rope_original_max_pos"] = 8  # max_seq_len 16: long positions relative to it
+        if cfg.get("rope_dims"):
+            cfg["rope_dims"] = 2  # d_head 4: half of each head rotates
     with gsink.Model(gsink.Config(**cfg), seed=3, n_threads=1) as model:
         cfg = model.config.to_dict()
         randomize_biases(model, np.random.default_rng(9))
@@ -325,6 +348,15 @@ def test_finite_differences_through_binding(vscale, arch):
         if cfg["qkv_bias"]:
             names += ["model.layers.0.self_attn.q_proj.bias", "model.layers.1.self_attn.k_proj.bias",
                       "model.layers.0.self_attn.v_proj.bias", "model.layers.1.self_attn.q_proj.bias"]
+        if cfg["arch"] in ("glm", "glm4"):  # fused gate_up_proj replaces gate_proj / up_proj
+            names = [n for n in names if ".mlp.gate_proj." not in n and ".mlp.up_proj." not in n]
+            names += ["model.layers.0.mlp.gate_up_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"]
+        if cfg["qk_norm"]:
+            names += ["model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight",
+                      "model.layers.1.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"]
+        if cfg["sandwich_norm"]:
+            names += ["model.layers.0.post_self_attn_layernorm.weight", "model.layers.1.post_mlp_layernorm.weight",
+                      "model.layers.1.post_self_attn_layernorm.weight", "model.layers.0.post_mlp_layernorm.weight"]
         grads = {n: model.get_param_grad(n).astype(np.float64) for n in names
                  if not n.endswith("v_scale_theta")}
         if vscale:
