@@ -75,6 +75,41 @@ def test_fixture_matches_transformers(arch, device):
             assert errs[k] < 1e-4, (k, errs)
 
 
+STEP_SITES = ("q", "k", "attn_out", "mlp_out", "mlp_pre", "mlp_up", "resid_out")
+
+
+@pytest.mark.parametrize("device", [d for d in devices() if d != "cpu"])
+@pytest.mark.parametrize("arch", ["qwen3", "glm", "glm4"])
+def test_device_diagnostics_match_cpu(arch, device):
+    """On the device, the optional steps' parameter gradients, the sites they
+    write, the Q/K/V split (q_norm backward per sequence) and the branch
+    ratios equal the CPU's."""
+    d = os.path.join(DATA, arch)
+    toks = np.load(os.path.join(d, "tokens.npy"))
+    inp, tgt = np.ascontiguousarray(toks[:, :-1]), np.ascontiguousarray(toks[:, 1:])
+    out = {}
+    for dev in ("cpu", device):
+        with gsink.Model.load(d, n_threads=2, device=dev) as m:
+            m.forward(inp, tgt)
+            m.backward()
+            r = {n: m.get_param_grad(n) for n in m.param_names()}
+            for l in range(m.config.n_layers):
+                for site in STEP_SITES:
+                    r[(l, site)] = m.activation_norms(site, l)
+                    r[(l, site, "grad")] = m.gradient_norms(site, l)
+                for agg in ("sum_then_norm", "per_sequence"):
+                    for k, v in m.qkv_gradient_split(l, agg=agg).items():
+                        r[(l, "split", k, agg)] = v
+                for br in (gsink.Branch.ATTN, gsink.Branch.MLP):
+                    for k, v in m.branch_ratios(l, br).items():
+                        r[(l, "branch", int(br), k)] = v
+            out[dev] = r
+    errs = {k: rel(out[device][k], np.asarray(v, np.float64)) for k, v in out["cpu"].items()}
+    worst = max(errs, key=errs.get)
+    print("%s/%s vs cpu: worst rel error %.2e at %s" % (arch, device, errs[worst], worst))
+    assert errs[worst] < 1e-4, (worst, errs[worst])
+
+
 def with_config(tmp_path, arch, **changes):
     """A copy of a fixture with changed config.json fields (None deletes)."""
     src = os.path.join(DATA, arch)

@@ -203,6 +203,38 @@ def test_architecture_variants_match_torch(variant, cfg_name, B, T):
         compare(model, ref, cfg["n_layers"], "%s %s B%d T%d" % (variant, cfg_name, B, T))
 
 
+@pytest.mark.parametrize("variant", ["qwen3_qk_norm", "glm", "glm4", "all_steps", "qwen2_bias"])
+@pytest.mark.parametrize("agg", ["sum_then_norm", "per_sequence"])
+def test_qkv_gradient_split_matches_torch(variant, agg):
+    """The Q/K/V split of dL/dh~ through the optional steps: g_q = (dL/d q_proj) W_Q
+    with q_proj the projection output (q_norm and partial/interleaved RoPE undone)."""
+    model, cfg = make_model("gqa_untied", seed=5, **ARCH_VARIANTS[variant])
+    with model:
+        rng = np.random.default_rng(5)
+        randomize_biases(model, rng)
+        tokens, targets = random_batch(rng, cfg["vocab_size"], 3, 20)
+        run_lib(model, tokens, targets)
+        ref = TorchLlama(cfg, torch_params(model)).run(tokens, targets)
+        worst = 0.0
+        for l in range(cfg["n_layers"]):
+            pre = "model.layers.%d.self_attn." % l
+            w = {p: model.get_param(pre + p + "_proj.weight").astype(np.float64) for p in "qkv"}
+            parts = {"q": ref["extra_grads"][(l, "q_proj")] @ w["q"],
+                     "k": ref["extra_grads"][(l, "k_proj")] @ w["k"],
+                     "v": ref["site_grads"][(l, "v")] @ w["v"]}
+            total = parts["q"] + parts["k"] + parts["v"]
+            assert rel_err(total, ref["site_grads"][(l, "attn_norm_out")]) < 1e-10  # the split is exact
+            got = model.qkv_gradient_split(l, agg=agg)
+            for p in "qkv":
+                g = parts[p]
+                want = (np.linalg.norm(g.sum(0), axis=-1) if agg == "sum_then_norm"
+                        else np.linalg.norm(g, axis=-1).mean(0))
+                e = rel_err(got[p], want)
+                worst = max(worst, e)
+                assert e < TOL, (l, p, e)
+        print("\n[Q/K/V split %s %s] worst rel err %.2e" % (variant, agg, worst))
+
+
 def test_rope_scaling_changes_the_model():
     """Negative control: the scaled frequencies are used (a llama3 model differs
     from plain RoPE at long positions), and the torch reference agrees."""

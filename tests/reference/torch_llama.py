@@ -240,7 +240,7 @@ class TorchLlama:
         eps = c["rms_eps"]
         cos, sin = rope_cos_sin(T, c["rope_dims"] or dh, c["rope_theta"], self.dtype, c)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
-        sites = {}
+        sites, extra = {}, {}
 
         def site(l, name, x):
             x.retain_grad()
@@ -259,6 +259,11 @@ class TorchLlama:
                 q = q + p[pre + "self_attn.q_proj.bias"]
                 k = k + p[pre + "self_attn.k_proj.bias"]
                 v = v + p[pre + "self_attn.v_proj.bias"]
+            # projection outputs (with bias) the gradient of which reaches W_Q / W_K
+            # (not sites; kept for the Q/K/V split)
+            for nm, x in (("q_proj", q), ("k_proj", k)):
+                x.retain_grad()
+                extra[(l, nm)] = x
             q, k = q.view(B, T, H, dh), k.view(B, T, KV, dh)
             if c["qk_norm"]:  # Qwen3: RMSNorm over each head's d_head values, before RoPE
                 q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], eps)
@@ -317,7 +322,7 @@ class TorchLlama:
             logp = torch.log_softmax(logits, dim=-1)
             picked = logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
             loss = -(picked * mask).sum() / mask.sum()
-        return {"logits": logits, "loss": loss, "sites": sites}
+        return {"logits": logits, "loss": loss, "sites": sites, "extra": extra}
 
     def zero_grad(self):
         for t in list(self.p.values()) + ([self.theta] if self.theta is not None else []):
@@ -338,6 +343,7 @@ class TorchLlama:
             "acts": {k: v.detach().numpy() for k, v in out["sites"].items()},
             "site_grads": {k: v.grad.detach().numpy() for k, v in out["sites"].items()},
             "dtheta": None,
+            "extra_grads": {k: v.grad.detach().numpy() for k, v in out["extra"].items()},
         }
         if self.theta is not None and self.theta.requires_grad:
             res["dtheta"] = self.theta.grad.detach().numpy().copy()
