@@ -432,6 +432,11 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
         if (pr->type != GSINK_JSON_NUMBER || !(pr->number > 0.0 && pr->number <= 1.0))
             return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: partial_rotary_factor must be in (0, 1]");
         prf = pr->number;
+        /* HF's Llama-style attention rotates the whole head: a partial factor is an error there */
+        if (!(arch->rope_partial > 0.0f) && prf != 1.0)
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                               "config.json: partial_rotary_factor %g is not supported for %s (only glm, glm4)", prf,
+                               arch->model_type);
     }
     int rot = (int)((double)cfg->d_head * prf);
     if (rot < 2 || rot % 2)

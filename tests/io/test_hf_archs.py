@@ -196,6 +196,10 @@ def test_partial_rotary_and_attention_bias_keys(tmp_path):
     with gsink.Model.load(with_config(d, "glm", attention_bias=False)) as m:
         assert not m.config.qkv_bias  # (the loader skips the file's bias tensors)
         assert "model.layers.0.self_attn.q_proj.bias" not in m.param_names()
+    d = tmp_path / "llama"
+    d.mkdir()
+    with pytest.raises(gsink.UnsupportedError, match="partial_rotary_factor 0.5 is not supported for llama"):
+        gsink.Model.load(with_config(d, "llama", partial_rotary_factor=0.5))
     d = tmp_path / "odd"
     d.mkdir()
     with pytest.raises(gsink.UnsupportedError, match="rotated dims"):
