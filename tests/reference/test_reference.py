@@ -281,9 +281,10 @@ VSCALE_CASES = [
                          ids=["%s-%s-%s-%s" % (c[0], c[1], "pqh" if c[2] else "kv",
                                                "learn" if c[3] else "frozen")
                               for c in VSCALE_CASES])
-def test_vscale_matches_torch(cfg_name, mode, pqh, learnable, sigma):
-    model, cfg = make_model(cfg_name, seed=11)
+def test_vscale_matches_torch(cfg_name, mode, pqh, learnable, sigma, arch=None):
+    model, cfg = make_model(cfg_name, seed=11, **(ARCH_VARIANTS[arch] if arch else {}))
     with model:
+        randomize_biases(model, np.random.default_rng(2))
         model.vscale_enable(mode, sigma=sigma, learnable_theta=learnable, per_query_head=pqh)
         n_scale = cfg["n_heads"] if pqh else cfg["n_kv_heads"]
         assert model.theta.shape == (cfg["n_layers"], n_scale)
@@ -306,10 +307,18 @@ def test_vscale_matches_torch(cfg_name, mode, pqh, learnable, sigma):
             ref["dtheta_policy"] = "zero"
         elif not learnable:
             ref["dtheta_policy"] = "skip"  # the API does not define dtheta of a frozen theta
-        compare(model, ref, cfg["n_layers"], "vscale %s %s %s %s" % (
-            cfg_name, mode, "pqh" if pqh else "kv", "learn" if learnable else "frozen"))
+        compare(model, ref, cfg["n_layers"], "vscale %s %s %s %s %s" % (
+            cfg_name, mode, "pqh" if pqh else "kv", "learn" if learnable else "frozen", arch or ""))
         if mode == "backward_only":
             assert not np.any(model.theta_grad()), "backward-only V-scale must not train theta"
+
+
+@pytest.mark.parametrize("arch", ["qwen3_qk_norm", "glm", "glm4"])
+@pytest.mark.parametrize("mode,pqh", [("full", False), ("full", True), ("backward_only", False)])
+def test_vscale_on_new_architectures_matches_torch(arch, mode, pqh):
+    """V-scale sits between the v projection (with bias) and the attention on
+    every architecture."""
+    test_vscale_matches_torch("gqa_untied", mode, pqh, True, 0.05, arch=arch)
 
 
 def test_gradient_accumulation_over_two_backward_calls():
