@@ -76,8 +76,8 @@ gsink_status cuda_rmsnorm_fwd(gsink_backend *be, float *out, float *rstd, const 
 gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const float *dout,
                               const float *x, const float *gain, const float *rstd, int N, int d,
                               int accumulate);
-gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
-                       const double *inv_freq, float scale, int inverse);
+gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head, int rot_dims,
+                       int interleaved, const double *inv_freq, float scale, int inverse);
 gsink_status cuda_vscale_fwd(gsink_backend *be, float *out, const float *v, const float *theta,
                              int N, int heads_in, int heads_out, int dh, float c0, int mode);
 gsink_status cuda_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, const float *dout,

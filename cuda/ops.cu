@@ -247,7 +247,8 @@ gsink_status cuda_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, const 
 }
 
 /* ------------------------------------------------------------------------ */
-/* RoPE (HF rotate_half: pairs (i, i + d_head/2)); angles in double as on the CPU */
+/* RoPE on the first rot_dims of each head: pairs (i, i + rot_dims/2) (HF     */
+/* rotate_half) or (2i, 2i+1) (interleaved, GLM); angles in double as on the CPU */
 /* ------------------------------------------------------------------------ */
 
 __global__ void k_rope_table(float *cs, int T, int half, const double *inv_freq, float scale, int inverse)
@@ -265,32 +266,33 @@ __global__ void k_rope_table(float *cs, int T, int half, const double *inv_freq,
     }
 }
 
-__global__ void k_rope_apply(float *x, const float *cs, size_t rows, int T, int heads, int half)
+__global__ void k_rope_apply(float *x, const float *cs, size_t rows, int T, int heads, int dh, int half,
+                             int interleaved)
 {
     size_t total = rows * heads * half;
-    int dh = 2 * half;
+    int step = interleaved ? 2 : 1, other = interleaved ? 1 : half;
     for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total;
          idx += (size_t)gridDim.x * blockDim.x) {
         int i = (int)(idx % half);
         size_t rh = idx / half; /* row * heads + head */
         int t = (int)((rh / heads) % (size_t)T);
-        float *v = x + rh * dh;
+        float *p1 = x + rh * dh + (size_t)i * step, *p2 = p1 + other;
         const float *c = cs + ((size_t)t * half + i) * 2;
-        float x1 = v[i], x2 = v[i + half], co = c[0], si = c[1];
-        v[i] = x1 * co - x2 * si;
-        v[i + half] = x2 * co + x1 * si;
+        float x1 = *p1, x2 = *p2, co = c[0], si = c[1];
+        *p1 = x1 * co - x2 * si;
+        *p2 = x2 * co + x1 * si;
     }
 }
 
-gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
-                       const double *inv_freq, float scale, int inverse)
+gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int d_head, int rot_dims,
+                       int interleaved, const double *inv_freq, float scale, int inverse)
 {
     if (B <= 0 || T <= 0 || heads <= 0 || d_head <= 0) return GSINK_OK;
-    if (d_head % 2)
-        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "rope: odd d_head %d", d_head);
+    if (rot_dims < 2 || rot_dims > d_head || rot_dims % 2)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "rope: rot_dims %d (d_head %d)", rot_dims, d_head);
     gsink_status st = cuda_enter(be);
     if (st) return st;
-    int half = d_head / 2;
+    int half = rot_dims / 2;
     float *cs = NULL;
     st = cuda_scratch(be, sizeof(float) * 2 * (size_t)T * half, (void **)&cs);
     if (st) return st;
@@ -299,7 +301,7 @@ gsink_status cuda_rope(gsink_backend *be, float *x, int B, int T, int heads, int
         cs, T, half, inv_freq, scale, inverse);
     size_t rows = (size_t)B * T;
     GSINK_LAUNCH(k_rope_apply, cuda_blocks(rows * heads * half, OPS_THREADS), OPS_THREADS, 0, s)(
-        x, cs, rows, T, heads, half);
+        x, cs, rows, T, heads, d_head, half, interleaved);
     return launched(be, "rope");
 }
 

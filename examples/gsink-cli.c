@@ -287,9 +287,10 @@ static int cmd_info_model(const char *path)
     const char *arch = gsink_arch_name(c.arch), *rope = gsink_rope_scaling_name(c.rope_scaling);
     printf("model: %s\n", path);
     printf("architecture: %s\n", arch ? arch : "?");
-    printf("flags: qkv_bias=%d tie_embeddings=%d rope_scaling=%s\n", c.qkv_bias, c.tie_embeddings,
-           rope ? rope : "?");
-    printf("rope: theta=%g", (double)c.rope_theta);
+    printf("flags: qkv_bias=%d qk_norm=%d sandwich_norm=%d tie_embeddings=%d rope_scaling=%s\n", c.qkv_bias,
+           c.qk_norm, c.sandwich_norm, c.tie_embeddings, rope ? rope : "?");
+    printf("rope: theta=%g rotary_dims=%d/%d pairs=%s", (double)c.rope_theta, c.rope_dims ? c.rope_dims : c.d_head,
+           c.d_head, c.rope_interleaved ? "interleaved" : "halves");
     switch (c.rope_scaling) {
     case GSINK_ROPE_LINEAR: printf(" factor=%g", (double)c.rope_factor); break;
     case GSINK_ROPE_LLAMA3:

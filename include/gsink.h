@@ -169,6 +169,15 @@ typedef struct gsink_config {
     float rope_attention_factor; /* yarn: multiplies cos and sin; 0 (default) =
                                   * HF's 0.1 ln(factor) + 1 (1 when factor <= 1) */
     int32_t rope_truncate; /* yarn: round the correction range (HF truncate), default 1 */
+    /* ---- since 0.1.0 (qwen3, glm, glm4); 0 = off in an older struct ---- */
+    int32_t qk_norm;       /* 1: RMSNorm of each q and k head (gain of d_head) before
+                            * RoPE (Qwen3: self_attn.q_norm / k_norm) */
+    int32_t rope_dims;     /* rotated dims of each head, even, <= d_head; 0 (default) =
+                            * d_head (GLM: d_head * partial_rotary_factor) */
+    int32_t rope_interleaved; /* 1: RoPE rotates pairs (2i, 2i+1) (GLM), 0: HF
+                               * rotate_half pairs (i, i + rope_dims/2) */
+    int32_t sandwich_norm; /* 1: RMSNorm on each branch output before the residual add
+                            * (GLM-4-0414: post_self_attn_layernorm, post_mlp_layernorm) */
 } gsink_config;
 
 /* Architectures (gsink_config.arch): rows of the library's architecture table,
@@ -176,7 +185,11 @@ typedef struct gsink_config {
 typedef enum gsink_arch {
     GSINK_ARCH_LLAMA = 0,   /* "llama": Llama 1-3 (RoPE scaling in rope_scaling) */
     GSINK_ARCH_MISTRAL = 1, /* "mistral": as llama (no sliding window) */
-    GSINK_ARCH_QWEN2 = 2    /* "qwen2": llama + q/k/v biases (Qwen2, Qwen2.5) */
+    GSINK_ARCH_QWEN2 = 2,   /* "qwen2": llama + q/k/v biases (Qwen2, Qwen2.5) */
+    GSINK_ARCH_QWEN3 = 3,   /* "qwen3": llama + q/k RMSNorm per head (qk_norm) */
+    GSINK_ARCH_GLM = 4,     /* "glm" (GLM-4-9B): q/k/v biases, interleaved RoPE on half of
+                             * each head, fused mlp.gate_up_proj in the files */
+    GSINK_ARCH_GLM4 = 5     /* "glm4" (GLM-4-0414): glm + sandwich_norm */
 } gsink_arch;
 
 /* RoPE scaling (gsink_config.rope_scaling), as HF transformers' rope_type. */

@@ -14,9 +14,13 @@
 /* Rows indexed by gsink_arch. Tensor names are HF's: the per-layer suffixes
  * of model.c (gsink__param_spec) plus the bias names when qkv_bias is set. */
 static const gsink_arch_info arch_table[] = {
-    {GSINK_ARCH_LLAMA, "llama", "LlamaForCausalLM", 0},
-    {GSINK_ARCH_MISTRAL, "mistral", "MistralForCausalLM", 0},
-    {GSINK_ARCH_QWEN2, "qwen2", "Qwen2ForCausalLM", 1},
+    {GSINK_ARCH_LLAMA, "llama", "LlamaForCausalLM", 0, 0, 0.0f, 0, 0, 0, 0},
+    {GSINK_ARCH_MISTRAL, "mistral", "MistralForCausalLM", 0, 0, 0.0f, 0, 0, 0, 0},
+    {GSINK_ARCH_QWEN2, "qwen2", "Qwen2ForCausalLM", 1, 0, 0.0f, 0, 0, 0, 0},
+    /* qwen3 / glm / glm4:   bias qk_norm partial interleaved sandwich fused bias_key */
+    {GSINK_ARCH_QWEN3, "qwen3", "Qwen3ForCausalLM", 0, 1, 0.0f, 0, 0, 0, 0},
+    {GSINK_ARCH_GLM, "glm", "GlmForCausalLM", 1, 0, 0.5f, 1, 0, 1, 1},
+    {GSINK_ARCH_GLM4, "glm4", "Glm4ForCausalLM", 1, 0, 0.5f, 1, 1, 1, 1},
 };
 #define N_ARCH (sizeof arch_table / sizeof arch_table[0])
 
@@ -34,7 +38,7 @@ const gsink_arch_info *gsink__arch_by_name(const char *model_type)
     return NULL;
 }
 
-const char *gsink__arch_list(void) { return "llama, mistral, qwen2"; }
+const char *gsink__arch_list(void) { return "llama, mistral, qwen2, qwen3, glm, glm4"; }
 
 const char *gsink_arch_name(int arch)
 {
@@ -68,11 +72,14 @@ static double yarn_mscale(double scale)
     return scale <= 1.0 ? 1.0 : 0.1 * log(scale) + 1.0;
 }
 
-/* inv_freq[i], i < d_head/2, and the factor on cos and sin, as HF computes
- * them for the config's rope_type (in double rather than float32). */
+int gsink__rope_dims(const gsink_config *c) { return c->rope_dims > 0 ? c->rope_dims : c->d_head; }
+
+/* inv_freq[i], i < rope_dims/2, and the factor on cos and sin, as HF computes
+ * them for the config's rope_type (in double rather than float32); HF's dim
+ * is the rotated part of the head (head_dim * partial_rotary_factor). */
 void gsink__rope_freqs(const gsink_config *c, double *inv_freq, double *attn_scale)
 {
-    int dim = c->d_head, half = dim / 2;
+    int dim = gsink__rope_dims(c), half = dim / 2;
     double base = c->rope_theta, factor = c->rope_factor > 0.0f ? c->rope_factor : 1.0;
     double orig = c->rope_original_max_pos > 0 ? c->rope_original_max_pos : c->max_seq_len;
     *attn_scale = 1.0;

@@ -21,7 +21,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 4
+#define GSINK_BACKEND_API_VERSION 5
 
 typedef struct gsink_backend gsink_backend;
 
@@ -92,13 +92,15 @@ typedef struct gsink_backend_iface {
                                 const float *x, const float *gain, const float *rstd, int N,
                                 int d, int accumulate);
 
-    /* In-place RoPE (HF rotate_half) on x(B,T,heads,d_head) with angles
-     * t * inv_freq[i] (double, backend memory, d_head/2 values computed on
-     * the host: plain or scaled RoPE) and cos, sin multiplied by scale (the
-     * yarn attention factor, else 1); inverse=1 applies the transpose
-     * rotation (used by backward). */
-    gsink_status (*rope)(gsink_backend *be, float *x, int B, int T, int heads, int d_head,
-                         const double *inv_freq, float scale, int inverse);
+    /* In-place RoPE on x(B,T,heads,d_head): the first rot_dims (even, 2..d_head)
+     * dims of each head rotate, the rest pass through (partial rotary). Pair i
+     * < rot_dims/2 is (i, i + rot_dims/2) (HF rotate_half) or, interleaved,
+     * (2i, 2i+1) (GLM), with angle t * inv_freq[i] (double, backend memory,
+     * rot_dims/2 values computed on the host: plain or scaled RoPE); cos and
+     * sin are multiplied by scale (the yarn attention factor, else 1);
+     * inverse=1 applies the transpose rotation (used by backward). */
+    gsink_status (*rope)(gsink_backend *be, float *x, int B, int T, int heads, int d_head, int rot_dims,
+                         int interleaved, const double *inv_freq, float scale, int inverse);
 
     /* y(B,T,H,dh), lse(B,H,T) = log-sum-exp of the scaled scores per query row */
     gsink_status (*attention_fwd)(gsink_backend *be, const gsink_attn_shape *s, float *y,

@@ -145,6 +145,11 @@ static gsink_status validate_full(const gsink_config *cfg)
                            gsink__arch_list());
     if (cfg->qkv_bias != 0 && cfg->qkv_bias != 1)
         return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "qkv_bias must be 0 or 1");
+    if ((cfg->qk_norm | cfg->rope_interleaved | cfg->sandwich_norm) & ~1)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "qk_norm, rope_interleaved and sandwich_norm must be 0 or 1");
+    if (cfg->rope_dims != 0 && (cfg->rope_dims < 2 || cfg->rope_dims > cfg->d_head || cfg->rope_dims % 2))
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rope_dims = %d must be 0 (all of d_head) or even in [2, d_head = %d]",
+                           cfg->rope_dims, cfg->d_head);
     if (!gsink_rope_scaling_name(cfg->rope_scaling))
         return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "unknown rope_scaling %d", cfg->rope_scaling);
     if (cfg->rope_scaling != GSINK_ROPE_NONE) {

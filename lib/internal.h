@@ -106,13 +106,22 @@ typedef struct gsink_arch_info {
     const char *model_type;   /* config.json model_type */
     const char *hf_class;     /* config.json architectures[0] written on save */
     int qkv_bias;             /* q/k/v projections carry biases */
+    /* ---- qwen3 / glm / glm4 (config fields of the same names) ---- */
+    int qk_norm;              /* per-head q/k RMSNorm */
+    float rope_partial;       /* default partial_rotary_factor (0: 1, whole head) */
+    int rope_interleaved;     /* RoPE on pairs (2i, 2i+1) */
+    int sandwich_norm;        /* post-branch RMSNorms */
+    int fused_gate_up;        /* files hold mlp.gate_up_proj (gate rows, then up rows) */
+    int bias_key;             /* config.json attention_bias sets qkv_bias */
 } gsink_arch_info;
 
 const gsink_arch_info *gsink__arch(int arch);                   /* NULL if unknown */
 const gsink_arch_info *gsink__arch_by_name(const char *model_type);
 const char *gsink__arch_list(void);                             /* "llama, mistral, ..." */
 int gsink__rope_scaling_by_name(const char *name);              /* -1 if unknown */
-/* inv_freq[d_head/2] and the cos/sin factor of the config's RoPE (HF). */
+/* Rotated dims per head: rope_dims, or d_head when 0. */
+int gsink__rope_dims(const gsink_config *c);
+/* inv_freq[rope_dims/2] and the cos/sin factor of the config's RoPE (HF). */
 void gsink__rope_freqs(const gsink_config *c, double *inv_freq, double *attn_scale);
 /* Copies a caller's config (of any size it declares) over the defaults. */
 void gsink__config_normalize(const gsink_config *in, gsink_config *out);
@@ -130,6 +139,8 @@ typedef struct gsink_layer_params {
     float *wup;       /* (ff, d) */
     float *wdown;     /* (d, ff) */
     float *bq, *bk, *bv; /* (H*dh), (KV*dh), (KV*dh) when cfg.qkv_bias, else NULL */
+    float *q_norm, *k_norm; /* (dh) when cfg.qk_norm, else NULL */
+    float *post_attn_norm, *post_mlp_norm; /* (d) when cfg.sandwich_norm, else NULL */
 } gsink_layer_params;
 
 /* Views into one allocation; params and grads share this layout. */
@@ -158,6 +169,11 @@ typedef struct gsink_layer_acts {
     float *site[GSINK_SITE_COUNT];  /* (B, T, width(site)) */
     float *dsite[GSINK_SITE_COUNT]; /* gradients, same shapes */
     float *rstd_attn, *rstd_mlp;    /* (B*T) */
+    /* optional steps' inputs, NULL when off: q_raw/k_raw (B,T,H|KV,dh) and
+     * rstd_q/rstd_k (B*T*H|KV) for qk_norm; o_raw/mlp_raw (B,T,d) (W_O z and
+     * W_down mlp_post) and rstd_post_attn/rstd_post_mlp (B*T) for sandwich_norm */
+    float *q_raw, *k_raw, *rstd_q, *rstd_k;
+    float *o_raw, *mlp_raw, *rstd_post_attn, *rstd_post_mlp;
     float *lse;                     /* (B, H, T) */
     float *col_mass, *col_sq, *col_win; /* (B, H, T) backend memory */
 } gsink_layer_acts;
@@ -208,7 +224,8 @@ struct gsink_model {
     float *final_out, *rstd_final; /* (B,T,d), (B*T) */
     float *logits, *dlogits;       /* (B,T,V) */
     float *dfinal_out;             /* (B,T,d) */
-    float *scratch;                /* (B,T,max(ff,d,H*dh)) backward temporaries */
+    float *scratch;                /* (B,T,max(d,H*dh,KV*dh)) backward temporaries */
+    float *scratch2;               /* (B,T,H*dh) when qk_norm: pre-norm q/k gradients */
     float *ones;                   /* (B*T) ones: bias broadcast and column sums by GEMM */
     double *rope_freq;             /* backend memory: inv_freq (d_head/2), host-computed */
     float rope_scale;              /* factor on cos and sin (yarn attention factor) */
@@ -244,6 +261,9 @@ gsink_status gsink__be_check(gsink_model *m, gsink_status st, const char *what);
  * per layer over the stored q, k and lse (forward-only analyses on backends
  * that compute the statistics in backward). Needs a forward. */
 gsink_status gsink__attn_stats(gsink_model *m);
+/* The model's RoPE (rotated dims, pairing, frequencies of its config) on
+ * x(B, T, heads, d_head) with T of the last forward; inverse=1: transpose. */
+gsink_status gsink__rope(gsink_model *m, float *x, int B, int heads, int inverse);
 
 /* The index-th parameter (registry order, HF names) of a model with config
  * c, computed without allocating anything: loaders check a file against it

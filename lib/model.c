@@ -133,18 +133,51 @@ static void add_entry(gsink_model *m, const char *name, int layer, int64_t d0, i
 }
 
 /* Parameters per layer: the nine Llama tensors, then the optional steps'
- * tensors that the config's flags switch on (HF names). */
-static size_t layer_param_count(const gsink_config *c) { return 9 + (c->qkv_bias == 1 ? 3 : 0); }
+ * tensors that the config's flags switch on (HF names). An architecture whose
+ * files fuse gate and up (GLM) registers one (2*ff, d) tensor in their place;
+ * the layer's gate and up views are its two halves. */
+enum {
+    R_ATTN_NORM, R_WQ, R_WK, R_WV, R_WO, R_MLP_NORM, R_WGATE, R_WUP, R_WDOWN, R_BQ, R_BK, R_BV,
+    R_Q_NORM, R_K_NORM, R_POST_ATTN_NORM, R_POST_MLP_NORM, R_GATE_UP, R_COUNT
+};
+static const char *const role_suffix[R_COUNT] = {
+    "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
+    "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
+    "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+    "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias",
+    "self_attn.q_norm.weight", "self_attn.k_norm.weight", "post_self_attn_layernorm.weight",
+    "post_mlp_layernorm.weight", "mlp.gate_up_proj.weight"};
+
+/* Roles of a layer's parameters in registry order; returns their count. */
+static int layer_roles(const gsink_config *c, int role[R_COUNT])
+{
+    const gsink_arch_info *a = gsink__arch(c->arch);
+    int n = 0;
+    for (int r = R_ATTN_NORM; r <= R_MLP_NORM; r++) role[n++] = r;
+    if (a && a->fused_gate_up) {
+        role[n++] = R_GATE_UP;
+    } else {
+        role[n++] = R_WGATE;
+        role[n++] = R_WUP;
+    }
+    role[n++] = R_WDOWN;
+    if (c->qkv_bias == 1) role[n++] = R_BQ, role[n++] = R_BK, role[n++] = R_BV;
+    if (c->qk_norm == 1) role[n++] = R_Q_NORM, role[n++] = R_K_NORM;
+    if (c->sandwich_norm == 1) role[n++] = R_POST_ATTN_NORM, role[n++] = R_POST_MLP_NORM;
+    return n;
+}
+
+static size_t layer_param_count(const gsink_config *c)
+{
+    int role[R_COUNT];
+    return (size_t)layer_roles(c, role);
+}
 
 int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *ndim, int64_t dims[2])
 {
-    static const char *const suffix[12] = {
-        "input_layernorm.weight", "self_attn.q_proj.weight", "self_attn.k_proj.weight",
-        "self_attn.v_proj.weight", "self_attn.o_proj.weight", "post_attention_layernorm.weight",
-        "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
-        "self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"};
     int64_t d = c->d_model, qd = (int64_t)c->n_heads * c->d_head, kd = (int64_t)c->n_kv_heads * c->d_head;
-    size_t LP = layer_param_count(c);
+    int role[R_COUNT];
+    size_t LP = (size_t)layer_roles(c, role);
     size_t nl = (size_t)(c->n_layers > 0 ? c->n_layers : 0), last = 1 + nl * LP;
     int64_t d0, d1;
     if (index == 0) {
@@ -152,17 +185,22 @@ int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *n
         d0 = c->vocab_size, d1 = d;
     } else if (index < last) {
         size_t l = (index - 1) / LP, j = (index - 1) % LP;
-        snprintf(name, 96, "model.layers.%zu.%s", l, suffix[j]);
-        static const int kind[12] = {0, 1, 2, 2, 3, 0, 4, 4, 5, 6, 7, 7};
-        switch (kind[j]) {
-        case 0: d0 = d, d1 = 0; break;
-        case 1: d0 = qd, d1 = d; break;
-        case 2: d0 = kd, d1 = d; break;
-        case 3: d0 = d, d1 = qd; break;
-        case 4: d0 = c->d_ff, d1 = d; break;
-        case 5: d0 = d, d1 = c->d_ff; break;
-        case 6: d0 = qd, d1 = 0; break;
-        default: d0 = kd, d1 = 0; break;
+        snprintf(name, 96, "model.layers.%zu.%s", l, role_suffix[role[j]]);
+        switch (role[j]) {
+        case R_WQ: d0 = qd, d1 = d; break;
+        case R_WK:
+        case R_WV: d0 = kd, d1 = d; break;
+        case R_WO: d0 = d, d1 = qd; break;
+        case R_WGATE:
+        case R_WUP: d0 = c->d_ff, d1 = d; break;
+        case R_GATE_UP: d0 = 2 * (int64_t)c->d_ff, d1 = d; break;
+        case R_WDOWN: d0 = d, d1 = c->d_ff; break;
+        case R_BQ: d0 = qd, d1 = 0; break;
+        case R_BK:
+        case R_BV: d0 = kd, d1 = 0; break;
+        case R_Q_NORM:
+        case R_K_NORM: d0 = c->d_head, d1 = 0; break;
+        default: d0 = d, d1 = 0; break; /* the d_model norms */
         }
     } else if (index == last) {
         snprintf(name, 96, "model.norm.weight");
@@ -206,24 +244,36 @@ static gsink_status build_registry(gsink_model *m, char *errbuf)
 static void bind_views(const gsink_model *m, float *base, gsink_params *p)
 {
     const gsink_param_entry *e = m->entries;
-    size_t LP = layer_param_count(&m->cfg);
+    int role[R_COUNT];
+    size_t LP = (size_t)layer_roles(&m->cfg, role);
+    size_t ffd = (size_t)m->cfg.d_ff * m->cfg.d_model;
     p->embed = base + e[0].offset;
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const gsink_param_entry *le = e + 1 + (size_t)l * LP;
         gsink_layer_params *lp = &p->layers[l];
-        lp->attn_norm = base + le[0].offset;
-        lp->wq = base + le[1].offset;
-        lp->wk = base + le[2].offset;
-        lp->wv = base + le[3].offset;
-        lp->wo = base + le[4].offset;
-        lp->mlp_norm = base + le[5].offset;
-        lp->wgate = base + le[6].offset;
-        lp->wup = base + le[7].offset;
-        lp->wdown = base + le[8].offset;
-        bool bias = LP > 9;
-        lp->bq = bias ? base + le[9].offset : NULL;
-        lp->bk = bias ? base + le[10].offset : NULL;
-        lp->bv = bias ? base + le[11].offset : NULL;
+        memset(lp, 0, sizeof *lp); /* optional steps' tensors stay NULL */
+        for (size_t j = 0; j < LP; j++) {
+            float *v = base + le[j].offset;
+            switch (role[j]) {
+            case R_ATTN_NORM: lp->attn_norm = v; break;
+            case R_WQ: lp->wq = v; break;
+            case R_WK: lp->wk = v; break;
+            case R_WV: lp->wv = v; break;
+            case R_WO: lp->wo = v; break;
+            case R_MLP_NORM: lp->mlp_norm = v; break;
+            case R_WGATE: lp->wgate = v; break;
+            case R_WUP: lp->wup = v; break;
+            case R_GATE_UP: lp->wgate = v, lp->wup = v + ffd; break; /* HF chunk(2): gate rows first */
+            case R_WDOWN: lp->wdown = v; break;
+            case R_BQ: lp->bq = v; break;
+            case R_BK: lp->bk = v; break;
+            case R_BV: lp->bv = v; break;
+            case R_Q_NORM: lp->q_norm = v; break;
+            case R_K_NORM: lp->k_norm = v; break;
+            case R_POST_ATTN_NORM: lp->post_attn_norm = v; break;
+            case R_POST_MLP_NORM: lp->post_mlp_norm = v; break;
+            }
+        }
     }
     size_t last = 1 + (size_t)m->cfg.n_layers * LP;
     p->final_norm = base + e[last].offset;
@@ -403,7 +453,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     /* RoPE frequencies: data computed once on the host (HF rope_type). */
     {
         size_t half = (size_t)m->cfg.d_head / 2;
-        double *freq = malloc(half * sizeof(double)), scale = 1.0;
+        double *freq = calloc(half, sizeof(double)), scale = 1.0;
         if (!freq) {
             st = gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the RoPE table");
             goto fail;
@@ -841,6 +891,18 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
         a->dsite[GSINK_SITE_MLP_OUT] = m->dresid[l + 1];                /* h_out = h_mid + r_mlp */
         a->rstd_attn = take(c, N, 4);
         a->rstd_mlp = take(c, N, 4);
+        if (cf->qk_norm) { /* optional steps' inputs (see gsink_layer_acts) */
+            a->q_raw = take(c, Nq, 4);
+            a->k_raw = take(c, Nk, 4);
+            a->rstd_q = take(c, NH, 4);
+            a->rstd_k = take(c, N * (size_t)cf->n_kv_heads, 4);
+        }
+        if (cf->sandwich_norm) {
+            a->o_raw = take(c, Nd, 4);
+            a->mlp_raw = take(c, Nd, 4);
+            a->rstd_post_attn = take(c, N, 4);
+            a->rstd_post_mlp = take(c, N, 4);
+        }
         a->lse = take(c, NH, 4);
         a->col_mass = take(c, NH, 4);
         a->col_sq = take(c, NH, 4);
@@ -851,7 +913,9 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     m->rstd_final = take(c, N, 4);
     m->logits = take(c, NV, 4);
     m->dlogits = take(c, NV, 4);
-    m->scratch = take(c, Nq > Nk ? Nq : Nk, 4);
+    size_t ns = Nq > Nk ? Nq : Nk;
+    m->scratch = take(c, ns > Nd ? ns : Nd, 4);
+    m->scratch2 = cf->qk_norm ? take(c, ns, 4) : NULL;
     m->ones = cf->qkv_bias ? take(c, N, 4) : NULL;
     m->stats_sum = take(c, NH, 4 * 3); /* (3, H, T) with T <= N */
 }
@@ -968,6 +1032,14 @@ gsink_status gsink__attn_stats(gsink_model *m)
     return reduce_all_stats(m);
 }
 
+/* The model's RoPE (rotated dims, pairing, frequencies) on x(B, T, heads, d_head). */
+gsink_status gsink__rope(gsink_model *m, float *x, int B, int heads, int inverse)
+{
+    const gsink_config *c = &m->cfg;
+    return BE(m)->rope(m->be, x, B, m->T, heads, c->d_head, gsink__rope_dims(c), c->rope_interleaved, m->rope_freq,
+                       m->rope_scale, inverse);
+}
+
 static gsink_status layer_forward(gsink_model *m, int l)
 {
     const gsink_config *c = &m->cfg;
@@ -981,16 +1053,22 @@ static gsink_status layer_forward(gsink_model *m, int l)
 
     TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_NORM_OUT], a->rstd_attn, m->resid[l], w->attn_norm, N, d, c->rms_eps), "rmsnorm");
     const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
-    TRY(m, f->gemm(be, 0, 1, N, qd, d, 1.0f, x, d, w->wq, d, 0.0f, s[GSINK_SITE_Q], qd), "gemm q");
-    TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wk, d, 0.0f, s[GSINK_SITE_K], kd), "gemm k");
+    /* with qk_norm the projections land in q_raw / k_raw, the norms write the q / k sites */
+    float *q = c->qk_norm ? a->q_raw : s[GSINK_SITE_Q], *k = c->qk_norm ? a->k_raw : s[GSINK_SITE_K];
+    TRY(m, f->gemm(be, 0, 1, N, qd, d, 1.0f, x, d, w->wq, d, 0.0f, q, qd), "gemm q");
+    TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wk, d, 0.0f, k, kd), "gemm k");
     TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wv, d, 0.0f, s[GSINK_SITE_V], kd), "gemm v");
     if (c->qkv_bias) { /* optional step: q, k, v += bias (ones(N,1) x b(1,n) by GEMM) */
-        TRY(m, f->gemm(be, 0, 0, N, qd, 1, 1.0f, m->ones, 1, w->bq, qd, 1.0f, s[GSINK_SITE_Q], qd), "bias q");
-        TRY(m, f->gemm(be, 0, 0, N, kd, 1, 1.0f, m->ones, 1, w->bk, kd, 1.0f, s[GSINK_SITE_K], kd), "bias k");
+        TRY(m, f->gemm(be, 0, 0, N, qd, 1, 1.0f, m->ones, 1, w->bq, qd, 1.0f, q, qd), "bias q");
+        TRY(m, f->gemm(be, 0, 0, N, kd, 1, 1.0f, m->ones, 1, w->bk, kd, 1.0f, k, kd), "bias k");
         TRY(m, f->gemm(be, 0, 0, N, kd, 1, 1.0f, m->ones, 1, w->bv, kd, 1.0f, s[GSINK_SITE_V], kd), "bias v");
     }
-    TRY(m, f->rope(be, s[GSINK_SITE_Q], m->B, m->T, c->n_heads, c->d_head, m->rope_freq, m->rope_scale, 0), "rope q");
-    TRY(m, f->rope(be, s[GSINK_SITE_K], m->B, m->T, c->n_kv_heads, c->d_head, m->rope_freq, m->rope_scale, 0), "rope k");
+    if (c->qk_norm) { /* optional step: RMSNorm over each head's d_head values (rows of d_head) */
+        TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_Q], a->rstd_q, q, w->q_norm, N * c->n_heads, c->d_head, c->rms_eps), "q_norm");
+        TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_K], a->rstd_k, k, w->k_norm, N * c->n_kv_heads, c->d_head, c->rms_eps), "k_norm");
+    }
+    TRY(m, gsink__rope(m, s[GSINK_SITE_Q], m->B, c->n_heads, 0), "rope q");
+    TRY(m, gsink__rope(m, s[GSINK_SITE_K], m->B, c->n_kv_heads, 0), "rope k");
     TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
                          c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
     gsink_attn_shape sh = attn_shape(m);
@@ -1001,14 +1079,21 @@ static gsink_status layer_forward(gsink_model *m, int l)
         gsink_status st = reduce_stats(m, l);
         if (st) return st;
     }
-    TRY(m, f->gemm(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, qd, 0.0f, s[GSINK_SITE_ATTN_OUT], d), "gemm o");
+    /* with sandwich_norm, attn_out is the post-norm output: the tensor added to the residual */
+    float *o = c->sandwich_norm ? a->o_raw : s[GSINK_SITE_ATTN_OUT];
+    TRY(m, f->gemm(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, qd, 0.0f, o, d), "gemm o");
+    if (c->sandwich_norm)
+        TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_OUT], a->rstd_post_attn, o, w->post_attn_norm, N, d, c->rms_eps), "post-attention norm");
     TRY(m, f->add(be, s[GSINK_SITE_RESID_MID], m->resid[l], s[GSINK_SITE_ATTN_OUT], (size_t)N * d), "add");
     TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_NORM_OUT], a->rstd_mlp, s[GSINK_SITE_RESID_MID], w->mlp_norm, N, d, c->rms_eps), "rmsnorm");
     x = s[GSINK_SITE_MLP_NORM_OUT];
     TRY(m, f->gemm(be, 0, 1, N, ff, d, 1.0f, x, d, w->wgate, d, 0.0f, s[GSINK_SITE_MLP_PRE], ff), "gemm gate");
     TRY(m, f->gemm(be, 0, 1, N, ff, d, 1.0f, x, d, w->wup, d, 0.0f, s[GSINK_SITE_MLP_UP], ff), "gemm up");
     TRY(m, f->swiglu_fwd(be, s[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
-    TRY(m, f->gemm(be, 0, 1, N, d, ff, 1.0f, s[GSINK_SITE_MLP_POST], ff, w->wdown, ff, 0.0f, s[GSINK_SITE_MLP_OUT], d), "gemm down");
+    float *r = c->sandwich_norm ? a->mlp_raw : s[GSINK_SITE_MLP_OUT];
+    TRY(m, f->gemm(be, 0, 1, N, d, ff, 1.0f, s[GSINK_SITE_MLP_POST], ff, w->wdown, ff, 0.0f, r, d), "gemm down");
+    if (c->sandwich_norm)
+        TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_OUT], a->rstd_post_mlp, r, w->post_mlp_norm, N, d, c->rms_eps), "post-MLP norm");
     TRY(m, f->add(be, m->resid[l + 1], s[GSINK_SITE_RESID_MID], s[GSINK_SITE_MLP_OUT], (size_t)N * d), "add");
     return GSINK_OK;
 }
@@ -1127,6 +1212,10 @@ static gsink_status layer_backward(gsink_model *m, int l)
 
     /* MLP branch: dL/d mlp_out == dresid[l+1] */
     const float *dout = m->dresid[l + 1];
+    if (c->sandwich_norm) { /* optional step: back through post_mlp_layernorm to W_down's output */
+        TRY(m, f->rmsnorm_bwd(be, m->scratch, gw->post_mlp_norm, dout, a->mlp_raw, w->post_mlp_norm, a->rstd_post_mlp, N, d, 0), "post-MLP norm");
+        dout = m->scratch;
+    }
     TRY(m, f->gemm(be, 0, 0, N, ff, d, 1.0f, dout, d, w->wdown, ff, 0.0f, ds[GSINK_SITE_MLP_POST], ff), "gemm");
     TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
     TRY(m, f->swiglu_bwd(be, ds[GSINK_SITE_MLP_PRE], ds[GSINK_SITE_MLP_UP], ds[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
@@ -1134,13 +1223,17 @@ static gsink_status layer_backward(gsink_model *m, int l)
     TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
     TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wgate, d), "gemm");
     TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_UP], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wup, d), "gemm");
-    TRY(m, f->copy(be, ds[GSINK_SITE_RESID_MID], dout, Nd * sizeof(float)), "copy");
+    TRY(m, f->copy(be, ds[GSINK_SITE_RESID_MID], m->dresid[l + 1], Nd * sizeof(float)), "copy");
     TRY(m, f->rmsnorm_bwd(be, ds[GSINK_SITE_RESID_MID], gw->mlp_norm, ds[GSINK_SITE_MLP_NORM_OUT], s[GSINK_SITE_RESID_MID], w->mlp_norm, a->rstd_mlp, N, d, 1), "rmsnorm");
 
     /* Attention branch: dL/d attn_out == dL/d resid_mid */
-    const float *dattn = ds[GSINK_SITE_RESID_MID];
-    TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dattn, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
-    TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dattn, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
+    const float *dattn = ds[GSINK_SITE_RESID_MID], *dor = dattn;
+    if (c->sandwich_norm) { /* optional step: back through post_self_attn_layernorm */
+        TRY(m, f->rmsnorm_bwd(be, m->scratch, gw->post_attn_norm, dattn, a->o_raw, w->post_attn_norm, a->rstd_post_attn, N, d, 0), "post-attention norm");
+        dor = m->scratch;
+    }
+    TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dor, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
+    TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dor, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
     gsink_attn_shape sh = attn_shape(m);
     /* Deferred statistics come from the probabilities this pass recomputes. */
     gsink_attn_stats stats = {NULL, NULL, NULL};
@@ -1155,18 +1248,24 @@ static gsink_status layer_backward(gsink_model *m, int l)
     const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
     float *dx = ds[GSINK_SITE_ATTN_NORM_OUT];
     /* q and k sites hold post-RoPE values; their projections need pre-RoPE gradients. */
+    /* with qk_norm, back through k_norm / q_norm (rows of d_head) into scratch2 */
+    float *gq = c->qk_norm ? m->scratch2 : m->scratch;
     TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_Q], (size_t)N * qd * sizeof(float)), "copy");
-    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_heads, c->d_head, m->rope_freq, m->rope_scale, 1), "rope");
-    TRY(m, f->gemm(be, 0, 0, N, d, qd, 1.0f, m->scratch, qd, w->wq, d, 0.0f, dx, d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, m->scratch, qd, x, d, 1.0f, gw->wq, d), "gemm");
+    TRY(m, gsink__rope(m, m->scratch, m->B, c->n_heads, 1), "rope");
+    if (c->qk_norm)
+        TRY(m, f->rmsnorm_bwd(be, gq, gw->q_norm, m->scratch, a->q_raw, w->q_norm, a->rstd_q, N * c->n_heads, c->d_head, 0), "q_norm");
+    TRY(m, f->gemm(be, 0, 0, N, d, qd, 1.0f, gq, qd, w->wq, d, 0.0f, dx, d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, gq, qd, x, d, 1.0f, gw->wq, d), "gemm");
     if (c->qkv_bias) /* optional step: dbias += column sums (ones(1,N) x dq) */
-        TRY(m, f->gemm(be, 1, 0, 1, qd, N, 1.0f, m->ones, 1, m->scratch, qd, 1.0f, gw->bq, qd), "bias q");
+        TRY(m, f->gemm(be, 1, 0, 1, qd, N, 1.0f, m->ones, 1, gq, qd, 1.0f, gw->bq, qd), "bias q");
     TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_K], (size_t)N * kd * sizeof(float)), "copy");
-    TRY(m, f->rope(be, m->scratch, m->B, m->T, c->n_kv_heads, c->d_head, m->rope_freq, m->rope_scale, 1), "rope");
-    TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, m->scratch, kd, w->wk, d, 1.0f, dx, d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, m->scratch, kd, x, d, 1.0f, gw->wk, d), "gemm");
+    TRY(m, gsink__rope(m, m->scratch, m->B, c->n_kv_heads, 1), "rope");
+    if (c->qk_norm)
+        TRY(m, f->rmsnorm_bwd(be, gq, gw->k_norm, m->scratch, a->k_raw, w->k_norm, a->rstd_k, N * c->n_kv_heads, c->d_head, 0), "k_norm");
+    TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, gq, kd, w->wk, d, 1.0f, dx, d), "gemm");
+    TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, gq, kd, x, d, 1.0f, gw->wk, d), "gemm");
     if (c->qkv_bias)
-        TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, m->scratch, kd, 1.0f, gw->bk, kd), "bias k");
+        TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, gq, kd, 1.0f, gw->bk, kd), "bias k");
     TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, ds[GSINK_SITE_V], kd, w->wv, d, 1.0f, dx, d), "gemm");
     TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, ds[GSINK_SITE_V], kd, x, d, 1.0f, gw->wv, d), "gemm");
     if (c->qkv_bias)

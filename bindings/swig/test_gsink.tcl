@@ -180,6 +180,17 @@ set qd [expr {[gsink_config_n_heads_get $qcfg] * [gsink_config_d_head_get $qcfg]
 set qb [gsink_get_param $qm model.layers.0.self_attn.q_proj.bias $qd]
 check "q bias is a parameter" {[llength $qb] == $qd && [l2 $qb] > 0.0}
 gsink_model_free $qm
+# GLM-4-0414: sandwich norms, interleaved RoPE on half of each head, fused gate_up_proj
+set gm [gsink_model_load [file join [file dirname $qdir] glm4] $opts]
+gsink_config_init $qcfg
+gsink_model_config $gm $qcfg
+check "glm4 architecture" {[gsink_arch_name [gsink_config_arch_get $qcfg]] eq "glm4"}
+check "glm4 flags" {[gsink_config_sandwich_norm_get $qcfg] == 1 && [gsink_config_rope_interleaved_get $qcfg] == 1 &&
+                    [gsink_config_qk_norm_get $qcfg] == 0 &&
+                    [gsink_config_rope_dims_get $qcfg] * 2 == [gsink_config_d_head_get $qcfg]}
+set gu [expr {2 * [gsink_config_d_ff_get $qcfg] * [gsink_config_d_model_get $qcfg]}]
+check "fused gate_up_proj" {[llength [gsink_get_param $gm model.layers.0.mlp.gate_up_proj.weight $gu]] == $gu}
+gsink_model_free $gm
 delete_gsink_config $qcfg
 
 # ---- embedding API: the operations and metrics on the model's tensors ------

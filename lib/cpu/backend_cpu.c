@@ -374,13 +374,15 @@ static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, 
 }
 
 /* ------------------------------------------------------------------------ */
-/* RoPE (HF rotate_half: pairs (i, i + d_head/2))                           */
+/* RoPE on the first rot_dims of each head: pairs (i, i + rot_dims/2) (HF    */
+/* rotate_half) or (2i, 2i+1) (interleaved, GLM)                            */
 /* ------------------------------------------------------------------------ */
 
-static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int heads, int dh,
-                             const double *inv_freq, float scale, int inverse)
+static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int heads, int dh, int rot,
+                             int interleaved, const double *inv_freq, float scale, int inverse)
 {
-    int half = dh / 2;
+    if (rot < 2 || rot > dh || rot % 2) return set_fail(be, GSINK_ERR_INVALID_ARGUMENT, "rope: bad rot_dims");
+    int half = rot / 2;
     float *cs = malloc(sizeof(float) * 2 * (size_t)T * half);
     if (!cs) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rope table");
     for (int t = 0; t < T; t++)
@@ -391,6 +393,8 @@ static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int head
             cs[((size_t)t * half + i) * 2] = (float)c;
             cs[((size_t)t * half + i) * 2 + 1] = (float)(inverse ? -sn : sn);
         }
+    /* element offsets of the pair: (i, i + half) or (2i, 2i + 1) */
+    const int step = interleaved ? 2 : 1, other = interleaved ? 1 : half;
     size_t rows = (size_t)B * T;
 #pragma omp parallel for num_threads(nt_for(be, rows * (size_t)heads * dh)) schedule(static)
     for (size_t r = 0; r < rows; r++) {
@@ -399,9 +403,10 @@ static gsink_status cpu_rope(gsink_backend *be, float *x, int B, int T, int head
         for (int h = 0; h < heads; h++) {
             float *v = x + (r * heads + h) * dh;
             for (int i = 0; i < half; i++) {
-                float x1 = v[i], x2 = v[i + half], co = c[2 * i], si = c[2 * i + 1];
-                v[i] = x1 * co - x2 * si;
-                v[i + half] = x2 * co + x1 * si;
+                float *p1 = v + i * step, *p2 = p1 + other;
+                float x1 = *p1, x2 = *p2, co = c[2 * i], si = c[2 * i + 1];
+                *p1 = x1 * co - x2 * si;
+                *p2 = x2 * co + x1 * si;
             }
         }
     }

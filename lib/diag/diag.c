@@ -588,6 +588,15 @@ gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, floa
     if ((st = gsink__diag_tmp_dev(&ts, rows * (size_t)d, &proj))) goto done;
     if ((st = gsink__diag_tmp_host(&ts, rows, &nrm))) goto done;
 
+    /* qk_norm: the norm's Jacobian depends on each (b, t) row, so q and k go
+     * back through RoPE and the norm for every sequence before the batch sum */
+    const bool qkn = m->cfg.qk_norm != 0;
+    float *full = NULL, *full2 = NULL, *dgain = NULL;
+    const size_t BT = (size_t)B * (size_t)T;
+    if (qkn && ((st = gsink__diag_tmp_dev(&ts, BT * wmax, &full)) || (st = gsink__diag_tmp_dev(&ts, BT * wmax, &full2)) ||
+                (st = gsink__diag_tmp_dev(&ts, (size_t)dh, &dgain))))
+        goto done;
+
     for (int p = 0; p < 3; p++) {
         if (!path[p].out) continue;
         const float *g = gsink__site_ptr(m, layer, path[p].site, true);
@@ -596,6 +605,17 @@ gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, floa
             goto done;
         }
         const size_t W = (size_t)path[p].heads * (size_t)dh;
+        if (qkn && path[p].rope) {
+            const gsink_layer_acts *a = &m->layers[layer];
+            bool isq = path[p].site == GSINK_SITE_Q;
+            if ((st = gsink__be_check(m, be->copy(m->be, full, g, BT * W * sizeof(float)), "copy")) ||
+                (st = gsink__be_check(m, gsink__rope(m, full, B, path[p].heads, 1), "rope")) ||
+                (st = gsink__be_check(m, be->rmsnorm_bwd(m->be, full2, dgain, full, isq ? a->q_raw : a->k_raw,
+                                                         isq ? P->q_norm : P->k_norm, isq ? a->rstd_q : a->rstd_k,
+                                                         (int)(BT * (size_t)path[p].heads), dh, 0), "q/k norm")))
+                goto done;
+            g = full2;
+        }
         /* Sum over the batch first (everything below is linear per position). */
         if (sum && B > 1)
             st = be->batch_sum(m->be, pre, g, B, rows * W);
@@ -603,10 +623,8 @@ gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, floa
             st = be->copy(m->be, pre, g, rows * W * sizeof(float));
         if ((st = gsink__be_check(m, st, "batch_sum"))) goto done;
         /* q, k are stored after RoPE: dL/dx_pre = R^T dL/dx. */
-        if (path[p].rope &&
-            (st = gsink__be_check(m, be->rope(m->be, pre, sum ? 1 : B, T, path[p].heads, dh,
-                                              m->rope_freq, m->rope_scale, 1),
-                                  "rope")))
+        if (path[p].rope && !qkn &&
+            (st = gsink__be_check(m, gsink__rope(m, pre, sum ? 1 : B, path[p].heads, 1), "rope")))
             goto done;
         /* proj(rows, d) = pre(rows, W) @ Wmat(W, d) */
         if ((st = gsink__be_check(m, be->gemm(m->be, 0, 0, (int)rows, d, (int)W, 1.0f, pre, (int)W,

@@ -413,6 +413,9 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
     }
     cfg->arch = arch->id;
     cfg->qkv_bias = arch->qkv_bias;
+    cfg->qk_norm = arch->qk_norm;
+    cfg->rope_interleaved = arch->rope_interleaved;
+    cfg->sandwich_norm = arch->sandwich_norm;
     gsink_status st;
     if ((st = cfg_get_int(j, "vocab_size", 1, &cfg->vocab_size, err))) return st;
     if ((st = cfg_get_int(j, "hidden_size", 1, &cfg->d_model, err))) return st;
@@ -422,6 +425,24 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
     if ((st = cfg_get_int(j, "num_key_value_heads", 0, &cfg->n_kv_heads, err))) return st;
     cfg->d_head = cfg->d_model / cfg->n_heads;
     if ((st = cfg_get_int(j, "head_dim", 0, &cfg->d_head, err))) return st;
+    /* HF rotates int(head_dim * partial_rotary_factor) dims of each head */
+    double prf = arch->rope_partial > 0.0f ? arch->rope_partial : 1.0;
+    const gsink__json *pr = gsink__json_get(j, "partial_rotary_factor");
+    if (pr && pr->type != GSINK_JSON_NULL) {
+        if (pr->type != GSINK_JSON_NUMBER || !(pr->number > 0.0 && pr->number <= 1.0))
+            return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "config.json: partial_rotary_factor must be in (0, 1]");
+        prf = pr->number;
+        /* HF's Llama-style attention rotates the whole head: a partial factor is an error there */
+        if (!(arch->rope_partial > 0.0f) && prf != 1.0)
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                               "config.json: partial_rotary_factor %g is not supported for %s (only glm, glm4)", prf,
+                               arch->model_type);
+    }
+    int rot = (int)((double)cfg->d_head * prf);
+    if (rot < 2 || rot % 2)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: head_dim %d x partial_rotary_factor %g gives %d "
+                           "rotated dims (must be even and >= 2)", cfg->d_head, prf, rot);
+    cfg->rope_dims = rot < cfg->d_head ? rot : 0;
     if ((st = cfg_get_int(j, "intermediate_size", 1, &cfg->d_ff, err))) return st;
     cfg->max_seq_len = 2048;
     if ((st = cfg_get_int(j, "max_position_embeddings", 0, &cfg->max_seq_len, err))) return st;
@@ -438,6 +459,7 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: hidden_act '%.32s' is not supported (silu)",
                            act->str);
     const gsink__json *ab = gsink__json_get(j, "attention_bias");
+    if (ab && ab->type == GSINK_JSON_BOOL && arch->bias_key) cfg->qkv_bias = ab->boolean ? 1 : 0; /* glm, glm4 */
     if (ab && ab->type == GSINK_JSON_BOOL && ab->boolean != (cfg->qkv_bias != 0) && arch->id != GSINK_ARCH_QWEN2)
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: attention_bias is not supported for %s",
                            arch->model_type);
@@ -798,6 +820,8 @@ static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale
     sb_add(b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");
     sb_add(b, "  \"hidden_act\": \"silu\",\n");
     sb_add(b, "  \"attention_bias\": %s,\n", c->qkv_bias ? "true" : "false");
+    if (arch->rope_partial > 0.0f || (c->rope_dims > 0 && c->rope_dims < c->d_head))
+        sb_add(b, "  \"partial_rotary_factor\": %.9g,\n", (double)gsink__rope_dims(c) / c->d_head);
     sb_add(b, "  \"attention_dropout\": 0.0,\n");
     sb_add(b, "  \"mlp_bias\": false,\n");
     sb_add(b, "  \"pretraining_tp\": 1,\n");
@@ -832,6 +856,15 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
     cfg.size = sizeof cfg;
     gsink_status st = gsink_model_config(model, &cfg);
     if (st) return st;
+    /* config.json carries these flags only through model_type (HF has no key for them) */
+    const gsink_arch_info *row = gsink__arch(cfg.arch);
+    if (row && (cfg.qk_norm != row->qk_norm || cfg.rope_interleaved != row->rope_interleaved ||
+                cfg.sandwich_norm != row->sandwich_norm))
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                           "qk_norm=%d rope_interleaved=%d sandwich_norm=%d differ from architecture '%s' "
+                           "(%d, %d, %d): HF could not load the checkpoint; set arch to the matching row",
+                           cfg.qk_norm, cfg.rope_interleaved, cfg.sandwich_norm, row->model_type, row->qk_norm,
+                           row->rope_interleaved, row->sandwich_norm);
     gsink_vscale_options vo;
     gsink_vscale_options_init(&vo);
     vo.mode = GSINK_VSCALE_OFF;

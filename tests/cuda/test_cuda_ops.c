@@ -251,8 +251,8 @@ START_TEST(test_rope)
     OKC(cpu->iface->upload(cpu, frc, fr, sizeof fr));
     OKG(gpu->iface->upload(gpu, frg, fr, sizeof fr));
     for (int inv = 0; inv < 2; inv++) {
-        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, frc, 1.0f, inv));
-        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, frg, 1.0f, inv));
+        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, dh, 0, frc, 1.0f, inv));
+        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, dh, 0, frg, 1.0f, inv));
         pair_check(&x, 1e-5, 1e-6, inv ? "rope inverse" : "rope");
     }
     /* forward then inverse is the identity (independent of the CPU) */
@@ -263,10 +263,21 @@ START_TEST(test_rope)
     OKC(cpu->iface->upload(cpu, frc, fr, sizeof fr));
     OKG(gpu->iface->upload(gpu, frg, fr, sizeof fr));
     for (int inv = 0; inv < 2; inv++) {
-        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, frc, 1.1f, inv));
-        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, frg, 1.1f, inv));
+        OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, dh, 0, frc, 1.1f, inv));
+        OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, dh, 0, frg, 1.1f, inv));
         pair_check(&x, 1e-5, 1e-6, inv ? "scaled rope inverse" : "scaled rope");
     }
+    /* partial rotary (half of each head) with rotate_half and interleaved (GLM) pairs */
+    for (int il = 0; il < 2; il++)
+        for (int inv = 0; inv < 2; inv++) {
+            OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, dh / 2, il, frc, 1.0f, inv));
+            OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, dh / 2, il, frg, 1.0f, inv));
+            pair_check(&x, 1e-5, 1e-6, il ? "interleaved partial rope" : "partial rope");
+        }
+    OKC(cpu->iface->rope(cpu, x.c, B, T, heads, dh, dh, 1, frc, 1.0f, 0));
+    OKG(gpu->iface->rope(gpu, x.g, B, T, heads, dh, dh, 1, frg, 1.0f, 0));
+    pair_check(&x, 1e-5, 1e-6, "interleaved rope");
+    ck_assert_int_ne(gpu->iface->rope(gpu, x.g, B, T, heads, dh, 3, 0, frg, 1.0f, 0), GSINK_OK);
     cpu->iface->free(cpu, frc);
     gpu->iface->free(gpu, frg);
     free(orig);

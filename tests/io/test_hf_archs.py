@@ -18,12 +18,14 @@ import gsink
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data", "hf-archs")
 ARCHS = {  # fixture dir -> (architecture, rope scaling, q/k/v biases)
+    "qwen3": ("qwen3", "default", False),
+    "glm": ("glm", "default", True),
+    "glm4": ("glm4", "default", True),
     "llama": ("llama", "default", False),
     "llama31": ("llama", "llama3", False),
     "mistral": ("mistral", "default", False),
     "qwen2": ("qwen2", "default", True),
 }
-REFUSED = {"qwen3": "qwen3", "glm": "glm", "glm4": "glm4"}
 
 
 def devices():
@@ -73,6 +75,41 @@ def test_fixture_matches_transformers(arch, device):
             assert errs[k] < 1e-4, (k, errs)
 
 
+STEP_SITES = ("q", "k", "attn_out", "mlp_out", "mlp_pre", "mlp_up", "resid_out")
+
+
+@pytest.mark.parametrize("device", [d for d in devices() if d != "cpu"])
+@pytest.mark.parametrize("arch", ["qwen3", "glm", "glm4"])
+def test_device_diagnostics_match_cpu(arch, device):
+    """On the device, the optional steps' parameter gradients, the sites they
+    write, the Q/K/V split (q_norm backward per sequence) and the branch
+    ratios equal the CPU's."""
+    d = os.path.join(DATA, arch)
+    toks = np.load(os.path.join(d, "tokens.npy"))
+    inp, tgt = np.ascontiguousarray(toks[:, :-1]), np.ascontiguousarray(toks[:, 1:])
+    out = {}
+    for dev in ("cpu", device):
+        with gsink.Model.load(d, n_threads=2, device=dev) as m:
+            m.forward(inp, tgt)
+            m.backward()
+            r = {n: m.get_param_grad(n) for n in m.param_names()}
+            for l in range(m.config.n_layers):
+                for site in STEP_SITES:
+                    r[(l, site)] = m.activation_norms(site, l)
+                    r[(l, site, "grad")] = m.gradient_norms(site, l)
+                for agg in ("sum_then_norm", "per_sequence"):
+                    for k, v in m.qkv_gradient_split(l, agg=agg).items():
+                        r[(l, "split", k, agg)] = v
+                for br in (gsink.Branch.ATTN, gsink.Branch.MLP):
+                    for k, v in m.branch_ratios(l, br).items():
+                        r[(l, "branch", int(br), k)] = v
+            out[dev] = r
+    errs = {k: rel(out[device][k], np.asarray(v, np.float64)) for k, v in out["cpu"].items()}
+    worst = max(errs, key=errs.get)
+    print("%s/%s vs cpu: worst rel error %.2e at %s" % (arch, device, errs[worst], worst))
+    assert errs[worst] < 1e-4, (worst, errs[worst])
+
+
 def with_config(tmp_path, arch, **changes):
     """A copy of a fixture with changed config.json fields (None deletes)."""
     src = os.path.join(DATA, arch)
@@ -89,7 +126,7 @@ def with_config(tmp_path, arch, **changes):
     return str(d)
 
 
-@pytest.mark.parametrize("model_type", ["qwen3", "glm", "glm4", "gemma"])
+@pytest.mark.parametrize("model_type", ["gemma", "phi3", "glm4_moe"])
 def test_unsupported_architectures_refused_by_name(tmp_path, model_type):
     d = with_config(tmp_path, "llama", model_type=model_type)
     with pytest.raises(gsink.UnsupportedError, match="model_type '%s' is not supported" % model_type):
@@ -106,7 +143,7 @@ def test_unknown_rope_type_refused_by_name(tmp_path, rope_type):
 def test_saved_architecture_round_trips(tmp_path):
     """gsink_model_save writes model_type, rope_scaling and the biases; the
     saved directory loads back into the same model."""
-    for arch in ("llama31", "qwen2"):
+    for arch in ("llama31", "qwen2", "qwen3", "glm", "glm4"):
         _, ref, got = run(arch, "cpu")
         with gsink.Model.load(os.path.join(DATA, arch)) as m:
             out = str(tmp_path / ("saved-" + arch))
@@ -121,7 +158,53 @@ def test_saved_architecture_round_trips(tmp_path):
                 assert rel(m2.logits(), ref["logits"]) < 1e-5
 
 
-def test_qwen2_biases_are_parameters():
+def safetensors_names(path):
+    import struct
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        return sorted(k for k in json.loads(f.read(n)) if k != "__metadata__")
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "glm", "glm4"])
+def test_saved_checkpoint_has_hf_names_and_keys(tmp_path, arch):
+    """gsink_model_save writes the tensors under the names of HF's file (GLM's
+    fused mlp.gate_up_proj, q_norm / k_norm, the post norms) and the
+    config.json keys that select the same model (partial_rotary_factor)."""
+    with gsink.Model.load(os.path.join(DATA, arch)) as m:
+        out = str(tmp_path / arch)
+        m.save(out)
+    assert safetensors_names(os.path.join(out, "model.safetensors")) == \
+        safetensors_names(os.path.join(DATA, arch, "model.safetensors"))
+    saved = json.load(open(os.path.join(out, "config.json")))
+    src = json.load(open(os.path.join(DATA, arch, "config.json")))
+    for k in ("model_type", "head_dim", "attention_bias", "partial_rotary_factor"):
+        if k in src:
+            assert saved[k] == src[k], k
+
+
+def test_partial_rotary_and_attention_bias_keys(tmp_path):
+    """partial_rotary_factor sets the rotated dims (HF: int(head_dim * factor));
+    GLM's attention_bias key switches the q/k/v biases."""
+    with gsink.Model.load(with_config(tmp_path, "glm", partial_rotary_factor=0.25)) as m:
+        assert m.config.rope_dims == 4 and m.config.rope_interleaved
+    d = tmp_path / "full"
+    d.mkdir()
+    with gsink.Model.load(with_config(d, "glm", partial_rotary_factor=1.0)) as m:
+        assert m.config.rope_dims == 0  # the whole head
+    d = tmp_path / "nobias"
+    d.mkdir()
+    with gsink.Model.load(with_config(d, "glm", attention_bias=False)) as m:
+        assert not m.config.qkv_bias  # (the loader skips the file's bias tensors)
+        assert "model.layers.0.self_attn.q_proj.bias" not in m.param_names()
+    d = tmp_path / "llama"
+    d.mkdir()
+    with pytest.raises(gsink.UnsupportedError, match="partial_rotary_factor 0.5 is not supported for llama"):
+        gsink.Model.load(with_config(d, "llama", partial_rotary_factor=0.5))
+    d = tmp_path / "odd"
+    d.mkdir()
+    with pytest.raises(gsink.UnsupportedError, match="rotated dims"):
+        gsink.Model.load(with_config(d, "glm", partial_rotary_factor=0.1875))  # 16 * 0.1875 = 3
+
     with gsink.Model.load(os.path.join(DATA, "qwen2")) as m:
         names = m.param_names()
         for l in range(m.config.n_layers):
@@ -142,5 +225,9 @@ def test_cli_info_prints_architecture_and_flags():
         assert p.returncode == 0, p.stderr
         assert "architecture: %s\n" % name in p.stdout, p.stdout
         assert "qkv_bias=%d" % bias in p.stdout and "rope_scaling=%s" % rope in p.stdout, p.stdout
+        assert "qk_norm=%d" % (name == "qwen3") in p.stdout, p.stdout
+        assert "sandwich_norm=%d" % (name == "glm4") in p.stdout, p.stdout
+        glm = name in ("glm", "glm4")
+        assert ("rotary_dims=8/16 pairs=interleaved" if glm else "pairs=halves") in p.stdout, p.stdout
     p = subprocess.run([cli, "info", os.path.join(DATA, "nonexistent")], capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr

@@ -159,13 +159,33 @@ ARCH_VARIANTS = {
     "qwen2_bias_llama3": dict(arch="qwen2", qkv_bias=True, rope_scaling="llama3", rope_factor=4.0,
                               rope_low_freq_factor=1.0, rope_high_freq_factor=2.0,
                               rope_original_max_pos=16),
+    # Qwen3 / GLM / GLM-4-0414 steps. rope_dims 4 of d_head 6 or 8: partial rotary
+    # (GLM's partial_rotary_factor), interleaved pairs (2i, 2i+1)
+    "qwen3_qk_norm": dict(arch="qwen3", qk_norm=True, rope_theta=1e6),
+    "glm": dict(arch="glm", qkv_bias=True, rope_dims=4, rope_interleaved=True),
+    "glm4": dict(arch="glm4", qkv_bias=True, rope_dims=4, rope_interleaved=True, sandwich_norm=True),
+    # the extended RoPE op off its HF rows: partial rotate_half with llama3 scaling,
+    # interleaved over the whole head, every optional step at once
+    "partial_halves_llama3": dict(rope_dims=4, rope_scaling="llama3", rope_factor=4.0,
+                                  rope_low_freq_factor=1.0, rope_high_freq_factor=2.0,
+                                  rope_original_max_pos=16),
+    "interleaved_full": dict(rope_interleaved=True),
+    "all_steps": dict(arch="glm4", qkv_bias=True, qk_norm=True, rope_dims=2, rope_interleaved=True,
+                      sandwich_norm=True),
 }
+
+# Norm gains of the optional steps (ones at creation, as in HF): randomized so
+# that a misplaced gain shows.
+STEP_NORMS = (".q_norm.weight", ".k_norm.weight", ".post_self_attn_layernorm.weight",
+              ".post_mlp_layernorm.weight")
 
 
 def randomize_biases(model, rng, scale=0.3):
     for name, shape in model.param_info():
         if name.endswith(".bias"):
             model.set_param(name, (scale * rng.standard_normal(shape)).astype(np.float32))
+        elif name.endswith(STEP_NORMS):
+            model.set_param(name, (1.0 + scale * rng.standard_normal(shape)).astype(np.float32))
 
 
 @pytest.mark.parametrize("variant", sorted(ARCH_VARIANTS))
@@ -181,6 +201,38 @@ def test_architecture_variants_match_torch(variant, cfg_name, B, T):
         run_lib(model, tokens, targets)
         ref = TorchLlama(cfg, torch_params(model)).run(tokens, targets)
         compare(model, ref, cfg["n_layers"], "%s %s B%d T%d" % (variant, cfg_name, B, T))
+
+
+@pytest.mark.parametrize("variant", ["qwen3_qk_norm", "glm", "glm4", "all_steps", "qwen2_bias"])
+@pytest.mark.parametrize("agg", ["sum_then_norm", "per_sequence"])
+def test_qkv_gradient_split_matches_torch(variant, agg):
+    """The Q/K/V split of dL/dh~ through the optional steps: g_q = (dL/d q_proj) W_Q
+    with q_proj the projection output (q_norm and partial/interleaved RoPE undone)."""
+    model, cfg = make_model("gqa_untied", seed=5, **ARCH_VARIANTS[variant])
+    with model:
+        rng = np.random.default_rng(5)
+        randomize_biases(model, rng)
+        tokens, targets = random_batch(rng, cfg["vocab_size"], 3, 20)
+        run_lib(model, tokens, targets)
+        ref = TorchLlama(cfg, torch_params(model)).run(tokens, targets)
+        worst = 0.0
+        for l in range(cfg["n_layers"]):
+            pre = "model.layers.%d.self_attn." % l
+            w = {p: model.get_param(pre + p + "_proj.weight").astype(np.float64) for p in "qkv"}
+            parts = {"q": ref["extra_grads"][(l, "q_proj")] @ w["q"],
+                     "k": ref["extra_grads"][(l, "k_proj")] @ w["k"],
+                     "v": ref["site_grads"][(l, "v")] @ w["v"]}
+            total = parts["q"] + parts["k"] + parts["v"]
+            assert rel_err(total, ref["site_grads"][(l, "attn_norm_out")]) < 1e-10  # the split is exact
+            got = model.qkv_gradient_split(l, agg=agg)
+            for p in "qkv":
+                g = parts[p]
+                want = (np.linalg.norm(g.sum(0), axis=-1) if agg == "sum_then_norm"
+                        else np.linalg.norm(g, axis=-1).mean(0))
+                e = rel_err(got[p], want)
+                worst = max(worst, e)
+                assert e < TOL, (l, p, e)
+        print("\n[Q/K/V split %s %s] worst rel err %.2e" % (variant, agg, worst))
 
 
 def test_rope_scaling_changes_the_model():
@@ -229,9 +281,10 @@ VSCALE_CASES = [
                          ids=["%s-%s-%s-%s" % (c[0], c[1], "pqh" if c[2] else "kv",
                                                "learn" if c[3] else "frozen")
                               for c in VSCALE_CASES])
-def test_vscale_matches_torch(cfg_name, mode, pqh, learnable, sigma):
-    model, cfg = make_model(cfg_name, seed=11)
+def test_vscale_matches_torch(cfg_name, mode, pqh, learnable, sigma, arch=None):
+    model, cfg = make_model(cfg_name, seed=11, **(ARCH_VARIANTS[arch] if arch else {}))
     with model:
+        randomize_biases(model, np.random.default_rng(2))
         model.vscale_enable(mode, sigma=sigma, learnable_theta=learnable, per_query_head=pqh)
         n_scale = cfg["n_heads"] if pqh else cfg["n_kv_heads"]
         assert model.theta.shape == (cfg["n_layers"], n_scale)
@@ -254,10 +307,18 @@ def test_vscale_matches_torch(cfg_name, mode, pqh, learnable, sigma):
             ref["dtheta_policy"] = "zero"
         elif not learnable:
             ref["dtheta_policy"] = "skip"  # the API does not define dtheta of a frozen theta
-        compare(model, ref, cfg["n_layers"], "vscale %s %s %s %s" % (
-            cfg_name, mode, "pqh" if pqh else "kv", "learn" if learnable else "frozen"))
+        compare(model, ref, cfg["n_layers"], "vscale %s %s %s %s %s" % (
+            cfg_name, mode, "pqh" if pqh else "kv", "learn" if learnable else "frozen", arch or ""))
         if mode == "backward_only":
             assert not np.any(model.theta_grad()), "backward-only V-scale must not train theta"
+
+
+@pytest.mark.parametrize("arch", ["qwen3_qk_norm", "glm", "glm4"])
+@pytest.mark.parametrize("mode,pqh", [("full", False), ("full", True), ("backward_only", False)])
+def test_vscale_on_new_architectures_matches_torch(arch, mode, pqh):
+    """V-scale sits between the v projection (with bias) and the attention on
+    every architecture."""
+    test_vscale_matches_torch("gqa_untied", mode, pqh, True, 0.05, arch=arch)
 
 
 def test_gradient_accumulation_over_two_backward_calls():
@@ -294,7 +355,8 @@ def _loss_at(model, tokens, targets):
 
 
 @pytest.mark.parametrize("vscale,arch", [(None, None), ("full", None), (None, "qwen2_bias_llama3"),
-                                          (None, "yarn")])
+                                          (None, "yarn"), (None, "qwen3_qk_norm"), (None, "glm"),
+                                          ("full", "glm4"), (None, "all_steps")])
 def test_finite_differences_through_binding(vscale, arch):
     """Central differences of the float32 loss along directions inside single
     parameter tensors (and theta) against the analytic directional derivative;
@@ -304,6 +366,8 @@ def test_finite_differences_through_binding(vscale, arch):
     if arch:
         cfg.update(ARCH_VARIANTS[arch])
         cfg["rope_original_max_pos"] = 8  # max_seq_len 16: long positions relative to it
+        if cfg.get("rope_dims"):
+            cfg["rope_dims"] = 2  # d_head 4: half of each head rotates
     with gsink.Model(gsink.Config(**cfg), seed=3, n_threads=1) as model:
         cfg = model.config.to_dict()
         randomize_biases(model, np.random.default_rng(9))
@@ -325,6 +389,15 @@ def test_finite_differences_through_binding(vscale, arch):
         if cfg["qkv_bias"]:
             names += ["model.layers.0.self_attn.q_proj.bias", "model.layers.1.self_attn.k_proj.bias",
                       "model.layers.0.self_attn.v_proj.bias", "model.layers.1.self_attn.q_proj.bias"]
+        if cfg["arch"] in ("glm", "glm4"):  # fused gate_up_proj replaces gate_proj / up_proj
+            names = [n for n in names if ".mlp.gate_proj." not in n and ".mlp.up_proj." not in n]
+            names += ["model.layers.0.mlp.gate_up_proj.weight", "model.layers.1.mlp.gate_up_proj.weight"]
+        if cfg["qk_norm"]:
+            names += ["model.layers.0.self_attn.q_norm.weight", "model.layers.1.self_attn.k_norm.weight",
+                      "model.layers.1.self_attn.q_norm.weight", "model.layers.0.self_attn.k_norm.weight"]
+        if cfg["sandwich_norm"]:
+            names += ["model.layers.0.post_self_attn_layernorm.weight", "model.layers.1.post_mlp_layernorm.weight",
+                      "model.layers.1.post_self_attn_layernorm.weight", "model.layers.0.post_mlp_layernorm.weight"]
         grads = {n: model.get_param_grad(n).astype(np.float64) for n in names
                  if not n.endswith("v_scale_theta")}
         if vscale:

@@ -24,7 +24,10 @@ CONFIG_KEYS = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_
 ARCH_DEFAULTS = dict(max_seq_len=2048, qkv_bias=False, rope_scaling="default", rope_factor=1.0,
                      rope_low_freq_factor=1.0, rope_high_freq_factor=4.0, rope_original_max_pos=0,
                      rope_beta_fast=32.0, rope_beta_slow=1.0, rope_attention_factor=0.0,
-                     rope_truncate=True)
+                     rope_truncate=True, arch="llama", qk_norm=False, rope_dims=0,
+                     rope_interleaved=False, sandwich_norm=False)
+# Architectures whose HF files fuse gate and up into mlp.gate_up_proj (GLM).
+FUSED_GATE_UP = ("glm", "glm4")
 
 
 def param_names(cfg, with_theta=False):
@@ -34,12 +37,19 @@ def param_names(cfg, with_theta=False):
         p = "model.layers.%d." % l
         names += [p + "input_layernorm.weight", p + "self_attn.q_proj.weight",
                   p + "self_attn.k_proj.weight", p + "self_attn.v_proj.weight",
-                  p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight",
-                  p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight",
-                  p + "mlp.down_proj.weight"]
+                  p + "self_attn.o_proj.weight", p + "post_attention_layernorm.weight"]
+        if cfg.get("arch") in FUSED_GATE_UP:
+            names += [p + "mlp.gate_up_proj.weight"]
+        else:
+            names += [p + "mlp.gate_proj.weight", p + "mlp.up_proj.weight"]
+        names += [p + "mlp.down_proj.weight"]
         if cfg.get("qkv_bias"):
             names += [p + "self_attn.q_proj.bias", p + "self_attn.k_proj.bias",
                       p + "self_attn.v_proj.bias"]
+        if cfg.get("qk_norm"):
+            names += [p + "self_attn.q_norm.weight", p + "self_attn.k_norm.weight"]
+        if cfg.get("sandwich_norm"):
+            names += [p + "post_self_attn_layernorm.weight", p + "post_mlp_layernorm.weight"]
         if with_theta:
             names.append(p + "self_attn.v_scale_theta")
     names.append("model.norm.weight")
@@ -62,7 +72,8 @@ def rope_inv_freq(cfg):
     types (modeling_rope_utils: default, linear, llama3, yarn), in float64,
     written from HF's formulas."""
     c = dict(ARCH_DEFAULTS, **cfg)
-    dim, base = c["d_head"], float(c["rope_theta"])
+    # HF: dim = int(head_dim * partial_rotary_factor), the rotated part of a head
+    dim, base = c["rope_dims"] or c["d_head"], float(c["rope_theta"])
     inv = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
     kind, factor = c["rope_scaling"], float(c["rope_factor"])
     orig = c["rope_original_max_pos"] or c["max_seq_len"]
@@ -113,6 +124,24 @@ def rope_cos_sin(T, d_head, base, dtype, cfg=None):
 def apply_rope(x, cos, sin):
     """x: (B, T, heads, d_head)."""
     return x * cos[None, :, None, :] + rotate_half(x) * sin[None, :, None, :]
+
+
+def apply_rope_hf(x, cos, sin, interleaved):
+    """HF's apply_rotary_pos_emb on x (B, T, heads, d_head) with cos, sin of
+    the rotated dims (T, rot): Llama's rotate_half, or GLM's (cos, sin halves
+    repeat_interleave'd, rotate_half on pairs x[..., 0::2], x[..., 1::2]);
+    the dims past rot pass through (partial rotary, as GLM's q_pass)."""
+    rot = cos.shape[-1]
+    xr, xp = x[..., :rot], x[..., rot:]
+    c, s = cos[None, :, None, :], sin[None, :, None, :]
+    if interleaved:
+        c = c[..., : rot // 2].repeat_interleave(2, dim=-1)
+        s = s[..., : rot // 2].repeat_interleave(2, dim=-1)
+        x1, x2 = xr[..., 0::2], xr[..., 1::2]
+        rh = torch.stack((-x2, x1), dim=-1).flatten(-2)
+    else:
+        rh = rotate_half(xr)
+    return torch.cat((xr * c + rh * s, xp), dim=-1)
 
 
 def apply_rope_interleaved(x, cos, sin):
@@ -209,9 +238,9 @@ class TorchLlama:
         H, KV, dh = c["n_heads"], c["n_kv_heads"], c["d_head"]
         rep = H // KV
         eps = c["rms_eps"]
-        cos, sin = rope_cos_sin(T, dh, c["rope_theta"], self.dtype, c)
+        cos, sin = rope_cos_sin(T, c["rope_dims"] or dh, c["rope_theta"], self.dtype, c)
         causal = torch.ones(T, T, dtype=torch.bool).tril()
-        sites = {}
+        sites, extra = {}, {}
 
         def site(l, name, x):
             x.retain_grad()
@@ -230,9 +259,21 @@ class TorchLlama:
                 q = q + p[pre + "self_attn.q_proj.bias"]
                 k = k + p[pre + "self_attn.k_proj.bias"]
                 v = v + p[pre + "self_attn.v_proj.bias"]
+            # projection outputs (with bias) the gradient of which reaches W_Q / W_K
+            # (not sites; kept for the Q/K/V split)
+            for nm, x in (("q_proj", q), ("k_proj", k)):
+                x.retain_grad()
+                extra[(l, nm)] = x
             q, k = q.view(B, T, H, dh), k.view(B, T, KV, dh)
+            if c["qk_norm"]:  # Qwen3: RMSNorm over each head's d_head values, before RoPE
+                q = rms_norm(q, p[pre + "self_attn.q_norm.weight"], eps)
+                k = rms_norm(k, p[pre + "self_attn.k_norm.weight"], eps)
             v = site(l, "v", v)
-            rope = apply_rope_interleaved if self.variant.get("rope") == "interleaved" else apply_rope
+            if self.variant.get("rope") == "interleaved":
+                rope = apply_rope_interleaved
+            else:
+                def rope(x, cos, sin):
+                    return apply_rope_hf(x, cos, sin, c["rope_interleaved"])
             q = site(l, "q", rope(q, cos, sin).reshape(B, T, H * dh))
             k = site(l, "k", rope(k, cos, sin).reshape(B, T, KV * dh))
             vs = self._vscale(v.view(B, T, KV, dh), l)
@@ -252,14 +293,24 @@ class TorchLlama:
             a = torch.softmax(scores, dim=-1)
             y = (a @ vh).transpose(1, 2).reshape(B, T, H * dh)
             z = site(l, "z", y)
-            attn_out = site(l, "attn_out", z @ p[pre + "self_attn.o_proj.weight"].T)
+            o = z @ p[pre + "self_attn.o_proj.weight"].T
+            if c["sandwich_norm"]:  # GLM-4-0414: post_self_attn_layernorm before the residual add
+                o = rms_norm(o, p[pre + "post_self_attn_layernorm.weight"], eps)
+            attn_out = site(l, "attn_out", o)
             h_mid = site(l, "resid_mid", h + attn_out)
             hn2 = site(l, "mlp_norm_out",
                        rms_norm(h_mid, p[pre + "post_attention_layernorm.weight"], eps))
-            gate = site(l, "mlp_pre", hn2 @ p[pre + "mlp.gate_proj.weight"].T)
-            up = site(l, "mlp_up", hn2 @ p[pre + "mlp.up_proj.weight"].T)
+            if c["arch"] in FUSED_GATE_UP:  # GLM: gate, up = gate_up_proj(x).chunk(2, dim=-1)
+                gate, up = (hn2 @ p[pre + "mlp.gate_up_proj.weight"].T).chunk(2, dim=-1)
+            else:
+                gate = hn2 @ p[pre + "mlp.gate_proj.weight"].T
+                up = hn2 @ p[pre + "mlp.up_proj.weight"].T
+            gate, up = site(l, "mlp_pre", gate), site(l, "mlp_up", up)
             act = site(l, "mlp_post", torch.nn.functional.silu(gate) * up)
-            mlp_out = site(l, "mlp_out", act @ p[pre + "mlp.down_proj.weight"].T)
+            r = act @ p[pre + "mlp.down_proj.weight"].T
+            if c["sandwich_norm"]:  # GLM-4-0414: post_mlp_layernorm
+                r = rms_norm(r, p[pre + "post_mlp_layernorm.weight"], eps)
+            mlp_out = site(l, "mlp_out", r)
             h = site(l, "resid_out", h_mid + mlp_out)
         hf = rms_norm(h, p["model.norm.weight"], eps)
         head = p["model.embed_tokens.weight"] if c["tie_embeddings"] else p["lm_head.weight"]
@@ -271,7 +322,7 @@ class TorchLlama:
             logp = torch.log_softmax(logits, dim=-1)
             picked = logp.gather(-1, tgt.clamp(min=0)[..., None])[..., 0]
             loss = -(picked * mask).sum() / mask.sum()
-        return {"logits": logits, "loss": loss, "sites": sites}
+        return {"logits": logits, "loss": loss, "sites": sites, "extra": extra}
 
     def zero_grad(self):
         for t in list(self.p.values()) + ([self.theta] if self.theta is not None else []):
@@ -292,6 +343,7 @@ class TorchLlama:
             "acts": {k: v.detach().numpy() for k, v in out["sites"].items()},
             "site_grads": {k: v.grad.detach().numpy() for k, v in out["sites"].items()},
             "dtheta": None,
+            "extra_grads": {k: v.grad.detach().numpy() for k, v in out["extra"].items()},
         }
         if self.theta is not None and self.theta.requires_grad:
             res["dtheta"] = self.theta.grad.detach().numpy().copy()

@@ -179,7 +179,17 @@ static void model_fd(int tie, int arch)
     gsink_config c;
     gsink_config_preset("micro", &c);
     c.tie_embeddings = tie;
-    if (arch) { /* q/k/v biases (qwen2) and llama3-scaled RoPE */
+    if (arch == 2) { /* qwen3: per-head q/k RMSNorm */
+        c.arch = GSINK_ARCH_QWEN3;
+        c.qk_norm = 1;
+    } else if (arch == 3) { /* glm4: biases, interleaved RoPE on half of each head,
+                             * fused gate_up_proj, sandwich norms */
+        c.arch = GSINK_ARCH_GLM4;
+        c.qkv_bias = 1;
+        c.rope_dims = c.d_head / 2;
+        c.rope_interleaved = 1;
+        c.sandwich_norm = 1;
+    } else if (arch) { /* q/k/v biases (qwen2) and llama3-scaled RoPE */
         c.arch = GSINK_ARCH_QWEN2;
         c.qkv_bias = 1;
         c.rope_scaling = GSINK_ROPE_LLAMA3;
@@ -249,6 +259,88 @@ START_TEST(test_model_fd_tied) { model_fd(1, 0); }
 END_TEST
 
 START_TEST(test_model_fd_qwen2_llama3) { model_fd(0, 1); }
+END_TEST
+
+START_TEST(test_model_fd_qwen3) { model_fd(0, 2); }
+END_TEST
+
+START_TEST(test_model_fd_glm4) { model_fd(1, 3); }
+END_TEST
+
+/* qwen3 / glm / glm4 config fields: validation, the parameters they add, and
+ * a caller's struct of the size before them. */
+START_TEST(test_config_qwen3_glm_fields)
+{
+    gsink_config c;
+    gsink_config_init(&c);
+    ck_assert_int_eq(c.qk_norm, 0);
+    ck_assert_int_eq(c.rope_dims, 0);
+    ck_assert_int_eq(c.rope_interleaved, 0);
+    ck_assert_int_eq(c.sandwich_norm, 0);
+    ck_assert_str_eq(gsink_arch_name(GSINK_ARCH_QWEN3), "qwen3");
+    ck_assert_str_eq(gsink_arch_name(GSINK_ARCH_GLM), "glm");
+    ck_assert_str_eq(gsink_arch_name(GSINK_ARCH_GLM4), "glm4");
+    gsink_config b = c;
+    b.rope_dims = 3; /* odd */
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b.rope_dims = c.d_head + 2;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b.rope_dims = c.d_head;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_OK);
+    b = c;
+    b.qk_norm = 2;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b = c;
+    b.sandwich_norm = -1;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+
+    /* a struct that ends at rope_truncate: the new flags stay off */
+    gsink_config old;
+    memset(&old, 0x7f, sizeof old);
+    size_t old_size = offsetof(gsink_config, rope_truncate) + sizeof(int32_t);
+    gsink_config_init_size(&old, old_size);
+    ck_assert_int_eq(old.qk_norm, 0x7f7f7f7f);
+    gsink_model *m;
+    ck_assert_int_eq(gsink_model_create(&old, NULL, &m), GSINK_OK);
+    gsink_config got;
+    gsink_config_init(&got);
+    ck_assert_int_eq(gsink_model_config(m, &got), GSINK_OK);
+    ck_assert_int_eq(got.qk_norm | got.rope_dims | got.rope_interleaved | got.sandwich_norm, 0);
+    gsink_model_free(m);
+
+    /* parameters per layer: qwen3 9 + q/k norms; glm 8 (fused gate_up) + biases; glm4 + 2 post norms */
+    struct { int arch, bias, qkn, sw; size_t per_layer; } rows[] = {
+        {GSINK_ARCH_QWEN3, 0, 1, 0, 11}, {GSINK_ARCH_GLM, 1, 0, 0, 11}, {GSINK_ARCH_GLM4, 1, 0, 1, 13}};
+    for (int r = 0; r < 3; r++) {
+        b = c;
+        b.arch = rows[r].arch;
+        b.qkv_bias = rows[r].bias;
+        b.qk_norm = rows[r].qkn;
+        b.sandwich_norm = rows[r].sw;
+        ck_assert_int_eq(gsink_model_create(&b, NULL, &m), GSINK_OK);
+        size_t np = 0;
+        gsink_param_count(m, &np);
+        ck_assert_uint_eq(np, 1 + (size_t)b.n_layers * rows[r].per_layer + 1 + (b.tie_embeddings ? 0 : 1));
+        const char *name;
+        int nd;
+        int64_t dims[2];
+        int n_fused = 0;
+        for (size_t i = 0; i < np; i++) {
+            gsink_param_info(m, i, &name, &nd, dims);
+            if (strstr(name, "q_norm") || strstr(name, "k_norm")) {
+                ck_assert_int_eq(nd, 1);
+                ck_assert_int_eq(dims[0], b.d_head);
+            }
+            if (strstr(name, "gate_up_proj")) {
+                ck_assert_int_eq(dims[0], 2 * b.d_ff);
+                ck_assert_int_eq(dims[1], b.d_model);
+            }
+            if (strstr(name, "gate_up_proj")) n_fused++;
+        }
+        ck_assert_int_eq(n_fused, rows[r].arch == GSINK_ARCH_QWEN3 ? 0 : b.n_layers);
+        gsink_model_free(m);
+    }
+}
 END_TEST
 
 /* The architecture fields: defaults, names, validation, and a caller's
@@ -428,6 +520,9 @@ int main(void)
     tcase_add_test(tc, test_model_fd_untied);
     tcase_add_test(tc, test_model_fd_tied);
     tcase_add_test(tc, test_model_fd_qwen2_llama3);
+    tcase_add_test(tc, test_model_fd_qwen3);
+    tcase_add_test(tc, test_model_fd_glm4);
+    tcase_add_test(tc, test_config_qwen3_glm_fields);
     tcase_add_test(tc, test_config_architecture_fields);
     tcase_add_test(tc, test_gradient_accumulation_and_zero);
     tcase_add_test(tc, test_threads_do_not_change_results);

@@ -97,7 +97,7 @@ START_TEST(test_rope)
         float sc = pass ? 1.25f : 1.0f;
         for (int i = 0; i < DH / 2; i++) fr[i] = pow(10000.0, -2.0 * i / DH) / (pass ? 3.0 : 1.0);
         memcpy(y, x, sizeof x);
-        F->rope(be, y, B, T, Hh, DH, fr, sc, 0);
+        F->rope(be, y, B, T, Hh, DH, DH, 0, fr, sc, 0);
         /* HF rotate_half reference */
         for (int b = 0; b < B; b++)
             for (int t = 0; t < T; t++)
@@ -110,15 +110,52 @@ START_TEST(test_rope)
                         ck_assert(tu_close(y[o + i + DH / 2], x2 * c + x1 * s, 1e-5, 1e-6));
                     }
         /* the inverse rotation undoes it (up to sc^2), and is the transpose (= gradient map) */
-        F->rope(be, y, B, T, Hh, DH, fr, sc, 1);
+        F->rope(be, y, B, T, Hh, DH, DH, 0, fr, sc, 1);
         for (size_t i = 0; i < sizeof x / 4; i++) ck_assert(tu_close(y[i], x[i] * sc * sc, 1e-5, 1e-6));
         memcpy(g, R, sizeof R);
-        F->rope(be, g, B, T, Hh, DH, fr, sc, 1);
+        F->rope(be, g, B, T, Hh, DH, DH, 0, fr, sc, 1);
         float tmp[B * T * Hh * DH];
-#define ROPE_LOSS (memcpy(tmp, x, sizeof x), F->rope(be, tmp, B, T, Hh, DH, fr, sc, 0), tu_dot(tmp, R, sizeof R / 4))
+#define ROPE_LOSS (memcpy(tmp, x, sizeof x), F->rope(be, tmp, B, T, Hh, DH, DH, 0, fr, sc, 0), tu_dot(tmp, R, sizeof R / 4))
         FD_CHECK(x, sizeof x / 4, g, ROPE_LOSS, 1e-2, 1e-3);
 #undef ROPE_LOSS
     }
+}
+END_TEST
+
+/* Partial rotary (the first rot dims of a head) with rotate_half or
+ * interleaved (GLM) pairs; the rest of the head passes through. */
+START_TEST(test_rope_partial_interleaved)
+{
+    enum { B = 2, T = 5, Hh = 3, DH = 8, ROT = 4 };
+    float x[B * T * Hh * DH], y[B * T * Hh * DH], R[B * T * Hh * DH], g[B * T * Hh * DH];
+    double fr[ROT / 2];
+    tu_fill(x, sizeof x / 4, 6, 1.0f);
+    tu_fill(R, sizeof R / 4, 7, 1.0f);
+    for (int i = 0; i < ROT / 2; i++) fr[i] = pow(10000.0, -2.0 * i / ROT);
+    for (int il = 0; il < 2; il++) {
+        memcpy(y, x, sizeof x);
+        F->rope(be, y, B, T, Hh, DH, ROT, il, fr, 1.0f, 0);
+        for (int b = 0; b < B; b++)
+            for (int t = 0; t < T; t++)
+                for (int h = 0; h < Hh; h++) {
+                    size_t o = (((size_t)b * T + t) * Hh + h) * DH;
+                    for (int i = 0; i < ROT / 2; i++) {
+                        double c = cos(t * fr[i]), s = sin(t * fr[i]);
+                        int i1 = il ? 2 * i : i, i2 = il ? 2 * i + 1 : i + ROT / 2;
+                        ck_assert(tu_close(y[o + i1], x[o + i1] * c - x[o + i2] * s, 1e-5, 1e-6));
+                        ck_assert(tu_close(y[o + i2], x[o + i2] * c + x[o + i1] * s, 1e-5, 1e-6));
+                    }
+                    for (int i = ROT; i < DH; i++) ck_assert(y[o + i] == x[o + i]); /* pass-through */
+                }
+        memcpy(g, R, sizeof R);
+        F->rope(be, g, B, T, Hh, DH, ROT, il, fr, 1.0f, 1);
+        float tmp[B * T * Hh * DH];
+#define ROPE_LOSS (memcpy(tmp, x, sizeof x), F->rope(be, tmp, B, T, Hh, DH, ROT, il, fr, 1.0f, 0), tu_dot(tmp, R, sizeof R / 4))
+        FD_CHECK(x, sizeof x / 4, g, ROPE_LOSS, 1e-2, 1e-3);
+#undef ROPE_LOSS
+    }
+    ck_assert_int_ne(F->rope(be, y, B, T, Hh, DH, 3, 0, fr, 1.0f, 0), GSINK_OK); /* odd */
+    ck_assert_int_ne(F->rope(be, y, B, T, Hh, DH, DH + 2, 0, fr, 1.0f, 0), GSINK_OK);
 }
 END_TEST
 
@@ -440,6 +477,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_rmsnorm);
     tcase_add_test(tc, test_rope);
+    tcase_add_test(tc, test_rope_partial_interleaved);
     tcase_add_test(tc, test_attention_gqa);
     tcase_add_test(tc, test_attention_per_query_values);
     tcase_add_test(tc, test_softmax_row_bwd_sums_to_zero);

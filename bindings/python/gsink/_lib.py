@@ -78,6 +78,10 @@ class Config(ctypes.Structure):
         ("rope_beta_slow", c_float),
         ("rope_attention_factor", c_float),
         ("rope_truncate", c_int32),
+        ("qk_norm", c_int32),
+        ("rope_dims", c_int32),
+        ("rope_interleaved", c_int32),
+        ("sandwich_norm", c_int32),
     ])
 
 

@@ -101,12 +101,16 @@ pub struct gsink_config {
     pub rope_beta_slow: f32,
     pub rope_attention_factor: f32,
     pub rope_truncate: i32,
+    pub qk_norm: i32,
+    pub rope_dims: i32,
+    pub rope_interleaved: i32,
+    pub sandwich_norm: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_config() {
     assert_eq!(
         ::std::mem::size_of::<gsink_config>(),
-        104usize,
+        120usize,
         concat!("Size of: ", stringify!(gsink_config))
     );
     assert_eq!(
@@ -522,10 +526,81 @@ fn bindgen_test_layout_gsink_config() {
         );
     }
     test_field_rope_truncate();
+    fn test_field_qk_norm() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).qk_norm) as usize - ptr as usize
+            },
+            100usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(qk_norm)
+            )
+        );
+    }
+    test_field_qk_norm();
+    fn test_field_rope_dims() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_dims) as usize - ptr as usize
+            },
+            104usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_dims)
+            )
+        );
+    }
+    test_field_rope_dims();
+    fn test_field_rope_interleaved() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).rope_interleaved) as usize - ptr as usize
+            },
+            108usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(rope_interleaved)
+            )
+        );
+    }
+    test_field_rope_interleaved();
+    fn test_field_sandwich_norm() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).sandwich_norm) as usize - ptr as usize
+            },
+            112usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(sandwich_norm)
+            )
+        );
+    }
+    test_field_sandwich_norm();
 }
 pub const gsink_arch_GSINK_ARCH_LLAMA: gsink_arch = 0;
 pub const gsink_arch_GSINK_ARCH_MISTRAL: gsink_arch = 1;
 pub const gsink_arch_GSINK_ARCH_QWEN2: gsink_arch = 2;
+pub const gsink_arch_GSINK_ARCH_QWEN3: gsink_arch = 3;
+pub const gsink_arch_GSINK_ARCH_GLM: gsink_arch = 4;
+pub const gsink_arch_GSINK_ARCH_GLM4: gsink_arch = 5;
 pub type gsink_arch = ::std::os::raw::c_uint;
 pub const gsink_rope_scaling_GSINK_ROPE_NONE: gsink_rope_scaling = 0;
 pub const gsink_rope_scaling_GSINK_ROPE_LINEAR: gsink_rope_scaling = 1;

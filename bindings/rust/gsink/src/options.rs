@@ -21,7 +21,7 @@ pub struct Config {
     pub rope_theta: f32,
     pub tie_embeddings: bool,
     pub init_std: f32,
-    /// Architecture (`gsink_arch`: 0 llama, 1 mistral, 2 qwen2); see `arch_name`.
+    /// Architecture (`gsink_arch`: 0 llama, 1 mistral, 2 qwen2, 3 qwen3, 4 glm, 5 glm4); see `arch_name`.
     pub arch: i32,
     /// q, k and v projections carry biases (Qwen2).
     pub qkv_bias: bool,
@@ -35,6 +35,14 @@ pub struct Config {
     pub rope_beta_slow: f32,
     pub rope_attention_factor: f32,
     pub rope_truncate: bool,
+    /// RMSNorm of each q and k head before RoPE (Qwen3).
+    pub qk_norm: bool,
+    /// Rotated dims of each head (0: all of `d_head`; GLM: half).
+    pub rope_dims: i32,
+    /// RoPE rotates pairs (2i, 2i+1) (GLM) instead of HF's rotate_half halves.
+    pub rope_interleaved: bool,
+    /// RMSNorm on each branch output before the residual add (GLM-4-0414).
+    pub sandwich_norm: bool,
 }
 
 impl Default for Config {
@@ -73,6 +81,10 @@ pub(crate) fn empty_config() -> sys::gsink_config {
         rope_beta_slow: 0.0,
         rope_attention_factor: 0.0,
         rope_truncate: 0,
+        qk_norm: 0,
+        rope_dims: 0,
+        rope_interleaved: 0,
+        sandwich_norm: 0,
     }
 }
 
@@ -133,6 +145,10 @@ impl Config {
             rope_beta_slow: self.rope_beta_slow,
             rope_attention_factor: self.rope_attention_factor,
             rope_truncate: self.rope_truncate as i32,
+            qk_norm: self.qk_norm as i32,
+            rope_dims: self.rope_dims,
+            rope_interleaved: self.rope_interleaved as i32,
+            sandwich_norm: self.sandwich_norm as i32,
         }
     }
 
@@ -161,10 +177,14 @@ impl Config {
             rope_beta_slow: raw.rope_beta_slow,
             rope_attention_factor: raw.rope_attention_factor,
             rope_truncate: raw.rope_truncate != 0,
+            qk_norm: raw.qk_norm != 0,
+            rope_dims: raw.rope_dims,
+            rope_interleaved: raw.rope_interleaved != 0,
+            sandwich_norm: raw.sandwich_norm != 0,
         }
     }
 
-    /// Name of the architecture ("llama", "mistral", "qwen2"), if the library knows it.
+    /// Name of the architecture ("llama", "mistral", "qwen2", "qwen3", "glm", "glm4"), if the library knows it.
     pub fn arch_name(&self) -> Option<String> {
         // SAFETY: returns a static string or NULL.
         let p = unsafe { sys::gsink_arch_name(self.arch) };

@@ -251,3 +251,24 @@ fn loads_a_qwen2_checkpoint_with_its_architecture() {
     let llama31 = Model::load(dir.join("../llama31"), Some(&opts)).unwrap();
     assert_eq!(llama31.config().unwrap().rope_scaling_name().as_deref(), Some("llama3"));
 }
+
+#[test]
+fn loads_qwen3_glm_and_glm4_checkpoints_with_their_flags() {
+    let data = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../tests/data/hf-archs");
+    let opts = ModelOptions { n_threads: 1, ..ModelOptions::default() };
+    let qwen3 = Model::load(data.join("qwen3"), Some(&opts)).unwrap();
+    let c = qwen3.config().unwrap();
+    assert_eq!(c.arch_name().as_deref(), Some("qwen3"));
+    assert!(c.qk_norm && !c.qkv_bias && !c.sandwich_norm && !c.rope_interleaved);
+    assert_eq!((c.d_head, c.rope_dims), (32, 0));
+    let mut glm4 = Model::load(data.join("glm4"), Some(&opts)).unwrap();
+    let c = glm4.config().unwrap();
+    assert_eq!(c.arch_name().as_deref(), Some("glm4"));
+    assert!(c.qkv_bias && c.rope_interleaved && c.sandwich_norm && !c.qk_norm);
+    assert_eq!(c.rope_dims, c.d_head / 2);
+    let fused = glm4.get_param("model.layers.0.mlp.gate_up_proj.weight").unwrap();
+    assert_eq!(fused.len(), (2 * c.d_ff * c.d_model) as usize);
+    assert!(glm4.get_param("model.layers.0.post_mlp_layernorm.weight").is_ok());
+    let glm = Model::load(data.join("glm"), Some(&opts)).unwrap();
+    assert!(!glm.config().unwrap().sandwich_norm);
+}
