@@ -287,8 +287,8 @@ static int cmd_info_model(const char *path)
     const char *arch = gsink_arch_name(c.arch), *rope = gsink_rope_scaling_name(c.rope_scaling);
     printf("model: %s\n", path);
     printf("architecture: %s\n", arch ? arch : "?");
-    printf("flags: qkv_bias=%d tie_embeddings=%d rope_scaling=%s\n", c.qkv_bias, c.tie_embeddings,
-           rope ? rope : "?");
+    printf("flags: qkv_bias=%d tie_embeddings=%d rope_scaling=%s sliding_window=%d\n", c.qkv_bias,
+           c.tie_embeddings, rope ? rope : "?", c.sliding_window);
     printf("rope: theta=%g", (double)c.rope_theta);
     switch (c.rope_scaling) {
     case GSINK_ROPE_LINEAR: printf(" factor=%g", (double)c.rope_factor); break;

@@ -20,7 +20,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 4
+#define GSINK_BACKEND_API_VERSION 5
 
 typedef struct gsink_backend gsink_backend;
 
@@ -30,7 +30,17 @@ typedef struct gsink_backend gsink_backend;
 typedef struct gsink_attn_shape {
     int batch, seq, n_heads, n_kv_heads, n_v_heads, d_head;
     int sink_window; /* T_eps for the sink-score accumulator */
+    int window;      /* sliding window (since version 5): 0 = causal; W > 0:
+                      * query t sees keys j with 0 <= t - j < W; a_tj = 0
+                      * elsewhere, in the statistics too */
 } gsink_attn_shape;
+
+/* The window of a shape as a lookback bound valid for every t: min(W, T),
+ * T when there is none (t - j < T always holds). */
+static inline int gsink__attn_lookback(const gsink_attn_shape *s)
+{
+    return s->window > 0 && s->window < s->seq ? s->window : s->seq;
+}
 
 /* Column statistics of the attention probabilities a_ts, each (B, H, T):
  * mass[s] = sum_{t>=s} a_ts, sq[s] = sum_{t>=s} a_ts^2,

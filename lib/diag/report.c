@@ -368,8 +368,9 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
     sb_printf(&b, "\"tie_embeddings\": %s, ", m->cfg.tie_embeddings ? "true" : "false");
     {
         const char *an = gsink_arch_name(m->cfg.arch), *rn = gsink_rope_scaling_name(m->cfg.rope_scaling);
-        sb_printf(&b, "\"arch\": \"%s\", \"qkv_bias\": %s, \"rope_scaling\": \"%s\"},\n", an ? an : "unknown",
-                  m->cfg.qkv_bias ? "true" : "false", rn ? rn : "unknown");
+        sb_printf(&b, "\"arch\": \"%s\", \"qkv_bias\": %s, \"rope_scaling\": \"%s\", \"sliding_window\": %d},\n",
+                  an ? an : "unknown", m->cfg.qkv_bias ? "true" : "false", rn ? rn : "unknown",
+                  (int)m->cfg.sliding_window);
     }
     sb_printf(&b, "  \"vscale\": {\"mode\": \"%s\", ", vscale_name(vo.mode));
     sb_key_num(&b, "sigma", vo.sigma, true);

@@ -317,7 +317,7 @@ class Config:
               "max_seq_len", "rms_eps", "rope_theta", "tie_embeddings", "init_std",
               "arch", "qkv_bias", "rope_scaling", "rope_factor", "rope_low_freq_factor",
               "rope_high_freq_factor", "rope_original_max_pos", "rope_beta_fast", "rope_beta_slow",
-              "rope_attention_factor", "rope_truncate")
+              "rope_attention_factor", "rope_truncate", "sliding_window")
     # arch and rope_scaling are names ("qwen2", "llama3"); integers are accepted too
     _BOOLS = ("tie_embeddings", "qkv_bias", "rope_truncate")
     _FLOATS = ("rms_eps", "rope_theta", "init_std", "rope_factor", "rope_low_freq_factor",

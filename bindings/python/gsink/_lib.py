@@ -78,6 +78,7 @@ class Config(ctypes.Structure):
         ("rope_beta_slow", c_float),
         ("rope_attention_factor", c_float),
         ("rope_truncate", c_int32),
+        ("sliding_window", c_int32),
     ])
 
 

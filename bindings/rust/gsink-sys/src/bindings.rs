@@ -101,6 +101,7 @@ pub struct gsink_config {
     pub rope_beta_slow: f32,
     pub rope_attention_factor: f32,
     pub rope_truncate: i32,
+    pub sliding_window: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_config() {
@@ -522,6 +523,23 @@ fn bindgen_test_layout_gsink_config() {
         );
     }
     test_field_rope_truncate();
+    fn test_field_sliding_window() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).sliding_window) as usize - ptr as usize
+            },
+            100usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(sliding_window)
+            )
+        );
+    }
+    test_field_sliding_window();
 }
 pub const gsink_arch_GSINK_ARCH_LLAMA: gsink_arch = 0;
 pub const gsink_arch_GSINK_ARCH_MISTRAL: gsink_arch = 1;

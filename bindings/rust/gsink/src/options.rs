@@ -35,6 +35,8 @@ pub struct Config {
     pub rope_beta_slow: f32,
     pub rope_attention_factor: f32,
     pub rope_truncate: bool,
+    /// Sliding-window attention: 0 none; W > 0: query t sees keys t-W+1..=t.
+    pub sliding_window: i32,
 }
 
 impl Default for Config {
@@ -73,6 +75,7 @@ pub(crate) fn empty_config() -> sys::gsink_config {
         rope_beta_slow: 0.0,
         rope_attention_factor: 0.0,
         rope_truncate: 0,
+        sliding_window: 0,
     }
 }
 
@@ -133,6 +136,7 @@ impl Config {
             rope_beta_slow: self.rope_beta_slow,
             rope_attention_factor: self.rope_attention_factor,
             rope_truncate: self.rope_truncate as i32,
+            sliding_window: self.sliding_window,
         }
     }
 
@@ -161,6 +165,7 @@ impl Config {
             rope_beta_slow: raw.rope_beta_slow,
             rope_attention_factor: raw.rope_attention_factor,
             rope_truncate: raw.rope_truncate != 0,
+            sliding_window: raw.sliding_window,
         }
     }
 
