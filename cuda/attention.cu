@@ -2,7 +2,9 @@
  * attention.cu - fused causal attention for the CUDA backend (exact FP32).
  *
  * FlashAttention-2 style tiling: 32x32 tiles in shared memory, online softmax,
- * causal, GQA (query head h reads key head h / (H/KV) and value head
+ * causal or sliding-window causal (query t sees keys j with 0 <= t - j < Lb,
+ * Lb = gsink__attn_lookback: the window, or T; key tiles outside every row's
+ * window are skipped, so a window costs O(T W) rather than O(T^2)), GQA (query head h reads key head h / (H/KV) and value head
  * h / (H/NV)). Nothing of size T x T is ever stored.
  *
  *   forward   k_attn_fwd    one block per (query tile, head, batch): y, lse.
@@ -98,7 +100,7 @@ template <int DM>
 __global__ void __launch_bounds__(ATT_THREADS)
 k_attn_fwd(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
            float *__restrict__ y, float *__restrict__ lse, int T, int H, int KV, int NV, int dh,
-           float scale)
+           int Lb, float scale)
 {
     GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
@@ -119,7 +121,9 @@ k_attn_fwd(const float *__restrict__ q, const float *__restrict__ k, const float
 #pragma unroll
     for (int j = 0; j < DM / 4; j++) o[j] = 0.0f;
 
-    for (int kb = 0; kb <= qb; kb++) { /* ATT_BR == ATT_BC: key tiles up to the diagonal */
+    /* ATT_BR == ATT_BC: key tiles from the first one row t0 sees up to the diagonal */
+    const int kb_lo = t0 - Lb + 1 > 0 ? (t0 - Lb + 1) / ATT_BC : 0;
+    for (int kb = kb_lo; kb <= qb; kb++) {
         const int s0 = kb * ATT_BC;
         __syncthreads();
         load_tile<DM>(Ks, kh, s0, T, ldk, dh);
@@ -131,18 +135,20 @@ k_attn_fwd(const float *__restrict__ q, const float *__restrict__ k, const float
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int kc = s0 + cg + 4 * i;
-            sc[i] = kc <= tq ? sc[i] * scale : -INFINITY;
+            sc[i] = (kc <= tq && tq - kc < Lb) ? sc[i] * scale : -INFINITY;
             mx = fmaxf(mx, sc[i]);
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-        /* key s0 <= t0 <= tq, so mx is finite */
+        /* Causal: key s0 <= t0 <= tq, so mx is finite. With a window a row may
+         * see no key of this tile yet (mnew = -inf): it keeps l = 0, o = 0. */
         const float mnew = fmaxf(m, mx);
-        const float alpha = expf(m - mnew);
+        const bool none = mnew == -INFINITY;
+        const float alpha = none ? 1.0f : expf(m - mnew);
         float ps = 0.0f;
 #pragma unroll
         for (int i = 0; i < 8; i++) {
-            float p = expf(sc[i] - mnew);
+            float p = none ? 0.0f : expf(sc[i] - mnew);
             Ps[r * ATT_PLD + cg + 4 * i] = p;
             ps += p;
         }
@@ -178,7 +184,7 @@ template <int DM>
 __global__ void __launch_bounds__(ATT_THREADS)
 k_attn_stats(const float *__restrict__ q, const float *__restrict__ k,
              const float *__restrict__ lse, float *mass, float *sq, float *win, int T, int H,
-             int KV, int dh, int W, float scale)
+             int KV, int dh, int W, int Lb, float scale)
 {
     GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
@@ -191,13 +197,15 @@ k_attn_stats(const float *__restrict__ q, const float *__restrict__ k,
     const float *lh = lse + ((size_t)b * H + h) * T;
     const int tid = threadIdx.x, r = tid >> 2, cg = tid & 3;
     const int s0 = kb * ATT_BC, nqb = (T + ATT_BR - 1) / ATT_BR;
+    /* last query tile that sees a key of this tile: t <= s0 + ATT_BC - 1 + Lb - 1 */
+    const int qb_last = (s0 + ATT_BC + Lb - 2) / ATT_BR, qb_hi = qb_last < nqb - 1 ? qb_last : nqb - 1;
 
     load_tile<DM>(Ks, kh, s0, T, ldk, dh);
     float am[8], aq[8], aw[8];
 #pragma unroll
     for (int i = 0; i < 8; i++) am[i] = aq[i] = aw[i] = 0.0f;
 
-    for (int qb = kb; qb < nqb; qb++) {
+    for (int qb = kb; qb <= qb_hi; qb++) {
         const int t0 = qb * ATT_BR, tq = t0 + r;
         __syncthreads();
         load_tile<DM>(Qs, qh, t0, T, ldq, dh);
@@ -209,7 +217,7 @@ k_attn_stats(const float *__restrict__ q, const float *__restrict__ k,
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int kc = s0 + cg + 4 * i;
-            if (tq < T && kc <= tq) {
+            if (tq < T && kc <= tq && tq - kc < Lb) {
                 float a = expf(sc[i] * scale - lr);
                 am[i] += a;
                 aq[i] += a * a;
@@ -273,7 +281,7 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
               const float *__restrict__ dy, const float *__restrict__ lse,
               const float *__restrict__ Dv, float *__restrict__ dk, float *__restrict__ dv,
               float *__restrict__ mass, float *__restrict__ sq, float *__restrict__ win, int T,
-              int H, int KV, int NV, int dh, int W, float scale)
+              int H, int KV, int NV, int dh, int W, int Lb, float scale)
 {
     GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
@@ -285,6 +293,7 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
     const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh, ldv = (size_t)NV * dh;
     const int tid = threadIdx.x, r = tid >> 2, cg = tid & 3;
     const int s0 = kb * ATT_BC, nqb = (T + ATT_BR - 1) / ATT_BR;
+    const int qb_last = (s0 + ATT_BC + Lb - 2) / ATT_BR, qb_hi = qb_last < nqb - 1 ? qb_last : nqb - 1; /* as k_attn_stats */
     const int kown = s0 + r; /* key row this thread accumulates */
     /* Column statistics: of the 4 threads that own key row kown, thread cg
      * sums mass (0), sq (1) or window (2) of the current query head. */
@@ -322,7 +331,7 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
         const float *qh = q + (size_t)b * T * ldq + (size_t)h * dh;
         const float *dyh = dy + (size_t)b * T * ldq + (size_t)h * dh;
         const float *lh = lse + ((size_t)b * H + h) * T, *dh_ = Dv + ((size_t)b * H + h) * T;
-        for (int qb = kb; qb < nqb; qb++) {
+        for (int qb = kb; qb <= qb_hi; qb++) {
             const int t0 = qb * ATT_BR, tq = t0 + r;
             __syncthreads();
             load_tile<DM>(Qs, qh, t0, T, ldq, dh);
@@ -337,7 +346,7 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 int c = cg + 4 * i, kc = s0 + c;
-                float p = (tq < T && kc <= tq) ? expf(sc[i] * scale - lr) : 0.0f;
+                float p = (tq < T && kc <= tq && tq - kc < Lb) ? expf(sc[i] * scale - lr) : 0.0f;
                 Ps[r * ATT_PLD + c] = p;
                 dSs[r * ATT_PLD + c] = p * (dp[i] - dr);
             }
@@ -350,7 +359,7 @@ k_attn_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const fl
                     dva[j] = fmaf(p, dyr[4 * j], dva[j]);
                     dka[j] = fmaf(ds, qr[4 * j], dka[j]);
                 }
-                if (want_stats) /* p = a_ts for t = t0 + rr, s = kown (0 above the diagonal) */
+                if (want_stats) /* p = a_ts for t = t0 + rr, s = kown (0 where masked) */
                     cacc += cg == 1 ? p * p : (cg == 2 && t0 + rr - kown >= W) ? 0.0f : p;
             }
         }
@@ -378,7 +387,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
 k_attn_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
              const float *__restrict__ dy, const float *__restrict__ lse,
              const float *__restrict__ Dv, float *__restrict__ dq, int T, int H, int KV, int NV,
-             int dh, float scale)
+             int dh, int Lb, float scale)
 {
     GSINK_DYN_SMEM(smem);
     const int LD = DM + 1;
@@ -400,7 +409,8 @@ k_attn_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const flo
 #pragma unroll
     for (int j = 0; j < DM / 4; j++) dqa[j] = 0.0f;
 
-    for (int kb = 0; kb <= qb; kb++) {
+    const int kb_lo = t0 - Lb + 1 > 0 ? (t0 - Lb + 1) / ATT_BC : 0; /* as k_attn_fwd */
+    for (int kb = kb_lo; kb <= qb; kb++) {
         const int s0 = kb * ATT_BC;
         __syncthreads();
         load_tile<DM>(Ks, kh, s0, T, ldk, dh);
@@ -413,7 +423,7 @@ k_attn_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const flo
 #pragma unroll
         for (int i = 0; i < 8; i++) {
             int c = cg + 4 * i, kc = s0 + c;
-            float p = (tq < T && kc <= tq) ? expf(sc[i] * scale - lr) : 0.0f;
+            float p = (tq < T && kc <= tq && tq - kc < Lb) ? expf(sc[i] * scale - lr) : 0.0f;
             dSs[r * ATT_PLD + c] = p * (dp[i] - dr);
         }
         __syncthreads();
@@ -498,7 +508,8 @@ static gsink_status stats_dm(gsink_backend *be, const gsink_attn_shape *s, const
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_stats<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, stats_smem<DM>(),
                  CUDA_CTX(be)->stream)(q, k, lse, stats.mass, stats.sq, stats.win, T, s->n_heads,
-                                       s->n_kv_heads, s->d_head, s->sink_window, scale);
+                                       s->n_kv_heads, s->d_head, s->sink_window,
+                                       gsink__attn_lookback(s), scale);
     return cuda_launch_check(be, "attention statistics");
 }
 
@@ -514,7 +525,8 @@ static gsink_status fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_fwd<DM>, grid, ATT_THREADS, fwd_smem<DM>(), st)(q, k, v, y, lse, T, s->n_heads,
                                                               s->n_kv_heads, s->n_v_heads,
-                                                              s->d_head, scale);
+                                                              s->d_head, gsink__attn_lookback(s),
+                                                              scale);
     return cuda_launch_check(be, "attention forward");
 }
 
@@ -574,11 +586,12 @@ static gsink_status bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_bwd_kv<DM>, dim3(nb, s->n_kv_heads, s->batch), ATT_THREADS, bwd_kv_smem<DM>(), st)(
         q, k, v, dy, lse, D, dk, dv, stats.mass, stats.sq, stats.win, T, s->n_heads, s->n_kv_heads,
-        s->n_v_heads, s->d_head, s->sink_window, scale);
+        s->n_v_heads, s->d_head, s->sink_window, gsink__attn_lookback(s), scale);
     rc = cuda_launch_check(be, "attention backward (dK, dV)");
     if (rc) return rc;
     GSINK_LAUNCH(k_attn_bwd_q<DM>, dim3(nb, s->n_heads, s->batch), ATT_THREADS, bwd_q_smem<DM>(), st)(
-        q, k, v, dy, lse, D, dq, T, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head, scale);
+        q, k, v, dy, lse, D, dq, T, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head,
+        gsink__attn_lookback(s), scale);
     return cuda_launch_check(be, "attention backward (dQ)");
 }
 

@@ -729,6 +729,9 @@ int cuda_attention_tc_eligible(gsink_backend *be, const gsink_attn_shape *s)
     if (!be || !s) return 0;
     const int math = CUDA_CTX(be)->math;
     if (math != GSINK_CUDA_MATH_TF32 && math != GSINK_CUDA_MATH_BF16) return 0;
+    /* The tensor-core kernels are causal only: a sliding window that cuts
+     * (window < T) runs the exact FP32 kernels of attention.cu instead. */
+    if (gsink__attn_lookback(s) < s->seq) return 0;
     const int H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads, dh = s->d_head;
     if (s->batch < 0 || s->seq < 0 || H <= 0 || KV <= 0 || NV <= 0 || dh <= 0 || H % KV ||
         H % NV || NV % KV || s->batch > 65535 || H > 65535)
@@ -741,8 +744,9 @@ static gsink_status tc_not_eligible(gsink_backend *be, const gsink_attn_shape *s
     if (!s) return cuda_fail(be, GSINK_ERR_NULL_ARGUMENT, "attention (tensor cores): shape is NULL");
     return cuda_fail(be, GSINK_ERR_UNSUPPORTED,
                      "attention (tensor cores): not available for B=%d T=%d H=%d KV=%d NV=%d dh=%d "
-                     "(needs TF32 or BF16 math, d_head <= 128 and enough shared memory)",
-                     s->batch, s->seq, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head);
+                     "(needs TF32 or BF16 math, d_head <= 128, no sliding window shorter than T "
+                     "(window %d) and enough shared memory)",
+                     s->batch, s->seq, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head, s->window);
 }
 
 static int tc_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }

@@ -287,8 +287,8 @@ static int cmd_info_model(const char *path)
     const char *arch = gsink_arch_name(c.arch), *rope = gsink_rope_scaling_name(c.rope_scaling);
     printf("model: %s\n", path);
     printf("architecture: %s\n", arch ? arch : "?");
-    printf("flags: qkv_bias=%d qk_norm=%d sandwich_norm=%d tie_embeddings=%d rope_scaling=%s\n", c.qkv_bias,
-           c.qk_norm, c.sandwich_norm, c.tie_embeddings, rope ? rope : "?");
+    printf("flags: qkv_bias=%d qk_norm=%d sandwich_norm=%d tie_embeddings=%d rope_scaling=%s sliding_window=%d\n",
+           c.qkv_bias, c.qk_norm, c.sandwich_norm, c.tie_embeddings, rope ? rope : "?", c.sliding_window);
     printf("rope: theta=%g rotary_dims=%d/%d pairs=%s", (double)c.rope_theta, c.rope_dims ? c.rope_dims : c.d_head,
            c.d_head, c.rope_interleaved ? "interleaved" : "halves");
     switch (c.rope_scaling) {

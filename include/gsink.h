@@ -178,13 +178,18 @@ typedef struct gsink_config {
                                * rotate_half pairs (i, i + rope_dims/2) */
     int32_t sandwich_norm; /* 1: RMSNorm on each branch output before the residual add
                             * (GLM-4-0414: post_self_attn_layernorm, post_mlp_layernorm) */
+    /* ---- since 0.1.0 (sliding-window attention) ---- */
+    int32_t sliding_window; /* 0 (default): full causal attention; W > 0: query t
+                             * sees keys j with 0 <= t - j < W (W keys, HF
+                             * transformers' sliding_window_overlay, llama.cpp's
+                             * n_swa), in every layer */
 } gsink_config;
 
 /* Architectures (gsink_config.arch): rows of the library's architecture table,
  * selected by config.json's model_type. gsink_arch_name gives the name. */
 typedef enum gsink_arch {
     GSINK_ARCH_LLAMA = 0,   /* "llama": Llama 1-3 (RoPE scaling in rope_scaling) */
-    GSINK_ARCH_MISTRAL = 1, /* "mistral": as llama (no sliding window) */
+    GSINK_ARCH_MISTRAL = 1, /* "mistral": as llama, plus sliding_window */
     GSINK_ARCH_QWEN2 = 2,   /* "qwen2": llama + q/k/v biases (Qwen2, Qwen2.5) */
     GSINK_ARCH_QWEN3 = 3,   /* "qwen3": llama + q/k RMSNorm per head (qk_norm) */
     GSINK_ARCH_GLM = 4,     /* "glm" (GLM-4-9B): q/k/v biases, interleaved RoPE on half of
@@ -458,7 +463,8 @@ GSINK_API gsink_status gsink_sink_scores(gsink_model *model, int layer, int s,
 GSINK_API gsink_status gsink_sink_rate(gsink_model *model, int layer, int s, float eps,
                                        float *rate);
 /* Full attention pattern a_tj (seq_len x seq_len) of one sequence and head,
- * recomputed from the stored q and k (for inspection and tests). */
+ * recomputed from the stored q and k (for inspection and tests); zero above
+ * the diagonal and, with a sliding window W, where t - j >= W. */
 GSINK_API gsink_status gsink_attention_pattern(gsink_model *model, int layer, int batch_index,
                                                int head, float *out, size_t count);
 

@@ -21,7 +21,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 5
+#define GSINK_BACKEND_API_VERSION 6
 
 typedef struct gsink_backend gsink_backend;
 
@@ -32,12 +32,22 @@ typedef struct gsink_attn_shape {
     int batch, seq, n_heads, n_kv_heads, n_v_heads, d_head;
     int sink_window; /* T_eps for the sink-score accumulator */
     float scale;     /* softmax scale of the scores q.k; 0 = 1/sqrt(d_head) (since version 4) */
+    int window;      /* sliding window (since version 6): 0 = causal; W > 0:
+                      * query t sees keys j with 0 <= t - j < W; a_tj = 0
+                      * elsewhere, in the statistics too */
 } gsink_attn_shape;
 
 /* The softmax scale an attention op applies. */
 static inline float gsink_attn_scale(const gsink_attn_shape *s)
 {
     return s->scale > 0.0f ? s->scale : 1.0f / sqrtf((float)s->d_head);
+}
+
+/* The window of a shape as a lookback bound valid for every t: min(W, T),
+ * T when there is none (t - j < T always holds). */
+static inline int gsink__attn_lookback(const gsink_attn_shape *s)
+{
+    return s->window > 0 && s->window < s->seq ? s->window : s->seq;
 }
 
 /* Column statistics of the attention probabilities a_ts, each (B, H, T):

@@ -52,6 +52,7 @@ static void fill(gsink_config *out, const preset *p, size_t size)
     cfg->rope_beta_slow = 1.0f;
     cfg->rope_attention_factor = 0.0f;
     cfg->rope_truncate = 1;
+    cfg->sliding_window = 0;
     gsink__copy_sized(out, size, cfg, sizeof *cfg);
 }
 
@@ -176,5 +177,12 @@ static gsink_status validate_full(const gsink_config *cfg)
         if (cfg->rope_truncate != 0 && cfg->rope_truncate != 1)
             return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "rope_truncate must be 0 or 1");
     }
+    if (cfg->sliding_window < 0)
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG, "sliding_window = %d must be >= 0 (0: none)",
+                           cfg->sliding_window);
+    if (cfg->sliding_window > 0 && cfg->arch == GSINK_ARCH_LLAMA) /* LlamaConfig cannot say it */
+        return gsink__fail(NULL, GSINK_ERR_BAD_CONFIG,
+                           "sliding_window %d needs an architecture with windows (mistral, qwen2), not llama",
+                           cfg->sliding_window);
     return GSINK_OK;
 }

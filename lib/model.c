@@ -986,7 +986,7 @@ static gsink_attn_shape attn_shape(const gsink_model *m)
 {
     const gsink_config *c = &m->cfg;
     return (gsink_attn_shape){m->B, m->T, c->n_heads, c->n_kv_heads, m->vs.n_scale_heads, c->d_head,
-                              m->hstats.window, 0.0f};
+                              m->hstats.window, 0.0f, c->sliding_window};
 }
 
 /* Batch mean of the (B, H, T) statistics of one layer into host (H, T): summed

@@ -176,6 +176,7 @@ gsink_model_config $qm $qcfg
 check "qwen2 architecture" {[gsink_arch_name [gsink_config_arch_get $qcfg]] eq "qwen2"}
 check "qwen2 q/k/v biases" {[gsink_config_qkv_bias_get $qcfg] == 1}
 check "rope scaling name" {[gsink_rope_scaling_name [gsink_config_rope_scaling_get $qcfg]] eq "default"}
+check "no sliding window" {[gsink_config_sliding_window_get $qcfg] == 0}
 set qd [expr {[gsink_config_n_heads_get $qcfg] * [gsink_config_d_head_get $qcfg]}]
 set qb [gsink_get_param $qm model.layers.0.self_attn.q_proj.bias $qd]
 check "q bias is a parameter" {[llength $qb] == $qd && [l2 $qb] > 0.0}

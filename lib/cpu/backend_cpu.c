@@ -471,33 +471,42 @@ static col_stats stats_begin(gsink_attn_stats stats, int bh, int T, int W)
     return cs;
 }
 
-/* row[0..t] = a_t,0..a_t,t */
-static void stats_add_row(const col_stats *cs, const float *row, int t)
+/* row[j - k0] = a_tj for the visible keys j in [jlo, t] (zero elsewhere):
+ * the row of a score block whose first key is k0. */
+static void stats_add_row(const col_stats *cs, const float *row, int k0, int jlo, int t)
 {
     if (cs->mass)
-        for (int j = 0; j <= t; j++) cs->mass[j] += row[j];
+        for (int j = jlo; j <= t; j++) cs->mass[j] += row[j - k0];
     if (cs->sq)
-        for (int j = 0; j <= t; j++) cs->sq[j] += row[j] * row[j];
+        for (int j = jlo; j <= t; j++) cs->sq[j] += row[j - k0] * row[j - k0];
     if (cs->win) {
-        int jlo = t - cs->W + 1 > 0 ? t - cs->W + 1 : 0; /* t - j < W */
-        for (int j = jlo; j <= t; j++) cs->win[j] += row[j];
+        int wlo = t - cs->W + 1 > jlo ? t - cs->W + 1 : jlo; /* t - j < W */
+        for (int j = wlo; j <= t; j++) cs->win[j] += row[j - k0];
     }
 }
 
 static bool stats_wanted(gsink_attn_stats st) { return st.mass || st.sq || st.win; }
 
-/* P(nq, t1) = exp(scale q k^T - lse) for query rows [t0, t0 + nq) and keys
- * [0, t1 = t0 + nq), zero above the diagonal. */
+/* Keys of a query block [t0, t0 + nq) under lookback Lb (gsink__attn_lookback):
+ * the block reads keys [k0, t1 = t0 + nq) (key blocks wholly outside every
+ * row's window are skipped); query t sees [key_lo(t), t]. */
+static int block_k0(int t0, int Lb) { return t0 - Lb + 1 > 0 ? t0 - Lb + 1 : 0; }
+static int key_lo(int t, int Lb) { return t - Lb + 1 > 0 ? t - Lb + 1 : 0; }
+
+/* P(nq, t1 - k0) = exp(scale q k^T - lse) for query rows [t0, t0 + nq) and
+ * keys [k0, t1 = t0 + nq), zero outside each row's visible keys. */
 static void probs_block(cpu_ctx *c, float *P, const float *qh, int ldq, const float *kh, int ldk,
-                        const float *lse_bh, int t0, int nq, int dh, float scale)
+                        const float *lse_bh, int t0, int nq, int k0, int Lb, int dh, float scale)
 {
-    int t1 = t0 + nq;
-    sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, scale, qh + (size_t)t0 * ldq, ldq, kh, ldk, 0.0f, P, t1);
+    int t1 = t0 + nq, n = t1 - k0;
+    sgemm_rt(&c->rntm1, 0, 1, nq, n, dh, scale, qh + (size_t)t0 * ldq, ldq, kh + (size_t)k0 * ldk, ldk, 0.0f, P,
+             n);
     for (int i = 0; i < nq; i++) {
-        int t = t0 + i;
-        float *row = P + (size_t)i * t1;
-        for (int j = 0; j <= t; j++) row[j] = expf(row[j] - lse_bh[t]);
-        for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
+        int t = t0 + i, jlo = key_lo(t, Lb);
+        float *row = P + (size_t)i * n; /* row[j - k0], j in [k0, t1) */
+        for (int j = k0; j < jlo; j++) row[j - k0] = 0.0f;
+        for (int j = jlo; j <= t; j++) row[j - k0] = expf(row[j - k0] - lse_bh[t]);
+        for (int j = t + 1; j < t1; j++) row[j - k0] = 0.0f;
     }
 }
 
@@ -507,7 +516,7 @@ static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape 
 {
     cpu_ctx *c = CTX(be);
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
-              dh = s->d_head, W = s->sink_window;
+              dh = s->d_head, W = s->sink_window, Lb = gsink__attn_lookback(s);
     const int ldq = H * dh, ldk = KV * dh, ldv = NV * dh;
     const float scale = gsink_attn_scale(s);
     int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
@@ -526,26 +535,30 @@ static gsink_status cpu_attention_fwd(gsink_backend *be, const gsink_attn_shape 
         col_stats cs = stats_begin(stats, bh, T, W);
         float *S = c->scratch + (size_t)thread_id() * c->scratch_per_thread;
         for (int t0 = 0; t0 < T; t0 += qb) {
-            int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq; /* keys [0, t1) */
-            sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, scale, qb0 + (size_t)t0 * ldq, ldq, kb0, ldk, 0.0f, S, t1);
+            /* keys [k0, t1) */
+            int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq, k0 = block_k0(t0, Lb), n = t1 - k0;
+            sgemm_rt(&c->rntm1, 0, 1, nq, n, dh, scale, qb0 + (size_t)t0 * ldq, ldq, kb0 + (size_t)k0 * ldk, ldk,
+                     0.0f, S, n);
             for (int i = 0; i < nq; i++) {
-                int t = t0 + i;
-                float *row = S + (size_t)i * t1;
+                int t = t0 + i, jlo = key_lo(t, Lb);
+                float *row = S + (size_t)i * n; /* row[j - k0], j in [k0, t1) */
                 float mx = -FLT_MAX;
-                for (int j = 0; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+                for (int j = jlo; j <= t; j++) mx = row[j - k0] > mx ? row[j - k0] : mx;
                 double sum = 0.0;
-                for (int j = 0; j <= t; j++) {
-                    float e = expf(row[j] - mx);
-                    row[j] = e;
+                for (int j = jlo; j <= t; j++) {
+                    float e = expf(row[j - k0] - mx);
+                    row[j - k0] = e;
                     sum += e;
                 }
                 float inv = (float)(1.0 / sum);
-                for (int j = 0; j <= t; j++) row[j] *= inv;
-                for (int j = t + 1; j < t1; j++) row[j] = 0.0f;
+                for (int j = k0; j < jlo; j++) row[j - k0] = 0.0f;
+                for (int j = jlo; j <= t; j++) row[j - k0] *= inv;
+                for (int j = t + 1; j < t1; j++) row[j - k0] = 0.0f;
                 lse_bh[t] = mx + (float)log(sum);
-                stats_add_row(&cs, row, t);
+                stats_add_row(&cs, row, k0, jlo, t);
             }
-            sgemm_rt(&c->rntm1, 0, 0, nq, dh, t1, 1.0f, S, t1, vb0, ldv, 0.0f, yb0 + (size_t)t0 * ldq, ldq);
+            sgemm_rt(&c->rntm1, 0, 0, nq, dh, n, 1.0f, S, n, vb0 + (size_t)k0 * ldv, ldv, 0.0f,
+                     yb0 + (size_t)t0 * ldq, ldq);
         }
     }
     return GSINK_OK;
@@ -558,7 +571,7 @@ static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape 
 {
     cpu_ctx *c = CTX(be);
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads,
-              dh = s->d_head;
+              dh = s->d_head, Lb = gsink__attn_lookback(s);
     const int ldq = H * dh, ldk = KV * dh, ldv = NV * dh;
     const float scale = gsink_attn_scale(s);
     const int G = H / KV; /* query heads per key head */
@@ -590,23 +603,31 @@ static gsink_status cpu_attention_bwd(gsink_backend *be, const gsink_attn_shape 
             const float *lse_bh = lse + ((size_t)b * H + h) * T;
             col_stats cs = stats_begin(stats, b * H + h, T, s->sink_window);
             for (int t0 = 0; t0 < T; t0 += qb) {
-                int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq;
-                probs_block(c, P, qb0, ldq, kb0, ldk, lse_bh, t0, nq, dh, scale);
+                /* keys [k0, t1) */
+                int nq = T - t0 < qb ? T - t0 : qb, t1 = t0 + nq, k0 = block_k0(t0, Lb), n = t1 - k0;
+                probs_block(c, P, qb0, ldq, kb0, ldk, lse_bh, t0, nq, k0, Lb, dh, scale);
                 if (stats_wanted(stats))
-                    for (int i = 0; i < nq; i++) stats_add_row(&cs, P + (size_t)i * t1, t0 + i);
-                /* dV[0:t1] += P^T dY */
-                sgemm_rt(&c->rntm1, 1, 0, t1, dh, nq, 1.0f, P, t1, dyb0 + (size_t)t0 * ldq, ldq, 1.0f, dvb0, ldv);
-                /* dP = dY V^T */
-                sgemm_rt(&c->rntm1, 0, 1, nq, t1, dh, 1.0f, dyb0 + (size_t)t0 * ldq, ldq, vb0, ldv, 0.0f, dP, t1);
+                    for (int i = 0; i < nq; i++)
+                        stats_add_row(&cs, P + (size_t)i * n, k0, key_lo(t0 + i, Lb), t0 + i);
+                /* dV[k0:t1] += P^T dY */
+                sgemm_rt(&c->rntm1, 1, 0, n, dh, nq, 1.0f, P, n, dyb0 + (size_t)t0 * ldq, ldq, 1.0f,
+                         dvb0 + (size_t)k0 * ldv, ldv);
+                /* dP = dY V[k0:t1]^T */
+                sgemm_rt(&c->rntm1, 0, 1, nq, n, dh, 1.0f, dyb0 + (size_t)t0 * ldq, ldq, vb0 + (size_t)k0 * ldv,
+                         ldv, 0.0f, dP, n);
                 for (int i = 0; i < nq; i++) {
-                    int t = t0 + i;
-                    float *prow = P + (size_t)i * t1, *dprow = dP + (size_t)i * t1;
-                    gsink__softmax_row_bwd(dprow, prow, dprow, t + 1); /* dS in place */
-                    for (int j = t + 1; j < t1; j++) dprow[j] = 0.0f;
+                    int t = t0 + i, jlo = key_lo(t, Lb);
+                    float *prow = P + (size_t)i * n, *dprow = dP + (size_t)i * n; /* [j - k0] */
+                    for (int j = k0; j < jlo; j++) dprow[j - k0] = 0.0f;
+                    gsink__softmax_row_bwd(dprow + (jlo - k0), prow + (jlo - k0), dprow + (jlo - k0),
+                                           t - jlo + 1); /* dS in place */
+                    for (int j = t + 1; j < t1; j++) dprow[j - k0] = 0.0f;
                 }
-                /* dQ = dS K * scale ; dK += dS^T Q * scale */
-                sgemm_rt(&c->rntm1, 0, 0, nq, dh, t1, scale, dP, t1, kb0, ldk, 0.0f, dqb0 + (size_t)t0 * ldq, ldq);
-                sgemm_rt(&c->rntm1, 1, 0, t1, dh, nq, scale, dP, t1, qb0 + (size_t)t0 * ldq, ldq, 1.0f, dkb0, ldk);
+                /* dQ = dS K[k0:t1] * scale ; dK[k0:t1] += dS^T Q * scale */
+                sgemm_rt(&c->rntm1, 0, 0, nq, dh, n, scale, dP, n, kb0 + (size_t)k0 * ldk, ldk, 0.0f,
+                         dqb0 + (size_t)t0 * ldq, ldq);
+                sgemm_rt(&c->rntm1, 1, 0, n, dh, nq, scale, dP, n, qb0 + (size_t)t0 * ldq, ldq, 1.0f,
+                         dkb0 + (size_t)k0 * ldk, ldk);
             }
         }
     }
@@ -619,7 +640,7 @@ static gsink_status cpu_attention_stats(gsink_backend *be, const gsink_attn_shap
 {
     cpu_ctx *c = CTX(be);
     const int B = s->batch, T = s->seq, H = s->n_heads, KV = s->n_kv_heads, dh = s->d_head;
-    const int ldq = H * dh, ldk = KV * dh;
+    const int ldq = H * dh, ldk = KV * dh, Lb = gsink__attn_lookback(s);
     const float scale = gsink_attn_scale(s);
     int qb = T < ATT_QBLOCK ? T : ATT_QBLOCK;
     if (!stats_wanted(stats)) return GSINK_OK;
@@ -632,11 +653,11 @@ static gsink_status cpu_attention_stats(gsink_backend *be, const gsink_attn_shap
         float *P = c->scratch + (size_t)thread_id() * c->scratch_per_thread;
         col_stats cs = stats_begin(stats, bh, T, s->sink_window);
         for (int t0 = 0; t0 < T; t0 += qb) {
-            int nq = T - t0 < qb ? T - t0 : qb;
+            int nq = T - t0 < qb ? T - t0 : qb, k0 = block_k0(t0, Lb), n = t0 + nq - k0;
             probs_block(c, P, q + (size_t)b * T * ldq + (size_t)h * dh, ldq,
                         k + (size_t)b * T * ldk + (size_t)hk * dh, ldk, lse + (size_t)bh * T, t0, nq,
-                        dh, scale);
-            for (int i = 0; i < nq; i++) stats_add_row(&cs, P + (size_t)i * (t0 + nq), t0 + i);
+                        k0, Lb, dh, scale);
+            for (int i = 0; i < nq; i++) stats_add_row(&cs, P + (size_t)i * n, k0, key_lo(t0 + i, Lb), t0 + i);
         }
     }
     return GSINK_OK;

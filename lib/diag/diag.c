@@ -359,13 +359,16 @@ gsink_status gsink_attention_pattern(gsink_model *m, int layer, int batch_index,
     if ((st = gsink__be_check(m, m->be->iface->download(m->be, out, scores, TT * sizeof(float)),
                               "download")))
         goto done;
+    const int W = m->cfg.sliding_window; /* 0: causal; else keys t - W < j <= t */
     for (int t = 0; t < T; t++) {
         float *row = out + (size_t)t * (size_t)T;
-        float mx = row[0];
-        for (int j = 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
+        const int jlo = W > 0 && t - W + 1 > 0 ? t - W + 1 : 0;
+        float mx = row[jlo];
+        for (int j = jlo + 1; j <= t; j++) mx = row[j] > mx ? row[j] : mx;
         double z = 0.0;
-        for (int j = 0; j <= t; j++) z += exp((double)row[j] - (double)mx);
-        for (int j = 0; j <= t; j++) row[j] = (float)(exp((double)row[j] - (double)mx) / z);
+        for (int j = jlo; j <= t; j++) z += exp((double)row[j] - (double)mx);
+        for (int j = 0; j < jlo; j++) row[j] = 0.0f;
+        for (int j = jlo; j <= t; j++) row[j] = (float)(exp((double)row[j] - (double)mx) / z);
         for (int j = t + 1; j < T; j++) row[j] = 0.0f;
     }
 done:

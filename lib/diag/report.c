@@ -370,9 +370,10 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
         const char *an = gsink_arch_name(m->cfg.arch), *rn = gsink_rope_scaling_name(m->cfg.rope_scaling);
         sb_printf(&b, "\"arch\": \"%s\", \"qkv_bias\": %s, \"rope_scaling\": \"%s\", ", an ? an : "unknown",
                   m->cfg.qkv_bias ? "true" : "false", rn ? rn : "unknown");
-        sb_printf(&b, "\"qk_norm\": %s, \"rope_dims\": %d, \"rope_interleaved\": %s, \"sandwich_norm\": %s},\n",
+        sb_printf(&b, "\"qk_norm\": %s, \"rope_dims\": %d, \"rope_interleaved\": %s, \"sandwich_norm\": %s, ",
                   m->cfg.qk_norm ? "true" : "false", gsink__rope_dims(&m->cfg),
                   m->cfg.rope_interleaved ? "true" : "false", m->cfg.sandwich_norm ? "true" : "false");
+        sb_printf(&b, "\"sliding_window\": %d},\n", (int)m->cfg.sliding_window);
     }
     sb_printf(&b, "  \"vscale\": {\"mode\": \"%s\", ", vscale_name(vo.mode));
     sb_key_num(&b, "sigma", vo.sigma, true);

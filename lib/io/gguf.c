@@ -1,6 +1,7 @@
 /* gguf.c - GGUF (v2/v3) reader: header, metadata, tensor infos, and the
- * llama-architecture model loader. Every length and offset read from the file
+ * model loader for llama.cpp's llama and qwen2 architectures. Every length and offset read from the file
  * is checked against the bytes that remain before it is used. */
+#include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -439,7 +440,25 @@ gsink__gguf_str gsink__gguf_next_str(const gsink__gguf *g, size_t *cursor)
     return s;
 }
 
-/* ---- llama model loader -------------------------------------------------- */
+/* ---- model loader ---------------------------------------------------------- */
+
+/* llama.cpp architectures (general.architecture) the loader maps onto rows of
+ * the architecture table. Tensor names follow llama.cpp (gguf-py
+ * constants.py); only the llama family has its Q/K rows permuted by the
+ * converter (LlamaModel.permute); qwen2 keeps HF's order and adds the
+ * blk.N.attn_{q,k,v}.bias tensors. */
+typedef struct gguf_arch {
+    const char *name;
+    int arch;       /* gsink_arch */
+    int permute_qk; /* undo LlamaModel.permute on attn_q / attn_k */
+} gguf_arch;
+
+static const gguf_arch gguf_archs[] = {
+    {"llama", GSINK_ARCH_LLAMA, 1},
+    {"qwen2", GSINK_ARCH_QWEN2, 0},
+};
+#define GGUF_ARCH_LIST "llama, qwen2"
+
 
 static int kv_int(const gsink__gguf *g, const char *key, int64_t *out)
 {
@@ -475,7 +494,7 @@ static gsink_status cfg_int(const gsink__gguf *g, const char *key, int required,
 }
 
 /* Maps an HF parameter name to its GGUF tensor name; returns 0 if unknown. */
-static int gguf_name(const char *hf, char *out, size_t n, int *permute_heads_kind)
+static int gguf_name(const char *hf, char *out, size_t n, int permute_qk, int *permute_heads_kind)
 {
     *permute_heads_kind = 0;
     if (strcmp(hf, "model.embed_tokens.weight") == 0) { snprintf(out, n, "token_embd.weight"); return 1; }
@@ -494,11 +513,14 @@ static int gguf_name(const char *hf, char *out, size_t n, int *permute_heads_kin
         {"mlp.gate_proj.weight", "ffn_gate.weight", 0},
         {"mlp.up_proj.weight", "ffn_up.weight", 0},
         {"mlp.down_proj.weight", "ffn_down.weight", 0},
+        {"self_attn.q_proj.bias", "attn_q.bias", 0}, /* qwen2 */
+        {"self_attn.k_proj.bias", "attn_k.bias", 0},
+        {"self_attn.v_proj.bias", "attn_v.bias", 0},
     };
     for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
         if (strcmp(rest, map[k].hf) == 0) {
             snprintf(out, n, "blk.%d.%s", l, map[k].gg);
-            *permute_heads_kind = map[k].perm;
+            *permute_heads_kind = permute_qk ? map[k].perm : 0;
             return 1;
         }
     }
@@ -553,6 +575,154 @@ static gsink_status check_tensor(const gsink__gguf_tensor *t, const char *gname,
     return st;
 }
 
+/* "<arch>.<suffix>" */
+static const char *akey(char *buf, size_t n, const gguf_arch *a, const char *suffix)
+{
+    snprintf(buf, n, "%s.%s", a->name, suffix);
+    return buf;
+}
+
+/* llama3 RoPE from llama.cpp's rope_freqs.weight: the converter
+ * (LlamaModel.generate_extra_tensors) stores per-frequency divisors
+ *   1 (wavelen < orig/high), factor (wavelen > orig/low), else
+ *   1 / ((1 - s)/factor + s), s = (orig/wavelen - low)/(high - low),
+ * with freqs = base^(-2i/d) in float32. The divisors fix only the factor and
+ * the interpolation line s(orig/wavelen); the loader picks low/high (for
+ * orig = rope.scaling.original_context_length or, absent, the context length)
+ * that reproduce them: low 1 / high 4 when they do (Llama 3.1-3.3), else a
+ * fit of the medium divisors or, with fewer than two, values strictly between
+ * the neighbouring plateaus. The result is checked against every divisor. */
+static double l3_divisor(double x, double factor, double lo, double hi)
+{
+    /* x = orig / wavelen */
+    if (x > hi) return 1.0;
+    if (x < lo) return factor;
+    double smooth = (x - lo) / (hi - lo);
+    return 1.0 / ((1.0 - smooth) / factor + smooth);
+}
+
+static int l3_matches(const float *div, int half, const double *x, double factor, double lo, double hi)
+{
+    for (int i = 0; i < half; i++) {
+        double want = l3_divisor(x[i], factor, lo, hi);
+        if (!(fabs(want - div[i]) <= 1e-5 * fabs(want))) return 0;
+    }
+    return 1;
+}
+
+static gsink_status rope_from_freqs_tensor(gsink__gguf *g, const gsink__gguf_tensor *t, gsink_config *cfg,
+                                           int32_t orig, char *err)
+{
+    const int half = cfg->d_head / 2;
+    if (t->type != 0 /* F32 */ || t->numel != (uint64_t)half || t->ne[1] != 1)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                           "GGUF: rope_freqs.weight must be F32 with d_head/2 = %d values", half);
+    float div[2048];
+    double x[2048];
+    if (half > 2048) return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: rope_freqs.weight: d_head too large");
+    gsink__dequantize(t->type, g->file.data + g->data_off + t->offset, div, (size_t)half);
+    double factor = 1.0;
+    for (int i = 0; i < half; i++) {
+        if (!(div[i] >= 1.0f) || !isfinite(div[i]))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                               "GGUF: rope_freqs.weight[%d] = %g is not a llama3 divisor (>= 1)", i, (double)div[i]);
+        if (div[i] > factor) factor = div[i];
+        float fr = (float)(1.0 / pow((double)cfg->rope_theta, (double)(float)(2 * i) / cfg->d_head)); /* as the converter */
+        x[i] = (double)orig * fr / (2.0 * M_PI);
+    }
+    if (factor == 1.0) return GSINK_OK; /* identity: plain RoPE */
+    /* x decreases with i: ones first, then medium, then the factor plateau */
+    double tol = 1e-6 * factor, lo = 1.0, hi = 4.0;
+    if (!l3_matches(div, half, x, factor, lo, hi)) {
+        double sx = 0, sy = 0, sxx = 0, sxy = 0, x_one = INFINITY, x_plat = -INFINITY;
+        int nm = 0;
+        for (int i = 0; i < half; i++) {
+            if (fabs(div[i] - 1.0) <= tol) {
+                if (x[i] < x_one) x_one = x[i];
+            } else if (fabs(div[i] - factor) <= tol) {
+                if (x[i] > x_plat) x_plat = x[i];
+            } else { /* s = (1/div - 1/factor) / (1 - 1/factor), linear in x */
+                double sm = (1.0 / div[i] - 1.0 / factor) / (1.0 - 1.0 / factor);
+                sx += x[i], sy += sm, sxx += x[i] * x[i], sxy += x[i] * sm, nm++;
+            }
+        }
+        if (nm >= 2) {
+            double a = (nm * sxy - sx * sy) / (nm * sxx - sx * sx), b = (sy - a * sx) / nm;
+            lo = -b / a, hi = lo + 1.0 / a;
+        } else if (nm == 1) { /* (x - lo) = s (hi - lo) with x_plat < lo <= x <= hi < x_one */
+            double xm = sx, sm = sy, D = INFINITY;
+            if (sm > 0 && isfinite(x_plat)) D = (xm - x_plat) / sm;
+            if (sm < 1 && isfinite(x_one) && (x_one - xm) / (1 - sm) < D) D = (x_one - xm) / (1 - sm);
+            if (!isfinite(D)) D = 1.0;
+            D *= 0.5;
+            lo = xm - sm * D, hi = xm + (1 - sm) * D;
+        } else { /* x_plat < lo < hi < x_one */
+            double top = isfinite(x_one) ? x_one : x_plat + 3.0;
+            lo = x_plat + (top - x_plat) / 3.0, hi = x_plat + 2.0 * (top - x_plat) / 3.0;
+        }
+        if (!(lo > 0.0) || !(hi > lo) || !l3_matches(div, half, x, factor, lo, hi))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                               "GGUF: rope_freqs.weight does not follow llama3 RoPE scaling");
+    }
+    cfg->rope_scaling = GSINK_ROPE_LLAMA3;
+    cfg->rope_factor = (float)factor;
+    cfg->rope_low_freq_factor = (float)lo;
+    cfg->rope_high_freq_factor = (float)hi;
+    cfg->rope_original_max_pos = orig;
+    return GSINK_OK;
+}
+
+/* RoPE scaling: <arch>.rope.scaling.type (none, linear, yarn) with .factor,
+ * .original_context_length, .yarn_beta_fast/.yarn_beta_slow; llama3 as the
+ * rope_freqs.weight tensor. Other types and factors that HF's config cannot
+ * say (attn_factor, yarn_attn_factor, yarn_ext_factor != default) are refused. */
+static gsink_status gguf_rope_scaling(gsink__gguf *g, const gguf_arch *a, gsink_config *cfg, char *err)
+{
+    char k[160];
+    double f;
+    int32_t orig = 0;
+    gsink_status st;
+    if ((st = cfg_int(g, akey(k, sizeof k, a, "rope.scaling.original_context_length"), 0, &orig, err))) return st;
+    const gsink__gguf_kv *ty = gsink__gguf_find(g, akey(k, sizeof k, a, "rope.scaling.type"));
+    const gsink__gguf_tensor *rf = gsink__gguf_find_tensor(g, "rope_freqs.weight");
+    int type = GSINK_ROPE_NONE;
+    if (ty) {
+        if (ty->type != GSINK_GGUF_STRING) return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: %s is not a string", k);
+        if (str_eq(ty->s, "linear")) type = GSINK_ROPE_LINEAR;
+        else if (str_eq(ty->s, "yarn")) type = GSINK_ROPE_YARN;
+        else if (!str_eq(ty->s, "none"))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                               "GGUF: RoPE scaling type '%.*s' is not supported (none, linear, yarn; llama3 via "
+                               "rope_freqs.weight)", (int)(ty->s.len > 32 ? 32 : ty->s.len), ty->s.ptr);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        static const char *const nope[] = {"rope.scaling.attn_factor", "rope.scaling.yarn_attn_factor",
+                                           "rope.scaling.yarn_log_multiplier"};
+        if (kv_float(g, akey(k, sizeof k, a, nope[i]), &f) && f != 1.0 && !(i == 2 && f == 0.0))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s = %g is not supported", k, f);
+    }
+    if (rf && type != GSINK_ROPE_NONE)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                           "GGUF: rope_freqs.weight together with RoPE scaling type %s is not supported",
+                           gsink_rope_scaling_name(type));
+    if (rf) return rope_from_freqs_tensor(g, rf, cfg, orig > 0 ? orig : cfg->max_seq_len, err);
+    if (type == GSINK_ROPE_NONE) return GSINK_OK;
+    if (!kv_float(g, akey(k, sizeof k, a, "rope.scaling.factor"), &f) || !(f > 0.0))
+        return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "GGUF: RoPE scaling %s needs a positive %s",
+                           gsink_rope_scaling_name(type), k);
+    cfg->rope_scaling = type;
+    cfg->rope_factor = (float)f;
+    cfg->rope_original_max_pos = orig;
+    if (type == GSINK_ROPE_YARN) {
+        if (kv_float(g, akey(k, sizeof k, a, "rope.scaling.yarn_beta_fast"), &f)) cfg->rope_beta_fast = (float)f;
+        if (kv_float(g, akey(k, sizeof k, a, "rope.scaling.yarn_beta_slow"), &f)) cfg->rope_beta_slow = (float)f;
+        if (kv_float(g, akey(k, sizeof k, a, "rope.scaling.yarn_ext_factor"), &f) && f != 1.0 && f >= 0.0)
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s = %g is not supported", k, f);
+        cfg->rope_truncate = 1; /* ggml_rope_yarn_corr_dims floors and ceils */
+    }
+    return GSINK_OK;
+}
+
 gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *opts,
                                     gsink_model **out, char *err)
 {
@@ -560,33 +730,40 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
     const gsink__gguf_kv *arch = gsink__gguf_find(g, "general.architecture");
     if (!arch || arch->type != GSINK_GGUF_STRING)
         return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: missing general.architecture");
-    if (!str_eq(arch->s, "llama"))
-        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: architecture '%.*s' is not supported (llama only)",
+    const gguf_arch *ga = NULL;
+    for (size_t i = 0; i < sizeof gguf_archs / sizeof gguf_archs[0]; i++)
+        if (str_eq(arch->s, gguf_archs[i].name)) ga = &gguf_archs[i];
+    if (!ga)
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: architecture '%.*s' is not supported (" GGUF_ARCH_LIST ")",
                            (int)(arch->s.len > 64 ? 64 : arch->s.len), arch->s.ptr);
+    const gsink_arch_info *ai = gsink__arch(ga->arch);
     gsink_config cfg;
     gsink_config_init(&cfg);
+    cfg.arch = ai->id;
+    cfg.qkv_bias = ai->qkv_bias;
     gsink_status st;
-    if ((st = cfg_int(g, "llama.embedding_length", 1, &cfg.d_model, err))) return st;
-    if ((st = cfg_int(g, "llama.block_count", 1, &cfg.n_layers, err))) return st;
-    if ((st = cfg_int(g, "llama.attention.head_count", 1, &cfg.n_heads, err))) return st;
+    char k[160];
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "embedding_length"), 1, &cfg.d_model, err))) return st;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "block_count"), 1, &cfg.n_layers, err))) return st;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "attention.head_count"), 1, &cfg.n_heads, err))) return st;
     cfg.n_kv_heads = cfg.n_heads;
-    if ((st = cfg_int(g, "llama.attention.head_count_kv", 0, &cfg.n_kv_heads, err))) return st;
-    if ((st = cfg_int(g, "llama.feed_forward_length", 1, &cfg.d_ff, err))) return st;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "attention.head_count_kv"), 0, &cfg.n_kv_heads, err))) return st;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "feed_forward_length"), 1, &cfg.d_ff, err))) return st;
     cfg.max_seq_len = 2048;
-    if ((st = cfg_int(g, "llama.context_length", 0, &cfg.max_seq_len, err))) return st;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "context_length"), 0, &cfg.max_seq_len, err))) return st;
     cfg.d_head = cfg.d_model / cfg.n_heads;
-    if ((st = cfg_int(g, "llama.attention.key_length", 0, &cfg.d_head, err))) return st;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "attention.key_length"), 0, &cfg.d_head, err))) return st;
     double f;
     cfg.rms_eps = 1e-5f;
-    if (kv_float(g, "llama.attention.layer_norm_rms_epsilon", &f)) cfg.rms_eps = (float)f;
+    if (kv_float(g, akey(k, sizeof k, ga, "attention.layer_norm_rms_epsilon"), &f)) cfg.rms_eps = (float)f;
     cfg.rope_theta = 10000.0f;
-    if (kv_float(g, "llama.rope.freq_base", &f)) cfg.rope_theta = (float)f;
+    if (kv_float(g, akey(k, sizeof k, ga, "rope.freq_base"), &f)) cfg.rope_theta = (float)f;
     const gsink__gguf_kv *toks = gsink__gguf_find(g, "tokenizer.ggml.tokens");
     const gsink__gguf_tensor *emb = gsink__gguf_find_tensor(g, "token_embd.weight");
     int64_t vs;
-    if (kv_int(g, "llama.vocab_size", &vs)) {
+    if (kv_int(g, akey(k, sizeof k, ga, "vocab_size"), &vs)) {
         if (vs <= 0 || vs > INT32_MAX)
-            return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "GGUF: llama.vocab_size %lld out of range", (long long)vs);
+            return gsink__fail(err, GSINK_ERR_BAD_CONFIG, "GGUF: %s %lld out of range", k, (long long)vs);
         cfg.vocab_size = (int32_t)vs;
     } else if (toks && toks->type == GSINK_GGUF_ARRAY && toks->arr_type == GSINK_GGUF_STRING &&
                toks->arr_n > 0 && toks->arr_n <= INT32_MAX) {
@@ -597,6 +774,18 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
         return gsink__fail(err, GSINK_ERR_FORMAT, "GGUF: cannot determine the vocabulary size");
     }
     cfg.tie_embeddings = gsink__gguf_find_tensor(g, "output.weight") == NULL;
+    /* A llama-architecture file converted from Mistral may carry its window
+     * (gguf-py add_sliding_window): HF's Mistral applies it, so it loads as
+     * the mistral row with that window. */
+    int32_t swa = 0;
+    if ((st = cfg_int(g, akey(k, sizeof k, ga, "attention.sliding_window"), 0, &swa, err))) return st;
+    if (swa > 0 && ga->arch == GSINK_ARCH_LLAMA) {
+        cfg.arch = GSINK_ARCH_MISTRAL;
+        cfg.sliding_window = swa;
+    } else if (swa > 0) {
+        return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s = %d is not supported for %s", k, swa, ga->name);
+    }
+    if (cfg.d_head % 2 == 0 && cfg.d_head > 0 && (st = gguf_rope_scaling(g, ga, &cfg, err))) return st;
     if ((st = gsink_config_validate(&cfg))) return gsink__refail(err, st, "GGUF");
 
     /* Every tensor's presence, type and shape before the model (whose size
@@ -606,7 +795,7 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
         int ndim, perm;
         int64_t dims[2];
         for (size_t k = 0; gsink__param_spec(&cfg, k, name, &ndim, dims); k++) {
-            if (!gguf_name(name, gname, sizeof gname, &perm)) continue;
+            if (!gguf_name(name, gname, sizeof gname, ga->permute_qk, &perm)) continue;
             if ((st = check_tensor(gsink__gguf_find_tensor(g, gname), gname, name, ndim, dims, err))) return st;
         }
     }
@@ -629,7 +818,7 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
         }
         char gname[128];
         int perm;
-        if (!gguf_name(name, gname, sizeof gname, &perm)) continue; /* e.g. V-scale theta */
+        if (!gguf_name(name, gname, sizeof gname, ga->permute_qk, &perm)) continue; /* e.g. V-scale theta */
         const gsink__gguf_tensor *t = gsink__gguf_find_tensor(g, gname);
         if ((st = check_tensor(t, gname, name, ndim, dims, err))) break;
         size_t n = t->numel;

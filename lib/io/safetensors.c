@@ -397,6 +397,43 @@ static gsink_status parse_rope_scaling(const gsink__json *j, gsink_config *cfg, 
     return GSINK_OK;
 }
 
+/* Sliding-window attention. mistral: sliding_window (null: none). qwen2:
+ * sliding_window counts only with use_sliding_window true, and then (HF
+ * Qwen2Config layer_types) in layers l >= max_window_layers (default 28):
+ * all layers (0) or none (>= num_hidden_layers) map onto the one window of
+ * gsink_config; a mix is refused unless the window never cuts within
+ * max_position_embeddings. llama has no window (HF ignores the key). */
+static gsink_status parse_sliding_window(const gsink__json *j, const gsink_arch_info *arch, gsink_config *cfg,
+                                         char *err)
+{
+    gsink_status st;
+    int32_t w = 0;
+    if (arch->id == GSINK_ARCH_MISTRAL) {
+        if ((st = cfg_get_int(j, "sliding_window", 0, &w, err))) return st;
+    } else if (arch->id == GSINK_ARCH_QWEN2) {
+        const gsink__json *use = gsink__json_get(j, "use_sliding_window");
+        if (!use || use->type != GSINK_JSON_BOOL || !use->boolean) return GSINK_OK;
+        int32_t first = 28; /* max_window_layers */
+        if ((st = cfg_get_int(j, "sliding_window", 0, &w, err))) return st;
+        const gsink__json *mw = gsink__json_get(j, "max_window_layers");
+        if (mw && mw->type == GSINK_JSON_NUMBER && mw->is_uint && mw->u64 == 0)
+            first = 0;
+        else if ((st = cfg_get_int(j, "max_window_layers", 0, &first, err)))
+            return st;
+        if (w > 0 && first >= cfg->n_layers) w = 0; /* no layer slides */
+        if (w > 0 && first > 0) {
+            if (w < cfg->max_seq_len)
+                return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                                   "config.json: qwen2 sliding window %d in layers %d..%d only (max_window_layers "
+                                   "= %d): per-layer windows are not supported",
+                                   w, first, cfg->n_layers - 1, first);
+            w = 0; /* never cuts within max_position_embeddings */
+        }
+    }
+    cfg->sliding_window = w;
+    return GSINK_OK;
+}
+
 static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *tie_flag, char *err)
 {
     gsink_config_init(cfg);
@@ -463,6 +500,7 @@ static gsink_status parse_config(const gsink__json *j, gsink_config *cfg, int *t
     if (ab && ab->type == GSINK_JSON_BOOL && ab->boolean != (cfg->qkv_bias != 0) && arch->id != GSINK_ARCH_QWEN2)
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "config.json: attention_bias is not supported for %s",
                            arch->model_type);
+    if ((st = parse_sliding_window(j, arch, cfg, err))) return st;
     return parse_rope_scaling(j, cfg, err);
 }
 
@@ -815,6 +853,18 @@ static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale
     default:
         sb_add(b, "  \"rope_scaling\": null,\n");
         break;
+    }
+    if (c->arch == GSINK_ARCH_MISTRAL) {
+        if (c->sliding_window > 0)
+            sb_add(b, "  \"sliding_window\": %d,\n", c->sliding_window);
+        else
+            sb_add(b, "  \"sliding_window\": null,\n");
+    } else if (c->arch == GSINK_ARCH_QWEN2) {
+        if (c->sliding_window > 0)
+            sb_add(b, "  \"use_sliding_window\": true, \"sliding_window\": %d, \"max_window_layers\": 0,\n",
+                   c->sliding_window);
+        else
+            sb_add(b, "  \"use_sliding_window\": false, \"sliding_window\": null,\n");
     }
     sb_add(b, "  \"initializer_range\": %.9g,\n", (double)c->init_std);
     sb_add(b, "  \"tie_word_embeddings\": %s,\n", c->tie_embeddings ? "true" : "false");

@@ -440,7 +440,7 @@ END_TEST
 /* Attention                                                                 */
 /* ------------------------------------------------------------------------ */
 
-typedef struct { int B, T, H, KV, NV, dh, W; } attn_case_t;
+typedef struct { int B, T, H, KV, NV, dh, W, SW; } attn_case_t; /* W: T_eps; SW: sliding window (0 none) */
 
 /* The inputs and outputs of one attention case on both backends: q, k, v
  * and dy random (seeds seed, +6, +12, +16), the outputs zero, the gradient
@@ -476,12 +476,12 @@ static void attn_bufs_free(attn_bufs *t)
 
 static void attention_case(attn_case_t a)
 {
-    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, 0.0f};
+    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, 0.0f, a.SW};
     attn_bufs t = attn_bufs_new(a, 151);
     const size_t nq = t.q.n, nk = t.k.n, nv = t.v.n, ns = t.mass.n;
     gsink_attn_stats sc = {t.mass.c, t.sq.c, t.win.c}, sg = {t.mass.g, t.sq.g, t.win.g};
     char what[160];
-#define WHAT(name) (snprintf(what, sizeof what, "%s B%d T%d H%d KV%d NV%d dh%d W%d", name, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
+#define WHAT(name) (snprintf(what, sizeof what, "%s B%d T%d H%d KV%d NV%d dh%d W%d SW%d", name, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, a.SW), what)
     OKC(cpu->iface->attention_fwd(cpu, &s, t.y.c, t.lse.c, t.q.c, t.k.c, t.v.c, sc));
     OKG(gpu->iface->attention_fwd(gpu, &s, t.y.g, t.lse.g, t.q.g, t.k.g, t.v.g, sg));
     pair_check(&t.y, 2e-4, 2e-5, WHAT("attention y"));
@@ -544,14 +544,21 @@ static void attention_case(attn_case_t a)
 START_TEST(test_attention)
 {
     static const attn_case_t cases[] = {
-        {1, 1, 1, 1, 1, 8, 4},        /* a single token */
-        {2, 37, 4, 4, 4, 16, 8},      /* T not a multiple of the tile */
-        {2, 96, 4, 2, 2, 64, 64},     /* GQA, per-KV-head values */
-        {1, 70, 6, 2, 6, 64, 16},     /* GQA with per-query-head values (V-scale) */
-        {1, 65, 4, 1, 4, 128, 64},    /* MQA keys, d_head 128 */
-        {1, 40, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
-        {1, 33, 2, 1, 1, 256, 3},     /* d_head 256 */
-        {1, 200, 2, 1, 2, 32, 64},    /* 7 tiles, window spanning tiles */
+        {1, 1, 1, 1, 1, 8, 4, 0},        /* a single token */
+        {2, 37, 4, 4, 4, 16, 8, 0},      /* T not a multiple of the tile */
+        {2, 96, 4, 2, 2, 64, 64, 0},     /* GQA, per-KV-head values */
+        {1, 70, 6, 2, 6, 64, 16, 0},     /* GQA with per-query-head values (V-scale) */
+        {1, 65, 4, 1, 4, 128, 64, 0},    /* MQA keys, d_head 128 */
+        {1, 40, 2, 2, 2, 80, 5, 0},      /* d_head 80 (padded to 128) */
+        {1, 33, 2, 1, 1, 256, 3, 0},     /* d_head 256 */
+        {1, 200, 2, 1, 2, 32, 64, 0},    /* 7 tiles, window spanning tiles */
+        /* sliding windows: key tiles skipped, rows with no key in a tile */
+        {2, 150, 4, 2, 4, 64, 16, 1},   /* each query sees itself only */
+        {1, 200, 2, 1, 2, 32, 64, 7},   /* window inside a tile, T_eps > window */
+        {1, 170, 4, 2, 2, 16, 8, 40},   /* window across tiles */
+        {1, 300, 2, 2, 2, 80, 64, 129}, /* across the CPU's 128-row query blocks */
+        {1, 90, 2, 1, 1, 256, 3, 32},   /* exactly one tile wide, d_head 256 */
+        {1, 37, 2, 2, 2, 16, 8, 37},    /* window = T: plain causal */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i]);
 }
@@ -630,15 +637,15 @@ static void check_bitwise(const float *a, const pair *p, const char *what)
 
 static void attention_tc_case(attn_case_t a, const tc_prec *pr)
 {
-    const int fallback = a.dh > 128; /* exact kernels */
+    const int fallback = a.dh > 128 || (a.SW > 0 && a.SW < a.T); /* exact kernels */
     const double RT = fallback ? 2e-4 : pr->rtol, AR = fallback ? 0 : pr->rtol;
     const double FL = fallback ? 5e-5 : pr->floor_;
-    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, 0.0f};
+    gsink_attn_shape s = {a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, 0.0f, a.SW};
     attn_bufs t = attn_bufs_new(a, 251);
     const size_t nq = t.q.n, nk = t.k.n, nv = t.v.n, ns = t.mass.n;
     gsink_attn_stats sc = {t.mass.c, t.sq.c, t.win.c}, sg = {t.mass.g, t.sq.g, t.win.g};
     char what[160];
-#define WHAT(nm) (snprintf(what, sizeof what, "%s %s B%d T%d H%d KV%d NV%d dh%d W%d", pr->name, nm, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W), what)
+#define WHAT(nm) (snprintf(what, sizeof what, "%s %s B%d T%d H%d KV%d NV%d dh%d W%d SW%d", pr->name, nm, a.B, a.T, a.H, a.KV, a.NV, a.dh, a.W, a.SW), what)
     OKC(cpu->iface->attention_fwd(cpu, &s, t.y.c, t.lse.c, t.q.c, t.k.c, t.v.c, sc));
     OKG(gpu->iface->attention_fwd(gpu, &s, t.y.g, t.lse.g, t.q.g, t.k.g, t.v.g, sg));
     pair_check_scaled(&t.y, RT, AR, FL, WHAT("attention y"));
@@ -743,13 +750,15 @@ static void attention_tc_case(attn_case_t a, const tc_prec *pr)
 }
 
 static const attn_case_t tc_cases[] = {
-    {1, 1, 1, 1, 1, 8, 4},        /* a single token */
-    {2, 100, 4, 2, 2, 64, 16},    /* T not a multiple of 64, GQA, per-KV-head values */
-    {1, 150, 4, 2, 4, 64, 80},    /* GQA with per-query-head values, window spans tiles */
-    {1, 130, 2, 1, 2, 128, 64},   /* MQA keys, per-query-head values, d_head 128 */
-    {1, 70, 2, 2, 2, 80, 5},      /* d_head 80 (padded to 128) */
-    {1, 45, 3, 3, 3, 30, 7},      /* d_head 30: not a multiple of 4 (scalar loads) */
-    {1, 33, 2, 1, 1, 256, 3},     /* d_head 256: falls back to the exact kernels */
+    {1, 1, 1, 1, 1, 8, 4, 0},        /* a single token */
+    {2, 100, 4, 2, 2, 64, 16, 0},    /* T not a multiple of 64, GQA, per-KV-head values */
+    {1, 150, 4, 2, 4, 64, 80, 0},    /* GQA with per-query-head values, window spans tiles */
+    {1, 130, 2, 1, 2, 128, 64, 0},   /* MQA keys, per-query-head values, d_head 128 */
+    {1, 70, 2, 2, 2, 80, 5, 0},      /* d_head 80 (padded to 128) */
+    {1, 45, 3, 3, 3, 30, 7, 0},      /* d_head 30: not a multiple of 4 (scalar loads) */
+    {1, 33, 2, 1, 1, 256, 3, 0},     /* d_head 256: falls back to the exact kernels */
+    {1, 150, 4, 2, 4, 64, 80, 40}, /* sliding window: falls back to the exact kernels */
+    {1, 100, 2, 2, 2, 64, 16, 100}, /* window = T: tensor cores */
 };
 
 static void attention_tc_cases(const tc_prec *pr)
@@ -774,7 +783,7 @@ END_TEST
 START_TEST(test_attention_bad_shape)
 {
     pair z = pair_new(64, 0, 0);
-    gsink_attn_shape s = {1, 4, 4, 3, 4, 4, 2, 0.0f}; /* 4 % 3 != 0 */
+    gsink_attn_shape s = {1, 4, 4, 3, 4, 4, 2, 0.0f, 0}; /* 4 % 3 != 0 */
     gsink_attn_stats none = {NULL, NULL, NULL};
     if (!gpu_is_cuda) {
         pair_free(&z);

@@ -375,6 +375,15 @@ START_TEST(test_config_architecture_fields)
     b = c;
     b.qkv_bias = 2;
     ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b = c; /* sliding window: >= 0, and only where the architecture has one */
+    ck_assert_int_eq(b.sliding_window, 0);
+    b.sliding_window = -1;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b.arch = GSINK_ARCH_LLAMA;
+    b.sliding_window = 8;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_ERR_BAD_CONFIG);
+    b.arch = GSINK_ARCH_MISTRAL;
+    ck_assert_int_eq(gsink_config_validate(&b), GSINK_OK);
 
     /* An older caller: size up to init_std, garbage after it (not its memory). */
     gsink_config old;
@@ -392,6 +401,7 @@ START_TEST(test_config_architecture_fields)
     ck_assert_int_eq(got.arch, GSINK_ARCH_LLAMA);
     ck_assert_int_eq(got.qkv_bias, 0);
     ck_assert_int_eq(got.rope_scaling, GSINK_ROPE_NONE);
+    ck_assert_int_eq(got.sliding_window, 0);
     size_t np = 0;
     gsink_param_count(m, &np);
     ck_assert_uint_eq(np, 1 + (size_t)got.n_layers * 9 + 1 + (got.tie_embeddings ? 0 : 1));

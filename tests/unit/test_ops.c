@@ -176,7 +176,7 @@ static double attn_loss(void)
 
 static void attention_case(int n_v_heads)
 {
-    ash = (gsink_attn_shape){AB, AT, AH, AKV, n_v_heads, ADH, 3, 0.0f};
+    ash = (gsink_attn_shape){AB, AT, AH, AKV, n_v_heads, ADH, 3, 0.0f, 0};
     size_t nq = AB * AT * AH * ADH, nk = AB * AT * AKV * ADH, nv = (size_t)AB * AT * n_v_heads * ADH;
     tu_fill(aq, nq, 10, 1.5f);
     tu_fill(ak, nk, 11, 1.5f);

@@ -318,7 +318,7 @@ class Config:
               "arch", "qkv_bias", "rope_scaling", "rope_factor", "rope_low_freq_factor",
               "rope_high_freq_factor", "rope_original_max_pos", "rope_beta_fast", "rope_beta_slow",
               "rope_attention_factor", "rope_truncate",
-              "qk_norm", "rope_dims", "rope_interleaved", "sandwich_norm")
+              "qk_norm", "rope_dims", "rope_interleaved", "sandwich_norm", "sliding_window")
     # arch and rope_scaling are names ("qwen2", "llama3"); integers are accepted too
     _BOOLS = ("tie_embeddings", "qkv_bias", "rope_truncate", "qk_norm", "rope_interleaved", "sandwich_norm")
     _FLOATS = ("rms_eps", "rope_theta", "init_std", "rope_factor", "rope_low_freq_factor",

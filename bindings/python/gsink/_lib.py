@@ -82,6 +82,7 @@ class Config(ctypes.Structure):
         ("rope_dims", c_int32),
         ("rope_interleaved", c_int32),
         ("sandwich_norm", c_int32),
+        ("sliding_window", c_int32),
     ])
 
 

@@ -105,6 +105,7 @@ pub struct gsink_config {
     pub rope_dims: i32,
     pub rope_interleaved: i32,
     pub sandwich_norm: i32,
+    pub sliding_window: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_config() {
@@ -594,6 +595,23 @@ fn bindgen_test_layout_gsink_config() {
         );
     }
     test_field_sandwich_norm();
+    fn test_field_sliding_window() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_config>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).sliding_window) as usize - ptr as usize
+            },
+            116usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_config),
+                "::",
+                stringify!(sliding_window)
+            )
+        );
+    }
+    test_field_sliding_window();
 }
 pub const gsink_arch_GSINK_ARCH_LLAMA: gsink_arch = 0;
 pub const gsink_arch_GSINK_ARCH_MISTRAL: gsink_arch = 1;

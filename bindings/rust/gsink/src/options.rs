@@ -43,6 +43,8 @@ pub struct Config {
     pub rope_interleaved: bool,
     /// RMSNorm on each branch output before the residual add (GLM-4-0414).
     pub sandwich_norm: bool,
+    /// Sliding-window attention: 0 none; W > 0: query t sees keys t-W+1..=t.
+    pub sliding_window: i32,
 }
 
 impl Default for Config {
@@ -85,6 +87,7 @@ pub(crate) fn empty_config() -> sys::gsink_config {
         rope_dims: 0,
         rope_interleaved: 0,
         sandwich_norm: 0,
+        sliding_window: 0,
     }
 }
 
@@ -149,6 +152,7 @@ impl Config {
             rope_dims: self.rope_dims,
             rope_interleaved: self.rope_interleaved as i32,
             sandwich_norm: self.sandwich_norm as i32,
+            sliding_window: self.sliding_window,
         }
     }
 
@@ -181,6 +185,7 @@ impl Config {
             rope_dims: raw.rope_dims,
             rope_interleaved: raw.rope_interleaved != 0,
             sandwich_norm: raw.sandwich_norm != 0,
+            sliding_window: raw.sliding_window,
         }
     }
 

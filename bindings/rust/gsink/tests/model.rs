@@ -244,6 +244,7 @@ fn loads_a_qwen2_checkpoint_with_its_architecture() {
     let cfg = m.config().unwrap();
     assert_eq!(cfg.arch_name().as_deref(), Some("qwen2"));
     assert!(cfg.qkv_bias);
+    assert_eq!(cfg.sliding_window, 0);
     assert_eq!(cfg.rope_scaling_name().as_deref(), Some("default"));
     let bias = m.get_param("model.layers.0.self_attn.q_proj.bias").unwrap();
     assert_eq!(bias.len(), (cfg.n_heads * cfg.d_head) as usize);
