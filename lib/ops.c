@@ -194,7 +194,7 @@ static gsink_status attn_check(gsink_ops *ops, const gsink_attn_desc *d, gsink_a
     if (!gsink__mul_size((size_t)B, (size_t)T, &rows) || rows > INT32_MAX ||
         !gsink__mul_size(rows, (size_t)hmax * (size_t)dh, &n) || (size_t)hmax * (size_t)dh > INT32_MAX)
         return gsink__fail(e, GSINK_ERR_INVALID_ARGUMENT, "attention shape is too large");
-    *sh = (gsink_attn_shape){B, T, H, KV, NV, dh, d->sink_window, d->softmax_scale};
+    *sh = (gsink_attn_shape){B, T, H, KV, NV, dh, d->sink_window, d->softmax_scale, 0 /* no window */};
     return GSINK_OK;
 }
 

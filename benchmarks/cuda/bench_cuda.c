@@ -234,7 +234,7 @@ static int bench_attention(int argc, char **argv)
         }
         for (int i = 0; i < 5; i++) be->iface->upload(be, *bufs[i], host, nq * sizeof(float));
         free(host);
-        gsink_attn_shape sh = {B, T, H, H, H, dh, 64, 0.0f};
+        gsink_attn_shape sh = {B, T, H, H, H, dh, 64, 0.0f, 0};
         gsink_attn_stats none = {NULL, NULL, NULL}, stats = {st, st + ns, st + 2 * ns};
         for (int it = -2; it < iters && !rc; it++) {
             double t0 = now_s();
