@@ -435,3 +435,49 @@ def test_fifo_token_file_is_refused_without_blocking(tool, tmp_path):
     os.mkfifo(d / "val.bin")
     r = _run_fast(tool, d, tmp_path / "o", timeout=30)
     assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
+
+
+# ---- input formats: llm.c token shards, directories of text --------------------------
+
+
+def write_llmc_shard(path, tokens, magic=20240520, version=1):
+    """An llm.c token shard: 256 int32 (magic, version, token count), then the ids."""
+    header = np.zeros(256, np.int32)
+    header[:3] = magic, version, len(tokens)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, np.uint16 if version == 1 else np.uint32).tobytes())
+
+
+def test_llmc_shards_train_like_token_files(tool, small_data, tmp_path):
+    tr, vocab, eot = prepare.read_tokens(str(small_data / "train.bin"))
+    va, _, _ = prepare.read_tokens(str(small_data / "val.bin"))
+    tr, va = tr[:3000], va[:3000]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    prepare.write_tokens(str(ref / "train.bin"), tr, vocab, eot)
+    prepare.write_tokens(str(ref / "val.bin"), va, vocab, eot)
+    sh = tmp_path / "shards"
+    sh.mkdir()
+    for i, (a, b) in enumerate(((0, 1000), (1000, 1001), (1001, 3000))):  # read in name order, concatenated
+        write_llmc_shard(sh / f"docs_train_{i:06d}.bin", tr[a:b])
+    write_llmc_shard(sh / "docs_val_000000.bin", va)
+    (sh / "meta.json").write_text(json.dumps({"vocab_size": vocab, "eot_id": int(eot)}))
+    args = ["--steps", 6, "--windows", "doc-start", *COMMON]
+    run_tool(tool, "--data", ref, "--out", tmp_path / "a", "--dump-batches", tmp_path / "a.bin", *args)
+    run_tool(tool, "--data", sh, "--out", tmp_path / "b", "--dump-batches", tmp_path / "b.bin", *args)
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+    assert read_log(tmp_path / "a" / "log.jsonl") == read_log(tmp_path / "b" / "log.jsonl")
+    assert _config(tmp_path / "b")["data"] == "llm.c shards"
+    # without meta.json: GPT-2's vocabulary (50257) and <|endoftext|> (50256)
+    (sh / "meta.json").unlink()
+    run_tool(tool, "--data", sh, "--out", tmp_path / "c", "--steps", 1, *COMMON)
+    assert _config(tmp_path / "c")["vocab"] == 50257
+    # a foreign or truncated shard is refused with its name
+    raw = (sh / "docs_train_000001.bin").read_bytes()
+    (sh / "docs_train_000001.bin").write_bytes(raw[:-2])
+    r = run_tool(tool, "--data", sh, "--out", tmp_path / "d", "--steps", 1, *COMMON, check=False)
+    assert r.returncode == 1 and "docs_train_000001.bin: corrupt llm.c shard: header says 1 tokens" in r.stderr
+    (sh / "docs_train_000001.bin").write_bytes(b"\x01" * 1030)
+    r = run_tool(tool, "--data", sh, "--out", tmp_path / "d", "--steps", 1, *COMMON, check=False)
+    assert r.returncode == 1 and "not an llm.c token shard" in r.stderr
