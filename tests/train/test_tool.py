@@ -481,3 +481,49 @@ def test_llmc_shards_train_like_token_files(tool, small_data, tmp_path):
     (sh / "docs_train_000001.bin").write_bytes(b"\x01" * 1030)
     r = run_tool(tool, "--data", sh, "--out", tmp_path / "d", "--steps", 1, *COMMON, check=False)
     assert r.returncode == 1 and "not an llm.c token shard" in r.stderr
+
+
+def test_text_directory_is_tokenised_cached_and_trainable(tool, corpus, tmp_path):
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer
+    from conftest import ROOT
+    tok = Tokenizer.from_file(os.path.join(corpus, "tokenizer.json"))
+    tr, _, eot = prepare.read_tokens(os.path.join(corpus, "train.bin"))
+    text = tmp_path / "text"
+    (text / "sub").mkdir(parents=True)
+    seps = np.flatnonzero(tr[:200_000] == eot)
+    docs = {}
+    for i, (a, b) in enumerate(zip(seps[:12], seps[1:13])):  # twelve real documents as text files
+        name = f"sub/doc{i:02d}.md" if i % 3 == 0 else f"doc{i:02d}.txt"
+        docs[name] = tok.decode(tr[a + 1:b].tolist())
+        (text / name).write_text(docs[name])
+    (text / "empty.txt").write_text(" \n")
+    (text / "image.png").write_bytes(b"\x89PNG not text")
+    (text / ".hidden.txt").write_text("not read")
+    out = tmp_path / "data"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "corpus", "textdir.py"), "--text", str(text),
+           "--tokenizer", os.path.join(corpus, "tokenizer.json"), "--out", str(out), "--val-fraction", "0.2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "13 files (0 cached, 13 encoded)" in r.stdout, r.stdout
+    meta = json.load(open(out / "meta.json"))
+    assert meta["documents"] == {"train": 10, "val": 2} and meta["files"]["empty"] == 1
+    for split in ("train", "val"):  # each document's ids, then the separator, in the shuffled order
+        ids, vocab, sep = prepare.read_tokens(str(out / f"{split}.bin"))
+        want = [t for name in meta[f"{split}_documents"] for t in tok.encode(docs[name]).ids + [eot]]
+        assert sep == eot and vocab == tok.get_vocab_size()
+        np.testing.assert_array_equal(ids, want)
+    before = {f: (out / f).read_bytes() for f in ("train.bin", "val.bin")}
+    # a second run reads every file from the cache; a changed file alone is encoded again
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "13 files (13 cached, 0 encoded)" in r.stdout, r.stdout
+    assert before == {f: (out / f).read_bytes() for f in ("train.bin", "val.bin")}
+    (text / "doc01.txt").write_text(docs["doc01.txt"] + " One more sentence.")
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "13 files (12 cached, 1 encoded)" in r.stdout, r.stdout
+    assert len(list((out / ".token-cache").iterdir())) == 13  # the stale entry is gone
+    # gsink-train reads the result (doc-start windows over its documents)
+    run_tool(tool, "--data", out, "--out", tmp_path / "run", "--steps", 2, "--batch", 2, "--seq", 32,
+             "--windows", "doc-start", *COMMON[2:])
+    assert _config(tmp_path / "run")["documents"] == 10
