@@ -3,12 +3,15 @@
  *
  *   gsink-train --data DIR --out DIR [options]
  *
- * DIR holds train.bin / val.bin written by tools/corpus/prepare.py (and
- * tokenizer.json, copied next to the saved model). The run directory gets:
+ * DIR holds train.bin / val.bin written by tools/corpus/prepare.py or
+ * tools/corpus/textdir.py (and tokenizer.json, copied next to the saved model),
+ * or llm.c token shards. Training reads windows of the training split in an
+ * epoch-wise shuffled order; each epoch reads every token (see "data: windows
+ * and epochs" below and docs/training.md). The run directory gets:
  *   log.jsonl          one line per step (loss, lr, grad norm, tok/s) and per validation
  *   diag.jsonl         periodic diagnostics (sink rate, t0/early, R_GS, theta) per layer
  *   ckpt-NNNNNNNN/     checkpoints: model/ (safetensors + config.json), optimizer.bin,
- *                      state.bin (weights, step, data position, RNG; exact fp32)
+ *                      state.bin (weights, step, epoch and position in it; exact fp32)
  *   latest             name of the newest complete checkpoint (atomically replaced)
  *   final/             the trained weights + tokenizer.json; final_diag.json
  * --resume continues from `latest` and reproduces the uninterrupted run bit
