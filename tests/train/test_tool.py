@@ -483,6 +483,37 @@ def test_llmc_shards_train_like_token_files(tool, small_data, tmp_path):
     assert r.returncode == 1 and "not an llm.c token shard" in r.stderr
 
 
+def _tokenizer_json_to_gguf(src, dst):
+    """A GGUF file holding a byte-level BPE tokenizer.json's vocabulary, merges and special tokens."""
+    import struct
+
+    def gstr(x):
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    def kv(key, vtype, value, arr_type=None):  # GGUF types: 4 uint32, 5 int32, 8 string, 9 array
+        out = gstr(key) + struct.pack("<I", vtype)
+        if vtype == 8:
+            return out + gstr(value)
+        if vtype == 4:
+            return out + struct.pack("<I", value)
+        body = b"".join(gstr(v) if arr_type == 8 else struct.pack("<i", v) for v in value)
+        return out + struct.pack("<IQ", arr_type, len(value)) + body
+
+    j = json.load(open(src))
+    tokens = [None] * len(j["model"]["vocab"])
+    for t, i in j["model"]["vocab"].items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in j["model"]["merges"]]
+    special = {a["id"] for a in j.get("added_tokens", []) if a.get("special")}
+    kvs = [kv("general.architecture", 8, "llama"), kv("tokenizer.ggml.model", 8, "gpt2"),
+           kv("tokenizer.ggml.tokens", 9, tokens, 8), kv("tokenizer.ggml.merges", 9, merges, 8),
+           kv("tokenizer.ggml.token_type", 9, [3 if i in special else 1 for i in range(len(tokens))], 5),
+           kv("tokenizer.ggml.eos_token_id", 4, min(special))]
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+    open(dst, "wb").write(data + b"\0" * ((-len(data)) % 32))
+
+
 def test_text_directory_is_tokenised_cached_and_trainable(tool, corpus, tmp_path):
     import subprocess
     import sys
@@ -523,6 +554,16 @@ def test_text_directory_is_tokenised_cached_and_trainable(tool, corpus, tmp_path
     r = subprocess.run(cmd, capture_output=True, text=True, check=True)
     assert "13 files (12 cached, 1 encoded)" in r.stdout, r.stdout
     assert len(list((out / ".token-cache").iterdir())) == 13  # the stale entry is gone
+    # the same BPE as a GGUF tokenizer, encoded by libgsink (a thread per core): the same token files
+    lib = os.environ.get("GSINK_LIB") or os.path.join(_build_dir(), "lib", "libgsink.so")
+    if os.path.exists(lib):
+        _tokenizer_json_to_gguf(os.path.join(corpus, "tokenizer.json"), tmp_path / "tok.gguf")
+        out2 = tmp_path / "data-gguf"
+        cmd2 = cmd[:5] + [str(tmp_path / "tok.gguf"), "--out", str(out2), "--val-fraction", "0.2", "--lib", lib]
+        r = subprocess.run(cmd2, capture_output=True, text=True)
+        assert r.returncode == 0 and "13 files (0 cached, 13 encoded)" in r.stdout, r.stdout + r.stderr
+        for f in ("train.bin", "val.bin"):
+            assert (out2 / f).read_bytes() == (out / f).read_bytes(), f
     # gsink-train reads the result (doc-start windows over its documents)
     run_tool(tool, "--data", out, "--out", tmp_path / "run", "--steps", 2, "--batch", 2, "--seq", 32,
              "--windows", "doc-start", *COMMON[2:])
