@@ -1047,12 +1047,27 @@ static void truncate_log(const char *path, int64_t step)
 
 /* ---- training -------------------------------------------------------------- */
 
-/* Validation batches: the validation split's windows in stream order (cyclic),
- * first..first+B-1; batch 0 is also the diagnostics batch. */
-static void fill_val_batch(trainer *tr, uint64_t first)
+/* Validation batches: --eval-batches of them (fewer when the split has fewer
+ * windows), and at least one. */
+static int val_batches(const trainer *tr)
 {
-    for (int b = 0; b < tr->a.batch; b++)
-        fill_window(&tr->wval, &tr->val, (first + (uint64_t)b) % tr->wval.n, b, tr->x, tr->y);
+    int n = tr->a.eval_batches;
+    if ((uint64_t)n * tr->a.batch > tr->wval.n) n = (int)(tr->wval.n / tr->a.batch);
+    return n < 1 ? 1 : n; /* fewer windows than rows: windows repeat */
+}
+
+/* Validation batch i: the n*B windows read by n batches are spread evenly over
+ * the validation split, in stream order (window floor(j * windows / (n*B)) for
+ * row j; cyclic when the split has fewer windows). Batch 0 is also the
+ * diagnostics batch. */
+static void fill_val_batch(trainer *tr, int i)
+{
+    const uint64_t B = (uint64_t)tr->a.batch, M = (uint64_t)val_batches(tr) * B, n = tr->wval.n;
+    for (uint64_t b = 0; b < B; b++) {
+        uint64_t j = (uint64_t)i * B + b;
+        uint64_t k = M <= n ? (uint64_t)((unsigned __int128)j * n / M) : j % n;
+        fill_window(&tr->wval, &tr->val, k, (int)b, tr->x, tr->y);
+    }
 }
 
 /* The next training window: the epoch's order is read to its end, then the
@@ -1074,13 +1089,11 @@ static uint64_t next_window(trainer *tr)
 static float eval_loss(trainer *tr)
 {
     const int B = tr->a.batch, T = tr->a.seq;
-    int n = tr->a.eval_batches;
-    if ((uint64_t)n * B > tr->wval.n) n = (int)(tr->wval.n / B);
-    if (n < 1) n = 1; /* fewer windows than rows: windows repeat */
+    int n = val_batches(tr);
     double sum = 0;
     for (int i = 0; i < n; i++) {
         float loss;
-        fill_val_batch(tr, (uint64_t)i * B);
+        fill_val_batch(tr, i);
         CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
         sum += loss;
     }
