@@ -1392,8 +1392,7 @@ int main(int argc, char **argv)
         if (stop) {
             fprintf(stderr, "\ngsink-train: stopped at step %lld as asked (--stop-at); continue with --resume\n",
                     (long long)tr.rs.step);
-            if (dump) fclose(dump);
-            return 0;
+            goto done; /* no final weights: the run is not over */
         }
     }
     if (a->progress && isatty(2)) fputc('\n', stderr);
@@ -1420,6 +1419,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "gsink-train: done: step %lld, val loss %.4f, %.0f tok/s\n", (long long)tr.rs.step,
             (double)last_val, tok_done / (now_s() - t_start));
 
+done:
     if (dump && fclose(dump) != 0) die("write %s: %s", a->dump_batches, strerror(errno));
     fclose(tr.log);
     fclose(tr.diag);
