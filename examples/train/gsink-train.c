@@ -3,12 +3,15 @@
  *
  *   gsink-train --data DIR --out DIR [options]
  *
- * DIR holds train.bin / val.bin written by tools/corpus/prepare.py (and
- * tokenizer.json, copied next to the saved model). The run directory gets:
+ * DIR holds train.bin / val.bin written by tools/corpus/prepare.py or
+ * tools/corpus/textdir.py (and tokenizer.json, copied next to the saved model),
+ * or llm.c token shards. Training reads windows of the training split in an
+ * epoch-wise shuffled order; each epoch reads every token (see "data: windows
+ * and epochs" below and docs/training.md). The run directory gets:
  *   log.jsonl          one line per step (loss, lr, grad norm, tok/s) and per validation
  *   diag.jsonl         periodic diagnostics (sink rate, t0/early, R_GS, theta) per layer
  *   ckpt-NNNNNNNN/     checkpoints: model/ (safetensors + config.json), optimizer.bin,
- *                      state.bin (weights, step, data position, RNG; exact fp32)
+ *                      state.bin (weights, step, epoch and position in it; exact fp32)
  *   latest             name of the newest complete checkpoint (atomically replaced)
  *   final/             the trained weights + tokenizer.json; final_diag.json
  * --resume continues from `latest` and reproduces the uninterrupted run bit
@@ -176,19 +179,25 @@ static int copy_file(const char *src, const char *dst)
     return rc;
 }
 
-/* ---- token files --------------------------------------------------------- */
+/* ---- data: token streams ------------------------------------------------------ */
 
+/* One split (train or val) as a stream of token ids, from either
+ *  - a gsink token file, DIR/train.bin / DIR/val.bin (tools/corpus/prepare.py or
+ *    tools/corpus/textdir.py; mapped), or
+ *  - llm.c token shards, DIR/NAME_train_N.bin / DIR/NAME_val_N.bin (read in name order
+ *    and concatenated in memory). */
 #define TOK_HEADER 40
+#define LLMC_HEADER 1024 /* 256 int32: magic, version, token count, zeros */
 typedef struct token_file {
-    const char *path;
+    char path[4200]; /* the file, or the shard pattern (for messages) */
     void *map;
     size_t map_bytes;
+    void *owned; /* llm.c shards: the concatenated payloads */
     const void *data;
     int dtype; /* bytes per token: 2 or 4 */
     uint64_t count;
     int32_t vocab, eot;
-    uint64_t *starts; /* --windows doc-start: positions of separators with a full window after them */
-    uint64_t n_starts;
+    int shards; /* llm.c shards read (0: a gsink token file) */
 } token_file;
 
 static inline int32_t tok_at(const token_file *f, uint64_t i)
@@ -196,13 +205,24 @@ static inline int32_t tok_at(const token_file *f, uint64_t i)
     return f->dtype == 2 ? (int32_t)((const uint16_t *)f->data)[i] : ((const int32_t *)f->data)[i];
 }
 
+static void check_token_range(const token_file *f)
+{
+    for (uint64_t i = 0; i < f->count; i++) {
+        int32_t t = tok_at(f, i);
+        if (t < 0 || t >= f->vocab) die("%s: corrupt token file: token %d at %llu outside vocab %d", f->path, t,
+                                        (unsigned long long)i, f->vocab);
+    }
+}
+
 /* Maps and verifies a token file written by tools/corpus/prepare.py. */
 static void token_file_open(token_file *f, const char *path)
 {
     memset(f, 0, sizeof *f);
-    f->path = path;
+    snprintf(f->path, sizeof f->path, "%s", path);
     int fd = open_regular(path);
-    if (fd < 0) die("cannot open token file %s: %s (run tools/corpus/prepare.py)", path, open_error());
+    if (fd < 0)
+        die("cannot open token file %s: %s (run tools/corpus/prepare.py or tools/corpus/textdir.py, or give a "
+            "directory of llm.c shards *_train_*.bin / *_val_*.bin)", path, open_error());
     struct stat sb;
     if (fstat(fd, &sb) != 0) die("stat %s: %s", path, strerror(errno));
     if ((uint64_t)sb.st_size < TOK_HEADER) die("%s: corrupt token file (shorter than the %d-byte header)", path, TOK_HEADER);
@@ -241,11 +261,35 @@ static void token_file_open(token_file *f, const char *path)
     f->vocab = (int32_t)vocab;
     f->eot = eot;
     if (crc32_update(0, f->data, count * dtype) != crc) die("%s: corrupt token file (CRC-32 mismatch)", path);
-    for (uint64_t i = 0; i < count; i++) {
-        int32_t t = tok_at(f, i);
-        if (t < 0 || t >= f->vocab) die("%s: corrupt token file: token %d at %llu outside vocab %d", path, t,
-                                        (unsigned long long)i, f->vocab);
+    check_token_range(f);
+}
+
+/* An integer field of DIR/meta.json: 1 and *v when present, 0 when the file
+ * or the key is absent; a malformed value is an error. */
+static int meta_u64(const char *dir, const char *key, uint64_t *v)
+{
+    char path[4200], quoted[64];
+    snprintf(path, sizeof path, "%s/meta.json", dir);
+    FILE *f = fopen_regular(path);
+    if (!f) {
+        if (errno == ENOENT) return 0; /* data prepared by other means */
+        die("cannot open %s: %s", path, open_error());
     }
+    static char text[1 << 20];
+    size_t n = fread(text, 1, sizeof text - 1, f);
+    fclose(f);
+    text[n] = 0;
+    snprintf(quoted, sizeof quoted, "\"%s\"", key);
+    const char *p = strstr(text, quoted);
+    if (!p) return 0;
+    p += strlen(quoted);
+    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ':') p++;
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(p, &end, 10);
+    if (end == p || errno || *p == '-') die("%s: %s is not a non-negative integer", path, key);
+    *v = x;
+    return 1;
 }
 
 /* meta.json (written with the token files by prepare.py) names the
@@ -253,69 +297,223 @@ static void token_file_open(token_file *f, const char *path)
  * embedding, must agree with it before anything is allocated. */
 static void check_meta_vocab(const char *dir, int32_t vocab)
 {
-    char path[4200];
-    snprintf(path, sizeof path, "%s/meta.json", dir);
-    FILE *f = fopen_regular(path);
-    if (!f) {
-        if (errno == ENOENT) return; /* data prepared by other means */
-        die("cannot open %s: %s", path, open_error());
+    uint64_t v;
+    if (meta_u64(dir, "vocab_size", &v) && v != (uint64_t)vocab)
+        die("token files say vocab %d but %s/meta.json says vocab_size %llu: corrupt or mismatched data", vocab, dir,
+            (unsigned long long)v);
+}
+
+/* llm.c shard names: NAME_SPLIT_NNNNNN.bin or NAME_SPLIT.bin. */
+static int is_shard_of(const char *name, const char *split)
+{
+    char pat[32];
+    size_t n = strlen(name), k;
+    if (n < 5 || strcmp(name + n - 4, ".bin")) return 0;
+    snprintf(pat, sizeof pat, "_%s_", split);
+    if (strstr(name, pat)) return 1;
+    k = (size_t)snprintf(pat, sizeof pat, "_%s.bin", split);
+    return n >= k && !strcmp(name + n - k, pat);
+}
+
+static int cmp_name(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Sorted names of the llm.c shards of one split in dir (count in *n). */
+static char **shard_names(const char *dir, const char *split, size_t *n)
+{
+    char **names = NULL;
+    size_t cap = 0;
+    *n = 0;
+    DIR *d = opendir(dir);
+    if (!d) return NULL;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!is_shard_of(e->d_name, split)) continue;
+        if (*n == cap) {
+            cap = cap ? 2 * cap : 16;
+            names = realloc(names, cap * sizeof *names);
+            if (!names) die("out of memory");
+        }
+        if (!(names[(*n)++] = strdup(e->d_name))) die("out of memory");
     }
-    static char text[1 << 20];
-    size_t n = fread(text, 1, sizeof text - 1, f);
-    fclose(f);
-    text[n] = 0;
-    const char *p = strstr(text, "\"vocab_size\"");
-    if (!p) return;
-    p += strlen("\"vocab_size\"");
-    while (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r' || *p == ':') p++;
-    char *end;
-    errno = 0;
-    unsigned long long v = strtoull(p, &end, 10);
-    if (end == p || errno || *p == '-') die("%s: vocab_size is not a non-negative integer", path);
-    if (v != (unsigned long long)vocab)
-        die("token files say vocab %d but %s says vocab_size %llu: corrupt or mismatched data", vocab, path, v);
+    closedir(d);
+    if (*n) qsort(names, *n, sizeof *names, cmp_name);
+    return names;
+}
+
+/* Reads llm.c shards (header of 256 int32: magic 20240520 + version 1 for
+ * GPT-2's uint16 ids, or magic 20240801 + version 7 for Llama-3's uint32 ids,
+ * then the token count; the ids follow) and concatenates them in name order.
+ * The vocabulary and separator are GPT-2's (50257, <|endoftext|> 50256) or
+ * Llama-3's (128256, <|begin_of_text|> 128000), or meta.json's vocab_size and
+ * eot_id when the directory has one. */
+static void shards_open(token_file *f, const char *dir, const char *split, char **names, size_t n)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->path, sizeof f->path, "%s/*_%s_*.bin", dir, split);
+    size_t cap = 0;
+    unsigned char *buf = NULL;
+    for (size_t i = 0; i < n; i++) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s", dir, names[i]);
+        FILE *in = fopen_regular(path);
+        if (!in) die("cannot open llm.c shard %s: %s", path, open_error());
+        int32_t h[256];
+        if (fread(h, 1, LLMC_HEADER, in) != LLMC_HEADER) die("%s: not an llm.c token shard (shorter than its 1024-byte header)", path);
+        int dtype = h[0] == 20240520 && h[1] == 1 ? 2 : h[0] == 20240801 && h[1] == 7 ? 4 : 0;
+        if (!dtype)
+            die("%s: not an llm.c token shard (magic %d version %d; expected 20240520 version 1, uint16 ids, or "
+                "20240801 version 7, uint32 ids)", path, h[0], h[1]);
+        if (f->dtype && dtype != f->dtype) die("%s: shards of one directory mix uint16 and uint32 token ids", path);
+        f->dtype = dtype;
+        if (h[2] < 0) die("%s: corrupt llm.c shard (token count %d)", path, h[2]);
+        struct stat sb;
+        if (fstat(fileno(in), &sb) != 0) die("stat %s: %s", path, strerror(errno));
+        uint64_t want = (uint64_t)h[2] * (uint64_t)dtype;
+        if ((uint64_t)sb.st_size != LLMC_HEADER + want)
+            die("%s: corrupt llm.c shard: header says %d tokens (%llu bytes) but the file has %llu payload bytes", path,
+                h[2], (unsigned long long)want, (unsigned long long)sb.st_size - LLMC_HEADER);
+        if ((f->count + (uint64_t)h[2]) * dtype > cap) {
+            cap = (size_t)((f->count + (uint64_t)h[2]) * dtype) * 3 / 2 + 1;
+            if (!(buf = realloc(buf, cap))) die("out of memory reading %s", path);
+        }
+        if (fread(buf + f->count * dtype, 1, (size_t)want, in) != want) die("read %s: %s", path, strerror(errno));
+        fclose(in);
+        f->count += (uint64_t)h[2];
+        f->shards++;
+    }
+    f->owned = buf;
+    f->data = buf;
+    f->vocab = f->dtype == 2 ? 50257 : 128256;
+    f->eot = f->dtype == 2 ? 50256 : 128000;
+    uint64_t v;
+    if (meta_u64(dir, "vocab_size", &v)) {
+        if (v == 0 || v > (1u << 30)) die("%s/meta.json: vocab_size %llu out of range", dir, (unsigned long long)v);
+        f->vocab = (int32_t)v;
+    }
+    if (meta_u64(dir, "eot_id", &v)) f->eot = (int32_t)(v > INT32_MAX ? -1 : (int64_t)v);
+    check_token_range(f);
+}
+
+/* Opens one split of --data DIR: DIR/SPLIT.bin if it exists, else the
+ * directory's llm.c shards of that split. */
+static void data_open(token_file *f, const char *dir, const char *split)
+{
+    char path[4200];
+    struct stat sb;
+    snprintf(path, sizeof path, "%s/%s.bin", dir, split);
+    size_t n = 0;
+    char **names = lstat(path, &sb) == 0 ? NULL : shard_names(dir, split, &n);
+    if (n) shards_open(f, dir, split, names, n);
+    else token_file_open(f, path);
+    for (size_t i = 0; i < n; i++) free(names[i]);
+    free(names);
 }
 
 static void token_file_close(token_file *f)
 {
     if (f->map && f->map != MAP_FAILED) munmap(f->map, f->map_bytes);
     f->map = NULL;
-    free(f->starts);
-    f->starts = NULL;
+    free(f->owned);
+    f->owned = NULL;
 }
 
-/* Indexes every end-of-text separator followed by at least T tokens (+1 target). */
-static void token_file_index_starts(token_file *f, int T)
-{
-    uint64_t n = 0;
-    for (uint64_t i = 0; i + (uint64_t)T + 1 <= f->count; i++)
-        if (tok_at(f, i) == f->eot) n++;
-    f->starts = malloc((n ? n : 1) * sizeof *f->starts);
-    if (!f->starts) die("out of memory");
-    f->n_starts = 0;
-    for (uint64_t i = 0; i + (uint64_t)T + 1 <= f->count; i++)
-        if (tok_at(f, i) == f->eot) f->starts[f->n_starts++] = i;
-}
+/* ---- data: windows and epochs ------------------------------------------------------ */
 
-/* Fills row b of (B, T) from token position pos. */
-static void fill_row(const token_file *f, uint64_t pos, int b, int T, int32_t *x, int32_t *y)
+/* The windows of a split: together they read every token, once per epoch.
+ *   packed:    window k is tokens [kT, kT + T) (targets shifted by one), for
+ *              k < n_full = (N - 1) / T; the last N - 1 - n_full*T tokens (< T),
+ *              when there are any, get one more window, the last T tokens before
+ *              the final one, which shares `overlap` tokens with window n_full - 1.
+ *   doc-start: every document (the tokens between two end-of-text separators;
+ *              the file's first and last documents may lack one) is read in
+ *              consecutive chunks of T - 1 tokens, each window being the
+ *              separator (a fixed first token) followed by one chunk and, for a
+ *              document's last chunk, whatever follows it in the stream; the
+ *              targets are the chunk's tokens and the token after it. The first
+ *              window of a document is thus the stream slice starting at its
+ *              separator. */
+typedef struct window_set {
+    int doc_start, T;
+    uint64_t n;       /* windows per epoch */
+    uint64_t *q;      /* doc-start: stream position of each window's first token after the separator */
+    uint64_t n_full;  /* packed: windows at kT */
+    uint64_t tail_at; /* packed: start of the final, overlapping window (when n == n_full + 1) */
+    uint64_t overlap; /* packed: tokens read twice per epoch (0 when T divides N - 1) */
+    uint64_t docs;    /* doc-start: non-empty documents */
+    uint64_t seps;    /* end-of-text separators in the stream */
+} window_set;
+
+/* Needs f->count >= T + 1 (checked by the caller). */
+static void windows_build(window_set *w, const token_file *f, int T, int doc_start)
 {
-    for (int t = 0; t < T; t++) {
-        x[(size_t)b * T + t] = tok_at(f, pos + t);
-        y[(size_t)b * T + t] = tok_at(f, pos + t + 1);
+    memset(w, 0, sizeof *w);
+    w->doc_start = doc_start;
+    w->T = T;
+    const uint64_t N = f->count;
+    for (uint64_t i = 0; i < N; i++) w->seps += tok_at(f, i) == f->eot;
+    if (!doc_start) {
+        uint64_t inputs = N - 1; /* the last token is only ever a target */
+        w->n_full = inputs / (uint64_t)T;
+        w->n = w->n_full;
+        uint64_t rem = inputs - w->n_full * (uint64_t)T;
+        if (rem) {
+            w->tail_at = N - 1 - (uint64_t)T;
+            w->overlap = (uint64_t)T - rem;
+            w->n++;
+        }
+        return;
+    }
+    uint64_t cap = N / (uint64_t)(T - 1) + 64, a = 0;
+    w->q = malloc(cap * sizeof *w->q);
+    if (!w->q) die("out of memory");
+    for (uint64_t i = 0; i <= N; i++) {
+        if (i < N && tok_at(f, i) != f->eot) continue;
+        if (i > a) { /* document [a, i) */
+            w->docs++;
+            for (uint64_t q = a; q < i; q += (uint64_t)(T - 1)) {
+                if (w->n == cap) {
+                    cap *= 2;
+                    if (!(w->q = realloc(w->q, cap * sizeof *w->q))) die("out of memory");
+                }
+                w->q[w->n++] = q + T <= N ? q : N - (uint64_t)T; /* at the stream's end: its last T tokens */
+            }
+        }
+        a = i + 1;
     }
 }
 
-/* Fills tokens/targets (B, T) from position pos: row b reads pos + b*T. */
-static void fill_batch(const token_file *f, uint64_t pos, int B, int T, int32_t *x, int32_t *y)
+/* Row b of (B, T) tokens/targets from window k. */
+static void fill_window(const window_set *w, const token_file *f, uint64_t k, int b, int32_t *x, int32_t *y)
 {
-    for (int b = 0; b < B; b++) fill_row(f, pos + (uint64_t)b * T, b, T, x, y);
+    const int T = w->T;
+    int32_t *xr = x + (size_t)b * T, *yr = y + (size_t)b * T;
+    if (w->doc_start) {
+        uint64_t q = w->q[k];
+        xr[0] = f->eot;
+        for (int t = 1; t < T; t++) xr[t] = tok_at(f, q + (uint64_t)t - 1);
+        for (int t = 0; t < T; t++) yr[t] = tok_at(f, q + (uint64_t)t);
+    } else {
+        uint64_t p = k < w->n_full ? k * (uint64_t)T : w->tail_at;
+        for (int t = 0; t < T; t++) {
+            xr[t] = tok_at(f, p + (uint64_t)t);
+            yr[t] = tok_at(f, p + (uint64_t)t + 1);
+        }
+    }
 }
 
-/* Doc-start windows first..first+B-1 (cyclic): every row begins at a separator. */
-static void fill_batch_starts(const token_file *f, uint64_t first, int B, int T, int32_t *x, int32_t *y)
+/* The reading order of epoch e: a permutation of the n windows (Fisher-Yates,
+ * without replacement) that depends only on (seed, e), so a resumed run
+ * rebuilds it from the checkpointed epoch number. */
+static void epoch_order(uint64_t *perm, uint64_t n, uint64_t seed, uint64_t epoch)
 {
-    for (int b = 0; b < B; b++) fill_row(f, f->starts[(first + (uint64_t)b) % f->n_starts], b, T, x, y);
+    uint64_t s = seed ^ 0x5DEECE66Dull, e = epoch;
+    s ^= splitmix64(&e);
+    for (uint64_t i = 0; i < n; i++) perm[i] = i;
+    for (uint64_t i = n; i > 1; i--) {
+        uint64_t j = (uint64_t)(((unsigned __int128)splitmix64(&s) * i) >> 64), t = perm[i - 1];
+        perm[i - 1] = perm[j];
+        perm[j] = t;
+    }
 }
 
 /* ---- options --------------------------------------------------------------- */
@@ -357,8 +555,10 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "usage: gsink-train --data DIR --out DIR [options]\n"
+            "  --data DIR           train.bin + val.bin (tools/corpus/prepare.py, textdir.py), or llm.c\n"
+            "                       token shards *_train_*.bin + *_val_*.bin\n"
             "  --preset NAME        test | quick | exp | small (default exp)\n"
-            "  --seed N             model init and data RNG seed (default 1)\n"
+            "  --seed N             model init and data order seed (default 1)\n"
             "  --steps N            optimizer steps\n"
             "  --batch N            sequences per micro-batch\n"
             "  --seq N              tokens per sequence\n"
@@ -383,8 +583,13 @@ static void usage(FILE *f)
             "  --stop-at N          stop after step N (checkpointed), as if interrupted\n"
             "  --save-model DIR     also save the final weights there (default OUT/final)\n"
             "  --no-progress        no progress bar\n"
-            "  --windows MODE       packed (default): consecutive windows of the packed stream, any first token;\n"
-            "                       doc-start: every window starts at an end-of-text separator (a document start)\n"
+            "  --windows MODE       how the training split is cut into T-token windows; each epoch reads every\n"
+            "                       window once, in a seeded shuffled order (docs/training.md):\n"
+            "                       packed (default): consecutive windows of the stream (the last < T tokens in\n"
+            "                       one more window ending at the stream's end), any first token;\n"
+            "                       doc-start: every window starts with the end-of-text separator (a fixed first\n"
+            "                       token) followed by T-1 tokens of one document; each document is read in\n"
+            "                       consecutive chunks, its first window being the slice at its separator\n"
             "  --dump-batches FILE  append every training micro-batch's input ids (int32) to FILE (data checks)\n");
     fprintf(f, "presets:\n");
     for (size_t i = 0; i < sizeof PRESETS / sizeof PRESETS[0]; i++) {
@@ -546,10 +751,11 @@ static int vscale_mode_of(const char *s)
 /* ---- run state and checkpoints ------------------------------------------------ */
 
 typedef struct run_state {
-    int64_t step;      /* optimizer steps done */
-    uint64_t data_pos; /* next training token position */
-    uint64_t epoch;
-    uint64_t rng;      /* splitmix64 state for epoch offsets */
+    int64_t step;       /* optimizer steps done */
+    uint64_t epoch;     /* epoch being read (0-based) */
+    uint64_t cursor;    /* windows of this epoch read so far */
+    uint64_t data_seed; /* seeds every epoch's order (the --seed of the run's start) */
+    uint64_t tokens;    /* training input tokens read so far */
 } run_state;
 
 typedef struct trainer {
@@ -558,6 +764,9 @@ typedef struct trainer {
     gsink_model *model;
     gsink_optimizer *opt;
     token_file train, val;
+    window_set wtrain, wval;
+    uint64_t *order;      /* the current epoch's window order */
+    int64_t order_epoch;  /* the epoch `order` holds (-1: none yet) */
     run_state rs;
     int32_t *x, *y;
     size_t n_theta;
@@ -570,6 +779,7 @@ typedef struct ckpt_identity {
     int32_t vocab, d_model, layers, heads, kv_heads, d_head, d_ff, tie;
     int32_t vscale_mode, per_query_head, learnable, batch, seq, grad_accum;
     uint64_t train_tokens, windows; /* windows: 0 packed, 1 doc-start */
+    uint64_t epoch_windows;
 } ckpt_identity;
 
 static ckpt_identity identity_of(const trainer *tr)
@@ -592,10 +802,12 @@ static ckpt_identity identity_of(const trainer *tr)
     id.grad_accum = tr->a.grad_accum;
     id.train_tokens = tr->train.count;
     id.windows = (uint64_t)tr->a.doc_start;
+    id.epoch_windows = tr->wtrain.n;
     return id;
 }
 
-static const char STATE_MAGIC[8] = {'G', 'S', 'K', 'T', 'R', 'N', 0, 1};
+/* Version 2: epoch-shuffled windows (run_state: epoch, cursor, data seed). */
+static const char STATE_MAGIC[8] = {'G', 'S', 'K', 'T', 'R', 'N', 0, 2};
 
 static void xwrite(FILE *f, const void *p, size_t n, uint32_t *crc, const char *path)
 {
@@ -665,6 +877,10 @@ static void read_state(trainer *tr, const char *path)
     ckpt_identity id, want = identity_of(tr);
     run_state rs;
     xread(f, magic, 8, &crc, path);
+    if (memcmp(magic, STATE_MAGIC, 7) == 0 && magic[7] == 1)
+        die("%s: checkpoint state version 1, written by a gsink-train before the epoch-shuffled window sampler: its "
+            "data position cannot be carried over; start a new run (or finish this one with the version that wrote it)",
+            path);
     if (memcmp(magic, STATE_MAGIC, 8) != 0) die("%s: not a gsink-train checkpoint state", path);
     xread(f, &id, sizeof id, &crc, path);
     if (memcmp(&id, &want, sizeof id) != 0)
@@ -831,22 +1047,53 @@ static void truncate_log(const char *path, int64_t step)
 
 /* ---- training -------------------------------------------------------------- */
 
+/* Validation batches: --eval-batches of them (fewer when the split has fewer
+ * windows), and at least one. */
+static int val_batches(const trainer *tr)
+{
+    int n = tr->a.eval_batches;
+    if ((uint64_t)n * tr->a.batch > tr->wval.n) n = (int)(tr->wval.n / tr->a.batch);
+    return n < 1 ? 1 : n; /* fewer windows than rows: windows repeat */
+}
+
+/* Validation batch i: the n*B windows read by n batches are spread evenly over
+ * the validation split, in stream order (window floor(j * windows / (n*B)) for
+ * row j; cyclic when the split has fewer windows). Batch 0 is also the
+ * diagnostics batch. */
+static void fill_val_batch(trainer *tr, int i)
+{
+    const uint64_t B = (uint64_t)tr->a.batch, M = (uint64_t)val_batches(tr) * B, n = tr->wval.n;
+    for (uint64_t b = 0; b < B; b++) {
+        uint64_t j = (uint64_t)i * B + b;
+        uint64_t k = M <= n ? (uint64_t)((unsigned __int128)j * n / M) : j % n;
+        fill_window(&tr->wval, &tr->val, k, (int)b, tr->x, tr->y);
+    }
+}
+
+/* The next training window: the epoch's order is read to its end, then the
+ * next epoch's order is drawn. */
+static uint64_t next_window(trainer *tr)
+{
+    run_state *rs = &tr->rs;
+    if (rs->cursor == tr->wtrain.n) {
+        rs->epoch++;
+        rs->cursor = 0;
+    }
+    if (tr->order_epoch != (int64_t)rs->epoch) {
+        epoch_order(tr->order, tr->wtrain.n, rs->data_seed, rs->epoch);
+        tr->order_epoch = (int64_t)rs->epoch;
+    }
+    return tr->order[rs->cursor++];
+}
+
 static float eval_loss(trainer *tr)
 {
     const int B = tr->a.batch, T = tr->a.seq;
-    uint64_t need = (uint64_t)B * T;
-    int n = tr->a.eval_batches;
-    if (tr->a.doc_start) {
-        if ((uint64_t)n * B > tr->val.n_starts) n = (int)(tr->val.n_starts / B);
-        if (n < 1) n = 1; /* fewer documents than rows: windows repeat */
-    } else if ((uint64_t)n * need + 1 > tr->val.count) {
-        n = (int)((tr->val.count - 1) / need);
-    }
+    int n = val_batches(tr);
     double sum = 0;
     for (int i = 0; i < n; i++) {
         float loss;
-        if (tr->a.doc_start) fill_batch_starts(&tr->val, (uint64_t)i * B, B, T, tr->x, tr->y);
-        else fill_batch(&tr->val, (uint64_t)i * need, B, T, tr->x, tr->y);
+        fill_val_batch(tr, i);
         CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
         sum += loss;
     }
@@ -872,8 +1119,7 @@ static void diagnostics(trainer *tr, FILE *out, int final)
 {
     const int B = tr->a.batch, T = tr->a.seq, L = tr->cfg.n_layers, H = tr->cfg.n_heads;
     float loss;
-    if (tr->a.doc_start) fill_batch_starts(&tr->val, 0, B, T, tr->x, tr->y);
-    else fill_batch(&tr->val, 0, B, T, tr->x, tr->y);
+    fill_val_batch(tr, 0);
     CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
     CHECK(gsink_backward(tr->model, 0));
     fprintf(out, "{\"step\":%lld,\"loss\":%.6g,\"layers\":[", (long long)tr->rs.step, (double)loss);
@@ -973,26 +1219,25 @@ int main(int argc, char **argv)
         die("libgsink %s does not match the header %s", gsink_version_string(), GSINK_VERSION_STRING);
 
     char path[4400];
-    snprintf(path, sizeof path, "%s/train.bin", a->data_dir);
-    token_file_open(&tr.train, path);
-    snprintf(path, sizeof path, "%s/val.bin", a->data_dir);
-    token_file_open(&tr.val, path);
+    data_open(&tr.train, a->data_dir, "train");
+    data_open(&tr.val, a->data_dir, "val");
     if (tr.val.vocab != tr.train.vocab) die("train.bin and val.bin disagree on the vocabulary size");
-    check_meta_vocab(a->data_dir, tr.train.vocab);
+    if (!tr.train.shards) check_meta_vocab(a->data_dir, tr.train.vocab);
     uint64_t need = (uint64_t)a->batch * a->seq + 1;
     if (tr.train.count < need)
-        die("%s/train.bin has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
-            a->data_dir, (unsigned long long)tr.train.count, a->batch, a->seq, (unsigned long long)need);
+        die("%s has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
+            tr.train.path, (unsigned long long)tr.train.count, a->batch, a->seq, (unsigned long long)need);
     if (tr.val.count < need)
-        die("%s/val.bin has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
-            a->data_dir, (unsigned long long)tr.val.count, a->batch, a->seq, (unsigned long long)need);
-    if (a->doc_start) {
-        token_file_index_starts(&tr.train, a->seq);
-        token_file_index_starts(&tr.val, a->seq);
-        if (!tr.train.n_starts || !tr.val.n_starts)
-            die("--windows doc-start: %s has no end-of-text separator (id %d) followed by %d tokens",
-                tr.train.n_starts ? "val.bin" : "train.bin", tr.train.n_starts ? tr.val.eot : tr.train.eot, a->seq);
-    }
+        die("%s has %llu tokens; one batch of %d x %d needs %llu: use a smaller --batch/--seq or more data",
+            tr.val.path, (unsigned long long)tr.val.count, a->batch, a->seq, (unsigned long long)need);
+    windows_build(&tr.wtrain, &tr.train, a->seq, a->doc_start);
+    windows_build(&tr.wval, &tr.val, a->seq, a->doc_start);
+    if (a->doc_start && (!tr.wtrain.seps || !tr.wval.seps))
+        die("--windows doc-start: %s has no end-of-text separator (id %d): no document boundaries",
+            tr.wtrain.seps ? tr.val.path : tr.train.path, tr.train.eot);
+    tr.order = malloc(tr.wtrain.n * sizeof *tr.order);
+    if (!tr.order) die("out of memory");
+    tr.order_epoch = -1;
 
     /* model */
     gsink_config_init(&tr.cfg);
@@ -1046,7 +1291,7 @@ int main(int argc, char **argv)
     CHECK(gsink_param_numel(tr.model, &numel));
 
     if (mkdir(a->out_dir, 0755) != 0 && errno != EEXIST) die("mkdir %s: %s", a->out_dir, strerror(errno));
-    tr.rs.rng = a->seed ^ 0x5DEECE66Dull;
+    tr.rs.data_seed = a->seed;
     if (a->resume) resume(&tr);
     char log_path[4400], diag_path[4400];
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", a->out_dir);
@@ -1071,16 +1316,27 @@ int main(int argc, char **argv)
             tr.cfg.vocab_size, a->vscale, (long long)a->steps, a->grad_accum, B, T, (double)a->lr,
             (double)a->min_lr, a->warmup, (unsigned long long)tr.train.count, (unsigned long long)tr.val.count,
             a->device, a->precision, a->resume ? "; resumed" : "");
+    if (a->doc_start)
+        fprintf(stderr, "gsink-train: %s windows: %llu per epoch over %llu documents (%.3f epochs in this run)\n",
+                "doc-start", (unsigned long long)tr.wtrain.n, (unsigned long long)tr.wtrain.docs,
+                (double)a->steps * a->grad_accum * B / (double)tr.wtrain.n);
+    else
+        fprintf(stderr, "gsink-train: packed windows: %llu per epoch, the last overlapping the one before it by %llu "
+                        "tokens (%.3f epochs in this run)\n", (unsigned long long)tr.wtrain.n,
+                (unsigned long long)tr.wtrain.overlap, (double)a->steps * a->grad_accum * B / (double)tr.wtrain.n);
     if (!a->resume) {
         fprintf(tr.log, "{\"step\":0,\"config\":{\"params\":%zu,\"d_model\":%d,\"layers\":%d,\"heads\":%d,"
                         "\"kv_heads\":%d,\"d_head\":%d,\"d_ff\":%d,\"vocab\":%d,\"vscale\":\"%s\",\"batch\":%d,"
                         "\"seq\":%d,\"grad_accum\":%d,\"steps\":%lld,\"lr\":%g,\"min_lr\":%g,\"warmup\":%d,"
                         "\"weight_decay\":%g,\"clip\":%g,\"windows\":\"%s\",\"seed\":%llu,\"device\":\"%s\","
-                        "\"precision\":\"%s\"}}\n",
+                        "\"precision\":\"%s\",\"data\":\"%s\",\"epoch_windows\":%llu,\"documents\":%llu,"
+                        "\"tail_overlap\":%llu}}\n",
                 numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head,
                 tr.cfg.d_ff, tr.cfg.vocab_size, a->vscale, B, T, a->grad_accum, (long long)a->steps, (double)a->lr,
                 (double)a->min_lr, a->warmup, (double)a->wd, (double)a->clip, a->doc_start ? "doc-start" : "packed",
-                (unsigned long long)a->seed, a->device, a->precision);
+                (unsigned long long)a->seed, a->device, a->precision, tr.train.shards ? "llm.c shards" : "token files",
+                (unsigned long long)tr.wtrain.n, (unsigned long long)(a->doc_start ? tr.wtrain.docs : 0),
+                (unsigned long long)tr.wtrain.overlap);
         float v0 = eval_loss(&tr);
         fprintf(tr.log, "{\"step\":0,\"val_loss\":%.6f}\n", (double)v0);
         diagnostics(&tr, tr.diag, 0);
@@ -1097,19 +1353,9 @@ int main(int argc, char **argv)
         double t0 = now_s();
         double loss_sum = 0;
         for (int mb = 0; mb < a->grad_accum; mb++) {
-            if (a->doc_start) {
-                /* each row: a random document start (separator first), drawn with replacement */
-                for (int b = 0; b < B; b++)
-                    fill_row(&tr.train, tr.train.starts[splitmix64(&tr.rs.rng) % tr.train.n_starts], b, T, tr.x,
-                             tr.y);
-            } else {
-                if (tr.rs.data_pos + bt + 1 > tr.train.count) {
-                    tr.rs.epoch++;
-                    tr.rs.data_pos = splitmix64(&tr.rs.rng) % (uint64_t)T;
-                }
-                fill_batch(&tr.train, tr.rs.data_pos, B, T, tr.x, tr.y);
-            }
-            tr.rs.data_pos += bt; /* doc-start: tokens read so far */
+            /* each row: the next window of the epoch's shuffled order (a batch may span two epochs) */
+            for (int b = 0; b < B; b++) fill_window(&tr.wtrain, &tr.train, next_window(&tr), b, tr.x, tr.y);
+            tr.rs.tokens += bt;
             if (dump && fwrite(tr.x, sizeof(int32_t), (size_t)bt, dump) != (size_t)bt)
                 die("write %s: %s", a->dump_batches, strerror(errno));
             float loss;
@@ -1146,8 +1392,7 @@ int main(int argc, char **argv)
         if (stop) {
             fprintf(stderr, "\ngsink-train: stopped at step %lld as asked (--stop-at); continue with --resume\n",
                     (long long)tr.rs.step);
-            if (dump) fclose(dump);
-            return 0;
+            goto done; /* no final weights: the run is not over */
         }
     }
     if (a->progress && isatty(2)) fputc('\n', stderr);
@@ -1174,6 +1419,7 @@ int main(int argc, char **argv)
     fprintf(stderr, "gsink-train: done: step %lld, val loss %.4f, %.0f tok/s\n", (long long)tr.rs.step,
             (double)last_val, tok_done / (now_s() - t_start));
 
+done:
     if (dump && fclose(dump) != 0) die("write %s: %s", a->dump_batches, strerror(errno));
     fclose(tr.log);
     fclose(tr.diag);
@@ -1183,5 +1429,8 @@ int main(int argc, char **argv)
     gsink_model_free(tr.model);
     token_file_close(&tr.train);
     token_file_close(&tr.val);
+    free(tr.wtrain.q);
+    free(tr.wval.q);
+    free(tr.order);
     return 0;
 }

@@ -123,31 +123,134 @@ def _windows(dump, T):
     return np.fromfile(dump, dtype=np.int32).reshape(-1, T)
 
 
-def test_packed_windows_are_consecutive_slices(tool, small_data, tmp_path):
-    tr, _, eot = prepare.read_tokens(str(small_data / "train.bin"))
-    dump = tmp_path / "batches.bin"
-    run_tool(tool, "--data", small_data, "--out", tmp_path / "o", "--steps", 3, "--dump-batches", dump, *COMMON)
-    rows = _windows(dump, 64)
-    assert rows.shape == (3 * 8, 64)
-    # the packed stream read in order: row i is tokens [i*64, (i+1)*64)
-    np.testing.assert_array_equal(rows, tr[:rows.size].reshape(-1, 64))
+def _config(out):
+    return json.loads(open(out / "log.jsonl").readline())["config"]
 
 
-def test_doc_start_windows_begin_at_separators(tool, small_data, tmp_path):
-    tr, _, eot = prepare.read_tokens(str(small_data / "train.bin"))
-    seps = np.flatnonzero(tr == eot)
+def _epoch_data(small_data, tmp_path, n, lo=0):
+    """train.bin: tokens [lo, n) of small_data's (a few windows per epoch); val.bin as is."""
+    tr, vocab, eot = prepare.read_tokens(str(small_data / "train.bin"))
+    d = tmp_path / "epoch_data"
+    d.mkdir()
+    prepare.write_tokens(str(d / "train.bin"), tr[lo:n], vocab, eot)
+    shutil.copy(small_data / "val.bin", d / "val.bin")
+    return d, np.array(tr[lo:n]), eot
+
+
+def _find_all(stream, rows, skip=0):
+    """Stream positions p with stream[p:p+w] == row[skip:], w = T - skip, for every row (all matches)."""
+    w = rows.shape[1] - skip
+    index = {}
+    for p in range(len(stream) - w + 1):
+        index.setdefault(stream[p:p + w].tobytes(), []).append(p)
+    return [index.get(np.ascontiguousarray(r[skip:], dtype=stream.dtype).tobytes(), []) for r in rows]
+
+
+def _multiset(rows):
+    from collections import Counter
+    return Counter(r.tobytes() for r in rows)
+
+
+def test_packed_epoch_reads_every_token_once(tool, small_data, tmp_path):
+    # 2,590 tokens = 40 windows of 64 + 29 left: a 41st window, the last 64 inputs
+    # (ending before the final token, which is only a target), overlaps the 40th by 35
+    T, N = 64, 2590
+    d, tr, _ = _epoch_data(small_data, tmp_path, N)
+    runs = {}
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        dump = tmp_path / f"{name}.bin"
+        out = tmp_path / name
+        run_tool(tool, "--data", d, "--out", out, "--steps", 11, "--dump-batches", dump,
+                 *COMMON[:4], "--seed", seed, *COMMON[6:])
+        runs[name] = _windows(dump, T)
+    cfg = _config(tmp_path / "a")
+    assert (cfg["windows"], cfg["epoch_windows"], cfg["tail_overlap"]) == ("packed", 41, 35)
+    W = 41
+    rows = runs["a"]
+    assert rows.shape == (11 * 8, T)  # two epochs and 6 windows of the third
+    # every row is a slice of the stream; over one epoch each token position is read
+    # exactly once, except the 35 positions the tail window shares with window 39
+    for e in range(2):
+        epoch = rows[e * W:(e + 1) * W]
+        count = np.zeros(N, int)
+        for hits in _find_all(tr, epoch):
+            assert len(hits) == 1  # real text: 64-token slices are unique
+            count[hits[0]:hits[0] + T] += 1
+        twice = np.arange(N - 1 - T, 40 * T)
+        assert (count[:N - 1] >= 1).all() and count[N - 1] == 0  # the last token is only a target
+        assert (count[twice] == 2).all() and count.sum() == (N - 1) + 35
+    # an epoch is a shuffle without replacement: same windows, another order each epoch
+    assert _multiset(rows[:W]) == _multiset(rows[W:2 * W])
+    assert not np.array_equal(rows[:W], rows[W:2 * W])
+    assert not np.array_equal(rows[:W - 1], tr[:(W - 1) * T].reshape(W - 1, T))  # not the stream order
+    # reproducible for a seed, different for another seed (same windows per epoch)
+    np.testing.assert_array_equal(runs["a"], runs["b"])
+    assert not np.array_equal(runs["a"], runs["c"])
+    assert _multiset(runs["c"][:W]) == _multiset(rows[:W])
+    steps = [json.loads(x) for x in open(tmp_path / "a" / "log.jsonl") if '"loss"' in x]
+    assert [s["epoch"] for s in steps] == [0] * 5 + [1] * 5 + [2]  # 8 rows per step, 41 per epoch
+
+
+def test_doc_start_epoch_covers_every_document_token(tool, small_data, tmp_path):
+    T = 64
+    full, _, eot = prepare.read_tokens(str(small_data / "train.bin"))
+    seps = np.flatnonzero(full == eot)
+    lo, hi = int(seps[seps > 10000][0]) + 1, int(seps[seps > 19500][0]) + 1  # a slice of whole documents
+    d, tr, eot = _epoch_data(small_data, tmp_path, hi, lo)
+    N = len(tr)
+    ends = np.flatnonzero(tr == eot)
+    starts = [0] + [int(s) + 1 for s in ends[:-1]]
+    # each document (its tokens before its separator) is read in chunks of T - 1
+    W = sum(-(-(int(e) - a) // (T - 1)) for a, e in zip(starts, ends))
+    steps = -(-2 * W // 8) + 1
     dump = tmp_path / "batches.bin"
-    run_tool(tool, "--data", small_data, "--out", tmp_path / "o", "--steps", 6, "--windows", "doc-start",
+    run_tool(tool, "--data", d, "--out", tmp_path / "o", "--steps", steps, "--windows", "doc-start",
              "--dump-batches", dump, *COMMON)
-    rows = _windows(dump, 64)
-    assert rows.shape == (6 * 8, 64)
-    assert (rows[:, 0] == eot).all()
-    starts = set()
-    for r in rows:  # each row is the slice of train.bin after one of its separators
-        hits = [p for p in seps if p + 64 <= len(tr) and (tr[p:p + 64] == r).all()]
-        assert hits, r[:8]
-        starts.add(hits[0])
-    assert len(starts) > 10  # drawn at random over the documents, not one document repeated
+    cfg = _config(tmp_path / "o")
+    assert cfg["epoch_windows"] == W
+    rows = _windows(dump, T)
+    assert (rows[:, 0] == eot).all()  # every window begins with the separator
+    doc_start = np.zeros(N, int)  # start of the document each position belongs to
+    assert cfg["documents"] == len(starts) and len(starts) > 5
+    for a, b in zip(starts, starts[1:] + [N]):
+        doc_start[a:b] = a
+    epoch = rows[:W]
+    count = np.zeros(N, int)
+    for hits in _find_all(tr, epoch, skip=1):
+        assert len(hits) == 1
+        q = hits[0]  # the window reads [eot] + tr[q:q+63]: consecutive chunks of one document
+        assert (q - doc_start[q]) % (T - 1) == 0 or q == N - T  # (the stream's last T tokens at its end)
+        count[q:q + T - 1] += 1
+    assert (count[tr != eot] >= 1).all()  # every document token is read in the epoch
+    # the first window of every document is the stream slice at its separator
+    found = _multiset(epoch)
+    for s in np.flatnonzero(tr == eot):
+        if s + T <= N:
+            assert tr[s:s + T].astype(np.int32).tobytes() in found
+    assert _multiset(rows[W:2 * W]) == _multiset(epoch) and not np.array_equal(rows[W:2 * W], epoch)
+
+
+def test_resume_mid_epoch_is_bit_for_bit(tool, small_data, tmp_path):
+    d, _, _ = _epoch_data(small_data, tmp_path, 2590)  # 41 windows: 5.1 steps per epoch
+    for mode in ("packed", "doc-start"):
+        a, b = tmp_path / f"a-{mode}", tmp_path / f"b-{mode}"
+        args = ["--data", d, "--steps", 12, "--ckpt-every", 4, "--windows", mode, *COMMON]
+        run_tool(tool, "--out", a, "--dump-batches", tmp_path / f"a-{mode}.bin", *args)
+        run_tool(tool, "--out", b, "--dump-batches", tmp_path / f"b-{mode}.bin", "--stop-at", 7, *args)
+        run_tool(tool, "--out", b, "--dump-batches", tmp_path / f"b-{mode}.bin", "--resume", *args)
+        assert read_log(a / "log.jsonl") == read_log(b / "log.jsonl")
+        for f in ("state.bin", "optimizer.bin"):
+            assert (a / "ckpt-00000012" / f).read_bytes() == (b / "ckpt-00000012" / f).read_bytes(), (mode, f)
+        # the resumed run reads the windows the uninterrupted one reads, across epoch boundaries
+        assert (tmp_path / f"a-{mode}.bin").read_bytes() == (tmp_path / f"b-{mode}.bin").read_bytes()
+    # a checkpoint state of the earlier format (version 1: stream position, no epoch order) is refused
+    state = b / "ckpt-00000012" / "state.bin"
+    raw = bytearray(state.read_bytes())
+    raw[7] = 1
+    state.write_bytes(bytes(raw))
+    r = run_tool(tool, "--out", b, "--resume", "--data", d, "--steps", 16, "--windows", "doc-start", *COMMON,
+                 check=False)
+    assert r.returncode == 1 and "checkpoint state version 1" in r.stderr, r.stderr
 
 
 def test_doc_start_resume_and_mode_mismatch(tool, small_data, tmp_path):
@@ -332,3 +435,136 @@ def test_fifo_token_file_is_refused_without_blocking(tool, tmp_path):
     os.mkfifo(d / "val.bin")
     r = _run_fast(tool, d, tmp_path / "o", timeout=30)
     assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
+
+
+# ---- input formats: llm.c token shards, directories of text --------------------------
+
+
+def write_llmc_shard(path, tokens, magic=20240520, version=1):
+    """An llm.c token shard: 256 int32 (magic, version, token count), then the ids."""
+    header = np.zeros(256, np.int32)
+    header[:3] = magic, version, len(tokens)
+    with open(path, "wb") as f:
+        f.write(header.tobytes())
+        f.write(np.asarray(tokens, np.uint16 if version == 1 else np.uint32).tobytes())
+
+
+def test_llmc_shards_train_like_token_files(tool, small_data, tmp_path):
+    tr, vocab, eot = prepare.read_tokens(str(small_data / "train.bin"))
+    va, _, _ = prepare.read_tokens(str(small_data / "val.bin"))
+    tr, va = tr[:3000], va[:3000]
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    prepare.write_tokens(str(ref / "train.bin"), tr, vocab, eot)
+    prepare.write_tokens(str(ref / "val.bin"), va, vocab, eot)
+    sh = tmp_path / "shards"
+    sh.mkdir()
+    for i, (a, b) in enumerate(((0, 1000), (1000, 1001), (1001, 3000))):  # read in name order, concatenated
+        write_llmc_shard(sh / f"docs_train_{i:06d}.bin", tr[a:b])
+    write_llmc_shard(sh / "docs_val_000000.bin", va)
+    (sh / "meta.json").write_text(json.dumps({"vocab_size": vocab, "eot_id": int(eot)}))
+    args = ["--steps", 6, "--windows", "doc-start", *COMMON]
+    run_tool(tool, "--data", ref, "--out", tmp_path / "a", "--dump-batches", tmp_path / "a.bin", *args)
+    run_tool(tool, "--data", sh, "--out", tmp_path / "b", "--dump-batches", tmp_path / "b.bin", *args)
+    assert (tmp_path / "a.bin").read_bytes() == (tmp_path / "b.bin").read_bytes()
+    assert read_log(tmp_path / "a" / "log.jsonl") == read_log(tmp_path / "b" / "log.jsonl")
+    assert _config(tmp_path / "b")["data"] == "llm.c shards"
+    # without meta.json: GPT-2's vocabulary (50257) and <|endoftext|> (50256)
+    (sh / "meta.json").unlink()
+    run_tool(tool, "--data", sh, "--out", tmp_path / "c", "--steps", 1, *COMMON)
+    assert _config(tmp_path / "c")["vocab"] == 50257
+    # a foreign or truncated shard is refused with its name
+    raw = (sh / "docs_train_000001.bin").read_bytes()
+    (sh / "docs_train_000001.bin").write_bytes(raw[:-2])
+    r = run_tool(tool, "--data", sh, "--out", tmp_path / "d", "--steps", 1, *COMMON, check=False)
+    assert r.returncode == 1 and "docs_train_000001.bin: corrupt llm.c shard: header says 1 tokens" in r.stderr
+    (sh / "docs_train_000001.bin").write_bytes(b"\x01" * 1030)
+    r = run_tool(tool, "--data", sh, "--out", tmp_path / "d", "--steps", 1, *COMMON, check=False)
+    assert r.returncode == 1 and "not an llm.c token shard" in r.stderr
+
+
+def _tokenizer_json_to_gguf(src, dst):
+    """A GGUF file holding a byte-level BPE tokenizer.json's vocabulary, merges and special tokens."""
+    import struct
+
+    def gstr(x):
+        b = x.encode()
+        return struct.pack("<Q", len(b)) + b
+
+    def kv(key, vtype, value, arr_type=None):  # GGUF types: 4 uint32, 5 int32, 8 string, 9 array
+        out = gstr(key) + struct.pack("<I", vtype)
+        if vtype == 8:
+            return out + gstr(value)
+        if vtype == 4:
+            return out + struct.pack("<I", value)
+        body = b"".join(gstr(v) if arr_type == 8 else struct.pack("<i", v) for v in value)
+        return out + struct.pack("<IQ", arr_type, len(value)) + body
+
+    j = json.load(open(src))
+    tokens = [None] * len(j["model"]["vocab"])
+    for t, i in j["model"]["vocab"].items():
+        tokens[i] = t
+    merges = [m if isinstance(m, str) else " ".join(m) for m in j["model"]["merges"]]
+    special = {a["id"] for a in j.get("added_tokens", []) if a.get("special")}
+    kvs = [kv("general.architecture", 8, "llama"), kv("tokenizer.ggml.model", 8, "gpt2"),
+           kv("tokenizer.ggml.tokens", 9, tokens, 8), kv("tokenizer.ggml.merges", 9, merges, 8),
+           kv("tokenizer.ggml.token_type", 9, [3 if i in special else 1 for i in range(len(tokens))], 5),
+           kv("tokenizer.ggml.eos_token_id", 4, min(special))]
+    data = b"GGUF" + struct.pack("<IQQ", 3, 0, len(kvs)) + b"".join(kvs)
+    open(dst, "wb").write(data + b"\0" * ((-len(data)) % 32))
+
+
+def test_text_directory_is_tokenised_cached_and_trainable(tool, corpus, tmp_path):
+    import subprocess
+    import sys
+
+    from tokenizers import Tokenizer
+    from conftest import ROOT
+    tok = Tokenizer.from_file(os.path.join(corpus, "tokenizer.json"))
+    tr, _, eot = prepare.read_tokens(os.path.join(corpus, "train.bin"))
+    text = tmp_path / "text"
+    (text / "sub").mkdir(parents=True)
+    seps = np.flatnonzero(tr[:200_000] == eot)
+    docs = {}
+    for i, (a, b) in enumerate(zip(seps[:12], seps[1:13])):  # twelve real documents as text files
+        name = f"sub/doc{i:02d}.md" if i % 3 == 0 else f"doc{i:02d}.txt"
+        docs[name] = tok.decode(tr[a + 1:b].tolist())
+        (text / name).write_text(docs[name])
+    (text / "empty.txt").write_text(" \n")
+    (text / "image.png").write_bytes(b"\x89PNG not text")
+    (text / ".hidden.txt").write_text("not read")
+    out = tmp_path / "data"
+    cmd = [sys.executable, os.path.join(ROOT, "tools", "corpus", "textdir.py"), "--text", str(text),
+           "--tokenizer", os.path.join(corpus, "tokenizer.json"), "--out", str(out), "--val-fraction", "0.2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "13 files (0 cached, 13 encoded)" in r.stdout, r.stdout
+    meta = json.load(open(out / "meta.json"))
+    assert meta["documents"] == {"train": 10, "val": 2} and meta["files"]["empty"] == 1
+    for split in ("train", "val"):  # each document's ids, then the separator, in the shuffled order
+        ids, vocab, sep = prepare.read_tokens(str(out / f"{split}.bin"))
+        want = [t for name in meta[f"{split}_documents"] for t in tok.encode(docs[name]).ids + [eot]]
+        assert sep == eot and vocab == tok.get_vocab_size()
+        np.testing.assert_array_equal(ids, want)
+    before = {f: (out / f).read_bytes() for f in ("train.bin", "val.bin")}
+    # a second run reads every file from the cache; a changed file alone is encoded again
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "13 files (13 cached, 0 encoded)" in r.stdout, r.stdout
+    assert before == {f: (out / f).read_bytes() for f in ("train.bin", "val.bin")}
+    (text / "doc01.txt").write_text(docs["doc01.txt"] + " One more sentence.")
+    r = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    assert "13 files (12 cached, 1 encoded)" in r.stdout, r.stdout
+    assert len(list((out / ".token-cache").iterdir())) == 13  # the stale entry is gone
+    # the same BPE as a GGUF tokenizer, encoded by libgsink (a thread per core): the same token files
+    lib = os.environ.get("GSINK_LIB") or os.path.join(_build_dir(), "lib", "libgsink.so")
+    if os.path.exists(lib):
+        _tokenizer_json_to_gguf(os.path.join(corpus, "tokenizer.json"), tmp_path / "tok.gguf")
+        out2 = tmp_path / "data-gguf"
+        cmd2 = cmd[:5] + [str(tmp_path / "tok.gguf"), "--out", str(out2), "--val-fraction", "0.2", "--lib", lib]
+        r = subprocess.run(cmd2, capture_output=True, text=True)
+        assert r.returncode == 0 and "13 files (0 cached, 13 encoded)" in r.stdout, r.stdout + r.stderr
+        for f in ("train.bin", "val.bin"):
+            assert (out2 / f).read_bytes() == (out / f).read_bytes(), f
+    # gsink-train reads the result (doc-start windows over its documents)
+    run_tool(tool, "--data", out, "--out", tmp_path / "run", "--steps", 2, "--batch", 2, "--seq", 32,
+             "--windows", "doc-start", *COMMON[2:])
+    assert _config(tmp_path / "run")["documents"] == 10
