@@ -1,30 +1,41 @@
 # analyze.tcl - the Tcl twin of examples/c/analyze.c: creates a model from a
-# preset, runs forward + backward on the same fixed batch and prints R_GS,
+# preset (or loads MODEL_PATH), runs forward + backward on the same fixed batch and prints R_GS,
 # sink rate and t0/early per layer (or, with --numbers, the values compared
 # across languages by tests/examples/compare_bindings.sh).
-# Usage: tclsh analyze.tcl path/to/gsink.so [--numbers] [--preset NAME] [--seed N]
+# Usage: tclsh analyze.tcl path/to/gsink.so [--numbers] [--preset NAME] [--seed N] [MODEL_PATH]
 load [file normalize [lindex $argv 0]] Gsink
 
 set preset micro
 set seed 1234
 set numbers 0
+set path ""
 for {set i 1} {$i < [llength $argv]} {incr i} {
     switch -- [lindex $argv $i] {
         --numbers { set numbers 1 }
         --preset { set preset [lindex $argv [incr i]] }
         --seed { set seed [lindex $argv [incr i]] }
-        default { puts stderr "usage: tclsh analyze.tcl MODULE \[--numbers\] \[--preset NAME\] \[--seed N\]"; exit 2 }
+        default {
+            set a [lindex $argv $i]
+            if {[string index $a 0] ne "-"} { set path $a; continue }
+            puts stderr "usage: tclsh analyze.tcl MODULE \[--numbers\] \[--preset NAME\] \[--seed N\] \[MODEL_PATH\]"
+            exit 2
+        }
     }
 }
 
 set cfg [new_gsink_config]
 gsink_config_init $cfg
-gsink_config_preset $preset $cfg
 set opts [new_gsink_model_options]
 gsink_model_options_init $opts
 gsink_model_options_seed_set $opts $seed
 gsink_model_options_n_threads_set $opts 1 ;# one thread: identical numbers everywhere
-set m [gsink_model_create $cfg $opts]
+if {$path ne ""} {
+    set m [gsink_model_load $path $opts]
+    gsink_model_config $m $cfg
+} else {
+    gsink_config_preset $preset $cfg
+    set m [gsink_model_create $cfg $opts]
+}
 
 set V [gsink_config_vocab_size_get $cfg]
 set L [gsink_config_n_layers_get $cfg]

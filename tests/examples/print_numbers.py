@@ -1,5 +1,5 @@
-"""Python twin of `examples/c/analyze.c --numbers`: the fixed set of values
-compared across languages by compare_bindings.sh."""
+"""Python twin of `examples/c/analyze.c --numbers [MODEL_PATH]`: the fixed set
+of values compared across languages by compare_bindings.sh."""
 import sys
 
 import numpy as np
@@ -10,7 +10,9 @@ B = 2
 
 
 def main():
-    with gsink.Model("micro", seed=1234, n_threads=1) as m:
+    path = sys.argv[1] if len(sys.argv) > 1 else None  # MODEL_PATH, as the C example takes it
+    model = gsink.Model.load(path, seed=1234, n_threads=1) if path else gsink.Model("micro", seed=1234, n_threads=1)
+    with model as m:
         cfg = m.config
         T = min(64, cfg.max_seq_len)
         d = m.diag_options
