@@ -32,9 +32,10 @@ assembled into the native report (docs/report-schema.md): top-level model,
 vscale, input, options and notes; per layer sink_rate, gradient_sink_ratio,
 massive_activation_ratio, value_norm, heads (sink_score, is_sink,
 column_mass, column_sq and their profiles), activation_norms,
-gradient_norms, branch (attn and mlp Bloat/Change/Compress); and summary.
-Not produced (they need q and k after RoPE): the heads' q_norm/q_grad_norm,
-kv_heads and qkv_gradient_split. gsink.plots' Figures 1 and 3 work on it.
+gradient_norms, branch (attn and mlp Bloat/Change/Compress),
+qkv_gradient_split; and summary. Not produced (they need q and k after
+RoPE): the heads' q_norm/q_grad_norm and kv_heads. gsink.plots' Figures 1, 2
+and 3 work on it.
 """
 
 import inspect
@@ -139,6 +140,8 @@ class Recorder:
             hk.append(layer.register_forward_hook(lambda m, a, o, l=l: self._keep(l, "resid_out", o)))
             hk.append(layer.input_layernorm.register_forward_hook(
                 lambda m, a, o, l=l: self._keep(l, "attn_norm_out", o)))
+            hk.append(attn.q_proj.register_forward_hook(lambda m, a, o, l=l: self._keep(l, "_q_proj", o)))
+            hk.append(attn.k_proj.register_forward_hook(lambda m, a, o, l=l: self._keep(l, "_k_proj", o)))
             hk.append(attn.v_proj.register_forward_hook(lambda m, a, o, l=l: self._keep(l, "v", o)))
             hk.append(attn.o_proj.register_forward_pre_hook(lambda m, a, l=l: self._keep(l, "z", a[0])))
             hk.append(attn.o_proj.register_forward_hook(lambda m, a, o, l=l: self._keep(l, "attn_out", o)))
@@ -364,6 +367,18 @@ class Recorder:
                 b, c, k = go.branch_ratios(*gs, agg=agg)
                 branch[name] = {"bloat": _prof(b, P), "change": _prof(c, P), "compress": _prof(k, P)}
         lay["branch"] = branch
+        # dL/d attn_norm_out split into the Q, K and V paths: the projections'
+        # output gradients (RoPE's backward included) times their weights
+        attn = self.layers[l].self_attn
+        split = {}
+        for name, site, lin in (("q", "_q_proj", attn.q_proj), ("k", "_k_proj", attn.k_proj),
+                                ("v", "v", attn.v_proj)):
+            gp = self._np(l, site, grad=True)
+            if gp is not None:
+                w = lin.weight.detach().to(torch.float32).cpu().numpy()
+                split[name] = _prof(go.token_norms(gp @ w, agg=agg), P)
+        if len(split) == 3:
+            lay["qkv_gradient_split"] = split
         return lay
 
 

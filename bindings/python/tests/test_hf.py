@@ -81,7 +81,7 @@ def pair(request):
 
 
 COMPARED = ["sink_rate", "gradient_sink_ratio", "massive_activation_ratio", "value_norm", "heads",
-            "activation_norms", "gradient_norms", "branch"]
+            "activation_norms", "gradient_norms", "branch", "qkv_gradient_split"]
 
 
 @pytest.mark.parametrize("attention", ["probs", "gsink"])
@@ -139,5 +139,7 @@ def test_report_without_backward_and_plots(pair, tmp_path):
         from gsink import plots
         full = gsink.hf.analyze(model, inp, tgt, sink_window=WIN)
         plots.gradient_sink_distribution(full, path=str(tmp_path / "fig1.png"))
+        plots.qkv_gradient_norms(full, path=str(tmp_path / "fig2.png"))
+        plots.branch_ratios_vs_norm(full, path=str(tmp_path / "fig3.png"))
         assert (tmp_path / "fig1.png").stat().st_size > 0
         assert math.isfinite(full["summary"]["gradient_sink_ratio"]["median"])
