@@ -25,7 +25,8 @@ The attention column statistics come either from the model's attention
 probabilities (attention="probs": the forward must return them,
 output_attentions=True with attn_implementation="eager") or from the library's
 kernel, gsink.torch.attention_with_stats, run in place of the model's eager
-attention (attention="gsink": causal, no padding mask, no KV cache).
+attention (attention="gsink": causal, no padding mask, no KV cache; tested
+with transformers 4.40, written for the later attention interface too).
 
 Every number is computed by the library's metric functions (gsink.ops) and
 assembled into the native report (docs/report-schema.md): top-level model,
@@ -91,6 +92,17 @@ def _rope(attn, q, k, v, position_ids, t):
         return mod.apply_rotary_pos_emb(q, k, cos, sin)
     cos, sin = attn.rotary_emb(v, seq_len=t)
     return mod.apply_rotary_pos_emb(q, k, cos, sin, position_ids)
+
+
+def _attention_returns_pair():
+    """transformers >= 4.48 attention modules return (output, weights); older
+    ones (output, weights, past_key_value)."""
+    import transformers
+    try:
+        major, minor = (int(x) for x in transformers.__version__.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= (4, 48)
 
 
 class Recorder:
@@ -188,11 +200,17 @@ class Recorder:
             q = attn.q_proj(hidden_states).view(b, t, H, DH).transpose(1, 2)
             k = attn.k_proj(hidden_states).view(b, t, KV, DH).transpose(1, 2)
             v = attn.v_proj(hidden_states).view(b, t, KV, DH).transpose(1, 2)
-            q, k = _rope(attn, q, k, v, position_ids, t)
+            pe = kwargs.get("position_embeddings")
+            if pe is not None:   # newer transformers hand the rotary cos/sin to the attention
+                q, k = sys.modules[type(attn).__module__].apply_rotary_pos_emb(q, k, *pe)
+            else:
+                q, k = _rope(attn, q, k, v, position_ids, t)
             out, st = attention_with_stats(q, k, v, sink_window=rec.sink_window, layout="bhtd")
             rec.stats[l] = go.AttentionStats(*(x.detach().cpu().numpy() for x in st))
             y = attn.o_proj(out.transpose(1, 2).reshape(b, t, H * DH).to(hidden_states.dtype))
-            return y, None, past_key_value
+            return (y, None) if two else (y, None, past_key_value)
+
+        two = _attention_returns_pair()
 
         attn.forward = forward
         self._patched.append((attn, orig))
