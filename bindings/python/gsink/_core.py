@@ -1187,28 +1187,61 @@ def _f32(a, name):
 class Ops(_Handle):
     """Operations on caller buffers (gsink_ops) on the CPU: V-scale and causal
     attention with the column statistics computed in the kernel, the model's
-    own kernels. Ops(n_threads=0)."""
+    own kernels. Ops(n_threads=0, device=DeviceKind.CPU, device_index=0).
+
+    The numpy methods need a CPU handle (host arrays); a CUDA handle is used
+    through the raw_* methods with device pointers (gsink.torch does)."""
 
     _free_fn = staticmethod(_lib.gsink_ops_free)
     _errmsg_fn = staticmethod(_lib.gsink_ops_errmsg)
     _kind = "ops handle"
 
-    def __init__(self, n_threads=0):
+    def __init__(self, n_threads=0, device=DeviceKind.CPU, device_index=0):
         o = L.OpsOptions()
         _lib.gsink_ops_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
-        o.device = int(DeviceKind.CPU)
+        o.device = _enum_arg(device, DeviceKind, "device")
+        o.device_index = _cint(device_index, "device_index")
         o.n_threads = _cint(n_threads, "n_threads")
         h = ctypes.c_void_p()
         _check(_lib.gsink_ops_create(ctypes.byref(o), ctypes.byref(h)))
         self._h = h.value
+        self.device = DeviceKind(o.device)
+        self.device_index = o.device_index
+        self._stream = None
 
     def set_stream(self, stream=None):
-        """gsink_ops_set_stream: CUDA only; the CPU accepts None only."""
+        """gsink_ops_set_stream: CUDA only (a cudaStream_t as an int); the
+        CPU accepts None only."""
         self._ok(_lib.gsink_ops_set_stream(self._handle(), stream))
+        self._stream = stream
+
+    def _host(self):
+        if self.device != DeviceKind.CPU:
+            raise ValueError("numpy arrays need a CPU ops handle (this one is on %s:%d); "
+                             "use gsink.torch for device tensors" % (self.device.name, self.device_index))
+        return self._handle()
+
+    # Raw entry points: descriptors built by the caller and buffer addresses
+    # (ints, or None for an optional output) on the handle's device.
+    def raw_attention_forward(self, desc, q, k, v, out, lse, col_mass=None, col_sq=None, col_win=None):
+        self._ok(_lib.gsink_ops_attention_forward(self._handle(), ctypes.byref(desc), q, k, v, out, lse,
+                                                  col_mass, col_sq, col_win))
+
+    def raw_attention_backward(self, desc, q, k, v, out, lse, dout, dq, dk, dv,
+                               col_mass=None, col_sq=None, col_win=None):
+        self._ok(_lib.gsink_ops_attention_backward(self._handle(), ctypes.byref(desc), q, k, v, out, lse,
+                                                   dout, dq, dk, dv, col_mass, col_sq, col_win))
+
+    def raw_vscale_forward(self, desc, v, theta, out):
+        self._ok(_lib.gsink_ops_vscale_forward(self._handle(), ctypes.byref(desc), v, theta, out))
+
+    def raw_vscale_backward(self, desc, v, theta, dout, dv, dtheta=None):
+        self._ok(_lib.gsink_ops_vscale_backward(self._handle(), ctypes.byref(desc), v, theta, dout, dv,
+                                                dtheta))
 
     def attention_forward(self, q, k, v, softmax_scale=0.0, sink_window=64):
         """(out, lse, col_mass, col_sq, col_win) of causal attention."""
-        h = self._handle()
+        h = self._host()
         q, k, v = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
         d = _attn_desc(q, k, v, softmax_scale, sink_window)
         st = (d.batch, d.n_heads, d.seq)
@@ -1221,7 +1254,7 @@ class Ops(_Handle):
 
     def attention_stats(self, q, k, lse, softmax_scale=0.0, sink_window=64):
         """(col_mass, col_sq, col_win) from q, k and the forward's lse."""
-        h = self._handle()
+        h = self._host()
         q, k = _f32(q, "q"), _f32(k, "k")
         d = _attn_desc(q, k, k, softmax_scale, sink_window)
         lse = _float_input(lse, "lse", (d.batch, d.n_heads, d.seq))
@@ -1233,7 +1266,7 @@ class Ops(_Handle):
 
     def attention_backward(self, q, k, v, out, lse, dout, softmax_scale=0.0):
         """(dq, dk, dv) from dL/dout and the forward's out and lse."""
-        h = self._handle()
+        h = self._host()
         q, k, v = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
         d = _attn_desc(q, k, v, softmax_scale, 64)
         out = _float_input(out, "out", q.shape)
@@ -1259,7 +1292,7 @@ class Ops(_Handle):
 
     def vscale_forward(self, v, theta, d_model, sigma=0.02, mode=VScaleMode.FULL, heads_out=None):
         """V-scale of v (rows, heads_in, d_head) -> (rows, heads_out, d_head)."""
-        h = self._handle()
+        h = self._host()
         v = _f32(v, "v")
         d = self._vscale_desc(v, heads_out, d_model, sigma, mode)
         th = None if theta is None else _float_input(theta, "theta", (d.heads_out,))
@@ -1270,7 +1303,7 @@ class Ops(_Handle):
 
     def vscale_backward(self, v, theta, dout, d_model, sigma=0.02, mode=VScaleMode.FULL, dtheta=None):
         """dL/dv; dL/dtheta is added into dtheta (float32, heads_out) if given."""
-        h = self._handle()
+        h = self._host()
         v = _f32(v, "v")
         dout = _f32(dout, "dout")
         d = self._vscale_desc(v, dout.shape[1] if dout.ndim == 3 else None, d_model, sigma, mode)
