@@ -791,6 +791,11 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
                                "GGUF: %s = %d rotated dims (must be even and in [2, head size %d])", k, rot,
                                cfg.d_head);
         cfg.rope_dims = rot < cfg.d_head ? rot : 0;
+        /* M-RoPE (GLM-4V's text model as glm4, with Q/K permuted for it by
+         * the converter): llama.cpp's use_mrope, from rope.dimension_sections */
+        const gsink__gguf_kv *sec = gsink__gguf_find(g, akey(k, sizeof k, ga, "rope.dimension_sections"));
+        if (sec && (sec->type != GSINK_GGUF_ARRAY || sec->arr_n > 0))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s (M-RoPE) is not supported", k);
     }
     double f;
     cfg.rms_eps = 1e-5f;

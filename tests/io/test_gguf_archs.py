@@ -315,3 +315,7 @@ def test_gguf_rope_dimension_count(tmp_path):
             gsink.Model.load(path)
     with gsink.Model.load(os.path.join(DATA, "glm4")) as ref:
         assert ref.config.rope_dims == 8 and ref.config.rope_interleaved
+    path = str(tmp_path / "mrope.gguf")  # GLM-4V's text model: M-RoPE sections
+    write_gguf_with(os.path.join(DATA, "glm4"), path, lambda w: w.add_rope_dimension_sections([4, 2, 2, 0]))
+    with pytest.raises(gsink.UnsupportedError, match="rope.dimension_sections \\(M-RoPE\\)"):
+        gsink.Model.load(path)
