@@ -1,6 +1,7 @@
 /* gguf.c - GGUF (v2/v3) reader: header, metadata, tensor infos, and the
- * model loader for llama.cpp's llama and qwen2 architectures. Every length and offset read from the file
- * is checked against the bytes that remain before it is used. */
+ * model loader for llama.cpp's llama, qwen2, qwen3 and glm4 architectures.
+ * Every length and offset read from the file is checked against the bytes
+ * that remain before it is used. */
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -446,7 +447,14 @@ gsink__gguf_str gsink__gguf_next_str(const gsink__gguf *g, size_t *cursor)
  * the architecture table. Tensor names follow llama.cpp (gguf-py
  * constants.py); only the llama family has its Q/K rows permuted by the
  * converter (LlamaModel.permute); qwen2 keeps HF's order and adds the
- * blk.N.attn_{q,k,v}.bias tensors. */
+ * blk.N.attn_{q,k,v}.bias tensors; qwen3 keeps HF's order (NEOX RoPE in
+ * llama.cpp) and adds blk.N.attn_{q,k}_norm (d_head gains; key_length is the
+ * head size); glm4 keeps HF's order too (Glm4Model: no permutation; llama.cpp
+ * runs it with NORM RoPE, i.e. HF's interleaved pairs, on the first
+ * rope.dimension_count dims of each head), with biases, the fused
+ * gate_up_proj as blk.N.ffn_up ([d, 2*d_ff]: gate rows first, as HF and
+ * ggml's swiglu split it) and the sandwich norms blk.N.post_attention_norm
+ * (post_self_attn_layernorm) and blk.N.post_ffw_norm (post_mlp_layernorm). */
 typedef struct gguf_arch {
     const char *name;
     int arch;       /* gsink_arch */
@@ -456,8 +464,10 @@ typedef struct gguf_arch {
 static const gguf_arch gguf_archs[] = {
     {"llama", GSINK_ARCH_LLAMA, 1},
     {"qwen2", GSINK_ARCH_QWEN2, 0},
+    {"qwen3", GSINK_ARCH_QWEN3, 0},
+    {"glm4", GSINK_ARCH_GLM4, 0},
 };
-#define GGUF_ARCH_LIST "llama, qwen2"
+#define GGUF_ARCH_LIST "llama, qwen2, qwen3, glm4"
 
 
 static int kv_int(const gsink__gguf *g, const char *key, int64_t *out)
@@ -516,6 +526,11 @@ static int gguf_name(const char *hf, char *out, size_t n, int permute_qk, int *p
         {"self_attn.q_proj.bias", "attn_q.bias", 0}, /* qwen2 */
         {"self_attn.k_proj.bias", "attn_k.bias", 0},
         {"self_attn.v_proj.bias", "attn_v.bias", 0},
+        {"self_attn.q_norm.weight", "attn_q_norm.weight", 0}, /* qwen3 */
+        {"self_attn.k_norm.weight", "attn_k_norm.weight", 0},
+        {"post_self_attn_layernorm.weight", "post_attention_norm.weight", 0}, /* glm4 */
+        {"post_mlp_layernorm.weight", "post_ffw_norm.weight", 0},
+        {"mlp.gate_up_proj.weight", "ffn_up.weight", 0},
     };
     for (size_t k = 0; k < sizeof map / sizeof map[0]; k++) {
         if (strcmp(rest, map[k].hf) == 0) {
@@ -613,10 +628,10 @@ static int l3_matches(const float *div, int half, const double *x, double factor
 static gsink_status rope_from_freqs_tensor(gsink__gguf *g, const gsink__gguf_tensor *t, gsink_config *cfg,
                                            int32_t orig, char *err)
 {
-    const int half = cfg->d_head / 2;
+    const int dim = gsink__rope_dims(cfg), half = dim / 2;
     if (t->type != 0 /* F32 */ || t->numel != (uint64_t)half || t->ne[1] != 1)
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
-                           "GGUF: rope_freqs.weight must be F32 with d_head/2 = %d values", half);
+                           "GGUF: rope_freqs.weight must be F32 with rope_dims/2 = %d values", half);
     float div[2048];
     double x[2048];
     if (half > 2048) return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: rope_freqs.weight: d_head too large");
@@ -627,7 +642,7 @@ static gsink_status rope_from_freqs_tensor(gsink__gguf *g, const gsink__gguf_ten
             return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
                                "GGUF: rope_freqs.weight[%d] = %g is not a llama3 divisor (>= 1)", i, (double)div[i]);
         if (div[i] > factor) factor = div[i];
-        float fr = (float)(1.0 / pow((double)cfg->rope_theta, (double)(float)(2 * i) / cfg->d_head)); /* as the converter */
+        float fr = (float)(1.0 / pow((double)cfg->rope_theta, (double)(float)(2 * i) / dim)); /* as the converter */
         x[i] = (double)orig * fr / (2.0 * M_PI);
     }
     if (factor == 1.0) return GSINK_OK; /* identity: plain RoPE */
@@ -741,6 +756,9 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
     gsink_config_init(&cfg);
     cfg.arch = ai->id;
     cfg.qkv_bias = ai->qkv_bias;
+    cfg.qk_norm = ai->qk_norm;
+    cfg.rope_interleaved = ai->rope_interleaved;
+    cfg.sandwich_norm = ai->sandwich_norm;
     gsink_status st;
     char k[160];
     if ((st = cfg_int(g, akey(k, sizeof k, ga, "embedding_length"), 1, &cfg.d_model, err))) return st;
@@ -753,6 +771,32 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
     if ((st = cfg_int(g, akey(k, sizeof k, ga, "context_length"), 0, &cfg.max_seq_len, err))) return st;
     cfg.d_head = cfg.d_model / cfg.n_heads;
     if ((st = cfg_int(g, akey(k, sizeof k, ga, "attention.key_length"), 0, &cfg.d_head, err))) return st;
+    {
+        /* the model has one head size: value_length (absent: taken as equal) must match */
+        int32_t vl = cfg.d_head;
+        if ((st = cfg_int(g, akey(k, sizeof k, ga, "attention.value_length"), 0, &vl, err))) return st;
+        if (vl != cfg.d_head)
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s = %d differs from the key length %d", k, vl,
+                               cfg.d_head);
+        /* rotated dims of each head (llama.cpp n_rot; default: the whole head).
+         * Only glm4 rotates part of the head (Glm4Model writes head_dim x
+         * partial_rotary_factor); for the others, as HF, it must be d_head. */
+        int32_t rot = cfg.d_head;
+        if ((st = cfg_int(g, akey(k, sizeof k, ga, "rope.dimension_count"), 0, &rot, err))) return st;
+        if (rot != cfg.d_head && !(ai->rope_partial > 0.0f))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s = %d is not supported for %s (head size %d)", k,
+                               rot, ga->name, cfg.d_head);
+        if (rot < 2 || rot % 2 || rot > cfg.d_head)
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED,
+                               "GGUF: %s = %d rotated dims (must be even and in [2, head size %d])", k, rot,
+                               cfg.d_head);
+        cfg.rope_dims = rot < cfg.d_head ? rot : 0;
+        /* M-RoPE (GLM-4V's text model as glm4, with Q/K permuted for it by
+         * the converter): llama.cpp's use_mrope, from rope.dimension_sections */
+        const gsink__gguf_kv *sec = gsink__gguf_find(g, akey(k, sizeof k, ga, "rope.dimension_sections"));
+        if (sec && (sec->type != GSINK_GGUF_ARRAY || sec->arr_n > 0))
+            return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "GGUF: %s (M-RoPE) is not supported", k);
+    }
     double f;
     cfg.rms_eps = 1e-5f;
     if (kv_float(g, akey(k, sizeof k, ga, "attention.layer_norm_rms_epsilon"), &f)) cfg.rms_eps = (float)f;

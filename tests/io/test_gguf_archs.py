@@ -2,7 +2,10 @@
 written with the PyPI `gguf` package the way llama.cpp's convert_hf_to_gguf.py
 writes them: llama.cpp tensor names, <arch>.* metadata, the Q/K row
 permutation for the llama family only (LlamaModel.permute; qwen2 keeps HF's
-order and adds blk.N.attn_{q,k,v}.bias), llama3 RoPE as the rope_freqs.weight
+order and adds blk.N.attn_{q,k,v}.bias; qwen3 adds blk.N.attn_{q,k}_norm;
+glm4 keeps HF's order, writes rope.dimension_count = head_dim x
+partial_rotary_factor, the fused gate_up_proj as blk.N.ffn_up and the sandwich
+norms as blk.N.post_attention_norm / post_ffw_norm), llama3 RoPE as the rope_freqs.weight
 divisors (LlamaModel.generate_extra_tensors), linear / yarn RoPE scaling as
 <arch>.rope.scaling.* keys, 1-D tensors kept F32. Mistral converts as llama.
 Each twin must give the numbers of its safetensors twin: F32 to 1e-6 (in fact
@@ -26,14 +29,18 @@ from gguf.quants import dequantize, quantize  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "..", "data", "hf-archs")
-GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2"}  # model_type -> llama.cpp arch
+GGUF_ARCH = {"llama": "llama", "mistral": "llama", "qwen2": "qwen2", "qwen3": "qwen3",
+             "glm4": "glm4"}  # model_type -> llama.cpp arch
 
 LAYER = {"input_layernorm.weight": "attn_norm.weight", "self_attn.q_proj.weight": "attn_q.weight",
          "self_attn.k_proj.weight": "attn_k.weight", "self_attn.v_proj.weight": "attn_v.weight",
          "self_attn.o_proj.weight": "attn_output.weight", "self_attn.q_proj.bias": "attn_q.bias",
          "self_attn.k_proj.bias": "attn_k.bias", "self_attn.v_proj.bias": "attn_v.bias",
          "post_attention_layernorm.weight": "ffn_norm.weight", "mlp.gate_proj.weight": "ffn_gate.weight",
-         "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight"}
+         "mlp.up_proj.weight": "ffn_up.weight", "mlp.down_proj.weight": "ffn_down.weight",
+         "self_attn.q_norm.weight": "attn_q_norm.weight", "self_attn.k_norm.weight": "attn_k_norm.weight",
+         "post_self_attn_layernorm.weight": "post_attention_norm.weight",
+         "post_mlp_layernorm.weight": "post_ffw_norm.weight", "mlp.gate_up_proj.weight": "ffn_up.weight"}
 TOP = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",
        "lm_head.weight": "output.weight"}
 
@@ -97,6 +104,8 @@ def write_gguf(src, path, qtype=QT.F32):
     w.add_layer_norm_rms_eps(cfg.get("rms_norm_eps", 1e-6))
     w.add_rope_freq_base(cfg.get("rope_theta", 10000.0))
     w.add_vocab_size(cfg["vocab_size"])
+    if arch == "glm4":  # Glm4Model.set_gguf_parameters
+        w.add_rope_dimension_count(int(dh * cfg.get("partial_rotary_factor", 0.5)))
     rs = cfg.get("rope_scaling") or {}
     rtype = rs.get("rope_type", rs.get("type"))
     if rtype == "linear":
@@ -163,6 +172,8 @@ CASES = {  # name -> (fixture, rope_scaling override or None)
     "llama": ("llama", None),
     "mistral": ("mistral", None),
     "qwen2": ("qwen2", None),
+    "qwen3": ("qwen3", None),
+    "glm4": ("glm4", None),
     "llama31": ("llama31", None),  # llama3 RoPE, no medium band at d_head 16
     "llama3-medium": ("llama", dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
                                     high_freq_factor=4.0, original_max_position_embeddings=256)),
@@ -186,6 +197,8 @@ def test_gguf_twin_matches_safetensors(tmp_path, case, qtype):
         c, r = m.config.to_dict(), ref.config.to_dict()
         assert c["arch"] == (r["arch"] if r["arch"] != "mistral" else "llama")
         assert c["qkv_bias"] == r["qkv_bias"] and c["rope_scaling"] == r["rope_scaling"]
+        for k in ("d_head", "qk_norm", "rope_dims", "rope_interleaved", "sandwich_norm"):
+            assert c[k] == r[k], k
         assert c["tie_embeddings"] == r["tie_embeddings"]
         if r["rope_scaling"] != "llama3":  # llama3: equivalent low/high factors
             for k in ("rope_factor", "rope_original_max_pos", "rope_beta_fast", "rope_beta_slow"):
@@ -202,7 +215,7 @@ def test_gguf_twin_matches_safetensors(tmp_path, case, qtype):
                 assert np.array_equal(m.get_param(name), ref.get_param(name)), name
 
 
-@pytest.mark.parametrize("arch", ["qwen3", "glm4", "gemma2"])
+@pytest.mark.parametrize("arch", ["gemma2", "chatglm", "qwen3moe"])
 def test_other_gguf_architectures_refused_by_name(tmp_path, arch):
     path = str(tmp_path / (arch + ".gguf"))
     w = gguf.GGUFWriter(path, arch)
@@ -212,7 +225,7 @@ def test_other_gguf_architectures_refused_by_name(tmp_path, arch):
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    with pytest.raises(gsink.UnsupportedError, match="architecture '%s' is not supported \\(llama, qwen2\\)" % arch):
+    with pytest.raises(gsink.UnsupportedError, match="architecture '%s' is not supported \\(llama, qwen2, qwen3, glm4\\)" % arch):
         gsink.Model.load(path)
 
 
@@ -262,3 +275,47 @@ def test_gguf_sliding_window_loads_as_mistral(tmp_path):
         (l0, g0, _), (l1, g1, _) = run(ref, toks), run(m, toks)
         assert l0 == l1 and np.array_equal(g0, g1)
         assert toks.shape[1] - 1 > 5  # the window cuts
+
+
+@pytest.mark.parametrize("fixture", ["llama", "qwen2", "qwen3", "glm4"])
+def test_tensor_names_follow_gguf_py(fixture):
+    """The names written above (and read by the loader) are the ones gguf-py's
+    TensorNameMap gives for the arch, as convert_hf_to_gguf.py's
+    map_tensor_name does: e.g. glm4's post_self_attn_layernorm ->
+    post_attention_norm, post_mlp_layernorm -> post_ffw_norm, the fused
+    gate_up_proj -> ffn_up; qwen3's q_norm / k_norm -> attn_q_norm / attn_k_norm."""
+    from safetensors.numpy import load_file
+    src = os.path.join(DATA, fixture)
+    cfg = json.load(open(os.path.join(src, "config.json")))
+    arch = next(a for a, n in gguf.MODEL_ARCH_NAMES.items() if n == GGUF_ARCH[cfg["model_type"]])
+    tmap = gguf.get_tensor_name_map(arch, cfg["num_hidden_layers"])
+    for name in load_file(os.path.join(src, "model.safetensors")):
+        assert gguf_name(name) == tmap.get_name(name, try_suffixes=(".weight", ".bias")), name
+
+
+def test_gguf_rope_dimension_count(tmp_path):
+    """rope.dimension_count: glm4's partial rotary count is read (same numbers as
+    above); other archs must rotate the whole head; odd counts are refused."""
+    for fixture, dims, msg in (("qwen3", 16, "rope.dimension_count = 16 is not supported for qwen3"),
+                               ("qwen2", 8, "rope.dimension_count = 8 is not supported for qwen2"),
+                               ("glm4", 7, "rope.dimension_count = 7 rotated dims")):
+        path = str(tmp_path / (fixture + ".gguf"))
+        arch = GGUF_ARCH[fixture]
+        if fixture == "glm4":  # replace the converter's value
+            orig = gguf.GGUFWriter.add_rope_dimension_count
+            gguf.GGUFWriter.add_rope_dimension_count = lambda self, n: orig(self, dims)
+            try:
+                write_gguf(os.path.join(DATA, fixture), path)
+            finally:
+                gguf.GGUFWriter.add_rope_dimension_count = orig
+        else:
+            write_gguf_with(os.path.join(DATA, fixture), path,
+                            lambda w: w.add_uint32("%s.rope.dimension_count" % arch, dims))
+        with pytest.raises(gsink.UnsupportedError, match=msg):
+            gsink.Model.load(path)
+    with gsink.Model.load(os.path.join(DATA, "glm4")) as ref:
+        assert ref.config.rope_dims == 8 and ref.config.rope_interleaved
+    path = str(tmp_path / "mrope.gguf")  # GLM-4V's text model: M-RoPE sections
+    write_gguf_with(os.path.join(DATA, "glm4"), path, lambda w: w.add_rope_dimension_sections([4, 2, 2, 0]))
+    with pytest.raises(gsink.UnsupportedError, match="rope.dimension_sections \\(M-RoPE\\)"):
+        gsink.Model.load(path)
