@@ -667,20 +667,47 @@ static gsink_status cpu_attention_stats(gsink_backend *be, const gsink_attn_shap
 /* V-scale                                                                   */
 /* ------------------------------------------------------------------------ */
 
+/* sum a[i] b[i] in double, four independent partial sums (a dependent chain
+ * of double adds per element was the V-scale kernels' bottleneck) */
+static double dot_d(const float *a, const float *b, int n)
+{
+    double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+    int i = 0;
+    for (; i + 4 <= n; i += 4) {
+        s0 += (double)a[i] * b[i];
+        s1 += (double)a[i + 1] * b[i + 1];
+        s2 += (double)a[i + 2] * b[i + 2];
+        s3 += (double)a[i + 3] * b[i + 3];
+    }
+    for (; i < n; i++) s0 += (double)a[i] * b[i];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* C_j = c0 exp(theta_j) for every output head, once per call (not per row). */
+static gsink_status vscale_c(gsink_backend *be, const float *theta, int hout, float c0, double **out)
+{
+    double *C = *out = malloc((size_t)(hout > 0 ? hout : 1) * sizeof *C);
+    if (!C) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "vscale scratch");
+    for (int j = 0; j < hout; j++) C[j] = theta ? (double)c0 * exp((double)theta[j]) : (double)c0;
+    return GSINK_OK;
+}
+
 static gsink_status cpu_vscale_fwd(gsink_backend *be, float *out, const float *v,
                                    const float *theta, int N, int hin, int hout, int dh, float c0,
                                    int mode)
 {
     int rep = hout / hin;
+    double *Cj = NULL;
+    gsink_status st = mode == GSINK_VSCALE_FULL ? vscale_c(be, theta, hout, c0, &Cj) : GSINK_OK;
+    if (st) return st;
 #pragma omp parallel for num_threads(nt_for(be, (size_t)N * hout * dh)) schedule(static)
     for (int n = 0; n < N; n++) {
         for (int j = 0; j < hout; j++) {
             const float *vi = v + ((size_t)n * hin + j / rep) * dh;
             float *o = out + ((size_t)n * hout + j) * dh;
             if (mode == GSINK_VSCALE_FULL) {
-                double r = 0.0;
-                for (int i = 0; i < dh; i++) r += (double)vi[i] * vi[i];
-                double C = (double)c0 * exp((double)theta[j]);
+                double r = dot_d(vi, vi, dh);
+                double C = Cj[j];
                 float phi = (float)(r / (r + C));
                 for (int i = 0; i < dh; i++) o[i] = phi * vi[i];
             } else {
@@ -688,6 +715,7 @@ static gsink_status cpu_vscale_fwd(gsink_backend *be, float *out, const float *v
             }
         }
     }
+    free(Cj);
     return GSINK_OK;
 }
 
@@ -696,8 +724,14 @@ static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, 
                                    int dh, float c0, int mode)
 {
     int nt = nt_for(be, (size_t)N * hout * dh), rep = hout / hin;
+    double *Cj;
+    gsink_status st = vscale_c(be, theta, hout, c0, &Cj);
+    if (st) return st;
     double *partial = calloc((size_t)nt * hout, sizeof(double));
-    if (!partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "vscale backward scratch");
+    if (!partial) {
+        free(Cj);
+        return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "vscale backward scratch");
+    }
     int used = 1;
 #pragma omp parallel num_threads(nt)
     {
@@ -710,18 +744,16 @@ static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, 
                 const float *vi = v + ((size_t)n * hin + i) * dh;
                 float *dvi = dv + ((size_t)n * hin + i) * dh;
                 memset(dvi, 0, sizeof(float) * dh);
-                double r = 0.0;
-                for (int e = 0; e < dh; e++) r += (double)vi[e] * vi[e];
+                double r = dot_d(vi, vi, dh);
                 for (int j = i * rep; j < (i + 1) * rep; j++) {
                     const float *go = dout + ((size_t)n * hout + j) * dh;
                     if (mode == GSINK_VSCALE_OFF) {
                         for (int e = 0; e < dh; e++) dvi[e] += go[e];
                         continue;
                     }
-                    double C = (double)c0 * exp((double)theta[j]);
+                    double C = Cj[j];
                     double phi = r / (r + C), coef = 2.0 * C / ((r + C) * (r + C));
-                    double vg = 0.0;
-                    for (int e = 0; e < dh; e++) vg += (double)vi[e] * go[e];
+                    double vg = dot_d(vi, go, dh);
                     for (int e = 0; e < dh; e++) dvi[e] += (float)(phi * go[e] + coef * vg * vi[e]);
                     /* d v^/d theta = -r C / (r + C)^2 v */
                     if (mode == GSINK_VSCALE_FULL) pt[j] += vg * (-r * C / ((r + C) * (r + C)));
@@ -736,6 +768,7 @@ static gsink_status cpu_vscale_bwd(gsink_backend *be, float *dv, float *dtheta, 
             dtheta[j] += (float)acc;
         }
     free(partial);
+    free(Cj);
     return GSINK_OK;
 }
 
