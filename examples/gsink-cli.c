@@ -1,7 +1,8 @@
 /*
  * gsink-cli - command-line front end of libgsink.
  *
- *   gsink-cli analyze [options]   forward + backward on a batch, prints the
+ *   gsink-cli analyze [options]   forward + backward (activation gradients only,
+ *                                 GSINK_MODEL_ANALYSIS) on a batch, prints the
  *                                 per-layer sink / gradient-sink table and
  *                                 optionally writes the JSON report
  *   gsink-cli info                version, devices and presets
@@ -435,6 +436,7 @@ static int cmd_analyze(int argc, char **argv)
     gsink_model_options_init(&mo);
     mo.seed = a.seed;
     mo.n_threads = a.threads;
+    mo.flags = GSINK_MODEL_ANALYSIS; /* analysis needs activation gradients only */
     if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
     if (a.precision && !strcmp(a.precision, "tf32")) mo.precision = GSINK_PRECISION_TF32;
     if (a.precision && !strcmp(a.precision, "bf16")) mo.precision = GSINK_PRECISION_BF16;

@@ -244,9 +244,19 @@ typedef struct gsink_model_options {
  * residual gradients alternate between two), which roughly halves the
  * activation memory of a training run. Parameter and V-scale gradients are
  * unchanged; every gradient diagnostic, gsink_get_gradient and the JSON report
- * then return GSINK_ERR_UNSUPPORTED. Activation diagnostics keep working. */
+ * then return GSINK_ERR_UNSUPPORTED. Activation diagnostics keep working.
+ * GSINK_MODEL_ANALYSIS: activation gradients only. The model holds no
+ * parameter-gradient buffer (gsink_model_memory shows the saving), and the
+ * backward skips every weight gradient (the weight-gradient matrix products,
+ * the norm-gain, bias, embedding and V-scale theta gradients) while computing
+ * every activation gradient exactly as a normal model does: site gradients
+ * and every gradient diagnostic are bitwise equal. gsink_get_param_grad,
+ * gsink_vscale_get_theta_grad, gsink_zero_grad, gsink_optimizer_create and
+ * GSINK_BACKWARD_ACCUMULATE then return GSINK_ERR_UNSUPPORTED and leave the
+ * model usable. Valid for gsink_model_create and gsink_model_load. */
 typedef enum gsink_model_flags {
-    GSINK_MODEL_DISCARD_SITE_GRADS = 1u << 0
+    GSINK_MODEL_DISCARD_SITE_GRADS = 1u << 0,
+    GSINK_MODEL_ANALYSIS = 1u << 1
 } gsink_model_flags;
 
 /* Matrix-product precision. FP32 is exact fp32 everywhere. TF32 and BF16 run

@@ -97,7 +97,7 @@ typedef struct gsink_backend_iface {
     /* out = x / rms(x) * gain; rstd(N) = 1/sqrt(mean(x^2)+eps) */
     gsink_status (*rmsnorm_fwd)(gsink_backend *be, float *out, float *rstd, const float *x,
                                 const float *gain, int N, int d, float eps);
-    /* dx = (or += if accumulate) d/dx; dgain += (dgain is required) */
+    /* dx = (or += if accumulate) d/dx; dgain += (may be NULL: no gain gradient) */
     gsink_status (*rmsnorm_bwd)(gsink_backend *be, float *dx, float *dgain, const float *dout,
                                 const float *x, const float *gain, const float *rstd, int N,
                                 int d, int accumulate);

@@ -242,6 +242,7 @@ struct gsink_model {
      * reads them downloads nothing. */
     bool defer_stats, stats_ready, stats_on_backend;
     bool discard_site_grads; /* GSINK_MODEL_DISCARD_SITE_GRADS: layers share dsite */
+    bool analysis;           /* GSINK_MODEL_ANALYSIS: no grad_mem, no weight gradients */
     float last_loss;
     int64_t n_targets;
 };

@@ -384,7 +384,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     if (o.precision != GSINK_PRECISION_FP32 && o.device != GSINK_DEVICE_CUDA)
         return gsink__fail(errbuf, GSINK_ERR_UNSUPPORTED, "%s precision needs a CUDA device; the CPU computes in exact fp32",
                            o.precision == GSINK_PRECISION_TF32 ? "TF32" : "BF16");
-    if (o.flags & ~(uint32_t)GSINK_MODEL_DISCARD_SITE_GRADS)
+    if (o.flags & ~(uint32_t)(GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_ANALYSIS))
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown model flags 0x%x", (unsigned)o.flags);
 
     gsink_model *m = calloc(1, sizeof *m);
@@ -394,6 +394,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     m->device_index = o.device_index;
     m->n_threads = o.n_threads;
     m->discard_site_grads = (o.flags & GSINK_MODEL_DISCARD_SITE_GRADS) != 0;
+    m->analysis = (o.flags & GSINK_MODEL_ANALYSIS) != 0;
     gsink_diag_options_init(&m->diag);
 
     if (o.device == GSINK_DEVICE_CPU) {
@@ -429,14 +430,14 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         goto fail;
     }
     st = BE(m)->alloc(m->be, bytes, (void **)&m->param_mem);
-    if (!st) st = BE(m)->alloc(m->be, bytes, (void **)&m->grad_mem);
+    if (!st && !m->analysis) st = BE(m)->alloc(m->be, bytes, (void **)&m->grad_mem);
     if (st) {
-        st = gsink__fail(errbuf, st, "cannot allocate %zu parameters (%zu MiB each for weights and gradients): %s",
-                         m->n_param_floats, bytes >> 20, m->be->err);
+        st = gsink__fail(errbuf, st, "cannot allocate %zu parameters (%zu MiB each for weights%s): %s",
+                         m->n_param_floats, bytes >> 20, m->analysis ? "" : " and gradients", m->be->err);
         goto fail;
     }
     BE(m)->zero(m->be, m->param_mem, bytes);
-    BE(m)->zero(m->be, m->grad_mem, bytes);
+    if (m->grad_mem) BE(m)->zero(m->be, m->grad_mem, bytes);
     size_t th = (size_t)cfg->n_layers * cfg->n_heads * sizeof(float);
     st = BE(m)->alloc(m->be, th, (void **)&m->vs.theta);
     if (!st) st = BE(m)->alloc(m->be, th, (void **)&m->vs.dtheta);
@@ -479,7 +480,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         goto fail;
     }
     bind_views(m, m->param_mem, &m->p);
-    bind_views(m, m->grad_mem, &m->g);
+    if (m->grad_mem) bind_views(m, m->grad_mem, &m->g); /* analysis: every gradient view stays NULL */
     *out = m;
     return GSINK_OK;
 fail:
@@ -637,6 +638,9 @@ static gsink_status param_io(gsink_model *m, const char *name, float *buf, size_
     const gsink_param_entry *e = gsink__find_param(m, name);
     float *dev;
     size_t numel;
+    if (op == P_GRAD && m->analysis)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "parameter gradients are not computed by this model (GSINK_MODEL_ANALYSIS)");
     if (e) {
         dev = (op == P_GRAD ? m->grad_mem : m->param_mem) + e->offset;
         numel = e->numel;
@@ -1209,31 +1213,40 @@ static gsink_status layer_backward(gsink_model *m, int l)
     int N = m->B * m->T, d = c->d_model, qd = c->n_heads * c->d_head, kd = c->n_kv_heads * c->d_head;
     int ff = c->d_ff;
     size_t Nd = (size_t)N * d;
+    /* GSINK_MODEL_ANALYSIS: activation gradients only. Every weight-gradient
+     * step below is guarded by pg; the gw views are NULL then, and the norm
+     * backwards get a NULL dgain. The activation gradients do not depend on
+     * any of the skipped steps, so they stay bitwise equal. */
+    const bool pg = !m->analysis;
 
     /* MLP branch: dL/d mlp_out == dresid[l+1] */
     const float *dout = m->dresid[l + 1];
     if (c->sandwich_norm) { /* optional step: back through post_mlp_layernorm to W_down's output */
-        TRY(m, f->rmsnorm_bwd(be, m->scratch, gw->post_mlp_norm, dout, a->mlp_raw, w->post_mlp_norm, a->rstd_post_mlp, N, d, 0), "post-MLP norm");
+        TRY(m, f->rmsnorm_bwd(be, m->scratch, pg ? gw->post_mlp_norm : NULL, dout, a->mlp_raw, w->post_mlp_norm, a->rstd_post_mlp, N, d, 0), "post-MLP norm");
         dout = m->scratch;
     }
     TRY(m, f->gemm(be, 0, 0, N, ff, d, 1.0f, dout, d, w->wdown, ff, 0.0f, ds[GSINK_SITE_MLP_POST], ff), "gemm");
-    TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
     TRY(m, f->swiglu_bwd(be, ds[GSINK_SITE_MLP_PRE], ds[GSINK_SITE_MLP_UP], ds[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
     TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, w->wgate, d, 0.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
     TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wgate, d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_UP], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wup, d), "gemm");
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wgate, d), "gemm");
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_UP], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wup, d), "gemm");
     TRY(m, f->copy(be, ds[GSINK_SITE_RESID_MID], m->dresid[l + 1], Nd * sizeof(float)), "copy");
-    TRY(m, f->rmsnorm_bwd(be, ds[GSINK_SITE_RESID_MID], gw->mlp_norm, ds[GSINK_SITE_MLP_NORM_OUT], s[GSINK_SITE_RESID_MID], w->mlp_norm, a->rstd_mlp, N, d, 1), "rmsnorm");
+    TRY(m, f->rmsnorm_bwd(be, ds[GSINK_SITE_RESID_MID], pg ? gw->mlp_norm : NULL, ds[GSINK_SITE_MLP_NORM_OUT], s[GSINK_SITE_RESID_MID], w->mlp_norm, a->rstd_mlp, N, d, 1), "rmsnorm");
 
     /* Attention branch: dL/d attn_out == dL/d resid_mid */
     const float *dattn = ds[GSINK_SITE_RESID_MID], *dor = dattn;
     if (c->sandwich_norm) { /* optional step: back through post_self_attn_layernorm */
-        TRY(m, f->rmsnorm_bwd(be, m->scratch, gw->post_attn_norm, dattn, a->o_raw, w->post_attn_norm, a->rstd_post_attn, N, d, 0), "post-attention norm");
+        TRY(m, f->rmsnorm_bwd(be, m->scratch, pg ? gw->post_attn_norm : NULL, dattn, a->o_raw, w->post_attn_norm, a->rstd_post_attn, N, d, 0), "post-attention norm");
         dor = m->scratch;
     }
     TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dor, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
-    TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dor, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dor, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
     gsink_attn_shape sh = attn_shape(m);
     /* Deferred statistics come from the probabilities this pass recomputes. */
     gsink_attn_stats stats = {NULL, NULL, NULL};
@@ -1241,7 +1254,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
         stats = (gsink_attn_stats){a->col_mass, a->col_sq, a->col_win};
     TRY(m, f->attention_bwd(be, &sh, ds[GSINK_SITE_Q], ds[GSINK_SITE_K], ds[GSINK_SITE_V_SCALED], ds[GSINK_SITE_Z],
                             s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], s[GSINK_SITE_Z], a->lse, stats), "attention");
-    int learn = m->vs.mode == GSINK_VSCALE_FULL && m->vs.learnable;
+    int learn = pg && m->vs.mode == GSINK_VSCALE_FULL && m->vs.learnable;
     TRY(m, f->vscale_bwd(be, ds[GSINK_SITE_V], learn ? m->vs.dtheta + (size_t)l * c->n_heads : NULL, ds[GSINK_SITE_V_SCALED],
                          s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N, c->n_kv_heads, m->vs.n_scale_heads,
                          c->d_head, vscale_c0(m), m->vs.mode), "vscale");
@@ -1253,25 +1266,28 @@ static gsink_status layer_backward(gsink_model *m, int l)
     TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_Q], (size_t)N * qd * sizeof(float)), "copy");
     TRY(m, gsink__rope(m, m->scratch, m->B, c->n_heads, 1), "rope");
     if (c->qk_norm)
-        TRY(m, f->rmsnorm_bwd(be, gq, gw->q_norm, m->scratch, a->q_raw, w->q_norm, a->rstd_q, N * c->n_heads, c->d_head, 0), "q_norm");
+        TRY(m, f->rmsnorm_bwd(be, gq, pg ? gw->q_norm : NULL, m->scratch, a->q_raw, w->q_norm, a->rstd_q, N * c->n_heads, c->d_head, 0), "q_norm");
     TRY(m, f->gemm(be, 0, 0, N, d, qd, 1.0f, gq, qd, w->wq, d, 0.0f, dx, d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, gq, qd, x, d, 1.0f, gw->wq, d), "gemm");
-    if (c->qkv_bias) /* optional step: dbias += column sums (ones(1,N) x dq) */
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, gq, qd, x, d, 1.0f, gw->wq, d), "gemm");
+    if (pg && c->qkv_bias) /* optional step: dbias += column sums (ones(1,N) x dq) */
         TRY(m, f->gemm(be, 1, 0, 1, qd, N, 1.0f, m->ones, 1, gq, qd, 1.0f, gw->bq, qd), "bias q");
     TRY(m, f->copy(be, m->scratch, ds[GSINK_SITE_K], (size_t)N * kd * sizeof(float)), "copy");
     TRY(m, gsink__rope(m, m->scratch, m->B, c->n_kv_heads, 1), "rope");
     if (c->qk_norm)
-        TRY(m, f->rmsnorm_bwd(be, gq, gw->k_norm, m->scratch, a->k_raw, w->k_norm, a->rstd_k, N * c->n_kv_heads, c->d_head, 0), "k_norm");
+        TRY(m, f->rmsnorm_bwd(be, gq, pg ? gw->k_norm : NULL, m->scratch, a->k_raw, w->k_norm, a->rstd_k, N * c->n_kv_heads, c->d_head, 0), "k_norm");
     TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, gq, kd, w->wk, d, 1.0f, dx, d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, gq, kd, x, d, 1.0f, gw->wk, d), "gemm");
-    if (c->qkv_bias)
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, gq, kd, x, d, 1.0f, gw->wk, d), "gemm");
+    if (pg && c->qkv_bias)
         TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, gq, kd, 1.0f, gw->bk, kd), "bias k");
     TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, ds[GSINK_SITE_V], kd, w->wv, d, 1.0f, dx, d), "gemm");
-    TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, ds[GSINK_SITE_V], kd, x, d, 1.0f, gw->wv, d), "gemm");
-    if (c->qkv_bias)
+    if (pg)
+        TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, ds[GSINK_SITE_V], kd, x, d, 1.0f, gw->wv, d), "gemm");
+    if (pg && c->qkv_bias)
         TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, ds[GSINK_SITE_V], kd, 1.0f, gw->bv, kd), "bias v");
     TRY(m, f->copy(be, m->dresid[l], dattn, Nd * sizeof(float)), "copy");
-    TRY(m, f->rmsnorm_bwd(be, m->dresid[l], gw->attn_norm, dx, m->resid[l], w->attn_norm, a->rstd_attn, N, d, 1), "rmsnorm");
+    TRY(m, f->rmsnorm_bwd(be, m->dresid[l], pg ? gw->attn_norm : NULL, dx, m->resid[l], w->attn_norm, a->rstd_attn, N, d, 1), "rmsnorm");
     return GSINK_OK;
 }
 
@@ -1280,6 +1296,9 @@ gsink_status gsink_zero_grad(gsink_model *m)
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
     GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
+    if (m->analysis)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "this model keeps no parameter gradients to zero (GSINK_MODEL_ANALYSIS)");
     TRY(m, BE(m)->zero(m->be, m->grad_mem, m->n_param_floats * sizeof(float)), "zero");
     TRY(m, BE(m)->zero(m->be, m->vs.dtheta, (size_t)m->cfg.n_layers * m->cfg.n_heads * sizeof(float)), "zero");
     return GSINK_OK;
@@ -1292,26 +1311,31 @@ gsink_status gsink_backward(gsink_model *m, unsigned flags)
     gsink__clear(m->errmsg);
     if (flags & ~GSINK_BACKWARD_ACCUMULATE)
         return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "unknown backward flags 0x%x", flags);
+    if ((flags & GSINK_BACKWARD_ACCUMULATE) && m->analysis)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "GSINK_BACKWARD_ACCUMULATE adds to parameter gradients, which this model does not compute (GSINK_MODEL_ANALYSIS)");
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "backward needs a forward pass first");
     if (!m->have_targets) return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "backward needs a forward pass with targets");
     if (m->n_targets == 0) return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "every target of the last forward is ignored (< 0)");
     const gsink_config *c = &m->cfg;
     const gsink_backend_iface *f = BE(m);
     int N = m->B * m->T;
-    if (!(flags & GSINK_BACKWARD_ACCUMULATE)) {
+    if (!(flags & GSINK_BACKWARD_ACCUMULATE) && !m->analysis) {
         gsink_status st = gsink_zero_grad(m);
         if (st) return st;
     }
     m->have_backward = false;
     TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, 1.0f / (float)m->n_targets), "cross-entropy");
     TRY(m, f->gemm(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
-    TRY(m, f->gemm(m->be, 1, 0, c->vocab_size, c->d_model, N, 1.0f, m->dlogits, c->vocab_size, m->final_out, c->d_model, 1.0f, m->g.lm_head, c->d_model), "gemm");
-    TRY(m, f->rmsnorm_bwd(m->be, m->dresid[c->n_layers], m->g.final_norm, m->dfinal_out, m->resid[c->n_layers], m->p.final_norm, m->rstd_final, N, c->d_model, 0), "rmsnorm");
+    if (!m->analysis)
+        TRY(m, f->gemm(m->be, 1, 0, c->vocab_size, c->d_model, N, 1.0f, m->dlogits, c->vocab_size, m->final_out, c->d_model, 1.0f, m->g.lm_head, c->d_model), "gemm");
+    TRY(m, f->rmsnorm_bwd(m->be, m->dresid[c->n_layers], m->analysis ? NULL : m->g.final_norm, m->dfinal_out, m->resid[c->n_layers], m->p.final_norm, m->rstd_final, N, c->d_model, 0), "rmsnorm");
     for (int l = c->n_layers - 1; l >= 0; l--) {
         gsink_status st = layer_backward(m, l);
         if (st) return st;
     }
-    TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
+    if (!m->analysis)
+        TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
     /* Reduced into hstats on the first read only (gsink__attn_stats). */
     if (m->defer_stats && !m->stats_ready) m->stats_on_backend = true;
     m->have_backward = true;
@@ -1380,6 +1404,9 @@ static gsink_status theta_io(gsink_model *m, float *buf, size_t count, param_op 
     GSINK_USE(m, "model");
     gsink__clear(m->errmsg);
     if (!buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "buffer is NULL");
+    if (op == P_GRAD && m->analysis)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "theta gradients are not computed by this model (GSINK_MODEL_ANALYSIS)");
     if (m->vs.mode == GSINK_VSCALE_OFF)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "V-scale is off: enable it with gsink_vscale_enable first");
     size_t L = (size_t)m->cfg.n_layers, S = (size_t)m->vs.n_scale_heads;

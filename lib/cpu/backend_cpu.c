@@ -344,15 +344,15 @@ static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, 
                                     int d, int accumulate)
 {
     int nt = nt_for(be, (size_t)N * d);
-    float *partial = calloc((size_t)nt * d, sizeof(float));
-    if (!partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rmsnorm backward scratch");
+    float *partial = dgain ? calloc((size_t)nt * d, sizeof(float)) : NULL;
+    if (dgain && !partial) return set_fail(be, GSINK_ERR_OUT_OF_MEMORY, "rmsnorm backward scratch");
     int used = 1;
 #pragma omp parallel num_threads(nt)
     {
         size_t n0, n1;
         int team, t = thread_share((size_t)N, &n0, &n1, &team);
         if (t == 0) used = team;
-        float *pg = partial + (size_t)t * d;
+        float *pg = dgain ? partial + (size_t)t * d : NULL;
         for (size_t n = n0; n < n1; n++) {
             const float *xr = x + (size_t)n * d, *dy = dout + (size_t)n * d;
             float *dxr = dx + (size_t)n * d;
@@ -363,12 +363,13 @@ static gsink_status cpu_rmsnorm_bwd(gsink_backend *be, float *dx, float *dgain, 
             for (int i = 0; i < d; i++) {
                 float v = r * (gain[i] * dy[i] - xr[i] * c);
                 dxr[i] = accumulate ? dxr[i] + v : v;
-                pg[i] += dy[i] * xr[i] * r;
+                if (dgain) pg[i] += dy[i] * xr[i] * r;
             }
         }
     }
-    for (int t = 0; t < used; t++)
-        for (int i = 0; i < d; i++) dgain[i] += partial[(size_t)t * d + i];
+    if (dgain)
+        for (int t = 0; t < used; t++)
+            for (int i = 0; i < d; i++) dgain[i] += partial[(size_t)t * d + i];
     free(partial);
     return GSINK_OK;
 }

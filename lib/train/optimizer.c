@@ -125,6 +125,9 @@ gsink_status gsink_optimizer_create(gsink_model *model, const gsink_optimizer_op
     if (out) *out = NULL;
     if (!model || !out) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "optimizer_create: model or out is NULL");
     GSINK_USE(model, "model");
+    if (model->analysis)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                           "optimizer_create: the model computes no parameter gradients (GSINK_MODEL_ANALYSIS)");
     gsink_optimizer_options o;
     gsink_optimizer_options_init(&o);
     if (opts) {

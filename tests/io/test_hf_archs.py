@@ -231,3 +231,53 @@ def test_cli_info_prints_architecture_and_flags():
         assert ("rotary_dims=8/16 pairs=interleaved" if glm else "pairs=halves") in p.stdout, p.stdout
     p = subprocess.run([cli, "info", os.path.join(DATA, "nonexistent")], capture_output=True, text=True)
     assert p.returncode == 1 and p.stderr
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("vscale", ["off", "full", "backward_only"])
+@pytest.mark.parametrize("arch", sorted(ARCHS))
+def test_analysis_backward_bitwise(arch, vscale, device):
+    # GSINK_MODEL_ANALYSIS (activation gradients only): no parameter-gradient
+    # buffer, and every site gradient and gradient diagnostic bitwise equal to
+    # those of a normal model on the same input
+    d = os.path.join(DATA, arch)
+    toks = np.load(os.path.join(d, "tokens.npy"))
+    inp, tgt = np.ascontiguousarray(toks[:, :-1]), np.ascontiguousarray(toks[:, 1:])
+    full = gsink.Model.load(d, n_threads=2, device=device)
+    ana = gsink.Model.load(d, n_threads=2, device=device, analysis=True)
+    pbytes = 4 * sum(int(np.prod(s)) for _, s in full.param_info())
+    assert full.memory()[0] - ana.memory()[0] == pbytes
+    losses = []
+    for m in (full, ana):
+        if vscale != "off":
+            m.vscale_enable(vscale)
+        losses.append(m.forward(inp, tgt))
+        m.backward()
+    assert losses[0] == losses[1]
+    assert ana.report_json() == full.report_json()
+    L = full.config.n_layers
+    for site in gsink.Site:
+        for l in range(L):
+            np.testing.assert_array_equal(ana.gradient(site, l), full.gradient(site, l))
+    for l in range(L):
+        sa, sf = ana.qkv_gradient_split(l), full.qkv_gradient_split(l)
+        assert sa.keys() == sf.keys()
+        for k in sf:
+            np.testing.assert_array_equal(sa[k], sf[k])
+        assert ana.gradient_sink_ratio(l, s=0, t_e=31) == full.gradient_sink_ratio(l, s=0, t_e=31)
+    # what needs parameter gradients is refused by name; the model stays usable
+    name = full.param_info()[0][0]
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+        ana.get_param_grad(name)
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+        ana.zero_grad()
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+        ana.backward(accumulate=True)
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+        gsink.Optimizer(ana)
+    if vscale == "full":
+        with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+            ana.theta_grad()
+    ana.forward(inp, tgt)
+    ana.backward()
+    np.testing.assert_array_equal(ana.gradient("resid_in", 0), full.gradient("resid_in", 0))

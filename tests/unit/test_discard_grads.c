@@ -134,6 +134,60 @@ START_TEST(test_same_training)
 }
 END_TEST
 
+/* GSINK_MODEL_ANALYSIS: no parameter-gradient buffer, bitwise the same site
+ * gradients, and every call that needs parameter gradients refused by name. */
+START_TEST(test_analysis)
+{
+    gsink_model *full = make(0), *ana = make(GSINK_MODEL_ANALYSIS);
+    int32_t tok[B * T], tgt[B * T];
+    for (int i = 0; i < B * T; i++) {
+        tok[i] = (i * 13 + 2) % 47;
+        tgt[i] = (i * 31 + 9) % 47;
+    }
+    ck_assert_ptr_null(ana->grad_mem);
+    ck_assert_ptr_nonnull(full->grad_mem);
+    uint64_t bf = 0, ba = 0;
+    ck_assert_int_eq(gsink_model_memory(full, &bf, NULL, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_model_memory(ana, &ba, NULL, 0), GSINK_OK);
+    ck_assert_uint_eq(bf - ba, (uint64_t)full->n_param_floats * sizeof(float));
+    for (int pass = 0; pass < 2; pass++) {
+        float lf = 0, la = 0;
+        ck_assert_int_eq(gsink_forward(full, tok, tgt, B, T, &lf), GSINK_OK);
+        ck_assert_int_eq(gsink_forward(ana, tok, tgt, B, T, &la), GSINK_OK);
+        ck_assert(lf == la);
+        ck_assert_int_eq(gsink_backward(full, 0), GSINK_OK);
+        ck_assert_int_eq(gsink_backward(ana, 0), GSINK_OK);
+        size_t n = (size_t)B * T * 48;
+        float *ga = malloc(n * sizeof(float)), *gf = malloc(n * sizeof(float));
+        for (int l = 0; l < 3; l++)
+            for (int s = 0; s < GSINK_SITE_COUNT; s++) {
+                size_t k = (size_t)B * T * gsink__site_width(full, (gsink_site)s);
+                ck_assert_int_eq(gsink_get_gradient(full, l, (gsink_site)s, gf, k), GSINK_OK);
+                ck_assert_int_eq(gsink_get_gradient(ana, l, (gsink_site)s, ga, k), GSINK_OK);
+                ck_assert_msg(memcmp(ga, gf, k * sizeof(float)) == 0, "layer %d site %d", l, s);
+            }
+        free(ga);
+        free(gf);
+        /* refused by name; the model stays usable for the next pass */
+        float g[32];
+        ck_assert_int_eq(gsink_get_param_grad(ana, "model.norm.weight", g, 32), GSINK_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(ana), "GSINK_MODEL_ANALYSIS"));
+        size_t nt = 0;
+        ck_assert_int_eq(gsink_vscale_theta_count(ana, &nt), GSINK_OK);
+        ck_assert_int_eq(gsink_vscale_get_theta_grad(ana, g, nt), GSINK_ERR_UNSUPPORTED);
+        ck_assert_int_eq(gsink_zero_grad(ana), GSINK_ERR_UNSUPPORTED);
+        ck_assert_int_eq(gsink_backward(ana, GSINK_BACKWARD_ACCUMULATE), GSINK_ERR_UNSUPPORTED);
+        ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(ana), "GSINK_MODEL_ANALYSIS"));
+        gsink_optimizer *o = (gsink_optimizer *)g;
+        ck_assert_int_eq(gsink_optimizer_create(ana, NULL, &o), GSINK_ERR_UNSUPPORTED);
+        ck_assert_ptr_null(o);
+        ck_assert_ptr_nonnull(strstr(gsink_last_error(), "GSINK_MODEL_ANALYSIS"));
+    }
+    gsink_model_free(full);
+    gsink_model_free(ana);
+}
+END_TEST
+
 START_TEST(test_unknown_flags)
 {
     gsink_config cfg;
@@ -155,6 +209,7 @@ int main(void)
     TCase *tc = tcase_create("core");
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_same_training);
+    tcase_add_test(tc, test_analysis);
     tcase_add_test(tc, test_unknown_flags);
     suite_add_tcase(s, tc);
     int failed = tu_run_suite(s, 1);

@@ -74,6 +74,7 @@ class Precision(enum.IntEnum):
 
 # gsink_model_flags
 MODEL_DISCARD_SITE_GRADS = 1
+MODEL_ANALYSIS = 2
 # gsink_memory_flags
 MEMORY_RESET_PEAK = 1
 
@@ -412,7 +413,7 @@ def _as_config(config):
 
 
 def _model_options(seed, n_threads, device, device_index, precision=None,
-                   discard_site_grads=False):
+                   discard_site_grads=False, analysis=False):
     o = L.ModelOptions()
     o.size = L.ModelOptions.known_size
     _lib.gsink_model_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
@@ -427,6 +428,8 @@ def _model_options(seed, n_threads, device, device_index, precision=None,
         o.precision = _enum_arg(precision, Precision, "precision")
     if discard_site_grads:
         o.flags |= MODEL_DISCARD_SITE_GRADS
+    if analysis:
+        o.flags |= MODEL_ANALYSIS
     return o
 
 
@@ -536,12 +539,15 @@ class Model(_Handle):
     """A Llama-style model (gsink_model).
 
     Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-    precision=None, discard_site_grads=False, **overrides): config is a Config, a preset
+    precision=None, discard_site_grads=False, analysis=False, **overrides): config is a Config, a preset
     name, a dict or None (the default "tiny" config); keyword overrides change config
     fields. precision is "fp32" (default), "tf32" or "bf16" (or a Precision): tensor-core
     matrix products with fp32 accumulation and fp32 storage, CUDA only (the CPU raises
     UnsupportedError). discard_site_grads=True keeps no per-layer site gradients (about
     half the activation memory of training; gradient diagnostics then raise).
+    analysis=True computes activation gradients only: no parameter-gradient buffer,
+    no weight gradients in backward(), bitwise the same diagnostics; get_param_grad,
+    zero_grad, backward(accumulate=True) and Optimizer then raise UnsupportedError.
     n_threads: 0 = one CPU thread per CPU this process may run on, at most
     max_threads() (2 per CPU; more raises InvalidArgumentError)."""
 
@@ -550,23 +556,26 @@ class Model(_Handle):
     _kind = "model"
 
     def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-                 precision=None, discard_site_grads=False, **overrides):
+                 precision=None, discard_site_grads=False, analysis=False, **overrides):
         self._dependents = weakref.WeakSet()
         self._dep_cells = []
         cfg = _as_config(config)
         if overrides:
             cfg = cfg.copy(**overrides)
         c = cfg.to_c()
-        o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads)
+        o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads,
+                           analysis)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_create(ctypes.byref(c), ctypes.byref(o), ctypes.byref(h)))
         self._adopt(h.value)
 
     @classmethod
     def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0, precision=None,
-             discard_site_grads=False):
-        """Loads a HF directory / .safetensors (with config.json) / .gguf."""
-        o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads)
+             discard_site_grads=False, analysis=False):
+        """Loads a HF directory / .safetensors (with config.json) / .gguf.
+        analysis=True: activation gradients only (see Model)."""
+        o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads,
+                           analysis)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
         self = cls.__new__(cls)

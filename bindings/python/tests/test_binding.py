@@ -543,6 +543,25 @@ def test_discard_site_grads():
     assert drop.activation("resid_out", layer=1).shape == (2, 16, 32)
 
 
+def test_analysis_model():
+    # activation gradients only: the same site gradients without a
+    # parameter-gradient buffer; parameter-gradient calls raise, naming the flag
+    rng = np.random.default_rng(3)
+    tok = rng.integers(0, 64, size=(2, 16), dtype=np.int32)
+    full = gsink.Model("micro", seed=11, n_threads=1)
+    ana = gsink.Model("micro", seed=11, n_threads=1, analysis=True)
+    for m in (full, ana):
+        m.forward(tok, tok)
+        m.backward()
+    np.testing.assert_array_equal(ana.gradient("resid_in", layer=0), full.gradient("resid_in", layer=0))
+    assert ana.memory()[0] < full.memory()[0]
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+        ana.grads()
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_ANALYSIS"):
+        gsink.Optimizer(ana)
+    assert ana.report_json() == full.report_json()
+
+
 @pytest.mark.parametrize("precision", ["tf32", "bf16", gsink.Precision.BF16])
 def test_reduced_precision_needs_cuda(precision):
     # TF32 and BF16 are CUDA-only; on the CPU they are refused, not ignored

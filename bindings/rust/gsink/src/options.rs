@@ -236,6 +236,11 @@ pub struct ModelOptions {
     /// about half the activation memory of a training run; gradient
     /// diagnostics then fail with `Status::Unsupported`.
     pub discard_site_grads: bool,
+    /// Activation gradients only (`GSINK_MODEL_ANALYSIS`): no
+    /// parameter-gradient buffer and no weight gradients in `backward`, the
+    /// same (bitwise) diagnostics; `param_grad`, `zero_grad`, accumulating
+    /// backwards and optimizers then fail with `Status::Unsupported`.
+    pub analysis: bool,
 }
 
 /// Matrix-product precision (`gsink_precision`).
@@ -274,6 +279,7 @@ impl Default for ModelOptions {
                 _ => Precision::Fp32,
             },
             discard_site_grads: raw.flags & sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS != 0,
+            analysis: raw.flags & sys::gsink_model_flags_GSINK_MODEL_ANALYSIS != 0,
         }
     }
 }
@@ -291,7 +297,8 @@ impl ModelOptions {
                 Precision::Tf32 => sys::gsink_precision_GSINK_PRECISION_TF32 as i32,
                 Precision::Bf16 => sys::gsink_precision_GSINK_PRECISION_BF16 as i32,
             },
-            flags: if self.discard_site_grads { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS } else { 0 },
+            flags: (if self.discard_site_grads { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS } else { 0 })
+                | (if self.analysis { sys::gsink_model_flags_GSINK_MODEL_ANALYSIS } else { 0 }),
         }
     }
 }

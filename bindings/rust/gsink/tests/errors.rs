@@ -148,3 +148,27 @@ fn busy_status_maps_both_ways() {
     assert_eq!(Status::Busy.code(), 22);
     assert_eq!(Status::Busy.description(), "handle busy");
 }
+
+#[test]
+fn analysis_model_refuses_parameter_gradients() {
+    let opts = ModelOptions { seed: 7, n_threads: 1, analysis: true, ..ModelOptions::default() };
+    let mut m = Model::new(&Config::preset("micro").unwrap(), &opts).unwrap();
+    let mut keep = micro();
+    let (tokens, targets) = inputs(32);
+    for mm in [&mut m, &mut keep] {
+        mm.forward(&tokens, Some(&targets), 1, 32).unwrap();
+        mm.backward().unwrap();
+    }
+    // the same site gradients, with no parameter-gradient buffer
+    assert_eq!(m.gradient(1, Site::ResidIn).unwrap(), keep.gradient(1, Site::ResidIn).unwrap());
+    assert!(m.memory(false).unwrap().0 < keep.memory(false).unwrap().0);
+    let e = m.get_param_grad("model.norm.weight").unwrap_err();
+    assert_eq!(e.status(), Status::Unsupported);
+    assert!(e.message().contains("GSINK_MODEL_ANALYSIS"), "{}", e.message());
+    assert_eq!(m.zero_grad().unwrap_err().status(), Status::Unsupported);
+    assert_eq!(m.backward_accumulate().unwrap_err().status(), Status::Unsupported);
+    // the handle stays usable
+    m.forward(&tokens, Some(&targets), 1, 32).unwrap();
+    m.backward().unwrap();
+    assert_eq!(m.gradient(0, Site::ResidIn).unwrap(), keep.gradient(0, Site::ResidIn).unwrap());
+}
