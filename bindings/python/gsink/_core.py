@@ -558,7 +558,6 @@ class Model(_Handle):
     def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
                  precision=None, discard_site_grads=False, analysis=False, **overrides):
         self._dependents = weakref.WeakSet()
-        self._dep_cells = []
         cfg = _as_config(config)
         if overrides:
             cfg = cfg.copy(**overrides)
@@ -580,7 +579,6 @@ class Model(_Handle):
         _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
         self = cls.__new__(cls)
         self._dependents = weakref.WeakSet()
-        self._dep_cells = []
         self._adopt(h.value)
         return self
 
@@ -601,14 +599,6 @@ class Model(_Handle):
         if deps is not None:
             for d in list(deps):
                 d.close()
-        # The optimizers' C handles, also those whose Python objects the cyclic
-        # garbage collector is finalising in an arbitrary order (their weak
-        # references are already gone then): a C optimizer must be freed
-        # before its model, never after.
-        for cell in getattr(self, "_dep_cells", ()):
-            h, cell[0] = cell[0], None
-            if h is not None:
-                _lib.gsink_optimizer_free(h)
         super().close()
 
     # -- basics ------------------------------------------------------------
@@ -1050,19 +1040,6 @@ class Optimizer(_Handle):
             self.model = model
             self._locks = (model._lock, self._lock)
             model._dependents.add(self)
-            # shared with the model (no reference back to self): whichever
-            # closes first frees the C handle, the other finds None
-            self._cell = [h.value]
-            model._dep_cells.append(self._cell)
-
-    def close(self):
-        """Frees the optimizer (the model's close frees it too). Idempotent."""
-        self._h = None
-        cell = getattr(self, "_cell", None)
-        if cell is not None:
-            h, cell[0] = cell[0], None
-            if h is not None:
-                _lib.gsink_optimizer_free(h)
 
     def step(self):
         """One AdamW update; returns the pre-clip global gradient norm."""
