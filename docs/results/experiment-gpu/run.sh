@@ -14,8 +14,10 @@
 # arm's own cost (kernels) from what sharing adds (host synchronisations
 # wait for a time slice): the question of why full V-scale ran 25% slower.
 #
-# Needs, in the repository root: a CUDA build in build/ (tools/gpu-session.sh
-# compiles one: run it first in the same device call, or set BUILD=dir) and the
+# Needs, in the repository root: a CUDA build (default build-gpu/, which
+# `tools/gpu-session.sh suite OUT` configures, compiles and checks in the same
+# device call; BUILD=dir for another; the BLIS runtime unpacked by that script
+# in /tmp/gsink-kit is put on LD_LIBRARY_PATH when present) and the
 # corpus in .cache/corpus/docs-v2 (train.bin, val.bin, meta.json; built here by
 # tools/corpus/prepare.py, then carried to the device: the device has no
 # network). The analysis (tables, figures) runs afterwards on any machine:
@@ -25,7 +27,9 @@ cd "$(dirname "$0")/../../.."
 OUT=${1:?usage: run.sh OUT_DIR [STEPS]}
 STEPS=${2:-3000}
 SOLO_STEPS=${SOLO_STEPS:-150}
-BUILD=${BUILD:-build}
+BUILD=${BUILD:-build-gpu}
+KLIB=${GSINK_KIT_DIR:-/tmp/gsink-kit}/usr/lib/x86_64-linux-gnu
+[ -d "$KLIB" ] && export LD_LIBRARY_PATH=$KLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 DATA=${DATA:-.cache/corpus/docs-v2}
 PRECISION=${PRECISION:-bf16}
 TRAIN=$BUILD/examples/train/gsink-train
