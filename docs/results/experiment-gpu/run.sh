@@ -32,8 +32,13 @@ KLIB=${GSINK_KIT_DIR:-/tmp/gsink-kit}/usr/lib/x86_64-linux-gnu
 [ -d "$KLIB" ] && export LD_LIBRARY_PATH=$KLIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 DATA=${DATA:-.cache/corpus/docs-v2}
 PRECISION=${PRECISION:-bf16}
-TRAIN=$BUILD/examples/train/gsink-train
+DEVICE=${DEVICE:-cuda}
+# ARGS: more gsink-train options, after the shape below (the last one wins):
+# a smoke test on the CPU, e.g. DEVICE=cpu PRECISION=fp32 ARGS="--d-model 64 ...".
+read -r -a EXTRA <<< "${ARGS:-}"
+TRAIN=${TRAIN:-$BUILD/examples/train/gsink-train}
 export GSINK_CUDA_MODULE=${GSINK_CUDA_MODULE:-$BUILD/cuda/libgsink-cuda.so}
+[ "$DEVICE" = cuda ] || GSINK_CUDA_MODULE=/dev/null
 for f in "$TRAIN" "$GSINK_CUDA_MODULE" "$DATA/train.bin" "$DATA/val.bin"; do
   [ -e "$f" ] || { echo "run.sh: missing $f" >&2; exit 1; }
 done
@@ -42,7 +47,7 @@ MODES=(off full backward-only)
 # The issue's configuration: 32 x 512 tokens per step, lr 1e-3 -> 1e-4.
 SHAPE=(--preset small --d-model 512 --layers 8 --heads 8 --kv-heads 8 --d-head 64 --d-ff 1408
        --batch 32 --seq 512 --lr 1e-3 --min-lr 1e-4 --warmup 200 --windows doc-start --seed 1
-       --device cuda --precision "$PRECISION" --no-progress)
+       --device "$DEVICE" --precision "$PRECISION" --no-progress "${EXTRA[@]}")
 {
   echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)"
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || echo "# no nvidia-smi"
