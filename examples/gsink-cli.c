@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "cli_plots.h"
 #include "gsink.h"
 
 #define EXIT_USAGE 2
@@ -58,6 +59,7 @@ static void usage(FILE *f)
             "  --rgs-window N      T_e of R_GS (default 31)\n"
             "  --agg MODE          gradient batch aggregation: sum (default, paper) | per-seq\n"
             "  --json OUT          write the full report (schema gsink.report/1) to OUT ('-' = stdout)\n"
+            "  --plots DIR         draw the paper's Figures 1, 3 and 10 as SVG files into DIR\n"
             "  -q, --quiet         do not print the table\n"
             "\n"
             "  -h, --help          show this help\n"
@@ -314,7 +316,7 @@ static int cmd_info_model(const char *path)
 }
 
 typedef struct analyze_args {
-    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device, *precision;
+    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device, *precision, *plots;
     uint64_t seed;
     int batch, seq, threads, quiet;
     int vscale;
@@ -349,6 +351,7 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         else if (!strcmp(o, "--text")) { NEED_VALUE(); a->text = v; }
         else if (!strcmp(o, "--tokenizer")) { NEED_VALUE(); a->tokenizer = v; }
         else if (!strcmp(o, "--json")) { NEED_VALUE(); a->json = v; }
+        else if (!strcmp(o, "--plots")) { NEED_VALUE(); a->plots = v; }
         else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
         else if (!strcmp(o, "--precision")) { NEED_VALUE(); a->precision = v; }
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
@@ -415,6 +418,109 @@ static int fill_batch(const int32_t *ids, size_t n_ids, int B, int T, int32_t *t
     for (size_t i = 0; i < need; i++) {
         tok[i] = ids[i];
         tgt[i] = i + 1 < n_ids ? ids[i + 1] : -1;
+    }
+    return 0;
+}
+
+/* The numbers behind --plots, whichever way they were computed: per layer the
+ * gradient norms at attn_norm_out for every position (Figure 1), R_GS(0), and
+ * for the first PLOT_TOKENS tokens the branch ratios and input norms
+ * (Figures 3 and 10). */
+#define PLOT_TOKENS 16
+typedef struct plot_data {
+    int L, T, n_tok;
+    float *gnorm;                      /* L x T */
+    float *rgs;                        /* L */
+    float *hnorm[2], *ratio[2][3];     /* [branch] L x n_tok; ratio: bloat, change, compress */
+} plot_data;
+
+static void plot_data_free(plot_data *p)
+{
+    free(p->gnorm);
+    free(p->rgs);
+    for (int b = 0; b < 2; b++) {
+        free(p->hnorm[b]);
+        for (int k = 0; k < 3; k++) free(p->ratio[b][k]);
+    }
+    memset(p, 0, sizeof *p);
+}
+
+static int plot_data_alloc(plot_data *p, int L, int T)
+{
+    memset(p, 0, sizeof *p);
+    p->L = L;
+    p->T = T;
+    p->n_tok = T < PLOT_TOKENS ? T : PLOT_TOKENS;
+    size_t e = (size_t)L * (size_t)p->n_tok;
+    int bad = !(p->gnorm = malloc(sizeof(float) * (size_t)L * (size_t)T)) || !(p->rgs = malloc(sizeof(float) * (size_t)L));
+    for (int b = 0; b < 2; b++) {
+        bad |= !(p->hnorm[b] = malloc(sizeof(float) * e));
+        for (int k = 0; k < 3; k++) bad |= !(p->ratio[b][k] = malloc(sizeof(float) * e));
+    }
+    if (bad) {
+        plot_data_free(p);
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills p from a model after forward + backward (one batch). */
+static int plot_data_from_model(plot_data *p, gsink_model *m, const gsink_diag_options *d, int L, int T)
+{
+    if (plot_data_alloc(p, L, T)) return -1;
+    float *tmp = malloc(sizeof(float) * 4 * (size_t)T);
+    if (!tmp) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return -1;
+    }
+    gsink_status st = GSINK_OK;
+    for (int l = 0; l < L && !st; l++) {
+        st = gsink_get_gradient_norms(m, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS, d->batch_agg,
+                                      p->gnorm + (size_t)l * T, (size_t)T);
+        if (st) break;
+        if (gsink_gradient_sink_ratio(m, l, 0, d->rgs_window, d->batch_agg, &p->rgs[l])) p->rgs[l] = NAN;
+        for (int b = 0; b < 2 && !st; b++) {
+            st = gsink_get_activation_norms(m, l, b ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_IN, GSINK_ALL_HEADS,
+                                            tmp, (size_t)T);
+            if (!st) st = gsink_branch_ratios(m, l, b ? GSINK_BRANCH_MLP : GSINK_BRANCH_ATTN, d->batch_agg,
+                                              tmp + T, tmp + 2 * (size_t)T, tmp + 3 * (size_t)T, (size_t)T);
+            for (int t = 0; !st && t < p->n_tok; t++) {
+                size_t i = (size_t)l * p->n_tok + t;
+                p->hnorm[b][i] = tmp[t];
+                for (int k = 0; k < 3; k++) p->ratio[b][k][i] = tmp[(size_t)(k + 1) * T + t];
+            }
+        }
+    }
+    free(tmp);
+    if (st) return fail_lib("collecting the plot data", st);
+    return 0;
+}
+
+/* Writes DIR/fig1_gradient_sinks.svg, fig3_attn_branch.svg, fig10_mlp_branch.svg. */
+static int write_plots(const char *dir, const char *title, const plot_data *p, int quiet)
+{
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "%s: cannot create '%s': %s\n", prog, dir, strerror(errno));
+        return -1;
+    }
+    static const char *names[3] = {"fig1_gradient_sinks.svg", "fig3_attn_branch.svg", "fig10_mlp_branch.svg"};
+    for (int k = 0; k < 3; k++) {
+        size_t n = strlen(dir) + strlen(names[k]) + 2;
+        char *path = malloc(n);
+        if (!path) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            return -1;
+        }
+        snprintf(path, n, "%s/%s", dir, names[k]);
+        errno = 0;
+        int r = k == 0 ? plot_gradient_sinks(path, title, p->L, p->T, p->gnorm, p->rgs)
+                       : plot_branch_ratios(path, title, k == 1 ? "attn" : "mlp", p->L, p->n_tok, p->hnorm[k - 1],
+                                            p->ratio[k - 1][0], p->ratio[k - 1][1], p->ratio[k - 1][2]);
+        if (r) fprintf(stderr, "%s: writing '%s' failed: %s\n", prog, path, strerror(errno ? errno : EIO));
+        else if (!quiet) printf("figure written to %s\n", path);
+        free(path);
+        if (r) return -1;
     }
     return 0;
 }
@@ -559,6 +665,15 @@ static int cmd_analyze(int argc, char **argv)
             if (bad) { fprintf(stderr, "%s: writing '%s' failed\n", prog, a.json); goto out; }
             if (!a.quiet) printf("report written to %s\n", a.json);
         }
+    }
+    if (a.plots) {
+        plot_data pd;
+        int bad = plot_data_from_model(&pd, m, &a.diag, cfg.n_layers, T);
+        const char *name = a.model ? a.model : a.preset, *slash = strrchr(name, '/');
+        if (slash && slash[1]) name = slash + 1;
+        if (!bad) bad = write_plots(a.plots, name, &pd, a.quiet);
+        plot_data_free(&pd);
+        if (bad) goto out;
     }
     rc = 0;
 out:
