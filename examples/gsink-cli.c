@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "cli_plots.h"
@@ -46,8 +47,16 @@ static void usage(FILE *f)
             "  --tokens FILE       token ids: a text file (only printable ASCII and whitespace)\n"
             "                      holds decimal ids separated by whitespace and nothing else;\n"
             "                      any other file is raw little-endian int32 ids\n"
-            "  --text FILE         UTF-8 text, tokenized with --tokenizer GGUF\n"
-            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text)\n"
+            "  --text FILE|DIR     UTF-8 documents (repeatable; a directory gives each of its\n"
+            "                      regular files, sorted by name), tokenized and packed into\n"
+            "                      one stream with the end-of-text separator after each\n"
+            "                      document and no BOS (the paper's protocol); sequences are\n"
+            "                      consecutive --seq-token windows of that stream\n"
+            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text; default: the\n"
+            "                      --model when it is a .gguf)\n"
+            "  --separator ID      document separator id (default: the tokenizer's end-of-text)\n"
+            "  --save-tokens OUT   write the analysed sequences' token ids (text, one sequence per\n"
+            "                      line) to OUT, to feed the same input to other tools\n"
             "  --batch N           sequences per batch (default 1)\n"
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
@@ -235,6 +244,129 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Appends n ids to the growing stream; -1 (message printed) when out of memory. */
+static int stream_push(int32_t **ids, size_t *n, size_t *cap, const int32_t *src, size_t k)
+{
+    if (*n + k > *cap) {
+        size_t c = *cap ? *cap : 4096;
+        while (c < *n + k) c = c > SIZE_MAX / 8 ? *n + k : c * 2;
+        int32_t *p = c < SIZE_MAX / sizeof(int32_t) ? realloc(*ids, c * sizeof(int32_t)) : NULL;
+        if (!p) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            return -1;
+        }
+        *ids = p;
+        *cap = c;
+    }
+    memcpy(*ids + *n, src, k * sizeof(int32_t));
+    *n += k;
+    return 0;
+}
+
+/* One document: tokenized, then the separator. */
+static int pack_file(gsink_tokenizer *tk, const char *path, int32_t sep, int32_t **ids, size_t *n, size_t *cap)
+{
+    size_t len, k = 0;
+    char *text = read_file(path, &len);
+    if (!text) return -1;
+    gsink_status st = gsink_tokenizer_encode(tk, text, len, 0, NULL, 0, &k);
+    int32_t *tmp = NULL;
+    if (st == GSINK_OK || st == GSINK_ERR_BUFFER_TOO_SMALL) {
+        tmp = malloc(sizeof(int32_t) * (k + 1));
+        st = tmp ? gsink_tokenizer_encode(tk, text, len, 0, tmp, k, &k) : GSINK_ERR_OUT_OF_MEMORY;
+    }
+    free(text);
+    int rc = 0;
+    if (st) {
+        fprintf(stderr, "%s: tokenizing '%s' failed: %s: %s\n", prog, path, gsink_status_str(st),
+                st == GSINK_ERR_OUT_OF_MEMORY ? "out of memory" : gsink_tokenizer_errmsg(tk));
+        rc = -1;
+    } else {
+        tmp[k++] = sep;
+        rc = stream_push(ids, n, cap, tmp, k);
+    }
+    free(tmp);
+    return rc;
+}
+
+/* The packed stream of every --text input (files, and the regular files of
+ * directories in name order), each document followed by sep. */
+static int32_t *pack_documents(gsink_tokenizer *tk, const char *const *paths, int n_paths, int32_t sep, size_t *n_out,
+                               size_t *n_docs)
+{
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    *n_docs = 0;
+    for (int i = 0; i < n_paths; i++) {
+        struct stat sb;
+        if (stat(paths[i], &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            DIR *d = opendir(paths[i]);
+            if (!d) {
+                fprintf(stderr, "%s: cannot open '%s': %s\n", prog, paths[i], strerror(errno));
+                goto fail;
+            }
+            char **names = NULL;
+            size_t nn = 0, nc = 0;
+            struct dirent *e;
+            int bad = 0;
+            while (!bad && (e = readdir(d))) {
+                if (e->d_name[0] == '.') continue;
+                size_t pl = strlen(paths[i]) + strlen(e->d_name) + 2;
+                char *full = malloc(pl);
+                if (!full) { bad = 1; break; }
+                snprintf(full, pl, "%s/%s", paths[i], e->d_name);
+                if (stat(full, &sb) != 0 || !S_ISREG(sb.st_mode)) { free(full); continue; }
+                if (nn == nc) {
+                    char **nv = realloc(names, sizeof *nv * (nc = nc ? nc * 2 : 64));
+                    if (!nv) { free(full); bad = 1; break; }
+                    names = nv;
+                }
+                names[nn++] = full;
+            }
+            closedir(d);
+            if (bad) fprintf(stderr, "%s: out of memory\n", prog);
+            if (!bad && nn == 0) {
+                fprintf(stderr, "%s: '%s' holds no regular files\n", prog, paths[i]);
+                bad = 1;
+            }
+            if (!bad) qsort(names, nn, sizeof *names, cmp_str);
+            for (size_t k = 0; k < nn; k++) {
+                if (!bad && pack_file(tk, names[k], sep, &ids, &n, &cap)) bad = 1;
+                if (!bad) ++*n_docs;
+                free(names[k]);
+            }
+            free(names);
+            if (bad) goto fail;
+        } else {
+            if (pack_file(tk, paths[i], sep, &ids, &n, &cap)) goto fail;
+            ++*n_docs;
+        }
+    }
+    *n_out = n;
+    return ids;
+fail:
+    free(ids);
+    return NULL;
+}
+
+/* The analysed sequences as text: one line of T ids per sequence. */
+static int save_token_rows(const char *path, const int32_t *tok, size_t rows, int T)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "%s: cannot write '%s': %s\n", prog, path, strerror(errno));
+        return -1;
+    }
+    for (size_t r = 0; r < rows; r++)
+        for (int t = 0; t < T; t++) fprintf(f, "%d%c", (int)tok[r * (size_t)T + t], t + 1 < T ? ' ' : '\n');
+    int bad = ferror(f);
+    bad |= fclose(f) != 0;
+    if (bad) fprintf(stderr, "%s: writing '%s' failed\n", prog, path);
+    return bad ? -1 : 0;
+}
+
 static int cmd_info(void)
 {
     printf("libgsink %s (header %s)\n", gsink_version_string(), GSINK_VERSION_STRING);
@@ -316,7 +448,9 @@ static int cmd_info_model(const char *path)
 }
 
 typedef struct analyze_args {
-    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device, *precision, *plots;
+    const char *model, *preset, *tokens, *tokenizer, *json, *device, *precision, *plots, *save_tokens;
+    const char **text; /* --text FILE|DIR, repeatable (n_text of them) */
+    int n_text, separator;
     uint64_t seed;
     int batch, seq, threads, quiet;
     int vscale;
@@ -328,6 +462,7 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
 {
     memset(a, 0, sizeof *a);
     a->preset = NULL;
+    a->separator = -1;
     a->batch = 1;
     a->vscale = GSINK_VSCALE_OFF;
     gsink_diag_options_init(&a->diag);
@@ -348,10 +483,17 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         } else if (!strcmp(o, "--model")) { NEED_VALUE(); a->model = v; }
         else if (!strcmp(o, "--preset")) { NEED_VALUE(); a->preset = v; }
         else if (!strcmp(o, "--tokens")) { NEED_VALUE(); a->tokens = v; }
-        else if (!strcmp(o, "--text")) { NEED_VALUE(); a->text = v; }
+        else if (!strcmp(o, "--text")) {
+            NEED_VALUE();
+            const char **nt = realloc(a->text, sizeof *nt * (size_t)(a->n_text + 1));
+            if (!nt) { fprintf(stderr, "%s: out of memory\n", prog); return -1; }
+            a->text = nt;
+            a->text[a->n_text++] = v;
+        } else if (!strcmp(o, "--separator")) { NEED_VALUE(); if (parse_int(o, v, 0, INT32_MAX, &a->separator)) return -1; }
         else if (!strcmp(o, "--tokenizer")) { NEED_VALUE(); a->tokenizer = v; }
         else if (!strcmp(o, "--json")) { NEED_VALUE(); a->json = v; }
         else if (!strcmp(o, "--plots")) { NEED_VALUE(); a->plots = v; }
+        else if (!strcmp(o, "--save-tokens")) { NEED_VALUE(); a->save_tokens = v; }
         else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
         else if (!strcmp(o, "--precision")) { NEED_VALUE(); a->precision = v; }
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
@@ -391,8 +533,13 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         return -1;
     }
     if (a->text && !a->tokenizer) {
-        fprintf(stderr, "%s: --text needs --tokenizer GGUF\n", prog);
-        return -1;
+        size_t ml = a->model ? strlen(a->model) : 0;
+        if (ml > 5 && !strcmp(a->model + ml - 5, ".gguf")) {
+            a->tokenizer = a->model; /* a GGUF model carries its tokenizer */
+        } else {
+            fprintf(stderr, "%s: --text needs --tokenizer GGUF (or a .gguf --model)\n", prog);
+            return -1;
+        }
     }
     if (a->device && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
         fprintf(stderr, "%s: --device expects cpu or cuda, got '%s'\n", prog, a->device);
@@ -580,30 +727,37 @@ static int cmd_analyze(int argc, char **argv)
     if (!tok || !tgt || !buf) { fprintf(stderr, "%s: out of memory\n", prog); goto out; }
 
     const char *source = "random tokens";
+    char srcbuf[1024];
     if (a.tokens) {
         size_t n;
         if (!(ids = load_tokens(a.tokens, &n))) goto out;
         if (fill_batch(ids, n, B, T, tok, tgt)) { rc = EXIT_USAGE; goto out; }
         source = a.tokens;
     } else if (a.text) {
-        size_t len, n = 0;
-        char *text = read_file(a.text, &len);
-        if (!text) goto out;
-        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { free(text); rc = fail_lib("loading the tokenizer", st); goto out; }
-        st = gsink_tokenizer_encode(tk, text, len, 0, NULL, 0, &n);
-        if (st != GSINK_OK && st != GSINK_ERR_BUFFER_TOO_SMALL) { free(text); rc = fail_lib("tokenizing", st); goto out; }
-        ids = malloc(sizeof(int32_t) * (n ? n : 1));
-        if (!ids) { free(text); fprintf(stderr, "%s: out of memory\n", prog); goto out; }
-        st = gsink_tokenizer_encode(tk, text, len, 0, ids, n, &n);
-        free(text);
-        if (st) { rc = fail_lib("tokenizing", st); goto out; }
+        size_t n = 0, docs = 0;
+        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { rc = fail_lib("loading the tokenizer", st); goto out; }
+        int32_t sep = a.separator, bos = -1, eos = -1;
+        if (sep < 0) {
+            if ((st = gsink_tokenizer_special(tk, &bos, &eos))) { rc = fail_lib("reading the special tokens", st); goto out; }
+            if (eos < 0) {
+                fprintf(stderr, "%s: the tokenizer has no end-of-text token: give the separator with --separator ID\n", prog);
+                rc = EXIT_USAGE;
+                goto out;
+            }
+            sep = eos;
+        }
+        if (!(ids = pack_documents(tk, a.text, a.n_text, sep, &n, &docs))) goto out;
         if (fill_batch(ids, n, B, T, tok, tgt)) { rc = EXIT_USAGE; goto out; }
-        source = a.text;
+        snprintf(srcbuf, sizeof srcbuf, "%s%s (%zu document%s, %zu tokens packed, separator %d)", a.text[0],
+                 a.n_text > 1 ? " ..." : "", docs, docs == 1 ? "" : "s", n, (int)sep);
+        source = srcbuf;
     } else {
         uint64_t s = a.seed ^ 0x5EEDull;
         for (size_t i = 0; i < N; i++) tok[i] = (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
         for (size_t i = 0; i < N; i++) tgt[i] = (i + 1) % (size_t)T ? tok[i + 1] : (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
     }
+
+    if (a.save_tokens && save_token_rows(a.save_tokens, tok, B, T)) goto out;
 
     if (a.vscale != GSINK_VSCALE_OFF) {
         gsink_vscale_options vo;
@@ -684,6 +838,7 @@ out:
     free(tgt);
     gsink_tokenizer_free(tk);
     gsink_model_free(m);
+    free(a.text);
     return rc;
 }
 
