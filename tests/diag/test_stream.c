@@ -373,6 +373,13 @@ START_TEST(test_memory_independent_of_n)
     size_t n;
     ck_assert_int_eq(gsink_analysis_state_size(a, &n), GSINK_OK);
     ck_assert_uint_ge(s4, n * sizeof(double));
+    {   /* the formula of docs/diagnostics.md "Streaming over micro-batches" */
+        const size_t T = SEQ, P = SEQ < 64 ? SEQ : 64, d = 32, H = (size_t)su->H, KV = (size_t)su->KV, dh = 8,
+                     ff = 48, S = KV, L = 2;
+        size_t per = T * d + P * (6 * d + 2 * H * dh + 2 * KV * dh + S * dh + 3 * ff) + T + P * (14 + H + 2 * KV) +
+                     P * (15 + H + 2 * KV) + P * (H + 2 * KV) * dh + 9 * P + 3 * H * T;
+        ck_assert_uint_eq(n, 4 + L * per);
+    }
     gsink_analysis *b = begin(m, 0);
     size_t nb;
     ck_assert_int_eq(gsink_analysis_state_size(b, &nb), GSINK_OK);
