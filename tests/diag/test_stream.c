@@ -14,7 +14,7 @@
 #include <string.h>
 
 #include "../common/testutil.h"
-#include "gsink.h"
+#include "internal.h" /* defer_stats: the CUDA backend's statistics path */
 
 #define NSEQ 8
 #define SEQ 32
@@ -291,6 +291,29 @@ START_TEST(test_discarded_site_grads)
 }
 END_TEST
 
+/* Column statistics recorded in the backward (as the CUDA backend does)
+ * stream to the same numbers. */
+START_TEST(test_deferred_statistics)
+{
+    const setup *su = &setups[1];
+    int32_t tok[NSEQ * SEQ];
+    make_tokens(tok, NSEQ * SEQ, 31);
+    gsink_model *m = make_model(su, 0);
+    char *ref = one_batch_report(m, tok, NSEQ, 0);
+    gsink_model *d = make_model(su, GSINK_MODEL_ANALYSIS);
+    d->defer_stats = true;
+    gsink_analysis *a = begin(d, 0);
+    for (int k = 0; k < 4; k++) add(a, tok, 2 * k, 2);
+    char *s = report(a, 0);
+    assert_same_report(ref, s, "deferred statistics");
+    gsink_free(s);
+    gsink_analysis_free(a);
+    gsink_free(ref);
+    gsink_model_free(m);
+    gsink_model_free(d);
+}
+END_TEST
+
 /* Two handles over halves, states summed and set into a third. */
 START_TEST(test_state_sum)
 {
@@ -465,6 +488,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_microbatches_equal_one_batch, 0, 3);
     tcase_add_loop_test(tc, test_discarded_site_grads, 0, 3);
+    tcase_add_test(tc, test_deferred_statistics);
     tcase_add_test(tc, test_state_sum);
     tcase_add_test(tc, test_memory_independent_of_n);
     tcase_add_test(tc, test_errors_leave_handle_usable);
