@@ -429,6 +429,11 @@ START_TEST(test_errors_leave_handle_usable)
     make_tokens(tok, NSEQ * SEQ, 13);
     gsink_model *m = make_model(su, 0);
     char *ref = one_batch_report(m, tok, NSEQ, 0);
+    /* a training model's parameter gradients survive the analysis */
+    const char *pname = "model.layers.0.self_attn.q_proj.weight";
+    const size_t pn = 4 * 8 * 32;
+    float *g0 = malloc(pn * sizeof(float)), *g1 = malloc(pn * sizeof(float));
+    ck_assert_int_eq(gsink_get_param_grad(m, pname, g0, pn), GSINK_OK);
     gsink_analysis *a = NULL;
     ck_assert_int_eq(gsink_analysis_begin(m, 0, NULL, &a), GSINK_ERR_INVALID_ARGUMENT);
     ck_assert_ptr_null(a);
@@ -465,6 +470,10 @@ START_TEST(test_errors_leave_handle_usable)
     assert_same_report(ref, s, "after errors");
     gsink_free(s);
     gsink_analysis_free(a);
+    ck_assert_int_eq(gsink_get_param_grad(m, pname, g1, pn), GSINK_OK);
+    ck_assert_mem_eq(g0, g1, pn * sizeof(float));
+    free(g0);
+    free(g1);
 
     /* cancelling through the progress callback */
     int calls = 0;
