@@ -21,10 +21,11 @@
 #define RTOL 1e-6
 
 typedef struct setup {
-    int H, KV, vscale;
+    int H, KV, vscale, qk_norm; /* qk_norm: Qwen3-style q/k norms, with q/k/v biases */
 } setup;
 
-static const setup setups[] = {{4, 4, GSINK_VSCALE_OFF}, {4, 2, GSINK_VSCALE_OFF}, {4, 2, GSINK_VSCALE_FULL}};
+static const setup setups[] = {{4, 4, GSINK_VSCALE_OFF, 0}, {4, 2, GSINK_VSCALE_OFF, 0},
+                               {4, 2, GSINK_VSCALE_FULL, 0}, {4, 2, GSINK_VSCALE_OFF, 1}};
 
 static gsink_model *make_model(const setup *su, uint32_t flags)
 {
@@ -39,6 +40,11 @@ static gsink_model *make_model(const setup *su, uint32_t flags)
     cfg.d_ff = 48;
     cfg.max_seq_len = 64;
     cfg.tie_embeddings = 0;
+    if (su->qk_norm) {
+        cfg.arch = GSINK_ARCH_QWEN3;
+        cfg.qk_norm = 1;
+        cfg.qkv_bias = 1;
+    }
     gsink_model_options mo;
     gsink_model_options_init(&mo);
     mo.seed = 7;
@@ -54,10 +60,12 @@ static gsink_model *make_model(const setup *su, uint32_t flags)
         int ndim;
         int64_t dims[2];
         ck_assert_int_eq(gsink_param_info(m, i, &name, &ndim, dims), GSINK_OK);
-        if (ndim != 2) continue;
-        size_t k = (size_t)dims[0] * (size_t)dims[1];
+        if (ndim != 2 && !strstr(name, "bias") && !strstr(name, "_norm.")) continue;
+        size_t k = (size_t)dims[0] * (ndim == 2 ? (size_t)dims[1] : 1);
         float *w = malloc(k * sizeof(float));
         tu_fill(w, k, 100 + i, 0.15f);
+        if (ndim == 1 && strstr(name, "_norm."))
+            for (size_t j = 0; j < k; j++) w[j] += 1.0f; /* q/k norm gains around 1 */
         ck_assert_int_eq(gsink_set_param(m, name, w, k), GSINK_OK);
         free(w);
     }
@@ -495,8 +503,8 @@ int main(void)
     Suite *s = suite_create("stream");
     TCase *tc = tcase_create("stream");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_microbatches_equal_one_batch, 0, 3);
-    tcase_add_loop_test(tc, test_discarded_site_grads, 0, 3);
+    tcase_add_loop_test(tc, test_microbatches_equal_one_batch, 0, 4);
+    tcase_add_loop_test(tc, test_discarded_site_grads, 0, 4);
     tcase_add_test(tc, test_deferred_statistics);
     tcase_add_test(tc, test_state_sum);
     tcase_add_test(tc, test_memory_independent_of_n);
