@@ -21,11 +21,14 @@
 #define RTOL 1e-6
 
 typedef struct setup {
-    int H, KV, vscale, qk_norm; /* qk_norm: Qwen3-style q/k norms, with q/k/v biases */
+    int H, KV, vscale, qk_norm; /* qk_norm 1: Qwen3-style q/k norms, with q/k/v biases;
+                                   2: GLM-4-style (sandwich norms, partial interleaved RoPE, biases)
+                                   with a sliding window of 8 */
 } setup;
 
 static const setup setups[] = {{4, 4, GSINK_VSCALE_OFF, 0}, {4, 2, GSINK_VSCALE_OFF, 0},
-                               {4, 2, GSINK_VSCALE_FULL, 0}, {4, 2, GSINK_VSCALE_OFF, 1}};
+                               {4, 2, GSINK_VSCALE_FULL, 0}, {4, 2, GSINK_VSCALE_OFF, 1},
+                               {4, 2, GSINK_VSCALE_OFF, 2}};
 
 static gsink_model *make_model(const setup *su, uint32_t flags)
 {
@@ -40,10 +43,17 @@ static gsink_model *make_model(const setup *su, uint32_t flags)
     cfg.d_ff = 48;
     cfg.max_seq_len = 64;
     cfg.tie_embeddings = 0;
-    if (su->qk_norm) {
+    if (su->qk_norm == 1) {
         cfg.arch = GSINK_ARCH_QWEN3;
         cfg.qk_norm = 1;
         cfg.qkv_bias = 1;
+    } else if (su->qk_norm == 2) {
+        cfg.arch = GSINK_ARCH_GLM4;
+        cfg.qkv_bias = 1;
+        cfg.rope_dims = 4;
+        cfg.rope_interleaved = 1;
+        cfg.sandwich_norm = 1;
+        cfg.sliding_window = 8;
     }
     gsink_model_options mo;
     gsink_model_options_init(&mo);
@@ -503,8 +513,8 @@ int main(void)
     Suite *s = suite_create("stream");
     TCase *tc = tcase_create("stream");
     tcase_set_timeout(tc, 300);
-    tcase_add_loop_test(tc, test_microbatches_equal_one_batch, 0, 4);
-    tcase_add_loop_test(tc, test_discarded_site_grads, 0, 4);
+    tcase_add_loop_test(tc, test_microbatches_equal_one_batch, 0, 5);
+    tcase_add_loop_test(tc, test_discarded_site_grads, 0, 5);
     tcase_add_test(tc, test_deferred_statistics);
     tcase_add_test(tc, test_state_sum);
     tcase_add_test(tc, test_memory_independent_of_n);
