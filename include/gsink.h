@@ -95,7 +95,8 @@ typedef enum gsink_status {
     GSINK_ERR_NON_FINITE = 19,       /* NaN/Inf in loss or gradients; step refused */
     GSINK_ERR_MISSING_TENSOR = 20,   /* checkpoint lacks a required tensor */
     GSINK_ERR_DEVICE_OUT_OF_MEMORY = 21, /* device (GPU) allocation failed */
-    GSINK_ERR_BUSY = 22              /* handle in use by another thread (since 0.1.0) */
+    GSINK_ERR_BUSY = 22,             /* handle in use by another thread (since 0.1.0) */
+    GSINK_ERR_CANCELLED = 23         /* a progress callback asked to stop (since 0.1.0) */
 } gsink_status;
 
 /* Short constant description of a status code ("out of memory"). Never NULL. */
@@ -513,6 +514,85 @@ GSINK_API gsink_status gsink_qkv_gradient_split(gsink_model *model, int layer, i
  * Needs forward and backward; opts may be NULL for the model's defaults. */
 GSINK_API gsink_status gsink_report_json(gsink_model *model, const gsink_diag_options *opts,
                                          char **json);
+
+/* ------------------------------------------------------------------------ */
+/* Streaming diagnostics over micro-batches (docs/diagnostics.md)           */
+/* ------------------------------------------------------------------------ */
+
+/* A diagnostic batch of N sequences run as micro-batches: each
+ * gsink_analysis_add is one forward and backward, and only the sums the
+ * measurements need are kept across micro-batches (memory independent of N;
+ * see docs/diagnostics.md for the formula). The report equals
+ * gsink_report_json after a forward and backward of the whole batch at once
+ * (loss = mean over every target token of the N sequences), up to float
+ * rounding. Works on any model, also one created with GSINK_MODEL_ANALYSIS |
+ * GSINK_MODEL_DISCARD_SITE_GRADS; the model's parameter gradients are
+ * neither computed nor touched. The handle uses its model in every call but
+ * gsink_analysis_free, _errmsg and the state functions: keep the model alive
+ * while using it. Used by one thread at a time, like every handle. */
+typedef struct gsink_analysis gsink_analysis;
+
+/* Starts an analysis of sequences of seq_len tokens. opts (may be NULL: the
+ * model's diagnostic options) sets sink_window (T_eps) for the forwards and
+ * the report's defaults. On failure *out is NULL (message: gsink_model_errmsg). */
+GSINK_API gsink_status gsink_analysis_begin(gsink_model *model, int seq_len,
+                                            const gsink_diag_options *opts,
+                                            gsink_analysis **out);
+/* Adds a micro-batch: tokens (batch, seq_len) row-major; targets the same
+ * shape (< 0 ignored), or NULL for next-token targets within each sequence
+ * (tokens[b][t+1], none at the last position). seq_len must be the one given
+ * to gsink_analysis_begin (GSINK_ERR_SHAPE_MISMATCH). Bad input changes
+ * nothing. Leaves the model holding this micro-batch's forward. */
+GSINK_API gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens,
+                                          const int32_t *targets, int batch, int seq_len);
+/* Ends the adding: gsink_analysis_add then gives GSINK_ERR_CALL_ORDER. The
+ * report, accessors and state functions keep working. */
+GSINK_API gsink_status gsink_analysis_finish(gsink_analysis *a);
+/* The gsink.report/1 JSON of every micro-batch so far (at least one), with
+ * "input": {"batch": N, ..., "sequences": N, "micro_batches": k}. opts may
+ * be NULL (the options of gsink_analysis_begin); batch_agg, sink_position,
+ * sink_eps and rgs_window may differ from them, sink_window may not. Freed
+ * with gsink_free. */
+GSINK_API gsink_status gsink_analysis_report_json(gsink_analysis *a,
+                                                  const gsink_diag_options *opts,
+                                                  char **json);
+/* Gradient-norm profile of a site over the batch (agg as in
+ * gsink_get_gradient_norms): *len (may be NULL) receives its length, seq_len
+ * for attn_norm_out (Figure 1, R_GS) and min(seq_len, 64) for the other
+ * sites; out may be NULL to ask the length. head >= 0: q, k, v only. */
+GSINK_API gsink_status gsink_analysis_gradient_norms(gsink_analysis *a, int layer,
+                                                     gsink_site site, int head, int agg,
+                                                     float *out, size_t count, size_t *len);
+/* Sequences, micro-batches and target tokens added so far (any may be NULL). */
+GSINK_API gsink_status gsink_analysis_counts(gsink_analysis *a, int64_t *sequences,
+                                             int64_t *micro_batches, int64_t *n_targets);
+/* Host bytes of the sums (fixed at begin, independent of the number of
+ * micro-batches), and the largest temporaries of one micro-batch so far. */
+GSINK_API gsink_status gsink_analysis_memory(gsink_analysis *a, uint64_t *state_bytes,
+                                             uint64_t *temp_bytes);
+/* The sums as one flat array of doubles, for distributed runs: every value
+ * is a sum over sequences, so the element-wise sum of the states of several
+ * handles (same model, options and seq_len) set into one handle gives the
+ * report of the union of their micro-batches. */
+GSINK_API gsink_status gsink_analysis_state_size(gsink_analysis *a, size_t *n);
+GSINK_API gsink_status gsink_analysis_get_state(gsink_analysis *a, double *buf, size_t n);
+GSINK_API gsink_status gsink_analysis_set_state(gsink_analysis *a, const double *buf, size_t n);
+/* Last error message of the analysis ("" if none). */
+GSINK_API const char *gsink_analysis_errmsg(const gsink_analysis *a);
+/* Frees the analysis (NULL is allowed), before or after its model. */
+GSINK_API void gsink_analysis_free(gsink_analysis *a);
+
+/* Progress callback: sequences done of total; nonzero stops the run with
+ * GSINK_ERR_CANCELLED. */
+typedef int (*gsink_progress_fn)(int64_t done, int64_t total, void *user_data);
+/* One call: n_seq sequences (n_seq, seq_len) row-major with next-token
+ * targets, in micro-batches of micro_batch (the last may be smaller); the
+ * report as gsink_analysis_report_json. progress may be NULL. */
+GSINK_API gsink_status gsink_analyze_sequences(gsink_model *model, const int32_t *tokens,
+                                               int n_seq, int seq_len, int micro_batch,
+                                               const gsink_diag_options *opts,
+                                               gsink_progress_fn progress, void *user_data,
+                                               char **json);
 
 /* ------------------------------------------------------------------------ */
 /* V-scale                                                                  */

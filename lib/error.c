@@ -33,6 +33,7 @@ const char *gsink_status_str(gsink_status status)
     case GSINK_ERR_MISSING_TENSOR: return "missing tensor";
     case GSINK_ERR_DEVICE_OUT_OF_MEMORY: return "device out of memory";
     case GSINK_ERR_BUSY: return "handle busy";
+    case GSINK_ERR_CANCELLED: return "cancelled";
     }
     return "unknown status";
 }

@@ -243,9 +243,20 @@ struct gsink_model {
     bool defer_stats, stats_ready, stats_on_backend;
     bool discard_site_grads; /* GSINK_MODEL_DISCARD_SITE_GRADS: layers share dsite */
     bool analysis;           /* GSINK_MODEL_ANALYSIS: no grad_mem, no weight gradients */
+    bool no_param_grads;     /* inside gsink__backward_hooked: weight gradients skipped */
     float last_loss;
     int64_t n_targets;
 };
+
+/* A hook run by gsink__backward_hooked after each layer's backward, while
+ * that layer's site gradients are valid (also in shared buffers). */
+typedef gsink_status (*gsink__layer_hook)(gsink_model *m, int layer, void *user);
+/* Backward of the last forward (with targets) for analyses: the cross-entropy
+ * gradient of every target token is scaled by `scale` (1: unnormalised sum),
+ * the hook runs after every layer (top layer first), and parameter
+ * gradients are neither computed nor zeroed, so a training model's
+ * accumulated gradients stay as they were. */
+gsink_status gsink__backward_hooked(gsink_model *m, float scale, gsink__layer_hook hook, void *user);
 
 /* Width per position and head count of a site for this model. */
 int gsink__site_heads(const gsink_model *m, gsink_site site);

@@ -1217,7 +1217,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
      * step below is guarded by pg; the gw views are NULL then, and the norm
      * backwards get a NULL dgain. The activation gradients do not depend on
      * any of the skipped steps, so they stay bitwise equal. */
-    const bool pg = !m->analysis;
+    const bool pg = !m->analysis && !m->no_param_grads;
 
     /* MLP branch: dL/d mlp_out == dresid[l+1] */
     const float *dout = m->dresid[l + 1];
@@ -1304,6 +1304,52 @@ gsink_status gsink_zero_grad(gsink_model *m)
     return GSINK_OK;
 }
 
+/* The backward of the last forward: xent scale per target token, an optional
+ * hook after each layer (its site gradients are complete then, also when the
+ * layers share them), parameter gradients unless pgrads is false (then they
+ * are neither zeroed nor touched). The caller checked the call order. */
+static gsink_status backward_impl(gsink_model *m, unsigned flags, float scale, bool pgrads,
+                                  gsink__layer_hook hook, void *user)
+{
+    const gsink_config *c = &m->cfg;
+    const gsink_backend_iface *f = BE(m);
+    int N = m->B * m->T;
+    const bool pg = pgrads && !m->analysis;
+    if (pg && !(flags & GSINK_BACKWARD_ACCUMULATE)) {
+        gsink_status st = gsink_zero_grad(m);
+        if (st) return st;
+    }
+    m->have_backward = false;
+    TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, scale), "cross-entropy");
+    TRY(m, f->gemm(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
+    if (pg)
+        TRY(m, f->gemm(m->be, 1, 0, c->vocab_size, c->d_model, N, 1.0f, m->dlogits, c->vocab_size, m->final_out, c->d_model, 1.0f, m->g.lm_head, c->d_model), "gemm");
+    TRY(m, f->rmsnorm_bwd(m->be, m->dresid[c->n_layers], pg ? m->g.final_norm : NULL, m->dfinal_out, m->resid[c->n_layers], m->p.final_norm, m->rstd_final, N, c->d_model, 0), "rmsnorm");
+    m->no_param_grads = !pg;
+    for (int l = c->n_layers - 1; l >= 0; l--) {
+        gsink_status st = layer_backward(m, l);
+        if (!st && hook) st = hook(m, l, user);
+        if (st) {
+            m->no_param_grads = false;
+            return st;
+        }
+    }
+    m->no_param_grads = false;
+    if (pg)
+        TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
+    /* Reduced into hstats on the first read only (gsink__attn_stats). */
+    if (m->defer_stats && !m->stats_ready) m->stats_on_backend = true;
+    m->have_backward = true;
+    return GSINK_OK;
+}
+
+gsink_status gsink__backward_hooked(gsink_model *m, float scale, gsink__layer_hook hook, void *user)
+{
+    if (!m->have_forward || !m->have_targets || m->n_targets == 0)
+        return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "backward needs a forward pass with targets");
+    return backward_impl(m, 0, scale, false, hook, user);
+}
+
 gsink_status gsink_backward(gsink_model *m, unsigned flags)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
@@ -1317,29 +1363,7 @@ gsink_status gsink_backward(gsink_model *m, unsigned flags)
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "backward needs a forward pass first");
     if (!m->have_targets) return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "backward needs a forward pass with targets");
     if (m->n_targets == 0) return gsink__fail(m->errmsg, GSINK_ERR_NO_TARGETS, "every target of the last forward is ignored (< 0)");
-    const gsink_config *c = &m->cfg;
-    const gsink_backend_iface *f = BE(m);
-    int N = m->B * m->T;
-    if (!(flags & GSINK_BACKWARD_ACCUMULATE) && !m->analysis) {
-        gsink_status st = gsink_zero_grad(m);
-        if (st) return st;
-    }
-    m->have_backward = false;
-    TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, 1.0f / (float)m->n_targets), "cross-entropy");
-    TRY(m, f->gemm(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
-    if (!m->analysis)
-        TRY(m, f->gemm(m->be, 1, 0, c->vocab_size, c->d_model, N, 1.0f, m->dlogits, c->vocab_size, m->final_out, c->d_model, 1.0f, m->g.lm_head, c->d_model), "gemm");
-    TRY(m, f->rmsnorm_bwd(m->be, m->dresid[c->n_layers], m->analysis ? NULL : m->g.final_norm, m->dfinal_out, m->resid[c->n_layers], m->p.final_norm, m->rstd_final, N, c->d_model, 0), "rmsnorm");
-    for (int l = c->n_layers - 1; l >= 0; l--) {
-        gsink_status st = layer_backward(m, l);
-        if (st) return st;
-    }
-    if (!m->analysis)
-        TRY(m, f->embedding_bwd(m->be, m->g.embed, m->tokens_dev, m->dresid[0], N, c->d_model), "embedding");
-    /* Reduced into hstats on the first read only (gsink__attn_stats). */
-    if (m->defer_stats && !m->stats_ready) m->stats_on_backend = true;
-    m->have_backward = true;
-    return GSINK_OK;
+    return backward_impl(m, flags, 1.0f / (float)m->n_targets, true, NULL, NULL);
 }
 
 /* ------------------------------------------------------------------------ */

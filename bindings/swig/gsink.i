@@ -577,6 +577,123 @@ GSINK_IN_LIST(x5, n5)
 }
 %typemap(freearg) gsink_tcl_vec * { free(tmp$argnum.v); }
 
+/* ---- streaming analysis (gsink_analysis_*) ------------------------------- */
+%{
+#include <math.h>
+#include <strings.h>
+typedef struct { double *v; size_t n; } gsink_tcl_dvec;
+
+static gsink_status gsink_tcl_analysis_add(gsink_analysis *a, const int32_t *tokens, size_t n_tokens,
+                                           const int32_t *targets, size_t n_targets, int batch, int seq_len)
+{
+    if (batch > 0 && seq_len > 0) {
+        size_t want = (size_t)batch * (size_t)seq_len;
+        if (n_tokens != want || (targets && n_targets != want)) {
+            snprintf(gsink_tcl_msg, sizeof gsink_tcl_msg,
+                     "tokens has %zu entries and targets %zu but batch*seq_len = %zu", n_tokens, n_targets, want);
+            return GSINK_ERR_SHAPE_MISMATCH;
+        }
+    }
+    return gsink_analysis_add(a, tokens, targets, batch, seq_len);
+}
+
+static gsink_status gsink_tcl_analysis_gradient_norms(gsink_analysis *a, int layer, int site, int head, int agg,
+                                                      gsink_tcl_vec *out)
+{
+    size_t len = 0;
+    gsink_status st = gsink_analysis_gradient_norms(a, layer, (gsink_site)site, head, agg, NULL, 0, &len);
+    if (st || (st = gsink_tcl_vec_alloc(out, len))) return st;
+    return gsink_analysis_gradient_norms(a, layer, (gsink_site)site, head, agg, out->v, out->n, &len);
+}
+
+static gsink_status gsink_tcl_analysis_get_state(gsink_analysis *a, gsink_tcl_dvec *out)
+{
+    size_t n = 0;
+    gsink_status st = gsink_analysis_state_size(a, &n);
+    if (st) return st;
+    if (!(out->v = malloc((n ? n : 1) * sizeof(double)))) {
+        snprintf(gsink_tcl_msg, sizeof gsink_tcl_msg, "out of memory");
+        return GSINK_ERR_OUT_OF_MEMORY;
+    }
+    out->n = n;
+    return gsink_analysis_get_state(a, out->v, n);
+}
+
+/* progress: a Tcl command prefix called with {done total}; a true result
+ * (or an error) stops the run. */
+typedef struct { Tcl_Interp *interp; Tcl_Obj *cmd; } gsink_tcl_progress;
+
+static int gsink_tcl_progress_cb(int64_t done, int64_t total, void *user)
+{
+    gsink_tcl_progress *p = user;
+    Tcl_Obj *c = Tcl_DuplicateObj(p->cmd);
+    Tcl_IncrRefCount(c);
+    Tcl_ListObjAppendElement(NULL, c, Tcl_NewWideIntObj((Tcl_WideInt)done));
+    Tcl_ListObjAppendElement(NULL, c, Tcl_NewWideIntObj((Tcl_WideInt)total));
+    int rc = Tcl_EvalObjEx(p->interp, c, TCL_EVAL_GLOBAL), stop = 1;
+    Tcl_DecrRefCount(c);
+    if (rc == TCL_OK && Tcl_GetBooleanFromObj(NULL, Tcl_GetObjResult(p->interp), &stop) != TCL_OK) stop = 0;
+    Tcl_ResetResult(p->interp);
+    return stop;
+}
+
+static gsink_status gsink_tcl_analyze_sequences(Tcl_Interp *interp, gsink_model *model, const int32_t *tokens,
+                                                size_t n_tokens, int n_seq, int seq_len, int micro_batch,
+                                                const gsink_diag_options *opts, const char *progress,
+                                                char **json)
+{
+    if (n_seq > 0 && seq_len > 0 && n_tokens != (size_t)n_seq * (size_t)seq_len) {
+        snprintf(gsink_tcl_msg, sizeof gsink_tcl_msg, "tokens has %zu entries but n_seq*seq_len = %zu", n_tokens,
+                 (size_t)n_seq * (size_t)seq_len);
+        return GSINK_ERR_SHAPE_MISMATCH;
+    }
+    gsink_tcl_progress p = {interp, NULL};
+    if (progress && *progress) {
+        p.cmd = Tcl_NewStringObj(progress, -1);
+        Tcl_IncrRefCount(p.cmd);
+    }
+    gsink_status st = gsink_analyze_sequences(model, tokens, n_seq, seq_len, micro_batch, opts,
+                                              p.cmd ? gsink_tcl_progress_cb : NULL, &p, json);
+    if (p.cmd) Tcl_DecrRefCount(p.cmd);
+    return st;
+}
+%}
+
+%typemap(in, numinputs=0) gsink_analysis **out (gsink_analysis *tmp = NULL) { $1 = &tmp; }
+%typemap(argout) gsink_analysis **out {
+    Tcl_ListObjAppendElement(interp, Tcl_GetObjResult(interp), SWIG_NewInstanceObj(tmp$argnum, $descriptor(gsink_analysis *), 0));
+}
+%typemap(in, numinputs=0) Tcl_Interp *interp { $1 = interp; }
+%typemap(in, numinputs=0) gsink_tcl_dvec *out (gsink_tcl_dvec tmp = {NULL, 0}) { $1 = &tmp; }
+%typemap(argout) gsink_tcl_dvec *out {
+    Tcl_Obj *l = Tcl_NewListObj(0, NULL);
+    for (size_t i = 0; i < tmp$argnum.n; i++) Tcl_ListObjAppendElement(NULL, l, Tcl_NewDoubleObj(tmp$argnum.v[i]));
+    Tcl_ListObjAppendElement(interp, Tcl_GetObjResult(interp), l);
+}
+%typemap(freearg) gsink_tcl_dvec *out { free(tmp$argnum.v); }
+%typemap(in) (const double *buf, size_t n) (double *tmp = NULL) {
+    Tcl_Size len; Tcl_Obj **items;
+    if (Tcl_ListObjGetElements(interp, $input, &len, &items) != TCL_OK) SWIG_fail;
+    tmp = malloc(sizeof *tmp * (len ? (size_t)len : 1));
+    if (!tmp) { gsink_tcl_usage(interp, "gsink: out of memory"); SWIG_fail; }
+    for (Tcl_Size i = 0; i < len; i++) {
+        /* get_state writes NaN (0/0 ratios at positions without gradient) as "NaN" */
+        if (Tcl_GetDoubleFromObj(NULL, items[i], &tmp[i]) == TCL_OK) continue;
+        const char *str = Tcl_GetString(items[i]);
+        if (*str == '-' || *str == '+') str++;
+        if (strncasecmp(str, "nan", 3) == 0) { tmp[i] = NAN; continue; }
+        if (Tcl_GetDoubleFromObj(interp, items[i], &tmp[i]) != TCL_OK) SWIG_fail;
+    }
+    $1 = tmp; $2 = (size_t)len;
+}
+%typemap(freearg) (const double *buf, size_t n) { free(tmp$argnum); }
+GSINK_OUT_SCALAR(int64_t, sequences, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+GSINK_OUT_SCALAR(int64_t, micro_batches, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+GSINK_OUT_SCALAR(int64_t, n_targets, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+GSINK_OUT_SCALAR(uint64_t, state_bytes, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+GSINK_OUT_SCALAR(uint64_t, temp_bytes, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+GSINK_OUT_SCALAR(size_t, n, Tcl_NewWideIntObj((Tcl_WideInt)tmp$argnum))
+
 /* ---- the API ------------------------------------------------------------- */
 #define GSINK_API
 %ignore gsink_forward;
@@ -595,6 +712,11 @@ GSINK_IN_LIST(x5, n5)
 %ignore gsink_metric_sink_scores;
 %ignore gsink_metric_sink_rate;
 %ignore gsink_metric_branch_ratios;
+%ignore gsink_analysis_add;
+%ignore gsink_analysis_gradient_norms;
+%ignore gsink_analysis_get_state;
+%ignore gsink_analyze_sequences;
+%ignore gsink_progress_fn;
 
 %include "gsink.h"
 
@@ -677,3 +799,29 @@ gsink_status gsink_tcl_metric_massive_activation_ratio(const float *x0, size_t n
 gsink_status gsink_tcl_metric_branch_ratios(const float *x0, size_t n0, const float *x1, size_t n1,
         const float *x2, size_t n2, int batch, int seq, int width, int agg, gsink_tcl_vec *bloat,
         gsink_tcl_vec *change, gsink_tcl_vec *compress);
+
+/* Streaming analysis (docs/diagnostics.md, "Streaming over micro-batches"):
+ *   set a [gsink_analysis_begin model seq_len diag_opts_or_NULL]
+ *   gsink_analysis_add a tokens targets_or_{} batch seq_len
+ *   gsink_analysis_report_json a NULL        -> JSON text
+ *   gsink_analysis_gradient_norms a layer site head agg -> list
+ *   gsink_analysis_counts a                  -> {sequences micro_batches n_targets}
+ *   gsink_analysis_memory a                  -> {state_bytes temp_bytes}
+ *   gsink_analysis_state_size a              -> n
+ *   gsink_analysis_get_state a               -> list of doubles
+ *   gsink_analysis_set_state a list
+ *   gsink_analyze_sequences model tokens n_seq seq_len micro_batch opts progress
+ *       -> JSON; progress: "" or a command prefix called with {done total},
+ *          whose true result stops the run (GSINK_ERR_CANCELLED). */
+%rename(gsink_analysis_add) gsink_tcl_analysis_add;
+gsink_status gsink_tcl_analysis_add(gsink_analysis *a, const int32_t *tokens, size_t n_tokens,
+                                    const int32_t *targets, size_t n_targets, int batch, int seq_len);
+%rename(gsink_analysis_gradient_norms) gsink_tcl_analysis_gradient_norms;
+gsink_status gsink_tcl_analysis_gradient_norms(gsink_analysis *a, int layer, int site, int head, int agg,
+                                               gsink_tcl_vec *out);
+%rename(gsink_analysis_get_state) gsink_tcl_analysis_get_state;
+gsink_status gsink_tcl_analysis_get_state(gsink_analysis *a, gsink_tcl_dvec *out);
+%rename(gsink_analyze_sequences) gsink_tcl_analyze_sequences;
+gsink_status gsink_tcl_analyze_sequences(Tcl_Interp *interp, gsink_model *model, const int32_t *tokens,
+                                         size_t n_tokens, int n_seq, int seq_len, int micro_batch,
+                                         const gsink_diag_options *opts, const char *progress, char **json);

@@ -133,6 +133,45 @@ check "branch ratios" {[llength $bloat] == $T && [llength $compress] == $T}
 set json [gsink_report_json $m NULL]
 check "report json" {[string match "*gsink.report/1*" $json]}
 
+# ---- streaming analysis: 1 + 1 sequences equal the batch of 2 --------------
+set gsum [gsink_get_gradient_norms $m 0 $GSINK_SITE_ATTN_NORM_OUT -1 $GSINK_AGG_SUM_THEN_NORM $T]
+set a [gsink_analysis_begin $m $T NULL]
+gsink_analysis_add $a [lrange $tokens 0 [expr {$T - 1}]] [lrange $targets 0 [expr {$T - 1}]] 1 $T
+set half [gsink_analysis_get_state $a]
+gsink_analysis_add $a [lrange $tokens $T end] {} 1 $T
+set code [catch {gsink_analysis_add $a [lrange $tokens 0 9] {} 1 10} msg opt]
+check "analysis wrong seq_len" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_SHAPE_MISMATCH} "$msg"
+set sg [gsink_analysis_gradient_norms $a 0 $GSINK_SITE_ATTN_NORM_OUT -1 $GSINK_AGG_SUM_THEN_NORM]
+set ok [expr {[llength $sg] == $T}]
+for {set t 0} {$t < $T} {incr t} {
+    if {![close_to [lindex $sg $t] [lindex $gsum $t] 1e-5]} { set ok 0 }
+}
+check "analysis gradient norms equal the batch" {$ok}
+check "analysis counts" {[gsink_analysis_counts $a] eq [list 2 2 [expr {2 * ($T - 1)}]]}
+set n [gsink_analysis_state_size $a]
+set full [gsink_analysis_get_state $a]
+check "analysis state size" {[llength $full] == $n && [llength $half] == $n}
+check "analysis memory" {[lindex [gsink_analysis_memory $a] 0] >= 8 * $n}
+set ajson [gsink_analysis_report_json $a NULL]
+check "analysis report" {[string match "*\"micro_batches\": 2*" $ajson]}
+set b [gsink_analysis_begin $m $T NULL]
+gsink_analysis_set_state $b $full
+check "analysis state round trip" {[gsink_analysis_report_json $b NULL] eq $ajson}
+gsink_analysis_finish $a
+set code [catch {gsink_analysis_add $a [lrange $tokens 0 [expr {$T - 1}]] {} 1 $T} msg opt]
+check "analysis add after finish" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_CALL_ORDER} "$msg"
+gsink_analysis_free $a
+gsink_analysis_free $b
+set ::progress_calls 0
+proc stop_after_first {done total} { incr ::progress_calls; return [expr {$done >= 1}] }
+set code [catch {gsink_analyze_sequences $m $tokens $B $T 1 NULL stop_after_first} msg opt]
+check "analyze_sequences cancelled" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_CANCELLED && $::progress_calls == 1} "$msg"
+set sjson [gsink_analyze_sequences $m $tokens $B $T 1 NULL ""]
+check "analyze_sequences" {[string match "*\"sequences\": 2, \"micro_batches\": 2*" $sjson]}
+# the model holds the last micro-batch: run the batch of 2 again for what follows
+gsink_forward $m $tokens $targets $B $T
+gsink_backward $m 0
+
 # Parameters: names, round trip.
 set np [gsink_param_count $m]
 lassign [gsink_param_info $m 0] name ndim dims

@@ -48,4 +48,38 @@ gsink_status gsink__diag_branch_tensors(gsink_model *m, const float *din, const 
 gsink_status gsink__diag_massive(gsink_model *m, int layer, gsink_site site, float *ratio);
 gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, float *gk, float *gv);
 
+
+/* ---- the JSON report (report.c) ------------------------------------------- */
+
+/* Token-wise profiles of the report cover positions [0, min(T, this)). */
+#define GSINK_REPORT_PROFILE_MAX 64
+
+/* Where the report's numbers come from: the model's stored tensors
+ * (gsink_report_json) or a streaming analysis's sums (stream.c). */
+typedef struct gsink__report_src {
+    void *ctx;
+    char *errmsg;
+    const gsink_config *cfg;
+    gsink_vscale_options vscale;
+    int B, T;
+    float loss;
+    int64_t n_targets;
+    const float *mass, *sq, *win; /* (L, H, T) batch means on the host */
+    int window;                   /* T_eps of the forward(s) */
+    bool (*site_available)(void *ctx, int layer, gsink_site s, bool grad);
+    /* T values; the report reads positions < profile_len, and for R_GS the
+     * attn_norm_out gradient up to max(s, T_e). */
+    gsink_status (*norms)(void *ctx, int layer, gsink_site s, int head, bool grad, int agg,
+                          float *out);
+    gsink_status (*branch)(void *ctx, int layer, int branch, int agg, float *bloat,
+                           float *change, float *compress);
+    gsink_status (*qkv)(void *ctx, int layer, int agg, float *gq, float *gk, float *gv);
+    const char *input_extra; /* more members of "input" (JSON text) or NULL */
+} gsink__report_src;
+
+gsink_status gsink__report_options(char *errmsg, const gsink_diag_options *base,
+                                   const gsink_diag_options *opts, int T, gsink_diag_options *out);
+gsink_status gsink__report_write(const gsink__report_src *src, const gsink_diag_options *o,
+                                 const gsink_diag_options *opts, char **json);
+
 #endif

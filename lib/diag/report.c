@@ -19,7 +19,7 @@
 /* Token-wise profiles cover positions [0, REPORT_PROFILE_MAX) (or the whole
  * sequence when shorter): enough for R_GS (T_e = 31) and the early tokens,
  * while keeping the report O(L * H) in the sequence length. */
-#define REPORT_PROFILE_MAX 64
+#define REPORT_PROFILE_MAX GSINK_REPORT_PROFILE_MAX
 
 typedef struct sbuf {
     char *p;
@@ -125,30 +125,50 @@ static double mean_of(const float *v, int from, int to_incl)
     return a / (to_incl - from + 1);
 }
 
-static bool site_available(gsink_model *m, int layer, gsink_site s, bool grad)
+/* ---- the model as a report source ---------------------------------------- */
+
+static bool model_site_available(void *ctx, int layer, gsink_site s, bool grad)
 {
+    gsink_model *m = ctx;
     int h = gsink__site_heads(m, s), w = gsink__site_width(m, s);
     return gsink__site_ptr(m, layer, s, grad) != NULL && h > 0 && w > 0 && w % h == 0;
 }
 
 /* Norm profile of a site (head < 0: aggregate) into out (T values). */
-static gsink_status site_norms(gsink_model *m, int layer, gsink_site s, int head, bool grad,
-                               int agg, float *out)
+static gsink_status model_norms(void *ctx, int layer, gsink_site s, int head, bool grad, int agg,
+                                float *out)
 {
+    gsink_model *m = ctx;
     int heads = gsink__site_heads(m, s), w = gsink__site_width(m, s);
     return gsink__diag_tensor_norms(m, gsink__site_ptr(m, layer, s, grad), heads, w / heads, head,
                                     grad ? agg : GSINK_AGG_PER_SEQUENCE, out);
 }
 
+static gsink_status model_branch(void *ctx, int layer, int branch, int agg, float *bloat,
+                                 float *change, float *compress)
+{
+    return gsink__diag_branch(ctx, layer, branch, agg, bloat, change, compress);
+}
+
+static gsink_status model_qkv(void *ctx, int layer, int agg, float *gq, float *gk, float *gv)
+{
+    return gsink__diag_qkv(ctx, layer, agg, gq, gk, gv);
+}
+
+#define site_available(src, l, s, grad) (src)->site_available((src)->ctx, (l), (s), (grad))
+#define site_norms(src, l, s, head, grad, agg, out) \
+    (src)->norms((src)->ctx, (l), (s), (head), (grad), (grad) ? (agg) : GSINK_AGG_PER_SEQUENCE, (out))
+
 typedef struct layer_summary {
     float sink_rate, rgs, mar_resid_out, mar_mlp_out;
 } layer_summary;
 
-static gsink_status write_layer(gsink_model *m, sbuf *b, int l, const gsink_diag_options *o,
-                                bool sink_ok, bool rgs_ok, bool early_ok, float *tmp, float *tmp2,
-                                float *tmp3, layer_summary *ls)
+static gsink_status write_layer(const gsink__report_src *m, sbuf *b, int l,
+                                const gsink_diag_options *o, bool sink_ok, bool rgs_ok,
+                                bool early_ok, float *tmp, float *tmp2, float *tmp3,
+                                layer_summary *ls)
 {
-    const int T = m->T, H = m->cfg.n_heads, KV = m->cfg.n_kv_heads;
+    const int T = m->T, H = m->cfg->n_heads, KV = m->cfg->n_kv_heads;
     const int P = T < REPORT_PROFILE_MAX ? T : REPORT_PROFILE_MAX;
     const int s = o->sink_position;
     const int agg = o->batch_agg;
@@ -158,7 +178,13 @@ static gsink_status write_layer(gsink_model *m, sbuf *b, int l, const gsink_diag
     sb_printf(b, "    {\"layer\": %d, ", l);
 
     /* sink rate and R_GS */
-    if (sink_ok) ls->sink_rate = gsink__diag_sink_rate(m, l, s, o->sink_eps);
+    if (sink_ok) {
+        int n = 0;
+        for (int h = 0; h < H; h++)
+            n += gsink__diag_sink_score(m->win[((size_t)l * (size_t)H + (size_t)h) * (size_t)T + (size_t)s],
+                                        m->window) > o->sink_eps;
+        ls->sink_rate = (float)n / (float)H;
+    }
     sb_key_num(b, "sink_rate", ls->sink_rate, true);
     if (rgs_ok) {
         if ((st = site_norms(m, l, GSINK_SITE_ATTN_NORM_OUT, -1, true, agg, tmp))) return st;
@@ -194,10 +220,10 @@ static gsink_status write_layer(gsink_model *m, sbuf *b, int l, const gsink_diag
     const size_t hoff = (size_t)l * (size_t)H * (size_t)T;
     sb_printf(b, "     \"heads\": [\n");
     for (int h = 0; h < H; h++) {
-        const float *M = m->hstats.mass + hoff + (size_t)h * (size_t)T;
-        const float *S = m->hstats.sq + hoff + (size_t)h * (size_t)T;
+        const float *M = m->mass + hoff + (size_t)h * (size_t)T;
+        const float *S = m->sq + hoff + (size_t)h * (size_t)T;
         float alpha = NAN;
-        if (sink_ok) alpha = m->hstats.win[hoff + (size_t)h * (size_t)T + (size_t)s] / (float)m->hstats.window;
+        if (sink_ok) alpha = m->win[hoff + (size_t)h * (size_t)T + (size_t)s] / (float)m->window;
         sb_printf(b, "       {\"head\": %d, \"kv_head\": %d, ", h, h / (H / KV));
         sb_key_num(b, "sink_score", alpha, true);
         if (sink_ok)
@@ -255,7 +281,7 @@ static gsink_status write_layer(gsink_model *m, sbuf *b, int l, const gsink_diag
     /* branch gradient reshaping */
     sb_printf(b, "     \"branch\": {");
     for (int br = 0; br < 2; br++) {
-        if ((st = gsink__diag_branch(m, l, br, agg, tmp, tmp2, tmp3))) return st;
+        if ((st = m->branch(m->ctx, l, br, agg, tmp, tmp2, tmp3))) return st;
         sb_printf(b, "%s\n       \"%s\": {\"bloat\": ", br ? "," : "", br ? "mlp" : "attn");
         sb_arr(b, tmp, P);
         sb_printf(b, ",\n                \"change\": ");
@@ -267,7 +293,7 @@ static gsink_status write_layer(gsink_model *m, sbuf *b, int l, const gsink_diag
     sb_printf(b, "},\n");
 
     /* Q/K/V split of dL/d attn_norm_out */
-    if ((st = gsink__diag_qkv(m, l, agg, tmp, tmp2, tmp3))) return st;
+    if ((st = m->qkv(m->ctx, l, agg, tmp, tmp2, tmp3))) return st;
     sb_printf(b, "     \"qkv_gradient_split\": {\"q\": ");
     sb_arr(b, tmp, P);
     sb_printf(b, ",\n       \"k\": ");
@@ -305,6 +331,32 @@ static void write_stat_block(sbuf *b, const char *key, const float *vals, int n,
     free(v);
 }
 
+/* Effective options: the defaults `base` overlaid with the caller's (any
+ * size it declares), checked. Errors go to errmsg. */
+gsink_status gsink__report_options(char *errmsg, const gsink_diag_options *base,
+                                   const gsink_diag_options *opts, int T, gsink_diag_options *out)
+{
+    gsink_diag_options o = *base;
+    if (opts) {
+        if (opts->size < sizeof(size_t) || opts->size > sizeof(gsink_diag_options))
+            return gsink__fail(errmsg, GSINK_ERR_INVALID_ARGUMENT,
+                               "gsink_diag_options.size %zu is invalid (use gsink_diag_options_init)",
+                               opts->size);
+        memcpy(&o, opts, opts->size);
+        o.size = sizeof o;
+    }
+    if (!isfinite(o.sink_eps))
+        return gsink__fail(errmsg, GSINK_ERR_INVALID_ARGUMENT, "sink_eps is not finite");
+    if (o.batch_agg != GSINK_AGG_SUM_THEN_NORM && o.batch_agg != GSINK_AGG_PER_SEQUENCE)
+        return gsink__fail(errmsg, GSINK_ERR_INVALID_ARGUMENT, "batch_agg %d is invalid",
+                           (int)o.batch_agg);
+    if (o.sink_position < 0 || o.sink_position >= T)
+        return gsink__fail(errmsg, GSINK_ERR_OUT_OF_RANGE, "sink_position %d out of range [0, %d)",
+                           (int)o.sink_position, T);
+    *out = o;
+    return GSINK_OK;
+}
+
 gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, char **json)
 {
     gsink_status st;
@@ -314,31 +366,33 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
     if (!json) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "json is NULL");
     *json = NULL;
     if ((st = gsink__diag_need(m, true))) return st;
-
-    gsink_diag_options o = m->diag;
-    if (opts) {
-        if (opts->size < sizeof(size_t) || opts->size > sizeof(gsink_diag_options))
-            return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT,
-                               "gsink_diag_options.size %zu is invalid (use gsink_diag_options_init)",
-                               opts->size);
-        memcpy(&o, opts, opts->size);
-        o.size = sizeof o;
-    }
-    if (!isfinite(o.sink_eps))
-        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "sink_eps is not finite");
-    if (o.batch_agg != GSINK_AGG_SUM_THEN_NORM && o.batch_agg != GSINK_AGG_PER_SEQUENCE)
-        return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "batch_agg %d is invalid",
-                           (int)o.batch_agg);
-    const int T = m->T, L = m->cfg.n_layers;
-    if (o.sink_position < 0 || o.sink_position >= T)
-        return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE, "sink_position %d out of range [0, %d)",
-                           (int)o.sink_position, T);
+    gsink_diag_options o;
+    if ((st = gsink__report_options(m->errmsg, &m->diag, opts, m->T, &o))) return st;
     if ((st = gsink__attn_stats(m))) return st;
     if (!m->hstats.mass || !m->hstats.sq)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "attention statistics were not recorded");
 
+    gsink__report_src src = {
+        .ctx = m, .errmsg = m->errmsg, .cfg = &m->cfg, .B = m->B, .T = m->T,
+        .loss = m->have_targets ? m->last_loss : NAN, .n_targets = m->n_targets,
+        .mass = m->hstats.mass, .sq = m->hstats.sq, .win = m->hstats.win, .window = m->hstats.window,
+        .site_available = model_site_available, .norms = model_norms, .branch = model_branch,
+        .qkv = model_qkv, .input_extra = NULL,
+    };
+    gsink_vscale_options_init(&src.vscale);
+    (void)gsink_vscale_get(m, &src.vscale);
+    return gsink__report_write(&src, &o, opts, json);
+}
+
+gsink_status gsink__report_write(const gsink__report_src *m, const gsink_diag_options *op,
+                                 const gsink_diag_options *opts, char **json)
+{
+    gsink_status st;
+    const gsink_diag_options o = *op;
+    const int T = m->T, L = m->cfg->n_layers;
+    *json = NULL;
     const int s = o.sink_position;
-    const bool sink_ok = m->hstats.win && m->hstats.window > 0 && s + m->hstats.window <= T;
+    const bool sink_ok = m->win && m->window > 0 && s + m->window <= T;
     const bool rgs_ok = o.rgs_window >= 1 && o.rgs_window < T;
     const bool early_ok = T > GSINK_DIAG_EARLY_LAST;
     const int P = T < REPORT_PROFILE_MAX ? T : REPORT_PROFILE_MAX;
@@ -352,42 +406,43 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
         goto fail;
     }
 
-    gsink_vscale_options vo;
-    gsink_vscale_options_init(&vo);
-    (void)gsink_vscale_get(m, &vo);
+    const gsink_vscale_options vo = m->vscale;
+    const gsink_config *cfg = m->cfg;
 
     sb_printf(&b, "{\n  \"schema\": \"%s\",\n  \"library_version\": \"%s\",\n", REPORT_SCHEMA,
               gsink_version_string());
     sb_printf(&b,
               "  \"model\": {\"vocab_size\": %d, \"d_model\": %d, \"n_layers\": %d, \"n_heads\": %d, "
               "\"n_kv_heads\": %d, \"d_head\": %d, \"d_ff\": %d, \"max_seq_len\": %d, ",
-              (int)m->cfg.vocab_size, (int)m->cfg.d_model, L, (int)m->cfg.n_heads,
-              (int)m->cfg.n_kv_heads, (int)m->cfg.d_head, (int)m->cfg.d_ff, (int)m->cfg.max_seq_len);
-    sb_key_num(&b, "rms_eps", m->cfg.rms_eps, true);
-    sb_key_num(&b, "rope_theta", m->cfg.rope_theta, true);
-    sb_printf(&b, "\"tie_embeddings\": %s, ", m->cfg.tie_embeddings ? "true" : "false");
+              (int)cfg->vocab_size, (int)cfg->d_model, L, (int)cfg->n_heads,
+              (int)cfg->n_kv_heads, (int)cfg->d_head, (int)cfg->d_ff, (int)cfg->max_seq_len);
+    sb_key_num(&b, "rms_eps", cfg->rms_eps, true);
+    sb_key_num(&b, "rope_theta", cfg->rope_theta, true);
+    sb_printf(&b, "\"tie_embeddings\": %s, ", cfg->tie_embeddings ? "true" : "false");
     {
-        const char *an = gsink_arch_name(m->cfg.arch), *rn = gsink_rope_scaling_name(m->cfg.rope_scaling);
+        const char *an = gsink_arch_name(cfg->arch), *rn = gsink_rope_scaling_name(cfg->rope_scaling);
         sb_printf(&b, "\"arch\": \"%s\", \"qkv_bias\": %s, \"rope_scaling\": \"%s\", ", an ? an : "unknown",
-                  m->cfg.qkv_bias ? "true" : "false", rn ? rn : "unknown");
+                  cfg->qkv_bias ? "true" : "false", rn ? rn : "unknown");
         sb_printf(&b, "\"qk_norm\": %s, \"rope_dims\": %d, \"rope_interleaved\": %s, \"sandwich_norm\": %s, ",
-                  m->cfg.qk_norm ? "true" : "false", gsink__rope_dims(&m->cfg),
-                  m->cfg.rope_interleaved ? "true" : "false", m->cfg.sandwich_norm ? "true" : "false");
-        sb_printf(&b, "\"sliding_window\": %d},\n", (int)m->cfg.sliding_window);
+                  cfg->qk_norm ? "true" : "false", gsink__rope_dims(cfg),
+                  cfg->rope_interleaved ? "true" : "false", cfg->sandwich_norm ? "true" : "false");
+        sb_printf(&b, "\"sliding_window\": %d},\n", (int)cfg->sliding_window);
     }
     sb_printf(&b, "  \"vscale\": {\"mode\": \"%s\", ", vscale_name(vo.mode));
     sb_key_num(&b, "sigma", vo.sigma, true);
     sb_printf(&b, "\"learnable_theta\": %s, \"per_query_head\": %s},\n",
               vo.learnable_theta ? "true" : "false", vo.per_query_head ? "true" : "false");
     sb_printf(&b, "  \"input\": {\"batch\": %d, \"seq_len\": %d, ", m->B, T);
-    sb_key_num(&b, "loss", m->have_targets ? m->last_loss : NAN, true);
-    sb_printf(&b, "\"n_targets\": %lld},\n", (long long)m->n_targets);
+    sb_key_num(&b, "loss", m->loss, true);
+    sb_printf(&b, "\"n_targets\": %lld", (long long)m->n_targets);
+    if (m->input_extra) sb_printf(&b, ", %s", m->input_extra);
+    sb_printf(&b, "},\n");
     sb_printf(&b, "  \"options\": {\"sink_position\": %d, ", s);
     sb_key_num(&b, "sink_eps", o.sink_eps, true);
     sb_printf(&b,
               "\"sink_window\": %d, \"rgs_window\": %d, \"batch_agg\": \"%s\", "
               "\"early_tokens\": [1, %d], \"profile_len\": %d},\n",
-              m->hstats.window, (int)o.rgs_window, agg_name(o.batch_agg), GSINK_DIAG_EARLY_LAST, P);
+              m->window, (int)o.rgs_window, agg_name(o.batch_agg), GSINK_DIAG_EARLY_LAST, P);
 
     sb_printf(&b, "  \"notes\": [");
     {
@@ -395,14 +450,14 @@ gsink_status gsink_report_json(gsink_model *m, const gsink_diag_options *opts, c
         if (!sink_ok) {
             sb_printf(&b, "\"sink window T_eps=%d at position %d exceeds seq_len %d: sink scores and "
                           "rates are null\"",
-                      m->hstats.window, s, T);
+                      m->window, s, T);
             first = 0;
         }
         if (opts && opts->size >= offsetof(gsink_diag_options, sink_window) + sizeof(int32_t) &&
-            opts->sink_window != m->hstats.window) {
+            opts->sink_window != m->window) {
             sb_printf(&b, "%s\"sink_window %d differs from the window %d of the last forward, which "
                           "is used\"",
-                      first ? "" : ", ", (int)opts->sink_window, m->hstats.window);
+                      first ? "" : ", ", (int)opts->sink_window, m->window);
             first = 0;
         }
         if (!rgs_ok) {

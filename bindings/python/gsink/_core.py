@@ -905,23 +905,17 @@ class Model(_Handle):
                                                out["v"].ctypes.data, t))
         return out
 
+    def _diag_with(self, overrides):
+        """The model's diag options with keyword overrides (a DiagOptions)."""
+        return _diag_apply(self._diag_c(), overrides)
+
     def report_json(self, **diag_overrides):
         """The "gsink.report/1" JSON report as a string (needs forward and
         backward). Keyword arguments override diag options for this report."""
         h = self._handle()
         opts = None
         if diag_overrides:
-            o = self._diag_c()
-            for k, v in diag_overrides.items():
-                if k not in L.field_names(L.DiagOptions):
-                    raise TypeError("unknown diag option %r" % k)
-                if k == "sink_eps":
-                    o.sink_eps = float(v)
-                elif k == "batch_agg":
-                    o.batch_agg = _enum_arg(v, BatchAgg, "batch_agg")
-                else:
-                    setattr(o, k, _cint(v, k))
-            opts = ctypes.byref(o)
+            opts = ctypes.byref(self._diag_with(diag_overrides))
         p = ctypes.c_void_p()
         self._ok(_lib.gsink_report_json(h, opts, ctypes.byref(p)))
         try:
@@ -932,6 +926,41 @@ class Model(_Handle):
     def report(self, **diag_overrides):
         """The JSON report parsed into a dict."""
         return json.loads(self.report_json(**diag_overrides))
+
+    def analyze(self, tokens, micro_batch=1, progress=None, **diag_overrides):
+        """Streaming diagnostics of a whole batch (gsink_analyze_sequences):
+        tokens (n_seq, seq_len) run as micro-batches of micro_batch sequences
+        with next-token targets within each sequence; returns the parsed
+        gsink.report/1 dict, equal to report() after one forward and backward
+        of all sequences at once (input.sequences, input.micro_batches added).
+        progress(done, total) is called after each micro-batch; a true return
+        value stops the run with CancelledError (an exception it raises stops
+        it too and is re-raised). Keyword arguments override diag options."""
+        h = self._handle()
+        tok = _tokens_array(tokens, "tokens")
+        o = self._diag_with(diag_overrides)
+        err = []
+
+        def cb(done, total, _user):
+            try:
+                return 1 if progress(done, total) else 0
+            except BaseException as e:  # noqa: B902 -- re-raised below
+                err.append(e)
+                return 1
+
+        fn = L.PROGRESS_FN(cb) if progress is not None else None
+        p = ctypes.c_void_p()
+        st = _lib.gsink_analyze_sequences(h, tok.ctypes.data, _cint(tok.shape[0], "n_seq"),
+                                          _cint(tok.shape[1], "seq_len"), _cint(micro_batch, "micro_batch"),
+                                          ctypes.byref(o), ctypes.cast(fn, ctypes.c_void_p) if fn else None,
+                                          None, ctypes.byref(p))
+        if err:
+            raise err[0]
+        self._ok(st)
+        try:
+            return json.loads(ctypes.string_at(p.value).decode("utf-8"))
+        finally:
+            _lib.gsink_free(p)
 
     # -- V-scale -----------------------------------------------------------
 
@@ -1002,6 +1031,135 @@ class Model(_Handle):
         c = self._config
         return "<gsink.Model L%d d%d H%d KV%d V%d>" % (c.n_layers, c.d_model, c.n_heads,
                                                       c.n_kv_heads, c.vocab_size)
+
+
+def _diag_apply(o, overrides):
+    """Keyword overrides applied to a DiagOptions (changed in place, returned)."""
+    for k, v in overrides.items():
+        if k not in L.field_names(L.DiagOptions):
+            raise TypeError("unknown diag option %r" % k)
+        if k == "sink_eps":
+            o.sink_eps = float(v)
+        elif k == "batch_agg":
+            o.batch_agg = _enum_arg(v, BatchAgg, "batch_agg")
+        else:
+            setattr(o, k, _cint(v, k))
+    return o
+
+
+class Analysis(_Handle):
+    """Streaming diagnostics over micro-batches (gsink_analysis_*).
+
+    Analysis(model, seq_len, **diag_options): add() micro-batches of shape
+    (batch, seq_len), then report() gives the gsink.report/1 dict of all of
+    them, equal to the report of one forward and backward of the whole batch.
+    Only sums are kept across micro-batches (memory independent of their
+    number). state() / set_state() expose the sums as one float64 array: the
+    element-wise sum of several handles' states (same model, options and
+    seq_len), set into one handle, gives the report of the union of their
+    micro-batches (e.g. an MPI all-reduce). Closing the model closes it."""
+
+    _free_fn = staticmethod(_lib.gsink_analysis_free)
+    _errmsg_fn = staticmethod(_lib.gsink_analysis_errmsg)
+    _kind = "analysis"
+
+    def __init__(self, model, seq_len, **diag_options):
+        if not isinstance(model, Model):
+            raise TypeError("model must be a gsink.Model")
+        h = ctypes.c_void_p()
+        with model._lock:
+            o = model._diag_with(diag_options)
+            st = _lib.gsink_analysis_begin(model._handle(), _cint(seq_len, "seq_len"), ctypes.byref(o),
+                                           ctypes.byref(h))
+            if st != 0:
+                model._ok(st)
+            self._h = h.value
+            self._opts = o
+            self.model = model
+            self.seq_len = int(seq_len)
+            self._locks = (model._lock, self._lock)
+            model._dependents.add(self)
+
+    def add(self, tokens, targets=None):
+        """Forward + backward of one micro-batch (batch, seq_len); targets
+        (same shape, < 0 ignored) default to the next token of each sequence."""
+        tok = _tokens_array(tokens, "tokens")
+        tgt = None
+        if targets is not None:
+            tgt = _tokens_array(targets, "targets")
+            if tgt.shape != tok.shape:
+                raise ValueError("targets shape %s differs from tokens shape %s" % (tgt.shape, tok.shape))
+        self._ok(_lib.gsink_analysis_add(self._handle(), tok.ctypes.data,
+                                         tgt.ctypes.data if tgt is not None else None,
+                                         _cint(tok.shape[0], "batch"), _cint(tok.shape[1], "seq_len")))
+
+    def finish(self):
+        """No more micro-batches: add() then raises CallOrderError."""
+        self._ok(_lib.gsink_analysis_finish(self._handle()))
+
+    def report_json(self, **diag_overrides):
+        """The gsink.report/1 JSON text of the micro-batches so far."""
+        h = self._handle()
+        opts = None
+        if diag_overrides:
+            o = L.DiagOptions()
+            ctypes.pointer(o)[0] = self._opts
+            opts = ctypes.byref(_diag_apply(o, diag_overrides))
+        p = ctypes.c_void_p()
+        self._ok(_lib.gsink_analysis_report_json(h, opts, ctypes.byref(p)))
+        try:
+            return ctypes.string_at(p.value).decode("utf-8")
+        finally:
+            _lib.gsink_free(p)
+
+    def report(self, **diag_overrides):
+        """The report parsed into a dict."""
+        return json.loads(self.report_json(**diag_overrides))
+
+    def gradient_norms(self, layer, site, head=ALL_HEADS, agg=BatchAgg.SUM_THEN_NORM):
+        """Gradient-norm profile of a site over the batch: seq_len values for
+        attn_norm_out (Figure 1, R_GS), min(seq_len, 64) for other sites."""
+        h = self._handle()
+        n = ctypes.c_size_t(0)
+        s = _enum_arg(site, Site, "site")
+        args = (_cint(layer, "layer"), s, _cint(head, "head"), _enum_arg(agg, BatchAgg, "agg"))
+        self._ok(_lib.gsink_analysis_gradient_norms(h, *args, None, 0, ctypes.byref(n)))
+        out = np.empty(n.value, dtype=np.float32)
+        self._ok(_lib.gsink_analysis_gradient_norms(h, *args, out.ctypes.data, out.size, ctypes.byref(n)))
+        return out
+
+    @property
+    def counts(self):
+        """{"sequences", "micro_batches", "n_targets"} added so far."""
+        v = [ctypes.c_int64(0) for _ in range(3)]
+        self._ok(_lib.gsink_analysis_counts(self._handle(), *(ctypes.byref(x) for x in v)))
+        return dict(zip(("sequences", "micro_batches", "n_targets"), (x.value for x in v)))
+
+    @property
+    def memory(self):
+        """{"state_bytes", "temp_bytes"}: the sums (fixed) and the largest
+        per-micro-batch temporaries so far."""
+        a, b = ctypes.c_uint64(0), ctypes.c_uint64(0)
+        self._ok(_lib.gsink_analysis_memory(self._handle(), ctypes.byref(a), ctypes.byref(b)))
+        return {"state_bytes": a.value, "temp_bytes": b.value}
+
+    def state(self):
+        """The sums as a float64 array (a copy)."""
+        h = self._handle()
+        n = ctypes.c_size_t(0)
+        self._ok(_lib.gsink_analysis_state_size(h, ctypes.byref(n)))
+        out = np.empty(n.value, dtype=np.float64)
+        self._ok(_lib.gsink_analysis_get_state(h, out.ctypes.data, out.size))
+        return out
+
+    def set_state(self, state):
+        """Replaces the sums (e.g. by the sum of several handles' states)."""
+        a = np.ascontiguousarray(state, dtype=np.float64).reshape(-1)
+        self._ok(_lib.gsink_analysis_set_state(self._handle(), a.ctypes.data, a.size))
+
+    @property
+    def errmsg(self):
+        return _text(_lib.gsink_analysis_errmsg(self._handle())) or ""
 
 
 class Optimizer(_Handle):

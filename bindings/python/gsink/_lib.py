@@ -180,6 +180,8 @@ for _cls in (AttnDesc, VScaleDesc):
     _cls.known_size = ctypes.sizeof(_cls)
 
 S = c_int  # gsink_status (an enum: int)
+# gsink_progress_fn: int (*)(int64_t done, int64_t total, void *user_data)
+PROGRESS_FN = ctypes.CFUNCTYPE(c_int, c_int64, c_int64, c_void_p)
 P = c_void_p  # handles and array buffers
 
 # name -> (restype, argtypes). Every GSINK_API function of gsink.h; the test
@@ -244,6 +246,20 @@ PROTOTYPES = {
     "gsink_massive_activation_ratio": (S, [P, c_int, c_int, POINTER(c_float)]),
     "gsink_qkv_gradient_split": (S, [P, c_int, c_int, P, P, P, c_size_t]),
     "gsink_report_json": (S, [P, POINTER(DiagOptions), POINTER(c_void_p)]),
+    # streaming diagnostics over micro-batches
+    "gsink_analysis_begin": (S, [P, c_int, POINTER(DiagOptions), POINTER(c_void_p)]),
+    "gsink_analysis_add": (S, [P, P, P, c_int, c_int]),
+    "gsink_analysis_finish": (S, [P]),
+    "gsink_analysis_report_json": (S, [P, POINTER(DiagOptions), POINTER(c_void_p)]),
+    "gsink_analysis_gradient_norms": (S, [P, c_int, c_int, c_int, c_int, P, c_size_t, POINTER(c_size_t)]),
+    "gsink_analysis_counts": (S, [P, POINTER(c_int64), POINTER(c_int64), POINTER(c_int64)]),
+    "gsink_analysis_memory": (S, [P, POINTER(c_uint64), POINTER(c_uint64)]),
+    "gsink_analysis_state_size": (S, [P, POINTER(c_size_t)]),
+    "gsink_analysis_get_state": (S, [P, P, c_size_t]),
+    "gsink_analysis_set_state": (S, [P, P, c_size_t]),
+    "gsink_analysis_errmsg": (c_char_p, [P]),
+    "gsink_analysis_free": (None, [P]),
+    "gsink_analyze_sequences": (S, [P, P, c_int, c_int, c_int, POINTER(DiagOptions), P, P, POINTER(c_void_p)]),
     # V-scale
     "gsink_vscale_options_init_size": (None, [POINTER(VScaleOptions), c_size_t]),
     "gsink_vscale_enable": (S, [P, POINTER(VScaleOptions)]),

@@ -10,7 +10,7 @@ __all__ = [
     "NoTargetsError", "UnknownSiteError", "UnknownNameError", "OutOfRangeError",
     "BufferTooSmallError", "ShapeMismatchError", "GsinkIOError", "FormatError",
     "UnsupportedError", "NoDeviceError", "BackendError", "NonFiniteError",
-    "MissingTensorError", "DeviceOutOfMemoryError", "BusyError", "STATUS_NAMES", "error_class",
+    "MissingTensorError", "DeviceOutOfMemoryError", "BusyError", "CancelledError", "STATUS_NAMES", "error_class",
 ]
 
 # gsink_status values (include/gsink.h); never renumbered.
@@ -39,6 +39,7 @@ STATUS_NAMES = {
     20: "GSINK_ERR_MISSING_TENSOR",
     21: "GSINK_ERR_DEVICE_OUT_OF_MEMORY",
     22: "GSINK_ERR_BUSY",
+    23: "GSINK_ERR_CANCELLED",
 }
 
 
@@ -161,12 +162,17 @@ class BusyError(GsinkError, RuntimeError):
     status = 22
 
 
+class CancelledError(GsinkError, RuntimeError):
+    """A progress callback asked to stop the run (GSINK_ERR_CANCELLED)."""
+    status = 23
+
+
 _BY_STATUS = {cls.status: cls for cls in (
     NullArgumentError, InvalidArgumentError, OutOfMemoryError, TokenOutOfRangeError,
     SeqTooLongError, BadConfigError, CallOrderError, NoTargetsError, UnknownSiteError,
     UnknownNameError, OutOfRangeError, BufferTooSmallError, ShapeMismatchError, GsinkIOError,
     FormatError, UnsupportedError, NoDeviceError, BackendError, NonFiniteError,
-    MissingTensorError, DeviceOutOfMemoryError, BusyError)}
+    MissingTensorError, DeviceOutOfMemoryError, BusyError, CancelledError)}
 
 
 def error_class(status):

@@ -6,6 +6,7 @@ string/path, returns the matplotlib Figure, and saves it when `path` is given.
 
     rep = model.report()
     gsink.plots.gradient_sink_distribution(rep, path="fig1.png")   # Fig. 1/6
+    gsink.plots.gradient_sink_distribution(analysis)               # every position of a streamed batch
     gsink.plots.qkv_gradient_norms(rep, layer=3)                    # Fig. 2
     gsink.plots.branch_ratios_vs_norm(rep)                          # Fig. 3
     gsink.plots.forward_phenomena(rep_base, rep_vscale)             # Fig. 7
@@ -70,14 +71,24 @@ def _label(rep, default):
 
 def gradient_sink_distribution(report, site="attn_norm_out", path=None, title=None):
     """Fig. 1/6: per layer, the token-wise distribution of log10 ||dL/dx_t||
-    at a site (default the post-RMSNorm attention input), token 0 in red."""
+    at a site (default the post-RMSNorm attention input), token 0 in red.
+    report may also be a gsink.Analysis (streaming over micro-batches): then
+    the attn_norm_out distribution covers every position of the sequence, not
+    only the report's first profile_len."""
     plt = _plt()
+    full = None
+    if hasattr(report, "gradient_norms") and hasattr(report, "report"):  # a gsink.Analysis
+        an = report
+        report = an.report()
+        if site == "attn_norm_out":
+            agg = report["options"]["batch_agg"]
+            full = [an.gradient_norms(l["layer"], site, agg=agg) for l in report["layers"]]
     rep = load_report(report)
     layers = rep["layers"]
     fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(layers) + 2), 3.6))
     data, t0 = [], []
-    for lay in layers:
-        g = _arr(lay["gradient_norms"][site])
+    for i, lay in enumerate(layers):
+        g = np.asarray(full[i], dtype=float) if full is not None else _arr(lay["gradient_norms"][site])
         with np.errstate(divide="ignore", invalid="ignore"):
             lg = np.log10(g)
         rest = lg[1:][np.isfinite(lg[1:])]

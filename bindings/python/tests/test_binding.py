@@ -359,6 +359,65 @@ def test_report_is_a_dict(model):
     assert model.diag_options["sink_window"] == 8
 
 
+def _numbers(x, path=""):
+    """Flattens a report into {path: number or None}."""
+    if isinstance(x, dict):
+        out = {}
+        for k, v in x.items():
+            out.update(_numbers(v, path + "/" + k))
+        return out
+    if isinstance(x, list):
+        out = {}
+        for i, v in enumerate(x):
+            out.update(_numbers(v, "%s[%d]" % (path, i)))
+        return out
+    return {path: x}
+
+
+def test_analysis_streams_like_one_batch(model):
+    tok, _ = batch(B=5, T=20, seed=3)
+    tgt = np.full_like(tok, -1)
+    tgt[:, :-1] = tok[:, 1:]
+    model.set_diag_options(sink_window=8)
+    model.forward(tok, tgt)
+    model.backward()
+    ref = model.report(batch_agg="per_sequence")
+    an = gsink.Analysis(model, 20, sink_window=8)
+    an.add(tok[:2])
+    an.add(tok[2:4])
+    an.add(tok[4:], targets=tgt[4:])
+    rep = an.report(batch_agg="per_sequence")
+    assert rep["input"].pop("sequences") == 5 and rep["input"].pop("micro_batches") == 3
+    a, b = _numbers(ref), _numbers(rep)
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], float):
+            assert b[k] == pytest.approx(a[k], rel=1e-5, abs=1e-9), k
+        else:
+            assert a[k] == b[k], k
+    assert an.counts == {"sequences": 5, "micro_batches": 3, "n_targets": 5 * 19}
+    assert an.gradient_norms(0, "attn_norm_out").shape == (20,)
+    assert an.gradient_norms(0, "q", head=1).shape == (20,)
+    st = an.state()
+    assert st.dtype == np.float64 and an.memory["state_bytes"] >= st.nbytes
+    with pytest.raises(gsink.ShapeMismatchError):
+        an.add(tok[:, :10])
+    with pytest.raises(gsink.TokenOutOfRangeError):
+        an.add(np.full((1, 20), 999, dtype=np.int32))
+    an.finish()
+    with pytest.raises(gsink.CallOrderError):
+        an.add(tok[:1])
+    assert an.report()["input"]["sequences"] == 5  # still usable
+    rep2 = model.analyze(tok, micro_batch=2, sink_window=8, batch_agg="per_sequence")
+    assert rep2["layers"][1]["gradient_sink_ratio"] == pytest.approx(rep["layers"][1]["gradient_sink_ratio"],
+                                                                     rel=1e-6)
+    with pytest.raises(gsink.CancelledError):
+        model.analyze(tok, micro_batch=2, progress=lambda done, total: True)
+    assert gsink.errors.error_class(23) is gsink.CancelledError
+    model.close()
+    assert an.closed  # closing the model closes its analyses
+
+
 # ---------------------------------------------------------------- lifetime
 
 def test_use_after_close_raises():

@@ -54,6 +54,26 @@ def test_all_figures(reports, tmp_path):
     plt.close("all")
 
 
+def test_figure1_from_a_streamed_batch():
+    """Fig. 1 from a gsink.Analysis covers every position (here 80 > 64)."""
+    cfg = gsink.Config(vocab_size=41, d_model=16, n_layers=2, n_heads=4, n_kv_heads=2,
+                       d_head=4, d_ff=24, max_seq_len=96)
+    tok = np.random.default_rng(1).integers(0, 41, size=(4, 80), dtype=np.int32)
+    with gsink.Model(cfg, seed=4, n_threads=1, analysis=True, discard_site_grads=True) as m:
+        an = gsink.Analysis(m, 80, sink_window=16)
+        an.add(tok[:3])
+        an.add(tok[3:])
+        fig = plots.gradient_sink_distribution(an)
+        ax = fig.axes[0]
+        pts = [c for c in ax.collections if c.get_label() != "token 0"]
+        assert sum(len(c.get_offsets()) for c in pts) == 2 * 78  # 79 positions without token 0, one all-zero
+        red = [c for c in ax.collections if c.get_label() == "token 0"][0]
+        t0 = [np.log10(an.gradient_norms(l, "attn_norm_out")[0]) for l in range(2)]
+        np.testing.assert_allclose(red.get_offsets()[:, 1], t0)
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
 def test_bad_inputs(reports):
     with pytest.raises(ValueError, match="schema"):
         plots.gradient_sink_distribution({"schema": "other"})

@@ -44,6 +44,7 @@ pub const gsink_status_GSINK_ERR_NON_FINITE: gsink_status = 19;
 pub const gsink_status_GSINK_ERR_MISSING_TENSOR: gsink_status = 20;
 pub const gsink_status_GSINK_ERR_DEVICE_OUT_OF_MEMORY: gsink_status = 21;
 pub const gsink_status_GSINK_ERR_BUSY: gsink_status = 22;
+pub const gsink_status_GSINK_ERR_CANCELLED: gsink_status = 23;
 pub type gsink_status = ::std::os::raw::c_uint;
 extern "C" {
     pub fn gsink_status_str(status: gsink_status) -> *const ::std::os::raw::c_char;
@@ -1205,6 +1206,108 @@ extern "C" {
     pub fn gsink_report_json(
         model: *mut gsink_model,
         opts: *const gsink_diag_options,
+        json: *mut *mut ::std::os::raw::c_char,
+    ) -> gsink_status;
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct gsink_analysis {
+    _unused: [u8; 0],
+}
+extern "C" {
+    pub fn gsink_analysis_begin(
+        model: *mut gsink_model,
+        seq_len: ::std::os::raw::c_int,
+        opts: *const gsink_diag_options,
+        out: *mut *mut gsink_analysis,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_add(
+        a: *mut gsink_analysis,
+        tokens: *const i32,
+        targets: *const i32,
+        batch: ::std::os::raw::c_int,
+        seq_len: ::std::os::raw::c_int,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_finish(a: *mut gsink_analysis) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_report_json(
+        a: *mut gsink_analysis,
+        opts: *const gsink_diag_options,
+        json: *mut *mut ::std::os::raw::c_char,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_gradient_norms(
+        a: *mut gsink_analysis,
+        layer: ::std::os::raw::c_int,
+        site: gsink_site,
+        head: ::std::os::raw::c_int,
+        agg: ::std::os::raw::c_int,
+        out: *mut f32,
+        count: usize,
+        len: *mut usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_counts(
+        a: *mut gsink_analysis,
+        sequences: *mut i64,
+        micro_batches: *mut i64,
+        n_targets: *mut i64,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_memory(
+        a: *mut gsink_analysis,
+        state_bytes: *mut u64,
+        temp_bytes: *mut u64,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_state_size(a: *mut gsink_analysis, n: *mut usize) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_get_state(
+        a: *mut gsink_analysis,
+        buf: *mut f64,
+        n: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_set_state(
+        a: *mut gsink_analysis,
+        buf: *const f64,
+        n: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_analysis_errmsg(a: *const gsink_analysis) -> *const ::std::os::raw::c_char;
+}
+extern "C" {
+    pub fn gsink_analysis_free(a: *mut gsink_analysis);
+}
+pub type gsink_progress_fn = ::std::option::Option<
+    unsafe extern "C" fn(
+        done: i64,
+        total: i64,
+        user_data: *mut ::std::os::raw::c_void,
+    ) -> ::std::os::raw::c_int,
+>;
+extern "C" {
+    pub fn gsink_analyze_sequences(
+        model: *mut gsink_model,
+        tokens: *const i32,
+        n_seq: ::std::os::raw::c_int,
+        seq_len: ::std::os::raw::c_int,
+        micro_batch: ::std::os::raw::c_int,
+        opts: *const gsink_diag_options,
+        progress: gsink_progress_fn,
+        user_data: *mut ::std::os::raw::c_void,
         json: *mut *mut ::std::os::raw::c_char,
     ) -> gsink_status;
 }

@@ -35,6 +35,8 @@ pub enum Status {
     /// crate's handles are `Send` but not `Sync`, so safe Rust cannot get it;
     /// it comes from a handle shared through `as_ptr` with other code.
     Busy,
+    /// A progress callback asked to stop (`GSINK_ERR_CANCELLED`).
+    Cancelled,
     Other(u32),
 }
 
@@ -65,6 +67,7 @@ impl Status {
             sys::gsink_status_GSINK_ERR_MISSING_TENSOR => MissingTensor,
             sys::gsink_status_GSINK_ERR_DEVICE_OUT_OF_MEMORY => DeviceOutOfMemory,
             sys::gsink_status_GSINK_ERR_BUSY => Busy,
+            sys::gsink_status_GSINK_ERR_CANCELLED => Cancelled,
             other => Other(other),
         }
     }
@@ -95,6 +98,7 @@ impl Status {
             MissingTensor => sys::gsink_status_GSINK_ERR_MISSING_TENSOR,
             DeviceOutOfMemory => sys::gsink_status_GSINK_ERR_DEVICE_OUT_OF_MEMORY,
             Busy => sys::gsink_status_GSINK_ERR_BUSY,
+            Cancelled => sys::gsink_status_GSINK_ERR_CANCELLED,
             Other(c) => c,
         }
     }

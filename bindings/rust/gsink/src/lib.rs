@@ -20,11 +20,15 @@
 //! The layers and metrics without a model, on your own slices, are in
 //! [`ops`].
 //!
-//! Handles ([`Model`], [`Optimizer`], [`Tokenizer`], [`ops::Ops`]) free themselves on drop
+//! Streaming diagnostics over micro-batches: [`Analysis`] and
+//! [`analyze_sequences`].
+//!
+//! Handles ([`Model`], [`Optimizer`], [`Analysis`], [`Tokenizer`], [`ops::Ops`]) free themselves on drop
 //! and are `Send` but not `Sync`.
 
 pub use gsink_sys as sys;
 
+mod analysis;
 mod error;
 mod model;
 pub mod ops;
@@ -34,6 +38,7 @@ mod site;
 mod tokenizer;
 mod util;
 
+pub use analysis::{analyze_sequences, Analysis, AnalysisCounts};
 pub use error::{Error, Result, Status};
 pub use model::{BranchRatios, ColumnMass, Model, ParamInfo, QkvSplit};
 pub use optimizer::Optimizer;

@@ -147,6 +147,9 @@ fn busy_status_maps_both_ways() {
     assert_eq!(Status::from_code(22), Status::Busy);
     assert_eq!(Status::Busy.code(), 22);
     assert_eq!(Status::Busy.description(), "handle busy");
+    assert_eq!(Status::from_code(23), Status::Cancelled);
+    assert_eq!(Status::Cancelled.code(), 23);
+    assert_eq!(Status::Cancelled.description(), "cancelled");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! Forward/backward/metrics through the safe API on the "micro" preset,
 //! checked against references computed here from raw tensors.
-use gsink::{BatchAgg, Config, Model, ModelOptions, Site, Status};
+use gsink::{analyze_sequences, Analysis, BatchAgg, Config, DiagOptions, Model, ModelOptions, Site, Status};
 
 const B: usize = 2;
 const T: usize = 64;
@@ -272,4 +272,67 @@ fn loads_qwen3_glm_and_glm4_checkpoints_with_their_flags() {
     assert!(glm4.get_param("model.layers.0.post_mlp_layernorm.weight").is_ok());
     let glm = Model::load(data.join("glm"), Some(&opts)).unwrap();
     assert!(!glm.config().unwrap().sandwich_norm);
+}
+
+/// Streaming over micro-batches: 1 + 1 sequences give the gradient norms and
+/// R_GS of one batch of 2, the state of two halves sums to the whole, and
+/// bad input leaves the analysis usable.
+#[test]
+fn analysis_over_micro_batches_matches_one_batch() {
+    let mut model = micro();
+    run(&mut model);
+    let whole = model.gradient_norms(1, Site::AttnNormOut, None, BatchAgg::SumThenNorm).unwrap();
+    let rgs = model.gradient_sink_ratio(1, 0, 31, BatchAgg::SumThenNorm).unwrap();
+    let vocab = model.config().unwrap().vocab_size;
+    let (tokens, _) = inputs(vocab);
+    let opts = model.diag_options().unwrap();
+    let state_sum;
+    {
+        let mut a = Analysis::new(&mut model, T, Some(&opts)).unwrap();
+        a.add(&tokens[..T], None, 1).unwrap();
+        let half = a.state().unwrap();
+        a.add(&tokens[T..], None, 1).unwrap();
+        let err = a.add(&tokens[..T - 1], None, 1).unwrap_err();
+        assert_eq!(err.status(), Status::ShapeMismatch);
+        let bad = vec![vocab; T];
+        assert_eq!(a.add(&bad, None, 1).unwrap_err().status(), Status::TokenOutOfRange);
+        let got = a.gradient_norms(1, Site::AttnNormOut, None, BatchAgg::SumThenNorm).unwrap();
+        assert_eq!(got.len(), T);
+        for t in 0..T {
+            assert!(close(got[t] as f64, whole[t] as f64, 1e-5), "t={t}: {} vs {}", got[t], whole[t]);
+        }
+        let c = a.counts().unwrap();
+        assert_eq!((c.sequences, c.micro_batches, c.n_targets), (2, 2, 2 * (T as i64 - 1)));
+        let json = a.report_json(None).unwrap();
+        assert!(json.contains("\"sequences\": 2, \"micro_batches\": 2"));
+        let full = a.state().unwrap();
+        assert_eq!(full.len(), half.len());
+        let (state_bytes, _) = a.memory().unwrap();
+        assert!(state_bytes as usize >= full.len() * 8);
+        a.finish().unwrap();
+        assert_eq!(a.add(&tokens[..T], None, 1).unwrap_err().status(), Status::CallOrder);
+        state_sum = full;
+    }
+    {
+        let mut b = Analysis::new(&mut model, T, Some(&opts)).unwrap();
+        b.set_state(&state_sum).unwrap();
+        assert_eq!(b.set_state(&state_sum[1..]).unwrap_err().status(), Status::ShapeMismatch);
+        let json = b.report_json(Some(&DiagOptions { batch_agg: BatchAgg::SumThenNorm, ..opts })).unwrap();
+        let key = "\"gradient_sink_ratio\": ";
+        let at = json.find(&format!("\"layer\": 1, ")).unwrap();
+        let rest = &json[at..];
+        let v: f64 = rest[rest.find(key).unwrap() + key.len()..].split(',').next().unwrap().trim().parse().unwrap();
+        assert!(close(v, rgs as f64, 1e-5), "R_GS {v} vs {rgs}");
+    }
+    let mut calls = 0;
+    let mut cb = |done: i64, total: i64| {
+        calls += 1;
+        assert_eq!(total, 2);
+        done >= 1
+    };
+    let err = analyze_sequences(&mut model, &tokens, 2, T, 1, None, Some(&mut cb)).unwrap_err();
+    assert_eq!(err.status(), Status::Cancelled);
+    assert_eq!(calls, 1);
+    let json = analyze_sequences(&mut model, &tokens, 2, T, 1, Some(&opts), None).unwrap();
+    assert!(json.contains("\"schema\": \"gsink.report/1\""));
 }
