@@ -19,9 +19,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <dirent.h>
 #include <unistd.h>
 
+#include "cli_json.h"
 #include "cli_plots.h"
 #include "gsink.h"
 
@@ -57,7 +59,11 @@ static void usage(FILE *f)
             "  --separator ID      document separator id (default: the tokenizer's end-of-text)\n"
             "  --save-tokens OUT   write the analysed sequences' token ids (text, one sequence per\n"
             "                      line) to OUT, to feed the same input to other tools\n"
-            "  --batch N           sequences per batch (default 1)\n"
+            "  --sequences N       sequences in the diagnostic batch (default 1; --batch is the same)\n"
+            "  --micro-batch M     run them M at a time (default: all at once): gradients are summed\n"
+            "                      over all N sequences and every metric equals the one-batch\n"
+            "                      result, in memory that does not grow with N\n"
+            "  --no-progress       no progress line on stderr\n"
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
             "  --precision P       fp32 (default) | tf32 | bf16 matrix products (tf32, bf16: CUDA only)\n"
@@ -452,7 +458,7 @@ typedef struct analyze_args {
     const char **text; /* --text FILE|DIR, repeatable (n_text of them) */
     int n_text, separator;
     uint64_t seed;
-    int batch, seq, threads, quiet;
+    int batch, seq, threads, quiet, micro_batch, no_progress;
     int vscale;
     gsink_diag_options diag;
     int sink_window_set;
@@ -497,7 +503,9 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
         else if (!strcmp(o, "--precision")) { NEED_VALUE(); a->precision = v; }
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
-        else if (!strcmp(o, "--batch")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->batch)) return -1; }
+        else if (!strcmp(o, "--batch") || !strcmp(o, "--sequences")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->batch)) return -1; }
+        else if (!strcmp(o, "--micro-batch")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->micro_batch)) return -1; }
+        else if (!strcmp(o, "--no-progress")) a->no_progress = 1;
         else if (!strcmp(o, "--seq")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 24, &a->seq)) return -1; }
         else if (!strcmp(o, "--threads")) { NEED_VALUE(); if (parse_int(o, v, 0, gsink_max_threads(), &a->threads)) return -1; }
         else if (!strcmp(o, "--sink-eps")) { NEED_VALUE(); if (parse_float(o, v, &a->diag.sink_eps)) return -1; }
@@ -612,36 +620,101 @@ static int plot_data_alloc(plot_data *p, int L, int T)
     return 0;
 }
 
-/* Fills p from a model after forward + backward (one batch). */
-static int plot_data_from_model(plot_data *p, gsink_model *m, const gsink_diag_options *d, int L, int T)
+/* Fills p from the report (branch ratios and input norms of the early
+ * tokens, R_GS) and the analysis (the whole attn_norm_out profile). */
+static int plot_data_from_report(plot_data *p, const jval *rep, gsink_analysis *an, const gsink_diag_options *d, int L,
+                                 int T)
 {
     if (plot_data_alloc(p, L, T)) return -1;
-    float *tmp = malloc(sizeof(float) * 4 * (size_t)T);
-    if (!tmp) {
-        fprintf(stderr, "%s: out of memory\n", prog);
-        return -1;
-    }
-    gsink_status st = GSINK_OK;
-    for (int l = 0; l < L && !st; l++) {
-        st = gsink_get_gradient_norms(m, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS, d->batch_agg,
-                                      p->gnorm + (size_t)l * T, (size_t)T);
-        if (st) break;
-        if (gsink_gradient_sink_ratio(m, l, 0, d->rgs_window, d->batch_agg, &p->rgs[l])) p->rgs[l] = NAN;
-        for (int b = 0; b < 2 && !st; b++) {
-            st = gsink_get_activation_norms(m, l, b ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_IN, GSINK_ALL_HEADS,
-                                            tmp, (size_t)T);
-            if (!st) st = gsink_branch_ratios(m, l, b ? GSINK_BRANCH_MLP : GSINK_BRANCH_ATTN, d->batch_agg,
-                                              tmp + T, tmp + 2 * (size_t)T, tmp + 3 * (size_t)T, (size_t)T);
-            for (int t = 0; !st && t < p->n_tok; t++) {
-                size_t i = (size_t)l * p->n_tok + t;
-                p->hnorm[b][i] = tmp[t];
-                for (int k = 0; k < 3; k++) p->ratio[b][k][i] = tmp[(size_t)(k + 1) * T + t];
-            }
+    const jval *layers = json_get(rep, "layers");
+    static const char *branch[2] = {"attn", "mlp"}, *site[2] = {"resid_in", "resid_mid"};
+    static const char *ratio[3] = {"bloat", "change", "compress"};
+    for (int l = 0; l < L; l++) {
+        const jval *lay = json_at(layers, (size_t)l);
+        size_t len = 0;
+        gsink_status st = gsink_analysis_gradient_norms(an, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS, d->batch_agg,
+                                                        p->gnorm + (size_t)l * T, (size_t)T, &len);
+        if (st || len != (size_t)T) {
+            fprintf(stderr, "%s: reading the gradient norms failed: %s: %s\n", prog, gsink_status_str(st),
+                    gsink_analysis_errmsg(an));
+            return -1;
         }
+        p->rgs[l] = (float)json_num(json_get(lay, "gradient_sink_ratio"));
+        for (int b = 0; b < 2; b++)
+            for (int t = 0; t < p->n_tok; t++) {
+                size_t i = (size_t)l * p->n_tok + t;
+                p->hnorm[b][i] = (float)json_num(json_at(json_get(json_get(lay, "activation_norms"), site[b]), (size_t)t));
+                for (int k = 0; k < 3; k++)
+                    p->ratio[b][k][i] =
+                        (float)json_num(json_at(json_get(json_get(json_get(lay, "branch"), branch[b]), ratio[k]), (size_t)t));
+            }
     }
-    free(tmp);
-    if (st) return fail_lib("collecting the plot data", st);
     return 0;
+}
+
+/* The per-layer table, read off the report. */
+static void print_table(const jval *rep)
+{
+    printf("%5s %9s %9s %9s %14s %13s %10s %10s\n", "layer", "sink_rate", "M_0", "R_GS", "t0/early:resid",
+           "t0/early:mlp", "|v_0|", "|v_1..15|");
+    const jval *layers = json_get(rep, "layers");
+    for (size_t l = 0; layers && l < layers->n; l++) {
+        const jval *lay = json_at(layers, l), *heads = json_get(lay, "heads");
+        double m0 = 0;
+        for (size_t h = 0; heads && h < heads->n; h++) m0 += json_num(json_get(json_at(heads, h), "column_mass"));
+        m0 = heads && heads->n ? m0 / (double)heads->n : NAN;
+        printf("%5d %9.3f %9.3f %9.3f %14.3f %13.3f %10.4g %10.4g\n", (int)json_num(json_get(lay, "layer")),
+               json_num(json_get(lay, "sink_rate")), m0, json_num(json_get(lay, "gradient_sink_ratio")),
+               json_path_num(lay, "massive_activation_ratio", "resid_out", NULL),
+               json_path_num(lay, "massive_activation_ratio", "mlp_out", NULL),
+               json_path_num(lay, "value_norm", "token0", NULL), json_path_num(lay, "value_norm", "early_mean", NULL));
+    }
+}
+
+/* Progress on stderr: a redrawn line on a terminal, else a line every 10%. */
+typedef struct progress_state {
+    int on, tty, last_decile;
+    int64_t total, seq_len;
+    double t0;
+} progress_state;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static void progress_start(progress_state *p, int on, int64_t total, int64_t seq_len)
+{
+    p->on = on;
+    p->tty = isatty(STDERR_FILENO);
+    p->last_decile = -1;
+    p->total = total;
+    p->seq_len = seq_len;
+    p->t0 = now_s();
+}
+
+static void progress_update(progress_state *p, int64_t done)
+{
+    if (!p->on) return;
+    double el = now_s() - p->t0, rate = el > 0 ? (double)(done * p->seq_len) / el : 0;
+    double eta = done > 0 ? el * (double)(p->total - done) / (double)done : 0;
+    int decile = (int)(10 * done / p->total);
+    if (!p->tty && decile == p->last_decile && done < p->total) return;
+    p->last_decile = decile;
+    char bar[31];
+    int fill = (int)(30 * done / p->total);
+    for (int i = 0; i < 30; i++) bar[i] = i < fill ? '#' : '.';
+    bar[30] = '\0';
+    fprintf(stderr, "%s[%s] %lld/%lld sequences  %.0f tokens/s  ETA %dm%02ds%s", p->tty ? "\r\033[K" : "", bar,
+            (long long)done, (long long)p->total, rate, (int)eta / 60, (int)eta % 60, p->tty ? "" : "\n");
+    fflush(stderr);
+}
+
+static void progress_end(progress_state *p)
+{
+    if (p->on && p->tty) fputc('\n', stderr);
 }
 
 /* Writes DIR/fig1_gradient_sinks.svg, fig3_attn_branch.svg, fig10_mlp_branch.svg. */
@@ -684,6 +757,8 @@ static int cmd_analyze(int argc, char **argv)
     int32_t *ids = NULL, *tok = NULL, *tgt = NULL;
     float *buf = NULL;
     char *json = NULL;
+    gsink_analysis *an = NULL;
+    jval *rep = NULL;
 
     gsink_model_options mo;
     gsink_model_options_init(&mo);
@@ -769,45 +844,50 @@ static int cmd_analyze(int argc, char **argv)
     if (!a.sink_window_set && a.diag.sink_window > T) a.diag.sink_window = T;
     if ((st = gsink_set_diag_options(m, &a.diag))) { rc = fail_lib("setting diagnostic options", st); goto out; }
 
-    float loss = 0;
-    if ((st = gsink_forward(m, tok, tgt, B, T, &loss))) { rc = fail_lib("forward", st); goto out; }
-    if ((st = gsink_backward(m, 0))) { rc = fail_lib("backward", st); goto out; }
+    /* The diagnostic batch in micro-batches through the streaming analysis;
+     * with one micro-batch this is a plain forward + backward. */
+    int MB = a.micro_batch && a.micro_batch < B ? a.micro_batch : B;
+    if ((st = gsink_analysis_begin(m, T, &a.diag, &an))) { rc = fail_lib("starting the analysis", st); goto out; }
+    {
+        progress_state ps;
+        progress_start(&ps, !a.quiet && !a.no_progress, B, T);
+        for (int s0 = 0; s0 < B; s0 += MB) {
+            int mb = B - s0 < MB ? B - s0 : MB;
+            size_t off = (size_t)s0 * (size_t)T;
+            if ((st = gsink_analysis_add(an, tok + off, tgt + off, mb, T))) {
+                progress_end(&ps);
+                fprintf(stderr, "%s: micro-batch at sequence %d failed: %s: %s\n", prog, s0, gsink_status_str(st),
+                        gsink_analysis_errmsg(an));
+                goto out;
+            }
+            progress_update(&ps, s0 + mb);
+        }
+        progress_end(&ps);
+    }
+    if ((st = gsink_analysis_finish(an)) || (st = gsink_analysis_report_json(an, &a.diag, &json))) {
+        fprintf(stderr, "%s: building the report failed: %s: %s\n", prog, gsink_status_str(st), gsink_analysis_errmsg(an));
+        goto out;
+    }
+    if (!(rep = json_parse(json))) {
+        fprintf(stderr, "%s: the library's report is not valid JSON\n", prog);
+        goto out;
+    }
 
     if (!a.quiet) {
         printf("model: %s  (L=%d d=%d H=%d KV=%d dh=%d ff=%d V=%d)\n", a.model ? a.model : a.preset,
                cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff,
                cfg.vocab_size);
-        printf("input: %s, batch %d x seq %d, loss %.4f\n", source, B, T, loss);
+        printf("input: %s, %d sequences x seq %d", source, B, T);
+        if (MB < B) printf(" in micro-batches of %d", MB);
+        printf(", loss %.4f\n", json_path_num(rep, "input", "loss", NULL));
         printf("sink rate: eps=%.2f T_eps=%d s=0 | R_GS: T_e=%d, gradients %s | t0/early: ||x_0|| / mean ||x_1..15||\n\n",
                a.diag.sink_eps, a.diag.sink_window, a.diag.rgs_window,
                a.diag.batch_agg == GSINK_AGG_SUM_THEN_NORM ? "summed over the batch" : "per sequence");
-        printf("%5s %9s %9s %9s %14s %13s %10s %10s\n", "layer", "sink_rate", "M_0", "R_GS",
-               "t0/early:resid", "t0/early:mlp", "|v_0|", "|v_1..15|");
-        for (int l = 0; l < cfg.n_layers; l++) {
-            float rate = NAN, rgs = NAN, mr = NAN, mm = NAN, m0 = 0, v0 = NAN, ve = NAN;
-            if (gsink_sink_rate(m, l, 0, a.diag.sink_eps, &rate)) rate = NAN;
-            if (gsink_gradient_sink_ratio(m, l, 0, a.diag.rgs_window, a.diag.batch_agg, &rgs)) rgs = NAN;
-            if (gsink_massive_activation_ratio(m, l, GSINK_SITE_RESID_OUT, &mr)) mr = NAN;
-            if (gsink_massive_activation_ratio(m, l, GSINK_SITE_MLP_OUT, &mm)) mm = NAN;
-            for (int h = 0; h < cfg.n_heads; h++) {
-                if (gsink_attention_column_mass(m, l, h, buf, NULL, (size_t)T)) { m0 = NAN; break; }
-                m0 += buf[0] / (float)cfg.n_heads;
-            }
-            if (gsink_get_activation_norms(m, l, GSINK_SITE_V, GSINK_ALL_HEADS, buf, (size_t)T) == GSINK_OK) {
-                v0 = buf[0];
-                if (T > 15) {
-                    double e = 0;
-                    for (int t = 1; t <= 15; t++) e += buf[t];
-                    ve = (float)(e / 15);
-                }
-            }
-            printf("%5d %9.3f %9.3f %9.3f %14.3f %13.3f %10.4g %10.4g\n", l, rate, m0, rgs, mr, mm, v0, ve);
-        }
+        print_table(rep);
         printf("\nM_0: column mass of token 0 averaged over heads (sum_t a_t0; %d would mean every query attends only to token 0)\n", T);
     }
 
     if (a.json) {
-        if ((st = gsink_report_json(m, NULL, &json))) { rc = fail_lib("building the JSON report", st); goto out; }
         if (!strcmp(a.json, "-")) {
             fputs(json, stdout);
         } else {
@@ -822,7 +902,7 @@ static int cmd_analyze(int argc, char **argv)
     }
     if (a.plots) {
         plot_data pd;
-        int bad = plot_data_from_model(&pd, m, &a.diag, cfg.n_layers, T);
+        int bad = plot_data_from_report(&pd, rep, an, &a.diag, cfg.n_layers, T);
         const char *name = a.model ? a.model : a.preset, *slash = strrchr(name, '/');
         if (slash && slash[1]) name = slash + 1;
         if (!bad) bad = write_plots(a.plots, name, &pd, a.quiet);
@@ -831,6 +911,8 @@ static int cmd_analyze(int argc, char **argv)
     }
     rc = 0;
 out:
+    json_free(rep);
+    gsink_analysis_free(an);
     gsink_free(json);
     free(buf);
     free(ids);
