@@ -276,7 +276,7 @@ FORMAT, UNSUPPORTED, IO = 15, 16, 14
     (lambda d: d["model"].update(type="Unigram"), UNSUPPORTED, "model type 'Unigram'"),
     (lambda d: d["model"].update(type="WordPiece"), UNSUPPORTED, "BPE only"),
     (lambda d: d["model"].update(vocab={"a": 0, "b": 0, "ab": 2}), FORMAT, "id 0 is given to both"),
-    (lambda d: d["model"].update(vocab={"a": 0, "b": 1, "ab": 99}), FORMAT, "out of range"),
+    (lambda d: d["model"].update(vocab={"a": 0, "b": 1, "ab": 99999}), FORMAT, "token id 99999 is out of range"),
     (lambda d: d["model"].update(vocab={"a": -1, "b": 1, "ab": 2}), FORMAT, "no valid id"),
     (lambda d: d["model"].update(vocab={"a": "x", "b": 1, "ab": 2}), FORMAT, "no valid id"),
     (lambda d: d["model"].update(merges=["a c"]), FORMAT, "not in the vocabulary (its second token)"),
@@ -289,7 +289,7 @@ FORMAT, UNSUPPORTED, IO = 15, 16, 14
     (lambda d: d.pop("model"), FORMAT, "no model"),
     (lambda d: d["added_tokens"][0].update(id=1), FORMAT, "already 'b'"),
     (lambda d: d["added_tokens"][0].update(content="ab"), FORMAT, "duplicate token 'ab'"),
-    (lambda d: d["added_tokens"][0].update(id=1000000), FORMAT, "out of range"),
+    (lambda d: d["added_tokens"][0].update(id=1000000), FORMAT, "token id 1000000 is out of range"),
     (lambda d: d["added_tokens"][0].update(lstrip=True), UNSUPPORTED, "lstrip"),
     (lambda d: d["added_tokens"].append({"id": 4, "content": ""}), FORMAT, "non-empty content"),
     (lambda d: d.update(normalizer={"type": "NFKC"}), UNSUPPORTED, "normalizer 'NFKC'"),
@@ -386,3 +386,14 @@ def test_llama3_contraction_case_fold(tmp_path):
         # The split matters here: ſy is one token, 'ſy is not ' + ſy.
         assert tok.encode("\u017fy").tolist() == [d["model"]["vocab"][im(ls + "y")]]
         assert len(tok.encode("'\u017fy").tolist()) == 3
+
+
+def test_id_gap(tmp_path):
+    d = good_doc()
+    d["model"]["vocab"]["ab"] = 9  # ids 2..8 unused, 9 merged from a + b
+    d["added_tokens"][0]["id"] = 10
+    d["model"]["vocab"]["ab"] = 9
+    tok = gsink.Tokenizer(save(d, str(tmp_path / "g")))
+    assert tok.vocab_size == 11
+    assert tok.encode("abab<|endoftext|>", parse_special=True).tolist() == [9, 9, 10]
+    assert tok.decode([2, 9]) == "ab"
