@@ -46,8 +46,10 @@ static void usage(FILE *f)
             "  --tokens FILE       token ids: a text file (only printable ASCII and whitespace)\n"
             "                      holds decimal ids separated by whitespace and nothing else;\n"
             "                      any other file is raw little-endian int32 ids\n"
-            "  --text FILE         UTF-8 text, tokenized with --tokenizer GGUF\n"
-            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text)\n"
+            "  --text FILE         UTF-8 text, tokenized with --tokenizer (default: the\n"
+            "                      tokenizer.json of the --model directory)\n"
+            "  --tokenizer PATH    GGUF file with tokenizer metadata, HF tokenizer.json, or a\n"
+            "                      directory holding tokenizer.json (for --text)\n"
             "  --batch N           sequences per batch (default 1)\n"
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
@@ -115,6 +117,16 @@ static int parse_float(const char *opt, const char *s, float *out)
 }
 
 /* Reads a whole file; returns NULL (message printed) on failure. */
+/* A tokenizer from a GGUF file, a tokenizer.json or a directory holding one. */
+static gsink_status load_tokenizer(const char *path, gsink_tokenizer **out)
+{
+    struct stat sb;
+    size_t n = strlen(path);
+    if ((stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) || (n >= 5 && !strcmp(path + n - 5, ".json")))
+        return gsink_tokenizer_load_json(path, out);
+    return gsink_tokenizer_load_gguf(path, out);
+}
+
 static char *read_file(const char *path, size_t *len)
 {
     /* O_NONBLOCK: a FIFO must not make the tool wait for a writer; only
@@ -391,8 +403,17 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         return -1;
     }
     if (a->text && !a->tokenizer) {
-        fprintf(stderr, "%s: --text needs --tokenizer GGUF\n", prog);
-        return -1;
+        /* The model directory's tokenizer.json, when it has one. */
+        struct stat sb;
+        char tj[4096];
+        if (a->model && stat(a->model, &sb) == 0 && S_ISDIR(sb.st_mode) &&
+            (size_t)snprintf(tj, sizeof tj, "%s/tokenizer.json", a->model) < sizeof tj && stat(tj, &sb) == 0) {
+            a->tokenizer = a->model;
+        } else {
+            fprintf(stderr, "%s: --text needs --tokenizer (GGUF, tokenizer.json or its directory) or a --model "
+                            "directory holding tokenizer.json\n", prog);
+            return -1;
+        }
     }
     if (a->device && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
         fprintf(stderr, "%s: --device expects cpu or cuda, got '%s'\n", prog, a->device);
@@ -589,7 +610,7 @@ static int cmd_analyze(int argc, char **argv)
         size_t len, n = 0;
         char *text = read_file(a.text, &len);
         if (!text) goto out;
-        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { free(text); rc = fail_lib("loading the tokenizer", st); goto out; }
+        if ((st = load_tokenizer(a.tokenizer, &tk))) { free(text); rc = fail_lib("loading the tokenizer", st); goto out; }
         st = gsink_tokenizer_encode(tk, text, len, 0, NULL, 0, &n);
         if (st != GSINK_OK && st != GSINK_ERR_BUFFER_TOO_SMALL) { free(text); rc = fail_lib("tokenizing", st); goto out; }
         ids = malloc(sizeof(int32_t) * (n ? n : 1));

@@ -397,3 +397,29 @@ def test_id_gap(tmp_path):
     assert tok.vocab_size == 11
     assert tok.encode("abab<|endoftext|>", parse_special=True).tolist() == [9, 9, 10]
     assert tok.decode([2, 9]) == "ab"
+
+
+def test_cli_text_with_tokenizer_json(tmp_path):
+    """gsink-cli analyze --model DIR --text FILE tokenizes with DIR's
+    tokenizer.json: the same loss as --tokens with HF's ids of the text."""
+    import subprocess
+    cli = os.environ.get("GSINK_CLI")
+    model = os.path.join(ROOT, "models", "default")
+    if not cli or not os.path.exists(os.path.join(model, "tokenizer.json")):
+        pytest.skip("GSINK_CLI not set or models/default absent")
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        text = f.read()[:4000] + " DON'T 12345678 中文 😀"
+    (tmp_path / "t.txt").write_text(text, encoding="utf-8")
+    ids = Tokenizer.from_file(os.path.join(model, "tokenizer.json")).encode(text).ids
+    (tmp_path / "ids.txt").write_text(" ".join(map(str, ids)))
+    losses = []
+    for extra in (["--text", str(tmp_path / "t.txt")],
+                  ["--text", str(tmp_path / "t.txt"), "--tokenizer", os.path.join(model, "tokenizer.json")],
+                  ["--tokens", str(tmp_path / "ids.txt")]):
+        out = tmp_path / "r.json"
+        r = subprocess.run([cli, "analyze", "--model", model, "--seq", "48", "--batch", "2", "--json", str(out)]
+                           + extra, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        with open(out) as f:
+            losses.append(json.load(f)["input"]["loss"])
+    assert losses[0] == losses[1] == losses[2]
