@@ -323,8 +323,9 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
         size_t pl = (size_t)pre->s.len;
 #define PRE_IS(lit) (pl == sizeof(lit) - 1 && memcmp(pre->s.ptr, lit, pl) == 0)
         if (PRE_IS("smollm")) t->pre = PRE_SMOLLM;
-        else if (PRE_IS("llama-bpe") || PRE_IS("llama3") || PRE_IS("llama-v3") || PRE_IS("chatglm-bpe") ||
-                 PRE_IS("glm4"))
+        else if (PRE_IS("llama-bpe") || PRE_IS("llama3") || PRE_IS("llama-v3"))
+            t->pre = PRE_LLAMA3, t->ignore_merges = 1; /* as Llama 3's tokenizer.json (and llama.cpp) */
+        else if (PRE_IS("chatglm-bpe") || PRE_IS("glm4"))
             t->pre = PRE_LLAMA3; /* GLM-4's regex is llama3's (llama.cpp spells (?i:'s) '[sS]) */
         else if (PRE_IS("qwen2") || PRE_IS("deepseek-r1-qwen"))
             t->pre = PRE_QWEN2;

@@ -423,3 +423,16 @@ def test_cli_text_with_tokenizer_json(tmp_path):
         with open(out) as f:
             losses.append(json.load(f)["input"]["loss"])
     assert losses[0] == losses[1] == losses[2]
+
+
+@pytest.mark.parametrize("pre,want", [("llama-bpe", [5]), ("gpt2", [3, 2]), ("qwen2", [3, 2])])
+def test_gguf_llama_bpe_ignores_merges(tmp_path, pre, want):
+    # As llama.cpp (and Llama 3's tokenizer.json): a piece that is a token is
+    # that token, whatever the merges would make of it.
+    kvs = [("tokenizer.ggml.model", ggufw.STRING, "gpt2"),
+           ("tokenizer.ggml.pre", ggufw.STRING, pre),
+           ("tokenizer.ggml.tokens", ggufw.ARRAY, ["a", "b", "c", "ab", "bc", "abc"], ggufw.STRING),
+           ("tokenizer.ggml.merges", ggufw.ARRAY, ["a b", "b c"], ggufw.STRING)]
+    p = tmp_path / "t.gguf"
+    p.write_bytes(ggufw.build(kvs, []))
+    assert gsink.Tokenizer(str(p)).encode("abc").tolist() == want
