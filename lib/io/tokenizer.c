@@ -29,6 +29,8 @@ struct gsink_tokenizer {
     int fold_long_s;        /* llama3/qwen2 (?i:'s...): U+017F folds to 's' as in Oniguruma */
     int ignore_merges;      /* HF BPE ignore_merges: a piece that is a token is that token */
     int hf_decode;          /* tokenizer.json: added tokens decode through the byte-level map */
+    uint8_t *in_model;      /* tokenizer.json: (n_vocab) 1 if model.vocab has the token (BPE
+                             * looks up only those); NULL: every token */
     int32_t bos, eos;
     /* Added tokens (control, user-defined) matched in text: an Aho-Corasick
      * automaton over their reversed texts (see build_matcher). */
@@ -86,6 +88,14 @@ static int32_t hmap_get(const hmap *m, const char *s, size_t n)
         i = (i + 1) & (m->cap - 1);
     }
     return -1;
+}
+
+/* A token of the BPE model's vocabulary by text (added-only tokens of a
+ * tokenizer.json are not: HF's BPE model does not know them), -1 if none. */
+static int32_t model_get(const gsink_tokenizer *t, const char *s, size_t n)
+{
+    int32_t id = hmap_get(&t->vocab, s, n);
+    return id >= 0 && t->in_model && !t->in_model[id] ? -1 : id;
 }
 
 /* ---- UTF-8 and character classes ----------------------------------------- */
@@ -173,6 +183,7 @@ void gsink_tokenizer_free(gsink_tokenizer *t)
     free(t->tok);
     free(t->tok_len);
     free(t->type);
+    free(t->in_model);
     free(t->vocab.e);
     free(t->merges.e);
     free(t->ac_fail);
@@ -592,7 +603,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         wl += l;
     }
     if (t->ignore_merges) {
-        int32_t whole = hmap_get(&t->vocab, e->word, wl);
+        int32_t whole = model_get(t, e->word, wl);
         if (whole >= 0) {
             emit(e, whole);
             return;
@@ -614,7 +625,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         if (nb != NONE) heap_push(e, a, nb);
     }
     for (uint32_t i = 0; i != NONE && !e->stop; i = e->sym_next[i]) {
-        int32_t id = hmap_get(&t->vocab, e->word + e->sym_off[i], e->sym_len[i]);
+        int32_t id = model_get(t, e->word + e->sym_off[i], e->sym_len[i]);
         if (id >= 0) {
             emit(e, id);
             continue;
@@ -630,7 +641,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         while (left > 0 && !e->stop) {
             uint32_t cp;
             size_t l = utf8_next((const uint8_t *)p, left, &cp);
-            int32_t bid = hmap_get(&t->vocab, p, l);
+            int32_t bid = model_get(t, p, l);
             int all_bytes = 1;
             for (size_t q = 0; q < l; q++)
                 if (t->byte_tok[(uint8_t)p[q]] < 0) all_bytes = 0;
@@ -1218,7 +1229,8 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
     t->tok = calloc(nv, sizeof *t->tok);
     t->tok_len = calloc(nv, sizeof *t->tok_len);
     t->type = calloc(nv, sizeof *t->type);
-    if (!t->arena || !t->tok || !t->tok_len || !t->type || !hmap_init(&t->vocab, nv) || !hmap_init(&t->merges, nm))
+    t->in_model = calloc(nv, 1);
+    if (!t->arena || !t->tok || !t->tok_len || !t->type || !t->in_model || !hmap_init(&t->vocab, nv) || !hmap_init(&t->merges, nm))
         return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
     char *ar = t->arena;
     for (size_t k = 0; k < nvj; k++) {
@@ -1233,6 +1245,7 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
         t->tok[id] = tj_copy(&ar, vocab->keys[k], len);
         t->tok_len[id] = (uint32_t)len;
         t->type[id] = TOK_NORMAL;
+        t->in_model[id] = 1;
         hmap_put(&t->vocab, t->tok[id], len, id);
     }
     for (size_t k = 0; k < na; k++) {
@@ -1304,8 +1317,8 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
         }
         memcpy(cat, a, la);
         memcpy(cat + la, b, lb);
-        const char *bad = hmap_get(&t->vocab, a, la) < 0 ? "its first token" : hmap_get(&t->vocab, b, lb) < 0 ? "its second token"
-                        : hmap_get(&t->vocab, cat, la + lb) < 0 ? "the merged token" : NULL;
+        const char *bad = model_get(t, a, la) < 0 ? "its first token" : model_get(t, b, lb) < 0 ? "its second token"
+                        : model_get(t, cat, la + lb) < 0 ? "the merged token" : NULL;
         if (bad)
             st = gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: merge %zu '%.*s' names a token not in the vocabulary (%s)",
                              k, (int)(mlen[k] > 60 ? 60 : mlen[k]), p, bad);
@@ -1319,7 +1332,7 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
 
     t->unk = -1;
     if (unk && unk->type == GSINK_JSON_STRING) {
-        t->unk = hmap_get(&t->vocab, unk->str, unk->len);
+        t->unk = model_get(t, unk->str, unk->len);
         if (t->unk < 0)
             return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: unk_token '%.40s' is not in the vocabulary", unk->str);
     }
@@ -1327,8 +1340,7 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
     for (int b = 0; b < 256; b++) {
         char name[8];
         snprintf(name, sizeof name, "<0x%02X>", b);
-        int32_t id = bf ? hmap_get(&t->vocab, name, 6) : -1;
-        t->byte_tok[b] = id >= 0 && t->type[id] == TOK_NORMAL ? id : -1;
+        t->byte_tok[b] = bf ? model_get(t, name, 6) : -1;
     }
     t->hf_decode = 1;
     byte_map(t);

@@ -308,6 +308,7 @@ FORMAT, UNSUPPORTED, IO = 15, 16, 14
     (lambda d: d["model"].update(dropout=0.1), UNSUPPORTED, "dropout"),
     (lambda d: d["model"].update(continuing_subword_prefix="##"), UNSUPPORTED, "continuing_subword_prefix"),
     (lambda d: d["model"].update(unk_token="<unk>"), FORMAT, "unk_token '<unk>'"),
+    (lambda d: d["model"].update(merges=["a b", "ab <|endoftext|>"]), FORMAT, "(its second token)"),
 ])
 def test_refused(tmp_path, mutate, status, needle):
     d = good_doc()
@@ -436,3 +437,21 @@ def test_gguf_llama_bpe_ignores_merges(tmp_path, pre, want):
     p = tmp_path / "t.gguf"
     p.write_bytes(ggufw.build(kvs, []))
     assert gsink.Tokenizer(str(p)).encode("abc").tolist() == want
+
+
+def test_added_only_token_is_not_a_bpe_token(tmp_path):
+    # "ab" only in added_tokens (special, so text when not parsed): HF's BPE
+    # model does not know it, even with ignore_merges.
+    d = good_doc()
+    d["model"]["vocab"] = {"a": 0, "b": 1}
+    d["model"]["merges"] = []
+    d["model"]["ignore_merges"] = True
+    d["model"]["unk_token"] = None
+    d["added_tokens"][0].update(content="ab", id=2)
+    d["pre_tokenizer"]["trim_offsets"] = True
+    hf = Tokenizer.from_str(json.dumps(d))
+    tok = gsink.Tokenizer(save(d, str(tmp_path / "x")))
+    hf.encode_special_tokens = True
+    assert tok.encode("ab").tolist() == hf.encode("ab").ids == [0, 1]
+    hf.encode_special_tokens = False
+    assert tok.encode("ab", parse_special=True).tolist() == hf.encode("ab").ids == [2]
