@@ -29,6 +29,7 @@ struct gsink_tokenizer {
     int fold_long_s;        /* llama3/qwen2 (?i:'s...): U+017F folds to 's' as in Oniguruma */
     int ignore_merges;      /* HF BPE ignore_merges: a piece that is a token is that token */
     int hf_decode;          /* tokenizer.json: added tokens decode through the byte-level map */
+    int nfc;                /* tokenizer.json normalizer NFC: text between added tokens is NFC'd */
     uint8_t *in_model;      /* tokenizer.json: (n_vocab) 1 if model.vocab has the token (BPE
                              * looks up only those); NULL: every token */
     int32_t bos, eos;
@@ -698,6 +699,139 @@ static void split_gpt2(enc *e, const uint8_t *s, const uint32_t *cp, const size_
     }
 }
 
+/* ---- NFC (tokenizer.json's NFC normalizer) --------------------------------
+ * Canonical decomposition, canonical ordering, canonical composition (UAX
+ * #15) with the tables of unicode_tables.h; Hangul algorithmically. Bytes
+ * that are not UTF-8 pass through unchanged (as 0x110000 + byte). */
+
+enum { H_SBASE = 0xAC00, H_LBASE = 0x1100, H_VBASE = 0x1161, H_TBASE = 0x11A7, H_LCOUNT = 19,
+       H_VCOUNT = 21, H_TCOUNT = 28, H_NCOUNT = 588, H_SCOUNT = 11172 };
+
+static int ccc_of(uint32_t c)
+{
+    size_t lo = 0, hi = sizeof gsink_uni_ccc / sizeof gsink_uni_ccc[0];
+    if (c < 0x300) return 0;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < gsink_uni_ccc[mid][0]) hi = mid;
+        else if (c > gsink_uni_ccc[mid][1]) lo = mid + 1;
+        else return (int)gsink_uni_ccc[mid][2];
+    }
+    return 0;
+}
+
+static uint32_t compose_pair(uint32_t a, uint32_t b)
+{
+    if (a >= H_LBASE && a < H_LBASE + H_LCOUNT && b >= H_VBASE && b < H_VBASE + H_VCOUNT)
+        return H_SBASE + ((a - H_LBASE) * H_VCOUNT + (b - H_VBASE)) * H_TCOUNT;
+    if (a >= H_SBASE && a < H_SBASE + H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 && b > H_TBASE &&
+        b < H_TBASE + H_TCOUNT)
+        return a + (b - H_TBASE);
+    size_t lo = 0, hi = sizeof gsink_uni_comp / sizeof gsink_uni_comp[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        const uint32_t *m = gsink_uni_comp[mid];
+        if (a < m[0] || (a == m[0] && b < m[1])) hi = mid;
+        else if (a > m[0] || b > m[1]) lo = mid + 1;
+        else return m[2];
+    }
+    return 0;
+}
+
+/* Appends the canonical decomposition of c to out at *n (at most 4 code
+ * points, the longest canonical decomposition). */
+static void decompose(uint32_t c, uint32_t *out, size_t *n)
+{
+    if (c >= H_SBASE && c < H_SBASE + H_SCOUNT) {
+        uint32_t si = c - H_SBASE;
+        out[(*n)++] = H_LBASE + si / H_NCOUNT;
+        out[(*n)++] = H_VBASE + (si % H_NCOUNT) / H_TCOUNT;
+        if (si % H_TCOUNT) out[(*n)++] = H_TBASE + si % H_TCOUNT;
+        return;
+    }
+    if (c >= 0xC0 && c < 0x110000) {
+        size_t lo = 0, hi = sizeof gsink_uni_decomp / sizeof gsink_uni_decomp[0];
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (c < gsink_uni_decomp[mid][0]) hi = mid;
+            else if (c > gsink_uni_decomp[mid][0]) lo = mid + 1;
+            else {
+                for (uint32_t k = 0; k < gsink_uni_decomp[mid][2]; k++)
+                    out[(*n)++] = gsink_uni_decomp_data[gsink_uni_decomp[mid][1] + k];
+                return;
+            }
+        }
+    }
+    out[(*n)++] = c;
+}
+
+/* NFC of s[0, n) in a malloc'd buffer (*out, *out_n); NULL when s is
+ * unchanged by NFC for certain (no code point >= U+0300), or out of memory
+ * (*oom set). */
+static char *nfc_text(const uint8_t *s, size_t n, size_t *out_n, int *oom)
+{
+    size_t k = 0;
+    while (k < n && s[k] < 0xCC) k++; /* lead bytes below 0xCC: code points below U+0300 */
+    if (k == n) return NULL;
+    uint32_t *cp = n <= SIZE_MAX / (4 * sizeof *cp) ? malloc(4 * n * sizeof *cp) : NULL;
+    char *o = n <= SIZE_MAX / 32 ? malloc(16 * n + 1) : NULL;
+    if (!cp || !o) {
+        free(cp);
+        free(o);
+        *oom = 1;
+        return NULL;
+    }
+    size_t m = 0;
+    for (size_t p = 0; p < n;) {
+        uint32_t c;
+        size_t l = utf8_next(s + p, n - p, &c);
+        if (c == 0xFFFD && !(l == 3 && s[p] == 0xEF)) c = 0x110000u + s[p]; /* not UTF-8: keep the byte */
+        decompose(c, cp, &m);
+        p += l;
+    }
+    /* Canonical ordering: a stable sort of each run of nonzero classes. */
+    for (size_t i = 1; i < m; i++) {
+        int ci = ccc_of(cp[i]);
+        if (!ci) continue;
+        size_t j = i;
+        uint32_t c = cp[i];
+        while (j > 0 && ccc_of(cp[j - 1]) > ci) {
+            cp[j] = cp[j - 1];
+            j--;
+        }
+        cp[j] = c;
+    }
+    /* Composition: each character with the last starter unless blocked. */
+    size_t w = 0, starter = SIZE_MAX;
+    int last = -1; /* class of the last character after the starter; -1: none */
+    for (size_t i = 0; i < m; i++) {
+        uint32_t c = cp[i];
+        int cc = ccc_of(c);
+        if (starter != SIZE_MAX && (last == -1 || last < cc)) {
+            uint32_t comp = compose_pair(cp[starter], c);
+            if (comp) {
+                cp[starter] = comp;
+                continue;
+            }
+        }
+        if (cc == 0) {
+            starter = w;
+            last = -1;
+        } else {
+            last = cc;
+        }
+        cp[w++] = c;
+    }
+    size_t on = 0;
+    for (size_t i = 0; i < w; i++) {
+        if (cp[i] >= 0x110000u) o[on++] = (char)(cp[i] - 0x110000u);
+        else on += gsink__utf8_put(o + on, cp[i]);
+    }
+    free(cp);
+    *out_n = on;
+    return o;
+}
+
 static int is_nl(uint32_t c) { return c == '\r' || c == '\n'; }
 
 static int lower_is(uint32_t c, char want, int fold_long_s)
@@ -761,7 +895,35 @@ static void split_llama3(enc *e, const uint8_t *s, const uint32_t *cp, const siz
     }
 }
 
+static void encode_text_raw(enc *e, const uint8_t *s, size_t n);
+
 static void encode_text(enc *e, const uint8_t *s, size_t n)
+{
+    if (n == 0) return;
+    if (e->t->nfc) {
+        size_t nn = 0;
+        int oom = 0;
+        char *norm = nfc_text(s, n, &nn, &oom);
+        if (oom) {
+            e->stop = STOP_OOM;
+            return;
+        }
+        if (norm) {
+            /* Offsets in messages refer to the caller's text: a failure
+             * inside the normalised copy reports the segment's start. */
+            const uint8_t *text = e->text;
+            e->text = (const uint8_t *)norm;
+            encode_text_raw(e, (const uint8_t *)norm, nn);
+            e->text = text;
+            if (e->stop == STOP_UNENCODABLE) e->bad_off = (size_t)(s - text);
+            free(norm);
+            return;
+        }
+    }
+    encode_text_raw(e, s, n);
+}
+
+static void encode_text_raw(enc *e, const uint8_t *s, size_t n)
 {
     if (n == 0) return;
     uint32_t *cp = malloc(n * sizeof *cp);
@@ -1161,8 +1323,9 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: unk_token is not a string");
     if (unk && unk->type == GSINK_JSON_STRING && fu)
         return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: fuse_unk is not supported");
-    /* Normalizer: none, or NFC (documented: the input is taken as NFC). */
+    /* Normalizer: none, or NFC. */
     const gsink__json *norm = gsink__json_get(root, "normalizer");
+    t->nfc = norm && norm->type != GSINK_JSON_NULL;
     if (norm && norm->type != GSINK_JSON_NULL && !tj_str_is(gsink__json_get(norm, "type"), "NFC"))
         return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: normalizer '%.32s' is not supported (none or NFC)",
                            tj_str_is(gsink__json_get(norm, "type"), "") ? "" :
