@@ -89,7 +89,8 @@ int gsink_fuzz_tokenizer_json(const uint8_t *data, size_t size)
     gsink_tokenizer *t = NULL;
     if (gsink__tokenizer_from_json_text((const char *)data, size, &t) != GSINK_OK) return 0;
     static const char text[] = "ab <s> abab\xff\xfe a\u0120b \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 <s><s>ba\n\n"
-                               "\xc0\x80 \xed\xa0\x80 zz <|endoftext|> 12345678 DON'T 'S\xc5\xbf \r\n\t  x";
+                               "\xc0\x80 \xed\xa0\x80 zz <|endoftext|> 12345678 DON'T 'S\xc5\xbf \r\n\t  x"
+                               "e\xcc\x81\xcc\xa3 \xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8 \xe2\x84\xab\xcc\x81\xff";
     int32_t ids[512];
     char out[4096];
     for (unsigned flags = 0; flags < 4; flags++) {

@@ -459,3 +459,26 @@ def test_added_only_token_is_not_a_bpe_token(tmp_path):
     assert tok.encode("ab").tolist() == hf.encode("ab").ids == [0, 1]
     hf.encode_special_tokens = False
     assert tok.encode("ab", parse_special=True).tolist() == hf.encode("ab").ids == [2]
+
+
+def test_nfc_against_unicodedata(tmp_path):
+    """The NFC normalizer alone: with every byte a token and no merges,
+    decode(encode(text)) is the NFC of text, compared with Python's
+    unicodedata (the tables' source) on strings dense in combining marks,
+    Hangul jamo and syllables, precomposed letters and singletons."""
+    d = byte_level_doc({"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True,
+                        "use_regex": True}, [])
+    d["normalizer"] = {"type": "NFC"}
+    tok = gsink.Tokenizer(save(d, str(tmp_path / "n")))
+    rng = random.Random(3)
+    pools = [(0x41, 0x7B), (0xC0, 0x250), (0x300, 0x370), (0x370, 0x400), (0x1100, 0x1200),
+             (0xAC00, 0xAC40), (0x1E00, 0x2000), (0x2126, 0x212C), (0x900, 0x980), (0xB00, 0xB80),
+             (0x3099, 0x309B), (0x3040, 0x30FF), (0xF900, 0xFA10), (0x1D15E, 0x1D165), (0x591, 0x5C8),
+             (0xFB1D, 0xFB50), (0x0F40, 0x0F90)]
+    n_changed = 0
+    for _ in range(3000):
+        s = "".join(chr(rng.randrange(*rng.choice(pools))) for _ in range(rng.randint(1, 12)))
+        want = unicodedata.normalize("NFC", s)
+        n_changed += want != s
+        assert tok.decode(tok.encode(s)) == want, ascii(s)
+    assert n_changed > 500

@@ -117,3 +117,7 @@ open(os.path.join(tj_dir, "smollm_digits.json"), "wb").write(
 open(os.path.join(tj_dir, "gpt2_plain.json"), "wb").write(
     tj_doc(dict(BL, use_regex=True), ["a b", "\u0120 a"], {"unk_token": None},
            added=[{"id": 17, "content": "<|endoftext|>", "special": True}], vocab_extra={"<|endoftext|>": 17}))
+open(os.path.join(tj_dir, "qwen2_nfc.json"), "wb").write(
+    tj_doc(split(QWEN2), ["a b", "b a", "\u0120 a"], {},
+           vocab_extra={"\u00c3": 17, "\u00a9": 18, "\u00cc": 19, "\u0123": 22})
+    .replace(b'"normalizer": null', b'"normalizer": {"type": "NFC"}'))
