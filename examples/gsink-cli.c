@@ -54,8 +54,9 @@ static void usage(FILE *f)
             "                      one stream with the end-of-text separator after each\n"
             "                      document and no BOS (the paper's protocol); sequences are\n"
             "                      consecutive --seq-token windows of that stream\n"
-            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text; default: the\n"
-            "                      --model when it is a .gguf)\n"
+            "  --tokenizer PATH    GGUF file with tokenizer metadata, HF tokenizer.json, or a\n"
+            "                      directory holding tokenizer.json (for --text; default: the\n"
+            "                      --model when it is a .gguf or a directory with tokenizer.json)\n"
             "  --separator ID      document separator id (default: the tokenizer's end-of-text)\n"
             "  --save-tokens OUT   write the analysed sequences' token ids (text, one sequence per\n"
             "                      line) to OUT, to feed the same input to other tools\n"
@@ -130,6 +131,16 @@ static int parse_float(const char *opt, const char *s, float *out)
 }
 
 /* Reads a whole file; returns NULL (message printed) on failure. */
+/* A tokenizer from a GGUF file, a tokenizer.json or a directory holding one. */
+static gsink_status load_tokenizer(const char *path, gsink_tokenizer **out)
+{
+    struct stat sb;
+    size_t n = strlen(path);
+    if ((stat(path, &sb) == 0 && S_ISDIR(sb.st_mode)) || (n >= 5 && !strcmp(path + n - 5, ".json")))
+        return gsink_tokenizer_load_json(path, out);
+    return gsink_tokenizer_load_gguf(path, out);
+}
+
 static char *read_file(const char *path, size_t *len)
 {
     /* O_NONBLOCK: a FIFO must not make the tool wait for a writer; only
@@ -541,11 +552,18 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         return -1;
     }
     if (a->text && !a->tokenizer) {
+        /* A GGUF model carries its tokenizer; a model directory may hold tokenizer.json. */
+        struct stat sb;
+        char tj[4096];
         size_t ml = a->model ? strlen(a->model) : 0;
         if (ml > 5 && !strcmp(a->model + ml - 5, ".gguf")) {
-            a->tokenizer = a->model; /* a GGUF model carries its tokenizer */
+            a->tokenizer = a->model;
+        } else if (a->model && stat(a->model, &sb) == 0 && S_ISDIR(sb.st_mode) &&
+                   (size_t)snprintf(tj, sizeof tj, "%s/tokenizer.json", a->model) < sizeof tj && stat(tj, &sb) == 0) {
+            a->tokenizer = a->model;
         } else {
-            fprintf(stderr, "%s: --text needs --tokenizer GGUF (or a .gguf --model)\n", prog);
+            fprintf(stderr, "%s: --text needs --tokenizer (GGUF, tokenizer.json or its directory), a .gguf --model "
+                            "or a --model directory holding tokenizer.json\n", prog);
             return -1;
         }
     }
@@ -810,7 +828,7 @@ static int cmd_analyze(int argc, char **argv)
         source = a.tokens;
     } else if (a.text) {
         size_t n = 0, docs = 0;
-        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { rc = fail_lib("loading the tokenizer", st); goto out; }
+        if ((st = load_tokenizer(a.tokenizer, &tk))) { rc = fail_lib("loading the tokenizer", st); goto out; }
         int32_t sep = a.separator, bos = -1, eos = -1;
         if (sep < 0) {
             if ((st = gsink_tokenizer_special(tk, &bos, &eos))) { rc = fail_lib("reading the special tokens", st); goto out; }

@@ -888,8 +888,21 @@ GSINK_API gsink_status gsink_model_save(gsink_model *model, const char *dir);
 
 typedef struct gsink_tokenizer gsink_tokenizer;
 
-/* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata. */
+/* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata
+ * (tokenizer.ggml.pre: gpt2, smollm, llama-bpe, qwen2, chatglm-bpe). */
 GSINK_API gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out);
+/* Builds a tokenizer from a HuggingFace tokenizer.json (path: the file, or a
+ * model directory holding it): byte-level BPE whose pre-tokenizer is
+ * ByteLevel, or Split(regex of Llama 3, Qwen2, GLM-4) / Digits (SmolLM2) then
+ * ByteLevel. bos/eos come from tokenizer_config.json beside it when present.
+ * GSINK_ERR_UNSUPPORTED for other models, regexes and normalizers;
+ * GSINK_ERR_FORMAT for malformed files (since 0.1.0). */
+GSINK_API gsink_status gsink_tokenizer_load_json(const char *path, gsink_tokenizer **out);
+/* Id of the token whose vocabulary text is `text` (NUL-terminated; added
+ * tokens by their content, e.g. "<|endoftext|>", ordinary tokens in their
+ * byte-level form, e.g. "\xC4\xA0the" for " the"). GSINK_ERR_UNKNOWN_NAME
+ * when there is none (since 0.1.0). */
+GSINK_API gsink_status gsink_tokenizer_token_id(const gsink_tokenizer *tok, const char *text, int32_t *id);
 /* Frees a tokenizer (NULL is allowed); refused like gsink_model_free while
  * another thread uses it. */
 GSINK_API void gsink_tokenizer_free(gsink_tokenizer *tok);

@@ -293,6 +293,21 @@ gsink_ops_free $ops
 delete_gsink_attn_desc $ad
 delete_gsink_vscale_desc $vd
 
+# ---- tokenizer.json: models/default's tokenizer
+set tdir [file join [file dirname [file normalize [info script]]] .. .. models default]
+if {[file exists [file join $tdir tokenizer.json]]} {
+    set tk [gsink_tokenizer_load_json $tdir]
+    set eot [gsink_tokenizer_token_id $tk "<|endoftext|>"]
+    lassign [gsink_tokenizer_special $tk] tbos teos
+    check "tokenizer.json eos is <|endoftext|>" {$teos == $eot && $tbos == -1} "$tbos $teos $eot"
+    set ids [gsink_tokenizer_encode $tk "Hello world<|endoftext|>" $GSINK_ENCODE_PARSE_SPECIAL]
+    check "tokenizer.json encode" {[lindex $ids end] == $eot && [llength $ids] >= 3} "$ids"
+    check "tokenizer.json decode" {[gsink_tokenizer_decode $tk $ids] eq "Hello world<|endoftext|>"}
+    set code [catch {gsink_tokenizer_token_id $tk "no such token"} msg opt]
+    check "token_id of an unknown text" {$code == 1 && [lindex [dict get $opt -errorcode] 1] == $GSINK_ERR_UNKNOWN_NAME} "$msg"
+    gsink_tokenizer_free $tk
+}
+
 gsink_model_free $m
 delete_gsink_config $cfg
 delete_gsink_model_options $opts

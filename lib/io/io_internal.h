@@ -155,6 +155,8 @@ void gsink__gguf_close(gsink__gguf *g);
 /* The tokenizer of a parsed GGUF (gsink_tokenizer_load_gguf without the
  * file; it copies what it keeps, so g may be closed afterwards). */
 gsink_status gsink__tokenizer_from_gguf(gsink__gguf *g, gsink_tokenizer **out);
+/* A tokenizer from tokenizer.json text (no tokenizer_config.json). */
+gsink_status gsink__tokenizer_from_json_text(const char *text, size_t len, gsink_tokenizer **out);
 const gsink__gguf_kv *gsink__gguf_find(const gsink__gguf *g, const char *key);
 const gsink__gguf_tensor *gsink__gguf_find_tensor(const gsink__gguf *g, const char *name);
 /* Next string of a string array (validated by the parser); start the cursor

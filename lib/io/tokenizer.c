@@ -1,15 +1,17 @@
 /* tokenizer.c - GPT-2 style byte-level BPE built from a GGUF's tokenizer.ggml.*
- * metadata. Pre-tokenizers ("gpt2", "smollm") are hand-written matchers for
- * the regular expressions their HF/llama.cpp definitions use. */
+ * metadata or a HuggingFace tokenizer.json. Pre-tokenizers (gpt2, smollm,
+ * llama3, qwen2) are hand-written matchers for the regular expressions their
+ * HF/llama.cpp definitions use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "io_internal.h"
 #include "unicode_tables.h"
 
 enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_USER_DEFINED = 4, TOK_UNUSED = 5, TOK_BYTE = 6 };
-enum { PRE_GPT2 = 0, PRE_SMOLLM = 1 };
+enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_LLAMA3 = 2, PRE_QWEN2 = 3 };
 
 typedef struct hent { const char *s; uint32_t len; int32_t val; } hent;
 typedef struct hmap { hent *e; size_t cap; } hmap;
@@ -24,6 +26,12 @@ struct gsink_tokenizer {
     int32_t *type;          /* (n_vocab) */
     hmap vocab, merges;
     int pre;
+    int fold_long_s;        /* llama3/qwen2 (?i:'s...): U+017F folds to 's' as in Oniguruma */
+    int ignore_merges;      /* HF BPE ignore_merges: a piece that is a token is that token */
+    int hf_decode;          /* tokenizer.json: added tokens decode through the byte-level map */
+    int nfc;                /* tokenizer.json normalizer NFC: text between added tokens is NFC'd */
+    uint8_t *in_model;      /* tokenizer.json: (n_vocab) 1 if model.vocab has the token (BPE
+                             * looks up only those); NULL: every token */
     int32_t bos, eos;
     /* Added tokens (control, user-defined) matched in text: an Aho-Corasick
      * automaton over their reversed texts (see build_matcher). */
@@ -81,6 +89,14 @@ static int32_t hmap_get(const hmap *m, const char *s, size_t n)
         i = (i + 1) & (m->cap - 1);
     }
     return -1;
+}
+
+/* A token of the BPE model's vocabulary by text (added-only tokens of a
+ * tokenizer.json are not: HF's BPE model does not know them), -1 if none. */
+static int32_t model_get(const gsink_tokenizer *t, const char *s, size_t n)
+{
+    int32_t id = hmap_get(&t->vocab, s, n);
+    return id >= 0 && t->in_model && !t->in_model[id] ? -1 : id;
 }
 
 /* ---- UTF-8 and character classes ----------------------------------------- */
@@ -168,6 +184,7 @@ void gsink_tokenizer_free(gsink_tokenizer *t)
     free(t->tok);
     free(t->tok_len);
     free(t->type);
+    free(t->in_model);
     free(t->vocab.e);
     free(t->merges.e);
     free(t->ac_fail);
@@ -315,14 +332,24 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
     const gsink__gguf_kv *pre = gsink__gguf_find(g, "tokenizer.ggml.pre");
     t->pre = PRE_GPT2;
     if (pre && pre->type == GSINK_GGUF_STRING) {
-        if (pre->s.len == 6 && memcmp(pre->s.ptr, "smollm", 6) == 0) t->pre = PRE_SMOLLM;
+        size_t pl = (size_t)pre->s.len;
+#define PRE_IS(lit) (pl == sizeof(lit) - 1 && memcmp(pre->s.ptr, lit, pl) == 0)
+        if (PRE_IS("smollm")) t->pre = PRE_SMOLLM;
+        else if (PRE_IS("llama-bpe") || PRE_IS("llama3") || PRE_IS("llama-v3"))
+            t->pre = PRE_LLAMA3, t->ignore_merges = 1; /* as Llama 3's tokenizer.json (and llama.cpp) */
+        else if (PRE_IS("chatglm-bpe") || PRE_IS("glm4"))
+            t->pre = PRE_LLAMA3; /* GLM-4's regex is llama3's (llama.cpp spells (?i:'s) '[sS]) */
+        else if (PRE_IS("qwen2") || PRE_IS("deepseek-r1-qwen"))
+            t->pre = PRE_QWEN2;
         else if ((pre->s.len == 4 && memcmp(pre->s.ptr, "gpt2", 4) == 0) ||
                  (pre->s.len == 7 && memcmp(pre->s.ptr, "default", 7) == 0))
             t->pre = PRE_GPT2;
         else
             return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
-                               "pre-tokenizer '%.*s' is not supported (gpt2, smollm)",
+                               "pre-tokenizer '%.*s' is not supported (gpt2, smollm, llama-bpe, qwen2, "
+                               "chatglm-bpe)",
                                (int)(pre->s.len > 32 ? 32 : pre->s.len), pre->s.ptr);
+#undef PRE_IS
     }
     const gsink__gguf_kv *toks = gsink__gguf_find(g, "tokenizer.ggml.tokens");
     const gsink__gguf_kv *merges = gsink__gguf_find(g, "tokenizer.ggml.merges");
@@ -576,6 +603,13 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         ns++;
         wl += l;
     }
+    if (t->ignore_merges) {
+        int32_t whole = model_get(t, e->word, wl);
+        if (whole >= 0) {
+            emit(e, whole);
+            return;
+        }
+    }
     e->heap_n = 0;
     for (uint32_t i = 0; i + 1 < ns && !e->stop; i++) heap_push(e, i, i + 1);
     while (e->heap_n > 0 && !e->stop) {
@@ -592,7 +626,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         if (nb != NONE) heap_push(e, a, nb);
     }
     for (uint32_t i = 0; i != NONE && !e->stop; i = e->sym_next[i]) {
-        int32_t id = hmap_get(&t->vocab, e->word + e->sym_off[i], e->sym_len[i]);
+        int32_t id = model_get(t, e->word + e->sym_off[i], e->sym_len[i]);
         if (id >= 0) {
             emit(e, id);
             continue;
@@ -608,7 +642,7 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         while (left > 0 && !e->stop) {
             uint32_t cp;
             size_t l = utf8_next((const uint8_t *)p, left, &cp);
-            int32_t bid = hmap_get(&t->vocab, p, l);
+            int32_t bid = model_get(t, p, l);
             int all_bytes = 1;
             for (size_t q = 0; q < l; q++)
                 if (t->byte_tok[(uint8_t)p[q]] < 0) all_bytes = 0;
@@ -665,7 +699,231 @@ static void split_gpt2(enc *e, const uint8_t *s, const uint32_t *cp, const size_
     }
 }
 
+/* ---- NFC (tokenizer.json's NFC normalizer) --------------------------------
+ * Canonical decomposition, canonical ordering, canonical composition (UAX
+ * #15) with the tables of unicode_tables.h; Hangul algorithmically. Bytes
+ * that are not UTF-8 pass through unchanged (as 0x110000 + byte). */
+
+enum { H_SBASE = 0xAC00, H_LBASE = 0x1100, H_VBASE = 0x1161, H_TBASE = 0x11A7, H_LCOUNT = 19,
+       H_VCOUNT = 21, H_TCOUNT = 28, H_NCOUNT = 588, H_SCOUNT = 11172 };
+
+static int ccc_of(uint32_t c)
+{
+    size_t lo = 0, hi = sizeof gsink_uni_ccc / sizeof gsink_uni_ccc[0];
+    if (c < 0x300) return 0;
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        if (c < gsink_uni_ccc[mid][0]) hi = mid;
+        else if (c > gsink_uni_ccc[mid][1]) lo = mid + 1;
+        else return (int)gsink_uni_ccc[mid][2];
+    }
+    return 0;
+}
+
+static uint32_t compose_pair(uint32_t a, uint32_t b)
+{
+    if (a >= H_LBASE && a < H_LBASE + H_LCOUNT && b >= H_VBASE && b < H_VBASE + H_VCOUNT)
+        return H_SBASE + ((a - H_LBASE) * H_VCOUNT + (b - H_VBASE)) * H_TCOUNT;
+    if (a >= H_SBASE && a < H_SBASE + H_SCOUNT && (a - H_SBASE) % H_TCOUNT == 0 && b > H_TBASE &&
+        b < H_TBASE + H_TCOUNT)
+        return a + (b - H_TBASE);
+    size_t lo = 0, hi = sizeof gsink_uni_comp / sizeof gsink_uni_comp[0];
+    while (lo < hi) {
+        size_t mid = (lo + hi) / 2;
+        const uint32_t *m = gsink_uni_comp[mid];
+        if (a < m[0] || (a == m[0] && b < m[1])) hi = mid;
+        else if (a > m[0] || b > m[1]) lo = mid + 1;
+        else return m[2];
+    }
+    return 0;
+}
+
+/* Appends the canonical decomposition of c to out at *n (at most 4 code
+ * points, the longest canonical decomposition). */
+static void decompose(uint32_t c, uint32_t *out, size_t *n)
+{
+    if (c >= H_SBASE && c < H_SBASE + H_SCOUNT) {
+        uint32_t si = c - H_SBASE;
+        out[(*n)++] = H_LBASE + si / H_NCOUNT;
+        out[(*n)++] = H_VBASE + (si % H_NCOUNT) / H_TCOUNT;
+        if (si % H_TCOUNT) out[(*n)++] = H_TBASE + si % H_TCOUNT;
+        return;
+    }
+    if (c >= 0xC0 && c < 0x110000) {
+        size_t lo = 0, hi = sizeof gsink_uni_decomp / sizeof gsink_uni_decomp[0];
+        while (lo < hi) {
+            size_t mid = (lo + hi) / 2;
+            if (c < gsink_uni_decomp[mid][0]) hi = mid;
+            else if (c > gsink_uni_decomp[mid][0]) lo = mid + 1;
+            else {
+                for (uint32_t k = 0; k < gsink_uni_decomp[mid][2]; k++)
+                    out[(*n)++] = gsink_uni_decomp_data[gsink_uni_decomp[mid][1] + k];
+                return;
+            }
+        }
+    }
+    out[(*n)++] = c;
+}
+
+/* NFC of s[0, n) in a malloc'd buffer (*out, *out_n); NULL when s is
+ * unchanged by NFC for certain (no code point >= U+0300), or out of memory
+ * (*oom set). */
+static char *nfc_text(const uint8_t *s, size_t n, size_t *out_n, int *oom)
+{
+    size_t k = 0;
+    while (k < n && s[k] < 0xCC) k++; /* lead bytes below 0xCC: code points below U+0300 */
+    if (k == n) return NULL;
+    uint32_t *cp = n <= SIZE_MAX / (4 * sizeof *cp) ? malloc(4 * n * sizeof *cp) : NULL;
+    char *o = n <= SIZE_MAX / 32 ? malloc(16 * n + 1) : NULL;
+    if (!cp || !o) {
+        free(cp);
+        free(o);
+        *oom = 1;
+        return NULL;
+    }
+    size_t m = 0;
+    for (size_t p = 0; p < n;) {
+        uint32_t c;
+        size_t l = utf8_next(s + p, n - p, &c);
+        if (c == 0xFFFD && !(l == 3 && s[p] == 0xEF)) c = 0x110000u + s[p]; /* not UTF-8: keep the byte */
+        decompose(c, cp, &m);
+        p += l;
+    }
+    /* Canonical ordering: a stable sort of each run of nonzero classes. */
+    for (size_t i = 1; i < m; i++) {
+        int ci = ccc_of(cp[i]);
+        if (!ci) continue;
+        size_t j = i;
+        uint32_t c = cp[i];
+        while (j > 0 && ccc_of(cp[j - 1]) > ci) {
+            cp[j] = cp[j - 1];
+            j--;
+        }
+        cp[j] = c;
+    }
+    /* Composition: each character with the last starter unless blocked. */
+    size_t w = 0, starter = SIZE_MAX;
+    int last = -1; /* class of the last character after the starter; -1: none */
+    for (size_t i = 0; i < m; i++) {
+        uint32_t c = cp[i];
+        int cc = ccc_of(c);
+        if (starter != SIZE_MAX && (last == -1 || last < cc)) {
+            uint32_t comp = compose_pair(cp[starter], c);
+            if (comp) {
+                cp[starter] = comp;
+                continue;
+            }
+        }
+        if (cc == 0) {
+            starter = w;
+            last = -1;
+        } else {
+            last = cc;
+        }
+        cp[w++] = c;
+    }
+    size_t on = 0;
+    for (size_t i = 0; i < w; i++) {
+        if (cp[i] >= 0x110000u) o[on++] = (char)(cp[i] - 0x110000u);
+        else on += gsink__utf8_put(o + on, cp[i]);
+    }
+    free(cp);
+    *out_n = on;
+    return o;
+}
+
+static int is_nl(uint32_t c) { return c == '\r' || c == '\n'; }
+
+static int lower_is(uint32_t c, char want, int fold_long_s)
+{
+    if (c < 0x80) return (char)(c | 0x20) == want && ((c | 0x20) >= 'a' && (c | 0x20) <= 'z');
+    return fold_long_s && want == 's' && c == 0x17F; /* LATIN SMALL LETTER LONG S folds to s */
+}
+
+/* Llama 3 regex over code points [a, b) (max_digits 3), Qwen2's with
+ * max_digits 1:
+ *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+ *    ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+ * Alternatives are tried in order at each position (leftmost-first). */
+static void split_llama3(enc *e, const uint8_t *s, const uint32_t *cp, const size_t *off, size_t a, size_t b,
+                         size_t max_digits)
+{
+    int fold = e->t->fold_long_s;
+    size_t i = a;
+    while (i < b && !e->stop) {
+        size_t j = i;
+        uint32_t c = cp[i];
+        int cl = char_class(c);
+        if (c == '\'' && i + 1 < b) {
+            uint32_t c1 = cp[i + 1];
+            if (lower_is(c1, 's', fold) || lower_is(c1, 't', fold) || lower_is(c1, 'm', fold) ||
+                lower_is(c1, 'd', fold))
+                j = i + 2;
+            else if (i + 2 < b && ((lower_is(c1, 'r', fold) && lower_is(cp[i + 2], 'e', fold)) ||
+                                   (lower_is(c1, 'v', fold) && lower_is(cp[i + 2], 'e', fold)) ||
+                                   (lower_is(c1, 'l', fold) && lower_is(cp[i + 2], 'l', fold))))
+                j = i + 3;
+        }
+        if (j == i) {
+            if (cl == CL_LETTER || (!is_nl(c) && cl != CL_NUMBER && i + 1 < b && char_class(cp[i + 1]) == CL_LETTER)) {
+                /* [^\r\n\p{L}\p{N}]?\p{L}+ */
+                j = cl == CL_LETTER ? i : i + 1;
+                while (j < b && char_class(cp[j]) == CL_LETTER) j++;
+            } else if (cl == CL_NUMBER) {
+                while (j < b && j - i < max_digits && char_class(cp[j]) == CL_NUMBER) j++;
+            } else if (cl == CL_OTHER || (c == ' ' && i + 1 < b && char_class(cp[i + 1]) == CL_OTHER)) {
+                /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' */
+                j = cl == CL_OTHER ? i : i + 1;
+                while (j < b && char_class(cp[j]) == CL_OTHER) j++;
+                while (j < b && is_nl(cp[j])) j++;
+            } else {
+                /* c is a space: \s*[\r\n]+ ends after the run's last newline;
+                 * else \s+(?!\S) leaves the run's last space to what follows;
+                 * else \s+. */
+                size_t r = i, last_nl = SIZE_MAX;
+                while (r < b && char_class(cp[r]) == CL_SPACE) {
+                    if (is_nl(cp[r])) last_nl = r;
+                    r++;
+                }
+                if (last_nl != SIZE_MAX) j = last_nl + 1;
+                else if (r == b || r - i == 1) j = r;
+                else j = r - 1;
+            }
+        }
+        bpe_piece(e, s + off[i], off[j] - off[i]);
+        i = j;
+    }
+}
+
+static void encode_text_raw(enc *e, const uint8_t *s, size_t n);
+
 static void encode_text(enc *e, const uint8_t *s, size_t n)
+{
+    if (n == 0) return;
+    if (e->t->nfc) {
+        size_t nn = 0;
+        int oom = 0;
+        char *norm = nfc_text(s, n, &nn, &oom);
+        if (oom) {
+            e->stop = STOP_OOM;
+            return;
+        }
+        if (norm) {
+            /* Offsets in messages refer to the caller's text: a failure
+             * inside the normalised copy reports the segment's start. */
+            const uint8_t *text = e->text;
+            e->text = (const uint8_t *)norm;
+            encode_text_raw(e, (const uint8_t *)norm, nn);
+            e->text = text;
+            if (e->stop == STOP_UNENCODABLE) e->bad_off = (size_t)(s - text);
+            free(norm);
+            return;
+        }
+    }
+    encode_text_raw(e, s, n);
+}
+
+static void encode_text_raw(enc *e, const uint8_t *s, size_t n)
 {
     if (n == 0) return;
     uint32_t *cp = malloc(n * sizeof *cp);
@@ -694,6 +952,8 @@ static void encode_text(enc *e, const uint8_t *s, size_t n)
             }
         }
         split_gpt2(e, s, cp, off, a, nc);
+    } else if (e->t->pre == PRE_LLAMA3 || e->t->pre == PRE_QWEN2) {
+        split_llama3(e, s, cp, off, 0, nc, e->t->pre == PRE_LLAMA3 ? 3 : 1);
     } else {
         split_gpt2(e, s, cp, off, 0, nc);
     }
@@ -809,6 +1069,16 @@ static int byte_token_value(const gsink_tokenizer *t, int32_t id)
     return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
 }
 
+static int all_images(const gsink_tokenizer *t, const uint8_t *p, size_t n)
+{
+    for (size_t k = 0; k < n;) {
+        uint32_t cp;
+        k += utf8_next(p + k, n - k, &cp);
+        if (cp >= 512 || t->cp2byte[cp] < 0) return 0;
+    }
+    return 1;
+}
+
 gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf,
                                     size_t buf_size, size_t *len)
 {
@@ -838,7 +1108,9 @@ gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size
         if (np) np -= put_image(t, pend, np, 1, buf, buf_size, &o);
         const uint8_t *p = (const uint8_t *)t->tok[id];
         size_t left = t->tok_len[id];
-        if (t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER_DEFINED) {
+        if ((t->type[id] == TOK_CONTROL || t->type[id] == TOK_USER_DEFINED) && !(t->hf_decode && all_images(t, p, left))) {
+            /* Added tokens are their text (HF's ByteLevel decoder maps them
+             * too when every character is a byte image). */
             if (buf && o + left < buf_size) memcpy(buf + o, p, left);
             o += left;
             continue;
@@ -853,5 +1125,491 @@ gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size
                            o, buf_size);
     }
     buf[o] = '\0';
+    return GSINK_OK;
+}
+
+/* ---- HuggingFace tokenizer.json -------------------------------------------
+ * A byte-level BPE tokenizer.json (model.type "BPE", ByteLevel pre-tokenizer
+ * and decoder) as the supported families ship it. The pre-tokenizer's regex
+ * is recognised by its text and mapped onto the built-in matchers above. */
+
+#define TJ_MAX_BYTES ((size_t)1 << 30)
+
+static const struct { const char *regex; int pre; int fold; } tj_regexes[] = {
+    {"'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+", PRE_GPT2, 0},
+    {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_LLAMA3, 1},
+    {"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| "
+     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_LLAMA3, 0},
+    {"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|"
+     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_QWEN2, 1},
+    {"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
+     "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_QWEN2, 0},
+};
+
+static int tj_str_is(const gsink__json *j, const char *lit)
+{
+    return j && j->type == GSINK_JSON_STRING && j->len == strlen(lit) && memcmp(j->str, lit, j->len) == 0;
+}
+
+/* A boolean member: 1/0, def when absent or null, -1 when of another type. */
+static int tj_bool(const gsink__json *obj, const char *key, int def)
+{
+    const gsink__json *v = gsink__json_get(obj, key);
+    if (!v || v->type == GSINK_JSON_NULL) return def;
+    return v->type == GSINK_JSON_BOOL ? v->boolean : -1;
+}
+
+/* A ByteLevel pre-tokenizer: use_regex (default true) in *use_regex. */
+static gsink_status tj_bytelevel(const gsink__json *p, int *use_regex)
+{
+    int aps = tj_bool(p, "add_prefix_space", 0), ur = tj_bool(p, "use_regex", 1);
+    if (aps < 0 || ur < 0)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: ByteLevel options must be booleans");
+    if (aps)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: ByteLevel add_prefix_space is not supported");
+    *use_regex = ur;
+    return GSINK_OK;
+}
+
+static gsink_status tj_pre_tokenizer(gsink_tokenizer *t, const gsink__json *pt)
+{
+    if (!pt || pt->type != GSINK_JSON_OBJECT)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                           "tokenizer.json: no pre_tokenizer (a byte-level one is required)");
+    const gsink__json *items = pt, *one = pt;
+    size_t n = 1;
+    if (tj_str_is(gsink__json_get(pt, "type"), "Sequence")) {
+        items = gsink__json_get(pt, "pretokenizers");
+        if (!items || items->type != GSINK_JSON_ARRAY)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: Sequence pre_tokenizer without pretokenizers");
+        n = items->len;
+        one = NULL;
+    }
+    int split = -1, fold = 0, have_bl = 0, bl_regex = 0;
+    for (size_t k = 0; k < n; k++) {
+        const gsink__json *p = one ? one : &items->items[k];
+        const gsink__json *ty = gsink__json_get(p, "type");
+        if (p->type != GSINK_JSON_OBJECT || !ty || ty->type != GSINK_JSON_STRING)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: pre_tokenizer without a type");
+        if (have_bl)
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: pre-tokenizer '%.40s' after ByteLevel is not supported", ty->str);
+        if (tj_str_is(ty, "ByteLevel")) {
+            gsink_status st = tj_bytelevel(p, &bl_regex);
+            if (st) return st;
+            have_bl = 1;
+        } else if (split >= 0) {
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: more than one splitting pre-tokenizer ('%.40s') is not supported",
+                               ty->str);
+        } else if (tj_str_is(ty, "Digits")) {
+            if (tj_bool(p, "individual_digits", 0) != 1)
+                return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                                   "tokenizer.json: Digits without individual_digits is not supported");
+            split = PRE_SMOLLM;
+        } else if (tj_str_is(ty, "Split")) {
+            const gsink__json *pat = gsink__json_get(p, "pattern");
+            const gsink__json *re = gsink__json_get(pat, "Regex");
+            if (!re || re->type != GSINK_JSON_STRING)
+                return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                                   "tokenizer.json: Split pre-tokenizer needs a Regex pattern");
+            if (!tj_str_is(gsink__json_get(p, "behavior"), "Isolated") || tj_bool(p, "invert", 0) != 0)
+                return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                                   "tokenizer.json: Split pre-tokenizer must be Isolated and not inverted");
+            for (size_t r = 0; r < sizeof tj_regexes / sizeof tj_regexes[0] && split < 0; r++)
+                if (tj_str_is(re, tj_regexes[r].regex)) split = tj_regexes[r].pre, fold = tj_regexes[r].fold;
+            if (split < 0)
+                return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                                   "tokenizer.json: pre-tokenizer regex \"%.60s%s\" is not supported (gpt2, llama3, "
+                                   "qwen2 and SmolLM2's Digits are)",
+                                   re->str, re->len > 60 ? "..." : "");
+        } else {
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: pre-tokenizer '%.40s' is not supported",
+                               ty->str);
+        }
+    }
+    if (!have_bl)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: the pre-tokenizer has no ByteLevel step");
+    if (split == PRE_SMOLLM ? !bl_regex : split >= 0 ? bl_regex : !bl_regex)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                           "tokenizer.json: ByteLevel use_regex=%s with this split is not supported",
+                           bl_regex ? "true" : "false");
+    t->pre = split >= 0 ? split : PRE_GPT2;
+    t->fold_long_s = fold;
+    return GSINK_OK;
+}
+
+/* Unsigned id of a JSON value, -1 when it is not an integer in [0, INT32_MAX]. */
+static int64_t tj_id(const gsink__json *v)
+{
+    if (!v || v->type != GSINK_JSON_NUMBER || !v->is_uint || v->u64 > INT32_MAX) return -1;
+    return (int64_t)v->u64;
+}
+
+static char *tj_copy(char **a, const char *s, size_t n)
+{
+    char *p = *a;
+    memcpy(p, s, n);
+    p[n] = '\0';
+    *a += n + 1;
+    return p;
+}
+
+static int32_t tj_lookup_special(const gsink_tokenizer *t, const char *const *names)
+{
+    for (; *names; names++) {
+        int32_t id = hmap_get(&t->vocab, *names, strlen(*names));
+        if (id >= 0 && t->type[id] == TOK_CONTROL) return id;
+    }
+    return -1;
+}
+
+/* bos_token / eos_token of tokenizer_config.json: a string, an AddedToken
+ * object {"content": ...}, or null. 1 when given (id in *id, -1 for null). */
+static gsink_status tj_config_token(const gsink_tokenizer *t, const gsink__json *cfg, const char *key,
+                                    int32_t *id, int *given)
+{
+    const gsink__json *v = gsink__json_get(cfg, key);
+    *given = 0;
+    if (!v) return GSINK_OK;
+    *given = 1;
+    *id = -1;
+    if (v->type == GSINK_JSON_NULL) return GSINK_OK;
+    if (v->type == GSINK_JSON_OBJECT) v = gsink__json_get(v, "content");
+    if (!v || v->type != GSINK_JSON_STRING)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer_config.json: %s is not a string", key);
+    *id = hmap_get(&t->vocab, v->str, v->len);
+    if (*id < 0)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer_config.json: %s '%.60s' is not a token", key, v->str);
+    return GSINK_OK;
+}
+
+static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const gsink__json *cfg)
+{
+    if (root->type != GSINK_JSON_OBJECT)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: the document is not an object");
+    const gsink__json *model = gsink__json_get(root, "model");
+    if (!model || model->type != GSINK_JSON_OBJECT)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: no model object");
+    const gsink__json *mtype = gsink__json_get(model, "type");
+    if (mtype && !tj_str_is(mtype, "BPE"))
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: model type '%.32s' is not supported (BPE only)",
+                           mtype->type == GSINK_JSON_STRING ? mtype->str : "?");
+    const gsink__json *vocab = gsink__json_get(model, "vocab"), *merges = gsink__json_get(model, "merges");
+    if (!vocab || vocab->type != GSINK_JSON_OBJECT || vocab->len == 0)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: model.vocab missing, empty or not an object");
+    if (!merges || merges->type != GSINK_JSON_ARRAY)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: model.merges missing or not an array");
+    const char *dup = gsink__json_duplicate_key(vocab);
+    if (dup) return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: duplicate token '%.60s' in model.vocab", dup);
+    /* Model options this implementation follows, and those it refuses. */
+    const gsink__json *v;
+    if ((v = gsink__json_get(model, "dropout")) && v->type != GSINK_JSON_NULL &&
+        !(v->type == GSINK_JSON_NUMBER && v->number == 0.0))
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: BPE dropout is not supported");
+    const char *affix[] = {"continuing_subword_prefix", "end_of_word_suffix"};
+    for (int k = 0; k < 2; k++)
+        if ((v = gsink__json_get(model, affix[k])) && v->type != GSINK_JSON_NULL &&
+            !(v->type == GSINK_JSON_STRING && v->len == 0))
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: BPE %s is not supported", affix[k]);
+    int bf = tj_bool(model, "byte_fallback", 0), im = tj_bool(model, "ignore_merges", 0),
+        fu = tj_bool(model, "fuse_unk", 0);
+    if (bf < 0 || im < 0 || fu < 0)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: byte_fallback, ignore_merges and fuse_unk must be booleans");
+    t->ignore_merges = im;
+    const gsink__json *unk = gsink__json_get(model, "unk_token");
+    if (unk && unk->type != GSINK_JSON_NULL && unk->type != GSINK_JSON_STRING)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: unk_token is not a string");
+    if (unk && unk->type == GSINK_JSON_STRING && fu)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: fuse_unk is not supported");
+    /* Normalizer: none, or NFC. */
+    const gsink__json *norm = gsink__json_get(root, "normalizer");
+    t->nfc = norm && norm->type != GSINK_JSON_NULL;
+    if (norm && norm->type != GSINK_JSON_NULL && !tj_str_is(gsink__json_get(norm, "type"), "NFC"))
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: normalizer '%.32s' is not supported (none or NFC)",
+                           tj_str_is(gsink__json_get(norm, "type"), "") ? "" :
+                           (gsink__json_get(norm, "type") && gsink__json_get(norm, "type")->type == GSINK_JSON_STRING
+                                ? gsink__json_get(norm, "type")->str : "?"));
+    const gsink__json *dec = gsink__json_get(root, "decoder");
+    if (!dec || !tj_str_is(gsink__json_get(dec, "type"), "ByteLevel"))
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: the decoder must be ByteLevel");
+    gsink_status st = tj_pre_tokenizer(t, gsink__json_get(root, "pre_tokenizer"));
+    if (st) return st;
+
+    const gsink__json *added = gsink__json_get(root, "added_tokens");
+    if (added && added->type != GSINK_JSON_NULL && added->type != GSINK_JSON_ARRAY)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: added_tokens is not an array");
+    size_t na = added && added->type == GSINK_JSON_ARRAY ? added->len : 0, nvj = vocab->len, nm = merges->len;
+    size_t entries = nvj + na, total = 0;
+    int64_t max_id = -1;
+    for (size_t k = 0; k < nvj; k++) {
+        int64_t id = tj_id(&vocab->items[k]);
+        if (id < 0)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: vocab token '%.60s' has no valid id", vocab->keys[k]);
+        if (gsink__json_shadowed(vocab, k)) continue;
+        if (id > max_id) max_id = id;
+        total += strlen(vocab->keys[k]) + 1;
+    }
+    for (size_t k = 0; k < na; k++) {
+        const gsink__json *a = &added->items[k], *c = gsink__json_get(a, "content");
+        int64_t id = tj_id(gsink__json_get(a, "id"));
+        if (a->type != GSINK_JSON_OBJECT || id < 0 || !c || c->type != GSINK_JSON_STRING || c->len == 0)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT,
+                               "tokenizer.json: added token %zu needs an integer id and a non-empty content", k);
+        if (c->len > UINT32_MAX) return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: added token %zu is too long", k);
+        const char *opt[] = {"lstrip", "rstrip", "single_word"};
+        for (int q = 0; q < 3; q++) {
+            int b = tj_bool(a, opt[q], 0);
+            if (b < 0) return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: added token %zu: %s is not a boolean", k, opt[q]);
+            if (b)
+                return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: added token '%.40s' with %s is not supported",
+                                   c->str, opt[q]);
+        }
+        if (tj_bool(a, "special", 0) < 0)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: added token %zu: special is not a boolean", k);
+        if (id > max_id) max_id = id;
+        total += c->len + 1;
+    }
+    /* Gaps in the ids are allowed (they become tokens no text encodes to),
+     * but bounded: the table may exceed the file's entries by 64Ki. */
+    if ((uint64_t)max_id >= entries + 65536)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT,
+                           "tokenizer.json: token id %lld is out of range (the file has %zu tokens)", (long long)max_id,
+                           entries);
+    size_t nv = (size_t)max_id + 1;
+    for (size_t k = 0; k < nm; k++) {
+        const gsink__json *m = &merges->items[k];
+        if (m->type == GSINK_JSON_STRING) total += m->len + 1;
+        else if (m->type == GSINK_JSON_ARRAY && m->len == 2 && m->items[0].type == GSINK_JSON_STRING &&
+                 m->items[1].type == GSINK_JSON_STRING)
+            total += m->items[0].len + m->items[1].len + 2;
+        else
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: merge %zu is neither \"a b\" nor [a, b]", k);
+    }
+    t->n_vocab = (int32_t)nv;
+    t->arena = malloc(total + 1);
+    t->tok = calloc(nv, sizeof *t->tok);
+    t->tok_len = calloc(nv, sizeof *t->tok_len);
+    t->type = calloc(nv, sizeof *t->type);
+    t->in_model = calloc(nv, 1);
+    if (!t->arena || !t->tok || !t->tok_len || !t->type || !t->in_model || !hmap_init(&t->vocab, nv) || !hmap_init(&t->merges, nm))
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    char *ar = t->arena;
+    for (size_t k = 0; k < nvj; k++) {
+        if (gsink__json_shadowed(vocab, k)) continue;
+        int32_t id = (int32_t)tj_id(&vocab->items[k]);
+        size_t len = strlen(vocab->keys[k]);
+        if (len == 0 || len > UINT32_MAX)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: vocab token %d is empty or too long", id);
+        if (t->tok[id])
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: id %d is given to both '%.40s' and '%.40s'", id,
+                               t->tok[id], vocab->keys[k]);
+        t->tok[id] = tj_copy(&ar, vocab->keys[k], len);
+        t->tok_len[id] = (uint32_t)len;
+        t->type[id] = TOK_NORMAL;
+        t->in_model[id] = 1;
+        hmap_put(&t->vocab, t->tok[id], len, id);
+    }
+    for (size_t k = 0; k < na; k++) {
+        const gsink__json *a = &added->items[k], *c = gsink__json_get(a, "content");
+        int32_t id = (int32_t)tj_id(gsink__json_get(a, "id"));
+        int type = tj_bool(a, "special", 0) ? TOK_CONTROL : TOK_USER_DEFINED;
+        int32_t have = hmap_get(&t->vocab, c->str, c->len);
+        if (t->tok[id]) {
+            /* The same token in the vocabulary and added_tokens (GPT-2's
+             * <|endoftext|>) is fine; anything else is a clash. */
+            if (have != id || t->type[id] != TOK_NORMAL)
+                return gsink__fail(NULL, GSINK_ERR_FORMAT,
+                                   "tokenizer.json: added token '%.40s' has id %d, which is already '%.40s'", c->str, id,
+                                   t->tok[id]);
+            t->type[id] = type;
+            continue;
+        }
+        if (have >= 0)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: duplicate token '%.40s' (ids %d and %d)", c->str,
+                               have, id);
+        t->tok[id] = tj_copy(&ar, c->str, c->len);
+        t->tok_len[id] = (uint32_t)c->len;
+        t->type[id] = type;
+        hmap_put(&t->vocab, t->tok[id], c->len, id);
+    }
+    for (size_t k = 0; k < nv; k++)
+        if (!t->tok[k]) { /* a gap in the ids: a token no text encodes to */
+            t->tok[k] = "";
+            t->type[k] = TOK_UNUSED;
+        }
+    /* Merges, each "a b" with a, b and ab in the vocabulary. Inserted last
+     * first: of a pair given twice the later rank holds, as in HF. */
+    const char **mtext = malloc((nm ? nm : 1) * sizeof *mtext);
+    uint32_t *mlen = malloc((nm ? nm : 1) * sizeof *mlen);
+    if (!mtext || !mlen) {
+        free(mtext);
+        free(mlen);
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    }
+    char *cat = NULL;
+    size_t cat_cap = 0;
+    st = GSINK_OK;
+    for (size_t k = 0; k < nm && !st; k++) {
+        const gsink__json *m = &merges->items[k];
+        const char *a, *b;
+        size_t la, lb;
+        char *p = ar;
+        if (m->type == GSINK_JSON_STRING) {
+            const char *sp = memchr(m->str, ' ', m->len);
+            if (!sp || sp == m->str || (size_t)(sp - m->str) + 1 >= m->len || memchr(sp + 1, ' ', m->len - (size_t)(sp - m->str) - 1)) {
+                st = gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: merge %zu '%.60s' is not two tokens", k, m->str);
+                break;
+            }
+            a = m->str, la = (size_t)(sp - m->str), b = sp + 1, lb = m->len - la - 1;
+            tj_copy(&ar, m->str, m->len);
+        } else {
+            a = m->items[0].str, la = m->items[0].len, b = m->items[1].str, lb = m->items[1].len;
+            memcpy(ar, a, la);
+            ar[la] = ' ';
+            memcpy(ar + la + 1, b, lb);
+            ar[la + 1 + lb] = '\0';
+            ar += la + lb + 2;
+        }
+        mtext[k] = p;
+        mlen[k] = (uint32_t)(la + lb + 1);
+        if (!reserve((void **)&cat, &cat_cap, la + lb + 1, 1)) {
+            st = gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+            break;
+        }
+        memcpy(cat, a, la);
+        memcpy(cat + la, b, lb);
+        const char *bad = model_get(t, a, la) < 0 ? "its first token" : model_get(t, b, lb) < 0 ? "its second token"
+                        : model_get(t, cat, la + lb) < 0 ? "the merged token" : NULL;
+        if (bad)
+            st = gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: merge %zu '%.*s' names a token not in the vocabulary (%s)",
+                             k, (int)(mlen[k] > 60 ? 60 : mlen[k]), p, bad);
+    }
+    free(cat);
+    if (!st)
+        for (size_t k = nm; k-- > 0;) hmap_put(&t->merges, mtext[k], mlen[k], (int32_t)k);
+    free(mtext);
+    free(mlen);
+    if (st) return st;
+
+    t->unk = -1;
+    if (unk && unk->type == GSINK_JSON_STRING) {
+        t->unk = model_get(t, unk->str, unk->len);
+        if (t->unk < 0)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: unk_token '%.40s' is not in the vocabulary", unk->str);
+    }
+    t->byte_fallback = bf;
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        t->byte_tok[b] = bf ? model_get(t, name, 6) : -1;
+    }
+    t->hf_decode = 1;
+    byte_map(t);
+    /* Special tokens: tokenizer_config.json's bos_token / eos_token when
+     * given, else the families' usual names among the special tokens. */
+    static const char *const bos_names[] = {"<|begin_of_text|>", "<s>", "<bos>", NULL};
+    static const char *const eos_names[] = {"<|end_of_text|>", "<|endoftext|>", "</s>", "<eos>", NULL};
+    t->bos = tj_lookup_special(t, bos_names);
+    t->eos = tj_lookup_special(t, eos_names);
+    if (cfg) {
+        int given;
+        int32_t id;
+        if ((st = tj_config_token(t, cfg, "bos_token", &id, &given))) return st;
+        if (given) t->bos = id;
+        if ((st = tj_config_token(t, cfg, "eos_token", &id, &given))) return st;
+        if (given) t->eos = id;
+    }
+    return build_matcher(t);
+}
+
+static gsink_status tj_parse_file(const char *path, gsink__json **out)
+{
+    char *text = NULL;
+    size_t len = 0;
+    gsink_status st = gsink__read_text(path, TJ_MAX_BYTES, &text, &len, NULL);
+    if (st) return st;
+    st = gsink__json_parse(text, len, out, NULL);
+    free(text);
+    if (st) return gsink__refail(NULL, st, path);
+    return GSINK_OK;
+}
+
+gsink_status gsink_tokenizer_load_json(const char *path, gsink_tokenizer **out)
+{
+    if (!out) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "out is NULL");
+    *out = NULL;
+    if (!path) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "path is NULL");
+    struct stat sb;
+    if (stat(path, &sb) != 0) return gsink__fail(NULL, GSINK_ERR_IO, "cannot open '%s'", path);
+    size_t pl = strlen(path);
+    char *file = malloc(pl + 32), *cfgp = malloc(pl + 32);
+    if (!file || !cfgp) {
+        free(file);
+        free(cfgp);
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    }
+    if (S_ISDIR(sb.st_mode)) {
+        snprintf(file, pl + 32, "%s/tokenizer.json", path);
+        snprintf(cfgp, pl + 32, "%s/tokenizer_config.json", path);
+    } else {
+        memcpy(file, path, pl + 1);
+        const char *slash = strrchr(path, '/');
+        if (slash) snprintf(cfgp, pl + 32, "%.*s/tokenizer_config.json", (int)(slash - path), path);
+        else snprintf(cfgp, pl + 32, "tokenizer_config.json");
+    }
+    gsink__json *root = NULL, *cfg = NULL;
+    gsink_tokenizer *t = NULL;
+    gsink_status st;
+    if (stat(file, &sb) != 0) {
+        st = gsink__fail(NULL, GSINK_ERR_IO,
+                         "'%s' not found (a HuggingFace tokenizer.json is needed; tiktoken or SentencePiece "
+                         "tokenizer files are not supported)", file);
+        goto done;
+    }
+    if ((st = tj_parse_file(file, &root))) goto done;
+    if (stat(cfgp, &sb) == 0 && S_ISREG(sb.st_mode) && (st = tj_parse_file(cfgp, &cfg))) goto done;
+    if (!(t = calloc(1, sizeof *t))) {
+        st = gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+        goto done;
+    }
+    st = tj_build(t, root, cfg && cfg->type == GSINK_JSON_OBJECT ? cfg : NULL);
+    if (st) {
+        gsink_tokenizer_free(t);
+        t = NULL;
+    }
+done:
+    gsink__json_free(root);
+    gsink__json_free(cfg);
+    free(file);
+    free(cfgp);
+    *out = t;
+    return st;
+}
+
+/* For the fuzz harness: a tokenizer from tokenizer.json text in memory. */
+gsink_status gsink__tokenizer_from_json_text(const char *text, size_t len, gsink_tokenizer **out)
+{
+    *out = NULL;
+    gsink__json *root = NULL;
+    gsink_status st = gsink__json_parse(text, len, &root, NULL);
+    if (st) return st;
+    gsink_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) st = gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    else st = tj_build(t, root, NULL);
+    gsink__json_free(root);
+    if (st) gsink_tokenizer_free(t);
+    else *out = t;
+    return st;
+}
+
+gsink_status gsink_tokenizer_token_id(const gsink_tokenizer *t, const char *text, int32_t *id)
+{
+    if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    GSINK_USE(t, "tokenizer");
+    if (!text || !id) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "text or id is NULL");
+    *id = hmap_get(&t->vocab, text, strlen(text));
+    if (*id < 0) return gsink__fail(NULL, GSINK_ERR_UNKNOWN_NAME, "no token '%.60s' in the vocabulary", text);
     return GSINK_OK;
 }

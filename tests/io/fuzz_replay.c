@@ -2,7 +2,7 @@
  * plus deterministic mutations of each (every truncation point, byte flips
  * and big little-endian integers written over each 8-byte slot), so the
  * corpus exercises the parsers' bounds checks as an ordinary test.
- *   fuzz_replay gguf|safetensors|tokenizer DIR */
+ *   fuzz_replay gguf|safetensors|tokenizer|tokenizer_json DIR */
 #include <dirent.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -12,6 +12,7 @@
 int gsink_fuzz_gguf(const uint8_t *data, size_t size);
 int gsink_fuzz_safetensors(const uint8_t *data, size_t size);
 int gsink_fuzz_tokenizer(const uint8_t *data, size_t size);
+int gsink_fuzz_tokenizer_json(const uint8_t *data, size_t size);
 
 static int (*target)(const uint8_t *, size_t);
 
@@ -57,12 +58,13 @@ static void mutate(const uint8_t *data, size_t size)
 int main(int argc, char **argv)
 {
     if (argc != 3) {
-        fprintf(stderr, "usage: %s gguf|safetensors|tokenizer CORPUS_DIR\n", argv[0]);
+        fprintf(stderr, "usage: %s gguf|safetensors|tokenizer|tokenizer_json CORPUS_DIR\n", argv[0]);
         return 2;
     }
     if (!strcmp(argv[1], "gguf")) target = gsink_fuzz_gguf;
     else if (!strcmp(argv[1], "safetensors")) target = gsink_fuzz_safetensors;
     else if (!strcmp(argv[1], "tokenizer")) target = gsink_fuzz_tokenizer;
+    else if (!strcmp(argv[1], "tokenizer_json")) target = gsink_fuzz_tokenizer_json;
     else return 2;
     DIR *d = opendir(argv[2]);
     if (!d) {

@@ -1,7 +1,8 @@
 /* fuzz_targets.c - libFuzzer-style harnesses for the GGUF and safetensors
  * parsers and the GGUF tokenizer. Build one as a fuzzer with
  *   clang -fsanitize=fuzzer,address -DGSINK_FUZZ_GGUF tests/io/fuzz_targets.c ...
- * (or -DGSINK_FUZZ_SAFETENSORS, -DGSINK_FUZZ_TOKENIZER); fuzz_replay.c runs
+ * (or -DGSINK_FUZZ_SAFETENSORS, -DGSINK_FUZZ_TOKENIZER, -DGSINK_FUZZ_TOKENIZER_JSON);
+ * fuzz_replay.c runs
  * them over a corpus as an ordinary test. */
 #include <stdint.h>
 #include <stdlib.h>
@@ -12,6 +13,7 @@
 int gsink_fuzz_gguf(const uint8_t *data, size_t size);
 int gsink_fuzz_safetensors(const uint8_t *data, size_t size);
 int gsink_fuzz_tokenizer(const uint8_t *data, size_t size);
+int gsink_fuzz_tokenizer_json(const uint8_t *data, size_t size);
 
 int gsink_fuzz_gguf(const uint8_t *data, size_t size)
 {
@@ -80,6 +82,28 @@ int gsink_fuzz_tokenizer(const uint8_t *data, size_t size)
     return 0;
 }
 
+/* The same from tokenizer.json text (HF format: vocab, merges, added
+ * tokens, pre-tokenizer). */
+int gsink_fuzz_tokenizer_json(const uint8_t *data, size_t size)
+{
+    gsink_tokenizer *t = NULL;
+    if (gsink__tokenizer_from_json_text((const char *)data, size, &t) != GSINK_OK) return 0;
+    static const char text[] = "ab <s> abab\xff\xfe a\u0120b \xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80 <s><s>ba\n\n"
+                               "\xc0\x80 \xed\xa0\x80 zz <|endoftext|> 12345678 DON'T 'S\xc5\xbf \r\n\t  x"
+                               "e\xcc\x81\xcc\xa3 \xe1\x84\x80\xe1\x85\xa1\xe1\x86\xa8 \xe2\x84\xab\xcc\x81\xff";
+    int32_t ids[512];
+    char out[4096];
+    for (unsigned flags = 0; flags < 4; flags++) {
+        size_t n = 0, len = 0;
+        gsink_status st = gsink_tokenizer_encode(t, text, sizeof text - 1, flags, ids, 512, &n);
+        if (st == GSINK_OK) (void)gsink_tokenizer_decode(t, ids, n, out, sizeof out, &len);
+    }
+    int32_t id;
+    (void)gsink_tokenizer_token_id(t, "<|endoftext|>", &id);
+    gsink_tokenizer_free(t);
+    return 0;
+}
+
 #if defined(GSINK_FUZZ_GGUF)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz_gguf(data, size); }
@@ -89,4 +113,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz
 #elif defined(GSINK_FUZZ_TOKENIZER)
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz_tokenizer(data, size); }
+#elif defined(GSINK_FUZZ_TOKENIZER_JSON)
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return gsink_fuzz_tokenizer_json(data, size); }
 #endif

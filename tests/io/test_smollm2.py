@@ -84,3 +84,50 @@ def test_smollm2_tokenizer_matches_hf(model_path):
     texts = check_texts() + [PROSE, "<|im_start|>system\nYou are helpful.<|im_end|>\n"]
     for text in texts:
         assert list(tok.encode(text, parse_special=True)) == hf.encode(text).ids, repr(text[:50])
+
+
+@pytest.mark.parametrize("kind", ["smollm", "llama3", "qwen2", "gpt2"])
+def test_smollm2_vocab_as_tokenizer_json(model_path, tmp_path, kind):
+    """SmolLM2's real vocabulary (49152 tokens, 48900 merges) as a
+    tokenizer.json with each supported pre-tokenizer (smollm is how SmolLM2
+    ships it): gsink_tokenizer_load_json gives HF tokenizers' ids."""
+    import json
+    from gguf import GGUFReader
+    from tokenizers import Tokenizer
+    from test_tokenizer_json import LLAMA3_RE, QWEN2_RE, check_texts
+    r = GGUFReader(model_path)
+
+    def strings(key):
+        f = r.fields[key]
+        return [bytes(f.parts[i]).decode("utf-8") for i in f.data]
+    tokens, merges = strings("tokenizer.ggml.tokens"), strings("tokenizer.ggml.merges")
+    types = [int(r.fields["tokenizer.ggml.token_type"].parts[i][0])
+             for i in r.fields["tokenizer.ggml.token_type"].data]
+    bl = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    if kind == "gpt2":
+        pre = bl
+    elif kind == "smollm":
+        pre = {"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, bl]}
+    else:
+        pre = {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": LLAMA3_RE if kind == "llama3" else QWEN2_RE},
+             "behavior": "Isolated", "invert": False}, dict(bl, use_regex=False)]}
+    doc = {"version": "1.0", "truncation": None, "padding": None,
+           "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for i, (t, ty) in enumerate(zip(tokens, types))
+                            if ty == 3],
+           "normalizer": None, "pre_tokenizer": pre, "post_processor": None,
+           "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+           "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                     "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False,
+                     "ignore_merges": kind == "llama3",
+                     "vocab": {t: i for i, t in enumerate(tokens)}, "merges": merges}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+    hf = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    tok = gsink.Tokenizer(str(tmp_path))
+    assert tok.vocab_size == len(tokens)
+    texts = check_texts() + [PROSE, "<|im_start|>system\nYou are helpful.<|im_end|>\n"]
+    for text in texts:
+        want = hf.encode(text).ids
+        assert tok.encode(text, parse_special=True).tolist() == want, repr(text[:50])
+        assert tok.decode(want) == hf.decode(want, skip_special_tokens=False)

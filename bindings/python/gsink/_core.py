@@ -1226,21 +1226,49 @@ class Optimizer(_Handle):
 
 
 class Tokenizer(_Handle):
-    """GPT-2 style byte-level BPE tokenizer from a GGUF file's metadata."""
+    """GPT-2 style byte-level BPE tokenizer from a GGUF file's metadata or a
+    HuggingFace tokenizer.json. Tokenizer(path) reads a directory or a
+    *.json file as tokenizer.json, anything else as GGUF."""
 
     _free_fn = staticmethod(_lib.gsink_tokenizer_free)
     _errmsg_fn = staticmethod(_lib.gsink_tokenizer_errmsg)
     _kind = "tokenizer"
 
-    def __init__(self, gguf_path):
+    def __init__(self, path, kind=None):
+        import os
+        p = os.fspath(path) if isinstance(path, os.PathLike) else path
+        if kind is None:
+            name = p.decode() if isinstance(p, bytes) else p
+            kind = "json" if isinstance(name, str) and (os.path.isdir(name) or
+                                                         name.endswith(".json")) else "gguf"
+        if kind not in ("json", "gguf"):
+            raise ValueError("kind must be 'json', 'gguf' or None")
+        load = _lib.gsink_tokenizer_load_json if kind == "json" else _lib.gsink_tokenizer_load_gguf
         h = ctypes.c_void_p()
-        _check(_lib.gsink_tokenizer_load_gguf(_bytes_arg(gguf_path, "gguf_path"),
-                                              ctypes.byref(h)))
+        _check(load(_bytes_arg(p, "path"), ctypes.byref(h)))
         self._h = h.value
 
     @classmethod
     def load_gguf(cls, path):
-        return cls(path)
+        return cls(path, kind="gguf")
+
+    @classmethod
+    def from_json(cls, path):
+        """From a HuggingFace tokenizer.json (the file or its directory)."""
+        return cls(path, kind="json")
+
+    load_json = from_json
+
+    def token_id(self, text):
+        """Id of the token whose vocabulary text is `text` (e.g.
+        "<|endoftext|>"), None if there is none."""
+        data = text.encode("utf-8") if isinstance(text, str) else bytes(text)
+        i = ctypes.c_int32(-1)
+        st = _lib.gsink_tokenizer_token_id(self._handle(), data, ctypes.byref(i))
+        if st == 10:  # GSINK_ERR_UNKNOWN_NAME
+            return None
+        self._ok(st)
+        return i.value
 
     @property
     def vocab_size(self):

@@ -303,6 +303,8 @@ PROTOTYPES = {
     "gsink_metric_branch_ratios": (S, [P, P, P, c_int, c_int, c_int, c_int, P, P, P, c_size_t]),
     # tokenizer
     "gsink_tokenizer_load_gguf": (S, [c_char_p, POINTER(c_void_p)]),
+    "gsink_tokenizer_load_json": (S, [c_char_p, POINTER(c_void_p)]),
+    "gsink_tokenizer_token_id": (S, [P, c_char_p, POINTER(c_int32)]),
     "gsink_tokenizer_free": (None, [P]),
     "gsink_tokenizer_errmsg": (c_char_p, [P]),
     "gsink_tokenizer_vocab_size": (S, [P, POINTER(c_int32)]),

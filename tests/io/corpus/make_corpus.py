@@ -72,3 +72,52 @@ open(os.path.join(tok_dir, "two_tokens.gguf"), "wb").write(ggufw.build([
 ], []))
 open(os.path.join(tok_dir, "all_types.gguf"), "wb").write(
     open(os.path.join(HERE, "gguf", "all_types.gguf"), "rb").read())
+
+# tokenizer.json seeds (fuzz_replay tokenizer_json): each supported
+# pre-tokenizer, both merge forms, added tokens (special or not), byte
+# fallback and unknown tokens, a gap in the ids, ignore_merges.
+import json as _json
+
+tj_dir = os.path.join(HERE, "tokenizer_json")
+os.makedirs(tj_dir, exist_ok=True)
+LLAMA3 = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+          r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2 = LLAMA3.replace(r"\p{N}{1,3}", r"\p{N}")
+BL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def tj_doc(pre, merges, extra_model=None, added=None, vocab_extra=None):
+    vocab = {"a": 0, "b": 1, "ab": 2, "ba": 3, "aba": 4, "\u0120": 5, "\u0120a": 6, "1": 7, "2": 8, "12": 9,
+             "<unk>": 10, "<0x41>": 11, "<0xC3>": 12, "'": 13, "S": 14, "'S": 15, "\u010a": 16}
+    vocab.update(vocab_extra or {})
+    model = {"type": "BPE", "dropout": None, "unk_token": "<unk>", "continuing_subword_prefix": None,
+             "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": True, "ignore_merges": False,
+             "vocab": vocab, "merges": merges}
+    model.update(extra_model or {})
+    return _json.dumps({"version": "1.0", "truncation": None, "padding": None,
+                        "added_tokens": added if added is not None else [
+                            {"id": 20, "content": "<|endoftext|>", "special": True},
+                            {"id": 21, "content": "<|end|><s>", "special": False},
+                            {"id": 23, "content": "<s>", "special": True}],
+                        "normalizer": None, "pre_tokenizer": pre, "post_processor": None,
+                        "decoder": {"type": "ByteLevel"}, "model": model}, ensure_ascii=False).encode()
+
+
+split = lambda r: {"type": "Sequence", "pretokenizers": [  # noqa: E731
+    {"type": "Split", "pattern": {"Regex": r}, "behavior": "Isolated", "invert": False}, BL]}
+open(os.path.join(tj_dir, "llama3_array_merges.json"), "wb").write(
+    tj_doc(split(LLAMA3), [["a", "b"], ["b", "a"], ["ab", "a"], ["\u0120", "a"], ["1", "2"], ["'", "S"]],
+           {"ignore_merges": True}))
+open(os.path.join(tj_dir, "qwen2_gap.json"), "wb").write(
+    tj_doc(split(QWEN2), ["a b", "b a", "ab a", "\u0120 a", "1 2", "' S"]))
+open(os.path.join(tj_dir, "smollm_digits.json"), "wb").write(
+    tj_doc({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True},
+                                                   dict(BL, use_regex=True)]},
+           ["a b", "b a", "ab a", "\u0120 a"], {"unk_token": None, "byte_fallback": False}))
+open(os.path.join(tj_dir, "gpt2_plain.json"), "wb").write(
+    tj_doc(dict(BL, use_regex=True), ["a b", "\u0120 a"], {"unk_token": None},
+           added=[{"id": 17, "content": "<|endoftext|>", "special": True}], vocab_extra={"<|endoftext|>": 17}))
+open(os.path.join(tj_dir, "qwen2_nfc.json"), "wb").write(
+    tj_doc(split(QWEN2), ["a b", "b a", "\u0120 a"], {},
+           vocab_extra={"\u00c3": 17, "\u00a9": 18, "\u00cc": 19, "\u0123": 22})
+    .replace(b'"normalizer": null', b'"normalizer": {"type": "NFC"}'))

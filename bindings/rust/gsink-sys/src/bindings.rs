@@ -2366,6 +2366,19 @@ extern "C" {
     ) -> gsink_status;
 }
 extern "C" {
+    pub fn gsink_tokenizer_load_json(
+        path: *const ::std::os::raw::c_char,
+        out: *mut *mut gsink_tokenizer,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_tokenizer_token_id(
+        tok: *const gsink_tokenizer,
+        text: *const ::std::os::raw::c_char,
+        id: *mut i32,
+    ) -> gsink_status;
+}
+extern "C" {
     pub fn gsink_tokenizer_free(tok: *mut gsink_tokenizer);
 }
 extern "C" {

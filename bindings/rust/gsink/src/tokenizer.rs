@@ -1,4 +1,5 @@
-//! GPT-2 style byte-level BPE tokenizer read from a GGUF file.
+//! GPT-2 style byte-level BPE tokenizer read from a GGUF file or a
+//! HuggingFace tokenizer.json.
 use std::path::Path;
 use std::ptr::{self, NonNull};
 
@@ -18,7 +19,7 @@ unsafe impl Send for Tokenizer {}
 
 impl Drop for Tokenizer {
     fn drop(&mut self) {
-        // SAFETY: ptr came from gsink_tokenizer_load_gguf and is freed once.
+        // SAFETY: ptr came from gsink_tokenizer_load_gguf/_json and is freed once.
         unsafe { sys::gsink_tokenizer_free(self.ptr.as_ptr()) }
     }
 }
@@ -38,6 +39,36 @@ impl Tokenizer {
         NonNull::new(out)
             .map(|ptr| Tokenizer { ptr })
             .ok_or_else(|| Error::new(Status::NullArgument, "library returned success but no tokenizer"))
+    }
+
+    /// Builds a tokenizer from a HuggingFace tokenizer.json (the file, or a
+    /// model directory holding it; tokenizer_config.json beside it gives
+    /// BOS/EOS).
+    pub fn load_json(path: impl AsRef<Path>) -> Result<Tokenizer> {
+        crate::check_library_version()?;
+        let cpath = path_to_cstring(path.as_ref())?;
+        let mut out: *mut sys::gsink_tokenizer = ptr::null_mut();
+        // SAFETY: valid path and out pointer.
+        check(unsafe { sys::gsink_tokenizer_load_json(cpath.as_ptr(), &mut out) })?;
+        NonNull::new(out)
+            .map(|ptr| Tokenizer { ptr })
+            .ok_or_else(|| Error::new(Status::NullArgument, "library returned success but no tokenizer"))
+    }
+
+    /// Id of the token whose vocabulary text is `text` (e.g.
+    /// "<|endoftext|>"), None when there is none.
+    pub fn token_id(&self, text: &str) -> Result<Option<i32>> {
+        let c = match std::ffi::CString::new(text) {
+            Ok(c) => c,
+            Err(_) => return Ok(None),
+        };
+        let mut id = -1i32;
+        // SAFETY: valid handle, NUL-terminated text and out pointer.
+        match check(unsafe { sys::gsink_tokenizer_token_id(self.ptr.as_ptr(), c.as_ptr(), &mut id) }) {
+            Ok(()) => Ok(Some(id)),
+            Err(e) if e.status() == Status::UnknownName => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     pub fn vocab_size(&self) -> Result<usize> {

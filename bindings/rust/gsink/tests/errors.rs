@@ -175,3 +175,19 @@ fn analysis_model_refuses_parameter_gradients() {
     m.backward().unwrap();
     assert_eq!(m.gradient(0, Site::ResidIn).unwrap(), keep.gradient(0, Site::ResidIn).unwrap());
 }
+
+#[test]
+fn tokenizer_json() {
+    let e = gsink::Tokenizer::load_json("/nonexistent/dir").unwrap_err();
+    assert_eq!(e.status(), Status::Io);
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../models/default");
+    if !std::path::Path::new(dir).join("tokenizer.json").exists() {
+        return;
+    }
+    let mut t = gsink::Tokenizer::load_json(dir).unwrap();
+    let eot = t.token_id("<|endoftext|>").unwrap().unwrap();
+    assert_eq!(t.special_tokens().unwrap().1, Some(eot));
+    assert_eq!(t.token_id("no such token").unwrap(), None);
+    let ids = t.encode("Hello world<|endoftext|>", false, true).unwrap();
+    assert_eq!(*ids.last().unwrap(), eot);
+}
