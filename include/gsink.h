@@ -237,7 +237,29 @@ typedef struct gsink_model_options {
     uint64_t seed;          /* initialisation seed, default 0 */
     int32_t precision;      /* gsink_precision, default GSINK_PRECISION_FP32 (since 0.1.0) */
     uint32_t flags;         /* gsink_model_flags, default 0 (since 0.1.0) */
+    int32_t weight_dtype;   /* gsink_weight_dtype, default GSINK_WEIGHTS_FP32 (since 0.1.0) */
 } gsink_model_options;
+
+/* Storage type of the weight matrices (the embedding, the attention and MLP
+ * projections, an untied LM head); norm gains, biases and V-scale theta stay
+ * fp32. BF16 and FP16 halve the weight memory (gsink_model_memory shows it);
+ * every matrix product, activation, gradient and accumulation stays fp32 (the
+ * CPU widens bounded panels of a weight to fp32 per product, never a whole
+ * matrix). gsink_get_param / gsink_set_param keep their fp32 interface:
+ * set_param rounds to nearest, ties to even (torch's .to(torch.bfloat16) and
+ * .half()), get_param returns the stored values exactly. gsink_model_load
+ * copies a BF16 (or F16) safetensors tensor bit for bit into BF16 (FP16)
+ * storage and rounds other sources (F32, GGUF dequantised blocks);
+ * gsink_model_save writes the stored type. Training: parameter gradients are
+ * fp32 and the optimizer keeps an fp32 master copy of each 16-bit weight,
+ * steps it, and rounds it back into storage (see gsink_optimizer_create).
+ * Valid for gsink_model_create and gsink_model_load; an unknown value is
+ * GSINK_ERR_INVALID_ARGUMENT. (Since 0.1.0.) */
+typedef enum gsink_weight_dtype {
+    GSINK_WEIGHTS_FP32 = 0,
+    GSINK_WEIGHTS_BF16 = 1,
+    GSINK_WEIGHTS_FP16 = 2
+} gsink_weight_dtype;
 
 /* Model flags. GSINK_MODEL_DISCARD_SITE_GRADS: the backward keeps no per-layer
  * site gradients (the layers share one set of gradient buffers, and the
