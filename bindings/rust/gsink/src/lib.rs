@@ -37,7 +37,8 @@ mod util;
 pub use error::{Error, Result, Status};
 pub use model::{BranchRatios, ColumnMass, Model, ParamInfo, QkvSplit};
 pub use optimizer::Optimizer;
-pub use options::{BatchAgg, Config, Device, DiagOptions, ModelOptions, OptimizerOptions, Precision, VScaleMode, VScaleOptions};
+pub use options::{BatchAgg, Config, Device, DiagOptions, ModelOptions, OptimizerOptions, Precision, VScaleMode, VScaleOptions,
+                  WeightDtype};
 pub use site::{Branch, Site};
 pub use tokenizer::Tokenizer;
 
