@@ -315,6 +315,41 @@ START_TEST(test_weights_embedding_gemm)
 }
 END_TEST
 
+/* gemm_w in BF16 math: bf16 weights go to cuBLAS as they are (the activations
+ * rounded to bf16), fp16 weights are widened and rounded by the BF16 path.
+ * Against the CPU's fp32 product of the same rounded operands. */
+START_TEST(test_weights_gemm_bf16)
+{
+    if (!gpu_is_cuda) return;
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_BF16), GSINK_OK);
+    for (int dt = GSINK_WD_BF16; dt <= GSINK_WD_F16; dt++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int M = 37, Nn = 53, K = 129, pad = 3;
+            int lda = K + pad, ldb = (tb ? K : Nn) + pad, ldc = Nn + pad;
+            size_t na = (size_t)M * lda, nb = (size_t)(tb ? Nn : K) * ldb, nc = (size_t)M * ldc;
+            float *bh = malloc(nb * sizeof(float)), *ah = malloc(na * sizeof(float));
+            tu_fill(bh, nb, 23 + tb, 1.0f);
+            tu_fill(ah, na, 11, 1.0f);
+            wpair Bw = wpair_new(bh, nb, dt);
+            pair A = pair_new(na, 11, 1.0f), C = pair_new(nc, 37, 1.0f), Bf = pair_new(nb, 0, 0);
+            /* the CPU: A and the weight rounded to bf16 (what the tensor cores read), exact product */
+            for (size_t i = 0; i < na; i++) A.c[i] = gsink__bf16_f32(gsink__f32_to_bf16(ah[i]));
+            OKC(cpu->iface->convert(cpu, Bf.c, GSINK_WD_F32, Bw.c, dt, nb));
+            for (size_t i = 0; i < nb; i++) Bf.c[i] = gsink__bf16_f32(gsink__f32_to_bf16(Bf.c[i]));
+            OKC(cpu->iface->gemm(cpu, 0, tb, M, Nn, K, 0.5f, A.c, lda, Bf.c, ldb, 0.25f, C.c, ldc));
+            OKG(gpu->iface->gemm_w(gpu, 0, tb, M, Nn, K, 0.5f, A.g, lda, Bw.g, dt, ldb, 0.25f, C.g, ldc));
+            char what[64];
+            snprintf(what, sizeof what, "gemm_w bf16 math, dtype %d N%c", dt, tb ? 'T' : 'N');
+            pair_check(&C, 1e-5, 1e-5 * sqrt((double)K), what);
+            pair_free_all(&A, &C, &Bf);
+            wpair_free(&Bw);
+            free(bh);
+            free(ah);
+        }
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 /* Embedding, RMSNorm, RoPE, SwiGLU                                          */
 /* ------------------------------------------------------------------------ */
@@ -1126,12 +1161,16 @@ END_TEST
 
 /* 16-bit weight storage: the whole model (and its fp32 masters in training)
  * on the device against the CPU with the same storage. */
+static void precision_case(int precision);
+
 START_TEST(test_model_weights)
 {
     model_wdtype = GSINK_WEIGHTS_BF16;
     model_case(0, GSINK_VSCALE_FULL);
+    if (gpu_is_cuda) precision_case(GSINK_PRECISION_BF16); /* bf16 weights straight to cuBLAS */
     model_wdtype = GSINK_WEIGHTS_FP16;
     model_case(0, GSINK_VSCALE_OFF);
+    if (gpu_is_cuda) precision_case(GSINK_PRECISION_TF32);
     model_wdtype = GSINK_WEIGHTS_FP32;
 }
 END_TEST
@@ -1163,6 +1202,7 @@ static void precision_case(int precision)
     gsink_model_options_init(&o);
     o.seed = 99;
     o.n_threads = 1;
+    o.weight_dtype = model_wdtype; /* both models: the CPU's is exact with the same weights */
     gsink_model *mc = NULL, *mg = NULL;
     ck_assert_int_eq(gsink_model_create(&cfg, &o, &mc), GSINK_OK);
     o.device = GSINK_DEVICE_CUDA;
@@ -1281,6 +1321,7 @@ static Suite *cuda_suite(void)
     add(s, "embedding", test_embedding);
     add(s, "weights_convert", test_weights_convert);
     add(s, "weights_embedding_gemm", test_weights_embedding_gemm);
+    tcase_add_checked_fixture(add(s, "weights_gemm_bf16", test_weights_gemm_bf16), NULL, math_fp32);
     add(s, "rmsnorm", test_rmsnorm);
     add(s, "rope", test_rope);
     add(s, "swiglu", test_swiglu);
