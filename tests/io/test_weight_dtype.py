@@ -269,3 +269,42 @@ def test_adamw_fp32_masters_match_numpy(tmp_path, wd):
             else:
                 np.testing.assert_allclose(got, master[k], rtol=1e-6, atol=1e-7, err_msg=k)
     assert off < 0.002 * sum(v.size for v in master.values()) * 5
+
+
+CLI = os.environ.get("GSINK_CLI")
+
+
+@pytest.mark.skipif(not CLI, reason="GSINK_CLI not set")
+def test_cli_weights_option(tmp_path):
+    """gsink-cli analyze --weights bf16: the report of an fp32 model with the
+    same (rounded) weights, read back from a bf16 checkpoint."""
+    import json
+    cfg = dict(SMALL)
+    p = random_params(cfg, seed=9, std=0.1)
+    d = str(tmp_path / "hf")
+    write_hf_dir(d, cfg, p, dtype="bfloat16")
+    reps = {}
+    for wd in ("bf16", "fp32"):
+        out = str(tmp_path / ("r_%s.json" % wd))
+        r = subprocess.run([CLI, "analyze", "--model", d, "--seq", "16", "--threads", "1", "--weights", wd,
+                            "--json", out], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+        with open(out) as fh:
+            reps[wd] = json.load(fh)
+    def close(a, b, path):
+        if isinstance(a, dict):
+            assert a.keys() == b.keys(), path
+            for k in a:
+                close(a[k], b[k], path + "." + k)
+        elif isinstance(a, list):
+            assert len(a) == len(b), path
+            for i, (x, y) in enumerate(zip(a, b)):
+                close(x, y, "%s[%d]" % (path, i))
+        elif isinstance(a, float) and isinstance(b, float):
+            assert abs(a - b) <= 1e-5 * max(abs(a), abs(b)) + 1e-7, (path, a, b)
+        else:
+            assert a == b, (path, a, b)
+    close(reps["bf16"], reps["fp32"], "report")
+    r = subprocess.run([CLI, "analyze", "--preset", "tiny", "--weights", "fp8"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and "--weights expects fp32, bf16 or fp16" in r.stderr, r.stderr
