@@ -289,6 +289,9 @@ int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *n
  * storage type, else converted (rounding to nearest even) in bounded chunks.
  * Does not touch the model's message (callers report). */
 gsink_status gsink__param_store(gsink_model *m, const gsink_param_entry *e, const void *src, int src_dtype);
+/* The same for elements [first, first + count) of e (src holds count). */
+gsink_status gsink__param_store_range(gsink_model *m, const gsink_param_entry *e, size_t first, size_t count,
+                                      const void *src, int src_dtype);
 /* Reads parameter e into dst (host) as dst_dtype (GSINK_WD_*), in chunks. */
 gsink_status gsink__param_fetch(gsink_model *m, const gsink_param_entry *e, void *dst, int dst_dtype);
 

@@ -661,25 +661,36 @@ typedef enum { P_GET, P_SET, P_GRAD } param_op;
  * the backend in chunks of this many elements (8 MiB of fp32). */
 #define PARAM_CHUNK ((size_t)2 << 20)
 
-gsink_status gsink__param_store(gsink_model *m, const gsink_param_entry *e, const void *src, int src_dtype)
+gsink_status gsink__param_store_range(gsink_model *m, const gsink_param_entry *e, size_t first, size_t count,
+                                      const void *src, int src_dtype)
 {
-    unsigned char *dev = m->param_mem + e->soff;
     size_t es = gsink__wd_size(e->dtype);
-    if (src_dtype == e->dtype) return BE(m)->upload(m->be, dev, src, e->numel * es);
-    size_t chunk = e->numel < PARAM_CHUNK ? e->numel : PARAM_CHUNK;
+    unsigned char *dev = m->param_mem + e->soff + first * es;
+    if (first > e->numel || count > e->numel - first) {
+        snprintf(m->be->err, sizeof m->be->err, "elements [%zu, +%zu) outside '%s' (%zu)", first, count, e->name,
+                 e->numel);
+        return GSINK_ERR_OUT_OF_RANGE;
+    }
+    if (src_dtype == e->dtype) return BE(m)->upload(m->be, dev, src, count * es);
+    size_t chunk = count < PARAM_CHUNK ? count : PARAM_CHUNK;
     void *tmp = malloc((chunk ? chunk : 1) * es);
     if (!tmp) {
         snprintf(m->be->err, sizeof m->be->err, "cannot allocate %zu bytes of staging", chunk * es);
         return GSINK_ERR_OUT_OF_MEMORY;
     }
     gsink_status st = GSINK_OK;
-    for (size_t i = 0; i < e->numel && !st; i += chunk) {
-        size_t n = e->numel - i < chunk ? e->numel - i : chunk;
+    for (size_t i = 0; i < count && !st; i += chunk) {
+        size_t n = count - i < chunk ? count - i : chunk;
         for (size_t j = 0; j < n; j++) gsink__wd_store(tmp, e->dtype, j, gsink__wd_load(src, src_dtype, i + j));
         st = BE(m)->upload(m->be, dev + i * es, tmp, n * es);
     }
     free(tmp);
     return st;
+}
+
+gsink_status gsink__param_store(gsink_model *m, const gsink_param_entry *e, const void *src, int src_dtype)
+{
+    return gsink__param_store_range(m, e, 0, e->numel, src, src_dtype);
 }
 
 gsink_status gsink__param_fetch(gsink_model *m, const gsink_param_entry *e, void *dst, int dst_dtype)

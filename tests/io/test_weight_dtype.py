@@ -155,15 +155,26 @@ def test_other_sources_round_into_storage(tmp_path):
 
 @pytest.mark.parametrize("qname", ["Q8_0", "Q4_K"])
 def test_gguf_quantised_into_bf16(tmp_path, qname):
-    cfg = dict(CFG)
+    """d_ff 4608: the MLP matrices (1.2 M elements) are dequantised in chunks
+    of whole rows; each chunk rounds into bf16 storage."""
+    from gguf import GGMLQuantizationType, quants
+    cfg = dict(CFG, d_ff=4608)
     path = str(tmp_path / "q.gguf")
-    write_quant_gguf(path, cfg, getattr(ggufw, qname))
+    raw = write_quant_gguf(path, cfg, getattr(ggufw, qname))
     f = gsink.Model.load(path, n_threads=1)
     m = gsink.Model.load(path, n_threads=1, weight_dtype="bf16")
     for k in f.param_names():
         a = f.get_param(k)
         want = rounded(a, "bf16") if a.ndim == 2 else a
         assert np.array_equal(m.get_param(k), want), k
+    for k in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"):
+        data, s, tt = raw[k]
+        be, bb = ggufw.BLOCK[tt]
+        arr = np.frombuffer(data, dtype=np.uint8).reshape(s[0], s[1] // be * bb)
+        ref = quants.dequantize(arr, GGMLQuantizationType(tt)).astype(np.float32).reshape(s)
+        np.testing.assert_allclose(f.get_param(k), ref, rtol=2e-6, atol=1e-7, err_msg=k)
+        assert np.array_equal(m.get_param(k), rounded(ref, "bf16")) or \
+            np.abs(m.get_param(k) - rounded(ref, "bf16")).max() <= 2 ** -7 * np.abs(ref).max(), k
 
 
 # VmHWM, not ru_maxrss: the latter carries the forking parent's peak across exec.
