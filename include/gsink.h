@@ -772,6 +772,12 @@ typedef struct gsink_optimizer_options {
 
 GSINK_API void gsink_optimizer_options_init_size(gsink_optimizer_options *opts, size_t size);
 #define gsink_optimizer_options_init(opts) gsink_optimizer_options_init_size((opts), sizeof *(opts))
+/* Creates an AdamW optimizer on the model's parameters (its state lives in
+ * the model's backend). A model with bf16/fp16 weights (weight_dtype): the
+ * optimizer also holds an fp32 master copy of each 16-bit matrix, taken from
+ * the stored weights now (and again for a tensor gsink_set_param writes);
+ * each step updates the masters and rounds them into storage, so updates
+ * below half an ulp of a weight accumulate. */
 GSINK_API gsink_status gsink_optimizer_create(gsink_model *model,
                                               const gsink_optimizer_options *opts,
                                               gsink_optimizer **out);
@@ -792,8 +798,9 @@ GSINK_API gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_no
  * another thread uses the optimizer. */
 GSINK_API int64_t gsink_optimizer_step_count(const gsink_optimizer *opt);
 /* Saves the optimizer state (step and AdamW moments of every parameter and
- * of V-scale theta) to path, written atomically (temporary file, fsync,
- * rename). Weights are not included: save them with gsink_model_save. */
+ * of V-scale theta; the fp32 master weights of a model with 16-bit weights)
+ * to path, written atomically (temporary file, fsync, rename). Weights are
+ * not included: save them with gsink_model_save. */
 GSINK_API gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path);
 /* Restores a state written by gsink_optimizer_save for a model of the same
  * layout. The file is verified (magic, version, sizes, checksum) before
