@@ -855,8 +855,8 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
 
     size_t count = 0;
     gsink_param_count(m, &count);
-    float *buf = NULL, *buf2 = NULL;
-    size_t cap = 0;
+    float *buf = NULL, *buf2 = NULL, *cbuf = NULL;
+    size_t cap = 0, ccap = 0;
     for (size_t k = 0; k < count && !st; k++) {
         const char *name;
         int ndim;
@@ -879,11 +879,11 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
              * bounded buffer and stored (rounded into 16-bit storage), never
              * a tensor-sized fp32 copy. */
             size_t row = (size_t)dims[1], rows = GGUF_CHUNK / row ? GGUF_CHUNK / row : 1, chunk = rows * row;
-            if (chunk > cap) {
-                free(buf);
-                buf = malloc(chunk * sizeof(float));
-                cap = buf ? chunk : 0;
-                if (!buf) {
+            if (chunk > ccap) { /* its own buffer: buf and buf2 share cap */
+                free(cbuf);
+                cbuf = malloc(chunk * sizeof(float));
+                ccap = cbuf ? chunk : 0;
+                if (!cbuf) {
                     st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: cannot allocate %zu floats", chunk);
                     break;
                 }
@@ -891,8 +891,8 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
             const uint8_t *src = g->file.data + g->data_off + t->offset;
             for (size_t i = 0; i < n && !st; i += chunk) {
                 size_t k = n - i < chunk ? n - i : chunk;
-                gsink__dequantize(t->type, src + i / be_ * bb_, buf, k);
-                if ((st = gsink__param_store_range(m, e, i, k, buf, GSINK_WD_F32)))
+                gsink__dequantize(t->type, src + i / be_ * bb_, cbuf, k);
+                if ((st = gsink__param_store_range(m, e, i, k, cbuf, GSINK_WD_F32)))
                     st = gsink__fail(err, st, "GGUF: tensor '%s': %s", name, m->be->err);
             }
             continue;
@@ -920,6 +920,7 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
     }
     free(buf);
     free(buf2);
+    free(cbuf);
     if (st) {
         gsink_model_free(m);
         return st;

@@ -155,10 +155,12 @@ def test_other_sources_round_into_storage(tmp_path):
 
 @pytest.mark.parametrize("qname", ["Q8_0", "Q4_K"])
 def test_gguf_quantised_into_bf16(tmp_path, qname):
-    """d_ff 4608: the MLP matrices (1.2 M elements) are dequantised in chunks
-    of whole rows; each chunk rounds into bf16 storage."""
+    """d_ff 4608 and vocab 4200: the MLP matrices and the embedding (1.1-1.2 M
+    elements) are dequantised in chunks of whole rows, each rounding into bf16
+    storage; the embedding comes first, before any permuted q/k tensor (which
+    uses the whole-tensor buffers)."""
     from gguf import GGMLQuantizationType, quants
-    cfg = dict(CFG, d_ff=4608)
+    cfg = dict(CFG, d_ff=4608, vocab_size=4200)
     path = str(tmp_path / "q.gguf")
     raw = write_quant_gguf(path, cfg, getattr(ggufw, qname))
     f = gsink.Model.load(path, n_threads=1)
@@ -167,7 +169,8 @@ def test_gguf_quantised_into_bf16(tmp_path, qname):
         a = f.get_param(k)
         want = rounded(a, "bf16") if a.ndim == 2 else a
         assert np.array_equal(m.get_param(k), want), k
-    for k in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight"):
+    for k in ("model.layers.0.mlp.up_proj.weight", "model.layers.0.mlp.down_proj.weight",
+              "model.embed_tokens.weight"):
         data, s, tt = raw[k]
         be, bb = ggufw.BLOCK[tt]
         arr = np.frombuffer(data, dtype=np.uint8).reshape(s[0], s[1] // be * bb)
