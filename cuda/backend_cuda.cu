@@ -13,6 +13,7 @@
 
 #include "cuda_common.cuh"
 #include "cuda_module.h"
+#include "wdtype.h"
 
 /* ------------------------------------------------------------------------ */
 /* Errors                                                                    */
@@ -295,6 +296,77 @@ static gsink_status cuda_gemm(gsink_backend *be, int trans_a, int trans_b, int M
     return GSINK_OK;
 }
 
+/* A 16-bit weight as B. In BF16 math a bf16 weight goes to cuBLAS as it is
+ * (A rounded to bf16 in bounded row blocks). Otherwise the weight is widened
+ * to fp32 in panels of whole stored rows in the scratch buffer (at most
+ * WPANEL_BYTES, one row when a row alone is larger), then the fp32 path above
+ * (FP32, TF32, or BF16 math for fp16 weights, which rounds them to bf16).
+ * The device never holds an fp32 copy of a matrix. */
+#define WPANEL_BYTES ((size_t)64 << 20)
+
+static gsink_status cuda_gemm_w(gsink_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                                float alpha, const float *A, int lda, const void *B, int bdt, int ldb,
+                                float beta, float *C, int ldc)
+{
+    if (bdt == GSINK_WD_F32)
+        return cuda_gemm(be, trans_a, trans_b, M, N, K, alpha, A, lda, (const float *)B, ldb, beta, C, ldc);
+    if (bdt != GSINK_WD_BF16 && bdt != GSINK_WD_F16)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "gemm_w: unknown weight storage type %d", bdt);
+    if (M < 0 || N < 0 || K < 0)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "gemm_w: negative size %d x %d x %d", M, N, K);
+    if (M == 0 || N == 0) return GSINK_OK;
+    if (K == 0) return cuda_gemm(be, trans_a, trans_b, M, N, K, alpha, A, lda, NULL, ldb, beta, C, ldc);
+    const uint16_t *b = (const uint16_t *)B;
+    cuda_ctx *c = CUDA_CTX(be);
+    if (c->math == GSINK_CUDA_MATH_BF16 && bdt == GSINK_WD_BF16 && !trans_a) {
+        /* BF16 math reads bf16 weights as they are: A (the activations) is
+         * rounded to bf16 in blocks of rows (the rounding the fp32 BF16 path
+         * applies to every input) and cuBLAS multiplies bf16 x bf16 with fp32
+         * accumulation into fp32 C. */
+        size_t mper = WPANEL_BYTES / 2 / (size_t)K;
+        if (mper == 0) mper = 1;
+        if (mper > (size_t)M) mper = (size_t)M;
+        void *P;
+        gsink_status st = cuda_scratch(be, mper * (size_t)K * 2, &P);
+        cublasOperation_t opb = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+        for (size_t m0 = 0; m0 < (size_t)M && !st; m0 += mper) {
+            size_t mr = (size_t)M - m0 < mper ? (size_t)M - m0 : mper;
+            st = cuda_convert_rows(be, P, GSINK_WD_BF16, A + m0 * (size_t)lda, GSINK_WD_F32, mr, (size_t)K,
+                                   (size_t)lda);
+            if (st) break;
+            cublasStatus_t s = cublasGemmEx(c->blas, opb, CUBLAS_OP_N, N, (int)mr, K, &alpha, B, CUDA_R_16BF, ldb,
+                                            P, CUDA_R_16BF, K, &beta, C + m0 * (size_t)ldc, CUDA_R_32F, ldc,
+                                            CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+            if (s != CUBLAS_STATUS_SUCCESS) {
+                char what[96];
+                snprintf(what, sizeof what, "cublasGemmEx/bf16 weights(N%c, M=%zu N=%d K=%d)", trans_b ? 'T' : 'N',
+                         mr, N, K);
+                st = cublas_check(be, s, what);
+            }
+        }
+        return st;
+    }
+    size_t rows = (size_t)(trans_b ? N : K), cols = (size_t)(trans_b ? K : N);
+    size_t per = WPANEL_BYTES / sizeof(float) / cols;
+    if (per == 0) per = 1;
+    if (per > rows) per = rows;
+    void *P;
+    gsink_status st = cuda_scratch(be, per * cols * sizeof(float), &P);
+    for (size_t r0 = 0; r0 < rows && !st; r0 += per) {
+        size_t nr = rows - r0 < per ? rows - r0 : per;
+        /* stream-ordered: the previous panel's GEMM finishes before this overwrite */
+        st = cuda_convert_rows(be, P, GSINK_WD_F32, b + r0 * (size_t)ldb, bdt, nr, cols, (size_t)ldb);
+        if (st) break;
+        if (trans_b)
+            st = cuda_gemm(be, trans_a, 1, M, (int)nr, K, alpha, A, lda, (const float *)P, (int)cols, beta,
+                           C + r0, ldc);
+        else
+            st = cuda_gemm(be, trans_a, 0, M, N, (int)nr, alpha, trans_a ? A + r0 * (size_t)lda : A + r0, lda,
+                           (const float *)P, (int)cols, r0 == 0 ? beta : 1.0f, C, ldc);
+    }
+    return st;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Table and module entry                                                    */
 /* ------------------------------------------------------------------------ */
@@ -364,6 +436,9 @@ static gsink_backend_iface make_iface(void)
     t.adamw = cuda_adamw;
     t.set_stream = cuda_set_stream;
     t.synchronize = cuda_synchronize;
+    t.gemm_w = cuda_gemm_w;
+    t.embedding_fwd_w = cuda_embedding_fwd_w;
+    t.convert = cuda_convert;
     return t;
 }
 

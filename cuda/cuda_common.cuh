@@ -67,6 +67,12 @@ static inline unsigned cuda_blocks(size_t n, unsigned threads, unsigned cap = 65
 }
 
 /* ---- ops (ops.cu) ---- */
+gsink_status cuda_embedding_fwd_w(gsink_backend *be, float *out, const int32_t *tokens,
+                                  const void *table, int dtype, int N, int d);
+gsink_status cuda_convert(gsink_backend *be, void *dst, int ddt, const void *src, int sdt, size_t n);
+/* rows x cols of src (row stride ld) -> packed dst */
+gsink_status cuda_convert_rows(gsink_backend *be, void *dst, int ddt, const void *src, int sdt, size_t rows,
+                               size_t cols, size_t ld);
 gsink_status cuda_embedding_fwd(gsink_backend *be, float *out, const int32_t *tokens,
                                 const float *table, int N, int d);
 gsink_status cuda_embedding_bwd(gsink_backend *be, float *dtable, const int32_t *tokens,

@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "cuda_common.cuh"
+#include "wdtype.h"
 
 /* ------------------------------------------------------------------------ */
 /* Reduction helpers                                                         */
@@ -134,6 +135,69 @@ gsink_status cuda_embedding_fwd(gsink_backend *be, float *out, const int32_t *to
     GSINK_LAUNCH(k_embedding_fwd, cuda_blocks((size_t)N, 1, 65535u * 8u), 128, 0, CUDA_CTX(be)->stream)(
         out, tokens, table, N, d);
     return launched(be, "embedding_fwd");
+}
+
+/* Weights stored in 16 bits (wdtype.h): the scalar conversions are the CPU
+ * backend's, so both round identically. */
+__global__ void k_embedding_fwd_w(float *__restrict__ out, const int32_t *__restrict__ tokens,
+                                  const void *__restrict__ table, int dtype, int N, int d)
+{
+    for (int n = blockIdx.x; n < N; n += gridDim.x) {
+        size_t base = (size_t)tokens[n] * d;
+        float *dst = out + (size_t)n * d;
+        for (int i = threadIdx.x; i < d; i += blockDim.x) dst[i] = gsink__wd_load(table, dtype, base + i);
+    }
+}
+
+gsink_status cuda_embedding_fwd_w(gsink_backend *be, float *out, const int32_t *tokens,
+                                  const void *table, int dtype, int N, int d)
+{
+    if (dtype == GSINK_WD_F32) return cuda_embedding_fwd(be, out, tokens, (const float *)table, N, d);
+    if (dtype != GSINK_WD_BF16 && dtype != GSINK_WD_F16)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "embedding_fwd_w: unknown weight storage type %d", dtype);
+    if (N <= 0 || d <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    GSINK_LAUNCH(k_embedding_fwd_w, cuda_blocks((size_t)N, 1, 65535u * 8u), 128, 0, CUDA_CTX(be)->stream)(
+        out, tokens, table, dtype, N, d);
+    return launched(be, "embedding_fwd_w");
+}
+
+/* dst = src between storage types; rows x cols with source row stride ld
+ * (a packed array is one row). */
+__global__ void k_convert(void *__restrict__ dst, int ddt, const void *__restrict__ src, int sdt,
+                          size_t rows, size_t cols, size_t ld)
+{
+    size_t n = rows * cols;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t r = i / cols, c = i - r * cols;
+        gsink__wd_store(dst, ddt, i, gsink__wd_load(src, sdt, r * ld + c));
+    }
+}
+
+gsink_status cuda_convert_rows(gsink_backend *be, void *dst, int ddt, const void *src, int sdt, size_t rows,
+                               size_t cols, size_t ld)
+{
+    if (!gsink__wd_size(ddt) || !gsink__wd_size(sdt))
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "convert: unknown storage type %d -> %d", sdt, ddt);
+    if (rows == 0 || cols == 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    GSINK_LAUNCH(k_convert, cuda_blocks(rows * cols, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
+        dst, ddt, src, sdt, rows, cols, ld);
+    return launched(be, "convert");
+}
+
+gsink_status cuda_convert(gsink_backend *be, void *dst, int ddt, const void *src, int sdt, size_t n)
+{
+    if (ddt == sdt && gsink__wd_size(ddt)) {
+        if (n == 0 || dst == src) return GSINK_OK;
+        gsink_status st = cuda_enter(be);
+        if (st) return st;
+        return cuda_check(be, cudaMemcpyAsync(dst, src, n * gsink__wd_size(ddt), cudaMemcpyDeviceToDevice,
+                                              CUDA_CTX(be)->stream), "convert (cudaMemcpyAsync)");
+    }
+    return cuda_convert_rows(be, dst, ddt, src, sdt, 1, n, n);
 }
 
 /* Deterministic scatter-add without sorting: block (x, y) owns 128 columns and

@@ -68,6 +68,8 @@ static void usage(FILE *f)
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
             "  --precision P       fp32 (default) | tf32 | bf16 matrix products (tf32, bf16: CUDA only)\n"
+            "  --weights T         fp32 (default) | bf16 | fp16 weight storage (half the weight memory;\n"
+            "                      compute stays fp32)\n"
             "  --threads N         CPU threads, 0..gsink_max_threads() = 2 per CPU (default 0: one per CPU)\n"
             "  --vscale MODE       off | full | backward-only (default off)\n"
             "  --sink-eps X        sink-rate threshold eps (default 0.3)\n"
@@ -465,7 +467,7 @@ static int cmd_info_model(const char *path)
 }
 
 typedef struct analyze_args {
-    const char *model, *preset, *tokens, *tokenizer, *json, *device, *precision, *plots, *save_tokens;
+    const char *model, *preset, *tokens, *tokenizer, *json, *device, *precision, *plots, *save_tokens, *weights;
     const char **text; /* --text FILE|DIR, repeatable (n_text of them) */
     int n_text, separator;
     uint64_t seed;
@@ -513,6 +515,7 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         else if (!strcmp(o, "--save-tokens")) { NEED_VALUE(); a->save_tokens = v; }
         else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
         else if (!strcmp(o, "--precision")) { NEED_VALUE(); a->precision = v; }
+        else if (!strcmp(o, "--weights")) { NEED_VALUE(); a->weights = v; }
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
         else if (!strcmp(o, "--batch") || !strcmp(o, "--sequences")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->batch)) return -1; }
         else if (!strcmp(o, "--micro-batch")) { NEED_VALUE(); if (parse_int(o, v, 1, 1 << 20, &a->micro_batch)) return -1; }
@@ -573,6 +576,10 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
     }
     if (a->precision && strcmp(a->precision, "fp32") && strcmp(a->precision, "tf32") && strcmp(a->precision, "bf16")) {
         fprintf(stderr, "%s: --precision expects fp32, tf32 or bf16, got '%s'\n", prog, a->precision);
+        return -1;
+    }
+    if (a->weights && strcmp(a->weights, "fp32") && strcmp(a->weights, "bf16") && strcmp(a->weights, "fp16")) {
+        fprintf(stderr, "%s: --weights expects fp32, bf16 or fp16, got '%s'\n", prog, a->weights);
         return -1;
     }
     if (!a->model && !a->preset) a->preset = "tiny";
@@ -786,6 +793,8 @@ static int cmd_analyze(int argc, char **argv)
     if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
     if (a.precision && !strcmp(a.precision, "tf32")) mo.precision = GSINK_PRECISION_TF32;
     if (a.precision && !strcmp(a.precision, "bf16")) mo.precision = GSINK_PRECISION_BF16;
+    if (a.weights && !strcmp(a.weights, "bf16")) mo.weight_dtype = GSINK_WEIGHTS_BF16;
+    if (a.weights && !strcmp(a.weights, "fp16")) mo.weight_dtype = GSINK_WEIGHTS_FP16;
     if (a.model) {
         if ((st = gsink_model_load(a.model, &mo, &m))) { rc = fail_lib("loading the model", st); goto out; }
     } else {

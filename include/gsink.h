@@ -238,7 +238,29 @@ typedef struct gsink_model_options {
     uint64_t seed;          /* initialisation seed, default 0 */
     int32_t precision;      /* gsink_precision, default GSINK_PRECISION_FP32 (since 0.1.0) */
     uint32_t flags;         /* gsink_model_flags, default 0 (since 0.1.0) */
+    int32_t weight_dtype;   /* gsink_weight_dtype, default GSINK_WEIGHTS_FP32 (since 0.1.0) */
 } gsink_model_options;
+
+/* Storage type of the weight matrices (the embedding, the attention and MLP
+ * projections, an untied LM head); norm gains, biases and V-scale theta stay
+ * fp32. BF16 and FP16 halve the weight memory (gsink_model_memory shows it);
+ * every matrix product, activation, gradient and accumulation stays fp32 (the
+ * CPU widens bounded panels of a weight to fp32 per product, never a whole
+ * matrix). gsink_get_param / gsink_set_param keep their fp32 interface:
+ * set_param rounds to nearest, ties to even (torch's .to(torch.bfloat16) and
+ * .half()), get_param returns the stored values exactly. gsink_model_load
+ * copies a BF16 (or F16) safetensors tensor bit for bit into BF16 (FP16)
+ * storage and rounds other sources (F32, GGUF dequantised blocks);
+ * gsink_model_save writes the stored type. Training: parameter gradients are
+ * fp32 and the optimizer keeps an fp32 master copy of each 16-bit weight,
+ * steps it, and rounds it back into storage (see gsink_optimizer_create).
+ * Valid for gsink_model_create and gsink_model_load; an unknown value is
+ * GSINK_ERR_INVALID_ARGUMENT. (Since 0.1.0.) */
+typedef enum gsink_weight_dtype {
+    GSINK_WEIGHTS_FP32 = 0,
+    GSINK_WEIGHTS_BF16 = 1,
+    GSINK_WEIGHTS_FP16 = 2
+} gsink_weight_dtype;
 
 /* Model flags. GSINK_MODEL_DISCARD_SITE_GRADS: the backward keeps no per-layer
  * site gradients (the layers share one set of gradient buffers, and the
@@ -830,6 +852,12 @@ typedef struct gsink_optimizer_options {
 
 GSINK_API void gsink_optimizer_options_init_size(gsink_optimizer_options *opts, size_t size);
 #define gsink_optimizer_options_init(opts) gsink_optimizer_options_init_size((opts), sizeof *(opts))
+/* Creates an AdamW optimizer on the model's parameters (its state lives in
+ * the model's backend). A model with bf16/fp16 weights (weight_dtype): the
+ * optimizer also holds an fp32 master copy of each 16-bit matrix, taken from
+ * the stored weights now (and again for a tensor gsink_set_param writes);
+ * each step updates the masters and rounds them into storage, so updates
+ * below half an ulp of a weight accumulate. */
 GSINK_API gsink_status gsink_optimizer_create(gsink_model *model,
                                               const gsink_optimizer_options *opts,
                                               gsink_optimizer **out);
@@ -850,8 +878,9 @@ GSINK_API gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_no
  * another thread uses the optimizer. */
 GSINK_API int64_t gsink_optimizer_step_count(const gsink_optimizer *opt);
 /* Saves the optimizer state (step and AdamW moments of every parameter and
- * of V-scale theta) to path, written atomically (temporary file, fsync,
- * rename). Weights are not included: save them with gsink_model_save. */
+ * of V-scale theta; the fp32 master weights of a model with 16-bit weights)
+ * to path, written atomically (temporary file, fsync, rename). Weights are
+ * not included: save them with gsink_model_save. */
 GSINK_API gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path);
 /* Restores a state written by gsink_optimizer_save for a model of the same
  * layout. The file is verified (magic, version, sizes, checksum) before

@@ -21,7 +21,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 6
+#define GSINK_BACKEND_API_VERSION 7
 
 typedef struct gsink_backend gsink_backend;
 
@@ -187,6 +187,23 @@ typedef struct gsink_backend_iface {
      * synchronize: waits until the current stream's work is done. */
     gsink_status (*set_stream)(gsink_backend *be, void *stream);
     gsink_status (*synchronize)(gsink_backend *be);
+
+    /* Since version 7: weights stored in 16 bits (gsink_weight_dtype; the
+     * GSINK_WD_* values and scalar conversions are in wdtype.h). Compute and
+     * accumulation stay fp32.
+     * gemm_w: gemm whose B operand (a weight) has storage type b_dtype;
+     * GSINK_WD_F32 is gemm. A backend may widen B to fp32 in bounded blocks
+     * of its stored rows, never as a whole. */
+    gsink_status (*gemm_w)(gsink_backend *be, int trans_a, int trans_b, int M, int N, int K,
+                           float alpha, const float *A, int lda, const void *B, int b_dtype,
+                           int ldb, float beta, float *C, int ldc);
+    /* out(N,d) = table[tokens[n]] widened to fp32, table of storage type dtype */
+    gsink_status (*embedding_fwd_w)(gsink_backend *be, float *out, const int32_t *tokens,
+                                    const void *table, int dtype, int N, int d);
+    /* dst(n) = src(n) between storage types (either may be GSINK_WD_F32), fp32
+     * -> 16 bits rounding to nearest, ties to even (wdtype.h). */
+    gsink_status (*convert)(gsink_backend *be, void *dst, int dst_dtype, const void *src,
+                            int src_dtype, size_t n);
 } gsink_backend_iface;
 
 struct gsink_backend {

@@ -82,6 +82,10 @@ bool gsink__used_elsewhere(const gsink__owner *owner);
  * calls then fail with GSINK_ERR_CALL_ORDER, and gsink_optimizer_free frees
  * only the optimizer itself. The caller holds the model's claim. */
 bool gsink__optimizers_detach(gsink_model *m);
+/* After a 16-bit parameter's storage changed (gsink_set_param): the model's
+ * optimizers take their fp32 master copy of it from the storage again. */
+struct gsink_param_entry;
+void gsink__optimizers_resync(gsink_model *m, const struct gsink_param_entry *e);
 
 /* ---- ops handles ----------------------------------------------------------- */
 
@@ -143,7 +147,11 @@ typedef struct gsink_layer_params {
     float *post_attn_norm, *post_mlp_norm; /* (d) when cfg.sandwich_norm, else NULL */
 } gsink_layer_params;
 
-/* Views into one allocation; params and grads share this layout. */
+/* Views into one allocation; params and grads share this layout. The
+ * parameters' matrix views (embed, lm_head, wq..wdown) point to storage of
+ * the model's weight_dtype (16-bit data when BF16/FP16: pass them to the
+ * backend's *_w ops with m->wdtype, never read them as floats); gradients
+ * are always fp32. */
 typedef struct gsink_params {
     float *embed;      /* (V, d) */
     gsink_layer_params *layers; /* (L) */
@@ -155,8 +163,10 @@ typedef struct gsink_param_entry {
     char name[96];
     int ndim;
     int64_t dims[2];
-    size_t offset; /* floats from the start of the block */
+    size_t offset; /* floats from the start of the fp32 layout (gradients, optimizer state) */
     size_t numel;
+    int dtype;     /* storage type (GSINK_WD_*): the model's weight_dtype for matrices, else fp32 */
+    size_t soff;   /* bytes from the start of param_mem (4-byte aligned) */
     int layer;     /* -1 for global tensors */
 } gsink_param_entry;
 
@@ -203,8 +213,11 @@ struct gsink_model {
     char errmsg[GSINK_MSG_SIZE];
 
     /* parameters and gradients (backend memory) */
-    size_t n_param_floats;
-    float *param_mem, *grad_mem;
+    size_t n_param_floats;      /* fp32 layout: gradients, optimizer state */
+    int wdtype;                 /* gsink_weight_dtype of the matrices (GSINK_WD_*) */
+    size_t param_bytes;         /* param_mem: each entry at its soff in its dtype */
+    unsigned char *param_mem;
+    float *grad_mem;
     gsink_params p, g;
     gsink_param_entry *entries; /* registry in HF order */
     size_t n_entries;
@@ -281,6 +294,17 @@ gsink_status gsink__rope(gsink_model *m, float *x, int B, int heads, int inverse
  * c, computed without allocating anything: loaders check a file against it
  * before the model is allocated. Returns 0 past the last parameter. */
 int gsink__param_spec(const gsink_config *c, size_t index, char name[96], int *ndim, int64_t dims[2]);
+
+/* Writes count elements of src (host memory, storage type src_dtype,
+ * GSINK_WD_*) into parameter e: copied bit for bit when src_dtype is e's
+ * storage type, else converted (rounding to nearest even) in bounded chunks.
+ * Does not touch the model's message (callers report). */
+gsink_status gsink__param_store(gsink_model *m, const gsink_param_entry *e, const void *src, int src_dtype);
+/* The same for elements [first, first + count) of e (src holds count). */
+gsink_status gsink__param_store_range(gsink_model *m, const gsink_param_entry *e, size_t first, size_t count,
+                                      const void *src, int src_dtype);
+/* Reads parameter e into dst (host) as dst_dtype (GSINK_WD_*), in chunks. */
+gsink_status gsink__param_fetch(gsink_model *m, const gsink_param_entry *e, void *dst, int dst_dtype);
 
 /* Allocates a model with zeroed weights (no random init); used by loaders. */
 gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_options *opts,

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "wdtype.h"
 
 #define BE(m) ((m)->be->iface)
 #define TRY(m, call, what)                                   \
@@ -238,22 +239,43 @@ static gsink_status build_registry(gsink_model *m, char *errbuf)
     for (int l = 0; l < c->n_layers; l++)
         snprintf(m->theta_names[l], sizeof m->theta_names[l], "model.layers.%d.self_attn.v_scale_theta", l);
     m->n_param_floats = off;
+    /* Storage: matrices in the weight type, vectors in fp32, each entry
+     * 4-byte aligned (a 16-bit matrix of odd size gets 2 bytes of padding). */
+    size_t soff = 0;
+    for (size_t i = 0; i < m->n_entries; i++) {
+        gsink_param_entry *e = &m->entries[i];
+        e->dtype = e->ndim == 2 ? m->wdtype : GSINK_WD_F32;
+        e->soff = soff;
+        size_t b;
+        if (!gsink__mul_size(e->numel, gsink__wd_size(e->dtype), &b) || b > SIZE_MAX - 4 - soff)
+            return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "parameter size overflows");
+        soff += (b + 3) & ~(size_t)3;
+    }
+    m->param_bytes = soff;
     return GSINK_OK;
 }
 
-static void bind_views(const gsink_model *m, float *base, gsink_params *p)
+/* storage: base is param_mem (entries at soff, in their dtype); else an fp32
+ * block in the float layout (gradients). */
+static float *view(const gsink_param_entry *e, void *base, bool storage, size_t skip)
+{
+    if (!storage) return (float *)base + e->offset + skip;
+    return (float *)(void *)((unsigned char *)base + e->soff + skip * gsink__wd_size(e->dtype));
+}
+
+static void bind_views(const gsink_model *m, void *base, bool storage, gsink_params *p)
 {
     const gsink_param_entry *e = m->entries;
     int role[R_COUNT];
     size_t LP = (size_t)layer_roles(&m->cfg, role);
     size_t ffd = (size_t)m->cfg.d_ff * m->cfg.d_model;
-    p->embed = base + e[0].offset;
+    p->embed = view(&e[0], base, storage, 0);
     for (int l = 0; l < m->cfg.n_layers; l++) {
         const gsink_param_entry *le = e + 1 + (size_t)l * LP;
         gsink_layer_params *lp = &p->layers[l];
         memset(lp, 0, sizeof *lp); /* optional steps' tensors stay NULL */
         for (size_t j = 0; j < LP; j++) {
-            float *v = base + le[j].offset;
+            float *v = view(&le[j], base, storage, 0);
             switch (role[j]) {
             case R_ATTN_NORM: lp->attn_norm = v; break;
             case R_WQ: lp->wq = v; break;
@@ -263,7 +285,7 @@ static void bind_views(const gsink_model *m, float *base, gsink_params *p)
             case R_MLP_NORM: lp->mlp_norm = v; break;
             case R_WGATE: lp->wgate = v; break;
             case R_WUP: lp->wup = v; break;
-            case R_GATE_UP: lp->wgate = v, lp->wup = v + ffd; break; /* HF chunk(2): gate rows first */
+            case R_GATE_UP: lp->wgate = v, lp->wup = view(&le[j], base, storage, ffd); break; /* HF chunk(2): gate rows first */
             case R_WDOWN: lp->wdown = v; break;
             case R_BQ: lp->bq = v; break;
             case R_BK: lp->bk = v; break;
@@ -276,8 +298,8 @@ static void bind_views(const gsink_model *m, float *base, gsink_params *p)
         }
     }
     size_t last = 1 + (size_t)m->cfg.n_layers * LP;
-    p->final_norm = base + e[last].offset;
-    p->lm_head = m->cfg.tie_embeddings ? p->embed : base + e[last + 1].offset;
+    p->final_norm = view(&e[last], base, storage, 0);
+    p->lm_head = m->cfg.tie_embeddings ? p->embed : view(&e[last + 1], base, storage, 0);
 }
 
 const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *name)
@@ -386,6 +408,10 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
                            o.precision == GSINK_PRECISION_TF32 ? "TF32" : "BF16");
     if (o.flags & ~(uint32_t)(GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_ANALYSIS))
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown model flags 0x%x", (unsigned)o.flags);
+    if (o.weight_dtype != GSINK_WEIGHTS_FP32 && o.weight_dtype != GSINK_WEIGHTS_BF16 &&
+        o.weight_dtype != GSINK_WEIGHTS_FP16)
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT,
+                           "unknown weight_dtype %d (GSINK_WEIGHTS_FP32 0, BF16 1, FP16 2)", (int)o.weight_dtype);
 
     gsink_model *m = calloc(1, sizeof *m);
     if (!m) return gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate the model");
@@ -395,6 +421,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     m->n_threads = o.n_threads;
     m->discard_site_grads = (o.flags & GSINK_MODEL_DISCARD_SITE_GRADS) != 0;
     m->analysis = (o.flags & GSINK_MODEL_ANALYSIS) != 0;
+    m->wdtype = o.weight_dtype; /* gsink_weight_dtype and GSINK_WD_* share their values */
     gsink_diag_options_init(&m->diag);
 
     if (o.device == GSINK_DEVICE_CPU) {
@@ -429,14 +456,15 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         st = gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "parameter size overflows");
         goto fail;
     }
-    st = BE(m)->alloc(m->be, bytes, (void **)&m->param_mem);
+    st = BE(m)->alloc(m->be, m->param_bytes, (void **)&m->param_mem);
     if (!st && !m->analysis) st = BE(m)->alloc(m->be, bytes, (void **)&m->grad_mem);
     if (st) {
-        st = gsink__fail(errbuf, st, "cannot allocate %zu parameters (%zu MiB each for weights%s): %s",
-                         m->n_param_floats, bytes >> 20, m->analysis ? "" : " and gradients", m->be->err);
+        st = gsink__fail(errbuf, st, "cannot allocate %zu parameters (%zu MiB for weights%s): %s",
+                         m->n_param_floats, m->param_bytes >> 20, m->analysis ? "" : ", as much in fp32 for gradients",
+                         m->be->err);
         goto fail;
     }
-    BE(m)->zero(m->be, m->param_mem, bytes);
+    BE(m)->zero(m->be, m->param_mem, m->param_bytes);
     if (m->grad_mem) BE(m)->zero(m->be, m->grad_mem, bytes);
     size_t th = (size_t)cfg->n_layers * cfg->n_heads * sizeof(float);
     st = BE(m)->alloc(m->be, th, (void **)&m->vs.theta);
@@ -479,8 +507,8 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
         st = gsink__fail(errbuf, GSINK_ERR_OUT_OF_MEMORY, "cannot allocate layer tables");
         goto fail;
     }
-    bind_views(m, m->param_mem, &m->p);
-    if (m->grad_mem) bind_views(m, m->grad_mem, &m->g); /* analysis: every gradient view stays NULL */
+    bind_views(m, m->param_mem, true, &m->p);
+    if (m->grad_mem) bind_views(m, m->grad_mem, false, &m->g); /* analysis: every gradient view stays NULL */
     *out = m;
     return GSINK_OK;
 fail:
@@ -514,7 +542,7 @@ gsink_status gsink_model_create(const gsink_config *cfg, const gsink_model_optio
             for (size_t j = 0; j < e->numel; j++) host[j] = is_bias ? 0.0f : 1.0f; /* HF: zero biases */
         else
             for (size_t j = 0; j < e->numel; j++) host[j] = (float)(gsink__rng_normal(&rng) * m->cfg.init_std);
-        st = BE(m)->upload(m->be, m->param_mem + e->offset, host, e->numel * sizeof(float));
+        st = gsink__param_store(m, e, host, GSINK_WD_F32);
         if (st) break;
     }
     free(host);
@@ -629,6 +657,63 @@ gsink_status gsink_param_numel(const gsink_model *m, size_t *numel)
 
 typedef enum { P_GET, P_SET, P_GRAD } param_op;
 
+/* Host staging of gsink__param_store / fetch: a 16-bit tensor crosses to
+ * the backend in chunks of this many elements (8 MiB of fp32). */
+#define PARAM_CHUNK ((size_t)2 << 20)
+
+gsink_status gsink__param_store_range(gsink_model *m, const gsink_param_entry *e, size_t first, size_t count,
+                                      const void *src, int src_dtype)
+{
+    size_t es = gsink__wd_size(e->dtype);
+    unsigned char *dev = m->param_mem + e->soff + first * es;
+    if (first > e->numel || count > e->numel - first) {
+        snprintf(m->be->err, sizeof m->be->err, "elements [%zu, +%zu) outside '%s' (%zu)", first, count, e->name,
+                 e->numel);
+        return GSINK_ERR_OUT_OF_RANGE;
+    }
+    if (src_dtype == e->dtype) return BE(m)->upload(m->be, dev, src, count * es);
+    size_t chunk = count < PARAM_CHUNK ? count : PARAM_CHUNK;
+    void *tmp = malloc((chunk ? chunk : 1) * es);
+    if (!tmp) {
+        snprintf(m->be->err, sizeof m->be->err, "cannot allocate %zu bytes of staging", chunk * es);
+        return GSINK_ERR_OUT_OF_MEMORY;
+    }
+    gsink_status st = GSINK_OK;
+    for (size_t i = 0; i < count && !st; i += chunk) {
+        size_t n = count - i < chunk ? count - i : chunk;
+        for (size_t j = 0; j < n; j++) gsink__wd_store(tmp, e->dtype, j, gsink__wd_load(src, src_dtype, i + j));
+        st = BE(m)->upload(m->be, dev + i * es, tmp, n * es);
+    }
+    free(tmp);
+    return st;
+}
+
+gsink_status gsink__param_store(gsink_model *m, const gsink_param_entry *e, const void *src, int src_dtype)
+{
+    return gsink__param_store_range(m, e, 0, e->numel, src, src_dtype);
+}
+
+gsink_status gsink__param_fetch(gsink_model *m, const gsink_param_entry *e, void *dst, int dst_dtype)
+{
+    const unsigned char *dev = m->param_mem + e->soff;
+    size_t es = gsink__wd_size(e->dtype);
+    if (dst_dtype == e->dtype) return BE(m)->download(m->be, dst, dev, e->numel * es);
+    size_t chunk = e->numel < PARAM_CHUNK ? e->numel : PARAM_CHUNK;
+    void *tmp = malloc((chunk ? chunk : 1) * es);
+    if (!tmp) {
+        snprintf(m->be->err, sizeof m->be->err, "cannot allocate %zu bytes of staging", chunk * es);
+        return GSINK_ERR_OUT_OF_MEMORY;
+    }
+    gsink_status st = GSINK_OK;
+    for (size_t i = 0; i < e->numel && !st; i += chunk) {
+        size_t n = e->numel - i < chunk ? e->numel - i : chunk;
+        st = BE(m)->download(m->be, tmp, dev + i * es, n * es);
+        for (size_t j = 0; j < n && !st; j++) gsink__wd_store(dst, dst_dtype, i + j, gsink__wd_load(tmp, e->dtype, j));
+    }
+    free(tmp);
+    return st;
+}
+
 static gsink_status param_io(gsink_model *m, const char *name, float *buf, size_t count, param_op op)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
@@ -636,33 +721,37 @@ static gsink_status param_io(gsink_model *m, const char *name, float *buf, size_
     gsink__clear(m->errmsg);
     if (!name || !buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "name or buffer is NULL");
     const gsink_param_entry *e = gsink__find_param(m, name);
-    float *dev;
+    float *dev = NULL;
     size_t numel;
     if (op == P_GRAD && m->analysis)
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
                            "parameter gradients are not computed by this model (GSINK_MODEL_ANALYSIS)");
-    if (e) {
-        dev = (op == P_GRAD ? m->grad_mem : m->param_mem) + e->offset;
-        numel = e->numel;
-    } else {
+    if (!e) {
         int l = theta_layer(m, name);
         if (l < 0) {
             if (!m->cfg.tie_embeddings || strcmp(name, "lm_head.weight") != 0)
                 return gsink__fail(m->errmsg, GSINK_ERR_UNKNOWN_NAME, "no parameter named '%s'", name);
             e = &m->entries[0]; /* tied head == embedding */
-            dev = (op == P_GRAD ? m->grad_mem : m->param_mem) + e->offset;
-            numel = e->numel;
         } else {
             dev = (op == P_GRAD ? m->vs.dtheta : m->vs.theta) + (size_t)l * m->cfg.n_heads;
-            numel = (size_t)m->vs.n_scale_heads;
         }
+    }
+    if (e) {
+        numel = e->numel;
+        if (op == P_GRAD) dev = m->grad_mem + e->offset;
+    } else {
+        numel = (size_t)m->vs.n_scale_heads;
     }
     if (count != numel)
         return gsink__fail(m->errmsg, count < numel ? GSINK_ERR_BUFFER_TOO_SMALL : GSINK_ERR_SHAPE_MISMATCH,
                            "parameter '%s' has %zu elements, got count %zu", name, numel, count);
     if (op == P_SET) {
-        TRY(m, BE(m)->upload(m->be, dev, buf, numel * sizeof(float)), "upload");
+        if (e) TRY(m, gsink__param_store(m, e, buf, GSINK_WD_F32), "upload");
+        else TRY(m, BE(m)->upload(m->be, dev, buf, numel * sizeof(float)), "upload");
         m->have_forward = m->have_backward = false; /* stored results no longer match the weights */
+        if (e && e->dtype != GSINK_WD_F32) gsink__optimizers_resync(m, e);
+    } else if (e && op == P_GET) {
+        TRY(m, gsink__param_fetch(m, e, buf, GSINK_WD_F32), "download");
     } else {
         TRY(m, BE(m)->download(m->be, buf, dev, numel * sizeof(float)), "download");
     }
@@ -1059,9 +1148,9 @@ static gsink_status layer_forward(gsink_model *m, int l)
     const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
     /* with qk_norm the projections land in q_raw / k_raw, the norms write the q / k sites */
     float *q = c->qk_norm ? a->q_raw : s[GSINK_SITE_Q], *k = c->qk_norm ? a->k_raw : s[GSINK_SITE_K];
-    TRY(m, f->gemm(be, 0, 1, N, qd, d, 1.0f, x, d, w->wq, d, 0.0f, q, qd), "gemm q");
-    TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wk, d, 0.0f, k, kd), "gemm k");
-    TRY(m, f->gemm(be, 0, 1, N, kd, d, 1.0f, x, d, w->wv, d, 0.0f, s[GSINK_SITE_V], kd), "gemm v");
+    TRY(m, f->gemm_w(be, 0, 1, N, qd, d, 1.0f, x, d, w->wq, m->wdtype, d, 0.0f, q, qd), "gemm q");
+    TRY(m, f->gemm_w(be, 0, 1, N, kd, d, 1.0f, x, d, w->wk, m->wdtype, d, 0.0f, k, kd), "gemm k");
+    TRY(m, f->gemm_w(be, 0, 1, N, kd, d, 1.0f, x, d, w->wv, m->wdtype, d, 0.0f, s[GSINK_SITE_V], kd), "gemm v");
     if (c->qkv_bias) { /* optional step: q, k, v += bias (ones(N,1) x b(1,n) by GEMM) */
         TRY(m, f->gemm(be, 0, 0, N, qd, 1, 1.0f, m->ones, 1, w->bq, qd, 1.0f, q, qd), "bias q");
         TRY(m, f->gemm(be, 0, 0, N, kd, 1, 1.0f, m->ones, 1, w->bk, kd, 1.0f, k, kd), "bias k");
@@ -1085,17 +1174,17 @@ static gsink_status layer_forward(gsink_model *m, int l)
     }
     /* with sandwich_norm, attn_out is the post-norm output: the tensor added to the residual */
     float *o = c->sandwich_norm ? a->o_raw : s[GSINK_SITE_ATTN_OUT];
-    TRY(m, f->gemm(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, qd, 0.0f, o, d), "gemm o");
+    TRY(m, f->gemm_w(be, 0, 1, N, d, qd, 1.0f, s[GSINK_SITE_Z], qd, w->wo, m->wdtype, qd, 0.0f, o, d), "gemm o");
     if (c->sandwich_norm)
         TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_OUT], a->rstd_post_attn, o, w->post_attn_norm, N, d, c->rms_eps), "post-attention norm");
     TRY(m, f->add(be, s[GSINK_SITE_RESID_MID], m->resid[l], s[GSINK_SITE_ATTN_OUT], (size_t)N * d), "add");
     TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_NORM_OUT], a->rstd_mlp, s[GSINK_SITE_RESID_MID], w->mlp_norm, N, d, c->rms_eps), "rmsnorm");
     x = s[GSINK_SITE_MLP_NORM_OUT];
-    TRY(m, f->gemm(be, 0, 1, N, ff, d, 1.0f, x, d, w->wgate, d, 0.0f, s[GSINK_SITE_MLP_PRE], ff), "gemm gate");
-    TRY(m, f->gemm(be, 0, 1, N, ff, d, 1.0f, x, d, w->wup, d, 0.0f, s[GSINK_SITE_MLP_UP], ff), "gemm up");
+    TRY(m, f->gemm_w(be, 0, 1, N, ff, d, 1.0f, x, d, w->wgate, m->wdtype, d, 0.0f, s[GSINK_SITE_MLP_PRE], ff), "gemm gate");
+    TRY(m, f->gemm_w(be, 0, 1, N, ff, d, 1.0f, x, d, w->wup, m->wdtype, d, 0.0f, s[GSINK_SITE_MLP_UP], ff), "gemm up");
     TRY(m, f->swiglu_fwd(be, s[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
     float *r = c->sandwich_norm ? a->mlp_raw : s[GSINK_SITE_MLP_OUT];
-    TRY(m, f->gemm(be, 0, 1, N, d, ff, 1.0f, s[GSINK_SITE_MLP_POST], ff, w->wdown, ff, 0.0f, r, d), "gemm down");
+    TRY(m, f->gemm_w(be, 0, 1, N, d, ff, 1.0f, s[GSINK_SITE_MLP_POST], ff, w->wdown, m->wdtype, ff, 0.0f, r, d), "gemm down");
     if (c->sandwich_norm)
         TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_OUT], a->rstd_post_mlp, r, w->post_mlp_norm, N, d, c->rms_eps), "post-MLP norm");
     TRY(m, f->add(be, m->resid[l + 1], s[GSINK_SITE_RESID_MID], s[GSINK_SITE_MLP_OUT], (size_t)N * d), "add");
@@ -1154,11 +1243,11 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
     }
     if (st) return gsink__be_check(m, st, "upload tokens");
     m->hstats.window = m->diag.sink_window;
-    st = gsink__be_check(m, f->embedding_fwd(m->be, m->resid[0], m->tokens_dev, m->p.embed, (int)N, c->d_model), "embedding");
+    st = gsink__be_check(m, f->embedding_fwd_w(m->be, m->resid[0], m->tokens_dev, m->p.embed, m->wdtype, (int)N, c->d_model), "embedding");
     for (int l = 0; !st && l < c->n_layers; l++) st = layer_forward(m, l);
     if (st) return st;
     TRY(m, f->rmsnorm_fwd(m->be, m->final_out, m->rstd_final, m->resid[c->n_layers], m->p.final_norm, (int)N, c->d_model, c->rms_eps), "final norm");
-    TRY(m, f->gemm(m->be, 0, 1, (int)N, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model, m->p.lm_head, c->d_model, 0.0f, m->logits, c->vocab_size), "lm head");
+    TRY(m, f->gemm_w(m->be, 0, 1, (int)N, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model, m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->logits, c->vocab_size), "lm head");
     m->have_targets = targets != NULL;
     m->n_targets = 0;
     m->last_loss = NAN;
@@ -1225,12 +1314,12 @@ static gsink_status layer_backward(gsink_model *m, int l)
         TRY(m, f->rmsnorm_bwd(be, m->scratch, pg ? gw->post_mlp_norm : NULL, dout, a->mlp_raw, w->post_mlp_norm, a->rstd_post_mlp, N, d, 0), "post-MLP norm");
         dout = m->scratch;
     }
-    TRY(m, f->gemm(be, 0, 0, N, ff, d, 1.0f, dout, d, w->wdown, ff, 0.0f, ds[GSINK_SITE_MLP_POST], ff), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, ff, d, 1.0f, dout, d, w->wdown, m->wdtype, ff, 0.0f, ds[GSINK_SITE_MLP_POST], ff), "gemm");
     if (pg)
         TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
     TRY(m, f->swiglu_bwd(be, ds[GSINK_SITE_MLP_PRE], ds[GSINK_SITE_MLP_UP], ds[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
-    TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, w->wgate, d, 0.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
-    TRY(m, f->gemm(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, w->wgate, m->wdtype, d, 0.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, m->wdtype, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
     if (pg)
         TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wgate, d), "gemm");
     if (pg)
@@ -1244,7 +1333,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
         TRY(m, f->rmsnorm_bwd(be, m->scratch, pg ? gw->post_attn_norm : NULL, dattn, a->o_raw, w->post_attn_norm, a->rstd_post_attn, N, d, 0), "post-attention norm");
         dor = m->scratch;
     }
-    TRY(m, f->gemm(be, 0, 0, N, qd, d, 1.0f, dor, d, w->wo, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, qd, d, 1.0f, dor, d, w->wo, m->wdtype, qd, 0.0f, ds[GSINK_SITE_Z], qd), "gemm");
     if (pg)
         TRY(m, f->gemm(be, 1, 0, d, qd, N, 1.0f, dor, d, s[GSINK_SITE_Z], qd, 1.0f, gw->wo, qd), "gemm");
     gsink_attn_shape sh = attn_shape(m);
@@ -1267,7 +1356,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
     TRY(m, gsink__rope(m, m->scratch, m->B, c->n_heads, 1), "rope");
     if (c->qk_norm)
         TRY(m, f->rmsnorm_bwd(be, gq, pg ? gw->q_norm : NULL, m->scratch, a->q_raw, w->q_norm, a->rstd_q, N * c->n_heads, c->d_head, 0), "q_norm");
-    TRY(m, f->gemm(be, 0, 0, N, d, qd, 1.0f, gq, qd, w->wq, d, 0.0f, dx, d), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, d, qd, 1.0f, gq, qd, w->wq, m->wdtype, d, 0.0f, dx, d), "gemm");
     if (pg)
         TRY(m, f->gemm(be, 1, 0, qd, d, N, 1.0f, gq, qd, x, d, 1.0f, gw->wq, d), "gemm");
     if (pg && c->qkv_bias) /* optional step: dbias += column sums (ones(1,N) x dq) */
@@ -1276,12 +1365,12 @@ static gsink_status layer_backward(gsink_model *m, int l)
     TRY(m, gsink__rope(m, m->scratch, m->B, c->n_kv_heads, 1), "rope");
     if (c->qk_norm)
         TRY(m, f->rmsnorm_bwd(be, gq, pg ? gw->k_norm : NULL, m->scratch, a->k_raw, w->k_norm, a->rstd_k, N * c->n_kv_heads, c->d_head, 0), "k_norm");
-    TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, gq, kd, w->wk, d, 1.0f, dx, d), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, d, kd, 1.0f, gq, kd, w->wk, m->wdtype, d, 1.0f, dx, d), "gemm");
     if (pg)
         TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, gq, kd, x, d, 1.0f, gw->wk, d), "gemm");
     if (pg && c->qkv_bias)
         TRY(m, f->gemm(be, 1, 0, 1, kd, N, 1.0f, m->ones, 1, gq, kd, 1.0f, gw->bk, kd), "bias k");
-    TRY(m, f->gemm(be, 0, 0, N, d, kd, 1.0f, ds[GSINK_SITE_V], kd, w->wv, d, 1.0f, dx, d), "gemm");
+    TRY(m, f->gemm_w(be, 0, 0, N, d, kd, 1.0f, ds[GSINK_SITE_V], kd, w->wv, m->wdtype, d, 1.0f, dx, d), "gemm");
     if (pg)
         TRY(m, f->gemm(be, 1, 0, kd, d, N, 1.0f, ds[GSINK_SITE_V], kd, x, d, 1.0f, gw->wv, d), "gemm");
     if (pg && c->qkv_bias)
@@ -1321,7 +1410,7 @@ static gsink_status backward_impl(gsink_model *m, unsigned flags, float scale, b
     }
     m->have_backward = false;
     TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, scale), "cross-entropy");
-    TRY(m, f->gemm(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
+    TRY(m, f->gemm_w(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
     if (pg)
         TRY(m, f->gemm(m->be, 1, 0, c->vocab_size, c->d_model, N, 1.0f, m->dlogits, c->vocab_size, m->final_out, c->d_model, 1.0f, m->g.lm_head, c->d_model), "gemm");
     TRY(m, f->rmsnorm_bwd(m->be, m->dresid[c->n_layers], pg ? m->g.final_norm : NULL, m->dfinal_out, m->resid[c->n_layers], m->p.final_norm, m->rstd_final, N, c->d_model, 0), "rmsnorm");

@@ -21,6 +21,7 @@
 
 #include "internal.h"
 #include "memtrack.h"
+#include "wdtype.h"
 
 /* ------------------------------------------------------------------------ */
 /* BLIS kernel family                                                        */
@@ -118,6 +119,8 @@ typedef struct cpu_ctx {
     size_t scratch_per_thread; /* floats */
     size_t scratch_bytes;      /* all threads */
     gsink_memtrack mem;        /* buffers handed out by cpu_alloc, and the scratch */
+    float *wpanel;             /* fp32 panel of a 16-bit weight (gemm_w), <= WPANEL_FLOATS */
+    size_t wpanel_floats;
 } cpu_ctx;
 
 #define CTX(be) ((cpu_ctx *)(be)->ctx)
@@ -193,6 +196,7 @@ static void cpu_destroy(gsink_backend *be)
     cpu_ctx *c = CTX(be);
     if (c) {
         free(c->scratch);
+        free(c->wpanel);
         gsink_memtrack_free(&c->mem);
     }
     free(c);
@@ -272,6 +276,93 @@ static gsink_status cpu_gemm(gsink_backend *be, int ta, int tb, int M, int N, in
     return GSINK_OK;
 }
 
+/* gemm_w widens a 16-bit weight to fp32 in panels of whole stored rows of at
+ * most this many floats (64 MiB; one row when a row alone is larger), so a
+ * model in bf16 never holds an fp32 copy of a matrix, let alone of itself. */
+#define WPANEL_FLOATS ((size_t)16 << 20)
+
+static gsink_status wpanel(gsink_backend *be, size_t floats, float **out)
+{
+    cpu_ctx *c = CTX(be);
+    if (c->wpanel_floats < floats) {
+        free(c->wpanel);
+        gsink_memtrack_shrink(&c->mem, c->wpanel_floats * sizeof(float));
+        c->wpanel_floats = 0;
+        c->wpanel = aligned_alloc(64, (floats * sizeof(float) + 63) & ~(size_t)63);
+        if (!c->wpanel) {
+            snprintf(be->err, sizeof be->err, "cannot allocate a weight panel of %zu floats", floats);
+            return GSINK_ERR_OUT_OF_MEMORY;
+        }
+        c->wpanel_floats = floats;
+        gsink_memtrack_grow(&c->mem, floats * sizeof(float));
+    }
+    *out = c->wpanel;
+    return GSINK_OK;
+}
+
+/* rows x cols of a 16-bit matrix (row stride ld) -> packed fp32 rows. */
+static void widen_rows(gsink_backend *be, float *dst, const uint16_t *src, int dtype, size_t rows,
+                       size_t cols, size_t ld)
+{
+#pragma omp parallel for num_threads(nt_for(be, rows * cols)) schedule(static)
+    for (size_t r = 0; r < rows; r++) {
+        const uint16_t *s = src + r * ld;
+        float *d = dst + r * cols;
+        if (dtype == GSINK_WD_BF16)
+            for (size_t j = 0; j < cols; j++) d[j] = gsink__bf16_f32(s[j]);
+        else
+            for (size_t j = 0; j < cols; j++) d[j] = gsink__f16_f32(s[j]);
+    }
+}
+
+static gsink_status cpu_gemm_w(gsink_backend *be, int ta, int tb, int M, int N, int K, float alpha,
+                               const float *A, int lda, const void *B, int bdt, int ldb, float beta,
+                               float *C, int ldc)
+{
+    if (bdt == GSINK_WD_F32)
+        return cpu_gemm(be, ta, tb, M, N, K, alpha, A, lda, (const float *)B, ldb, beta, C, ldc);
+    if (bdt != GSINK_WD_BF16 && bdt != GSINK_WD_F16) {
+        snprintf(be->err, sizeof be->err, "gemm_w: unknown weight storage type %d", bdt);
+        return GSINK_ERR_INVALID_ARGUMENT;
+    }
+    if (M <= 0 || N <= 0) return GSINK_OK;
+    if (K <= 0) return cpu_gemm(be, ta, tb, M, N, K, alpha, A, lda, NULL, ldb, beta, C, ldc);
+    const uint16_t *b = (const uint16_t *)B;
+    /* B's stored rows: N rows of K (tb) or K rows of N; a panel is a run of them. */
+    size_t rows = (size_t)(tb ? N : K), cols = (size_t)(tb ? K : N);
+    size_t per = WPANEL_FLOATS / cols;
+    if (per == 0) per = 1;
+    if (per > rows) per = rows;
+    float *P;
+    gsink_status st = wpanel(be, per * cols, &P);
+    if (st) return st;
+    for (size_t r0 = 0; r0 < rows; r0 += per) {
+        size_t nr = rows - r0 < per ? rows - r0 : per;
+        widen_rows(be, P, b + r0 * (size_t)ldb, bdt, nr, cols, (size_t)ldb);
+        if (tb) /* columns r0.. of C from stored rows r0.. of B */
+            sgemm_rt(&CTX(be)->rntm, ta, 1, M, (int)nr, K, alpha, A, lda, P, (int)cols, beta, C + r0, ldc);
+        else    /* the K-slice r0.. of the product, summed into C */
+            sgemm_rt(&CTX(be)->rntm, ta, 0, M, N, (int)nr, alpha, ta ? A + r0 * (size_t)lda : A + r0, lda, P,
+                     (int)cols, r0 == 0 ? beta : 1.0f, C, ldc);
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_convert(gsink_backend *be, void *dst, int ddt, const void *src, int sdt, size_t n)
+{
+    if (!gsink__wd_size(ddt) || !gsink__wd_size(sdt)) {
+        snprintf(be->err, sizeof be->err, "convert: unknown storage type %d -> %d", sdt, ddt);
+        return GSINK_ERR_INVALID_ARGUMENT;
+    }
+    if (ddt == sdt) {
+        if (n && dst != src) memmove(dst, src, n * gsink__wd_size(ddt));
+        return GSINK_OK;
+    }
+#pragma omp parallel for num_threads(nt_for(be, n)) schedule(static)
+    for (size_t i = 0; i < n; i++) gsink__wd_store(dst, ddt, i, gsink__wd_load(src, sdt, i));
+    return GSINK_OK;
+}
+
 /* Inside a parallel region: this thread's index, the team size (*team) and
  * its share [*lo, *hi) of n items (contiguous, in thread order). */
 static inline int thread_share(size_t n, size_t *lo, size_t *hi, int *team)
@@ -297,6 +388,21 @@ static gsink_status cpu_embedding_fwd(gsink_backend *be, float *out, const int32
 #pragma omp parallel for num_threads(nt_for(be, (size_t)N * d)) schedule(static)
     for (int n = 0; n < N; n++)
         memcpy(out + (size_t)n * d, table + (size_t)tokens[n] * d, (size_t)d * sizeof(float));
+    return GSINK_OK;
+}
+
+static gsink_status cpu_embedding_fwd_w(gsink_backend *be, float *out, const int32_t *tokens,
+                                        const void *table, int dtype, int N, int d)
+{
+    if (dtype == GSINK_WD_F32) return cpu_embedding_fwd(be, out, tokens, (const float *)table, N, d);
+    if (dtype != GSINK_WD_BF16 && dtype != GSINK_WD_F16) {
+        snprintf(be->err, sizeof be->err, "embedding_fwd_w: unknown weight storage type %d", dtype);
+        return GSINK_ERR_INVALID_ARGUMENT;
+    }
+#pragma omp parallel for num_threads(nt_for(be, (size_t)N * d)) schedule(static)
+    for (int n = 0; n < N; n++)
+        for (int j = 0; j < d; j++)
+            out[(size_t)n * d + j] = gsink__wd_load(table, dtype, (size_t)tokens[n] * d + j);
     return GSINK_OK;
 }
 
@@ -1016,6 +1122,9 @@ static const gsink_backend_iface cpu_iface = {
     .sumsq = cpu_sumsq,
     .adamw = cpu_adamw,
     .memory = cpu_memory,
+    .gemm_w = cpu_gemm_w,
+    .embedding_fwd_w = cpu_embedding_fwd_w,
+    .convert = cpu_convert,
 };
 
 gsink_status gsink_cpu_backend_create(int n_threads, gsink_backend **out)

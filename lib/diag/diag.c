@@ -630,8 +630,8 @@ gsink_status gsink__diag_qkv(gsink_model *m, int layer, int agg, float *gq, floa
             (st = gsink__be_check(m, gsink__rope(m, pre, sum ? 1 : B, path[p].heads, 1), "rope")))
             goto done;
         /* proj(rows, d) = pre(rows, W) @ Wmat(W, d) */
-        if ((st = gsink__be_check(m, be->gemm(m->be, 0, 0, (int)rows, d, (int)W, 1.0f, pre, (int)W,
-                                              path[p].w, d, 0.0f, proj, d),
+        if ((st = gsink__be_check(m, be->gemm_w(m->be, 0, 0, (int)rows, d, (int)W, 1.0f, pre, (int)W,
+                                                path[p].w, m->wdtype, d, 0.0f, proj, d),
                                   "gemm")))
             goto done;
         if ((st = row_norms(m, &ts, proj, rows, d, nrm))) goto done;

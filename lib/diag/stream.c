@@ -296,7 +296,7 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
      * RoPE and the q/k norm per sequence), summed, and ||pre_bt W|| per sequence */
     const gsink_layer_params *Pm = &m->p.layers[l];
     const gsink_layer_acts *acts = &m->layers[l];
-    const float *wmat[3] = {Pm->wq, Pm->wk, Pm->wv};
+    const void *wmat[3] = {Pm->wq, Pm->wk, Pm->wv};
     const bool qkn = m->cfg.qk_norm != 0;
     for (int p = 0; p < 3; p++) {
         const int heads = a->HS[qkv_site[p]], W = a->Wp[p];
@@ -316,8 +316,8 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
         }
         if ((st = add_batch_sum(c, pre, W, P, blk + a->off_pre[p]))) return st;
         for (int b = 0; b < B; b++)
-            BE_TRY(m, be->gemm(m->be, 0, 0, P, d, W, 1.0f, pre + (size_t)b * (size_t)T * (size_t)W, W, wmat[p], d,
-                               0.0f, c->dproj + (size_t)b * (size_t)P * (size_t)d, d),
+            BE_TRY(m, be->gemm_w(m->be, 0, 0, P, d, W, 1.0f, pre + (size_t)b * (size_t)T * (size_t)W, W, wmat[p],
+                                 m->wdtype, d, 0.0f, c->dproj + (size_t)b * (size_t)P * (size_t)d, d),
                    "gemm");
         if ((st = row_sumsq(c, c->dproj, (size_t)B * (size_t)P, 1, d))) return st;
         double *o = blk + a->off_qkvps + (size_t)p * (size_t)P;
@@ -638,7 +638,7 @@ static gsink_status fin_qkv(void *ctx, int l, int agg, float *gq, float *gk, flo
     }
     /* (sum_b pre)(P, W) @ W_mat(W, d) on the backend, as gsink__diag_qkv */
     const gsink_layer_params *Pm = &m->p.layers[l];
-    const float *wmat[3] = {Pm->wq, Pm->wk, Pm->wv};
+    const void *wmat[3] = {Pm->wq, Pm->wk, Pm->wv};
     gsink_diag_tmp ts = {.m = m};
     gsink_status st;
     const size_t wmax = (size_t)(a->Wp[0] > a->Wp[1] ? a->Wp[0] : a->Wp[1]);
@@ -653,7 +653,7 @@ static gsink_status fin_qkv(void *ctx, int l, int agg, float *gq, float *gk, flo
         for (size_t i = 0; i < (size_t)P * (size_t)W; i++) hpre[i] = (float)(pre[i] / f->n_tgt);
         if ((st = gsink__be_check(m, be->upload(m->be, dpre, hpre, (size_t)P * (size_t)W * sizeof(float)), "upload")))
             goto done;
-        if ((st = gsink__be_check(m, be->gemm(m->be, 0, 0, P, d, W, 1.0f, dpre, W, wmat[p], d, 0.0f, dproj, d),
+        if ((st = gsink__be_check(m, be->gemm_w(m->be, 0, 0, P, d, W, 1.0f, dpre, W, wmat[p], m->wdtype, d, 0.0f, dproj, d),
                                   "gemm")))
             goto done;
         if ((st = gsink__be_check(m, be->row_sumsq(m->be, dpre, dproj, (size_t)P, 1, d), "row_sumsq"))) goto done;

@@ -9,6 +9,11 @@
 #include <string.h>
 
 #include "io_internal.h"
+#include "wdtype.h"
+
+/* A GGUF tensor larger than this many elements is dequantised in chunks of
+ * whole rows of about this size (4 MiB of fp32). */
+#define GGUF_CHUNK ((size_t)1 << 20)
 
 #define GGUF_DEFAULT_ALIGNMENT 32
 #define GGUF_MAX_DIMS 4
@@ -850,8 +855,8 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
 
     size_t count = 0;
     gsink_param_count(m, &count);
-    float *buf = NULL, *buf2 = NULL;
-    size_t cap = 0;
+    float *buf = NULL, *buf2 = NULL, *cbuf = NULL;
+    size_t cap = 0, ccap = 0;
     for (size_t k = 0; k < count && !st; k++) {
         const char *name;
         int ndim;
@@ -866,6 +871,32 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
         const gsink__gguf_tensor *t = gsink__gguf_find_tensor(g, gname);
         if ((st = check_tensor(t, gname, name, ndim, dims, err))) break;
         size_t n = t->numel;
+        const gsink_param_entry *e = gsink__find_param(m, name);
+        size_t be_, bb_;
+        if (!perm && e && e->numel == n && n > GGUF_CHUNK && dims[1] > 0 && gsink__ggml_block(t->type, &be_, &bb_) &&
+            (size_t)dims[1] % be_ == 0) {
+            /* Whole rows at a time (a row is whole blocks): dequantised into a
+             * bounded buffer and stored (rounded into 16-bit storage), never
+             * a tensor-sized fp32 copy. */
+            size_t row = (size_t)dims[1], rows = GGUF_CHUNK / row ? GGUF_CHUNK / row : 1, chunk = rows * row;
+            if (chunk > ccap) { /* its own buffer: buf and buf2 share cap */
+                free(cbuf);
+                cbuf = malloc(chunk * sizeof(float));
+                ccap = cbuf ? chunk : 0;
+                if (!cbuf) {
+                    st = gsink__fail(err, GSINK_ERR_OUT_OF_MEMORY, "GGUF: cannot allocate %zu floats", chunk);
+                    break;
+                }
+            }
+            const uint8_t *src = g->file.data + g->data_off + t->offset;
+            for (size_t i = 0; i < n && !st; i += chunk) {
+                size_t k = n - i < chunk ? n - i : chunk;
+                gsink__dequantize(t->type, src + i / be_ * bb_, cbuf, k);
+                if ((st = gsink__param_store_range(m, e, i, k, cbuf, GSINK_WD_F32)))
+                    st = gsink__fail(err, st, "GGUF: tensor '%s': %s", name, m->be->err);
+            }
+            continue;
+        }
         if (n > cap) {
             free(buf);
             free(buf2);
@@ -889,6 +920,7 @@ gsink_status gsink__gguf_load_model(gsink__gguf *g, const gsink_model_options *o
     }
     free(buf);
     free(buf2);
+    free(cbuf);
     if (st) {
         gsink_model_free(m);
         return st;

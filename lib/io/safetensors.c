@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "io_internal.h"
+#include "wdtype.h"
 
 #define ST_MAX_HEADER (100u << 20) /* the reference implementation's limit */
 #define ST_MAX_SHARDS 4096
@@ -623,6 +624,17 @@ static gsink_status fill_tensor(gsink_model *m, const st_set *s, const st_tensor
     if (t->dtype == ST_OTHER)
         return gsink__fail(err, GSINK_ERR_UNSUPPORTED, "safetensors: tensor '%s' has dtype %s (F32, F16 or BF16 needed)",
                            name, t->dtype_name);
+    /* A 16-bit tensor into storage of its own type: the bits, no fp32 copy.
+     * Another pair converts in the bounded chunks of gsink__param_store. */
+    const gsink_param_entry *e = gsink__find_param(m, name);
+    int wd = t->dtype == ST_BF16 ? GSINK_WD_BF16 : t->dtype == ST_F16 ? GSINK_WD_F16 : GSINK_WD_F32;
+    if (e && e->numel == t->numel && (e->dtype != GSINK_WD_F32 || wd != GSINK_WD_F32) &&
+        ((uintptr_t)src % gsink__wd_size(wd)) == 0) {
+        gsink_status st = gsink__param_store(m, e, src, wd);
+        if (st) return gsink__fail(err, st, "safetensors: tensor '%s': %s", name, m->be->err);
+        m->have_forward = m->have_backward = false;
+        return GSINK_OK;
+    }
     const float *data;
     if (t->dtype == ST_F32 && ((uintptr_t)src & 3) == 0) {
         data = (const float *)src;
@@ -812,7 +824,7 @@ static void sb_add(sbuf *b, const char *fmt, ...)
 }
 
 /* HF-compatible config.json (transformers' LlamaConfig keys). */
-static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale_options *vo)
+static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale_options *vo, const char *torch_dtype)
 {
     sb_add(b, "{\n");
     const gsink_arch_info *arch = gsink__arch(c->arch);
@@ -876,7 +888,7 @@ static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale
     sb_add(b, "  \"mlp_bias\": false,\n");
     sb_add(b, "  \"pretraining_tp\": 1,\n");
     sb_add(b, "  \"use_cache\": true,\n");
-    sb_add(b, "  \"torch_dtype\": \"float32\",\n");
+    sb_add(b, "  \"torch_dtype\": \"%s\",\n", torch_dtype);
     if (vo && vo->mode != GSINK_VSCALE_OFF)
         sb_add(b, "  \"gsink_vscale\": {\"mode\": %d, \"sigma\": %.9g, \"learnable_theta\": %s, "
                   "\"per_query_head\": %s},\n",
@@ -887,7 +899,15 @@ static void write_config_json(sbuf *b, const gsink_config *c, const gsink_vscale
     sb_add(b, "}\n");
 }
 
-typedef struct save_item { const char *name; char own[96]; int ndim; int64_t dims[2]; size_t numel; int theta_layer; } save_item;
+typedef struct save_item {
+    const char *name;
+    char own[96];
+    int ndim;
+    int64_t dims[2];
+    size_t numel;
+    int theta_layer;
+    const gsink_param_entry *e; /* registry entry (NULL for theta): written in its storage type */
+} save_item;
 
 gsink_status gsink_model_save(gsink_model *model, const char *dir)
 {
@@ -933,6 +953,7 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
         if (is_theta_name(it->name)) continue;
         it->numel = (size_t)it->dims[0] * (it->ndim == 2 ? (size_t)it->dims[1] : 1);
         it->theta_layer = -1;
+        it->e = gsink__find_param(model, it->name);
         ni++;
     }
     if (n_theta && cfg.n_layers > 0) {
@@ -957,20 +978,23 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
     size_t off = 0, maxn = 0;
     for (size_t k = 0; k < ni; k++) {
         save_item *it = &items[k];
-        size_t nb = it->numel * 4;
+        int dt = it->e ? it->e->dtype : GSINK_WD_F32;
+        size_t nb = it->numel * gsink__wd_size(dt);
+        const char *dname = dt == GSINK_WD_BF16 ? "BF16" : dt == GSINK_WD_F16 ? "F16" : "F32";
         if (it->ndim == 2)
-            sb_add(&h, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld,%lld],\"data_offsets\":[%zu,%zu]}", it->name,
-                   (long long)it->dims[0], (long long)it->dims[1], off, off + nb);
+            sb_add(&h, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld,%lld],\"data_offsets\":[%zu,%zu]}", it->name,
+                   dname, (long long)it->dims[0], (long long)it->dims[1], off, off + nb);
         else
-            sb_add(&h, ",\"%s\":{\"dtype\":\"F32\",\"shape\":[%lld],\"data_offsets\":[%zu,%zu]}", it->name,
-                   (long long)it->dims[0], off, off + nb);
+            sb_add(&h, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[%lld],\"data_offsets\":[%zu,%zu]}", it->name,
+                   dname, (long long)it->dims[0], off, off + nb);
         off += nb;
         if (it->numel > maxn) maxn = it->numel;
     }
     sb_add(&h, "}");
     while (!h.oom && (h.n + 8) % 8 != 0) sb_add(&h, " ");
     sbuf cj = {0};
-    write_config_json(&cj, &cfg, n_theta ? &vo : NULL);
+    write_config_json(&cj, &cfg, n_theta ? &vo : NULL,
+                      model->wdtype == GSINK_WD_BF16 ? "bfloat16" : model->wdtype == GSINK_WD_F16 ? "float16" : "float32");
     float *buf = malloc((maxn ? maxn : 1) * sizeof(float));
     float *theta = n_theta ? malloc(n_theta * sizeof(float)) : NULL;
     char *wpath = path_join(dir, "model.safetensors"), *cpath = path_join(dir, "config.json");
@@ -989,15 +1013,23 @@ gsink_status gsink_model_save(gsink_model *model, const char *dir)
     uint64_t sum = GSINK_FNV1A64_INIT;
     for (size_t k = 0; k < ni && !st; k++) {
         save_item *it = &items[k];
-        const float *src;
+        const void *src;
+        size_t nb = it->numel * 4;
         if (it->theta_layer >= 0) {
             src = theta + (size_t)it->theta_layer * it->numel;
+        } else if (it->e) { /* the stored bits, 16-bit weights included */
+            nb = it->numel * gsink__wd_size(it->e->dtype);
+            if ((st = gsink__param_fetch(model, it->e, buf, it->e->dtype))) {
+                st = gsink__fail(err, st, "cannot read parameter '%s': %s", it->name, model->be->err);
+                break;
+            }
+            src = buf;
         } else {
             if ((st = gsink_get_param(model, it->name, buf, it->numel))) break;
             src = buf;
         }
-        sum = gsink__fnv1a64(sum, src, it->numel * 4);
-        st = gsink__afile_write(&af, src, it->numel * 4, err); /* little-endian host */
+        sum = gsink__fnv1a64(sum, src, nb);
+        st = gsink__afile_write(&af, src, nb, err); /* little-endian host */
     }
     if (!st) {
         char hex[17];

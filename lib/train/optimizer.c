@@ -16,6 +16,14 @@
  * n_param_floats floats, per-tensor views in m->entries) and, when V-scale is
  * FULL with learnable theta, the theta block (m->vs.theta, (L, H) stride H).
  * Optimizer moments mirror both layouts exactly.
+ *
+ * 16-bit weights (gsink_model_options.weight_dtype BF16/FP16): the update
+ * needs more precision than the storage has (a step smaller than half an
+ * ulp of the weight would vanish), so the optimizer keeps an fp32 master
+ * copy of each 16-bit matrix (in the fp32 layout, at e->offset), taken from
+ * the stored weights at creation. A step updates the master and rounds it
+ * (nearest, ties to even) into storage; gsink_set_param refreshes it. The
+ * masters are part of the saved state (file version 2).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +35,7 @@
 #include <unistd.h>
 
 #include "internal.h"
+#include "wdtype.h"
 
 struct gsink_optimizer {
     gsink__owner owner;    /* first (see GSINK__OWNER): thread inside a call (GSINK_USE) */
@@ -38,6 +47,8 @@ struct gsink_optimizer {
     size_t n_theta;        /* L * H (theta block capacity, stride H) */
     float *m, *v;          /* backend memory, (n_param) each */
     float *tm, *tv;        /* backend memory, (L, H) each */
+    float *master;         /* backend memory, (n_param), fp32 masters of the 16-bit
+                            * matrices (their offsets only); NULL for an fp32 model */
     char errmsg[GSINK_MSG_SIZE];
 };
 
@@ -98,7 +109,8 @@ static void release(gsink_optimizer *opt)
     if (opt->v) be->iface->free(be, opt->v);
     if (opt->tm) be->iface->free(be, opt->tm);
     if (opt->tv) be->iface->free(be, opt->tv);
-    opt->m = opt->v = opt->tm = opt->tv = NULL;
+    if (opt->master) be->iface->free(be, opt->master);
+    opt->m = opt->v = opt->tm = opt->tv = opt->master = NULL;
 }
 
 static gsink_status alloc_zeroed(gsink_optimizer *opt, size_t n, float **out)
@@ -117,6 +129,23 @@ static gsink_status alloc_zeroed(gsink_optimizer *opt, size_t n, float **out)
     st = be->iface->zero(be, *out, bytes);
     if (st != GSINK_OK) return gsink__fail(NULL, st, "optimizer: zeroing state failed: %s", be->err);
     return GSINK_OK;
+}
+
+/* master <- the stored weights of a 16-bit entry (widened exactly). */
+static gsink_status master_from_storage(gsink_optimizer *opt, const gsink_param_entry *e)
+{
+    gsink_model *m = opt->model;
+    if (!opt->master || e->dtype == GSINK_WD_F32) return GSINK_OK;
+    gsink_status st = m->be->iface->convert(m->be, opt->master + e->offset, GSINK_WD_F32, m->param_mem + e->soff,
+                                            e->dtype, e->numel);
+    if (st != GSINK_OK) return gsink__fail(NULL, st, "optimizer: widening the master weights failed: %s", m->be->err);
+    return GSINK_OK;
+}
+
+void gsink__optimizers_resync(gsink_model *m, const gsink_param_entry *e)
+{
+    for (gsink_optimizer *o = m->optimizers; o; o = o->next)
+        (void)master_from_storage(o, e);
 }
 
 gsink_status gsink_optimizer_create(gsink_model *model, const gsink_optimizer_options *opts,
@@ -154,6 +183,16 @@ gsink_status gsink_optimizer_create(gsink_model *model, const gsink_optimizer_op
         release(opt);
         free(opt);
         return st;
+    }
+    if (model->wdtype != GSINK_WD_F32) {
+        st = alloc_zeroed(opt, opt->n_param, &opt->master);
+        for (size_t i = 0; i < model->n_entries && st == GSINK_OK; i++)
+            st = master_from_storage(opt, &model->entries[i]);
+        if (st != GSINK_OK) {
+            release(opt);
+            free(opt);
+            return st;
+        }
     }
     opt->next = model->optimizers;
     if (opt->next) opt->next->prev = opt;
@@ -327,9 +366,12 @@ gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm)
         const gsink_param_entry *e = &m->entries[i];
         if (!entry_in_block(m, e)) continue;
         float wd = e->ndim == 2 ? o->weight_decay : 0.0f;
-        st = be->iface->adamw(be, m->param_mem + e->offset, m->grad_mem + e->offset, opt->m + e->offset,
-                              opt->v + e->offset, e->numel, lr, o->beta1, o->beta2, o->eps, wd, bc1, bc2,
-                              (float)gscale);
+        const bool half = e->dtype != GSINK_WD_F32;
+        float *p = half ? opt->master + e->offset : (float *)(void *)(m->param_mem + e->soff);
+        st = be->iface->adamw(be, p, m->grad_mem + e->offset, opt->m + e->offset, opt->v + e->offset, e->numel, lr,
+                              o->beta1, o->beta2, o->eps, wd, bc1, bc2, (float)gscale);
+        if (st == GSINK_OK && half) /* round the master into storage */
+            st = be->iface->convert(be, m->param_mem + e->soff, e->dtype, p, GSINK_WD_F32, e->numel);
         if (st != GSINK_OK)
             return gsink__fail(opt->errmsg, st, "optimizer_step: adamw on %s failed: %s", e->name, be->err);
     }
@@ -363,10 +405,14 @@ gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm)
  *   uint64   n_theta   L * H
  *   int64    step
  *   float32  m[n_param], v[n_param], tm[n_theta], tv[n_theta]
+ *   float32  master[n_param]     version 2 only: a model with 16-bit weights
  *   uint64   FNV-1a 64 of everything before it
+ * An fp32 model writes version 1. A version 1 file loaded into a 16-bit model
+ * takes its masters from the stored weights (as a new optimizer does).
  */
 static const char OPT_MAGIC[8] = {'G', 'S', 'K', 'O', 'P', 'T', 0, 1};
 #define OPT_VERSION 1u
+#define OPT_VERSION_MASTERS 2u
 #define OPT_HEADER_BYTES 40u
 
 #define fnv1a gsink__fnv1a64
@@ -430,7 +476,7 @@ gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path)
         return st;
     }
     unsigned char hdr[OPT_HEADER_BYTES];
-    uint32_t version = OPT_VERSION, reserved = 0;
+    uint32_t version = opt->master ? OPT_VERSION_MASTERS : OPT_VERSION, reserved = 0;
     uint64_t np = opt->n_param, nt = opt->n_theta;
     int64_t step = opt->step;
     memcpy(hdr, OPT_MAGIC, 8);
@@ -447,6 +493,7 @@ gsink_status gsink_optimizer_save(gsink_optimizer *opt, const char *path)
     if (st == GSINK_OK) st = write_floats(opt, fd, opt->v, opt->n_param, buf, chunk, &hash);
     if (st == GSINK_OK) st = write_floats(opt, fd, opt->tm, opt->n_theta, buf, chunk, &hash);
     if (st == GSINK_OK) st = write_floats(opt, fd, opt->tv, opt->n_theta, buf, chunk, &hash);
+    if (st == GSINK_OK && opt->master) st = write_floats(opt, fd, opt->master, opt->n_param, buf, chunk, &hash);
     if (st == GSINK_OK && write_all(fd, &hash, sizeof hash, NULL) != 0)
         st = gsink__fail(opt->errmsg, GSINK_ERR_IO, "optimizer_save: write failed: %s", strerror(errno));
     if (st == GSINK_OK && fsync(fd) != 0)
@@ -508,9 +555,16 @@ gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path)
     memcpy(&np, hdr + 16, 8);
     memcpy(&nt, hdr + 24, 8);
     memcpy(&step, hdr + 32, 8);
-    if (version != OPT_VERSION) {
-        st = gsink__fail(opt->errmsg, GSINK_ERR_UNSUPPORTED, "optimizer_load: %s: version %u (expected %u)", path,
-                         version, OPT_VERSION);
+    if (version != OPT_VERSION && version != OPT_VERSION_MASTERS) {
+        st = gsink__fail(opt->errmsg, GSINK_ERR_UNSUPPORTED, "optimizer_load: %s: version %u (expected %u or %u)", path,
+                         version, OPT_VERSION, OPT_VERSION_MASTERS);
+        goto done;
+    }
+    const bool masters = version == OPT_VERSION_MASTERS;
+    if (masters && !opt->master) {
+        st = gsink__fail(opt->errmsg, GSINK_ERR_SHAPE_MISMATCH,
+                         "optimizer_load: %s holds fp32 master weights of a model with 16-bit weights; this model "
+                         "stores fp32 weights", path);
         goto done;
     }
     if (np != opt->n_param || nt != opt->n_theta) {
@@ -526,7 +580,7 @@ gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path)
     }
     /* everything is read into host memory and verified before any state changes */
     size_t n2, n4;
-    if (!gsink__mul_size(opt->n_param, 2, &n2) || !gsink__mul_size(opt->n_theta, 2, &n4) ||
+    if (!gsink__mul_size(opt->n_param, masters ? 3 : 2, &n2) || !gsink__mul_size(opt->n_theta, 2, &n4) ||
         n2 > SIZE_MAX - n4 || !gsink__mul_size(n2 + n4, sizeof(float), &total)) {
         st = gsink__fail(opt->errmsg, GSINK_ERR_OUT_OF_MEMORY, "optimizer_load: state too large");
         goto done;
@@ -551,14 +605,18 @@ gsink_status gsink_optimizer_load(gsink_optimizer *opt, const char *path)
     }
     gsink_backend *be = opt->model->be;
     const float *src = host;
-    float *dst[4] = {opt->m, opt->v, opt->tm, opt->tv};
-    size_t cnt[4] = {opt->n_param, opt->n_param, opt->n_theta, opt->n_theta};
-    for (int i = 0; i < 4 && st == GSINK_OK; i++) {
+    float *dst[5] = {opt->m, opt->v, opt->tm, opt->tv, opt->master};
+    size_t cnt[5] = {opt->n_param, opt->n_param, opt->n_theta, opt->n_theta, masters ? opt->n_param : 0};
+    for (int i = 0; i < 5 && st == GSINK_OK; i++) {
         if (cnt[i] == 0) continue;
         st = be->iface->upload(be, dst[i], src, cnt[i] * sizeof(float));
         if (st != GSINK_OK) st = gsink__fail(opt->errmsg, st, "optimizer_load: upload failed: %s", be->err);
         src += cnt[i];
     }
+    /* a version 1 file: the masters are the stored weights */
+    for (size_t i = 0; i < opt->model->n_entries && st == GSINK_OK && opt->master && !masters; i++)
+        if ((st = master_from_storage(opt, &opt->model->entries[i])) != GSINK_OK)
+            st = gsink__fail(opt->errmsg, st, "%s", gsink_last_error());
     if (st == GSINK_OK) opt->step = step;
 done:
     free(host);

@@ -40,6 +40,7 @@
 #include "cuda_module.h"
 #include "gsink.h"
 #include "internal.h"
+#include "wdtype.h"
 
 static gsink_backend *cpu, *gpu;
 static int gpu_is_cuda;
@@ -185,6 +186,165 @@ START_TEST(test_gemm_bf16)
         for (int tb = 0; tb < 2; tb++) {
             gemm_case(ta, tb, 96, 80, 256, 1.0f, 0.0f, 0, 8e-3);
             gemm_case(ta, tb, 37, 53, 29, 0.5f, 1.0f, 3, 8e-3);
+        }
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
+}
+END_TEST
+
+/* ------------------------------------------------------------------------ */
+/* 16-bit weights: convert, embedding_fwd_w, gemm_w                          */
+/* ------------------------------------------------------------------------ */
+
+/* A 16-bit copy of x (n values) in both backends' memory. */
+typedef struct {
+    void *c, *g;
+} wpair;
+
+static wpair wpair_new(const float *x, size_t n, int dtype)
+{
+    uint16_t *h = malloc(2 * (n ? n : 1));
+    for (size_t i = 0; i < n; i++) gsink__wd_store(h, dtype, i, x[i]);
+    wpair w;
+    ck_assert_int_eq(cpu->iface->alloc(cpu, 2 * n, &w.c), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->alloc(gpu, 2 * n, &w.g), GSINK_OK);
+    ck_assert_int_eq(cpu->iface->upload(cpu, w.c, h, 2 * n), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->upload(gpu, w.g, h, 2 * n), GSINK_OK);
+    free(h);
+    return w;
+}
+
+static void wpair_free(wpair *w)
+{
+    cpu->iface->free(cpu, w->c);
+    gpu->iface->free(gpu, w->g);
+}
+
+START_TEST(test_weights_convert)
+{
+    static const uint32_t edges[] = {0x3f808000u, 0x3f818000u, 0x3f801000u, 0x3f803000u, 0x7f7fffffu, 0x7f7f8000u,
+                                     0x477fe000u, 0x477ff000u, 0xc77ff000u, 0x7f800000u, 0xff800000u, 0x7fc00000u,
+                                     0xffc00001u, 0x38800000u, 0x33800000u, 0x33000000u, 0x33c00000u, 0x00000001u,
+                                     0x00018000u, 0x387fe000u, 0x80000000u};
+    const size_t n = 4099;
+    for (int dt = GSINK_WD_BF16; dt <= GSINK_WD_F16; dt++) {
+        pair x = pair_new(n, 41, 3.0f);
+        float *h = malloc(n * sizeof(float));
+        tu_fill(h, n, 41, 3.0f);
+        for (size_t i = 0; i < sizeof edges / sizeof edges[0]; i++) memcpy(&h[i * 7], &edges[i], 4);
+        OKC(cpu->iface->upload(cpu, x.c, h, n * 4));
+        OKG(gpu->iface->upload(gpu, x.g, h, n * 4));
+        void *wc, *wg;
+        ck_assert_int_eq(cpu->iface->alloc(cpu, 2 * n, &wc), GSINK_OK);
+        ck_assert_int_eq(gpu->iface->alloc(gpu, 2 * n, &wg), GSINK_OK);
+        OKC(cpu->iface->convert(cpu, wc, dt, x.c, GSINK_WD_F32, n));
+        OKG(gpu->iface->convert(gpu, wg, dt, x.g, GSINK_WD_F32, n));
+        uint16_t *a = malloc(2 * n), *b = malloc(2 * n);
+        OKG(gpu->iface->download(gpu, b, wg, 2 * n));
+        memcpy(a, wc, 2 * n);
+        for (size_t i = 0; i < n; i++) {
+            ck_assert_msg(a[i] == b[i], "convert to %d, element %zu: cpu 0x%04x gpu 0x%04x", dt, i, a[i], b[i]);
+            ck_assert_uint_eq(a[i], dt == GSINK_WD_BF16 ? gsink__f32_to_bf16(h[i]) : gsink__f32_to_f16(h[i]));
+        }
+        /* and back: exact */
+        OKC(cpu->iface->convert(cpu, x.c, GSINK_WD_F32, wc, dt, n));
+        OKG(gpu->iface->convert(gpu, x.g, GSINK_WD_F32, wg, dt, n));
+        float *back = download(&x); /* Inf and NaN included: compare bits */
+        ck_assert(memcmp(back, x.c, n * sizeof(float)) == 0);
+        for (size_t i = 0; i < n; i++) ck_assert(isnan(back[i]) || back[i] == gsink__wd_load(a, dt, i));
+        free(back);
+        ck_assert_int_eq(gpu->iface->convert(gpu, wg, 5, x.g, GSINK_WD_F32, n), GSINK_ERR_INVALID_ARGUMENT);
+        cpu->iface->free(cpu, wc);
+        gpu->iface->free(gpu, wg);
+        free(a);
+        free(b);
+        free(h);
+        pair_free(&x);
+    }
+}
+END_TEST
+
+START_TEST(test_weights_embedding_gemm)
+{
+    for (int dt = GSINK_WD_BF16; dt <= GSINK_WD_F16; dt++) {
+        const int V = 300, d = 200, N = 517;
+        int32_t *tok = malloc(sizeof(int32_t) * N);
+        for (int n = 0; n < N; n++) tok[n] = (n * 7919 + n / 3) % V;
+        ipair T = ipair_new(tok, N);
+        float *tab = malloc(sizeof(float) * V * d);
+        tu_fill(tab, (size_t)V * d, 3, 1.0f);
+        wpair table = wpair_new(tab, (size_t)V * d, dt);
+        pair out = pair_new((size_t)N * d, 0, 0);
+        OKC(cpu->iface->embedding_fwd_w(cpu, out.c, T.c, table.c, dt, N, d));
+        OKG(gpu->iface->embedding_fwd_w(gpu, out.g, T.g, table.g, dt, N, d));
+        pair_check(&out, 0, 0, "embedding_fwd_w");
+        for (int n = 0; n < N; n++) { /* the stored values, widened */
+            uint16_t t;
+            gsink__wd_store(&t, dt, 0, tab[(size_t)tok[n] * d + 7]);
+            ck_assert(out.c[(size_t)n * d + 7] == gsink__wd_load(&t, dt, 0));
+        }
+        wpair_free(&table);
+        pair_free(&out);
+        ipair_free(&T);
+        free(tok);
+        free(tab);
+        /* gemm_w: every transpose pair, padding, beta; against the CPU's */
+        for (int ta = 0; ta < 2; ta++)
+            for (int tb = 0; tb < 2; tb++) {
+                const int M = 37, Nn = 53, K = 129, pad = 3;
+                int lda = (ta ? M : K) + pad, ldb = (tb ? K : Nn) + pad, ldc = Nn + pad;
+                size_t na = (size_t)(ta ? K : M) * lda, nb = (size_t)(tb ? Nn : K) * ldb, nc = (size_t)M * ldc;
+                float *bh = malloc(nb * sizeof(float));
+                tu_fill(bh, nb, 23 + tb, 1.0f);
+                wpair Bw = wpair_new(bh, nb, dt);
+                pair A = pair_new(na, 11 + ta, 1.0f), C = pair_new(nc, 37, 1.0f), Cf = pair_new(nc, 37, 1.0f);
+                /* the fp32 product with the widened weight, on the CPU */
+                pair Bf = pair_new(nb, 0, 0);
+                OKC(cpu->iface->convert(cpu, Bf.c, GSINK_WD_F32, Bw.c, dt, nb));
+                OKC(cpu->iface->gemm(cpu, ta, tb, M, Nn, K, 0.5f, A.c, lda, Bf.c, ldb, 0.25f, Cf.c, ldc));
+                OKC(cpu->iface->gemm_w(cpu, ta, tb, M, Nn, K, 0.5f, A.c, lda, Bw.c, dt, ldb, 0.25f, C.c, ldc));
+                ck_assert(memcmp(C.c, Cf.c, nc * sizeof(float)) == 0); /* one panel: the same sgemm */
+                OKG(gpu->iface->gemm_w(gpu, ta, tb, M, Nn, K, 0.5f, A.g, lda, Bw.g, dt, ldb, 0.25f, C.g, ldc));
+                char what[64];
+                snprintf(what, sizeof what, "gemm_w dtype %d %c%c", dt, ta ? 'T' : 'N', tb ? 'T' : 'N');
+                pair_check(&C, 1e-5, 1e-5 * sqrt((double)K), what);
+                pair_free_all(&A, &C, &Cf, &Bf);
+                wpair_free(&Bw);
+                free(bh);
+            }
+    }
+}
+END_TEST
+
+/* gemm_w in BF16 math: bf16 weights go to cuBLAS as they are (the activations
+ * rounded to bf16), fp16 weights are widened and rounded by the BF16 path.
+ * Against the CPU's fp32 product of the same rounded operands. */
+START_TEST(test_weights_gemm_bf16)
+{
+    if (!gpu_is_cuda) return;
+    ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_BF16), GSINK_OK);
+    for (int dt = GSINK_WD_BF16; dt <= GSINK_WD_F16; dt++)
+        for (int tb = 0; tb < 2; tb++) {
+            const int M = 37, Nn = 53, K = 129, pad = 3;
+            int lda = K + pad, ldb = (tb ? K : Nn) + pad, ldc = Nn + pad;
+            size_t na = (size_t)M * lda, nb = (size_t)(tb ? Nn : K) * ldb, nc = (size_t)M * ldc;
+            float *bh = malloc(nb * sizeof(float)), *ah = malloc(na * sizeof(float));
+            tu_fill(bh, nb, 23 + tb, 1.0f);
+            tu_fill(ah, na, 11, 1.0f);
+            wpair Bw = wpair_new(bh, nb, dt);
+            pair A = pair_new(na, 11, 1.0f), C = pair_new(nc, 37, 1.0f), Bf = pair_new(nb, 0, 0);
+            /* the CPU: A and the weight rounded to bf16 (what the tensor cores read), exact product */
+            for (size_t i = 0; i < na; i++) A.c[i] = gsink__bf16_f32(gsink__f32_to_bf16(ah[i]));
+            OKC(cpu->iface->convert(cpu, Bf.c, GSINK_WD_F32, Bw.c, dt, nb));
+            for (size_t i = 0; i < nb; i++) Bf.c[i] = gsink__bf16_f32(gsink__f32_to_bf16(Bf.c[i]));
+            OKC(cpu->iface->gemm(cpu, 0, tb, M, Nn, K, 0.5f, A.c, lda, Bf.c, ldb, 0.25f, C.c, ldc));
+            OKG(gpu->iface->gemm_w(gpu, 0, tb, M, Nn, K, 0.5f, A.g, lda, Bw.g, dt, ldb, 0.25f, C.g, ldc));
+            char what[64];
+            snprintf(what, sizeof what, "gemm_w bf16 math, dtype %d N%c", dt, tb ? 'T' : 'N');
+            pair_check(&C, 1e-5, 1e-5 * sqrt((double)K), what);
+            pair_free_all(&A, &C, &Bf);
+            wpair_free(&Bw);
+            free(bh);
+            free(ah);
         }
     ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
 }
@@ -832,6 +992,8 @@ END_TEST
 /* Model-level parity through the public API                                 */
 /* ------------------------------------------------------------------------ */
 
+static int model_wdtype; /* gsink_weight_dtype of the models model_pair makes */
+
 static void model_pair(gsink_model **mc, gsink_model **mg, int per_query_head, int mode)
 {
     gsink_config cfg;
@@ -844,6 +1006,7 @@ static void model_pair(gsink_model **mc, gsink_model **mg, int per_query_head, i
     gsink_model_options_init(&o);
     o.seed = 1234;
     o.n_threads = 1;
+    o.weight_dtype = model_wdtype;
     ck_assert_int_eq(gsink_model_create(&cfg, &o, mc), GSINK_OK);
     o.device = gpu_is_cuda ? GSINK_DEVICE_CUDA : GSINK_DEVICE_CPU;
     gsink_status st = gsink_model_create(&cfg, &o, mg);
@@ -996,6 +1159,22 @@ START_TEST(test_model_parity)
 }
 END_TEST
 
+/* 16-bit weight storage: the whole model (and its fp32 masters in training)
+ * on the device against the CPU with the same storage. */
+static void precision_case(int precision);
+
+START_TEST(test_model_weights)
+{
+    model_wdtype = GSINK_WEIGHTS_BF16;
+    model_case(0, GSINK_VSCALE_FULL);
+    if (gpu_is_cuda) precision_case(GSINK_PRECISION_BF16); /* bf16 weights straight to cuBLAS */
+    model_wdtype = GSINK_WEIGHTS_FP16;
+    model_case(0, GSINK_VSCALE_OFF);
+    if (gpu_is_cuda) precision_case(GSINK_PRECISION_TF32);
+    model_wdtype = GSINK_WEIGHTS_FP32;
+}
+END_TEST
+
 /* The public precision option end to end: a CUDA model created with
  * GSINK_PRECISION_TF32 or _BF16 against the exact CPU model. Loss, every
  * parameter gradient (relative L2 error) and the column statistics must stay
@@ -1023,6 +1202,7 @@ static void precision_case(int precision)
     gsink_model_options_init(&o);
     o.seed = 99;
     o.n_threads = 1;
+    o.weight_dtype = model_wdtype; /* both models: the CPU's is exact with the same weights */
     gsink_model *mc = NULL, *mg = NULL;
     ck_assert_int_eq(gsink_model_create(&cfg, &o, &mc), GSINK_OK);
     o.device = GSINK_DEVICE_CUDA;
@@ -1139,6 +1319,9 @@ static Suite *cuda_suite(void)
     add(s, "gemm_tf32", test_gemm_tf32);
     tcase_add_checked_fixture(add(s, "gemm_bf16", test_gemm_bf16), NULL, math_fp32);
     add(s, "embedding", test_embedding);
+    add(s, "weights_convert", test_weights_convert);
+    add(s, "weights_embedding_gemm", test_weights_embedding_gemm);
+    tcase_add_checked_fixture(add(s, "weights_gemm_bf16", test_weights_gemm_bf16), NULL, math_fp32);
     add(s, "rmsnorm", test_rmsnorm);
     add(s, "rope", test_rope);
     add(s, "swiglu", test_swiglu);
@@ -1155,6 +1338,7 @@ static Suite *cuda_suite(void)
      * with API-error reporting off. */
     tcase_set_tags(add(s, "out_of_memory", test_out_of_memory), "deliberate_failure");
     add(s, "model_parity", test_model_parity);
+    add(s, "model_weights", test_model_weights);
     add(s, "model_precision", test_model_precision);
     add(s, "model_memory_linear", test_model_memory_linear);
     return s;

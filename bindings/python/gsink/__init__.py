@@ -18,7 +18,7 @@ package, the build trees of a source checkout, or the system linker path.
 from . import errors
 from ._core import (ALL_HEADS, BACKWARD_ACCUMULATE, ENCODE_ADD_BOS, ENCODE_PARSE_SPECIAL,
                     SITE_COUNT, Analysis, BatchAgg, Branch, Config, DeviceKind, Model, Optimizer, Precision, Site,
-                    Tokenizer, VScaleMode, default_diag_options, device_count, device_describe, last_error,
+                    Tokenizer, VScaleMode, WeightDtype, default_diag_options, device_count, device_describe, last_error,
                     library_path, max_threads, presets, site_name, site_parse, status_str, version,
                     version_number)
 from ._lib import EXPECTED_MAJOR, EXPECTED_MINOR
@@ -28,7 +28,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Model", "Analysis", "Optimizer", "Tokenizer", "Config", "Site", "BatchAgg", "Branch", "VScaleMode",
-    "DeviceKind", "Precision", "ALL_HEADS", "BACKWARD_ACCUMULATE", "ENCODE_ADD_BOS", "ENCODE_PARSE_SPECIAL",
+    "DeviceKind", "Precision", "WeightDtype", "ALL_HEADS", "BACKWARD_ACCUMULATE", "ENCODE_ADD_BOS", "ENCODE_PARSE_SPECIAL",
     "SITE_COUNT", "version", "version_number", "library_path", "status_str", "last_error",
     "default_diag_options", "device_count", "device_describe", "max_threads", "presets", "site_name", "site_parse", "errors",
     "EXPECTED_MAJOR", "EXPECTED_MINOR",

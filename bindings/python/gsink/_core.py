@@ -72,6 +72,13 @@ class Precision(enum.IntEnum):
     BF16 = 2  # CUDA only
 
 
+class WeightDtype(enum.IntEnum):
+    """Storage type of the weight matrices (gsink_weight_dtype); compute stays fp32."""
+    FP32 = 0
+    BF16 = 1
+    FP16 = 2
+
+
 # gsink_model_flags
 MODEL_DISCARD_SITE_GRADS = 1
 MODEL_ANALYSIS = 2
@@ -413,7 +420,7 @@ def _as_config(config):
 
 
 def _model_options(seed, n_threads, device, device_index, precision=None,
-                   discard_site_grads=False, analysis=False):
+                   discard_site_grads=False, analysis=False, weight_dtype=None):
     o = L.ModelOptions()
     o.size = L.ModelOptions.known_size
     _lib.gsink_model_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
@@ -430,6 +437,8 @@ def _model_options(seed, n_threads, device, device_index, precision=None,
         o.flags |= MODEL_DISCARD_SITE_GRADS
     if analysis:
         o.flags |= MODEL_ANALYSIS
+    if weight_dtype is not None:
+        o.weight_dtype = _enum_arg(weight_dtype, WeightDtype, "weight_dtype")
     return o
 
 
@@ -539,7 +548,8 @@ class Model(_Handle):
     """A Llama-style model (gsink_model).
 
     Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-    precision=None, discard_site_grads=False, analysis=False, **overrides): config is a Config, a preset
+    precision=None, discard_site_grads=False, analysis=False, weight_dtype=None, **overrides): config
+    is a Config, a preset
     name, a dict or None (the default "tiny" config); keyword overrides change config
     fields. precision is "fp32" (default), "tf32" or "bf16" (or a Precision): tensor-core
     matrix products with fp32 accumulation and fp32 storage, CUDA only (the CPU raises
@@ -548,6 +558,10 @@ class Model(_Handle):
     analysis=True computes activation gradients only: no parameter-gradient buffer,
     no weight gradients in backward(), bitwise the same diagnostics; get_param_grad,
     zero_grad, backward(accumulate=True) and Optimizer then raise UnsupportedError.
+    weight_dtype is "fp32" (default), "bf16" or "fp16" (or a WeightDtype): the storage of
+    the weight matrices (half the weight memory in 16 bits); compute, activations and
+    gradients stay fp32, get_param/set_param stay float32 (set_param rounds to nearest
+    even), and an Optimizer keeps fp32 master weights.
     n_threads: 0 = one CPU thread per CPU this process may run on, at most
     max_threads() (2 per CPU; more raises InvalidArgumentError)."""
 
@@ -556,25 +570,28 @@ class Model(_Handle):
     _kind = "model"
 
     def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-                 precision=None, discard_site_grads=False, analysis=False, **overrides):
+                 precision=None, discard_site_grads=False, analysis=False, weight_dtype=None,
+                 **overrides):
         self._dependents = weakref.WeakSet()
         cfg = _as_config(config)
         if overrides:
             cfg = cfg.copy(**overrides)
         c = cfg.to_c()
         o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads,
-                           analysis)
+                           analysis, weight_dtype)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_create(ctypes.byref(c), ctypes.byref(o), ctypes.byref(h)))
         self._adopt(h.value)
 
     @classmethod
     def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0, precision=None,
-             discard_site_grads=False, analysis=False):
+             discard_site_grads=False, analysis=False, weight_dtype=None):
         """Loads a HF directory / .safetensors (with config.json) / .gguf.
-        analysis=True: activation gradients only (see Model)."""
+        analysis=True: activation gradients only; weight_dtype: storage of the weight
+        matrices, a BF16/F16 safetensors tensor loads bit for bit into the same type
+        (see Model)."""
         o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads,
-                           analysis)
+                           analysis, weight_dtype)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
         self = cls.__new__(cls)

@@ -95,6 +95,7 @@ class ModelOptions(ctypes.Structure):
         ("seed", c_uint64),
         ("precision", c_int32),
         ("flags", ctypes.c_uint32),
+        ("weight_dtype", c_int32),
     ])
 
 

@@ -630,6 +630,27 @@ def test_reduced_precision_needs_cuda(precision):
         gsink.Model("micro", precision="fp16")
 
 
+@pytest.mark.parametrize("wd,bits", [("bf16", 16), (gsink.WeightDtype.FP16, 0), (1, 16)])
+def test_weight_dtype_option(wd, bits):
+    """16-bit weight storage through Model and Model.load: rounded weights,
+    less memory, fp32 results equal to an fp32 model holding the same weights."""
+    m = gsink.Model("micro", seed=3, n_threads=1, weight_dtype=wd)
+    f = gsink.Model("micro", seed=3, n_threads=1)
+    assert m.memory()[0] < f.memory()[0]
+    for name in m.param_names():
+        w = m.get_param(name)
+        if bits:
+            assert not np.any(w.view(np.uint32) & 0xffff) or w.ndim == 1, name
+        f.set_param(name, w)
+    tok, tgt = batch()
+    assert m.forward(tok, tgt) == pytest.approx(f.forward(tok, tgt), rel=1e-6)
+    np.testing.assert_allclose(m.logits(), f.logits(), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown weight_dtype 'fp8'"):
+        gsink.Model("micro", weight_dtype="fp8")
+    with pytest.raises(gsink.InvalidArgumentError, match="weight_dtype 3"):
+        gsink.Model("micro", weight_dtype=3)
+
+
 def test_memory_accounting():
     m = gsink.Model("micro", seed=1, n_threads=1)
     b0, p0 = m.memory()

@@ -666,10 +666,11 @@ inline cublasStatus_t cublasSgemm(cublasHandle_t, cublasOperation_t ta, cublasOp
     return CUBLAS_STATUS_SUCCESS;
 }
 
-/* cublasGemmEx, fp32 in and out only. CUBLAS_COMPUTE_32F_FAST_16BF rounds
+/* cublasGemmEx: fp32 in and out, where CUBLAS_COMPUTE_32F_FAST_16BF rounds
  * every input element to bfloat16 (nearest, ties to even) like the tensor
- * cores' down-conversion, then accumulates exactly (double). */
-typedef enum { CUDA_R_32F = 0 } cudaDataType;
+ * cores' down-conversion, then accumulates exactly (double); or bf16 A and B
+ * (CUDA_R_16BF, widened exactly) with CUBLAS_COMPUTE_32F into fp32 C. */
+typedef enum { CUDA_R_32F = 0, CUDA_R_16BF = 14 } cudaDataType;
 typedef enum { CUBLAS_COMPUTE_32F = 68, CUBLAS_COMPUTE_32F_FAST_16BF = 75 } cublasComputeType_t;
 typedef enum { CUBLAS_GEMM_DEFAULT = -1 } cublasGemmAlgo_t;
 inline float emu_round_bf16(float x)
@@ -685,6 +686,32 @@ inline cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cubla
                                    cudaDataType bt, int ldb, const void *beta, void *C, cudaDataType ct, int ldc,
                                    cublasComputeType_t compute, cublasGemmAlgo_t)
 {
+    if (at == CUDA_R_16BF && bt == CUDA_R_16BF && ct == CUDA_R_32F && compute == CUBLAS_COMPUTE_32F) {
+        if (m <= 0 || n <= 0) return CUBLAS_STATUS_SUCCESS;
+        size_t na = (size_t)(ta ? m : k) * lda, nb = (size_t)(tb ? k : n) * ldb;
+        float *a = (float *)calloc(na ? na : 1, sizeof(float)), *b = (float *)calloc(nb ? nb : 1, sizeof(float));
+        if (!a || !b) {
+            free(a);
+            free(b);
+            return CUBLAS_STATUS_ALLOC_FAILED;
+        }
+        const unsigned short *a16 = (const unsigned short *)A, *b16 = (const unsigned short *)B;
+        for (int j = 0; j < (ta ? m : k); j++)
+            for (int i = 0; i < (ta ? k : m); i++) {
+                uint32_t u = (uint32_t)a16[(size_t)j * lda + i] << 16;
+                memcpy(&a[(size_t)j * lda + i], &u, 4);
+            }
+        for (int j = 0; j < (tb ? k : n); j++)
+            for (int i = 0; i < (tb ? n : k); i++) {
+                uint32_t u = (uint32_t)b16[(size_t)j * ldb + i] << 16;
+                memcpy(&b[(size_t)j * ldb + i], &u, 4);
+            }
+        cublasStatus_t st = cublasSgemm(h, ta, tb, m, n, k, (const float *)alpha, a, lda, b, ldb,
+                                        (const float *)beta, (float *)C, ldc);
+        free(a);
+        free(b);
+        return st;
+    }
     if (at != CUDA_R_32F || bt != CUDA_R_32F || ct != CUDA_R_32F ||
         (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_FAST_16BF))
         return CUBLAS_STATUS_NOT_SUPPORTED;

@@ -663,12 +663,13 @@ pub struct gsink_model_options {
     pub seed: u64,
     pub precision: i32,
     pub flags: u32,
+    pub weight_dtype: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_model_options() {
     assert_eq!(
         ::std::mem::size_of::<gsink_model_options>(),
-        40usize,
+        48usize,
         concat!("Size of: ", stringify!(gsink_model_options))
     );
     assert_eq!(
@@ -795,7 +796,28 @@ fn bindgen_test_layout_gsink_model_options() {
         );
     }
     test_field_flags();
+    fn test_field_weight_dtype() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_model_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).weight_dtype) as usize - ptr as usize
+            },
+            40usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_model_options),
+                "::",
+                stringify!(weight_dtype)
+            )
+        );
+    }
+    test_field_weight_dtype();
 }
+pub const gsink_weight_dtype_GSINK_WEIGHTS_FP32: gsink_weight_dtype = 0;
+pub const gsink_weight_dtype_GSINK_WEIGHTS_BF16: gsink_weight_dtype = 1;
+pub const gsink_weight_dtype_GSINK_WEIGHTS_FP16: gsink_weight_dtype = 2;
+pub type gsink_weight_dtype = ::std::os::raw::c_uint;
 pub const gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS: gsink_model_flags = 1;
 pub const gsink_model_flags_GSINK_MODEL_ANALYSIS: gsink_model_flags = 2;
 pub type gsink_model_flags = ::std::os::raw::c_uint;

@@ -42,7 +42,8 @@ pub use analysis::{analyze_sequences, Analysis, AnalysisCounts};
 pub use error::{Error, Result, Status};
 pub use model::{BranchRatios, ColumnMass, Model, ParamInfo, QkvSplit};
 pub use optimizer::Optimizer;
-pub use options::{BatchAgg, Config, Device, DiagOptions, ModelOptions, OptimizerOptions, Precision, VScaleMode, VScaleOptions};
+pub use options::{BatchAgg, Config, Device, DiagOptions, ModelOptions, OptimizerOptions, Precision, VScaleMode, VScaleOptions,
+                  WeightDtype};
 pub use site::{Branch, Site};
 pub use tokenizer::Tokenizer;
 

@@ -241,6 +241,38 @@ pub struct ModelOptions {
     /// same (bitwise) diagnostics; `param_grad`, `zero_grad`, accumulating
     /// backwards and optimizers then fail with `Status::Unsupported`.
     pub analysis: bool,
+    /// Storage type of the weight matrices (`gsink_weight_dtype`): fp32
+    /// (default), bf16 or fp16; compute and gradients stay fp32.
+    pub weight_dtype: WeightDtype,
+}
+
+/// Storage type of the weight matrices (`gsink_weight_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightDtype {
+    /// fp32 (the default).
+    Fp32,
+    /// bfloat16: half the weight memory; set_param rounds to nearest even.
+    Bf16,
+    /// IEEE half: half the weight memory; set_param rounds to nearest even.
+    Fp16,
+}
+
+impl WeightDtype {
+    fn raw(self) -> i32 {
+        match self {
+            WeightDtype::Fp32 => sys::gsink_weight_dtype_GSINK_WEIGHTS_FP32 as i32,
+            WeightDtype::Bf16 => sys::gsink_weight_dtype_GSINK_WEIGHTS_BF16 as i32,
+            WeightDtype::Fp16 => sys::gsink_weight_dtype_GSINK_WEIGHTS_FP16 as i32,
+        }
+    }
+
+    fn from_raw(x: i32) -> WeightDtype {
+        match x {
+            w if w == sys::gsink_weight_dtype_GSINK_WEIGHTS_BF16 as i32 => WeightDtype::Bf16,
+            w if w == sys::gsink_weight_dtype_GSINK_WEIGHTS_FP16 as i32 => WeightDtype::Fp16,
+            _ => WeightDtype::Fp32,
+        }
+    }
 }
 
 /// Matrix-product precision (`gsink_precision`).
@@ -265,6 +297,7 @@ impl Default for ModelOptions {
             seed: 0,
             precision: 0,
             flags: 0,
+            weight_dtype: 0,
         };
         // SAFETY: valid struct.
         unsafe { sys::gsink_model_options_init_size(&mut raw, std::mem::size_of_val(&raw)) };
@@ -280,6 +313,7 @@ impl Default for ModelOptions {
             },
             discard_site_grads: raw.flags & sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS != 0,
             analysis: raw.flags & sys::gsink_model_flags_GSINK_MODEL_ANALYSIS != 0,
+            weight_dtype: WeightDtype::from_raw(raw.weight_dtype),
         }
     }
 }
@@ -299,6 +333,7 @@ impl ModelOptions {
             },
             flags: (if self.discard_site_grads { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS } else { 0 })
                 | (if self.analysis { sys::gsink_model_flags_GSINK_MODEL_ANALYSIS } else { 0 }),
+            weight_dtype: self.weight_dtype.raw(),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Failures come back as Err with the library's status and message, and the
 //! handle stays usable afterwards.
-use gsink::{BatchAgg, Config, Model, ModelOptions, Precision, Site, Status};
+use gsink::{BatchAgg, Config, Model, ModelOptions, Precision, Site, Status, WeightDtype};
 
 fn micro() -> Model {
     Model::new(&Config::preset("micro").unwrap(), &ModelOptions { seed: 7, n_threads: 1, ..ModelOptions::default() }).unwrap()
@@ -190,4 +190,24 @@ fn tokenizer_json() {
     assert_eq!(t.token_id("no such token").unwrap(), None);
     let ids = t.encode("Hello world<|endoftext|>", false, true).unwrap();
     assert_eq!(*ids.last().unwrap(), eot);
+}
+
+#[test]
+fn bf16_weights_round_and_halve_memory() {
+    let cfg = Config::preset("micro").unwrap();
+    let bf = ModelOptions { seed: 7, n_threads: 1, analysis: true, weight_dtype: WeightDtype::Bf16, ..ModelOptions::default() };
+    let fp = ModelOptions { weight_dtype: WeightDtype::Fp32, ..bf };
+    assert_eq!(ModelOptions::default().weight_dtype, WeightDtype::Fp32);
+    let mut m = Model::new(&cfg, &bf).unwrap();
+    let mut f = Model::new(&cfg, &fp).unwrap();
+    assert!(m.memory(false).unwrap().0 < f.memory(false).unwrap().0);
+    let name = "model.layers.0.mlp.up_proj.weight";
+    let mut w = f.get_param(name).unwrap();
+    w[0] = 1.0 + 1.0 / 256.0; // a tie: to even (1)
+    w[1] = 1.0 + 3.0 / 256.0; // a tie: to even (1 + 4/256)
+    m.set_param(name, &w).unwrap();
+    let got = m.get_param(name).unwrap();
+    assert_eq!(got[0], 1.0);
+    assert_eq!(got[1], 1.0 + 4.0 / 256.0);
+    assert!(got.iter().all(|x| x.to_bits() & 0xffff == 0));
 }
