@@ -1,0 +1,205 @@
+/* dist - serial and MPI backends of the tools' communicator (see dist.h). */
+#include "dist.h"
+
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef GSINK_HAVE_MPI
+#include <mpi.h>
+#endif
+
+static dist_comm *world;
+#ifdef GSINK_HAVE_MPI
+static int mpi_started;
+#endif
+
+dist_comm *dist_world(void) { return world; }
+
+int dist_have_mpi(void)
+{
+#ifdef GSINK_HAVE_MPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* The world size an MPI launcher announces in the environment (0: none).
+ * Open MPI (mpirun), MPICH/Hydra and Slurm's PMI-1/2 (PMI_SIZE), PMIx
+ * (srun --mpi=pmix, Open MPI 5: PMIX_RANK with the size in OMPI_/PMI_ vars
+ * or unknown: -1), MVAPICH. */
+static long launcher_size(void)
+{
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "MPI_LOCALNRANKS"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v) return strtol(v, NULL, 10);
+    }
+    if (getenv("PMIX_RANK") || getenv("PMI_RANK")) return -1;
+    return 0;
+}
+
+static long env_long(const char *a, const char *b, long def)
+{
+    const char *v = getenv(a);
+    if (!v || !*v) v = b ? getenv(b) : NULL;
+    return v && *v ? strtol(v, NULL, 10) : def;
+}
+
+int dist_init(dist_comm *c, char *err, size_t n)
+{
+    memset(c, 0, sizeof *c);
+    c->rank = 0;
+    c->size = 1;
+    c->local_rank = 0;
+    c->backend = "serial";
+    long mb = env_long("GSINK_DIST_BUCKET_MB", NULL, 25);
+    c->bucket_bytes = (size_t)(mb < 1 ? 1 : mb) << 20;
+    long ls = launcher_size();
+    world = c;
+    if (ls == 0 || ls == 1) return 0; /* no launcher, or one rank: serial */
+#ifdef GSINK_HAVE_MPI
+    int provided = 0;
+    if (MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS) {
+        snprintf(err, n, "MPI_Init failed");
+        return -1;
+    }
+    mpi_started = 1;
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_ARE_FATAL);
+    MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &c->size);
+    c->local_rank = (int)env_long("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", c->rank);
+    c->backend = "mpi";
+    return 0;
+#else
+    snprintf(err, n,
+             "started as one of %ld ranks by an MPI launcher, but this binary was built without MPI "
+             "(meson -Dmpi=enabled, with libopenmpi-dev): refusing to run %ld independent copies",
+             ls, ls);
+    return -1;
+#endif
+}
+
+void dist_finalize(dist_comm *c)
+{
+    (void)c;
+#ifdef GSINK_HAVE_MPI
+    if (mpi_started) {
+        MPI_Finalize();
+        mpi_started = 0;
+    }
+#endif
+}
+
+void dist_abort(dist_comm *c, int code)
+{
+    (void)c;
+#ifdef GSINK_HAVE_MPI
+    if (mpi_started && c && c->size > 1) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, code);
+    }
+#endif
+    exit(code);
+}
+
+#ifdef GSINK_HAVE_MPI
+static int allreduce(dist_comm *c, void *buf, size_t n, size_t elt, MPI_Datatype t, MPI_Op op)
+{
+    size_t per = c->bucket_bytes / elt;
+    if (per < 1) per = 1;
+    if (per > INT_MAX) per = INT_MAX;
+    char *p = buf;
+    for (size_t done = 0; done < n; done += per) {
+        size_t k = n - done < per ? n - done : per;
+        if (MPI_Allreduce(MPI_IN_PLACE, p + done * elt, (int)k, t, op, MPI_COMM_WORLD) != MPI_SUCCESS) return -1;
+    }
+    return 0;
+}
+#endif
+
+int dist_allreduce_sum_f(dist_comm *c, float *buf, size_t n)
+{
+    if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_MPI
+    return allreduce(c, buf, n, sizeof *buf, MPI_FLOAT, MPI_SUM);
+#else
+    (void)buf, (void)n;
+    return -1;
+#endif
+}
+
+int dist_allreduce_sum_d(dist_comm *c, double *buf, size_t n)
+{
+    if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_MPI
+    return allreduce(c, buf, n, sizeof *buf, MPI_DOUBLE, MPI_SUM);
+#else
+    (void)buf, (void)n;
+    return -1;
+#endif
+}
+
+int dist_allreduce_max_i64(dist_comm *c, int64_t *buf, size_t n)
+{
+    if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_MPI
+    return allreduce(c, buf, n, sizeof *buf, MPI_INT64_T, MPI_MAX);
+#else
+    (void)buf, (void)n;
+    return -1;
+#endif
+}
+
+int dist_bcast(dist_comm *c, void *buf, size_t bytes, int root)
+{
+    if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_MPI
+    char *p = buf;
+    const size_t per = (size_t)1 << 30;
+    for (size_t done = 0; done < bytes; done += per) {
+        size_t k = bytes - done < per ? bytes - done : per;
+        if (MPI_Bcast(p + done, (int)k, MPI_BYTE, root, MPI_COMM_WORLD) != MPI_SUCCESS) return -1;
+    }
+    return 0;
+#else
+    (void)buf, (void)bytes, (void)root;
+    return -1;
+#endif
+}
+
+int dist_allgather_u64(dist_comm *c, uint64_t v, uint64_t *out)
+{
+    if (c->size == 1) {
+        out[0] = v;
+        return 0;
+    }
+#ifdef GSINK_HAVE_MPI
+    return MPI_Allgather(&v, 1, MPI_UINT64_T, out, 1, MPI_UINT64_T, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+#else
+    return -1;
+#endif
+}
+
+int dist_barrier(dist_comm *c)
+{
+    if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_MPI
+    return MPI_Barrier(MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+#else
+    return -1;
+#endif
+}
+
+uint64_t dist_fnv1a64(const void *p, size_t n, uint64_t h)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) {
+        h ^= b[i];
+        h *= 0x100000001b3ull;
+    }
+    return h;
+}
