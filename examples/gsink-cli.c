@@ -9,6 +9,13 @@
  *   gsink-cli info MODEL          a checkpoint's architecture, flags and shapes
  *
  * Exit status: 0 success, 1 runtime failure (message on stderr), 2 usage error.
+ *
+ * Under mpirun / srun (docs/distributed.md; no flag), analyze splits the
+ * --batch rows over the ranks (consecutive slices), checks that every rank
+ * holds the same weights, and all-reduces the batch sums behind the table
+ * (batch-summed site gradient vectors, activation norms, column statistics,
+ * the loss), so rank 0 prints the table one process prints for the whole
+ * batch, to fp32 rounding. --json under several ranks: see dist_report_json.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -21,6 +28,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "gsink.h"
 
 #define EXIT_USAGE 2
@@ -419,6 +427,196 @@ static int fill_batch(const int32_t *ids, size_t n_ids, int B, int T, int32_t *t
     return 0;
 }
 
+
+/* ---- analyze on several ranks ------------------------------------------------ */
+
+/* Every rank holds the same weights (the same file or preset and seed):
+ * FNV-1a of the weights, compared across ranks. 0 when they agree. */
+static int dist_check_weights(dist_comm *dc, gsink_model *m)
+{
+    size_t n;
+    gsink_status st;
+    if ((st = gsink_param_numel(m, &n))) return fail_lib("counting parameters", st);
+    float *w = malloc((n ? n : 1) * sizeof(float));
+    uint64_t *all = malloc((size_t)dc->size * sizeof *all);
+    if (!w || !all) {
+        free(w);
+        free(all);
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 1;
+    }
+    if ((st = gsink_get_params_flat(m, w, n))) {
+        free(w);
+        free(all);
+        return fail_lib("reading the weights", st);
+    }
+    uint64_t h = dist_fnv1a64(w, n * sizeof(float), DIST_FNV_INIT);
+    free(w);
+    int bad = dist_allgather_u64(dc, h, all) != 0;
+    for (int r = 1; r < dc->size && !bad; r++)
+        if (all[r] != all[0]) {
+            if (dc->rank == 0)
+                fprintf(stderr, "%s: rank %d holds other weights than rank 0 (checksum %016llx vs %016llx): every rank "
+                                "must load the same model (or preset and --seed)\n", prog, r,
+                        (unsigned long long)all[r], (unsigned long long)all[0]);
+            bad = 1;
+        }
+    free(all);
+    return bad;
+}
+
+/* The per-layer table of several ranks. Every quantity behind it is a sum
+ * over the batch's rows, so each rank adds its rows' share into one double
+ * buffer, the buffer is summed over ranks, and rank 0 derives the metrics
+ * with the library's metric functions (gsink_metric_*), as one process does
+ * from the whole batch. This rank ran rows [lo, hi) of B; n_local targets
+ * (>= 0) of them. Per layer: H sink scores, H column masses M_0, the
+ * batch-summed dL/d attn_norm_out (T x d; T norms for --agg per-seq), and
+ * the token norms of resid_out, mlp_out and v (T each). */
+static int dist_table(dist_comm *dc, gsink_model *m, const gsink_config *cfg, const analyze_args *a, int lo, int hi,
+                      int B, int T, float loss, size_t n_local, const char *source)
+{
+    const int L = cfg->n_layers, H = cfg->n_heads, d = cfg->d_model, Bl = hi - lo;
+    const int sum_agg = a->diag.batch_agg == GSINK_AGG_SUM_THEN_NORM;
+    const size_t gw = sum_agg ? (size_t)T * d : (size_t)T;
+    const size_t per = 2 * (size_t)H + gw + 3 * (size_t)T, total = 2 + (size_t)L * per;
+    double *acc = calloc(total, sizeof *acc);
+    float *g = malloc((size_t)Bl * T * d * sizeof(float)), *v = malloc(((size_t)T + H) * sizeof(float));
+    float *norms = malloc((size_t)T * sizeof(float));
+    int rc = 1;
+    gsink_status st;
+    if (!acc || !g || !v || !norms) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        goto done;
+    }
+    /* the global loss is the mean over all targets: dL/dx of this rank's rows
+     * is its own mean-loss gradient times n_local / n_total */
+    double nt = (double)n_local;
+    if (dist_allreduce_sum_d(dc, &nt, 1)) goto comm;
+    const double c = (double)n_local / nt, w = (double)Bl / (double)B;
+    acc[0] = c * loss;
+    for (int l = 0; l < L; l++) {
+        double *p = acc + 2 + (size_t)l * per;
+        if (gsink_sink_scores(m, l, 0, v, (size_t)H)) for (int h = 0; h < H; h++) v[h] = NAN;
+        for (int h = 0; h < H; h++) p[h] = w * v[h];
+        for (int h = 0; h < H; h++) {
+            if (gsink_attention_column_mass(m, l, h, v, NULL, (size_t)T)) v[0] = NAN;
+            p[H + h] = w * v[0];
+        }
+        double *pg = p + 2 * H;
+        if (sum_agg) {
+            if ((st = gsink_get_gradient(m, l, GSINK_SITE_ATTN_NORM_OUT, g, (size_t)Bl * T * d))) {
+                rc = fail_lib("reading gradients", st);
+                goto done;
+            }
+            for (int b = 0; b < Bl; b++)
+                for (size_t i = 0; i < (size_t)T * d; i++) pg[i] += c * g[(size_t)b * T * d + i];
+        } else {
+            if (gsink_get_gradient_norms(m, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS, GSINK_AGG_PER_SEQUENCE, norms,
+                                         (size_t)T))
+                for (int t = 0; t < T; t++) norms[t] = NAN;
+            for (int t = 0; t < T; t++) pg[t] = w * c * norms[t];
+        }
+        static const gsink_site sites[3] = {GSINK_SITE_RESID_OUT, GSINK_SITE_MLP_OUT, GSINK_SITE_V};
+        for (int k = 0; k < 3; k++) {
+            if (gsink_get_activation_norms(m, l, sites[k], GSINK_ALL_HEADS, norms, (size_t)T))
+                for (int t = 0; t < T; t++) norms[t] = NAN;
+            for (int t = 0; t < T; t++) pg[gw + (size_t)k * T + t] = w * norms[t];
+        }
+    }
+    if (dist_allreduce_sum_d(dc, acc, total)) goto comm;
+    rc = 0;
+    if (dc->rank != 0 || a->quiet) goto done;
+    printf("model: %s  (L=%d d=%d H=%d KV=%d dh=%d ff=%d V=%d)\n", a->model ? a->model : a->preset, cfg->n_layers,
+           cfg->d_model, cfg->n_heads, cfg->n_kv_heads, cfg->d_head, cfg->d_ff, cfg->vocab_size);
+    fprintf(stderr, "%s: analyze on %d ranks (%s), %d to %d sequences each\n", prog, dc->size, dc->backend, B / dc->size,
+            (B + dc->size - 1) / dc->size);
+    printf("input: %s, batch %d x seq %d, loss %.4f\n", source, B, T, (float)acc[0]);
+    printf("sink rate: eps=%.2f T_eps=%d s=0 | R_GS: T_e=%d, gradients %s | t0/early: ||x_0|| / mean ||x_1..15||\n\n",
+           a->diag.sink_eps, a->diag.sink_window, a->diag.rgs_window, sum_agg ? "summed over the batch" : "per sequence");
+    printf("%5s %9s %9s %9s %14s %13s %10s %10s\n", "layer", "sink_rate", "M_0", "R_GS", "t0/early:resid",
+           "t0/early:mlp", "|v_0|", "|v_1..15|");
+    for (int l = 0; l < L; l++) {
+        const double *p = acc + 2 + (size_t)l * per, *pg = p + 2 * H;
+        float rate = 0, m0 = 0, rgs = NAN, mr = NAN, mm = NAN, v0, ve = NAN;
+        for (int h = 0; h < H; h++) {
+            float alpha = (float)p[h];
+            if (!isfinite(alpha)) rate = NAN;
+            rate += (alpha > a->diag.sink_eps) / (float)H;
+            m0 += (float)p[H + h] / (float)H;
+        }
+        for (int t = 0; t < T; t++) {
+            if (!sum_agg) {
+                norms[t] = (float)pg[t];
+                continue;
+            }
+            double s2 = 0;
+            for (int i = 0; i < d; i++) {
+                float x = (float)pg[(size_t)t * d + i];
+                s2 += (double)x * x;
+            }
+            norms[t] = (float)sqrt(s2);
+        }
+        if (gsink_metric_gradient_sink_ratio(norms, (size_t)T, 0, a->diag.rgs_window, &rgs)) rgs = NAN;
+        float *an = v; /* T values */
+        float *tmp = malloc((size_t)T * sizeof(float));
+        if (!tmp) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            rc = 1;
+            goto done;
+        }
+        for (int k = 0; k < 2; k++) {
+            for (int t = 0; t < T; t++) tmp[t] = (float)pg[gw + (size_t)k * T + t];
+            float r = NAN;
+            if (T < 16 || gsink_metric_massive_activation_ratio(tmp, (size_t)T, &r)) r = NAN;
+            if (k == 0) mr = r;
+            else mm = r;
+        }
+        (void)an;
+        for (int t = 0; t < T; t++) tmp[t] = (float)pg[gw + 2 * (size_t)T + t];
+        v0 = tmp[0];
+        if (T > 15) {
+            double e = 0;
+            for (int t = 1; t <= 15; t++) e += tmp[t];
+            ve = (float)(e / 15);
+        }
+        free(tmp);
+        printf("%5d %9.3f %9.3f %9.3f %14.3f %13.3f %10.4g %10.4g\n", l, rate, m0, rgs, mr, mm, v0, ve);
+    }
+    printf("\nM_0: column mass of token 0 averaged over heads (sum_t a_t0; %d would mean every query attends only to token 0)\n", T);
+    goto done;
+comm:
+    fprintf(stderr, "%s: all-reduce across ranks failed\n", prog);
+    rc = 1;
+done:
+    free(acc);
+    free(g);
+    free(v);
+    free(norms);
+    return rc;
+}
+
+/* --json on several ranks. The report (gsink_report_json) is built by the
+ * library from its own state of one forward/backward; until the library can
+ * hand out that state as sums (an analysis state of doubles that one
+ * dist_allreduce_sum_d makes the whole batch's: the plug-in point is here),
+ * rank 0 rebuilds the report from the whole batch on its own, so the file
+ * equals a single process's exactly; the other ranks wait. */
+static int dist_report_json(dist_comm *dc, gsink_model *m, const int32_t *tok, const int32_t *tgt, int B, int T,
+                            char **json)
+{
+    int rc = 0;
+    if (dc->rank == 0) {
+        gsink_status st;
+        if ((st = gsink_forward(m, tok, tgt, B, T, NULL))) rc = fail_lib("forward", st);
+        else if ((st = gsink_backward(m, 0))) rc = fail_lib("backward", st);
+        else if ((st = gsink_report_json(m, NULL, json))) rc = fail_lib("building the JSON report", st);
+    }
+    int64_t bad = rc;
+    if (dist_allreduce_max_i64(dc, &bad, 1)) return 1;
+    return (int)bad;
+}
+
 static int cmd_analyze(int argc, char **argv)
 {
     analyze_args a;
@@ -510,10 +708,39 @@ static int cmd_analyze(int argc, char **argv)
     if ((st = gsink_set_diag_options(m, &a.diag))) { rc = fail_lib("setting diagnostic options", st); goto out; }
 
     float loss = 0;
-    if ((st = gsink_forward(m, tok, tgt, B, T, &loss))) { rc = fail_lib("forward", st); goto out; }
-    if ((st = gsink_backward(m, 0))) { rc = fail_lib("backward", st); goto out; }
+    dist_comm *dc = dist_world();
+    if (dc->size > 1) { /* rows [lo, hi) of the batch on this rank */
+        if (B < dc->size) {
+            fprintf(stderr, "%s: --batch %d is split over %d ranks: at least one sequence per rank\n", prog, B, dc->size);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        int lo, hi;
+        dist_slice(B, dc->rank, dc->size, &lo, &hi);
+        size_t n_local = 0;
+        for (size_t i = (size_t)lo * T; i < (size_t)hi * T; i++) n_local += tgt[i] >= 0;
+        if (dist_check_weights(dc, m)) goto out;
+        if ((st = gsink_forward(m, tok + (size_t)lo * T, tgt + (size_t)lo * T, hi - lo, T, &loss))) { rc = fail_lib("forward", st); goto out; }
+        if ((st = gsink_backward(m, 0))) { rc = fail_lib("backward", st); goto out; }
+        if ((rc = dist_table(dc, m, &cfg, &a, lo, hi, B, T, loss, n_local, source))) goto out;
+        rc = 1;
+        if (a.json) {
+            if (dc->rank == 0) fprintf(stderr, "%s: note: --json on %d ranks: rank 0 builds the report from the whole batch (see docs/distributed.md)\n", prog, dc->size);
+            if (dist_report_json(dc, m, tok, tgt, B, T, &json)) goto out;
+            if (dc->rank != 0) {
+                rc = 0;
+                goto out;
+            }
+        } else {
+            rc = 0;
+            goto out;
+        }
+    } else {
+        if ((st = gsink_forward(m, tok, tgt, B, T, &loss))) { rc = fail_lib("forward", st); goto out; }
+        if ((st = gsink_backward(m, 0))) { rc = fail_lib("backward", st); goto out; }
+    }
 
-    if (!a.quiet) {
+    if (!a.quiet && dc->size == 1) {
         printf("model: %s  (L=%d d=%d H=%d KV=%d dh=%d ff=%d V=%d)\n", a.model ? a.model : a.preset,
                cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.d_head, cfg.d_ff,
                cfg.vocab_size);
@@ -547,7 +774,7 @@ static int cmd_analyze(int argc, char **argv)
     }
 
     if (a.json) {
-        if ((st = gsink_report_json(m, NULL, &json))) { rc = fail_lib("building the JSON report", st); goto out; }
+        if (!json && (st = gsink_report_json(m, NULL, &json))) { rc = fail_lib("building the JSON report", st); goto out; }
         if (!strcmp(a.json, "-")) {
             fputs(json, stdout);
         } else {
@@ -599,7 +826,18 @@ int main(int argc, char **argv)
         }
         return model ? cmd_info_model(model) : cmd_info();
     }
-    if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 2, argv + 2);
+    if (!strcmp(cmd, "analyze")) {
+        dist_comm dc;
+        char err[512];
+        if (dist_init(&dc, err, sizeof err)) {
+            fprintf(stderr, "%s: %s\n", prog, err);
+            return 1;
+        }
+        int rc = cmd_analyze(argc - 2, argv + 2);
+        if (rc && dc.size > 1) dist_abort(&dc, rc); /* a rank that failed ends every rank (none waits forever) */
+        dist_finalize(&dc);
+        return rc;
+    }
     fprintf(stderr, "%s: unknown command '%s' (see --help)\n", prog, cmd);
     return EXIT_USAGE;
 }

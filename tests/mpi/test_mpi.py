@@ -184,3 +184,99 @@ def test_ranks_with_other_options_are_refused(data, tmp_path):
 def test_global_batch_needs_a_row_per_rank(data, tmp_path):
     r = mpirun(2, TRAIN, "--data", data, *COMMON, "--steps", 1, "--batch", 1, "--out", tmp_path / "o", check=False)
     assert r.returncode != 0 and "at least one row per rank" in r.stderr
+
+
+# ---- gsink-cli analyze on 2 ranks -----------------------------------------------------------------
+
+MODEL = os.path.join(ROOT, "models", "default")
+
+
+def analyze1(*args):
+    r = subprocess.run([CLI, "analyze", *map(str, args)], capture_output=True, text=True, env=_env(), timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return r
+
+
+def table(text):
+    """{layer: [values]} and the loss of gsink-cli's table."""
+    rows, loss = {}, None
+    for line in text.splitlines():
+        if line.startswith("input:"):
+            loss = float(line.rsplit("loss", 1)[1])
+        f = line.split()
+        if len(f) == 8 and f[0].isdigit():
+            rows[int(f[0])] = [float(x) for x in f[1:]]
+    return rows, loss
+
+
+def assert_tables_equal(t1, t2):
+    (r1, l1), (r2, l2) = table(t1), table(t2)
+    assert r1 and sorted(r1) == sorted(r2)
+    assert abs(l1 - l2) <= 1.1e-4
+    for k in r1:
+        for a, b in zip(r1[k], r2[k]):  # printed with 3 decimals / 4 significant digits: the last may round apart
+            assert a == b or abs(a - b) <= 1.1e-3 + 1e-4 * abs(a), (k, r1[k], r2[k])
+
+
+@pytest.mark.parametrize("agg", ["sum", "per-seq"])
+def test_analyze_table_of_two_ranks_equals_one_process(agg):
+    args = ["--model", MODEL, "--tokens", os.path.join(MODEL, "sample.tokens"), "--batch", 4, "--seq", 128,
+            "--threads", 1, "--agg", agg]
+    one = analyze1(*args)
+    two = mpirun(2, CLI, "analyze", *args)
+    assert "analyze on 2 ranks" in two.stderr
+    assert_tables_equal(one.stdout, two.stdout)
+    # uneven split (3 sequences: 1 + 2) and random tokens from a preset
+    args = ["--preset", "tiny", "--seed", 5, "--batch", 3, "--seq", 64, "--threads", 1, "--agg", agg]
+    assert_tables_equal(analyze1(*args).stdout, mpirun(2, CLI, "analyze", *args).stdout)
+
+
+def test_analyze_json_report_of_two_ranks_equals_one_process(tmp_path):
+    args = ["--model", MODEL, "--tokens", os.path.join(MODEL, "sample.tokens"), "--batch", 4, "--seq", 128,
+            "--threads", 1, "-q"]
+    analyze1(*args, "--json", tmp_path / "one.json")
+    mpirun(2, CLI, "analyze", *args, "--json", tmp_path / "two.json")
+    # today rank 0 rebuilds the report from the whole batch (docs/distributed.md): equal byte for byte
+    assert (tmp_path / "one.json").read_bytes() == (tmp_path / "two.json").read_bytes()
+
+
+def _lib_exports(symbol):
+    lib = os.path.join(os.path.dirname(os.path.dirname(CLI)), "lib", "libgsink.so")
+    r = subprocess.run(["nm", "-D", "--defined-only", lib], capture_output=True, text=True)
+    return r.returncode == 0 and symbol in r.stdout
+
+
+def _close_json(a, b, path="$"):
+    if isinstance(a, dict):
+        assert sorted(a) == sorted(b), path
+        for k in a:
+            _close_json(a[k], b[k], f"{path}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            _close_json(x, y, f"{path}[{i}]")
+    elif isinstance(a, float) and isinstance(b, (int, float)):
+        assert abs(a - b) <= 1e-5 * max(1.0, abs(a)), (path, a, b)
+    else:
+        assert a == b, (path, a, b)
+
+
+@pytest.mark.skipif(not _lib_exports("gsink_analysis_get_state"),
+                    reason="pending: the distributed JSON report needs the streaming analysis state "
+                           "(gsink_analysis_get_state / gsink_analysis_set_state), not in this libgsink yet; "
+                           "until then rank 0 builds the report from the whole batch (test above)")
+def test_analyze_json_report_reduced_across_ranks(tmp_path):
+    """Once gsink-cli all-reduces the analysis state, each rank runs only its rows and the report still
+    equals one process's, to fp32 rounding (and rank 0 no longer reruns the batch)."""
+    args = ["--model", MODEL, "--tokens", os.path.join(MODEL, "sample.tokens"), "--batch", 4, "--seq", 128,
+            "--threads", 1, "-q"]
+    analyze1(*args, "--json", tmp_path / "one.json")
+    r = mpirun(2, CLI, "analyze", *args, "--json", tmp_path / "two.json")
+    assert "rank 0 builds the report from the whole batch" not in r.stderr
+    _close_json(json.loads((tmp_path / "one.json").read_text()), json.loads((tmp_path / "two.json").read_text()))
+
+
+def test_analyze_refuses_ranks_with_other_weights():
+    base = ["--preset", "tiny", "--batch", 2, "--seq", 32, "--threads", 1]
+    r = mpirun(1, CLI, "analyze", *base, "--seed", 1, check=False, mpmd=[(1, ["analyze", *base, "--seed", 2])])
+    assert r.returncode != 0 and "other weights than rank 0" in r.stderr, r.stderr[-2000:]
