@@ -633,7 +633,7 @@ static int cmd_analyze(int argc, char **argv)
     gsink_model_options mo;
     gsink_model_options_init(&mo);
     mo.seed = a.seed;
-    mo.n_threads = a.threads;
+    mo.n_threads = a.threads ? a.threads : dist_default_threads(dist_world(), gsink_max_threads());
     mo.flags = GSINK_MODEL_ANALYSIS; /* analysis needs activation gradients only */
     if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
     if (a.precision && !strcmp(a.precision, "tf32")) mo.precision = GSINK_PRECISION_TF32;

@@ -54,6 +54,7 @@ int dist_init(dist_comm *c, char *err, size_t n)
     c->rank = 0;
     c->size = 1;
     c->local_rank = 0;
+    c->local_size = 1;
     c->backend = "serial";
     long mb = env_long("GSINK_DIST_BUCKET_MB", NULL, 25);
     c->bucket_bytes = (size_t)(mb < 1 ? 1 : mb) << 20;
@@ -71,6 +72,9 @@ int dist_init(dist_comm *c, char *err, size_t n)
     MPI_Comm_rank(MPI_COMM_WORLD, &c->rank);
     MPI_Comm_size(MPI_COMM_WORLD, &c->size);
     c->local_rank = (int)env_long("OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", c->rank);
+    c->local_size = (int)env_long("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS", 0);
+    if (c->local_size < 1) c->local_size = (int)env_long("SLURM_NTASKS_PER_NODE", NULL, 1); /* "2(x3)": 2 */
+    if (c->local_size < 1) c->local_size = 1;
     c->backend = "mpi";
     return 0;
 #else
@@ -80,6 +84,14 @@ int dist_init(dist_comm *c, char *err, size_t n)
              ls, ls);
     return -1;
 #endif
+}
+
+int dist_default_threads(const dist_comm *c, int max_threads)
+{
+    if (c->size == 1 || c->local_size <= 1) return 0;
+    int cpus = max_threads / 2; /* gsink_max_threads: 2 per CPU of the affinity mask */
+    int t = cpus / c->local_size;
+    return t < 1 ? 1 : t;
 }
 
 void dist_finalize(dist_comm *c)

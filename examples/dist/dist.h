@@ -22,6 +22,7 @@
 typedef struct dist_comm {
     int rank, size;
     int local_rank;       /* rank on this node (the launcher's, else rank) */
+    int local_size;       /* ranks on this node (the launcher's, else 1) */
     const char *backend;  /* "serial" or "mpi" */
     size_t bucket_bytes;  /* all-reduce bucket (GSINK_DIST_BUCKET_MB, default 25 MB) */
 } dist_comm;
@@ -29,6 +30,11 @@ typedef struct dist_comm {
 /* Starts the communicator (the world). Returns 0, or -1 with a message in
  * err (n bytes). Call once, before anything else that may print. */
 int dist_init(dist_comm *c, char *err, size_t n);
+/* CPU threads for one rank when the user asked for the default (0): the
+ * CPUs this process may run on shared among the ranks of its node (a
+ * launcher that binds each rank to its cores already narrows the former).
+ * 0 (the library's default) when alone. */
+int dist_default_threads(const dist_comm *c, int max_threads);
 /* Whether this binary has the MPI backend. */
 int dist_have_mpi(void);
 void dist_finalize(dist_comm *c);

@@ -1422,7 +1422,7 @@ int main(int argc, char **argv)
     CHECK(gsink_config_validate(&tr.cfg));
     gsink_model_options mo;
     gsink_model_options_init(&mo);
-    mo.n_threads = a->threads;
+    mo.n_threads = a->threads ? a->threads : dist_default_threads(&g_dist, gsink_max_threads());
     mo.seed = a->seed;
     mo.device = strcmp(a->device, "cuda") ? GSINK_DEVICE_CPU : GSINK_DEVICE_CUDA;
     mo.precision = !strcmp(a->precision, "tf32")   ? GSINK_PRECISION_TF32
@@ -1491,8 +1491,9 @@ int main(int argc, char **argv)
     if (!tr.x || !tr.y) die("out of memory");
     if (g_dist.size > 1 && g_dist.rank == 0)
         fprintf(stderr, "gsink-train: data parallel over %d ranks (%s): global batch %d rows, %d to %d per rank, "
-                        "gradient all-reduce in buckets of %zu MB\n", g_dist.size, g_dist.backend, B, B / g_dist.size,
-                (B + g_dist.size - 1) / g_dist.size, g_dist.bucket_bytes >> 20);
+                        "gradient all-reduce in buckets of %zu MB, threads per rank %d (0: one per CPU)\n", g_dist.size, g_dist.backend, B,
+                B / g_dist.size, (B + g_dist.size - 1) / g_dist.size, g_dist.bucket_bytes >> 20,
+                a->threads ? a->threads : dist_default_threads(&g_dist, gsink_max_threads()));
     if (g_dist.rank == 0) fprintf(stderr,
             "gsink-train: %zu parameters (d%d L%d H%d KV%d dh%d ff%d V%d), V-scale %s, %lld steps of %d x %d x %d "
             "tokens, lr %g -> %g (warm-up %d), train %llu / val %llu tokens, %s %s%s\n",
