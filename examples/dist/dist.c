@@ -56,8 +56,11 @@ int dist_init(dist_comm *c, char *err, size_t n)
     c->local_rank = 0;
     c->local_size = 1;
     c->backend = "serial";
-    long mb = env_long("GSINK_DIST_BUCKET_MB", NULL, 25);
-    c->bucket_bytes = (size_t)(mb < 1 ? 1 : mb) << 20;
+    const char *mb = getenv("GSINK_DIST_BUCKET_MB"); /* may be fractional: 0.01 = 10 KB (tests) */
+    double v = mb && *mb ? strtod(mb, NULL) : 25.0;
+    if (!(v * 1048576.0 >= 64.0)) v = 64.0 / 1048576.0;
+    if (v > 1024.0) v = 1024.0;
+    c->bucket_bytes = (size_t)(v * 1048576.0);
     long ls = launcher_size();
     world = c;
     if (ls == 0 || ls == 1) return 0; /* no launcher, or one rank: serial */

@@ -24,7 +24,7 @@ typedef struct dist_comm {
     int local_rank;       /* rank on this node (the launcher's, else rank) */
     int local_size;       /* ranks on this node (the launcher's, else 1) */
     const char *backend;  /* "serial" or "mpi" */
-    size_t bucket_bytes;  /* all-reduce bucket (GSINK_DIST_BUCKET_MB, default 25 MB) */
+    size_t bucket_bytes;  /* all-reduce bucket (GSINK_DIST_BUCKET_MB, default 25 MB; 64 B .. 1 GB) */
 } dist_comm;
 
 /* Starts the communicator (the world). Returns 0, or -1 with a message in

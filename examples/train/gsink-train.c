@@ -1491,8 +1491,8 @@ int main(int argc, char **argv)
     if (!tr.x || !tr.y) die("out of memory");
     if (g_dist.size > 1 && g_dist.rank == 0)
         fprintf(stderr, "gsink-train: data parallel over %d ranks (%s): global batch %d rows, %d to %d per rank, "
-                        "gradient all-reduce in buckets of %zu MB, threads per rank %d (0: one per CPU)\n", g_dist.size, g_dist.backend, B,
-                B / g_dist.size, (B + g_dist.size - 1) / g_dist.size, g_dist.bucket_bytes >> 20,
+                        "gradient all-reduce in buckets of %.3g MB, threads per rank %d (0: one per CPU)\n", g_dist.size, g_dist.backend, B,
+                B / g_dist.size, (B + g_dist.size - 1) / g_dist.size, (double)g_dist.bucket_bytes / 1048576.0,
                 a->threads ? a->threads : dist_default_threads(&g_dist, gsink_max_threads()));
     if (g_dist.rank == 0) fprintf(stderr,
             "gsink-train: %zu parameters (d%d L%d H%d KV%d dh%d ff%d V%d), V-scale %s, %lld steps of %d x %d x %d "
