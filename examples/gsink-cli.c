@@ -635,7 +635,12 @@ static int cmd_analyze(int argc, char **argv)
     mo.seed = a.seed;
     mo.n_threads = a.threads ? a.threads : dist_default_threads(dist_world(), gsink_max_threads());
     mo.flags = GSINK_MODEL_ANALYSIS; /* analysis needs activation gradients only */
-    if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
+    if (a.device && !strcmp(a.device, "cuda")) {
+        int gpus = 0;
+        mo.device = GSINK_DEVICE_CUDA;
+        if (dist_world()->size > 1 && gsink_device_count(GSINK_DEVICE_CUDA, &gpus) == GSINK_OK)
+            mo.device_index = dist_device_index(dist_world(), gpus); /* one GPU per rank of a node */
+    }
     if (a.precision && !strcmp(a.precision, "tf32")) mo.precision = GSINK_PRECISION_TF32;
     if (a.precision && !strcmp(a.precision, "bf16")) mo.precision = GSINK_PRECISION_BF16;
     if (a.model) {

@@ -35,6 +35,12 @@ int dist_init(dist_comm *c, char *err, size_t n);
  * launcher that binds each rank to its cores already narrows the former).
  * 0 (the library's default) when alone. */
 int dist_default_threads(const dist_comm *c, int max_threads);
+/* GPU of this rank: its local rank modulo the GPUs it sees (count > 0), so
+ * the ranks of a node spread over its GPUs; 0 when alone. */
+static inline int dist_device_index(const dist_comm *c, int count)
+{
+    return c->size > 1 && count > 0 ? c->local_rank % count : 0;
+}
 /* Whether this binary has the MPI backend. */
 int dist_have_mpi(void);
 void dist_finalize(dist_comm *c);

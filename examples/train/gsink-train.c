@@ -1425,6 +1425,10 @@ int main(int argc, char **argv)
     mo.n_threads = a->threads ? a->threads : dist_default_threads(&g_dist, gsink_max_threads());
     mo.seed = a->seed;
     mo.device = strcmp(a->device, "cuda") ? GSINK_DEVICE_CPU : GSINK_DEVICE_CUDA;
+    if (mo.device == GSINK_DEVICE_CUDA && g_dist.size > 1) { /* one GPU per rank of a node, round robin */
+        int gpus = 0;
+        if (gsink_device_count(GSINK_DEVICE_CUDA, &gpus) == GSINK_OK) mo.device_index = dist_device_index(&g_dist, gpus);
+    }
     mo.precision = !strcmp(a->precision, "tf32")   ? GSINK_PRECISION_TF32
                    : !strcmp(a->precision, "bf16") ? GSINK_PRECISION_BF16
                                                    : GSINK_PRECISION_FP32;
