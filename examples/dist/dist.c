@@ -9,6 +9,11 @@
 #ifdef GSINK_HAVE_MPI
 #include <mpi.h>
 #endif
+#ifdef GSINK_HAVE_NCCL
+#include <cuda_runtime_api.h>
+#include <dlfcn.h>
+#include <nccl.h>
+#endif
 
 static dist_comm *world;
 #ifdef GSINK_HAVE_MPI
@@ -97,9 +102,137 @@ int dist_default_threads(const dist_comm *c, int max_threads)
     return t < 1 ? 1 : t;
 }
 
+
+/* ---- NCCL (GPU ranks; opt-in, untested: docs/distributed.md) --------------------
+ * libnccl and libcudart are opened with dlopen when a tool enables the
+ * backend, so neither the tools nor libgsink.so depend on them at load time.
+ * The sum all-reduce then runs on the GPU: each bucket is copied to a device
+ * buffer, reduced with ncclAllReduce and copied back (the library's flat
+ * gradient calls hand out host copies). Broadcasts, gathers and barriers stay
+ * on MPI, which also carries the NCCL unique id. */
+#ifdef GSINK_HAVE_NCCL
+static struct {
+    int on;
+    void *lib, *rt;
+    ncclComm_t comm;
+    void *dev;
+    size_t dev_bytes;
+    ncclResult_t (*get_unique_id)(ncclUniqueId *);
+    ncclResult_t (*init_rank)(ncclComm_t *, int, ncclUniqueId, int);
+    ncclResult_t (*all_reduce)(const void *, void *, size_t, ncclDataType_t, ncclRedOp_t, ncclComm_t, cudaStream_t);
+    ncclResult_t (*destroy)(ncclComm_t);
+    const char *(*error_string)(ncclResult_t);
+    cudaError_t (*set_device)(int);
+    cudaError_t (*malloc_)(void **, size_t);
+    cudaError_t (*free_)(void *);
+    cudaError_t (*memcpy_)(void *, const void *, size_t, enum cudaMemcpyKind);
+    cudaError_t (*sync)(void);
+} nc;
+
+static void *sym(void *h, const char *name, int *bad)
+{
+    void *p = h ? dlsym(h, name) : NULL;
+    if (!p) *bad = 1;
+    return p;
+}
+#endif
+
+int dist_have_nccl(void)
+{
+#ifdef GSINK_HAVE_NCCL
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int dist_enable_nccl(dist_comm *c, int device, char *err, size_t n)
+{
+#if defined(GSINK_HAVE_NCCL) && defined(GSINK_HAVE_MPI)
+    if (c->size == 1 || nc.on) return 0;
+    int bad = 0;
+    nc.lib = dlopen("libnccl.so.2", RTLD_NOW | RTLD_LOCAL);
+    if (!nc.lib) nc.lib = dlopen("libnccl.so", RTLD_NOW | RTLD_LOCAL);
+    nc.rt = dlopen("libcudart.so.13", RTLD_NOW | RTLD_LOCAL);
+    if (!nc.rt) nc.rt = dlopen("libcudart.so", RTLD_NOW | RTLD_LOCAL);
+    if (!nc.lib || !nc.rt) {
+        snprintf(err, n, "NCCL backend: cannot load %s (LD_LIBRARY_PATH: the CUDA toolkit's lib64, or the "
+                         "nvidia/nccl/lib directory of PyPI's NCCL wheel)", !nc.lib ? "libnccl.so.2" : "libcudart.so");
+        return -1;
+    }
+    *(void **)&nc.get_unique_id = sym(nc.lib, "ncclGetUniqueId", &bad);
+    *(void **)&nc.init_rank = sym(nc.lib, "ncclCommInitRank", &bad);
+    *(void **)&nc.all_reduce = sym(nc.lib, "ncclAllReduce", &bad);
+    *(void **)&nc.destroy = sym(nc.lib, "ncclCommDestroy", &bad);
+    *(void **)&nc.error_string = sym(nc.lib, "ncclGetErrorString", &bad);
+    *(void **)&nc.set_device = sym(nc.rt, "cudaSetDevice", &bad);
+    *(void **)&nc.malloc_ = sym(nc.rt, "cudaMalloc", &bad);
+    *(void **)&nc.free_ = sym(nc.rt, "cudaFree", &bad);
+    *(void **)&nc.memcpy_ = sym(nc.rt, "cudaMemcpy", &bad);
+    *(void **)&nc.sync = sym(nc.rt, "cudaDeviceSynchronize", &bad);
+    if (bad) {
+        snprintf(err, n, "NCCL backend: libnccl or libcudart lacks a symbol it needs");
+        return -1;
+    }
+    if (nc.set_device(device) != cudaSuccess) {
+        snprintf(err, n, "NCCL backend: cudaSetDevice(%d) failed", device);
+        return -1;
+    }
+    ncclUniqueId id;
+    memset(&id, 0, sizeof id);
+    if (c->rank == 0 && nc.get_unique_id(&id) != ncclSuccess) memset(&id, 0, sizeof id);
+    if (dist_bcast(c, &id, sizeof id, 0)) {
+        snprintf(err, n, "NCCL backend: broadcast of the NCCL id failed");
+        return -1;
+    }
+    ncclResult_t r = nc.init_rank(&nc.comm, c->size, id, c->rank);
+    if (r != ncclSuccess) {
+        snprintf(err, n, "NCCL backend: ncclCommInitRank: %s", nc.error_string(r));
+        return -1;
+    }
+    nc.dev_bytes = c->bucket_bytes;
+    if (nc.malloc_(&nc.dev, nc.dev_bytes) != cudaSuccess) {
+        snprintf(err, n, "NCCL backend: cannot allocate a %zu-byte device bucket", nc.dev_bytes);
+        return -1;
+    }
+    nc.on = 1;
+    c->backend = "mpi+nccl";
+    return 0;
+#else
+    (void)c, (void)device;
+    snprintf(err, n, "this binary has no NCCL backend (meson -Dnccl=enabled with nccl.h and MPI)");
+    return -1;
+#endif
+}
+
+#ifdef GSINK_HAVE_NCCL
+static int nccl_allreduce(dist_comm *c, void *buf, size_t count, size_t elt, ncclDataType_t t)
+{
+    size_t per = nc.dev_bytes / elt;
+    char *p = buf;
+    (void)c;
+    for (size_t done = 0; done < count; done += per) {
+        size_t k = count - done < per ? count - done : per;
+        if (nc.memcpy_(nc.dev, p + done * elt, k * elt, cudaMemcpyHostToDevice) != cudaSuccess) return -1;
+        if (nc.all_reduce(nc.dev, nc.dev, k, t, ncclSum, nc.comm, 0) != ncclSuccess) return -1;
+        if (nc.sync() != cudaSuccess) return -1;
+        if (nc.memcpy_(p + done * elt, nc.dev, k * elt, cudaMemcpyDeviceToHost) != cudaSuccess) return -1;
+    }
+    return 0;
+}
+#endif
+
 void dist_finalize(dist_comm *c)
 {
     (void)c;
+#ifdef GSINK_HAVE_NCCL
+    if (nc.on) {
+        nc.sync();
+        nc.destroy(nc.comm);
+        nc.free_(nc.dev);
+        nc.on = 0;
+    }
+#endif
 #ifdef GSINK_HAVE_MPI
     if (mpi_started) {
         MPI_Finalize();
@@ -139,6 +272,9 @@ static int allreduce(dist_comm *c, void *buf, size_t n, size_t elt, MPI_Datatype
 int dist_allreduce_sum_f(dist_comm *c, float *buf, size_t n)
 {
     if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_NCCL
+    if (nc.on) return nccl_allreduce(c, buf, n, sizeof *buf, ncclFloat32);
+#endif
 #ifdef GSINK_HAVE_MPI
     return allreduce(c, buf, n, sizeof *buf, MPI_FLOAT, MPI_SUM);
 #else
@@ -150,6 +286,9 @@ int dist_allreduce_sum_f(dist_comm *c, float *buf, size_t n)
 int dist_allreduce_sum_d(dist_comm *c, double *buf, size_t n)
 {
     if (c->size == 1) return 0;
+#ifdef GSINK_HAVE_NCCL
+    if (nc.on) return nccl_allreduce(c, buf, n, sizeof *buf, ncclFloat64);
+#endif
 #ifdef GSINK_HAVE_MPI
     return allreduce(c, buf, n, sizeof *buf, MPI_DOUBLE, MPI_SUM);
 #else

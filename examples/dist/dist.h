@@ -23,7 +23,7 @@ typedef struct dist_comm {
     int rank, size;
     int local_rank;       /* rank on this node (the launcher's, else rank) */
     int local_size;       /* ranks on this node (the launcher's, else 1) */
-    const char *backend;  /* "serial" or "mpi" */
+    const char *backend;  /* "serial", "mpi" or "mpi+nccl" */
     size_t bucket_bytes;  /* all-reduce bucket (GSINK_DIST_BUCKET_MB, default 25 MB; 64 B .. 1 GB) */
 } dist_comm;
 
@@ -43,6 +43,12 @@ static inline int dist_device_index(const dist_comm *c, int count)
 }
 /* Whether this binary has the MPI backend. */
 int dist_have_mpi(void);
+/* NCCL for the sum all-reduces of GPU ranks (opt-in: GSINK_DIST_NCCL=1 with
+ * --device cuda; NOT TESTED on a GPU yet, docs/distributed.md). Loads
+ * libnccl.so.2 and libcudart with dlopen, selects GPU device, shares the
+ * NCCL id over MPI. 0, or -1 with a message (the run may continue on MPI). */
+int dist_have_nccl(void);
+int dist_enable_nccl(dist_comm *c, int device, char *err, size_t n);
 void dist_finalize(dist_comm *c);
 /* Ends every rank (MPI_Abort) with code; a serial run just exits. */
 void dist_abort(dist_comm *c, int code);

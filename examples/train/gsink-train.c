@@ -1433,6 +1433,12 @@ int main(int argc, char **argv)
                    : !strcmp(a->precision, "bf16") ? GSINK_PRECISION_BF16
                                                    : GSINK_PRECISION_FP32;
     CHECK(gsink_model_create(&tr.cfg, &mo, &tr.model));
+    const char *use_nccl = getenv("GSINK_DIST_NCCL"); /* opt-in, untested: docs/distributed.md */
+    if (use_nccl && *use_nccl && strcmp(use_nccl, "0") && g_dist.size > 1) {
+        char err[512];
+        if (mo.device != GSINK_DEVICE_CUDA) die("GSINK_DIST_NCCL=1 needs --device cuda");
+        if (dist_enable_nccl(&g_dist, mo.device_index, err, sizeof err)) die("%s", err);
+    }
     int vmode = vscale_mode_of(a->vscale);
     if (vmode != GSINK_VSCALE_OFF) {
         gsink_vscale_options vo;

@@ -293,3 +293,31 @@ def test_analyze_refuses_ranks_with_other_weights():
     base = ["--preset", "tiny", "--batch", 2, "--seq", 32, "--threads", 1]
     r = mpirun(1, CLI, "analyze", *base, "--seed", 1, check=False, mpmd=[(1, ["analyze", *base, "--seed", 2])])
     assert r.returncode != 0 and "other weights than rank 0" in r.stderr, r.stderr[-2000:]
+
+
+# ---- GPU ranks ------------------------------------------------------------------------------------
+
+
+def _cuda_devices():
+    r = subprocess.run([CLI, "info"], capture_output=True, text=True, env=_env(), timeout=60)
+    return [l for l in r.stdout.splitlines() if l.strip().startswith("cuda:") and "none" not in l]
+
+
+def test_nccl_needs_cuda_ranks(data, tmp_path):
+    r = mpirun(2, TRAIN, "--data", data, *COMMON, "--steps", 1, "--batch", 2, "--out", tmp_path / "o", check=False,
+               env={"GSINK_DIST_NCCL": "1"})
+    assert r.returncode != 0 and "needs --device cuda" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.skipif(not _cuda_devices(), reason="no CUDA device here (NCCL ranks need a GPU build and a GPU)")
+@pytest.mark.parametrize("nccl", ["0", "1"])
+def test_gpu_ranks_match_one_gpu_process(data, tmp_path, nccl):
+    """One rank per GPU (ranks share GPU 0 when there is one); gradients summed over MPI, or with
+    GSINK_DIST_NCCL=1 over NCCL. Not yet run on a GPU: written for the first GPU session."""
+    ranks = max(2, len(_cuda_devices()))
+    args = ["--data", data, *COMMON, "--seed", 7, "--steps", 6, "--batch", 2 * ranks, "--device", "cuda"]
+    run1(*args, "--out", tmp_path / "one")
+    mpirun(ranks, TRAIN, *args, "--out", tmp_path / "dp", env={"GSINK_DIST_NCCL": nccl})
+    assert_losses_close(log(tmp_path / "one")[0], log(tmp_path / "dp")[0], rtol=1e-5)
+    assert_weights_close(tmp_path / "one" / "final" / "model.safetensors",
+                         tmp_path / "dp" / "final" / "model.safetensors", atol=1e-4)
