@@ -110,9 +110,10 @@ def assert_weights_close(pa, pb, atol=1e-5):
     assert worst <= atol, worst
 
 
-@pytest.mark.parametrize("batch,accum", [(4, 1), (3, 2)])  # (3, 2): uneven rows (1 and 2) and accumulation
-def test_two_ranks_match_one_process(data, tmp_path, batch, accum):
-    args = ["--data", data, *COMMON, "--seed", 7, "--steps", 8, "--batch", batch, "--grad-accum", accum]
+# (3, 2): uneven rows (1 and 2) and accumulation; V-scale: the learnable theta's gradients are exchanged too
+@pytest.mark.parametrize("batch,accum,more", [(4, 1, []), (3, 2, []), (4, 1, ["--vscale", "full"])])
+def test_two_ranks_match_one_process(data, tmp_path, batch, accum, more):
+    args = ["--data", data, *COMMON, "--seed", 7, "--steps", 8, "--batch", batch, "--grad-accum", accum, *more]
     one, two = tmp_path / "one", tmp_path / "two"
     run1(*args, "--out", one)
     r = mpirun(2, TRAIN, *args, "--out", two)
@@ -126,6 +127,10 @@ def test_two_ranks_match_one_process(data, tmp_path, batch, accum):
     assert cfg["ranks"] == 2 and cfg["batch"] == batch
     # rank 0 alone writes the run directory: one log, one diag stream of the same lines
     assert len((two / "diag.jsonl").read_text().splitlines()) == len((one / "diag.jsonl").read_text().splitlines())
+    if more:  # theta after training, from the last diagnostics line
+        t1 = [l.get("theta") for l in json.loads((one / "diag.jsonl").read_text().splitlines()[-1])["layers"]]
+        t2 = [l.get("theta") for l in json.loads((two / "diag.jsonl").read_text().splitlines()[-1])["layers"]]
+        assert t1[0] is not None and np.allclose(t1, t2, rtol=1e-4, atol=1e-7), (t1, t2)
 
 
 def test_gradient_buckets_do_not_change_the_result(data, tmp_path):
