@@ -46,12 +46,14 @@ static long launcher_size(void)
     return 0;
 }
 
+#ifdef GSINK_HAVE_MPI
 static long env_long(const char *a, const char *b, long def)
 {
     const char *v = getenv(a);
     if (!v || !*v) v = b ? getenv(b) : NULL;
     return v && *v ? strtol(v, NULL, 10) : def;
 }
+#endif
 
 int dist_init(dist_comm *c, char *err, size_t n)
 {
