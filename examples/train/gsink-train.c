@@ -1077,10 +1077,12 @@ static void verify_same_config(trainer *tr)
     if (g_dist.size == 1) return;
     ckpt_identity id = identity_of(tr);
     const train_args *a = &tr->a;
-    struct { int64_t steps; float lr, min_lr, wd, clip; int32_t warmup, ckpt_every; } k;
+    /* everything that decides when the ranks meet (evaluations, checkpoints, the end) */
+    struct { int64_t steps, stop_at; float lr, min_lr, wd, clip; int32_t warmup, ckpt_every, eval_every, eval_batches, resume; } k;
     memset(&k, 0, sizeof k);
-    k.steps = a->steps, k.lr = a->lr, k.min_lr = a->min_lr, k.wd = a->wd, k.clip = a->clip;
-    k.warmup = a->warmup, k.ckpt_every = a->ckpt_every;
+    k.steps = a->steps, k.stop_at = a->stop_at, k.lr = a->lr, k.min_lr = a->min_lr, k.wd = a->wd, k.clip = a->clip;
+    k.warmup = a->warmup, k.ckpt_every = a->ckpt_every, k.eval_every = a->eval_every;
+    k.eval_batches = a->eval_batches, k.resume = a->resume;
     uint64_t h = dist_fnv1a64(&id, sizeof id, DIST_FNV_INIT);
     h = dist_fnv1a64(&k, sizeof k, h);
     h = dist_fnv1a64(a->out_dir, strlen(a->out_dir), h);
@@ -1089,8 +1091,8 @@ static void verify_same_config(trainer *tr)
     if (dist_allgather_u64(&g_dist, h, all)) die("all-gather failed");
     for (int r = 1; r < g_dist.size; r++)
         if (all[r] != all[0])
-            die("rank %d was started with other options than rank 0 (model shape, batch, seq, schedule, data or "
-                "--out differ): every rank must get the same command line", r);
+            die("rank %d was started with other options than rank 0 (model shape, batch, seq, schedule, evaluation, "
+                "checkpoints, --resume, data or --out differ): every rank must get the same command line", r);
     free(all);
 }
 
@@ -1140,7 +1142,6 @@ static void resume_all(trainer *tr)
 static void sync_start(trainer *tr)
 {
     if (g_dist.size == 1) return;
-    verify_same_config(tr);
     if (dist_bcast(&g_dist, &tr->rs, sizeof tr->rs, 0)) die("broadcast of the run state failed");
     if (gsink_optimizer_step_count(tr->opt) != tr->rs.step)
         die("optimizer state is at step %lld, run state at %lld", (long long)gsink_optimizer_step_count(tr->opt),
@@ -1476,6 +1477,7 @@ int main(int argc, char **argv)
     if (g_dist.rank == 0 && mkdir(a->out_dir, 0755) != 0 && errno != EEXIST)
         die("mkdir %s: %s", a->out_dir, strerror(errno));
     tr.rs.data_seed = a->seed;
+    verify_same_config(&tr); /* before anything else that the ranks do together */
     if (a->resume) resume_all(&tr);
     sync_start(&tr);
     char log_path[4400], diag_path[4400];

@@ -197,6 +197,9 @@ def test_ranks_with_other_options_are_refused(data, tmp_path):
     base = ["--data", data, *COMMON, "--seed", 1, "--batch", 4, "--out", tmp_path / "o"]
     r = mpirun(1, TRAIN, *base, "--steps", 3, check=False, mpmd=[(1, [*base, "--steps", 4])])
     assert r.returncode != 0 and "other options than rank 0" in r.stderr, r.stderr[-2000:]
+    # options that decide when the ranks meet (evaluations) are part of the check
+    r = mpirun(1, TRAIN, *base, "--steps", 3, check=False, mpmd=[(1, [*base, "--steps", 3, "--eval-every", 2])])
+    assert r.returncode != 0 and "other options than rank 0" in r.stderr, r.stderr[-2000:]
 
 
 def test_global_batch_needs_a_row_per_rank(data, tmp_path):
