@@ -26,9 +26,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <dirent.h>
 #include <unistd.h>
 
 #include "dist.h"
+#include "cli_plots.h"
 #include "gsink.h"
 
 #define EXIT_USAGE 2
@@ -53,8 +55,16 @@ static void usage(FILE *f)
             "  --tokens FILE       token ids: a text file (only printable ASCII and whitespace)\n"
             "                      holds decimal ids separated by whitespace and nothing else;\n"
             "                      any other file is raw little-endian int32 ids\n"
-            "  --text FILE         UTF-8 text, tokenized with --tokenizer GGUF\n"
-            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text)\n"
+            "  --text FILE|DIR     UTF-8 documents (repeatable; a directory gives each of its\n"
+            "                      regular files, sorted by name), tokenized and packed into\n"
+            "                      one stream with the end-of-text separator after each\n"
+            "                      document and no BOS (the paper's protocol); sequences are\n"
+            "                      consecutive --seq-token windows of that stream\n"
+            "  --tokenizer GGUF    GGUF file with tokenizer metadata (for --text; default: the\n"
+            "                      --model when it is a .gguf)\n"
+            "  --separator ID      document separator id (default: the tokenizer's end-of-text)\n"
+            "  --save-tokens OUT   write the analysed sequences' token ids (text, one sequence per\n"
+            "                      line) to OUT, to feed the same input to other tools\n"
             "  --batch N           sequences per batch (default 1)\n"
             "  --seq N             tokens per sequence (default min(128, max_seq_len))\n"
             "  --device cpu|cuda   device (default cpu)\n"
@@ -66,6 +76,7 @@ static void usage(FILE *f)
             "  --rgs-window N      T_e of R_GS (default 31)\n"
             "  --agg MODE          gradient batch aggregation: sum (default, paper) | per-seq\n"
             "  --json OUT          write the full report (schema gsink.report/1) to OUT ('-' = stdout)\n"
+            "  --plots DIR         draw the paper's Figures 1, 3 and 10 as SVG files into DIR\n"
             "  -q, --quiet         do not print the table\n"
             "\n"
             "  -h, --help          show this help\n"
@@ -241,6 +252,129 @@ static uint64_t splitmix64(uint64_t *s)
     return z ^ (z >> 31);
 }
 
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Appends n ids to the growing stream; -1 (message printed) when out of memory. */
+static int stream_push(int32_t **ids, size_t *n, size_t *cap, const int32_t *src, size_t k)
+{
+    if (*n + k > *cap) {
+        size_t c = *cap ? *cap : 4096;
+        while (c < *n + k) c = c > SIZE_MAX / 8 ? *n + k : c * 2;
+        int32_t *p = c < SIZE_MAX / sizeof(int32_t) ? realloc(*ids, c * sizeof(int32_t)) : NULL;
+        if (!p) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            return -1;
+        }
+        *ids = p;
+        *cap = c;
+    }
+    memcpy(*ids + *n, src, k * sizeof(int32_t));
+    *n += k;
+    return 0;
+}
+
+/* One document: tokenized, then the separator. */
+static int pack_file(gsink_tokenizer *tk, const char *path, int32_t sep, int32_t **ids, size_t *n, size_t *cap)
+{
+    size_t len, k = 0;
+    char *text = read_file(path, &len);
+    if (!text) return -1;
+    gsink_status st = gsink_tokenizer_encode(tk, text, len, 0, NULL, 0, &k);
+    int32_t *tmp = NULL;
+    if (st == GSINK_OK || st == GSINK_ERR_BUFFER_TOO_SMALL) {
+        tmp = malloc(sizeof(int32_t) * (k + 1));
+        st = tmp ? gsink_tokenizer_encode(tk, text, len, 0, tmp, k, &k) : GSINK_ERR_OUT_OF_MEMORY;
+    }
+    free(text);
+    int rc = 0;
+    if (st) {
+        fprintf(stderr, "%s: tokenizing '%s' failed: %s: %s\n", prog, path, gsink_status_str(st),
+                st == GSINK_ERR_OUT_OF_MEMORY ? "out of memory" : gsink_tokenizer_errmsg(tk));
+        rc = -1;
+    } else {
+        tmp[k++] = sep;
+        rc = stream_push(ids, n, cap, tmp, k);
+    }
+    free(tmp);
+    return rc;
+}
+
+/* The packed stream of every --text input (files, and the regular files of
+ * directories in name order), each document followed by sep. */
+static int32_t *pack_documents(gsink_tokenizer *tk, const char *const *paths, int n_paths, int32_t sep, size_t *n_out,
+                               size_t *n_docs)
+{
+    int32_t *ids = NULL;
+    size_t n = 0, cap = 0;
+    *n_docs = 0;
+    for (int i = 0; i < n_paths; i++) {
+        struct stat sb;
+        if (stat(paths[i], &sb) == 0 && S_ISDIR(sb.st_mode)) {
+            DIR *d = opendir(paths[i]);
+            if (!d) {
+                fprintf(stderr, "%s: cannot open '%s': %s\n", prog, paths[i], strerror(errno));
+                goto fail;
+            }
+            char **names = NULL;
+            size_t nn = 0, nc = 0;
+            struct dirent *e;
+            int bad = 0;
+            while (!bad && (e = readdir(d))) {
+                if (e->d_name[0] == '.') continue;
+                size_t pl = strlen(paths[i]) + strlen(e->d_name) + 2;
+                char *full = malloc(pl);
+                if (!full) { bad = 1; break; }
+                snprintf(full, pl, "%s/%s", paths[i], e->d_name);
+                if (stat(full, &sb) != 0 || !S_ISREG(sb.st_mode)) { free(full); continue; }
+                if (nn == nc) {
+                    char **nv = realloc(names, sizeof *nv * (nc = nc ? nc * 2 : 64));
+                    if (!nv) { free(full); bad = 1; break; }
+                    names = nv;
+                }
+                names[nn++] = full;
+            }
+            closedir(d);
+            if (bad) fprintf(stderr, "%s: out of memory\n", prog);
+            if (!bad && nn == 0) {
+                fprintf(stderr, "%s: '%s' holds no regular files\n", prog, paths[i]);
+                bad = 1;
+            }
+            if (!bad) qsort(names, nn, sizeof *names, cmp_str);
+            for (size_t k = 0; k < nn; k++) {
+                if (!bad && pack_file(tk, names[k], sep, &ids, &n, &cap)) bad = 1;
+                if (!bad) ++*n_docs;
+                free(names[k]);
+            }
+            free(names);
+            if (bad) goto fail;
+        } else {
+            if (pack_file(tk, paths[i], sep, &ids, &n, &cap)) goto fail;
+            ++*n_docs;
+        }
+    }
+    *n_out = n;
+    return ids;
+fail:
+    free(ids);
+    return NULL;
+}
+
+/* The analysed sequences as text: one line of T ids per sequence. */
+static int save_token_rows(const char *path, const int32_t *tok, size_t rows, int T)
+{
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        fprintf(stderr, "%s: cannot write '%s': %s\n", prog, path, strerror(errno));
+        return -1;
+    }
+    for (size_t r = 0; r < rows; r++)
+        for (int t = 0; t < T; t++) fprintf(f, "%d%c", (int)tok[r * (size_t)T + t], t + 1 < T ? ' ' : '\n');
+    int bad = ferror(f);
+    bad |= fclose(f) != 0;
+    if (bad) fprintf(stderr, "%s: writing '%s' failed\n", prog, path);
+    return bad ? -1 : 0;
+}
+
 static int cmd_info(void)
 {
     printf("libgsink %s (header %s)\n", gsink_version_string(), GSINK_VERSION_STRING);
@@ -322,7 +456,9 @@ static int cmd_info_model(const char *path)
 }
 
 typedef struct analyze_args {
-    const char *model, *preset, *tokens, *text, *tokenizer, *json, *device, *precision;
+    const char *model, *preset, *tokens, *tokenizer, *json, *device, *precision, *plots, *save_tokens;
+    const char **text; /* --text FILE|DIR, repeatable (n_text of them) */
+    int n_text, separator;
     uint64_t seed;
     int batch, seq, threads, quiet;
     int vscale;
@@ -334,6 +470,7 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
 {
     memset(a, 0, sizeof *a);
     a->preset = NULL;
+    a->separator = -1;
     a->batch = 1;
     a->vscale = GSINK_VSCALE_OFF;
     gsink_diag_options_init(&a->diag);
@@ -354,9 +491,17 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         } else if (!strcmp(o, "--model")) { NEED_VALUE(); a->model = v; }
         else if (!strcmp(o, "--preset")) { NEED_VALUE(); a->preset = v; }
         else if (!strcmp(o, "--tokens")) { NEED_VALUE(); a->tokens = v; }
-        else if (!strcmp(o, "--text")) { NEED_VALUE(); a->text = v; }
+        else if (!strcmp(o, "--text")) {
+            NEED_VALUE();
+            const char **nt = realloc(a->text, sizeof *nt * (size_t)(a->n_text + 1));
+            if (!nt) { fprintf(stderr, "%s: out of memory\n", prog); return -1; }
+            a->text = nt;
+            a->text[a->n_text++] = v;
+        } else if (!strcmp(o, "--separator")) { NEED_VALUE(); if (parse_int(o, v, 0, INT32_MAX, &a->separator)) return -1; }
         else if (!strcmp(o, "--tokenizer")) { NEED_VALUE(); a->tokenizer = v; }
         else if (!strcmp(o, "--json")) { NEED_VALUE(); a->json = v; }
+        else if (!strcmp(o, "--plots")) { NEED_VALUE(); a->plots = v; }
+        else if (!strcmp(o, "--save-tokens")) { NEED_VALUE(); a->save_tokens = v; }
         else if (!strcmp(o, "--device")) { NEED_VALUE(); a->device = v; }
         else if (!strcmp(o, "--precision")) { NEED_VALUE(); a->precision = v; }
         else if (!strcmp(o, "--seed")) { NEED_VALUE(); if (parse_u64(o, v, &a->seed)) return -1; }
@@ -396,8 +541,13 @@ static int parse_analyze(int argc, char **argv, analyze_args *a)
         return -1;
     }
     if (a->text && !a->tokenizer) {
-        fprintf(stderr, "%s: --text needs --tokenizer GGUF\n", prog);
-        return -1;
+        size_t ml = a->model ? strlen(a->model) : 0;
+        if (ml > 5 && !strcmp(a->model + ml - 5, ".gguf")) {
+            a->tokenizer = a->model; /* a GGUF model carries its tokenizer */
+        } else {
+            fprintf(stderr, "%s: --text needs --tokenizer GGUF (or a .gguf --model)\n", prog);
+            return -1;
+        }
     }
     if (a->device && strcmp(a->device, "cpu") && strcmp(a->device, "cuda")) {
         fprintf(stderr, "%s: --device expects cpu or cuda, got '%s'\n", prog, a->device);
@@ -596,12 +746,13 @@ done:
     return rc;
 }
 
-/* --json on several ranks. The report (gsink_report_json) is built by the
- * library from its own state of one forward/backward; until the library can
- * hand out that state as sums (an analysis state of doubles that one
- * dist_allreduce_sum_d makes the whole batch's: the plug-in point is here),
- * rank 0 rebuilds the report from the whole batch on its own, so the file
- * equals a single process's exactly; the other ranks wait. */
+/* --json and --plots on several ranks. The report (gsink_report_json) and
+ * the figures' numbers are built by the library from its own state of one
+ * forward/backward; until the library can hand out that state as sums (an
+ * analysis state of doubles that one dist_allreduce_sum_d makes the whole
+ * batch's: the plug-in point is here), rank 0 reruns the whole batch on its
+ * own, so the files equal a single process's exactly; the other ranks wait.
+ * json may be NULL (--plots only). */
 static int dist_report_json(dist_comm *dc, gsink_model *m, const int32_t *tok, const int32_t *tgt, int B, int T,
                             char **json)
 {
@@ -610,11 +761,114 @@ static int dist_report_json(dist_comm *dc, gsink_model *m, const int32_t *tok, c
         gsink_status st;
         if ((st = gsink_forward(m, tok, tgt, B, T, NULL))) rc = fail_lib("forward", st);
         else if ((st = gsink_backward(m, 0))) rc = fail_lib("backward", st);
-        else if ((st = gsink_report_json(m, NULL, json))) rc = fail_lib("building the JSON report", st);
+        else if (json && (st = gsink_report_json(m, NULL, json))) rc = fail_lib("building the JSON report", st);
     }
     int64_t bad = rc;
     if (dist_allreduce_max_i64(dc, &bad, 1)) return 1;
     return (int)bad;
+}
+
+/* The numbers behind --plots, whichever way they were computed: per layer the
+ * gradient norms at attn_norm_out for every position (Figure 1), R_GS(0), and
+ * for the first PLOT_TOKENS tokens the branch ratios and input norms
+ * (Figures 3 and 10). */
+#define PLOT_TOKENS 16
+typedef struct plot_data {
+    int L, T, n_tok;
+    float *gnorm;                      /* L x T */
+    float *rgs;                        /* L */
+    float *hnorm[2], *ratio[2][3];     /* [branch] L x n_tok; ratio: bloat, change, compress */
+} plot_data;
+
+static void plot_data_free(plot_data *p)
+{
+    free(p->gnorm);
+    free(p->rgs);
+    for (int b = 0; b < 2; b++) {
+        free(p->hnorm[b]);
+        for (int k = 0; k < 3; k++) free(p->ratio[b][k]);
+    }
+    memset(p, 0, sizeof *p);
+}
+
+static int plot_data_alloc(plot_data *p, int L, int T)
+{
+    memset(p, 0, sizeof *p);
+    p->L = L;
+    p->T = T;
+    p->n_tok = T < PLOT_TOKENS ? T : PLOT_TOKENS;
+    size_t e = (size_t)L * (size_t)p->n_tok;
+    int bad = !(p->gnorm = malloc(sizeof(float) * (size_t)L * (size_t)T)) || !(p->rgs = malloc(sizeof(float) * (size_t)L));
+    for (int b = 0; b < 2; b++) {
+        bad |= !(p->hnorm[b] = malloc(sizeof(float) * e));
+        for (int k = 0; k < 3; k++) bad |= !(p->ratio[b][k] = malloc(sizeof(float) * e));
+    }
+    if (bad) {
+        plot_data_free(p);
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return -1;
+    }
+    return 0;
+}
+
+/* Fills p from a model after forward + backward (one batch). */
+static int plot_data_from_model(plot_data *p, gsink_model *m, const gsink_diag_options *d, int L, int T)
+{
+    if (plot_data_alloc(p, L, T)) return -1;
+    float *tmp = malloc(sizeof(float) * 4 * (size_t)T);
+    if (!tmp) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return -1;
+    }
+    gsink_status st = GSINK_OK;
+    for (int l = 0; l < L && !st; l++) {
+        st = gsink_get_gradient_norms(m, l, GSINK_SITE_ATTN_NORM_OUT, GSINK_ALL_HEADS, d->batch_agg,
+                                      p->gnorm + (size_t)l * T, (size_t)T);
+        if (st) break;
+        if (gsink_gradient_sink_ratio(m, l, 0, d->rgs_window, d->batch_agg, &p->rgs[l])) p->rgs[l] = NAN;
+        for (int b = 0; b < 2 && !st; b++) {
+            st = gsink_get_activation_norms(m, l, b ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_IN, GSINK_ALL_HEADS,
+                                            tmp, (size_t)T);
+            if (!st) st = gsink_branch_ratios(m, l, b ? GSINK_BRANCH_MLP : GSINK_BRANCH_ATTN, d->batch_agg,
+                                              tmp + T, tmp + 2 * (size_t)T, tmp + 3 * (size_t)T, (size_t)T);
+            for (int t = 0; !st && t < p->n_tok; t++) {
+                size_t i = (size_t)l * p->n_tok + t;
+                p->hnorm[b][i] = tmp[t];
+                for (int k = 0; k < 3; k++) p->ratio[b][k][i] = tmp[(size_t)(k + 1) * T + t];
+            }
+        }
+    }
+    free(tmp);
+    if (st) return fail_lib("collecting the plot data", st);
+    return 0;
+}
+
+/* Writes DIR/fig1_gradient_sinks.svg, fig3_attn_branch.svg, fig10_mlp_branch.svg. */
+static int write_plots(const char *dir, const char *title, const plot_data *p, int quiet)
+{
+    if (mkdir(dir, 0777) != 0 && errno != EEXIST) {
+        fprintf(stderr, "%s: cannot create '%s': %s\n", prog, dir, strerror(errno));
+        return -1;
+    }
+    static const char *names[3] = {"fig1_gradient_sinks.svg", "fig3_attn_branch.svg", "fig10_mlp_branch.svg"};
+    for (int k = 0; k < 3; k++) {
+        size_t n = strlen(dir) + strlen(names[k]) + 2;
+        char *path = malloc(n);
+        if (!path) {
+            fprintf(stderr, "%s: out of memory\n", prog);
+            return -1;
+        }
+        snprintf(path, n, "%s/%s", dir, names[k]);
+        errno = 0;
+        int r = k == 0 ? plot_gradient_sinks(path, title, p->L, p->T, p->gnorm, p->rgs)
+                       : plot_branch_ratios(path, title, k == 1 ? "attn" : "mlp", p->L, p->n_tok, p->hnorm[k - 1],
+                                            p->ratio[k - 1][0], p->ratio[k - 1][1], p->ratio[k - 1][2]);
+        if (r) fprintf(stderr, "%s: writing '%s' failed: %s\n", prog, path, strerror(errno ? errno : EIO));
+        else if (!quiet) printf("figure written to %s\n", path);
+        free(path);
+        if (r) return -1;
+    }
+    return 0;
 }
 
 static int cmd_analyze(int argc, char **argv)
@@ -677,30 +931,37 @@ static int cmd_analyze(int argc, char **argv)
     if (!tok || !tgt || !buf) { fprintf(stderr, "%s: out of memory\n", prog); goto out; }
 
     const char *source = "random tokens";
+    char srcbuf[1024];
     if (a.tokens) {
         size_t n;
         if (!(ids = load_tokens(a.tokens, &n))) goto out;
         if (fill_batch(ids, n, B, T, tok, tgt)) { rc = EXIT_USAGE; goto out; }
         source = a.tokens;
     } else if (a.text) {
-        size_t len, n = 0;
-        char *text = read_file(a.text, &len);
-        if (!text) goto out;
-        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { free(text); rc = fail_lib("loading the tokenizer", st); goto out; }
-        st = gsink_tokenizer_encode(tk, text, len, 0, NULL, 0, &n);
-        if (st != GSINK_OK && st != GSINK_ERR_BUFFER_TOO_SMALL) { free(text); rc = fail_lib("tokenizing", st); goto out; }
-        ids = malloc(sizeof(int32_t) * (n ? n : 1));
-        if (!ids) { free(text); fprintf(stderr, "%s: out of memory\n", prog); goto out; }
-        st = gsink_tokenizer_encode(tk, text, len, 0, ids, n, &n);
-        free(text);
-        if (st) { rc = fail_lib("tokenizing", st); goto out; }
+        size_t n = 0, docs = 0;
+        if ((st = gsink_tokenizer_load_gguf(a.tokenizer, &tk))) { rc = fail_lib("loading the tokenizer", st); goto out; }
+        int32_t sep = a.separator, bos = -1, eos = -1;
+        if (sep < 0) {
+            if ((st = gsink_tokenizer_special(tk, &bos, &eos))) { rc = fail_lib("reading the special tokens", st); goto out; }
+            if (eos < 0) {
+                fprintf(stderr, "%s: the tokenizer has no end-of-text token: give the separator with --separator ID\n", prog);
+                rc = EXIT_USAGE;
+                goto out;
+            }
+            sep = eos;
+        }
+        if (!(ids = pack_documents(tk, a.text, a.n_text, sep, &n, &docs))) goto out;
         if (fill_batch(ids, n, B, T, tok, tgt)) { rc = EXIT_USAGE; goto out; }
-        source = a.text;
+        snprintf(srcbuf, sizeof srcbuf, "%s%s (%zu document%s, %zu tokens packed, separator %d)", a.text[0],
+                 a.n_text > 1 ? " ..." : "", docs, docs == 1 ? "" : "s", n, (int)sep);
+        source = srcbuf;
     } else {
         uint64_t s = a.seed ^ 0x5EEDull;
         for (size_t i = 0; i < N; i++) tok[i] = (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
         for (size_t i = 0; i < N; i++) tgt[i] = (i + 1) % (size_t)T ? tok[i + 1] : (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
     }
+
+    if (a.save_tokens && dist_world()->rank == 0 && save_token_rows(a.save_tokens, tok, B, T)) goto out;
 
     if (a.vscale != GSINK_VSCALE_OFF) {
         gsink_vscale_options vo;
@@ -729,9 +990,11 @@ static int cmd_analyze(int argc, char **argv)
         if ((st = gsink_backward(m, 0))) { rc = fail_lib("backward", st); goto out; }
         if ((rc = dist_table(dc, m, &cfg, &a, lo, hi, B, T, loss, n_local, source))) goto out;
         rc = 1;
-        if (a.json) {
-            if (dc->rank == 0) fprintf(stderr, "%s: note: --json on %d ranks: rank 0 builds the report from the whole batch (see docs/distributed.md)\n", prog, dc->size);
-            if (dist_report_json(dc, m, tok, tgt, B, T, &json)) goto out;
+        if (a.json || a.plots) {
+            if (dc->rank == 0) fprintf(stderr, "%s: note: %s on %d ranks: rank 0 builds %s from the whole batch (see docs/distributed.md)\n",
+                                       prog, a.json && a.plots ? "--json and --plots" : a.json ? "--json" : "--plots", dc->size,
+                                       a.json && a.plots ? "them" : "it");
+            if (dist_report_json(dc, m, tok, tgt, B, T, a.json ? &json : NULL)) goto out;
             if (dc->rank != 0) {
                 rc = 0;
                 goto out;
@@ -792,6 +1055,15 @@ static int cmd_analyze(int argc, char **argv)
             if (!a.quiet) printf("report written to %s\n", a.json);
         }
     }
+    if (a.plots) {
+        plot_data pd;
+        int bad = plot_data_from_model(&pd, m, &a.diag, cfg.n_layers, T);
+        const char *name = a.model ? a.model : a.preset, *slash = strrchr(name, '/');
+        if (slash && slash[1]) name = slash + 1;
+        if (!bad) bad = write_plots(a.plots, name, &pd, a.quiet);
+        plot_data_free(&pd);
+        if (bad) goto out;
+    }
     rc = 0;
 out:
     gsink_free(json);
@@ -801,6 +1073,7 @@ out:
     free(tgt);
     gsink_tokenizer_free(tk);
     gsink_model_free(m);
+    free(a.text);
     return rc;
 }
 
