@@ -9,6 +9,13 @@
  *   gsink-cli info MODEL          a checkpoint's architecture, flags and shapes
  *
  * Exit status: 0 success, 1 runtime failure (message on stderr), 2 usage error.
+ *
+ * Under mpirun / srun (docs/distributed.md; no flag), analyze splits the
+ * --batch rows over the ranks (consecutive slices), checks that every rank
+ * holds the same weights, and all-reduces the batch sums behind the table
+ * (batch-summed site gradient vectors, activation norms, column statistics,
+ * the loss), so rank 0 prints the table one process prints for the whole
+ * batch, to fp32 rounding. --json under several ranks: see dist_report_json.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -24,6 +31,7 @@
 #include <unistd.h>
 
 #include "cli_json.h"
+#include "dist.h"
 #include "cli_plots.h"
 #include "gsink.h"
 
@@ -602,6 +610,74 @@ static int fill_batch(const int32_t *ids, size_t n_ids, int B, int T, int32_t *t
     return 0;
 }
 
+
+/* ---- analyze on several ranks ------------------------------------------------ */
+
+/* Every rank holds the same weights (the same file or preset and seed):
+ * FNV-1a of the weights, compared across ranks. 0 when they agree. */
+static int dist_check_weights(dist_comm *dc, gsink_model *m)
+{
+    size_t n;
+    gsink_status st;
+    if ((st = gsink_param_numel(m, &n))) return fail_lib("counting parameters", st);
+    float *w = malloc((n ? n : 1) * sizeof(float));
+    uint64_t *all = malloc((size_t)dc->size * sizeof *all);
+    if (!w || !all) {
+        free(w);
+        free(all);
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 1;
+    }
+    if ((st = gsink_get_params_flat(m, w, n))) {
+        free(w);
+        free(all);
+        return fail_lib("reading the weights", st);
+    }
+    uint64_t h = dist_fnv1a64(w, n * sizeof(float), DIST_FNV_INIT);
+    free(w);
+    int bad = dist_allgather_u64(dc, h, all) != 0;
+    for (int r = 1; r < dc->size && !bad; r++)
+        if (all[r] != all[0]) {
+            if (dc->rank == 0)
+                fprintf(stderr, "%s: rank %d holds other weights than rank 0 (checksum %016llx vs %016llx): every rank "
+                                "must load the same model (or preset and --seed)\n", prog, r,
+                        (unsigned long long)all[r], (unsigned long long)all[0]);
+            bad = 1;
+        }
+    free(all);
+    return bad;
+}
+
+/* Sums the analysis states of every rank into every rank's handle: each
+ * value is a sum over sequences, so the result is the state of one process
+ * over the whole batch (docs/distributed.md). 0 on success. */
+static int dist_reduce_state(dist_comm *dc, gsink_analysis *an)
+{
+    size_t n = 0;
+    gsink_status st = gsink_analysis_state_size(an, &n);
+    double *buf = st ? NULL : malloc((n ? n : 1) * sizeof(double));
+    if (!st && !buf) {
+        fprintf(stderr, "%s: out of memory\n", prog);
+        return 1;
+    }
+    if (!st) st = gsink_analysis_get_state(an, buf, n);
+    int rc = 0;
+    if (st) {
+        fprintf(stderr, "%s: reading the analysis state failed: %s: %s\n", prog, gsink_status_str(st),
+                gsink_analysis_errmsg(an));
+        rc = 1;
+    } else if (dist_allreduce_sum_d(dc, buf, n)) {
+        fprintf(stderr, "%s: summing the analysis states over the ranks failed\n", prog);
+        rc = 1;
+    } else if ((st = gsink_analysis_set_state(an, buf, n))) {
+        fprintf(stderr, "%s: setting the summed analysis state failed: %s: %s\n", prog, gsink_status_str(st),
+                gsink_analysis_errmsg(an));
+        rc = 1;
+    }
+    free(buf);
+    return rc;
+}
+
 /* The numbers behind --plots, whichever way they were computed: per layer the
  * gradient norms at attn_norm_out for every position (Figure 1), R_GS(0), and
  * for the first PLOT_TOKENS tokens the branch ratios and input norms
@@ -788,9 +864,14 @@ static int cmd_analyze(int argc, char **argv)
     gsink_model_options mo;
     gsink_model_options_init(&mo);
     mo.seed = a.seed;
-    mo.n_threads = a.threads;
+    mo.n_threads = a.threads ? a.threads : dist_default_threads(dist_world(), gsink_max_threads());
     mo.flags = GSINK_MODEL_ANALYSIS; /* analysis needs activation gradients only */
-    if (a.device && !strcmp(a.device, "cuda")) mo.device = GSINK_DEVICE_CUDA;
+    if (a.device && !strcmp(a.device, "cuda")) {
+        int gpus = 0;
+        mo.device = GSINK_DEVICE_CUDA;
+        if (dist_world()->size > 1 && gsink_device_count(GSINK_DEVICE_CUDA, &gpus) == GSINK_OK)
+            mo.device_index = dist_device_index(dist_world(), gpus); /* one GPU per rank of a node */
+    }
     if (a.precision && !strcmp(a.precision, "tf32")) mo.precision = GSINK_PRECISION_TF32;
     if (a.precision && !strcmp(a.precision, "bf16")) mo.precision = GSINK_PRECISION_BF16;
     if (a.weights && !strcmp(a.weights, "bf16")) mo.weight_dtype = GSINK_WEIGHTS_BF16;
@@ -859,7 +940,7 @@ static int cmd_analyze(int argc, char **argv)
         for (size_t i = 0; i < N; i++) tgt[i] = (i + 1) % (size_t)T ? tok[i + 1] : (int32_t)(splitmix64(&s) % (uint64_t)cfg.vocab_size);
     }
 
-    if (a.save_tokens && save_token_rows(a.save_tokens, tok, B, T)) goto out;
+    if (a.save_tokens && dist_world()->rank == 0 && save_token_rows(a.save_tokens, tok, B, T)) goto out;
 
     if (a.vscale != GSINK_VSCALE_OFF) {
         gsink_vscale_options vo;
@@ -872,14 +953,30 @@ static int cmd_analyze(int argc, char **argv)
     if ((st = gsink_set_diag_options(m, &a.diag))) { rc = fail_lib("setting diagnostic options", st); goto out; }
 
     /* The diagnostic batch in micro-batches through the streaming analysis;
-     * with one micro-batch this is a plain forward + backward. */
+     * with one micro-batch this is a plain forward + backward. Under several
+     * ranks each runs its rows [lo, hi) and the analysis states (sums over
+     * sequences) are summed over the ranks: rank 0 then holds exactly the
+     * state of one process over the whole batch. */
     int MB = a.micro_batch && a.micro_batch < B ? a.micro_batch : B;
+    dist_comm *dc = dist_world();
+    int lo = 0, hi = B;
+    if (dc->size > 1) {
+        if (B < dc->size) {
+            fprintf(stderr, "%s: --sequences %d is split over %d ranks: at least one sequence per rank\n", prog, B,
+                    dc->size);
+            rc = EXIT_USAGE;
+            goto out;
+        }
+        dist_slice(B, dc->rank, dc->size, &lo, &hi);
+        if (dist_check_weights(dc, m)) goto out;
+    }
     if ((st = gsink_analysis_begin(m, T, &a.diag, &an))) { rc = fail_lib("starting the analysis", st); goto out; }
     {
         progress_state ps;
-        progress_start(&ps, !a.quiet && !a.no_progress, B, T);
-        for (int s0 = 0; s0 < B; s0 += MB) {
-            int mb = B - s0 < MB ? B - s0 : MB;
+        /* rank 0 shows its own share's progress */
+        progress_start(&ps, !a.quiet && !a.no_progress && dc->rank == 0, hi - lo, T);
+        for (int s0 = lo; s0 < hi; s0 += MB) {
+            int mb = hi - s0 < MB ? hi - s0 : MB;
             size_t off = (size_t)s0 * (size_t)T;
             if ((st = gsink_analysis_add(an, tok + off, tgt + off, mb, T))) {
                 progress_end(&ps);
@@ -887,11 +984,20 @@ static int cmd_analyze(int argc, char **argv)
                         gsink_analysis_errmsg(an));
                 goto out;
             }
-            progress_update(&ps, s0 + mb);
+            progress_update(&ps, s0 + mb - lo);
         }
         progress_end(&ps);
     }
-    if ((st = gsink_analysis_finish(an)) || (st = gsink_analysis_report_json(an, &a.diag, &json))) {
+    if ((st = gsink_analysis_finish(an))) {
+        fprintf(stderr, "%s: finishing the analysis failed: %s: %s\n", prog, gsink_status_str(st), gsink_analysis_errmsg(an));
+        goto out;
+    }
+    if (dc->size > 1 && dist_reduce_state(dc, an)) goto out;
+    if (dc->rank != 0) { /* rank 0 writes the table, the report and the figures */
+        rc = 0;
+        goto out;
+    }
+    if ((st = gsink_analysis_report_json(an, &a.diag, &json))) {
         fprintf(stderr, "%s: building the report failed: %s: %s\n", prog, gsink_status_str(st), gsink_analysis_errmsg(an));
         goto out;
     }
@@ -978,7 +1084,18 @@ int main(int argc, char **argv)
         }
         return model ? cmd_info_model(model) : cmd_info();
     }
-    if (!strcmp(cmd, "analyze")) return cmd_analyze(argc - 2, argv + 2);
+    if (!strcmp(cmd, "analyze")) {
+        dist_comm dc;
+        char err[512];
+        if (dist_init(&dc, err, sizeof err)) {
+            fprintf(stderr, "%s: %s\n", prog, err);
+            return 1;
+        }
+        int rc = cmd_analyze(argc - 2, argv + 2);
+        if (rc && dc.size > 1) dist_abort(&dc, rc); /* a rank that failed ends every rank (none waits forever) */
+        dist_finalize(&dc);
+        return rc;
+    }
     fprintf(stderr, "%s: unknown command '%s' (see --help)\n", prog, cmd);
     return EXIT_USAGE;
 }

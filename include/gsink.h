@@ -369,6 +369,20 @@ GSINK_API gsink_status gsink_set_param(gsink_model *model, const char *name,
 /* Copies out the accumulated gradient of a parameter. */
 GSINK_API gsink_status gsink_get_param_grad(gsink_model *model, const char *name,
                                             float *out, size_t count);
+/* Every parameter, or every accumulated gradient, in one flat buffer of
+ * count == gsink_param_numel values (since 0.1.0; data-parallel training
+ * exchanges them in one copy instead of one call per tensor). Layout: the
+ * tensors in gsink_param_info order (a tied lm_head counted once, as the
+ * embedding), then theta (n_layers x n_scale_heads) while V-scale is on.
+ * gsink_set_params_flat refuses non-finite theta (GSINK_ERR_NON_FINITE) and,
+ * like gsink_set_param, discards the stored forward. gsink_set_grads_flat
+ * replaces the accumulated gradients that the next gsink_optimizer_step (or
+ * GSINK_BACKWARD_ACCUMULATE backward) reads. The gradient calls return
+ * GSINK_ERR_UNSUPPORTED on a GSINK_MODEL_ANALYSIS model. */
+GSINK_API gsink_status gsink_get_params_flat(gsink_model *model, float *out, size_t count);
+GSINK_API gsink_status gsink_set_params_flat(gsink_model *model, const float *data, size_t count);
+GSINK_API gsink_status gsink_get_grads_flat(gsink_model *model, float *out, size_t count);
+GSINK_API gsink_status gsink_set_grads_flat(gsink_model *model, const float *data, size_t count);
 
 /* ------------------------------------------------------------------------ */
 /* Forward and backward                                                     */

@@ -773,6 +773,61 @@ gsink_status gsink_get_param_grad(gsink_model *m, const char *name, float *out, 
     return param_io(m, name, out, count, P_GRAD);
 }
 
+/* Every parameter (or gradient) in one flat caller buffer: the registry's
+ * tensors in gsink_param_info order (tied head counted once), then theta
+ * (n_layers x n_scale_heads) while V-scale is on. One copy per call: the
+ * storage is contiguous except for theta's rows. */
+static gsink_status flat_io(gsink_model *m, float *buf, size_t count, param_op op, bool grad)
+{
+    if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
+    GSINK_USE(m, "model");
+    gsink__clear(m->errmsg);
+    if (!buf) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "buffer is NULL");
+    if (grad && m->analysis)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "parameter gradients are not computed by this model (GSINK_MODEL_ANALYSIS)");
+    size_t L = n_theta_entries(m), S = (size_t)m->vs.n_scale_heads, P = m->n_param_floats;
+    size_t numel = P + L * S;
+    if (count != numel)
+        return gsink__fail(m->errmsg, count < numel ? GSINK_ERR_BUFFER_TOO_SMALL : GSINK_ERR_SHAPE_MISMATCH,
+                           "the model has %zu parameter values (gsink_param_numel), got count %zu", numel, count);
+    if (op == P_SET && !grad)
+        for (size_t i = P; i < numel; i++)
+            if (!isfinite(buf[i])) return gsink__fail(m->errmsg, GSINK_ERR_NON_FINITE, "theta value %zu is not finite", i - P);
+    float *th = grad ? m->vs.dtheta : m->vs.theta;
+    if (grad) {
+        if (op == P_SET) TRY(m, BE(m)->upload(m->be, m->grad_mem, buf, P * sizeof(float)), "upload");
+        else TRY(m, BE(m)->download(m->be, buf, m->grad_mem, P * sizeof(float)), "download");
+    } else {
+        /* Weights: each tensor at its fp32-layout offset, converted from or
+         * into its storage type (16-bit matrices round to nearest even). */
+        if (op == P_GET) memset(buf, 0, P * sizeof(float)); /* any gap between tensors reads as 0 */
+        for (size_t i = 0; i < m->n_entries; i++) {
+            const gsink_param_entry *e = &m->entries[i];
+            if (strstr(e->name, "v_scale_theta")) continue;
+            if (op == P_SET) {
+                TRY(m, gsink__param_store(m, e, buf + e->offset, GSINK_WD_F32), "upload");
+                if (e->dtype != GSINK_WD_F32) gsink__optimizers_resync(m, e);
+            } else {
+                TRY(m, gsink__param_fetch(m, e, buf + e->offset, GSINK_WD_F32), "download");
+            }
+        }
+    }
+    for (size_t l = 0; l < L; l++) {
+        float *row = th + l * (size_t)m->cfg.n_heads;
+        gsink_status st = op == P_SET ? BE(m)->upload(m->be, row, buf + P + l * S, S * sizeof(float))
+                                      : BE(m)->download(m->be, buf + P + l * S, row, S * sizeof(float));
+        if (st) return gsink__be_check(m, st, "theta copy");
+    }
+    if (op == P_SET && !grad) m->have_forward = m->have_backward = false;
+    return GSINK_OK;
+}
+
+gsink_status gsink_get_params_flat(gsink_model *m, float *out, size_t count) { return flat_io(m, out, count, P_GET, false); }
+gsink_status gsink_set_params_flat(gsink_model *m, const float *data, size_t count) { return flat_io(m, (float *)data, count, P_SET, false); }
+gsink_status gsink_get_grads_flat(gsink_model *m, float *out, size_t count) { return flat_io(m, out, count, P_GET, true); }
+gsink_status gsink_set_grads_flat(gsink_model *m, const float *data, size_t count) { return flat_io(m, (float *)data, count, P_SET, true); }
+
 /* ------------------------------------------------------------------------ */
 /* Sites                                                                     */
 /* ------------------------------------------------------------------------ */

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 
 debs=(meson ninja-build pkg-config gcc g++ libblis-dev check python3-venv python3-numpy
       python3-torch python3-pytest python3-matplotlib swig tcl-dev bindgen abigail-tools
-      libclang-rt-14-dev unzip)
+      libclang-rt-14-dev unzip libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

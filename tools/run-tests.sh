@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test suite this machine can run (the README's test command).
 #  1. the full meson test set in build/ (unit, reference vs PyTorch, diag,
-#     io, fuzz replay, train, python, rust, swig, examples, bindings, abi, cuda);
+#     io, fuzz replay, train, mpi, python, rust, swig, examples, bindings, abi, cuda);
 #     the cuda suite reports SKIP with its reason when there is no GPU;
 #  2. again under AddressSanitizer + UndefinedBehaviorSanitizer in build-asan/:
 #     the C suites with leak detection, and the I/O (hostile files) and

@@ -19,6 +19,17 @@
  *
  * Test hook: GSINK_TRAIN_CRASH_IN_SAVE=1 makes the tool _exit(86) after a
  * checkpoint is fully written but before `latest` is switched to it.
+ *
+ * Data parallel (docs/distributed.md): started by mpirun / srun (the
+ * launcher's environment says so; no flag), every rank holds the same
+ * weights (rank 0's, broadcast at the start and verified by checksum), reads
+ * its slice of each global batch of --batch rows (rows [r*B/N, (r+1)*B/N) of
+ * the same shuffled window order a single process reads), and the gradients
+ * are summed over ranks (in buckets) after the backward, each rank's scaled
+ * by its share of the batch's tokens. Rank 0 writes the logs, checkpoints and
+ * final weights; a checkpoint resumes on any number of ranks.
+ * Test hook: GSINK_DIST_TEST_CORRUPT_RANK=r perturbs one weight on rank r
+ * after the broadcast, so the checksum check must stop the run.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -35,7 +46,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "dist.h"
 #include "gsink.h"
+
+static dist_comm g_dist; /* the world: rank 0 of 1 without an MPI launcher */
 
 /* ---- small utilities ----------------------------------------------------- */
 
@@ -43,11 +57,12 @@ static void die(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("\ngsink-train: ", stderr);
+    if (g_dist.size > 1) fprintf(stderr, "\ngsink-train [rank %d/%d]: ", g_dist.rank, g_dist.size);
+    else fputs("\ngsink-train: ", stderr);
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
-    exit(1);
+    dist_abort(&g_dist, 1); /* every rank ends (exit(1) when alone) */
 }
 
 #define CHECK(call)                                                                          \
@@ -768,7 +783,10 @@ typedef struct trainer {
     uint64_t *order;      /* the current epoch's window order */
     int64_t order_epoch;  /* the epoch `order` holds (-1: none yet) */
     run_state rs;
-    int32_t *x, *y;
+    int32_t *x, *y;      /* room for the global batch (B rows) */
+    int lo, hi;          /* this rank's rows [lo, hi) of each global batch */
+    float *flat;         /* gsink_param_numel values: gradient / weight exchange */
+    size_t numel;
     size_t n_theta;
     int model_save_ok; /* 0 unknown, 1 ok, -1 unsupported (warned) */
     FILE *log, *diag;
@@ -941,8 +959,16 @@ static void read_state(trainer *tr, const char *path)
     tr->rs = rs;
 }
 
+static void verify_same_weights(trainer *tr, const char *when);
+
 static void save_checkpoint(trainer *tr)
 {
+    /* rank 0 writes; every rank first checks that the weights still agree */
+    verify_same_weights(tr, "before a checkpoint");
+    if (g_dist.rank != 0) {
+        if (dist_barrier(&g_dist)) die("barrier failed");
+        return;
+    }
     char dir[4096], tmpdir[4200], path[4400], latest[4200];
     snprintf(dir, sizeof dir, "%s/ckpt-%08lld", tr->a.out_dir, (long long)tr->rs.step);
     snprintf(tmpdir, sizeof tmpdir, "%s.tmp", dir);
@@ -1003,15 +1029,16 @@ static void save_checkpoint(trainer *tr)
         }
         closedir(d);
     }
+    if (dist_barrier(&g_dist)) die("barrier failed");
 }
 
-static void resume(trainer *tr)
+static void resume(trainer *tr, char name[256])
 {
-    char path[4400], name[256];
+    char path[4400];
     snprintf(path, sizeof path, "%s/latest", tr->a.out_dir);
     FILE *f = fopen_regular(path);
     if (!f) die("--resume: no checkpoint in %s (%s: %s)", tr->a.out_dir, path, open_error());
-    if (!fgets(name, sizeof name, f)) die("--resume: %s is empty", path);
+    if (!fgets(name, 256, f)) die("--resume: %s is empty", path);
     fclose(f);
     name[strcspn(name, "\n")] = 0;
     if (strncmp(name, "ckpt-", 5) || strchr(name, '/')) die("--resume: %s is corrupt", path);
@@ -1023,6 +1050,138 @@ static void resume(trainer *tr)
     if (gsink_optimizer_step_count(tr->opt) != tr->rs.step)
         die("--resume: optimizer state is at step %lld, run state at %lld", (long long)gsink_optimizer_step_count(tr->opt),
             (long long)tr->rs.step);
+}
+
+/* ---- data parallel ------------------------------------------------------------ */
+
+/* FNV-1a of every weight (and theta): equal on every rank or the run stops. */
+static void verify_same_weights(trainer *tr, const char *when)
+{
+    if (g_dist.size == 1) return;
+    CHECK(gsink_get_params_flat(tr->model, tr->flat, tr->numel));
+    uint64_t h = dist_fnv1a64(tr->flat, tr->numel * sizeof(float), DIST_FNV_INIT);
+    uint64_t *all = malloc((size_t)g_dist.size * sizeof *all);
+    if (!all) die("out of memory");
+    if (dist_allgather_u64(&g_dist, h, all)) die("all-gather of the weight checksums failed");
+    for (int r = 1; r < g_dist.size; r++)
+        if (all[r] != all[0])
+            die("%s: the weights of rank %d (checksum %016llx) differ from rank 0's (%016llx): the ranks no longer "
+                "train one model; stopping", when, r, (unsigned long long)all[r], (unsigned long long)all[0]);
+    free(all);
+}
+
+/* Every rank must run the same configuration (the seed may differ: rank 0's
+ * weights and data order are used). */
+static void verify_same_config(trainer *tr)
+{
+    if (g_dist.size == 1) return;
+    ckpt_identity id = identity_of(tr);
+    const train_args *a = &tr->a;
+    /* everything that decides when the ranks meet (evaluations, checkpoints, the end) */
+    struct { int64_t steps, stop_at; float lr, min_lr, wd, clip; int32_t warmup, ckpt_every, eval_every, eval_batches, resume; } k;
+    memset(&k, 0, sizeof k);
+    k.steps = a->steps, k.stop_at = a->stop_at, k.lr = a->lr, k.min_lr = a->min_lr, k.wd = a->wd, k.clip = a->clip;
+    k.warmup = a->warmup, k.ckpt_every = a->ckpt_every, k.eval_every = a->eval_every;
+    k.eval_batches = a->eval_batches, k.resume = a->resume;
+    uint64_t h = dist_fnv1a64(&id, sizeof id, DIST_FNV_INIT);
+    h = dist_fnv1a64(&k, sizeof k, h);
+    h = dist_fnv1a64(a->out_dir, strlen(a->out_dir), h);
+    uint64_t *all = malloc((size_t)g_dist.size * sizeof *all);
+    if (!all) die("out of memory");
+    if (dist_allgather_u64(&g_dist, h, all)) die("all-gather failed");
+    for (int r = 1; r < g_dist.size; r++)
+        if (all[r] != all[0])
+            die("rank %d was started with other options than rank 0 (model shape, batch, seq, schedule, evaluation, "
+                "checkpoints, --resume, data or --out differ): every rank must get the same command line", r);
+    free(all);
+}
+
+/* --resume under MPI: rank 0 reads the checkpoint (weights, run state and
+ * optimizer state), then sends the optimizer state to the other ranks (so
+ * only rank 0 needs to see --out); the weights and run state follow in
+ * sync_start. The checkpoint is global, so any number of ranks resumes it. */
+static void resume_all(trainer *tr)
+{
+    char name[256] = "";
+    if (g_dist.rank == 0) resume(tr, name);
+    if (g_dist.size == 1) return;
+    uint64_t bytes = 0;
+    unsigned char *buf = NULL;
+    if (g_dist.rank == 0) {
+        char path[4400];
+        snprintf(path, sizeof path, "%s/%s/optimizer.bin", tr->a.out_dir, name);
+        FILE *f = fopen_regular(path);
+        if (!f) die("cannot open %s: %s", path, open_error());
+        struct stat sb;
+        if (fstat(fileno(f), &sb) != 0) die("stat %s: %s", path, strerror(errno));
+        bytes = (uint64_t)sb.st_size;
+        if (!(buf = malloc(bytes ? bytes : 1))) die("out of memory");
+        if (fread(buf, 1, bytes, f) != bytes) die("read %s: %s", path, strerror(errno));
+        fclose(f);
+    }
+    if (dist_bcast(&g_dist, &bytes, sizeof bytes, 0)) die("broadcast failed");
+    if (g_dist.rank != 0 && !(buf = malloc(bytes ? bytes : 1))) die("out of memory");
+    if (dist_bcast(&g_dist, buf, bytes, 0)) die("broadcast of the optimizer state failed");
+    if (g_dist.rank != 0) {
+        const char *td = getenv("TMPDIR");
+        char tmp[4200];
+        snprintf(tmp, sizeof tmp, "%s/gsink-train-opt-XXXXXX", td && *td ? td : "/tmp");
+        int fd = mkstemp(tmp);
+        if (fd < 0) die("mkstemp %s: %s", tmp, strerror(errno));
+        FILE *f = fdopen(fd, "wb");
+        if (!f || fwrite(buf, 1, bytes, f) != bytes || fclose(f) != 0) die("write %s: %s", tmp, strerror(errno));
+        gsink_status st = gsink_optimizer_load(tr->opt, tmp);
+        unlink(tmp);
+        if (st != GSINK_OK) die("--resume: %s: %s", gsink_status_str(st), gsink_optimizer_errmsg(tr->opt));
+    }
+    free(buf);
+}
+
+/* Start of a run on N ranks: rank 0's run state (step, epoch, cursor, data
+ * seed) and weights go to every rank, then the weights are verified. */
+static void sync_start(trainer *tr)
+{
+    if (g_dist.size == 1) return;
+    if (dist_bcast(&g_dist, &tr->rs, sizeof tr->rs, 0)) die("broadcast of the run state failed");
+    if (gsink_optimizer_step_count(tr->opt) != tr->rs.step)
+        die("optimizer state is at step %lld, run state at %lld", (long long)gsink_optimizer_step_count(tr->opt),
+            (long long)tr->rs.step);
+    if (g_dist.rank == 0) CHECK(gsink_get_params_flat(tr->model, tr->flat, tr->numel));
+    if (dist_bcast(&g_dist, tr->flat, tr->numel * sizeof(float), 0)) die("broadcast of the weights failed");
+    if (g_dist.rank != 0) CHECK(gsink_set_params_flat(tr->model, tr->flat, tr->numel));
+    const char *bad = getenv("GSINK_DIST_TEST_CORRUPT_RANK");
+    if (bad && *bad && atoi(bad) == g_dist.rank) { /* test hook: one weight differs on this rank */
+        CHECK(gsink_get_params_flat(tr->model, tr->flat, tr->numel));
+        tr->flat[tr->numel / 2] += 1.0f;
+        CHECK(gsink_set_params_flat(tr->model, tr->flat, tr->numel));
+    }
+    verify_same_weights(tr, "after the broadcast of rank 0's weights");
+}
+
+/* The gradients of one step summed over ranks. Each rank's backward gives
+ * the gradient of its rows' mean loss; scaled by its share of the global
+ * batch's tokens (every target of a training window counts), the sum is the
+ * gradient of the global batch's mean loss, as one process computes it. The
+ * CPU backward is one library call, so the exchange follows it, in buckets
+ * of GSINK_DIST_BUCKET_MB (dist.c). */
+static void allreduce_grads(trainer *tr)
+{
+    if (g_dist.size == 1) return;
+    CHECK(gsink_get_grads_flat(tr->model, tr->flat, tr->numel));
+    const float share = (float)((double)(tr->hi - tr->lo) / (double)tr->a.batch);
+    for (size_t i = 0; i < tr->numel; i++) tr->flat[i] *= share;
+    if (dist_allreduce_sum_f(&g_dist, tr->flat, tr->numel)) die("gradient all-reduce failed");
+    CHECK(gsink_set_grads_flat(tr->model, tr->flat, tr->numel));
+}
+
+/* A loss averaged over the rows of a global batch: this rank's mean over its
+ * rows, weighted by its share, summed over ranks. */
+static double global_mean(const trainer *tr, double local_mean_sum)
+{
+    if (g_dist.size == 1) return local_mean_sum;
+    double v = local_mean_sum * (double)(tr->hi - tr->lo) / (double)tr->a.batch;
+    if (dist_allreduce_sum_d(&g_dist, &v, 1)) die("loss all-reduce failed");
+    return v;
 }
 
 /* Drops log lines after the resumed step so the logs read like one run. */
@@ -1059,14 +1218,14 @@ static int val_batches(const trainer *tr)
 /* Validation batch i: the n*B windows read by n batches are spread evenly over
  * the validation split, in stream order (window floor(j * windows / (n*B)) for
  * row j; cyclic when the split has fewer windows). Batch 0 is also the
- * diagnostics batch. */
-static void fill_val_batch(trainer *tr, int i)
+ * diagnostics batch. Rows [lo, hi) of it go to rows 0.. of x, y. */
+static void fill_val_batch(trainer *tr, int i, int lo, int hi)
 {
     const uint64_t B = (uint64_t)tr->a.batch, M = (uint64_t)val_batches(tr) * B, n = tr->wval.n;
-    for (uint64_t b = 0; b < B; b++) {
+    for (uint64_t b = (uint64_t)lo; b < (uint64_t)hi; b++) {
         uint64_t j = (uint64_t)i * B + b;
         uint64_t k = M <= n ? (uint64_t)((unsigned __int128)j * n / M) : j % n;
-        fill_window(&tr->wval, &tr->val, k, (int)b, tr->x, tr->y);
+        fill_window(&tr->wval, &tr->val, k, (int)(b - (uint64_t)lo), tr->x, tr->y);
     }
 }
 
@@ -1086,18 +1245,19 @@ static uint64_t next_window(trainer *tr)
     return tr->order[rs->cursor++];
 }
 
+/* Mean validation loss; under MPI each rank runs its rows of every batch. */
 static float eval_loss(trainer *tr)
 {
-    const int B = tr->a.batch, T = tr->a.seq;
+    const int T = tr->a.seq;
     int n = val_batches(tr);
     double sum = 0;
     for (int i = 0; i < n; i++) {
         float loss;
-        fill_val_batch(tr, i);
-        CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
+        fill_val_batch(tr, i, tr->lo, tr->hi);
+        CHECK(gsink_forward(tr->model, tr->x, tr->y, tr->hi - tr->lo, T, &loss));
         sum += loss;
     }
-    return (float)(sum / n);
+    return (float)(global_mean(tr, sum) / n);
 }
 
 static void json_floats(FILE *f, const float *v, int n)
@@ -1114,12 +1274,15 @@ static void json_metric(FILE *f, gsink_status st, float v)
     else fputs("null", f);
 }
 
-/* Diagnostics on the first validation batch: forward + backward, then grads zeroed. */
+/* Diagnostics on the first validation batch: forward + backward, then grads
+ * zeroed. Under MPI rank 0 runs the whole batch (the other ranks skip it), so
+ * the lines equal a single process's. */
 static void diagnostics(trainer *tr, FILE *out, int final)
 {
+    if (g_dist.rank != 0) return;
     const int B = tr->a.batch, T = tr->a.seq, L = tr->cfg.n_layers, H = tr->cfg.n_heads;
     float loss;
-    fill_val_batch(tr, 0);
+    fill_val_batch(tr, 0, 0, B);
     CHECK(gsink_forward(tr->model, tr->x, tr->y, B, T, &loss));
     CHECK(gsink_backward(tr->model, 0));
     fprintf(out, "{\"step\":%lld,\"loss\":%.6g,\"layers\":[", (long long)tr->rs.step, (double)loss);
@@ -1211,6 +1374,13 @@ static void progress(const trainer *tr, float loss, float lr, double tok_s, doub
 int main(int argc, char **argv)
 {
     crc_init();
+    {
+        char err[512];
+        if (dist_init(&g_dist, err, sizeof err)) {
+            fprintf(stderr, "gsink-train: %s\n", err);
+            return 1;
+        }
+    }
     trainer tr;
     memset(&tr, 0, sizeof tr);
     parse_args(argc, argv, &tr.a);
@@ -1253,13 +1423,23 @@ int main(int argc, char **argv)
     CHECK(gsink_config_validate(&tr.cfg));
     gsink_model_options mo;
     gsink_model_options_init(&mo);
-    mo.n_threads = a->threads;
+    mo.n_threads = a->threads ? a->threads : dist_default_threads(&g_dist, gsink_max_threads());
     mo.seed = a->seed;
     mo.device = strcmp(a->device, "cuda") ? GSINK_DEVICE_CPU : GSINK_DEVICE_CUDA;
+    if (mo.device == GSINK_DEVICE_CUDA && g_dist.size > 1) { /* one GPU per rank of a node, round robin */
+        int gpus = 0;
+        if (gsink_device_count(GSINK_DEVICE_CUDA, &gpus) == GSINK_OK) mo.device_index = dist_device_index(&g_dist, gpus);
+    }
     mo.precision = !strcmp(a->precision, "tf32")   ? GSINK_PRECISION_TF32
                    : !strcmp(a->precision, "bf16") ? GSINK_PRECISION_BF16
                                                    : GSINK_PRECISION_FP32;
     CHECK(gsink_model_create(&tr.cfg, &mo, &tr.model));
+    const char *use_nccl = getenv("GSINK_DIST_NCCL"); /* opt-in, untested: docs/distributed.md */
+    if (use_nccl && *use_nccl && strcmp(use_nccl, "0") && g_dist.size > 1) {
+        char err[512];
+        if (mo.device != GSINK_DEVICE_CUDA) die("GSINK_DIST_NCCL=1 needs --device cuda");
+        if (dist_enable_nccl(&g_dist, mo.device_index, err, sizeof err)) die("%s", err);
+    }
     int vmode = vscale_mode_of(a->vscale);
     if (vmode != GSINK_VSCALE_OFF) {
         gsink_vscale_options vo;
@@ -1289,19 +1469,31 @@ int main(int argc, char **argv)
     CHECK(gsink_optimizer_create(tr.model, &oo, &tr.opt));
     size_t numel;
     CHECK(gsink_param_numel(tr.model, &numel));
+    tr.numel = numel;
+    if (a->batch < g_dist.size) die("--batch %d is the global batch: at least one row per rank (%d ranks)", a->batch, g_dist.size);
+    dist_slice(a->batch, g_dist.rank, g_dist.size, &tr.lo, &tr.hi);
+    if (g_dist.size > 1 && !(tr.flat = malloc(numel * sizeof(float)))) die("out of memory");
 
-    if (mkdir(a->out_dir, 0755) != 0 && errno != EEXIST) die("mkdir %s: %s", a->out_dir, strerror(errno));
+    if (g_dist.rank == 0 && mkdir(a->out_dir, 0755) != 0 && errno != EEXIST)
+        die("mkdir %s: %s", a->out_dir, strerror(errno));
     tr.rs.data_seed = a->seed;
-    if (a->resume) resume(&tr);
+    verify_same_config(&tr); /* before anything else that the ranks do together */
+    if (a->resume) resume_all(&tr);
+    sync_start(&tr);
     char log_path[4400], diag_path[4400];
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", a->out_dir);
     snprintf(diag_path, sizeof diag_path, "%s/diag.jsonl", a->out_dir);
-    if (a->resume) {
-        truncate_log(log_path, tr.rs.step);
-        truncate_log(diag_path, tr.rs.step);
+    if (g_dist.rank == 0) { /* rank 0 writes the logs; the others write to nowhere */
+        if (a->resume) {
+            truncate_log(log_path, tr.rs.step);
+            truncate_log(diag_path, tr.rs.step);
+        }
+        tr.log = fopen(log_path, a->resume ? "a" : "w");
+        tr.diag = fopen(diag_path, a->resume ? "a" : "w");
+    } else {
+        tr.log = fopen("/dev/null", "w");
+        tr.diag = fopen("/dev/null", "w");
     }
-    tr.log = fopen(log_path, a->resume ? "a" : "w");
-    tr.diag = fopen(diag_path, a->resume ? "a" : "w");
     if (!tr.log || !tr.diag) die("cannot write logs in %s", a->out_dir);
 
     const int B = a->batch, T = a->seq;
@@ -1309,14 +1501,20 @@ int main(int argc, char **argv)
     tr.x = malloc(bt * sizeof(int32_t));
     tr.y = malloc(bt * sizeof(int32_t));
     if (!tr.x || !tr.y) die("out of memory");
-    fprintf(stderr,
+    if (g_dist.size > 1 && g_dist.rank == 0)
+        fprintf(stderr, "gsink-train: data parallel over %d ranks (%s): global batch %d rows, %d to %d per rank, "
+                        "gradient all-reduce in buckets of %.3g MB, threads per rank %d (0: one per CPU)\n", g_dist.size, g_dist.backend, B,
+                B / g_dist.size, (B + g_dist.size - 1) / g_dist.size, (double)g_dist.bucket_bytes / 1048576.0,
+                a->threads ? a->threads : dist_default_threads(&g_dist, gsink_max_threads()));
+    if (g_dist.rank == 0) fprintf(stderr,
             "gsink-train: %zu parameters (d%d L%d H%d KV%d dh%d ff%d V%d), V-scale %s, %lld steps of %d x %d x %d "
             "tokens, lr %g -> %g (warm-up %d), train %llu / val %llu tokens, %s %s%s\n",
             numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head, tr.cfg.d_ff,
             tr.cfg.vocab_size, a->vscale, (long long)a->steps, a->grad_accum, B, T, (double)a->lr,
             (double)a->min_lr, a->warmup, (unsigned long long)tr.train.count, (unsigned long long)tr.val.count,
             a->device, a->precision, a->resume ? "; resumed" : "");
-    if (a->doc_start)
+    if (g_dist.rank != 0) {
+    } else if (a->doc_start)
         fprintf(stderr, "gsink-train: %s windows: %llu per epoch over %llu documents (%.3f epochs in this run)\n",
                 "doc-start", (unsigned long long)tr.wtrain.n, (unsigned long long)tr.wtrain.docs,
                 (double)a->steps * a->grad_accum * B / (double)tr.wtrain.n);
@@ -1330,13 +1528,13 @@ int main(int argc, char **argv)
                         "\"seq\":%d,\"grad_accum\":%d,\"steps\":%lld,\"lr\":%g,\"min_lr\":%g,\"warmup\":%d,"
                         "\"weight_decay\":%g,\"clip\":%g,\"windows\":\"%s\",\"seed\":%llu,\"device\":\"%s\","
                         "\"precision\":\"%s\",\"data\":\"%s\",\"epoch_windows\":%llu,\"documents\":%llu,"
-                        "\"tail_overlap\":%llu}}\n",
+                        "\"tail_overlap\":%llu,\"ranks\":%d}}\n",
                 numel, tr.cfg.d_model, tr.cfg.n_layers, tr.cfg.n_heads, tr.cfg.n_kv_heads, tr.cfg.d_head,
                 tr.cfg.d_ff, tr.cfg.vocab_size, a->vscale, B, T, a->grad_accum, (long long)a->steps, (double)a->lr,
                 (double)a->min_lr, a->warmup, (double)a->wd, (double)a->clip, a->doc_start ? "doc-start" : "packed",
                 (unsigned long long)a->seed, a->device, a->precision, tr.train.shards ? "llm.c shards" : "token files",
                 (unsigned long long)tr.wtrain.n, (unsigned long long)(a->doc_start ? tr.wtrain.docs : 0),
-                (unsigned long long)tr.wtrain.overlap);
+                (unsigned long long)tr.wtrain.overlap, g_dist.size);
         float v0 = eval_loss(&tr);
         fprintf(tr.log, "{\"step\":0,\"val_loss\":%.6f}\n", (double)v0);
         diagnostics(&tr, tr.diag, 0);
@@ -1344,8 +1542,14 @@ int main(int argc, char **argv)
     CHECK(gsink_zero_grad(tr.model));
 
     FILE *dump = NULL;
-    if (a->dump_batches && !(dump = fopen(a->dump_batches, "ab")))
-        die("cannot open %s: %s", a->dump_batches, strerror(errno));
+    if (a->dump_batches) { /* under MPI: FILE.rankR, each rank's rows */
+        char dp[4200];
+        if (g_dist.size > 1) snprintf(dp, sizeof dp, "%s.rank%d", a->dump_batches, g_dist.rank);
+        else snprintf(dp, sizeof dp, "%s", a->dump_batches);
+        if (!(dump = fopen(dp, "ab"))) die("cannot open %s: %s", dp, strerror(errno));
+    }
+    const int Bl = tr.hi - tr.lo;
+    const uint64_t btl = (uint64_t)Bl * T;
     double t_start = now_s(), tok_done = 0;
     int64_t first_step = tr.rs.step;
     float last_val = NAN;
@@ -1354,16 +1558,22 @@ int main(int argc, char **argv)
         double loss_sum = 0;
         for (int mb = 0; mb < a->grad_accum; mb++) {
             /* each row: the next window of the epoch's shuffled order (a batch may span two epochs) */
-            for (int b = 0; b < B; b++) fill_window(&tr.wtrain, &tr.train, next_window(&tr), b, tr.x, tr.y);
+            /* every rank walks the whole order and keeps its rows [lo, hi) */
+            for (int b = 0; b < B; b++) {
+                uint64_t k = next_window(&tr);
+                if (b >= tr.lo && b < tr.hi) fill_window(&tr.wtrain, &tr.train, k, b - tr.lo, tr.x, tr.y);
+            }
             tr.rs.tokens += bt;
-            if (dump && fwrite(tr.x, sizeof(int32_t), (size_t)bt, dump) != (size_t)bt)
+            if (dump && fwrite(tr.x, sizeof(int32_t), (size_t)btl, dump) != (size_t)btl)
                 die("write %s: %s", a->dump_batches, strerror(errno));
             float loss;
-            CHECK(gsink_forward(tr.model, tr.x, tr.y, B, T, &loss));
+            CHECK(gsink_forward(tr.model, tr.x, tr.y, Bl, T, &loss));
             if (!isfinite(loss)) die("step %lld: loss is %g; stopping (weights unchanged)", (long long)tr.rs.step, loss);
             CHECK(gsink_backward(tr.model, GSINK_BACKWARD_ACCUMULATE));
             loss_sum += loss;
         }
+        allreduce_grads(&tr);
+        loss_sum = global_mean(&tr, loss_sum);
         float lr = gsink_optimizer_lr_at(tr.opt, tr.rs.step), gnorm = 0;
         gsink_status st = gsink_optimizer_step(tr.opt, &gnorm);
         if (st == GSINK_ERR_NON_FINITE)
@@ -1385,19 +1595,21 @@ int main(int argc, char **argv)
         fflush(tr.log);
         double el = now_s() - t_start, tok_s = tok_done / el;
         double eta = el / (double)(tr.rs.step - first_step) * (double)(a->steps - tr.rs.step);
-        if (a->progress && (isatty(2) || tr.rs.step % a->log_every == 0 || last))
+        if (g_dist.rank == 0 && a->progress && (isatty(2) || tr.rs.step % a->log_every == 0 || last))
             progress(&tr, loss, lr, tok_s, eta, last_val);
         int stop = a->stop_at > 0 && tr.rs.step == a->stop_at;
         if (tr.rs.step % a->ckpt_every == 0 || last || stop) save_checkpoint(&tr);
         if (stop) {
-            fprintf(stderr, "\ngsink-train: stopped at step %lld as asked (--stop-at); continue with --resume\n",
+            if (g_dist.rank == 0) fprintf(stderr, "\ngsink-train: stopped at step %lld as asked (--stop-at); continue with --resume\n",
                     (long long)tr.rs.step);
             goto done; /* no final weights: the run is not over */
         }
     }
-    if (a->progress && isatty(2)) fputc('\n', stderr);
+    if (g_dist.rank == 0 && a->progress && isatty(2)) fputc('\n', stderr);
 
-    /* final weights + tokenizer + token-wise diagnostics for the figures */
+    /* final weights + tokenizer + token-wise diagnostics for the figures (rank 0) */
+    verify_same_weights(&tr, "at the end");
+    if (g_dist.rank != 0) goto done;
     char final_dir[4400];
     if (a->save_model) snprintf(final_dir, sizeof final_dir, "%s", a->save_model);
     else snprintf(final_dir, sizeof final_dir, "%s/final", a->out_dir);
@@ -1425,6 +1637,7 @@ done:
     fclose(tr.diag);
     free(tr.x);
     free(tr.y);
+    free(tr.flat);
     gsink_optimizer_free(tr.opt);
     gsink_model_free(tr.model);
     token_file_close(&tr.train);
@@ -1432,5 +1645,6 @@ done:
     free(tr.wtrain.q);
     free(tr.wval.q);
     free(tr.order);
+    dist_finalize(&g_dist);
     return 0;
 }

@@ -517,6 +517,139 @@ START_TEST(test_vscale_modes_through_model)
 }
 END_TEST
 
+/* gsink_get/set_params_flat and gsink_get/set_grads_flat: the per-tensor
+ * layout (gsink_param_info order, theta last), and an optimizer step from
+ * gradients set in one call equals one from the same accumulated gradients. */
+static void flat_case(int tie)
+{
+    gsink_model *m = make("tiny", tie, 21, 0), *m2 = make("tiny", tie, 21, 0);
+    gsink_vscale_options vo;
+    gsink_vscale_options_init(&vo);
+    vo.mode = GSINK_VSCALE_FULL;
+    ck_assert_int_eq(gsink_vscale_enable(m, &vo), GSINK_OK);
+    ck_assert_int_eq(gsink_vscale_enable(m2, &vo), GSINK_OK);
+    enum { B = 2, T = 16 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, 512, 3);
+    tokens(y, B * T, 512, 4);
+    size_t n, np, off = 0;
+    ck_assert_int_eq(gsink_param_numel(m, &n), GSINK_OK);
+    float *w = malloc(n * 4), *g = malloc(n * 4), *one = malloc(n * 4);
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_get_params_flat(m, w, n), GSINK_OK);
+    ck_assert_int_eq(gsink_get_grads_flat(m, g, n), GSINK_OK);
+    gsink_param_count(m, &np);
+    for (size_t p = 0; p < np; p++) {
+        const char *name;
+        int nd;
+        int64_t dims[2];
+        gsink_param_info(m, p, &name, &nd, dims);
+        size_t k = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
+        ck_assert_int_eq(gsink_get_param(m, name, one, k), GSINK_OK);
+        ck_assert(memcmp(one, w + off, k * 4) == 0);
+        if (!strstr(name, "v_scale_theta")) {
+            ck_assert_int_eq(gsink_get_param_grad(m, name, one, k), GSINK_OK);
+            ck_assert(memcmp(one, g + off, k * 4) == 0);
+        }
+        off += k;
+    }
+    ck_assert_uint_eq(off, n);
+    size_t nt;
+    gsink_vscale_theta_count(m, &nt);
+    ck_assert_int_eq(gsink_vscale_get_theta_grad(m, one, nt), GSINK_OK);
+    ck_assert(memcmp(one, g + n - nt, nt * 4) == 0);
+    /* sizes and non-finite theta are refused */
+    ck_assert_int_eq(gsink_get_grads_flat(m, g, n - 1), GSINK_ERR_BUFFER_TOO_SMALL);
+    ck_assert_int_eq(gsink_set_params_flat(m, w, n + 1), GSINK_ERR_SHAPE_MISMATCH);
+    ck_assert_int_eq(gsink_get_params_flat(m, NULL, n), GSINK_ERR_NULL_ARGUMENT);
+    float keep = w[n - 1];
+    w[n - 1] = NAN;
+    ck_assert_int_eq(gsink_set_params_flat(m, w, n), GSINK_ERR_NON_FINITE);
+    w[n - 1] = keep;
+    /* m: twice the gradient set in one call; m2: the same by accumulation */
+    for (size_t i = 0; i < n; i++) one[i] = 2.0f * g[i];
+    ck_assert_int_eq(gsink_set_grads_flat(m, one, n), GSINK_OK);
+    ck_assert_int_eq(gsink_forward(m2, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m2, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m2, GSINK_BACKWARD_ACCUMULATE), GSINK_OK);
+    gsink_optimizer *o1, *o2;
+    ck_assert_int_eq(gsink_optimizer_create(m, NULL, &o1), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_create(m2, NULL, &o2), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_step(o1, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_step(o2, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_get_params_flat(m, w, n), GSINK_OK);
+    ck_assert_int_eq(gsink_get_params_flat(m2, one, n), GSINK_OK);
+    ck_assert(memcmp(w, one, n * 4) == 0);
+    /* and the weights round-trip through set */
+    for (size_t i = 0; i < n; i++) one[i] = w[i] * 0.5f;
+    ck_assert_int_eq(gsink_set_params_flat(m2, one, n), GSINK_OK);
+    ck_assert_int_eq(gsink_get_params_flat(m2, w, n), GSINK_OK);
+    ck_assert(memcmp(w, one, n * 4) == 0);
+    gsink_optimizer_free(o1);
+    gsink_optimizer_free(o2);
+    gsink_model_free(m);
+    gsink_model_free(m2);
+    /* an analysis model has no parameter gradients */
+    gsink_config c;
+    gsink_config_preset("tiny", &c);
+    gsink_model_options mo;
+    gsink_model_options_init(&mo);
+    mo.flags = GSINK_MODEL_ANALYSIS;
+    ck_assert_int_eq(gsink_model_create(&c, &mo, &m), GSINK_OK);
+    ck_assert_int_eq(gsink_param_numel(m, &n), GSINK_OK);
+    float *w2 = malloc(n * 4);
+    ck_assert_int_eq(gsink_get_params_flat(m, w2, n), GSINK_OK);
+    ck_assert_int_eq(gsink_get_grads_flat(m, w2, n), GSINK_ERR_UNSUPPORTED);
+    ck_assert_int_eq(gsink_set_grads_flat(m, w2, n), GSINK_ERR_UNSUPPORTED);
+    gsink_model_free(m);
+    free(w2);
+    /* 16-bit weight storage: the flat copy converts each tensor like the
+     * per-tensor calls (round to nearest even on set) */
+    mo.weight_dtype = GSINK_WEIGHTS_BF16;
+    ck_assert_int_eq(gsink_model_create(&c, &mo, &m), GSINK_OK);
+    ck_assert_int_eq(gsink_model_create(&c, &mo, &m2), GSINK_OK);
+    ck_assert_int_eq(gsink_param_numel(m, &n), GSINK_OK);
+    w2 = malloc(n * 4);
+    float *w3 = malloc(n * 4), *part = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) w2[i] = 0.01f * (float)((int)(i % 997) - 498) + 1e-5f * (float)(i % 7);
+    ck_assert_int_eq(gsink_set_params_flat(m, w2, n), GSINK_OK);
+    gsink_param_count(m2, &np);
+    off = 0;
+    for (size_t p = 0; p < np; p++) {
+        const char *name;
+        int nd;
+        int64_t dims[2];
+        gsink_param_info(m2, p, &name, &nd, dims);
+        size_t k = (size_t)dims[0] * (nd == 2 ? (size_t)dims[1] : 1);
+        ck_assert_int_eq(gsink_set_param(m2, name, w2 + off, k), GSINK_OK);
+        ck_assert_int_eq(gsink_get_param(m, name, part, k), GSINK_OK);
+        ck_assert_int_eq(gsink_get_param(m2, name, w3, k), GSINK_OK);
+        ck_assert(memcmp(part, w3, k * 4) == 0);
+        off += k;
+    }
+    ck_assert_uint_eq(off, n);
+    ck_assert_int_eq(gsink_get_params_flat(m, w3, n), GSINK_OK);
+    ck_assert_int_eq(gsink_get_params_flat(m2, part, n), GSINK_OK);
+    ck_assert(memcmp(w3, part, n * 4) == 0);
+    int rounded = 0;
+    for (size_t i = 0; i < n; i++) rounded += w3[i] != w2[i];
+    ck_assert_int_gt(rounded, 0); /* the matrices really are 16-bit */
+    gsink_model_free(m);
+    gsink_model_free(m2);
+    free(w2);
+    free(w3);
+    free(part);
+    free(w);
+    free(g);
+    free(one);
+}
+
+START_TEST(test_flat_params_and_grads_untied) { flat_case(0); }
+END_TEST
+START_TEST(test_flat_params_and_grads_tied) { flat_case(1); }
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("core");
@@ -537,6 +670,8 @@ int main(void)
     tcase_add_test(tc, test_gradient_accumulation_and_zero);
     tcase_add_test(tc, test_threads_do_not_change_results);
     tcase_add_test(tc, test_vscale_modes_through_model);
+    tcase_add_test(tc, test_flat_params_and_grads_untied);
+    tcase_add_test(tc, test_flat_params_and_grads_tied);
     suite_add_tcase(s, tc);
     int failed = tu_run_suite(s, 1);
     return failed ? EXIT_FAILURE : EXIT_SUCCESS;

@@ -705,6 +705,32 @@ class Model(_Handle):
                                            arr.size))
         return arr
 
+    def get_params_flat(self, out=None):
+        """Every parameter in one flat float32 array of num_params values
+        (param_info order, theta last): gsink_get_params_flat."""
+        h = self._handle()
+        arr = _out_array(out, (self.num_params,))
+        self._ok(_lib.gsink_get_params_flat(h, arr.ctypes.data, arr.size))
+        return arr
+
+    def set_params_flat(self, data):
+        h = self._handle()
+        arr = _float_input(data, "data", (self.num_params,))
+        self._ok(_lib.gsink_set_params_flat(h, arr.ctypes.data, arr.size))
+
+    def get_grads_flat(self, out=None):
+        """Every accumulated gradient in one flat array (layout of get_params_flat)."""
+        h = self._handle()
+        arr = _out_array(out, (self.num_params,))
+        self._ok(_lib.gsink_get_grads_flat(h, arr.ctypes.data, arr.size))
+        return arr
+
+    def set_grads_flat(self, data):
+        """Replaces the accumulated gradients the next optimizer step reads."""
+        h = self._handle()
+        arr = _float_input(data, "data", (self.num_params,))
+        self._ok(_lib.gsink_set_grads_flat(h, arr.ctypes.data, arr.size))
+
     def params(self):
         """{name: array} copies of every parameter."""
         return {n: self.get_param(n) for n, _ in self.param_info()}

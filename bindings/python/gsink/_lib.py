@@ -219,6 +219,10 @@ PROTOTYPES = {
     "gsink_get_param": (S, [P, c_char_p, P, c_size_t]),
     "gsink_set_param": (S, [P, c_char_p, P, c_size_t]),
     "gsink_get_param_grad": (S, [P, c_char_p, P, c_size_t]),
+    "gsink_get_params_flat": (S, [P, P, c_size_t]),
+    "gsink_set_params_flat": (S, [P, P, c_size_t]),
+    "gsink_get_grads_flat": (S, [P, P, c_size_t]),
+    "gsink_set_grads_flat": (S, [P, P, c_size_t]),
     # forward / backward
     "gsink_forward": (S, [P, P, P, c_int, c_int, POINTER(c_float)]),
     "gsink_backward": (S, [P, c_uint]),

@@ -749,3 +749,19 @@ def test_busy_status_maps_to_busy_error():
     assert gsink.errors.error_class(22) is gsink.BusyError
     assert issubclass(gsink.BusyError, RuntimeError)
     assert gsink.status_str(22) == "handle busy"
+
+
+def test_flat_params_and_grads(model):
+    tok, tgt = batch(seed=3)
+    model.forward(tok, tgt)
+    model.backward()
+    w, g = model.get_params_flat(), model.get_grads_flat()
+    assert w.shape == g.shape == (model.num_params,)
+    assert np.array_equal(w, np.concatenate([model.params()[n].ravel() for n in model.param_names()]))
+    assert np.array_equal(g, np.concatenate([model.grads()[n].ravel() for n in model.param_names()]))
+    model.set_grads_flat(2 * g)
+    assert np.array_equal(model.get_grads_flat(), 2 * g)
+    model.set_params_flat(w * 0.5)
+    assert np.array_equal(model.get_params_flat(), w * 0.5)
+    with pytest.raises(ValueError):
+        model.set_params_flat(w[:-1])

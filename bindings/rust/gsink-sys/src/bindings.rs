@@ -900,6 +900,34 @@ extern "C" {
     ) -> gsink_status;
 }
 extern "C" {
+    pub fn gsink_get_params_flat(
+        model: *mut gsink_model,
+        out: *mut f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_set_params_flat(
+        model: *mut gsink_model,
+        data: *const f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_get_grads_flat(
+        model: *mut gsink_model,
+        out: *mut f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
+    pub fn gsink_set_grads_flat(
+        model: *mut gsink_model,
+        data: *const f32,
+        count: usize,
+    ) -> gsink_status;
+}
+extern "C" {
     pub fn gsink_forward(
         model: *mut gsink_model,
         tokens: *const i32,

@@ -240,6 +240,35 @@ impl Model {
         Ok(v)
     }
 
+    /// Every parameter in one flat vector of `param_numel()` values
+    /// (`param_info` order, theta last).
+    pub fn params_flat(&mut self) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.param_numel()?];
+        // SAFETY: v is valid for v.len() floats.
+        check(unsafe { sys::gsink_get_params_flat(self.raw(), v.as_mut_ptr(), v.len()) })?;
+        Ok(v)
+    }
+
+    /// Overwrites every parameter from one flat vector (layout of `params_flat`).
+    pub fn set_params_flat(&mut self, data: &[f32]) -> Result<()> {
+        // SAFETY: data is valid for data.len() floats.
+        check(unsafe { sys::gsink_set_params_flat(self.raw(), data.as_ptr(), data.len()) })
+    }
+
+    /// Every accumulated gradient in one flat vector (layout of `params_flat`).
+    pub fn grads_flat(&mut self) -> Result<Vec<f32>> {
+        let mut v = vec![0f32; self.param_numel()?];
+        // SAFETY: v is valid for v.len() floats.
+        check(unsafe { sys::gsink_get_grads_flat(self.raw(), v.as_mut_ptr(), v.len()) })?;
+        Ok(v)
+    }
+
+    /// Replaces the accumulated gradients the next optimizer step reads.
+    pub fn set_grads_flat(&mut self, data: &[f32]) -> Result<()> {
+        // SAFETY: data is valid for data.len() floats.
+        check(unsafe { sys::gsink_set_grads_flat(self.raw(), data.as_ptr(), data.len()) })
+    }
+
     // ------------------------------------------------------ forward/backward
 
     /// Runs the model on `tokens` (batch x seq_len, row-major). With

@@ -215,6 +215,25 @@ fn zero_grad_and_accumulate() {
 }
 
 #[test]
+fn flat_params_and_grads() {
+    let mut m = micro();
+    run(&mut m);
+    let n = m.param_numel().unwrap();
+    let (w, g) = (m.params_flat().unwrap(), m.grads_flat().unwrap());
+    assert_eq!((w.len(), g.len()), (n, n));
+    let name = "model.embed_tokens.weight"; // the first tensor of the layout
+    let e = m.get_param(name).unwrap();
+    assert_eq!(&w[..e.len()], &e[..]);
+    assert_eq!(&g[..e.len()], &m.get_param_grad(name).unwrap()[..]);
+    let g2: Vec<f32> = g.iter().map(|x| 2.0 * x).collect();
+    m.set_grads_flat(&g2).unwrap();
+    assert_eq!(m.grads_flat().unwrap(), g2);
+    m.set_params_flat(&w).unwrap();
+    assert_eq!(m.params_flat().unwrap(), w);
+    assert_eq!(m.set_params_flat(&w[1..]).unwrap_err().status(), Status::BufferTooSmall);
+}
+
+#[test]
 fn site_names_round_trip() {
     for s in Site::ALL {
         let (p, layer) = Site::parse(&s.name()).unwrap();
