@@ -1012,6 +1012,7 @@ static int cmd_analyze(int argc, char **argv)
                cfg.vocab_size);
         printf("input: %s, %d sequences x seq %d", source, B, T);
         if (MB < B) printf(" in micro-batches of %d", MB);
+        if (dc->size > 1) printf(" on %d ranks", dc->size);
         printf(", loss %.4f\n", json_path_num(rep, "input", "loss", NULL));
         printf("sink rate: eps=%.2f T_eps=%d s=0 | R_GS: T_e=%d, gradients %s | t0/early: ||x_0|| / mean ||x_1..15||\n\n",
                a.diag.sink_eps, a.diag.sink_window, a.diag.rgs_window,
