@@ -60,3 +60,27 @@ def test_quiet_and_no_progress_print_nothing(tmp_path):
 def test_bad_values_are_usage_errors(bad):
     r = subprocess.run([CLI, "analyze", "--preset", "tiny", *bad], capture_output=True, text=True)
     assert r.returncode == 2 and "expects an integer" in r.stderr
+
+
+def test_cuda_device_streams_like_cpu(tmp_path):
+    """The protocol on the CUDA backend (a GPU, or the emulated module in the cuda-emu suite): the streamed
+    report of 5 sequences in micro-batches of 2 equals the CPU's, fp32, to summation-order rounding."""
+    info = subprocess.run([CLI, "info"], capture_output=True, text=True).stdout
+    if not any(l.strip().startswith("cuda:") and "none" not in l for l in info.splitlines()):
+        pytest.skip("no CUDA device (this test runs in the cuda-emu suite on the emulated module)")
+    cpu, _ = analyze(tmp_path, "cpu.json", "--sequences", "5", "--micro-batch", "2", "-q", "--seq", "40")
+    gpu, _ = analyze(tmp_path, "gpu.json", "--sequences", "5", "--micro-batch", "2", "-q", "--seq", "40",
+                     "--device", "cuda")
+    assert gpu["input"]["micro_batches"] == 3
+
+    def close(a, b, path=""):
+        if isinstance(a, dict):
+            for k in a:
+                if k not in ("input", "library_version"):
+                    close(a[k], b[k], path + "." + k)
+        elif isinstance(a, list):
+            for i, (x, y) in enumerate(zip(a, b)):
+                close(x, y, "%s[%d]" % (path, i))
+        elif isinstance(a, float):
+            assert a == pytest.approx(b, rel=2e-4, abs=2e-6), path
+    close(cpu, gpu)
