@@ -378,7 +378,7 @@ static void ctx_free(hook_ctx *c)
     free(c->bn);
 }
 
-/* The per-micro-batch temporaries: O(B * T * widest site). */
+/* The per-micro-batch temporaries: O(B * T * max(d, q width)) and O(T * widest site) when B > 1. */
 static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
 {
     gsink_analysis *a = c->a;
@@ -386,7 +386,13 @@ static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
     const size_t B = (size_t)c->B, T = (size_t)a->T, P = (size_t)a->P, Wm = (size_t)max_width(a),
                  Hm = (size_t)max_heads(a);
     const size_t qk = (size_t)(a->H > a->KV ? a->H : a->KV) * (size_t)a->dh;
-    size_t n[5] = {T * Wm, B * T * Hm, B * T * Wm, m->cfg.qk_norm ? B * T * qk : 1, B * P * (size_t)a->d};
+    /* dg holds a branch gradient (d) or a q/k/v gradient; the host sums read
+     * R rows: T rows of d (attn_norm_out) or of H (column statistics), else P
+     * rows of at most Wm; the batch sum (B > 1 only) covers all T rows */
+    const size_t d = (size_t)a->d, Wg = d > qk ? d : qk;
+    size_t hs = T * d > P * Wm ? T * d : P * Wm;
+    if (T * (size_t)a->H > hs) hs = T * (size_t)a->H;
+    size_t n[5] = {B > 1 ? T * Wm : 1, B * T * Hm, B * T * Wg, m->cfg.qk_norm ? B * T * qk : 1, B * P * d};
     float **dev[5] = {&c->dsum, &c->drs, &c->dg, &c->dg2, &c->dproj};
     size_t total = 0;
     for (int i = 0; i < 5; i++) {
@@ -395,12 +401,12 @@ static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
                                    (n[i] * sizeof(float)) >> 20, m->be->err);
         total += n[i] * sizeof(float);
     }
-    c->hsum = malloc(T * Wm * sizeof(float));
+    c->hsum = malloc(hs * sizeof(float));
     c->hrs = malloc(B * T * Hm * sizeof(float));
     c->bn = malloc((size_t)BN_COUNT * B * P * sizeof(double));
     if (!c->hsum || !c->hrs || !c->bn)
         return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: out of host memory");
-    total += T * Wm * sizeof(float) + B * T * Hm * sizeof(float) + (size_t)BN_COUNT * B * P * sizeof(double);
+    total += hs * sizeof(float) + B * T * Hm * sizeof(float) + (size_t)BN_COUNT * B * P * sizeof(double);
     *bytes_out = total;
     return GSINK_OK;
 }
