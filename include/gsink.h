@@ -561,7 +561,9 @@ GSINK_API gsink_status gsink_report_json(gsink_model *model, const gsink_diag_op
  * gsink_report_json after a forward and backward of the whole batch at once
  * (loss = mean over every target token of the N sequences), up to float
  * rounding. Works on any model, also one created with GSINK_MODEL_ANALYSIS |
- * GSINK_MODEL_DISCARD_SITE_GRADS; the model's parameter gradients are
+ * GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_DISCARD_SITE_ACTIVATIONS (the
+ * activation norms are folded during each layer's forward, the site
+ * gradients during each layer's backward); the model's parameter gradients are
  * neither computed nor touched. The handle uses its model in every call but
  * gsink_analysis_free, _errmsg and the state functions: keep the model alive
  * while using it. Used by one thread at a time, like every handle. */
