@@ -2,7 +2,9 @@
  * gsink-cli - command-line front end of libgsink.
  *
  *   gsink-cli analyze [options]   forward + backward (activation gradients only,
- *                                 GSINK_MODEL_ANALYSIS) on a batch, prints the
+ *                                 GSINK_MODEL_ANALYSIS, site gradients and unread
+ *                                 site activations shared across layers) on a
+ *                                 batch in micro-batches, prints the
  *                                 per-layer sink / gradient-sink table and
  *                                 optionally writes the JSON report
  *   gsink-cli info                version, devices and presets
@@ -865,7 +867,10 @@ static int cmd_analyze(int argc, char **argv)
     gsink_model_options_init(&mo);
     mo.seed = a.seed;
     mo.n_threads = a.threads ? a.threads : dist_default_threads(dist_world(), gsink_max_threads());
-    mo.flags = GSINK_MODEL_ANALYSIS; /* analysis needs activation gradients only */
+    /* the streaming analysis needs activation gradients only, folds each
+     * layer's site gradients and activation norms as they are computed, and
+     * reads no activation of a discarded site afterwards */
+    mo.flags = GSINK_MODEL_ANALYSIS | GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_DISCARD_SITE_ACTIVATIONS;
     if (a.device && !strcmp(a.device, "cuda")) {
         int gpus = 0;
         mo.device = GSINK_DEVICE_CUDA;

@@ -276,10 +276,23 @@ typedef enum gsink_weight_dtype {
  * and every gradient diagnostic are bitwise equal. gsink_get_param_grad,
  * gsink_vscale_get_theta_grad, gsink_zero_grad, gsink_optimizer_create and
  * GSINK_BACKWARD_ACCUMULATE then return GSINK_ERR_UNSUPPORTED and leave the
- * model usable. Valid for gsink_model_create and gsink_model_load. */
+ * model usable. Valid for gsink_model_create and gsink_model_load.
+ * GSINK_MODEL_DISCARD_SITE_ACTIVATIONS (only together with
+ * GSINK_MODEL_ANALYSIS, else GSINK_ERR_INVALID_ARGUMENT): the sites that the
+ * activation-gradient backward never reads (attn_norm_out, attn_out,
+ * mlp_norm_out, mlp_out, mlp_post) share one buffer set across layers, and
+ * the cross-entropy backward writes the logit gradients over the logits (one
+ * N x vocab buffer instead of two). Site gradients and every gradient
+ * diagnostic stay bitwise equal; the streaming analysis (gsink_analysis_*)
+ * folds the activation norms it needs during the forward, so its report is
+ * unchanged. gsink_get_activation, the activation diagnostics and the JSON
+ * report of a discarded site, and gsink_get_logits after a backward, return
+ * GSINK_ERR_UNSUPPORTED; a second gsink_backward without a new forward
+ * returns GSINK_ERR_CALL_ORDER. Since 0.1.0. */
 typedef enum gsink_model_flags {
     GSINK_MODEL_DISCARD_SITE_GRADS = 1u << 0,
-    GSINK_MODEL_ANALYSIS = 1u << 1
+    GSINK_MODEL_ANALYSIS = 1u << 1,
+    GSINK_MODEL_DISCARD_SITE_ACTIVATIONS = 1u << 2
 } gsink_model_flags;
 
 /* Matrix-product precision. FP32 is exact fp32 everywhere. TF32 and BF16 run
@@ -562,7 +575,9 @@ GSINK_API gsink_status gsink_report_json(gsink_model *model, const gsink_diag_op
  * gsink_report_json after a forward and backward of the whole batch at once
  * (loss = mean over every target token of the N sequences), up to float
  * rounding. Works on any model, also one created with GSINK_MODEL_ANALYSIS |
- * GSINK_MODEL_DISCARD_SITE_GRADS; the model's parameter gradients are
+ * GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_DISCARD_SITE_ACTIVATIONS (the
+ * activation norms are folded during each layer's forward, the site
+ * gradients during each layer's backward); the model's parameter gradients are
  * neither computed nor touched. The handle uses its model in every call but
  * gsink_analysis_free, _errmsg and the state functions: keep the model alive
  * while using it. Used by one thread at a time, like every handle. */

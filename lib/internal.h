@@ -256,6 +256,9 @@ struct gsink_model {
     bool defer_stats, stats_ready, stats_on_backend;
     bool discard_site_grads; /* GSINK_MODEL_DISCARD_SITE_GRADS: layers share dsite */
     bool analysis;           /* GSINK_MODEL_ANALYSIS: no grad_mem, no weight gradients */
+    bool discard_site_acts;  /* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: sites the backward does not
+                              * read share one buffer set; dlogits aliases logits */
+    bool logits_consumed;    /* with discard_site_acts: the backward overwrote the logits */
     bool no_param_grads;     /* inside gsink__backward_hooked: weight gradients skipped */
     float last_loss;
     int64_t n_targets;
@@ -276,6 +279,16 @@ int gsink__site_heads(const gsink_model *m, gsink_site site);
 int gsink__site_width(const gsink_model *m, gsink_site site); /* heads * head width */
 /* Backend pointer of a site's activation (grad=false) or gradient (grad=true). */
 float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad);
+/* True when the model does not keep this site's activations per layer
+ * (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS); the pointer then holds the last
+ * forward's value of whichever layer ran last. */
+bool gsink__site_discarded(const gsink_model *m, gsink_site site);
+/* Fails with GSINK_ERR_UNSUPPORTED (message naming the flag) for a discarded site. */
+gsink_status gsink__site_act_check(gsink_model *m, gsink_site site);
+/* gsink_forward with a hook after each layer's forward (its activations are
+ * complete then, also when the layers share them). */
+gsink_status gsink__forward_hooked(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
+                                   int seq_len, float *loss, gsink__layer_hook hook, void *user);
 /* Looks up a parameter entry by name (NULL if none). */
 const gsink_param_entry *gsink__find_param(const gsink_model *m, const char *name);
 

@@ -406,8 +406,11 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     if (o.precision != GSINK_PRECISION_FP32 && o.device != GSINK_DEVICE_CUDA)
         return gsink__fail(errbuf, GSINK_ERR_UNSUPPORTED, "%s precision needs a CUDA device; the CPU computes in exact fp32",
                            o.precision == GSINK_PRECISION_TF32 ? "TF32" : "BF16");
-    if (o.flags & ~(uint32_t)(GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_ANALYSIS))
+    if (o.flags & ~(uint32_t)(GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_ANALYSIS | GSINK_MODEL_DISCARD_SITE_ACTIVATIONS))
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT, "unknown model flags 0x%x", (unsigned)o.flags);
+    if ((o.flags & GSINK_MODEL_DISCARD_SITE_ACTIVATIONS) && !(o.flags & GSINK_MODEL_ANALYSIS))
+        return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT,
+                           "GSINK_MODEL_DISCARD_SITE_ACTIVATIONS needs GSINK_MODEL_ANALYSIS (a training backward reads every site)");
     if (o.weight_dtype != GSINK_WEIGHTS_FP32 && o.weight_dtype != GSINK_WEIGHTS_BF16 &&
         o.weight_dtype != GSINK_WEIGHTS_FP16)
         return gsink__fail(errbuf, GSINK_ERR_INVALID_ARGUMENT,
@@ -421,6 +424,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     m->n_threads = o.n_threads;
     m->discard_site_grads = (o.flags & GSINK_MODEL_DISCARD_SITE_GRADS) != 0;
     m->analysis = (o.flags & GSINK_MODEL_ANALYSIS) != 0;
+    m->discard_site_acts = (o.flags & GSINK_MODEL_DISCARD_SITE_ACTIVATIONS) != 0;
     m->wdtype = o.weight_dtype; /* gsink_weight_dtype and GSINK_WD_* share their values */
     gsink_diag_options_init(&m->diag);
 
@@ -918,6 +922,28 @@ float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad)
     return grad ? m->layers[layer].dsite[site] : m->layers[layer].site[site];
 }
 
+bool gsink__site_discarded(const gsink_model *m, gsink_site site)
+{
+    if (!m->discard_site_acts) return false;
+    switch (site) {
+    case GSINK_SITE_ATTN_NORM_OUT: /* read by the backward only for weight gradients */
+    case GSINK_SITE_ATTN_OUT:      /* never read by the backward */
+    case GSINK_SITE_MLP_NORM_OUT:
+    case GSINK_SITE_MLP_OUT:
+    case GSINK_SITE_MLP_POST: return true;
+    default: return false;
+    }
+}
+
+gsink_status gsink__site_act_check(gsink_model *m, gsink_site site)
+{
+    if (gsink__site_discarded(m, site))
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "the activations of site \"%s\" are not kept per layer by this model "
+                           "(GSINK_MODEL_DISCARD_SITE_ACTIVATIONS)", site_names[site]);
+    return GSINK_OK;
+}
+
 static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float *out, size_t count, bool grad)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
@@ -931,6 +957,10 @@ static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float 
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
     if (grad && m->discard_site_grads)
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site gradients are not kept by this model (GSINK_MODEL_DISCARD_SITE_GRADS)");
+    if (!grad) {
+        gsink_status st = gsink__site_act_check(m, site);
+        if (st) return st;
+    }
     if (grad && !m->have_backward)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "gradients need gsink_backward after the last forward");
     size_t n = (size_t)m->B * m->T * gsink__site_width(m, site);
@@ -1031,7 +1061,8 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
                 c->overflow = true;
                 return;
             }
-            a->site[st] = take(c, n, 4);
+            /* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: one set for all layers */
+            a->site[st] = l > 0 && gsink__site_discarded(m, (gsink_site)st) ? m->layers[0].site[st] : take(c, n, 4);
             if (st != GSINK_SITE_ATTN_OUT && st != GSINK_SITE_MLP_OUT)
                 a->dsite[st] = share && l > 0 ? m->layers[0].dsite[st] : take(c, n, 4);
         }
@@ -1060,7 +1091,9 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     m->dfinal_out = take(c, Nd, 4);
     m->rstd_final = take(c, N, 4);
     m->logits = take(c, NV, 4);
-    m->dlogits = take(c, NV, 4);
+    /* xent_bwd may run in place (CPU and CUDA kernels read each element of a
+     * row before writing it, and rows are independent) */
+    m->dlogits = m->discard_site_acts ? m->logits : take(c, NV, 4);
     size_t ns = Nq > Nk ? Nq : Nk;
     m->scratch = take(c, ns > Nd ? ns : Nd, 4);
     m->scratch2 = cf->qk_norm ? take(c, ns, 4) : NULL;
@@ -1258,8 +1291,23 @@ static gsink_status check_ids(gsink_model *m, const int32_t *ids, size_t n, bool
     return GSINK_OK;
 }
 
+static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
+                                 int seq_len, float *loss, gsink__layer_hook hook, void *user);
+
 gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
                            int seq_len, float *loss)
+{
+    return forward_impl(m, tokens, targets, batch, seq_len, loss, NULL, NULL);
+}
+
+gsink_status gsink__forward_hooked(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
+                                   int seq_len, float *loss, gsink__layer_hook hook, void *user)
+{
+    return forward_impl(m, tokens, targets, batch, seq_len, loss, hook, user);
+}
+
+static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
+                                 int seq_len, float *loss, gsink__layer_hook hook, void *user)
 {
     if (!m) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "model is NULL");
     GSINK_USE(m, "model");
@@ -1277,6 +1325,7 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
     if (st) return st;
 
     m->have_forward = m->have_backward = m->stats_ready = m->stats_on_backend = false;
+    m->logits_consumed = false;
     st = ensure_acts(m, batch, seq_len);
     if (st) return st;
     m->B = batch;
@@ -1299,7 +1348,10 @@ gsink_status gsink_forward(gsink_model *m, const int32_t *tokens, const int32_t 
     if (st) return gsink__be_check(m, st, "upload tokens");
     m->hstats.window = m->diag.sink_window;
     st = gsink__be_check(m, f->embedding_fwd_w(m->be, m->resid[0], m->tokens_dev, m->p.embed, m->wdtype, (int)N, c->d_model), "embedding");
-    for (int l = 0; !st && l < c->n_layers; l++) st = layer_forward(m, l);
+    for (int l = 0; !st && l < c->n_layers; l++) {
+        st = layer_forward(m, l);
+        if (!st && hook) st = hook(m, l, user);
+    }
     if (st) return st;
     TRY(m, f->rmsnorm_fwd(m->be, m->final_out, m->rstd_final, m->resid[c->n_layers], m->p.final_norm, (int)N, c->d_model, c->rms_eps), "final norm");
     TRY(m, f->gemm_w(m->be, 0, 1, (int)N, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model, m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->logits, c->vocab_size), "lm head");
@@ -1336,6 +1388,10 @@ gsink_status gsink_get_logits(gsink_model *m, float *out, size_t count)
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "output buffer is NULL");
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
+    if (m->logits_consumed)
+        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
+                           "the backward wrote the logit gradients over the logits (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS); "
+                           "read the logits before gsink_backward");
     size_t n = (size_t)m->B * m->T * m->cfg.vocab_size;
     if (count < n) return gsink__fail(m->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "logits need %zu floats, buffer has %zu", n, count);
     TRY(m, BE(m)->download(m->be, out, m->logits, n * sizeof(float)), "download logits");
@@ -1463,7 +1519,12 @@ static gsink_status backward_impl(gsink_model *m, unsigned flags, float scale, b
         gsink_status st = gsink_zero_grad(m);
         if (st) return st;
     }
+    if (m->logits_consumed)
+        return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER,
+                           "the last backward overwrote the logits (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS): "
+                           "run a new forward before another backward");
     m->have_backward = false;
+    if (m->dlogits == m->logits) m->logits_consumed = true;
     TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, scale), "cross-entropy");
     TRY(m, f->gemm_w(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
     if (pg)

@@ -4,9 +4,10 @@
  * A diagnostic batch of N sequences runs as micro-batches. Each micro-batch
  * is one forward and one backward (cross-entropy gradient scaled by 1 per
  * target token, i.e. the gradient of the summed loss); after each layer's
- * backward a hook folds that layer's activations and site gradients into
- * sums, so the model may share its site-gradient buffers between layers
- * (GSINK_MODEL_DISCARD_SITE_GRADS). Every accumulator is a plain sum over
+ * forward a hook folds that layer's activation norms into sums, and after
+ * each layer's backward another folds its site gradients, so the model may
+ * share its site-gradient and unread site-activation buffers between layers
+ * (GSINK_MODEL_DISCARD_SITE_GRADS, GSINK_MODEL_DISCARD_SITE_ACTIVATIONS). Every accumulator is a plain sum over
  * sequences, held in one array of doubles (the "state"): the report divides
  * by the global sequence count N and target count G at the end, so the state
  * of several handles can be summed (all-reduce) and gives the report of the
@@ -172,6 +173,7 @@ const char *gsink_analysis_errmsg(const gsink_analysis *a)
 typedef struct hook_ctx {
     gsink_analysis *a;
     int B;
+    int fwd_layers;                       /* layers the forward hook has folded */
     float *dsum, *drs, *dg, *dg2, *dproj; /* backend temporaries */
     float *hsum, *hrs;                    /* host temporaries */
     double *bn;                           /* (5, B, P) gradient norms for the branch ratios */
@@ -244,6 +246,23 @@ static gsink_status add_norms(hook_ctx *c, const float *x, int si, int R, double
     return GSINK_OK;
 }
 
+/* After layer l's forward: the activation norms of every site. */
+static gsink_status fwd_hook(gsink_model *m, int l, void *user)
+{
+    hook_ctx *c = user;
+    gsink_analysis *a = c->a;
+    double *blk = layer_block(a, l);
+    gsink_status st;
+    c->fwd_layers++;
+    for (int si = 0; si < GSINK_SITE_COUNT; si++) {
+        const float *x = gsink__site_ptr(m, l, (gsink_site)si, false);
+        if (!x) return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site %s is not stored",
+                                   gsink_site_name((gsink_site)si));
+        if ((st = add_norms(c, x, si, a->P, blk + a->off_aps[si], NULL))) return st;
+    }
+    return GSINK_OK;
+}
+
 static gsink_status layer_hook(gsink_model *m, int l, void *user)
 {
     hook_ctx *c = user;
@@ -253,18 +272,16 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
     double *blk = layer_block(a, l);
     gsink_status st;
 
-    /* site gradients: sums and per-sequence norms; activations: norms */
+    /* site gradients: sums and per-sequence norms (activation norms: fwd_hook) */
     for (int si = 0; si < GSINK_SITE_COUNT; si++) {
         const float *g = gsink__site_ptr(m, l, (gsink_site)si, true);
-        const float *x = gsink__site_ptr(m, l, (gsink_site)si, false);
-        if (!g || !x) return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site %s is not stored",
+        if (!g) return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site %s is not stored",
                                          gsink_site_name((gsink_site)si));
         if ((st = add_batch_sum(c, g, a->W[si], a->R[si], blk + a->off_gsum[si]))) return st;
         int slot = bn_slot(si);
         if ((st = add_norms(c, g, si, a->R[si], blk + a->off_gps[si],
                             slot >= 0 ? c->bn + (size_t)slot * (size_t)B * (size_t)P : NULL)))
             return st;
-        if ((st = add_norms(c, x, si, P, blk + a->off_aps[si], NULL))) return st;
     }
 
     /* branch ratios per sequence: g1 = dL/d(branch out), g2 = dL/d(normed
@@ -361,7 +378,7 @@ static void ctx_free(hook_ctx *c)
     free(c->bn);
 }
 
-/* The per-micro-batch temporaries: O(B * T * widest site). */
+/* The per-micro-batch temporaries: O(B * T * max(d, q width)) and O(T * widest site) when B > 1. */
 static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
 {
     gsink_analysis *a = c->a;
@@ -369,7 +386,13 @@ static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
     const size_t B = (size_t)c->B, T = (size_t)a->T, P = (size_t)a->P, Wm = (size_t)max_width(a),
                  Hm = (size_t)max_heads(a);
     const size_t qk = (size_t)(a->H > a->KV ? a->H : a->KV) * (size_t)a->dh;
-    size_t n[5] = {T * Wm, B * T * Hm, B * T * Wm, m->cfg.qk_norm ? B * T * qk : 1, B * P * (size_t)a->d};
+    /* dg holds a branch gradient (d) or a q/k/v gradient; the host sums read
+     * R rows: T rows of d (attn_norm_out) or of H (column statistics), else P
+     * rows of at most Wm; the batch sum (B > 1 only) covers all T rows */
+    const size_t d = (size_t)a->d, Wg = d > qk ? d : qk;
+    size_t hs = T * d > P * Wm ? T * d : P * Wm;
+    if (T * (size_t)a->H > hs) hs = T * (size_t)a->H;
+    size_t n[5] = {B > 1 ? T * Wm : 1, B * T * Hm, B * T * Wg, m->cfg.qk_norm ? B * T * qk : 1, B * P * d};
     float **dev[5] = {&c->dsum, &c->drs, &c->dg, &c->dg2, &c->dproj};
     size_t total = 0;
     for (int i = 0; i < 5; i++) {
@@ -378,12 +401,12 @@ static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
                                    (n[i] * sizeof(float)) >> 20, m->be->err);
         total += n[i] * sizeof(float);
     }
-    c->hsum = malloc(T * Wm * sizeof(float));
+    c->hsum = malloc(hs * sizeof(float));
     c->hrs = malloc(B * T * Hm * sizeof(float));
     c->bn = malloc((size_t)BN_COUNT * B * P * sizeof(double));
     if (!c->hsum || !c->hrs || !c->bn)
         return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: out of host memory");
-    total += T * Wm * sizeof(float) + B * T * Hm * sizeof(float) + (size_t)BN_COUNT * B * P * sizeof(double);
+    total += hs * sizeof(float) + B * T * Hm * sizeof(float) + (size_t)BN_COUNT * B * P * sizeof(double);
     *bytes_out = total;
     return GSINK_OK;
 }
@@ -406,7 +429,7 @@ gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens, const 
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER, "the analysis is finished: no more micro-batches");
     if (a->broken)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
-                           "an earlier micro-batch failed inside the backward: the sums are incomplete "
+                           "an earlier micro-batch failed inside the forward or backward: the sums are incomplete "
                            "(gsink_analysis_set_state restores a saved state)");
     if (!tokens) return gsink__fail(a->errmsg, GSINK_ERR_NULL_ARGUMENT, "tokens is NULL");
     if (batch < 1) return gsink__fail(a->errmsg, GSINK_ERR_INVALID_ARGUMENT, "batch = %d must be >= 1", batch);
@@ -427,25 +450,36 @@ gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens, const 
         for (size_t i = 0; i < N; i++) tgt[i] = (i % (size_t)seq_len) + 1 < (size_t)seq_len ? tokens[i + 1] : -1;
         targets = tgt;
     }
-    float loss = 0.0f;
-    const int32_t win = m->diag.sink_window;
-    m->diag.sink_window = a->opts.sink_window;
-    gsink_status st = gsink_forward(m, tokens, targets, batch, seq_len, &loss);
-    m->diag.sink_window = win;
-    free(tgt);
-    if (st) return relay(a, st);
-    if (m->n_targets == 0)
+    /* the targets decide before the forward whether there is anything to
+     * differentiate: the forward hook already adds to the sums */
+    bool any = false;
+    for (size_t i = 0; i < N && !any; i++) any = targets[i] >= 0;
+    if (!any) {
+        free(tgt);
         return gsink__fail(a->errmsg, GSINK_ERR_NO_TARGETS,
                            "every target of this micro-batch is ignored (< 0): nothing to differentiate");
-    const int64_t n_targets = m->n_targets;
-
+    }
     hook_ctx c = {.a = a, .B = batch};
     size_t tmp_bytes = 0;
+    gsink_status st;
     if ((st = ctx_alloc(&c, &tmp_bytes))) {
         ctx_free(&c);
+        free(tgt);
         return st;
     }
     if (tmp_bytes > a->peak_tmp_bytes) a->peak_tmp_bytes = tmp_bytes;
+    float loss = 0.0f;
+    const int32_t win = m->diag.sink_window;
+    m->diag.sink_window = a->opts.sink_window;
+    st = gsink__forward_hooked(m, tokens, targets, batch, seq_len, &loss, fwd_hook, &c);
+    m->diag.sink_window = win;
+    free(tgt);
+    if (st) {
+        ctx_free(&c);
+        if (c.fwd_layers > 0) a->broken = true;
+        return relay(a, st);
+    }
+    const int64_t n_targets = m->n_targets;
     st = gsink__backward_hooked(m, 1.0f, layer_hook, &c);
     ctx_free(&c);
     if (st) {
@@ -672,7 +706,7 @@ static gsink_status fin_ready(gsink_analysis *a)
 {
     if (a->broken)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
-                           "an earlier micro-batch failed inside the backward: the sums are incomplete");
+                           "an earlier micro-batch failed inside the forward or backward: the sums are incomplete");
     if (a->state[0] < 1 || a->state[3] < 1)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER, "no micro-batch has been added to the analysis");
     if (a->m->vs.n_scale_heads != a->nsh)

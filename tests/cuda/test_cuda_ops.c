@@ -483,6 +483,22 @@ START_TEST(test_xent)
     OKC(cpu->iface->xent_bwd(cpu, dl.c, logits.c, T.c, N, V, 1.0f / (float)cc));
     OKG(gpu->iface->xent_bwd(gpu, dl.g, logits.g, T.g, N, V, 1.0f / (float)cg));
     pair_check(&dl, 1e-5, 1e-9, "xent_bwd");
+    /* in place (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: dlogits aliases the
+     * logits): bitwise the out-of-place result on both backends */
+    {
+        const size_t n = (size_t)N * V;
+        float *a = malloc(n * sizeof(float)), *b = malloc(n * sizeof(float));
+        OKC(cpu->iface->xent_bwd(cpu, logits.c, logits.c, T.c, N, V, 1.0f / (float)cc));
+        OKG(gpu->iface->xent_bwd(gpu, logits.g, logits.g, T.g, N, V, 1.0f / (float)cg));
+        OKC(cpu->iface->download(cpu, a, dl.c, n * sizeof(float)));
+        OKC(cpu->iface->download(cpu, b, logits.c, n * sizeof(float)));
+        ck_assert_msg(memcmp(a, b, n * sizeof(float)) == 0, "cpu xent_bwd in place differs");
+        OKG(gpu->iface->download(gpu, a, dl.g, n * sizeof(float)));
+        OKG(gpu->iface->download(gpu, b, logits.g, n * sizeof(float)));
+        ck_assert_msg(memcmp(a, b, n * sizeof(float)) == 0, "device xent_bwd in place differs");
+        free(a);
+        free(b);
+    }
     pair_free(&logits);
     pair_free(&dl);
     ipair_free(&T);
@@ -1293,6 +1309,48 @@ START_TEST(test_model_memory_linear)
 }
 END_TEST
 
+/* The streaming analysis on the device: a model that shares its unread site
+ * activations across layers and writes dlogits over the logits
+ * (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS) reports exactly what one that keeps
+ * them does, and holds less. */
+START_TEST(test_model_discard_site_activations)
+{
+    gsink_config cfg;
+    gsink_config_init(&cfg);
+    ck_assert_int_eq(gsink_config_preset("micro", &cfg), GSINK_OK);
+    cfg.n_heads = 4;
+    cfg.n_kv_heads = 2;
+    cfg.d_model = 32;
+    cfg.d_head = 8;
+    const int NS = 4, T = 24;
+    int32_t tok[96];
+    for (int i = 0; i < NS * T; i++) tok[i] = (i * 37 + 11) % cfg.vocab_size;
+    gsink_diag_options d;
+    gsink_diag_options_init(&d);
+    d.sink_window = 8;
+    char *json[2] = {NULL, NULL};
+    uint64_t peak[2];
+    for (int v = 0; v < 2; v++) {
+        gsink_model_options o;
+        gsink_model_options_init(&o);
+        o.seed = 99;
+        o.n_threads = 1;
+        o.device = gpu_is_cuda ? GSINK_DEVICE_CUDA : GSINK_DEVICE_CPU;
+        o.flags = GSINK_MODEL_ANALYSIS | GSINK_MODEL_DISCARD_SITE_GRADS | (v ? GSINK_MODEL_DISCARD_SITE_ACTIVATIONS : 0);
+        gsink_model *m = NULL;
+        ck_assert_msg(gsink_model_create(&cfg, &o, &m) == GSINK_OK, "%s", gsink_last_error());
+        gsink_status st = gsink_analyze_sequences(m, tok, NS, T, 2, &d, NULL, NULL, &json[v]);
+        ck_assert_msg(st == GSINK_OK, "analysis: %s", gsink_model_errmsg(m));
+        ck_assert_int_eq(gsink_model_memory(m, NULL, &peak[v], 0), GSINK_OK);
+        gsink_model_free(m);
+    }
+    ck_assert_str_eq(json[0], json[1]);
+    ck_assert_uint_lt(peak[1], peak[0]);
+    gsink_free(json[0]);
+    gsink_free(json[1]);
+}
+END_TEST
+
 /* ------------------------------------------------------------------------ */
 
 static TCase *add(Suite *s, const char *name, const TTest *t)
@@ -1326,6 +1384,7 @@ static Suite *cuda_suite(void)
     add(s, "rope", test_rope);
     add(s, "swiglu", test_swiglu);
     add(s, "xent", test_xent);
+    add(s, "model_discard_site_activations", test_model_discard_site_activations);
     add(s, "elementwise_reductions", test_elementwise_reductions);
     add(s, "adamw", test_adamw);
     add(s, "vscale", test_vscale);

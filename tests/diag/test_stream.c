@@ -1,7 +1,8 @@
 /*
  * test_stream.c - streaming diagnostics (gsink_analysis_*): the report of a
  * batch of 8 sequences run as micro-batches (4 x 2, 3 + 3 + 2, two handles
- * whose states are summed, a model that discards its site gradients) equals
+ * whose states are summed, a model that discards its site gradients or its
+ * unread site activations) equals
  * gsink_report_json after one forward and backward of all 8 at once, every
  * number to 1e-6 relative, for both batch aggregations, on an MHA model, a
  * GQA model and one with V-scale on. Also: the memory does not grow with the
@@ -309,6 +310,124 @@ START_TEST(test_discarded_site_grads)
 }
 END_TEST
 
+/* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: the sites the backward does not read
+ * share one buffer set across layers, the logit gradients overwrite the
+ * logits; the streamed report is unchanged (with and without kept site
+ * gradients, also with the statistics recorded in the backward), site
+ * gradients are bitwise equal, and what the model no longer keeps fails
+ * with a message naming the flag. */
+START_TEST(test_discarded_site_activations)
+{
+    const setup *su = &setups[_i];
+    const uint32_t DA = GSINK_MODEL_DISCARD_SITE_ACTIVATIONS;
+    int32_t tok[NSEQ * SEQ];
+    make_tokens(tok, NSEQ * SEQ, 29);
+    gsink_model *m = make_model(su, 0);
+    char *ref = one_batch_report(m, tok, NSEQ, 0);
+    const uint32_t variants[3] = {GSINK_MODEL_ANALYSIS | GSINK_MODEL_DISCARD_SITE_GRADS | DA, GSINK_MODEL_ANALYSIS | DA,
+                                  GSINK_MODEL_ANALYSIS | GSINK_MODEL_DISCARD_SITE_GRADS | DA};
+    for (int v = 0; v < 3; v++) {
+        gsink_model *d = make_model(su, variants[v]);
+        if (v == 2) d->defer_stats = true;
+        gsink_analysis *a = begin(d, 0);
+        for (int k = 0; k < 4; k++) add(a, tok, 2 * k, 2);
+        char *s = report(a, 0);
+        assert_same_report(ref, s, v == 0 ? "discarded site activations" : v == 1 ? "discarded activations, kept gradients"
+                                                                                  : "discarded activations, deferred statistics");
+        gsink_free(s);
+        gsink_analysis_free(a);
+        gsink_model_free(d);
+    }
+
+    /* one batch through the public API: gradients equal, discarded sites refused */
+    gsink_model *d = make_model(su, GSINK_MODEL_ANALYSIS | DA);
+    int32_t tgt[NSEQ * SEQ];
+    for (int i = 0; i < NSEQ * SEQ; i++) tgt[i] = (i % SEQ) + 1 < SEQ ? tok[i + 1] : -1;
+    float l0, l1;
+    ck_assert_int_eq(gsink_forward(m, tok, tgt, NSEQ, SEQ, &l0), GSINK_OK);
+    ck_assert_int_eq(gsink_forward(d, tok, tgt, NSEQ, SEQ, &l1), GSINK_OK);
+    ck_assert_float_eq(l0, l1);
+    const size_t nlog = (size_t)NSEQ * SEQ * 61;
+    float *lg0 = malloc(nlog * sizeof(float)), *lg1 = malloc(nlog * sizeof(float));
+    ck_assert_int_eq(gsink_get_logits(m, lg0, nlog), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(d, lg1, nlog), GSINK_OK); /* before the backward: kept */
+    ck_assert_int_eq(memcmp(lg0, lg1, nlog * sizeof(float)), 0);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(d, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(d, lg1, nlog), GSINK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(d), "GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"));
+    ck_assert_int_eq(gsink_backward(d, 0), GSINK_ERR_CALL_ORDER); /* the logits are gone */
+    free(lg0);
+    free(lg1);
+    const size_t big = (size_t)NSEQ * SEQ * 64;
+    float *x0 = malloc(big * sizeof(float)), *x1 = malloc(big * sizeof(float));
+    for (int l = 0; l < 2; l++)
+        for (int si = 0; si < GSINK_SITE_COUNT; si++) {
+            const gsink_site site = (gsink_site)si;
+            const bool gone = si == GSINK_SITE_ATTN_NORM_OUT || si == GSINK_SITE_ATTN_OUT ||
+                              si == GSINK_SITE_MLP_NORM_OUT || si == GSINK_SITE_MLP_OUT || si == GSINK_SITE_MLP_POST;
+            ck_assert_int_eq(gsink_get_gradient(m, l, site, x0, big), GSINK_OK);
+            ck_assert_int_eq(gsink_get_gradient(d, l, site, x1, big), GSINK_OK);
+            int hh = 0, hw = 0;
+            ck_assert_int_eq(gsink_site_dims(d, site, &hh, &hw), GSINK_OK);
+            const int w = hw;
+            (void)hh;
+            ck_assert_msg(memcmp(x0, x1, (size_t)NSEQ * SEQ * (size_t)w * sizeof(float)) == 0,
+                          "gradient of %s, layer %d", gsink_site_name(site), l);
+            gsink_status st = gsink_get_activation(d, l, site, x1, big);
+            float r;
+            if (gone) {
+                ck_assert_int_eq(st, GSINK_ERR_UNSUPPORTED);
+                ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(d), "GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"));
+                ck_assert_int_eq(gsink_get_activation_norms(d, l, site, -1, x1, big), GSINK_ERR_UNSUPPORTED);
+                ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(d), "GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"));
+                ck_assert_int_eq(gsink_massive_activation_ratio(d, l, site, &r), GSINK_ERR_UNSUPPORTED);
+            } else {
+                ck_assert_int_eq(st, GSINK_OK);
+                ck_assert_int_eq(gsink_get_activation(m, l, site, x0, big), GSINK_OK);
+                ck_assert_int_eq(memcmp(x0, x1, (size_t)NSEQ * SEQ * (size_t)w * sizeof(float)), 0);
+                ck_assert_int_eq(gsink_massive_activation_ratio(d, l, site, &r), GSINK_OK);
+            }
+        }
+    free(x0);
+    free(x1);
+    gsink_diag_options o;
+    diag_opts(&o, 0);
+    char *json = NULL;
+    ck_assert_int_eq(gsink_report_json(d, &o, &json), GSINK_ERR_UNSUPPORTED);
+    ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(d), "GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"));
+
+    /* less activation memory than a model that only skips parameter gradients */
+    uint64_t live_d, live_a;
+    gsink_model *an = make_model(su, GSINK_MODEL_ANALYSIS);
+    ck_assert_int_eq(gsink_forward(an, tok, tgt, NSEQ, SEQ, &l1), GSINK_OK);
+    ck_assert_int_eq(gsink_model_memory(an, &live_a, NULL, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_model_memory(d, &live_d, NULL, 0), GSINK_OK);
+    ck_assert_uint_lt(live_d, live_a);
+    {   /* the saving: (L - 1) x (4 d + d_ff) floats per token of the shared sites, plus the dlogits */
+        const uint64_t N = NSEQ * SEQ, per_site = (uint64_t)((N * 32 * 4 + 63) / 64 * 64),
+                       ffb = (uint64_t)((N * 48 * 4 + 63) / 64 * 64), logit = (uint64_t)((N * 61 * 4 + 63) / 64 * 64);
+        ck_assert_uint_eq(live_a - live_d, 1 * (4 * per_site + ffb) + logit);
+    }
+    gsink_model_free(an);
+
+    /* the flag needs GSINK_MODEL_ANALYSIS */
+    gsink_config cfg;
+    ck_assert_int_eq(gsink_model_config(m, &cfg), GSINK_OK);
+    gsink_model_options mo;
+    gsink_model_options_init(&mo);
+    mo.flags = DA | GSINK_MODEL_DISCARD_SITE_GRADS;
+    gsink_model *bad = NULL;
+    char err[GSINK_MSG_SIZE];
+    ck_assert_int_eq(gsink_model_create(&cfg, &mo, &bad), GSINK_ERR_INVALID_ARGUMENT);
+    ck_assert_ptr_null(bad);
+    (void)err;
+    gsink_free(ref);
+    gsink_model_free(m);
+    gsink_model_free(d);
+}
+END_TEST
+
 /* Column statistics recorded in the backward (as the CUDA backend does)
  * stream to the same numbers. */
 START_TEST(test_deferred_statistics)
@@ -515,6 +634,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_microbatches_equal_one_batch, 0, 5);
     tcase_add_loop_test(tc, test_discarded_site_grads, 0, 5);
+    tcase_add_loop_test(tc, test_discarded_site_activations, 0, 5);
     tcase_add_test(tc, test_deferred_statistics);
     tcase_add_test(tc, test_state_sum);
     tcase_add_test(tc, test_memory_independent_of_n);

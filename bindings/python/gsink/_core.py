@@ -82,6 +82,7 @@ class WeightDtype(enum.IntEnum):
 # gsink_model_flags
 MODEL_DISCARD_SITE_GRADS = 1
 MODEL_ANALYSIS = 2
+MODEL_DISCARD_SITE_ACTIVATIONS = 4
 # gsink_memory_flags
 MEMORY_RESET_PEAK = 1
 
@@ -420,7 +421,8 @@ def _as_config(config):
 
 
 def _model_options(seed, n_threads, device, device_index, precision=None,
-                   discard_site_grads=False, analysis=False, weight_dtype=None):
+                   discard_site_grads=False, analysis=False, weight_dtype=None,
+                   discard_site_activations=False):
     o = L.ModelOptions()
     o.size = L.ModelOptions.known_size
     _lib.gsink_model_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
@@ -437,6 +439,8 @@ def _model_options(seed, n_threads, device, device_index, precision=None,
         o.flags |= MODEL_DISCARD_SITE_GRADS
     if analysis:
         o.flags |= MODEL_ANALYSIS
+    if discard_site_activations:
+        o.flags |= MODEL_DISCARD_SITE_ACTIVATIONS
     if weight_dtype is not None:
         o.weight_dtype = _enum_arg(weight_dtype, WeightDtype, "weight_dtype")
     return o
@@ -548,7 +552,8 @@ class Model(_Handle):
     """A Llama-style model (gsink_model).
 
     Model(config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
-    precision=None, discard_site_grads=False, analysis=False, weight_dtype=None, **overrides): config
+    precision=None, discard_site_grads=False, analysis=False, weight_dtype=None,
+    discard_site_activations=False, **overrides): config
     is a Config, a preset
     name, a dict or None (the default "tiny" config); keyword overrides change config
     fields. precision is "fp32" (default), "tf32" or "bf16" (or a Precision): tensor-core
@@ -558,6 +563,12 @@ class Model(_Handle):
     analysis=True computes activation gradients only: no parameter-gradient buffer,
     no weight gradients in backward(), bitwise the same diagnostics; get_param_grad,
     zero_grad, backward(accumulate=True) and Optimizer then raise UnsupportedError.
+    discard_site_activations=True (only with analysis=True, else InvalidArgumentError):
+    the sites the activation-gradient backward does not read (attn_norm_out, attn_out,
+    mlp_norm_out, mlp_out, mlp_post) share one buffer across layers and the logit
+    gradients overwrite the logits; Analysis reports are unchanged, get_activation and
+    the activation diagnostics of those sites, and get_logits after backward(), raise
+    UnsupportedError.
     weight_dtype is "fp32" (default), "bf16" or "fp16" (or a WeightDtype): the storage of
     the weight matrices (half the weight memory in 16 bits); compute, activations and
     gradients stay fp32, get_param/set_param stay float32 (set_param rounds to nearest
@@ -571,27 +582,29 @@ class Model(_Handle):
 
     def __init__(self, config=None, *, seed=0, n_threads=0, device="cpu", device_index=0,
                  precision=None, discard_site_grads=False, analysis=False, weight_dtype=None,
-                 **overrides):
+                 discard_site_activations=False, **overrides):
         self._dependents = weakref.WeakSet()
         cfg = _as_config(config)
         if overrides:
             cfg = cfg.copy(**overrides)
         c = cfg.to_c()
         o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads,
-                           analysis, weight_dtype)
+                           analysis, weight_dtype, discard_site_activations)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_create(ctypes.byref(c), ctypes.byref(o), ctypes.byref(h)))
         self._adopt(h.value)
 
     @classmethod
     def load(cls, path, *, seed=0, n_threads=0, device="cpu", device_index=0, precision=None,
-             discard_site_grads=False, analysis=False, weight_dtype=None):
+             discard_site_grads=False, analysis=False, weight_dtype=None,
+             discard_site_activations=False):
         """Loads a HF directory / .safetensors (with config.json) / .gguf.
-        analysis=True: activation gradients only; weight_dtype: storage of the weight
+        analysis=True: activation gradients only; discard_site_activations=True: unread
+        site activations shared across layers (see Model); weight_dtype: storage of the weight
         matrices, a BF16/F16 safetensors tensor loads bit for bit into the same type
         (see Model)."""
         o = _model_options(seed, n_threads, device, device_index, precision, discard_site_grads,
-                           analysis, weight_dtype)
+                           analysis, weight_dtype, discard_site_activations)
         h = ctypes.c_void_p()
         _check(_lib.gsink_model_load(_bytes_arg(path, "path"), ctypes.byref(o), ctypes.byref(h)))
         self = cls.__new__(cls)

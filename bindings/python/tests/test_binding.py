@@ -621,6 +621,38 @@ def test_analysis_model():
     assert ana.report_json() == full.report_json()
 
 
+def test_discard_site_activations_model():
+    # unread site activations shared across layers: the streamed report of a
+    # normal model, the same gradients, discarded sites and logits after the
+    # backward refused naming the flag; the flag needs analysis=True
+    rng = np.random.default_rng(5)
+    tok = rng.integers(0, 64, size=(4, 16), dtype=np.int32)
+    full = gsink.Model("micro", seed=11, n_threads=1)
+    lean = gsink.Model("micro", seed=11, n_threads=1, analysis=True, discard_site_grads=True,
+                       discard_site_activations=True)
+    reports = []
+    for m in (full, lean):
+        a = gsink.Analysis(m, 16, sink_window=8)
+        a.add(tok[:2])
+        a.add(tok[2:])
+        a.finish()
+        reports.append(a.report_json())
+        a.close()
+    assert reports[0] == reports[1]
+    kept = gsink.Model("micro", seed=11, n_threads=1, analysis=True, discard_site_activations=True)
+    for m in (full, kept):
+        m.forward(tok, tok)
+        m.backward()
+    np.testing.assert_array_equal(kept.gradient("mlp_post", layer=0), full.gradient("mlp_post", layer=0))
+    np.testing.assert_array_equal(kept.activation("mlp_pre", layer=0), full.activation("mlp_pre", layer=0))
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"):
+        kept.activation("mlp_post", layer=0)
+    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"):
+        kept.logits()
+    with pytest.raises(gsink.InvalidArgumentError, match="needs GSINK_MODEL_ANALYSIS"):
+        gsink.Model("micro", discard_site_activations=True)
+
+
 @pytest.mark.parametrize("precision", ["tf32", "bf16", gsink.Precision.BF16])
 def test_reduced_precision_needs_cuda(precision):
     # TF32 and BF16 are CUDA-only; on the CPU they are refused, not ignored

@@ -820,6 +820,7 @@ pub const gsink_weight_dtype_GSINK_WEIGHTS_FP16: gsink_weight_dtype = 2;
 pub type gsink_weight_dtype = ::std::os::raw::c_uint;
 pub const gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS: gsink_model_flags = 1;
 pub const gsink_model_flags_GSINK_MODEL_ANALYSIS: gsink_model_flags = 2;
+pub const gsink_model_flags_GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: gsink_model_flags = 4;
 pub type gsink_model_flags = ::std::os::raw::c_uint;
 pub const gsink_precision_GSINK_PRECISION_FP32: gsink_precision = 0;
 pub const gsink_precision_GSINK_PRECISION_TF32: gsink_precision = 1;

@@ -241,6 +241,13 @@ pub struct ModelOptions {
     /// same (bitwise) diagnostics; `param_grad`, `zero_grad`, accumulating
     /// backwards and optimizers then fail with `Status::Unsupported`.
     pub analysis: bool,
+    /// With `analysis` only (`GSINK_MODEL_DISCARD_SITE_ACTIVATIONS`): the
+    /// sites the activation-gradient backward does not read (attn_norm_out,
+    /// attn_out, mlp_norm_out, mlp_out, mlp_post) share one buffer set across
+    /// layers and the logit gradients overwrite the logits. Streamed analysis
+    /// reports are unchanged; reading those activations, or the logits after
+    /// `backward`, fails with `Status::Unsupported`.
+    pub discard_site_activations: bool,
     /// Storage type of the weight matrices (`gsink_weight_dtype`): fp32
     /// (default), bf16 or fp16; compute and gradients stay fp32.
     pub weight_dtype: WeightDtype,
@@ -313,6 +320,7 @@ impl Default for ModelOptions {
             },
             discard_site_grads: raw.flags & sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS != 0,
             analysis: raw.flags & sys::gsink_model_flags_GSINK_MODEL_ANALYSIS != 0,
+            discard_site_activations: raw.flags & sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_ACTIVATIONS != 0,
             weight_dtype: WeightDtype::from_raw(raw.weight_dtype),
         }
     }
@@ -332,7 +340,8 @@ impl ModelOptions {
                 Precision::Bf16 => sys::gsink_precision_GSINK_PRECISION_BF16 as i32,
             },
             flags: (if self.discard_site_grads { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_GRADS } else { 0 })
-                | (if self.analysis { sys::gsink_model_flags_GSINK_MODEL_ANALYSIS } else { 0 }),
+                | (if self.analysis { sys::gsink_model_flags_GSINK_MODEL_ANALYSIS } else { 0 })
+                | (if self.discard_site_activations { sys::gsink_model_flags_GSINK_MODEL_DISCARD_SITE_ACTIVATIONS } else { 0 }),
             weight_dtype: self.weight_dtype.raw(),
         }
     }

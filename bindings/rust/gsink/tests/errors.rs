@@ -177,6 +177,28 @@ fn analysis_model_refuses_parameter_gradients() {
 }
 
 #[test]
+fn discard_site_activations_model() {
+    let cfg = Config::preset("micro").unwrap();
+    let bad = ModelOptions { discard_site_activations: true, ..ModelOptions::default() };
+    assert_eq!(Model::new(&cfg, &bad).unwrap_err().status(), Status::InvalidArgument);
+    let opts = ModelOptions { seed: 7, n_threads: 1, analysis: true, discard_site_activations: true, ..ModelOptions::default() };
+    let mut m = Model::new(&cfg, &opts).unwrap();
+    let mut keep = micro();
+    let (tokens, targets) = inputs(32);
+    for mm in [&mut m, &mut keep] {
+        mm.forward(&tokens, Some(&targets), 1, 32).unwrap();
+        mm.backward().unwrap();
+    }
+    // the same site gradients and kept activations; the unread ones are refused
+    assert_eq!(m.gradient(0, Site::MlpPost).unwrap(), keep.gradient(0, Site::MlpPost).unwrap());
+    assert_eq!(m.activation(1, Site::MlpPre).unwrap(), keep.activation(1, Site::MlpPre).unwrap());
+    let e = m.activation(0, Site::MlpPost).unwrap_err();
+    assert_eq!(e.status(), Status::Unsupported);
+    assert!(e.message().contains("GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"), "{}", e.message());
+    assert_eq!(m.logits().unwrap_err().status(), Status::Unsupported);
+}
+
+#[test]
 fn tokenizer_json() {
     let e = gsink::Tokenizer::load_json("/nonexistent/dir").unwrap_err();
     assert_eq!(e.status(), Status::Io);
