@@ -56,7 +56,8 @@ def run_gsink(a):
     import numpy as np
     import gsink
     tokens = packed_tokens(gsink, a.model, a.sequences, a.seq)
-    m = gsink.Model.load(a.model, n_threads=a.threads, analysis=True)
+    m = gsink.Model.load(a.model, n_threads=a.threads, analysis=True, discard_site_grads=True,
+                         discard_site_activations=True)
     t0 = time.perf_counter()
     rep = m.analyze(tokens, micro_batch=a.micro_batch)
     dt = time.perf_counter() - t0
