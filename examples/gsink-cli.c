@@ -858,7 +858,6 @@ static int cmd_analyze(int argc, char **argv)
     gsink_model *m = NULL;
     gsink_tokenizer *tk = NULL;
     int32_t *ids = NULL, *tok = NULL, *tgt = NULL;
-    float *buf = NULL;
     char *json = NULL;
     gsink_analysis *an = NULL;
     jval *rep = NULL;
@@ -911,8 +910,7 @@ static int cmd_analyze(int argc, char **argv)
     size_t N = (size_t)B * (size_t)T;
     tok = malloc(N * sizeof(int32_t));
     tgt = malloc(N * sizeof(int32_t));
-    buf = malloc(sizeof(float) * ((size_t)T * 4 + (size_t)cfg.n_heads + 16));
-    if (!tok || !tgt || !buf) { fprintf(stderr, "%s: out of memory\n", prog); goto out; }
+    if (!tok || !tgt) { fprintf(stderr, "%s: out of memory\n", prog); goto out; }
 
     const char *source = "random tokens";
     char srcbuf[1024];
@@ -1053,7 +1051,6 @@ out:
     json_free(rep);
     gsink_analysis_free(an);
     gsink_free(json);
-    free(buf);
     free(ids);
     free(tok);
     free(tgt);
