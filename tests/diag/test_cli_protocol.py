@@ -20,18 +20,18 @@ def analyze(tmp_path, name, *extra):
     return json.load(open(out)), r
 
 
-def compare(a, b, path="", skip=("input",)):
+def compare(a, b, path="", skip=("input",), rel=1e-6, abs=1e-7):
     if isinstance(a, dict):
         assert a.keys() == b.keys(), path
         for k in a:
             if k not in skip:
-                compare(a[k], b[k], path + "." + k)
+                compare(a[k], b[k], path + "." + k, skip, rel, abs)
     elif isinstance(a, list):
         assert len(a) == len(b), path
         for i, (x, y) in enumerate(zip(a, b)):
-            compare(x, y, "%s[%d]" % (path, i))
+            compare(x, y, "%s[%d]" % (path, i), skip, rel, abs)
     elif isinstance(a, float) or isinstance(b, float):
-        assert a == pytest.approx(b, rel=1e-6, abs=1e-7), path
+        assert a == pytest.approx(b, rel=rel, abs=abs), path
     else:
         assert a == b, path
 
@@ -72,15 +72,4 @@ def test_cuda_device_streams_like_cpu(tmp_path):
     gpu, _ = analyze(tmp_path, "gpu.json", "--sequences", "5", "--micro-batch", "2", "-q", "--seq", "40",
                      "--device", "cuda")
     assert gpu["input"]["micro_batches"] == 3
-
-    def close(a, b, path=""):
-        if isinstance(a, dict):
-            for k in a:
-                if k not in ("input", "library_version"):
-                    close(a[k], b[k], path + "." + k)
-        elif isinstance(a, list):
-            for i, (x, y) in enumerate(zip(a, b)):
-                close(x, y, "%s[%d]" % (path, i))
-        elif isinstance(a, float):
-            assert a == pytest.approx(b, rel=2e-4, abs=2e-6), path
-    close(cpu, gpu)
+    compare(cpu, gpu, rel=2e-4, abs=2e-6)

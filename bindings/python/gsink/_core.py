@@ -107,6 +107,15 @@ def _check(status):
         _raise(status, _text(_lib.gsink_last_error()))
 
 
+def _take_string(p):
+    """The text of a library-allocated string (a c_void_p filled by the
+    library), freed with gsink_free."""
+    try:
+        return ctypes.string_at(p.value).decode("utf-8")
+    finally:
+        _lib.gsink_free(p)
+
+
 def _cint(x, name):
     try:
         v = operator.index(x)
@@ -974,10 +983,7 @@ class Model(_Handle):
             opts = ctypes.byref(self._diag_with(diag_overrides))
         p = ctypes.c_void_p()
         self._ok(_lib.gsink_report_json(h, opts, ctypes.byref(p)))
-        try:
-            return ctypes.string_at(p.value).decode("utf-8")
-        finally:
-            _lib.gsink_free(p)
+        return _take_string(p)
 
     def report(self, **diag_overrides):
         """The JSON report parsed into a dict."""
@@ -1013,10 +1019,7 @@ class Model(_Handle):
         if err:
             raise err[0]
         self._ok(st)
-        try:
-            return json.loads(ctypes.string_at(p.value).decode("utf-8"))
-        finally:
-            _lib.gsink_free(p)
+        return json.loads(_take_string(p))
 
     # -- V-scale -----------------------------------------------------------
 
@@ -1163,10 +1166,7 @@ class Analysis(_Handle):
             opts = ctypes.byref(_diag_apply(o, diag_overrides))
         p = ctypes.c_void_p()
         self._ok(_lib.gsink_analysis_report_json(h, opts, ctypes.byref(p)))
-        try:
-            return ctypes.string_at(p.value).decode("utf-8")
-        finally:
-            _lib.gsink_free(p)
+        return _take_string(p)
 
     def report(self, **diag_overrides):
         """The report parsed into a dict."""
