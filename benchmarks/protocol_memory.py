@@ -4,9 +4,8 @@
 # For the Llama-3.1-8B shape it builds models of L = 1, 2, 4 layers on the
 # CPU, runs one streaming micro-batch (gsink.Analysis: forward + activation-
 # gradient backward with the per-layer hooks), reads the backend's peak
-# (gsink_model_memory: weights, activations, logits, scratch and the
-# analysis's backend temporaries) and the analysis's host state and host
-# temporaries, fits peak = a + b*L, and compares a and b with the closed form
+# (gsink_model_memory: weights, activations, logits, scratch, the
+# analysis's sums and its temporaries), fits peak = a + b*L, and compares a and b with the closed form
 # below; then extrapolates to 32 layers and prints the closed-form peaks of
 # the Qwen2.5-7B, Qwen3-8B and GLM-4-9B shapes, with today's analysis flags
 # (ANALYSIS + DISCARD_SITE_GRADS) and with DISCARD_SITE_ACTIVATIONS.
@@ -15,9 +14,9 @@
 #   python benchmarks/protocol_memory.py --formula-only
 #   python benchmarks/protocol_memory.py --full 512     # the whole 32-layer 8B shape, 1 x 512
 #
-# "device peak" = the backend's peak (on CUDA all of it is device memory; the
-# analysis state and its host temporaries live in host memory). "host total"
-# adds those host bytes: what a CPU run needs beyond the process itself.
+# "device peak" = the backend's peak (on CUDA all of it is device memory,
+# the analysis's sums included). "host total" adds the host copy of the sums
+# that the report reads: what a CPU run needs beyond the process itself.
 import argparse
 import json
 import os
@@ -79,12 +78,11 @@ def closed_form(s, L, T, B=1, new=True, threads=2):
     fixed += (f(N * max(qd, kd)) if qk else 0) + (f(N) if bias else 0) + r64(12 * N * H)
     if new:
         fixed += shared_unread
-    # streaming analysis: backend temporaries (widest site Wm, most heads), host temporaries, host state
+    # streaming analysis: backend temporaries (a branch or q/k/v gradient, the q/k-normed one, the
+    # projected q/k/v gradients, six per-sequence norm rows), and the sums (backend memory too)
     P = min(T, 64)
-    Wm = max(d, qd, kd, ff)
     qkw = max(H, KV) * dh
-    tmp_dev = 4 * ((T * Wm if B > 1 else 1) + B * T * H + B * T * max(d, qkw) + (B * T * qkw if qk else 1) + B * P * d)
-    tmp_host = 4 * max(T * d, P * Wm, T * H) + 4 * B * T * H + 8 * 5 * B * P
+    tmp_dev = 4 * (B * T * max(d, qkw) + (B * T * qkw if qk else 1) + B * P * d + 6 * B * P)
     # backend workspace: the fp32 panel gemm_w widens 16-bit weights in (at most 16 Mi floats of whole
     # rows), and on the CPU the attention's per-thread score blocks (2 x min(T, 128) x T floats)
     panel = 4 * max(min((16 << 20) // c * c, r * c) for r, c in ((V, d), (qd, d), (kd, d), (d, qd), (ff, d), (d, ff)))
@@ -92,10 +90,12 @@ def closed_form(s, L, T, B=1, new=True, threads=2):
     S = kd  # v_scaled width
     state_per = (T * d + P * (6 * d + 2 * qd + 2 * kd + S + 3 * ff) + T + P * (14 + H + 2 * KV) +
                  P * (15 + H + 2 * KV) + P * (qd + 2 * kd) + 9 * P + 3 * H * T)
-    state = 8 * (4 + L * state_per)
+    state = 8 * (4 + L * state_per)  # gsink_analysis_state_size: the 4 global sums stay on the host
+    sums = 8 * L * state_per          # the per-layer sums, in backend memory
+    device = weights + per_layer * L + fixed + tmp_dev + ws + sums
     return dict(weights=weights, per_layer_acts=per_layer * L, fixed_acts=fixed, tmp_dev=tmp_dev, workspace=ws,
-                device=weights + per_layer * L + fixed + tmp_dev + ws, tmp_host=tmp_host, state=state,
-                host=weights + per_layer * L + fixed + tmp_dev + ws + tmp_host + state,
+                device=device, sums=sums, state=state,
+                host=device + sums,  # on the CPU, plus the host copy of the sums the report reads
                 weights_per_layer=2 * (d * qd + 2 * d * kd + qd * d + 3 * d * ff) +
                 4 * (2 * d + (qd + 2 * kd if bias else 0) + (2 * dh if qk else 0) + (2 * d if sandwich else 0)),
                 acts_per_layer=per_layer, state_per_layer=8 * state_per)
@@ -146,7 +146,7 @@ def fit_and_compare(shape, T, layers, new, threads):
               f"temporaries {r['temp'] / 2**20:.1f} MiB, micro-batch {r['seconds']:.1f} s (create {r['create']:.1f} s)")
     Ls = np.array([x[0] for x in rows], dtype=float)
     dev = np.array([x[1]["peak"] for x in rows], dtype=float)
-    host = np.array([x[1]["peak"] + x[1]["state"] + (x[2]["tmp_host"]) for x in rows], dtype=float)
+    host = np.array([x[1]["peak"] + x[2]["sums"] for x in rows], dtype=float)
     b, a = np.polyfit(Ls, dev, 1)
     cf1, cf2 = closed_form(SHAPES[shape], 1, T, new=new), closed_form(SHAPES[shape], 2, T, new=new)
     cb = cf2["device"] - cf1["device"]
@@ -165,8 +165,8 @@ def fit_and_compare(shape, T, layers, new, threads):
 
 
 def table(T):
-    print(f"\n== closed-form peaks, 1 x {T}, bf16 weights (device peak; host total adds the analysis state "
-          f"and host temporaries) ==")
+    print(f"\n== closed-form peaks, 1 x {T}, bf16 weights (device peak, with the analysis's sums; host total "
+          f"adds their host copy for the report) ==")
     print(f"{'shape':14s} {'L':>3s} {'weights':>12s} {'today: device':>15s} {'new: device':>13s} {'new: host':>11s}")
     for name, s in SHAPES.items():
         L = s["n_layers"]

@@ -439,6 +439,9 @@ static gsink_backend_iface make_iface(void)
     t.gemm_w = cuda_gemm_w;
     t.embedding_fwd_w = cuda_embedding_fwd_w;
     t.convert = cuda_convert;
+    t.fold_sum = cuda_fold_sum;
+    t.fold_norms = cuda_fold_norms;
+    t.fold_ratio = cuda_fold_ratio;
     return t;
 }
 

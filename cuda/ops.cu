@@ -742,6 +742,103 @@ gsink_status cuda_batch_sum(gsink_backend *be, float *out, const float *x, int B
     return launched(be, "batch_sum");
 }
 
+/* ---- streaming-analysis accumulators (backend.h, version 8) ---- */
+
+__global__ void k_fold_sum(double *acc, const float *x, int B, size_t stride, size_t n)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n;
+         i += (size_t)gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (int b = 0; b < B; b++) s += x[(size_t)b * stride + i];
+        acc[i] += s;
+    }
+}
+
+gsink_status cuda_fold_sum(gsink_backend *be, double *acc, const float *x, int B, size_t stride, size_t n)
+{
+    if (n == 0 || B <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    GSINK_LAUNCH(k_fold_sum, cuda_blocks(n, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(acc, x, B, stride, n);
+    return launched(be, "fold_sum");
+}
+
+/* One block per position t (grid-stride): for each b in order, warp w sums
+ * the squares of heads w, w + nw, ... into sh[h] (double); then thread 0
+ * adds the row's norm to the total and the first nh threads (strided) each
+ * head's norm to hs[h]. Dynamic shared memory: 2 * heads doubles. */
+__global__ void k_fold_norms(double *acc, float *per_b, const float *x, int B, int T, int R, int heads,
+                             int hw, int nh)
+{
+    GSINK_DYN_SMEM(smem);
+    double *sh = (double *)smem, *hs = sh + heads;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    const size_t W = (size_t)heads * (size_t)hw;
+    for (int t = blockIdx.x; t < R; t += gridDim.x) {
+        double tot = 0.0;
+        for (int h = threadIdx.x; h < nh; h += blockDim.x) hs[h] = 0.0;
+        for (int b = 0; b < B; b++) {
+            const float *row = x + ((size_t)b * (size_t)T + (size_t)t) * W;
+            for (int h = w; h < heads; h += nw) {
+                double s = 0.0;
+                for (int i = lane; i < hw; i += 32) s += (double)row[(size_t)h * hw + i] * row[(size_t)h * hw + i];
+                s = warp_sum(s);
+                if (lane == 0) sh[h] = s;
+            }
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                double all = 0.0;
+                for (int h = 0; h < heads; h++) all += sh[h];
+                tot += sqrt(all);
+                if (per_b) per_b[(size_t)b * (size_t)R + (size_t)t] = (float)sqrt(all);
+            }
+            for (int h = threadIdx.x; h < nh; h += blockDim.x) hs[h] += sqrt(sh[h]);
+            __syncthreads(); /* sh is overwritten for the next b */
+        }
+        if (acc) {
+            double *o = acc + (size_t)t * (size_t)(1 + nh);
+            if (threadIdx.x == 0) o[0] += tot;
+            for (int h = threadIdx.x; h < nh; h += blockDim.x) o[1 + h] += hs[h];
+        }
+        __syncthreads(); /* hs is reset for the next t */
+    }
+}
+
+gsink_status cuda_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, int B, int T,
+                             int R, int heads, int hw, int nh)
+{
+    if (R <= 0 || B <= 0 || heads <= 0 || hw <= 0) return GSINK_OK;
+    if (nh < 0 || nh > heads || R > T)
+        return cuda_fail(be, GSINK_ERR_INVALID_ARGUMENT, "fold_norms: nh %d (heads %d), R %d (T %d)", nh, heads, R, T);
+    const size_t smem = 2 * sizeof(double) * (size_t)heads;
+    if (smem > 48 * 1024)
+        return cuda_fail(be, GSINK_ERR_UNSUPPORTED, "fold_norms: %d heads exceed the kernel's shared memory", heads);
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    GSINK_LAUNCH(k_fold_norms, cuda_blocks((size_t)R, 1), OPS_THREADS, smem, CUDA_CTX(be)->stream)(
+        acc, per_b, x, B, T, R, heads, hw, nh);
+    return launched(be, "fold_norms");
+}
+
+__global__ void k_fold_ratio(double *acc, const float *num, const float *den, int B, int R)
+{
+    for (int t = blockIdx.x * blockDim.x + threadIdx.x; t < R; t += gridDim.x * blockDim.x) {
+        double s = 0.0;
+        for (int b = 0; b < B; b++) s += (double)num[(size_t)b * R + t] / (double)den[(size_t)b * R + t];
+        acc[t] += s;
+    }
+}
+
+gsink_status cuda_fold_ratio(gsink_backend *be, double *acc, const float *num, const float *den, int B, int R)
+{
+    if (R <= 0 || B <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    GSINK_LAUNCH(k_fold_ratio, cuda_blocks((size_t)R, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
+        acc, num, den, B, R);
+    return launched(be, "fold_ratio");
+}
+
 #define SUMSQ_BLOCKS 1024
 
 __global__ void k_sumsq_partial(double *part, int *fin, const float *x, size_t n)

@@ -578,9 +578,12 @@ GSINK_API gsink_status gsink_report_json(gsink_model *model, const gsink_diag_op
  * GSINK_MODEL_DISCARD_SITE_GRADS | GSINK_MODEL_DISCARD_SITE_ACTIVATIONS (the
  * activation norms are folded during each layer's forward, the site
  * gradients during each layer's backward); the model's parameter gradients are
- * neither computed nor touched. The handle uses its model in every call but
- * gsink_analysis_free, _errmsg and the state functions: keep the model alive
- * while using it. Used by one thread at a time, like every handle. */
+ * neither computed nor touched. The sums live in the model's backend memory
+ * (a micro-batch transfers nothing to the host; a report, the gradient
+ * norms or gsink_analysis_get_state copy them back once). Freeing the model
+ * first moves them to the host: the state functions, _counts, _memory,
+ * _errmsg and _free keep working, the other calls fail with
+ * GSINK_ERR_CALL_ORDER. Used by one thread at a time, like every handle. */
 typedef struct gsink_analysis gsink_analysis;
 
 /* Starts an analysis of sequences of seq_len tokens. opts (may be NULL: the
@@ -617,8 +620,11 @@ GSINK_API gsink_status gsink_analysis_gradient_norms(gsink_analysis *a, int laye
 /* Sequences, micro-batches and target tokens added so far (any may be NULL). */
 GSINK_API gsink_status gsink_analysis_counts(gsink_analysis *a, int64_t *sequences,
                                              int64_t *micro_batches, int64_t *n_targets);
-/* Host bytes of the sums (fixed at begin, independent of the number of
- * micro-batches), and the largest temporaries of one micro-batch so far. */
+/* Bytes of the sums (fixed at begin, independent of the number of
+ * micro-batches), held in the model's backend memory (device memory on
+ * CUDA, counted by gsink_model_memory; a report or the gradient norms add
+ * a host copy of the same size), and the largest backend temporaries of one
+ * micro-batch so far. */
 GSINK_API gsink_status gsink_analysis_memory(gsink_analysis *a, uint64_t *state_bytes,
                                              uint64_t *temp_bytes);
 /* The sums as one flat array of doubles, for distributed runs: every value

@@ -21,7 +21,7 @@
 
 #include "gsink.h"
 
-#define GSINK_BACKEND_API_VERSION 7
+#define GSINK_BACKEND_API_VERSION 8
 
 typedef struct gsink_backend gsink_backend;
 
@@ -204,6 +204,26 @@ typedef struct gsink_backend_iface {
      * -> 16 bits rounding to nearest, ties to even (wdtype.h). */
     gsink_status (*convert)(gsink_backend *be, void *dst, int dst_dtype, const void *src,
                             int src_dtype, size_t n);
+
+    /* Since version 8: the accumulators of the streaming analysis, sums over
+     * the sequences of a micro-batch added into doubles in backend memory, so
+     * a micro-batch needs no transfer to the host. Sums over b run in double,
+     * in order b = 0..B-1 (bitwise reproducible).
+     * fold_sum:   acc[i] += sum_b x[b * stride + i], i < n.
+     * fold_norms: x (B, T, heads * hw); for t < R, with s_bth = ||x_bth||^2:
+     *             acc (R, 1 + nh), may be NULL: acc[t][0] += sum_b sqrt(sum_h s_bth),
+     *             acc[t][1 + h] += sum_b sqrt(s_bth) for h < nh (nh is 0 or heads);
+     *             per_b (B, R), may be NULL: per_b[b][t] = sqrt(sum_h s_bth) (=).
+     * fold_ratio: acc[t] += sum_b num[b * R + t] / den[b * R + t], t < R.
+     * host_memory: nonzero when the backend's memory is host memory (the
+     * CPU), which the library may then read in place of a download. */
+    gsink_status (*fold_sum)(gsink_backend *be, double *acc, const float *x, int B, size_t stride,
+                             size_t n);
+    gsink_status (*fold_norms)(gsink_backend *be, double *acc, float *per_b, const float *x, int B,
+                               int T, int R, int heads, int hw, int nh);
+    gsink_status (*fold_ratio)(gsink_backend *be, double *acc, const float *num, const float *den,
+                               int B, int R);
+    int host_memory;
 } gsink_backend_iface;
 
 struct gsink_backend {

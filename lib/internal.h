@@ -82,6 +82,11 @@ bool gsink__used_elsewhere(const gsink__owner *owner);
  * calls then fail with GSINK_ERR_CALL_ORDER, and gsink_optimizer_free frees
  * only the optimizer itself. The caller holds the model's claim. */
 bool gsink__optimizers_detach(gsink_model *m);
+/* Before a model is freed: claims every streaming analysis on it (false, and
+ * nothing changed, when another thread is inside a call on one), copies each
+ * one's sums to the host and frees their backend memory; the analyses keep
+ * their state functions, report calls then fail with GSINK_ERR_CALL_ORDER. */
+bool gsink__analyses_detach(gsink_model *m);
 /* After a 16-bit parameter's storage changed (gsink_set_param): the model's
  * optimizers take their fp32 master copy of it from the storage again. */
 struct gsink_param_entry;
@@ -207,6 +212,7 @@ typedef struct gsink_vscale_state {
 struct gsink_model {
     gsink__owner owner;   /* first, as in every handle: thread inside a call (GSINK_USE) */
     struct gsink_optimizer *optimizers; /* live optimizers on this model (their state is ours) */
+    struct gsink_analysis *analyses;    /* live streaming analyses (their sums are in our backend) */
     gsink_config cfg;
     gsink_backend *be;
     int device_kind, device_index, n_threads;

@@ -359,6 +359,11 @@ void gsink_model_free(gsink_model *m)
         gsink__busy("model");
         return;
     }
+    if (!gsink__analyses_detach(m)) { /* an analysis on it is in use */
+        gsink__use_release(&u);
+        gsink__busy("analysis of this model");
+        return;
+    }
     if (!gsink__optimizers_detach(m)) { /* an optimizer on it is in use */
         gsink__use_release(&u);
         gsink__busy("optimizer of this model");

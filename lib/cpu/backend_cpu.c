@@ -1016,6 +1016,64 @@ static gsink_status cpu_batch_sum(gsink_backend *be, float *out, const float *x,
     return GSINK_OK;
 }
 
+static gsink_status cpu_fold_sum(gsink_backend *be, double *acc, const float *x, int B, size_t stride,
+                                 size_t n)
+{
+#pragma omp parallel for num_threads(nt_for(be, n * (size_t)B)) schedule(static)
+    for (size_t i = 0; i < n; i++) {
+        double s = 0.0;
+        for (int b = 0; b < B; b++) s += x[(size_t)b * stride + i];
+        acc[i] += s;
+    }
+    return GSINK_OK;
+}
+
+static double cpu_sumsq_d(const float *p, int n)
+{
+    double s = 0.0;
+    for (int i = 0; i < n; i++) s += (double)p[i] * p[i];
+    return s;
+}
+
+static gsink_status cpu_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, int B,
+                                   int T, int R, int heads, int hw, int nh)
+{
+    const size_t W = (size_t)heads * (size_t)hw;
+#pragma omp parallel for num_threads(nt_for(be, (size_t)B * (size_t)R * W)) schedule(static)
+    for (int t = 0; t < R; t++) {
+        double tot = 0.0;
+        for (int b = 0; b < B; b++) {
+            const float *row = x + ((size_t)b * (size_t)T + (size_t)t) * W;
+            double all = 0.0;
+            for (int h = 0; h < heads; h++) all += cpu_sumsq_d(row + (size_t)h * hw, hw);
+            tot += sqrt(all);
+            if (per_b) per_b[(size_t)b * (size_t)R + (size_t)t] = (float)sqrt(all);
+        }
+        if (!acc) continue;
+        double *o = acc + (size_t)t * (size_t)(1 + nh);
+        o[0] += tot;
+        for (int h = 0; h < nh; h++) {
+            double hs = 0.0;
+            for (int b = 0; b < B; b++)
+                hs += sqrt(cpu_sumsq_d(x + ((size_t)b * (size_t)T + (size_t)t) * W + (size_t)h * hw, hw));
+            o[1 + h] += hs;
+        }
+    }
+    return GSINK_OK;
+}
+
+static gsink_status cpu_fold_ratio(gsink_backend *be, double *acc, const float *num, const float *den,
+                                   int B, int R)
+{
+    (void)be;
+    for (int t = 0; t < R; t++) {
+        double s = 0.0;
+        for (int b = 0; b < B; b++) s += (double)num[(size_t)b * R + t] / (double)den[(size_t)b * R + t];
+        acc[t] += s;
+    }
+    return GSINK_OK;
+}
+
 static gsink_status cpu_sumsq(gsink_backend *be, double *out, int *finite, const float *x, size_t n)
 {
     int nt = nt_for(be, n);
@@ -1125,6 +1183,10 @@ static const gsink_backend_iface cpu_iface = {
     .gemm_w = cpu_gemm_w,
     .embedding_fwd_w = cpu_embedding_fwd_w,
     .convert = cpu_convert,
+    .fold_sum = cpu_fold_sum,
+    .fold_norms = cpu_fold_norms,
+    .fold_ratio = cpu_fold_ratio,
+    .host_memory = 1,
 };
 
 gsink_status gsink_cpu_backend_create(int n_threads, gsink_backend **out)

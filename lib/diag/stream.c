@@ -37,7 +37,8 @@
 
 struct gsink_analysis {
     gsink__owner owner; /* first, as in every handle */
-    gsink_model *m;
+    gsink_model *m;     /* NULL once the model was freed (gsink__analyses_detach) */
+    gsink_analysis *prev, *next; /* the model's list of its analyses */
     char errmsg[GSINK_MSG_SIZE];
     gsink_diag_options opts;
     int T, P, L, H, KV, dh, d, nsh;
@@ -46,14 +47,57 @@ struct gsink_analysis {
     int Wp[3];
     size_t off_gsum[GSINK_SITE_COUNT], off_gps[GSINK_SITE_COUNT], off_aps[GSINK_SITE_COUNT];
     size_t off_pre[3], off_qkvps, off_bps, off_mass, off_sq, off_win, per_layer;
-    size_t n_state;
-    double *state;
+    size_t n_state;      /* HDR + L * per_layer */
+    double hdr[HDR];     /* the global sums, on the host */
+    double *dev;         /* the L per-layer blocks, in backend memory (the hooks add to them) */
+    double *host;        /* their host copy for the report, made on first use */
+    bool host_fresh;     /* host equals dev */
     size_t peak_tmp_bytes; /* largest per-micro-batch temporaries so far */
 };
 
 static const gsink_site qkv_site[3] = {GSINK_SITE_Q, GSINK_SITE_K, GSINK_SITE_V};
 
-static double *layer_block(gsink_analysis *a, int l) { return a->state + HDR + (size_t)l * a->per_layer; }
+/* Layer l's block of sums: on the backend (dev_block, what the hooks add to)
+ * and its host copy (layer_block, what the report reads; host_sync first). */
+static double *dev_block(gsink_analysis *a, int l) { return a->dev + (size_t)l * a->per_layer; }
+static double *layer_block(gsink_analysis *a, int l) { return a->host + (size_t)l * a->per_layer; }
+
+static size_t layers_bytes(const gsink_analysis *a) { return (a->n_state - HDR) * sizeof(double); }
+
+/* The analysis's model was freed: its sums are on the host, nothing else works. */
+#define NEED_MODEL(a)                                                                         \
+    do {                                                                                      \
+        if (!(a)->m)                                                                          \
+            return gsink__fail((a)->errmsg, GSINK_ERR_CALL_ORDER,                             \
+                               "the analysis's model was freed (only the state functions work)"); \
+    } while (0)
+
+/* Copies the sums into a host buffer of their own (one download). */
+static gsink_status copy_sums(gsink_analysis *a)
+{
+    gsink_model *m = a->m;
+    if (a->host == a->dev) a->host = NULL; /* was read in place */
+    if (!a->host && !(a->host = malloc(layers_bytes(a))))
+        return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: cannot allocate the host copy of the sums");
+    gsink_status st = m->be->iface->download(m->be, a->host, a->dev, layers_bytes(a));
+    if (st) return gsink__fail(a->errmsg, st, "analysis: reading the sums: %s", m->be->err);
+    a->host_fresh = true;
+    return GSINK_OK;
+}
+
+/* Makes a->host current for the report: a backend whose memory is host
+ * memory (the CPU) is read in place, another one is copied once after each
+ * change. */
+static gsink_status host_sync(gsink_analysis *a)
+{
+    if (a->host_fresh) return GSINK_OK;
+    if (a->m->be->iface->host_memory) {
+        a->host = a->dev;
+        a->host_fresh = true;
+        return GSINK_OK;
+    }
+    return copy_sums(a);
+}
 
 /* ---- layout ------------------------------------------------------------ */
 
@@ -141,24 +185,80 @@ gsink_status gsink_analysis_begin(gsink_model *m, int seq_len, const gsink_diag_
     a->dh = m->cfg.d_head;
     a->d = m->cfg.d_model;
     a->nsh = m->vs.n_scale_heads;
-    if (!layout(a) || !(a->state = calloc(a->n_state, sizeof(double)))) {
+    if (!layout(a)) {
         free(a);
         return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_MEMORY,
-                           "analysis: cannot allocate the sums for seq_len %d", seq_len);
+                           "analysis: the sums for seq_len %d exceed the address space", seq_len);
     }
+    const gsink_backend_iface *be = m->be->iface;
+    if ((st = be->alloc(m->be, layers_bytes(a), (void **)&a->dev)) ||
+        (st = be->zero(m->be, a->dev, layers_bytes(a)))) {
+        st = gsink__fail(m->errmsg, st, "analysis: cannot allocate the %zu MiB of sums for seq_len %d: %s",
+                         layers_bytes(a) >> 20, seq_len, m->be->err);
+        if (a->dev) be->free(m->be, a->dev);
+        free(a);
+        return st;
+    }
+    a->next = m->analyses;
+    if (a->next) a->next->prev = a;
+    m->analyses = a;
     *out = a;
     return GSINK_OK;
+}
+
+static void unlink_from_model(gsink_analysis *a)
+{
+    if (a->prev) a->prev->next = a->next;
+    else a->m->analyses = a->next;
+    if (a->next) a->next->prev = a->prev;
+    a->prev = a->next = NULL;
 }
 
 void gsink_analysis_free(gsink_analysis *a)
 {
     if (!a) return;
-    if (gsink__used_elsewhere(&a->owner)) {
+    gsink__use u;
+    if (!gsink__use_acquire(&u, &a->owner)) {
         (void)gsink__busy("analysis");
         return;
     }
-    free(a->state);
+    if (a->m) { /* else the model's free moved the sums to the host already */
+        gsink__use um;
+        if (!gsink__use_acquire(&um, &a->m->owner)) {
+            gsink__use_release(&u);
+            (void)gsink__busy("model");
+            return;
+        }
+        if (a->host == a->dev) a->host = NULL; /* read in place */
+        a->m->be->iface->free(a->m->be, a->dev);
+        unlink_from_model(a);
+        gsink__use_release(&um);
+    }
+    free(a->host);
     free(a);
+}
+
+bool gsink__analyses_detach(gsink_model *m)
+{
+    gsink_analysis *a;
+    for (a = m->analyses; a; a = a->next) {
+        gsink__use u;
+        if (!gsink__use_acquire(&u, &a->owner) || !u.owner) { /* busy (or this thread is inside it) */
+            gsink__use_release(&u);
+            for (gsink_analysis *q = m->analyses; q != a; q = q->next)
+                atomic_store_explicit(&q->owner, 0, memory_order_release);
+            return false;
+        }
+    }
+    while ((a = m->analyses) != NULL) {
+        if (copy_sums(a)) a->broken = true; /* the message stays in a->errmsg */
+        m->be->iface->free(m->be, a->dev);
+        a->dev = NULL;
+        unlink_from_model(a);
+        a->m = NULL;
+        atomic_store_explicit(&a->owner, 0, memory_order_release);
+    }
+    return true;
 }
 
 const char *gsink_analysis_errmsg(const gsink_analysis *a)
@@ -173,13 +273,13 @@ const char *gsink_analysis_errmsg(const gsink_analysis *a)
 typedef struct hook_ctx {
     gsink_analysis *a;
     int B;
-    int fwd_layers;                       /* layers the forward hook has folded */
-    float *dsum, *drs, *dg, *dg2, *dproj; /* backend temporaries */
-    float *hsum, *hrs;                    /* host temporaries */
-    double *bn;                           /* (5, B, P) gradient norms for the branch ratios */
+    int fwd_layers;           /* layers the forward hook has folded */
+    float *dg, *dg2, *dproj;  /* backend temporaries */
+    float *bn;                /* (BN_COUNT, B, P) per-sequence norms for the branch ratios */
 } hook_ctx;
 
-enum { BN_RESID_IN, BN_RESID_MID, BN_RESID_OUT, BN_ATTN_NORM, BN_MLP_NORM, BN_COUNT };
+/* bn slots: the gradient norms of five sites, and ||g3|| of the branch */
+enum { BN_RESID_IN, BN_RESID_MID, BN_RESID_OUT, BN_ATTN_NORM, BN_MLP_NORM, BN_G3, BN_COUNT };
 
 static int bn_slot(int si)
 {
@@ -193,56 +293,42 @@ static int bn_slot(int si)
     }
 }
 
+static float *bn_of(hook_ctx *c, int slot) { return c->bn + (size_t)slot * (size_t)c->B * (size_t)c->a->P; }
+
 #define BE_TRY(m, call, what)                                                \
     do {                                                                     \
         gsink_status st_ = gsink__be_check((m), (call), (what));             \
         if (st_) return st_;                                                 \
     } while (0)
 
-/* sum over the micro-batch of x(B, T, W) into acc (rows R of W), via the host */
-static gsink_status add_batch_sum(hook_ctx *c, const float *x, int W, int R, double *acc)
+/* Everything below runs on the backend and adds to the layer's block of
+ * sums there (dev_block): a micro-batch moves nothing to the host. */
+
+/* acc (R rows of W) += sum_b of the first R rows of x(B, T, W) */
+static gsink_status fold_rows(hook_ctx *c, double *acc, const float *x, int W, int R)
 {
     gsink_model *m = c->a->m;
-    const gsink_backend_iface *be = m->be->iface;
-    const float *src = x;
-    const size_t TW = (size_t)c->a->T * (size_t)W, n = (size_t)R * (size_t)W;
-    if (c->B > 1) {
-        BE_TRY(m, be->batch_sum(m->be, c->dsum, x, c->B, TW), "batch_sum");
-        src = c->dsum;
-    }
-    BE_TRY(m, be->download(m->be, c->hsum, src, n * sizeof(float)), "download");
-    for (size_t i = 0; i < n; i++) acc[i] += c->hsum[i];
+    BE_TRY(m, m->be->iface->fold_sum(m->be, acc, x, c->B, (size_t)c->a->T * (size_t)W, (size_t)R * (size_t)W),
+           "fold_sum");
     return GSINK_OK;
 }
 
-/* Squared row norms per head of x(B, T, heads*hw) into c->hrs (host). */
-static gsink_status row_sumsq(hook_ctx *c, const float *x, size_t rows, int heads, int hw)
-{
-    gsink_model *m = c->a->m;
-    const gsink_backend_iface *be = m->be->iface;
-    BE_TRY(m, be->row_sumsq(m->be, c->drs, x, rows, heads, hw), "row_sumsq");
-    BE_TRY(m, be->download(m->be, c->hrs, c->drs, rows * (size_t)heads * sizeof(float)), "download");
-    return GSINK_OK;
-}
-
-/* sum_b ||x_bt|| (and per head) into acc (R rows of 1 + nh); the aggregate
- * norms of t < P go to bn (B, P) when not NULL. */
-static gsink_status add_norms(hook_ctx *c, const float *x, int si, int R, double *acc, double *bn)
+/* acc (R rows of 1 + nh) += sum_b ||x_bt|| (and per head, q/k/v) of site si */
+static gsink_status fold_site_norms(hook_ctx *c, double *acc, const float *x, int si, int R)
 {
     gsink_analysis *a = c->a;
-    const int T = a->T, heads = a->HS[si], nh = a->NH[si];
-    gsink_status st = row_sumsq(c, x, (size_t)c->B * (size_t)T, heads, a->W[si] / heads);
-    if (st) return st;
-    for (int b = 0; b < c->B; b++)
-        for (int t = 0; t < R; t++) {
-            const float *r = c->hrs + ((size_t)b * (size_t)T + (size_t)t) * (size_t)heads;
-            double ss = 0.0;
-            for (int h = 0; h < heads; h++) ss += r[h];
-            double *o = acc + (size_t)t * (size_t)(1 + nh);
-            o[0] += sqrt(ss);
-            for (int h = 0; h < nh; h++) o[1 + h] += sqrt((double)r[h]);
-            if (bn && t < a->P) bn[(size_t)b * (size_t)a->P + (size_t)t] = sqrt(ss);
-        }
+    gsink_model *m = a->m;
+    const int heads = a->HS[si];
+    BE_TRY(m, m->be->iface->fold_norms(m->be, acc, NULL, x, c->B, a->T, R, heads, a->W[si] / heads, a->NH[si]),
+           "fold_norms");
+    return GSINK_OK;
+}
+
+/* per_b (B, P) = ||x_bt|| of the rows t < P of x(B, T, W) */
+static gsink_status seq_norms(hook_ctx *c, float *per_b, const float *x, int W)
+{
+    gsink_model *m = c->a->m;
+    BE_TRY(m, m->be->iface->fold_norms(m->be, NULL, per_b, x, c->B, c->a->T, c->a->P, 1, W, 0), "fold_norms");
     return GSINK_OK;
 }
 
@@ -251,14 +337,14 @@ static gsink_status fwd_hook(gsink_model *m, int l, void *user)
 {
     hook_ctx *c = user;
     gsink_analysis *a = c->a;
-    double *blk = layer_block(a, l);
+    double *blk = dev_block(a, l);
     gsink_status st;
     c->fwd_layers++;
     for (int si = 0; si < GSINK_SITE_COUNT; si++) {
         const float *x = gsink__site_ptr(m, l, (gsink_site)si, false);
         if (!x) return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site %s is not stored",
                                    gsink_site_name((gsink_site)si));
-        if ((st = add_norms(c, x, si, a->P, blk + a->off_aps[si], NULL))) return st;
+        if ((st = fold_site_norms(c, blk + a->off_aps[si], x, si, a->P))) return st;
     }
     return GSINK_OK;
 }
@@ -269,7 +355,7 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
     gsink_analysis *a = c->a;
     const gsink_backend_iface *be = m->be->iface;
     const int B = c->B, T = a->T, P = a->P, d = a->d;
-    double *blk = layer_block(a, l);
+    double *blk = dev_block(a, l);
     gsink_status st;
 
     /* site gradients: sums and per-sequence norms (activation norms: fwd_hook) */
@@ -277,11 +363,9 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
         const float *g = gsink__site_ptr(m, l, (gsink_site)si, true);
         if (!g) return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site %s is not stored",
                                          gsink_site_name((gsink_site)si));
-        if ((st = add_batch_sum(c, g, a->W[si], a->R[si], blk + a->off_gsum[si]))) return st;
-        int slot = bn_slot(si);
-        if ((st = add_norms(c, g, si, a->R[si], blk + a->off_gps[si],
-                            slot >= 0 ? c->bn + (size_t)slot * (size_t)B * (size_t)P : NULL)))
-            return st;
+        if ((st = fold_rows(c, blk + a->off_gsum[si], g, a->W[si], a->R[si]))) return st;
+        if ((st = fold_site_norms(c, blk + a->off_gps[si], g, si, a->R[si]))) return st;
+        if (bn_slot(si) >= 0 && (st = seq_norms(c, bn_of(c, bn_slot(si)), g, a->W[si]))) return st;
     }
 
     /* branch ratios per sequence: g1 = dL/d(branch out), g2 = dL/d(normed
@@ -294,19 +378,13 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
         BE_TRY(m, be->copy(m->be, c->dg, dout, n * sizeof(float)), "copy");
         BE_TRY(m, be->scale(m->be, c->dg, -1.0f, n), "scale");
         BE_TRY(m, be->add(m->be, c->dg, c->dg, din, n), "add");
-        if ((st = row_sumsq(c, c->dg, (size_t)B * (size_t)T, 1, d))) return st;
-        const double *n1 = c->bn + (size_t)bn_slot(s_out) * (size_t)B * (size_t)P;
-        const double *n2 = c->bn + (size_t)(br == 0 ? BN_ATTN_NORM : BN_MLP_NORM) * (size_t)B * (size_t)P;
-        const double *nin = c->bn + (size_t)bn_slot(s_in) * (size_t)B * (size_t)P;
+        if ((st = seq_norms(c, bn_of(c, BN_G3), c->dg, d))) return st;
+        const float *n1 = bn_of(c, bn_slot(s_out)), *nin = bn_of(c, bn_slot(s_in)),
+                    *n2 = bn_of(c, br == 0 ? BN_ATTN_NORM : BN_MLP_NORM);
         double *o = blk + a->off_bps + (size_t)br * 3 * (size_t)P;
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < P; t++) {
-                size_t i = (size_t)b * (size_t)P + (size_t)t;
-                double n3 = sqrt((double)c->hrs[(size_t)b * (size_t)T + (size_t)t]);
-                o[t] += n2[i] / n1[i];
-                o[P + t] += nin[i] / n1[i];
-                o[2 * P + t] += n3 / n2[i];
-            }
+        BE_TRY(m, be->fold_ratio(m->be, o, n2, n1, B, P), "fold_ratio");          /* Bloat */
+        BE_TRY(m, be->fold_ratio(m->be, o + P, nin, n1, B, P), "fold_ratio");     /* Change */
+        BE_TRY(m, be->fold_ratio(m->be, o + 2 * P, bn_of(c, BN_G3), n2, B, P), "fold_ratio"); /* Compress */
     }
 
     /* Q/K/V split: the gradient at each projection's output (back through
@@ -331,82 +409,49 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
                 pre = c->dg2;
             }
         }
-        if ((st = add_batch_sum(c, pre, W, P, blk + a->off_pre[p]))) return st;
+        if ((st = fold_rows(c, blk + a->off_pre[p], pre, W, P))) return st;
         for (int b = 0; b < B; b++)
             BE_TRY(m, be->gemm_w(m->be, 0, 0, P, d, W, 1.0f, pre + (size_t)b * (size_t)T * (size_t)W, W, wmat[p],
                                  m->wdtype, d, 0.0f, c->dproj + (size_t)b * (size_t)P * (size_t)d, d),
                    "gemm");
-        if ((st = row_sumsq(c, c->dproj, (size_t)B * (size_t)P, 1, d))) return st;
-        double *o = blk + a->off_qkvps + (size_t)p * (size_t)P;
-        for (int b = 0; b < B; b++)
-            for (int t = 0; t < P; t++) o[t] += sqrt((double)c->hrs[(size_t)b * (size_t)P + (size_t)t]);
+        BE_TRY(m, be->fold_norms(m->be, blk + a->off_qkvps + (size_t)p * (size_t)P, NULL, c->dproj, B, P, P, 1, d, 0),
+               "fold_norms");
     }
 
-    /* attention column statistics: per-sequence values of this layer */
+    /* attention column statistics: per-sequence values of this layer, (H, T) each */
     const float *col[3] = {acts->col_mass, acts->col_sq, acts->col_win};
     const size_t off[3] = {a->off_mass, a->off_sq, a->off_win};
-    for (int s = 0; s < 3; s++) {
-        /* (H, T) per sequence = T "rows" of H values for add_batch_sum */
-        if ((st = add_batch_sum(c, col[s], a->H, T, blk + off[s]))) return st;
-    }
+    for (int s = 0; s < 3; s++)
+        if ((st = fold_rows(c, blk + off[s], col[s], a->H, T))) return st;
     return GSINK_OK;
-}
-
-/* Widest site. */
-static int max_width(const gsink_analysis *a)
-{
-    int w = 0;
-    for (int si = 0; si < GSINK_SITE_COUNT; si++) w = a->W[si] > w ? a->W[si] : w;
-    return w;
-}
-
-static int max_heads(const gsink_analysis *a)
-{
-    int h = 1;
-    for (int si = 0; si < GSINK_SITE_COUNT; si++) h = a->HS[si] > h ? a->HS[si] : h;
-    return h;
 }
 
 static void ctx_free(hook_ctx *c)
 {
     gsink_model *m = c->a->m;
-    float *dev[5] = {c->dsum, c->drs, c->dg, c->dg2, c->dproj};
-    for (int i = 0; i < 5; i++)
+    float *dev[4] = {c->dg, c->dg2, c->dproj, c->bn};
+    for (int i = 0; i < 4; i++)
         if (dev[i]) m->be->iface->free(m->be, dev[i]);
-    free(c->hsum);
-    free(c->hrs);
-    free(c->bn);
 }
 
-/* The per-micro-batch temporaries: O(B * T * max(d, q width)) and O(T * widest site) when B > 1. */
+/* The per-micro-batch temporaries, all on the backend: O(B * T * max(d, q width)). */
 static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
 {
     gsink_analysis *a = c->a;
     gsink_model *m = a->m;
-    const size_t B = (size_t)c->B, T = (size_t)a->T, P = (size_t)a->P, Wm = (size_t)max_width(a),
-                 Hm = (size_t)max_heads(a);
+    const size_t B = (size_t)c->B, T = (size_t)a->T, P = (size_t)a->P;
     const size_t qk = (size_t)(a->H > a->KV ? a->H : a->KV) * (size_t)a->dh;
-    /* dg holds a branch gradient (d) or a q/k/v gradient; the host sums read
-     * R rows: T rows of d (attn_norm_out) or of H (column statistics), else P
-     * rows of at most Wm; the batch sum (B > 1 only) covers all T rows */
+    /* dg holds a branch gradient (d) or a q/k/v gradient */
     const size_t d = (size_t)a->d, Wg = d > qk ? d : qk;
-    size_t hs = T * d > P * Wm ? T * d : P * Wm;
-    if (T * (size_t)a->H > hs) hs = T * (size_t)a->H;
-    size_t n[5] = {B > 1 ? T * Wm : 1, B * T * Hm, B * T * Wg, m->cfg.qk_norm ? B * T * qk : 1, B * P * d};
-    float **dev[5] = {&c->dsum, &c->drs, &c->dg, &c->dg2, &c->dproj};
+    size_t n[4] = {B * T * Wg, m->cfg.qk_norm ? B * T * qk : 1, B * P * d, (size_t)BN_COUNT * B * P};
+    float **dev[4] = {&c->dg, &c->dg2, &c->dproj, &c->bn};
     size_t total = 0;
-    for (int i = 0; i < 5; i++) {
+    for (int i = 0; i < 4; i++) {
         gsink_status st = m->be->iface->alloc(m->be, n[i] * sizeof(float), (void **)dev[i]);
         if (st) return gsink__fail(a->errmsg, st, "analysis: cannot allocate %zu MiB of temporaries: %s",
                                    (n[i] * sizeof(float)) >> 20, m->be->err);
         total += n[i] * sizeof(float);
     }
-    c->hsum = malloc(hs * sizeof(float));
-    c->hrs = malloc(B * T * Hm * sizeof(float));
-    c->bn = malloc((size_t)BN_COUNT * B * P * sizeof(double));
-    if (!c->hsum || !c->hrs || !c->bn)
-        return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: out of host memory");
-    total += hs * sizeof(float) + B * T * Hm * sizeof(float) + (size_t)BN_COUNT * B * P * sizeof(double);
     *bytes_out = total;
     return GSINK_OK;
 }
@@ -424,6 +469,7 @@ gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens, const 
     if (!a) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "analysis is NULL");
     GSINK_USE(a, "analysis");
     gsink__clear(a->errmsg);
+    NEED_MODEL(a);
     gsink_model *m = a->m;
     if (a->finished)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER, "the analysis is finished: no more micro-batches");
@@ -469,6 +515,7 @@ gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens, const 
     }
     if (tmp_bytes > a->peak_tmp_bytes) a->peak_tmp_bytes = tmp_bytes;
     float loss = 0.0f;
+    a->host_fresh = false; /* the hooks add to the backend's sums from here on */
     const int32_t win = m->diag.sink_window;
     m->diag.sink_window = a->opts.sink_window;
     st = gsink__forward_hooked(m, tokens, targets, batch, seq_len, &loss, fwd_hook, &c);
@@ -486,10 +533,10 @@ gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens, const 
         a->broken = true;
         return relay(a, st);
     }
-    a->state[0] += batch;
-    a->state[1] += 1;
-    a->state[2] += (double)loss * (double)n_targets;
-    a->state[3] += (double)n_targets;
+    a->hdr[0] += batch;
+    a->hdr[1] += 1;
+    a->hdr[2] += (double)loss * (double)n_targets;
+    a->hdr[3] += (double)n_targets;
     return GSINK_OK;
 }
 
@@ -508,9 +555,9 @@ gsink_status gsink_analysis_counts(gsink_analysis *a, int64_t *sequences, int64_
     if (!a) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "analysis is NULL");
     GSINK_USE(a, "analysis");
     gsink__clear(a->errmsg);
-    if (sequences) *sequences = (int64_t)a->state[0];
-    if (micro_batches) *micro_batches = (int64_t)a->state[1];
-    if (n_targets) *n_targets = (int64_t)a->state[3];
+    if (sequences) *sequences = (int64_t)a->hdr[0];
+    if (micro_batches) *micro_batches = (int64_t)a->hdr[1];
+    if (n_targets) *n_targets = (int64_t)a->hdr[3];
     return GSINK_OK;
 }
 
@@ -545,7 +592,18 @@ gsink_status gsink_analysis_get_state(gsink_analysis *a, double *buf, size_t n)
     if (n != a->n_state)
         return gsink__fail(a->errmsg, GSINK_ERR_BUFFER_TOO_SMALL,
                            "the state has %zu values, the buffer %zu (gsink_analysis_state_size)", a->n_state, n);
-    memcpy(buf, a->state, n * sizeof(double));
+    memcpy(buf, a->hdr, sizeof a->hdr);
+    if (a->host_fresh || !a->m) { /* a detached analysis holds them on the host */
+        if (!a->host)
+            return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
+                               "the sums were lost when the model was freed: %s", a->errmsg);
+        memcpy(buf + HDR, a->host, layers_bytes(a));
+        return GSINK_OK;
+    }
+    gsink_model *m = a->m;
+    GSINK_USE(m, "model");
+    gsink_status st = m->be->iface->download(m->be, buf + HDR, a->dev, layers_bytes(a));
+    if (st) return gsink__fail(a->errmsg, st, "analysis: reading the sums: %s", m->be->err);
     return GSINK_OK;
 }
 
@@ -563,7 +621,18 @@ gsink_status gsink_analysis_set_state(gsink_analysis *a, const double *buf, size
         if (!isfinite(buf[i]) || buf[i] < 0 || buf[i] > 9.0e15 || (i != 2 && buf[i] != floor(buf[i])))
             return gsink__fail(a->errmsg, GSINK_ERR_INVALID_ARGUMENT,
                                "state[%d] = %g is not a valid count or sum", i, buf[i]);
-    memcpy(a->state, buf, n * sizeof(double));
+    if (a->m) {
+        gsink_model *m = a->m;
+        GSINK_USE(m, "model");
+        gsink_status st = m->be->iface->upload(m->be, a->dev, buf + HDR, layers_bytes(a));
+        if (st) return gsink__fail(a->errmsg, st, "analysis: writing the sums: %s", m->be->err);
+        a->host_fresh = false;
+    } else {
+        if (!a->host && !(a->host = malloc(layers_bytes(a))))
+            return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: cannot allocate the sums on the host");
+        memcpy(a->host, buf + HDR, layers_bytes(a));
+    }
+    memcpy(a->hdr, buf, sizeof a->hdr);
     a->broken = false;
     return GSINK_OK;
 }
@@ -707,12 +776,12 @@ static gsink_status fin_ready(gsink_analysis *a)
     if (a->broken)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
                            "an earlier micro-batch failed inside the forward or backward: the sums are incomplete");
-    if (a->state[0] < 1 || a->state[3] < 1)
+    if (a->hdr[0] < 1 || a->hdr[3] < 1)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER, "no micro-batch has been added to the analysis");
     if (a->m->vs.n_scale_heads != a->nsh)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
                            "the model's V-scale heads changed since gsink_analysis_begin");
-    return GSINK_OK;
+    return host_sync(a);
 }
 
 gsink_status gsink_analysis_report_json(gsink_analysis *a, const gsink_diag_options *opts, char **json)
@@ -722,6 +791,7 @@ gsink_status gsink_analysis_report_json(gsink_analysis *a, const gsink_diag_opti
     gsink__clear(a->errmsg);
     if (!json) return gsink__fail(a->errmsg, GSINK_ERR_NULL_ARGUMENT, "json is NULL");
     *json = NULL;
+    NEED_MODEL(a);
     gsink_model *m = a->m;
     GSINK_USE(m, "model");
     gsink_status st;
@@ -732,7 +802,7 @@ gsink_status gsink_analysis_report_json(gsink_analysis *a, const gsink_diag_opti
     const size_t HT = (size_t)a->H * (size_t)a->T, LHT = (size_t)a->L * HT;
     float *stats = malloc(3 * LHT * sizeof(float));
     if (!stats) return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "report: out of host memory");
-    finish_ctx f = {a, a->state[0], a->state[3]};
+    finish_ctx f = {a, a->hdr[0], a->hdr[3]};
     for (int l = 0; l < a->L; l++) {
         const double *blk = layer_block(a, l);
         for (size_t i = 0; i < HT; i++) {
@@ -742,10 +812,10 @@ gsink_status gsink_analysis_report_json(gsink_analysis *a, const gsink_diag_opti
         }
     }
     char extra[96];
-    snprintf(extra, sizeof extra, "\"sequences\": %.0f, \"micro_batches\": %.0f", a->state[0], a->state[1]);
+    snprintf(extra, sizeof extra, "\"sequences\": %.0f, \"micro_batches\": %.0f", a->hdr[0], a->hdr[1]);
     gsink__report_src src = {
-        .ctx = &f, .errmsg = a->errmsg, .cfg = &m->cfg, .B = (int)a->state[0], .T = a->T,
-        .loss = (float)(a->state[2] / a->state[3]), .n_targets = (int64_t)a->state[3],
+        .ctx = &f, .errmsg = a->errmsg, .cfg = &m->cfg, .B = (int)a->hdr[0], .T = a->T,
+        .loss = (float)(a->hdr[2] / a->hdr[3]), .n_targets = (int64_t)a->hdr[3],
         .mass = stats, .sq = stats + LHT, .win = stats + 2 * LHT, .window = a->opts.sink_window,
         .site_available = fin_site_available, .norms = fin_norms, .branch = fin_branch, .qkv = fin_qkv,
         .input_extra = extra,
@@ -781,10 +851,13 @@ gsink_status gsink_analysis_gradient_norms(gsink_analysis *a, int layer, gsink_s
     if (count < (size_t)R)
         return gsink__fail(a->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "gradient norms: buffer holds %zu values, %d needed",
                            count, R);
+    NEED_MODEL(a);
+    gsink_model *m = a->m;
+    GSINK_USE(m, "model");
     if ((st = fin_ready(a))) return st;
     float *tmp = malloc((size_t)a->T * sizeof(float));
     if (!tmp) return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "out of host memory");
-    finish_ctx f = {a, a->state[0], a->state[3]};
+    finish_ctx f = {a, a->hdr[0], a->hdr[3]};
     st = fin_norms(&f, layer, site, head, true, agg, tmp);
     if (!st) memcpy(out, tmp, (size_t)R * sizeof(float));
     free(tmp);

@@ -552,6 +552,113 @@ START_TEST(test_elementwise_reductions)
 }
 END_TEST
 
+/* The streaming-analysis accumulators on both backends against sums
+ * computed here: acc starts nonzero (the ops add), per_b is written. */
+static double *dpair_new(const double *h, size_t n, double **g)
+{
+    double *c = NULL;
+    ck_assert_int_eq(cpu->iface->alloc(cpu, n * sizeof(double), (void **)&c), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->alloc(gpu, n * sizeof(double), (void **)g), GSINK_OK);
+    ck_assert_int_eq(cpu->iface->upload(cpu, c, h, n * sizeof(double)), GSINK_OK);
+    ck_assert_int_eq(gpu->iface->upload(gpu, *g, h, n * sizeof(double)), GSINK_OK);
+    return c;
+}
+
+static void dcheck(const double *c, const double *g, const double *want, size_t n, const char *what)
+{
+    double *hg = malloc(n * sizeof(double));
+    ck_assert_int_eq(gpu->iface->download(gpu, hg, g, n * sizeof(double)), GSINK_OK);
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(tu_close(c[i], want[i], 1e-12, 1e-300), "%s cpu [%zu] %.17g want %.17g", what, i, c[i], want[i]);
+        ck_assert_msg(tu_close(hg[i], want[i], 1e-12, 1e-300), "%s gpu [%zu] %.17g want %.17g", what, i, hg[i], want[i]);
+    }
+    free(hg);
+}
+
+START_TEST(test_fold)
+{
+    const int B = 3, T = 11, R = 7, heads = 5, hw = 9, W = heads * hw;
+    const size_t nx = (size_t)B * T * W;
+    pair x = pair_new(nx, 131, 2.0f);
+    float *hx = malloc(nx * sizeof(float));
+    ck_assert_int_eq(cpu->iface->download(cpu, hx, x.c, nx * sizeof(float)), GSINK_OK);
+    const size_t na = (size_t)R * (1 + heads);
+    double *init = malloc(na * sizeof(double)), *want = malloc(na * sizeof(double));
+    for (size_t i = 0; i < na; i++) init[i] = 0.25 * (double)i - 1.0;
+    double *ag = NULL, *ac = dpair_new(init, na, &ag);
+
+    /* fold_norms: per-head norms (nh = heads) and per-sequence norms */
+    pair pb = pair_new((size_t)B * R, 0, 0);
+    OKC(cpu->iface->fold_norms(cpu, ac, pb.c, x.c, B, T, R, heads, hw, heads));
+    OKG(gpu->iface->fold_norms(gpu, ag, pb.g, x.g, B, T, R, heads, hw, heads));
+    memcpy(want, init, na * sizeof(double));
+    for (int t = 0; t < R; t++)
+        for (int b = 0; b < B; b++) {
+            double all = 0;
+            for (int h = 0; h < heads; h++) {
+                double ss = 0;
+                for (int i = 0; i < hw; i++) {
+                    double v = hx[((size_t)b * T + t) * W + (size_t)h * hw + i];
+                    ss += v * v;
+                }
+                want[(size_t)t * (1 + heads) + 1 + h] += sqrt(ss);
+                all += ss;
+            }
+            want[(size_t)t * (1 + heads)] += sqrt(all);
+            ck_assert_msg(tu_close(pb.c[b * R + t], sqrt(all), 1e-6, 0), "per_b cpu b %d t %d", b, t);
+        }
+    dcheck(ac, ag, want, na, "fold_norms");
+    pair_check(&pb, 1e-6, 0, "fold_norms per_b");
+
+    /* fold_sum: the first R rows of every sequence, strided */
+    const size_t nsum = (size_t)R * W;
+    double *sinit = calloc(nsum, sizeof(double)), *swant = malloc(nsum * sizeof(double));
+    for (size_t i = 0; i < nsum; i++) sinit[i] = (double)(i % 7) - 3.0;
+    double *sg = NULL, *sc = dpair_new(sinit, nsum, &sg);
+    OKC(cpu->iface->fold_sum(cpu, sc, x.c, B, (size_t)T * W, nsum));
+    OKG(gpu->iface->fold_sum(gpu, sg, x.g, B, (size_t)T * W, nsum));
+    for (size_t i = 0; i < nsum; i++) {
+        swant[i] = sinit[i];
+        double s = 0;
+        for (int b = 0; b < B; b++) s += hx[(size_t)b * T * W + i];
+        swant[i] += s;
+    }
+    dcheck(sc, sg, swant, nsum, "fold_sum");
+
+    /* fold_ratio: per-sequence ratios of two (B, R) tensors */
+    pair num = pair_new((size_t)B * R, 137, 1.0f), den = pair_new((size_t)B * R, 139, 1.0f);
+    double *rg = NULL, *rc = dpair_new(init, (size_t)R, &rg);
+    OKC(cpu->iface->fold_ratio(cpu, rc, num.c, den.c, B, R));
+    OKG(gpu->iface->fold_ratio(gpu, rg, num.g, den.g, B, R));
+    for (int t = 0; t < R; t++) {
+        double s = 0;
+        for (int b = 0; b < B; b++) s += (double)num.c[b * R + t] / den.c[b * R + t];
+        want[t] = init[t] + s;
+    }
+    dcheck(rc, rg, want, (size_t)R, "fold_ratio");
+
+    /* NULL accumulator: only the per-sequence norms, of one head */
+    pair pb1 = pair_new((size_t)B * R, 0, 0);
+    OKC(cpu->iface->fold_norms(cpu, NULL, pb1.c, x.c, B, T, R, 1, W, 0));
+    OKG(gpu->iface->fold_norms(gpu, NULL, pb1.g, x.g, B, T, R, 1, W, 0));
+    pair_check(&pb1, 1e-6, 0, "fold_norms per_b (one head)");
+    for (size_t i = 0; i < (size_t)B * R; i++)
+        ck_assert_msg(tu_close(pb1.c[i], pb.c[i], 1e-6, 0), "per_b one head [%zu]", i);
+
+    void *cb[3] = {ac, sc, rc}, *gb[3] = {ag, sg, rg};
+    for (int i = 0; i < 3; i++) {
+        cpu->iface->free(cpu, cb[i]);
+        gpu->iface->free(gpu, gb[i]);
+    }
+    pair_free_all(&x, &pb, &num, &den, &pb1);
+    free(hx);
+    free(init);
+    free(want);
+    free(sinit);
+    free(swant);
+}
+END_TEST
+
 START_TEST(test_adamw)
 {
     const size_t n = 5003;
@@ -1386,6 +1493,7 @@ static Suite *cuda_suite(void)
     add(s, "xent", test_xent);
     add(s, "model_discard_site_activations", test_model_discard_site_activations);
     add(s, "elementwise_reductions", test_elementwise_reductions);
+    add(s, "fold", test_fold);
     add(s, "adamw", test_adamw);
     add(s, "vscale", test_vscale);
     add(s, "attention", test_attention);

@@ -514,7 +514,10 @@ START_TEST(test_memory_independent_of_n)
     int32_t tok[NSEQ * SEQ];
     make_tokens(tok, NSEQ * SEQ, 9);
     gsink_model *m = make_model(su, GSINK_MODEL_ANALYSIS | GSINK_MODEL_DISCARD_SITE_GRADS);
+    uint64_t live0, live_a;
+    ck_assert_int_eq(gsink_model_memory(m, &live0, NULL, 0), GSINK_OK);
     gsink_analysis *a = begin(m, 0);
+    ck_assert_int_eq(gsink_model_memory(m, &live_a, NULL, 0), GSINK_OK);
     uint64_t s0, t0, s1, t1, s4, t4, live1, peak1, live4, peak4;
     ck_assert_int_eq(gsink_analysis_memory(a, &s0, &t0), GSINK_OK);
     ck_assert_uint_eq(t0, 0);
@@ -533,6 +536,9 @@ START_TEST(test_memory_independent_of_n)
     size_t n;
     ck_assert_int_eq(gsink_analysis_state_size(a, &n), GSINK_OK);
     ck_assert_uint_ge(s4, n * sizeof(double));
+    /* the per-layer sums (all but the 4 global ones) live in the backend */
+    ck_assert_uint_ge(live_a - live0, (n - 4) * sizeof(double));
+    ck_assert_uint_le(live_a - live0, (n - 4) * sizeof(double) + 64);
     {   /* the formula of docs/diagnostics.md "Streaming over micro-batches" */
         const size_t T = SEQ, P = SEQ < 64 ? SEQ : 64, d = 32, H = (size_t)su->H, KV = (size_t)su->KV, dh = 8,
                      ff = 48, S = KV, L = 2;
@@ -547,6 +553,54 @@ START_TEST(test_memory_independent_of_n)
     gsink_analysis_free(b);
     gsink_analysis_free(a);
     gsink_model_free(m);
+}
+END_TEST
+
+/* Freeing the model first moves the sums to the host: the state functions
+ * keep working (bitwise the same state), the calls that need the model say
+ * so, and the analyses free cleanly. */
+START_TEST(test_model_freed_first)
+{
+    const setup *su = &setups[1];
+    int32_t tok[NSEQ * SEQ];
+    make_tokens(tok, NSEQ * SEQ, 21);
+    gsink_model *m = make_model(su, GSINK_MODEL_ANALYSIS);
+    gsink_analysis *a = begin(m, 0), *b = begin(m, 0), *c = begin(m, 0);
+    add(a, tok, 0, 3);
+    add(a, tok, 3, 2);
+    add(c, tok, 5, 1);
+    size_t n = 0;
+    ck_assert_int_eq(gsink_analysis_state_size(a, &n), GSINK_OK);
+    double *sa = malloc(n * sizeof(double)), *s2 = malloc(n * sizeof(double));
+    ck_assert_int_eq(gsink_analysis_get_state(a, sa, n), GSINK_OK);
+    size_t nz = 0;
+    for (size_t i = 4; i < n; i++) nz += sa[i] != 0.0;
+    ck_assert_uint_gt(nz, n / 2);
+    gsink_model_free(m);
+    ck_assert_int_eq(gsink_analysis_get_state(a, s2, n), GSINK_OK);
+    ck_assert_mem_eq(sa, s2, n * sizeof(double));
+    int64_t seqs = 0, mbs = 0;
+    ck_assert_int_eq(gsink_analysis_counts(a, &seqs, &mbs, NULL), GSINK_OK);
+    ck_assert_int_eq(seqs, 5);
+    ck_assert_int_eq(mbs, 2);
+    char *json = NULL;
+    ck_assert_int_eq(gsink_analysis_report_json(a, NULL, &json), GSINK_ERR_CALL_ORDER);
+    ck_assert_ptr_nonnull(strstr(gsink_analysis_errmsg(a), "model was freed"));
+    ck_assert_ptr_null(json);
+    ck_assert_int_eq(gsink_analysis_add(a, tok, NULL, 1, SEQ), GSINK_ERR_CALL_ORDER);
+    float g[SEQ];
+    ck_assert_int_eq(gsink_analysis_gradient_norms(a, 0, GSINK_SITE_RESID_IN, -1, 0, g, SEQ, NULL),
+                     GSINK_ERR_CALL_ORDER);
+    /* an empty analysis takes a state after the model is gone */
+    ck_assert_int_eq(gsink_analysis_set_state(b, sa, n), GSINK_OK);
+    memset(s2, 0, n * sizeof(double));
+    ck_assert_int_eq(gsink_analysis_get_state(b, s2, n), GSINK_OK);
+    ck_assert_mem_eq(sa, s2, n * sizeof(double));
+    free(sa);
+    free(s2);
+    gsink_analysis_free(a);
+    gsink_analysis_free(b);
+    gsink_analysis_free(c); /* never read back before the model went */
 }
 END_TEST
 
@@ -638,6 +692,7 @@ int main(void)
     tcase_add_test(tc, test_deferred_statistics);
     tcase_add_test(tc, test_state_sum);
     tcase_add_test(tc, test_memory_independent_of_n);
+    tcase_add_test(tc, test_model_freed_first);
     tcase_add_test(tc, test_errors_leave_handle_usable);
     suite_add_tcase(s, tc);
     return tu_run_suite(s, 1);
