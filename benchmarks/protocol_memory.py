@@ -95,7 +95,6 @@ def closed_form(s, L, T, B=1, new=True, threads=2):
     device = weights + per_layer * L + fixed + tmp_dev + ws + sums
     return dict(weights=weights, per_layer_acts=per_layer * L, fixed_acts=fixed, tmp_dev=tmp_dev, workspace=ws,
                 device=device, sums=sums, state=state,
-                host=device + sums,  # on the CPU, plus the host copy of the sums the report reads
                 weights_per_layer=2 * (d * qd + 2 * d * kd + qd * d + 3 * d * ff) +
                 4 * (2 * d + (qd + 2 * kd if bias else 0) + (2 * dh if qk else 0) + (2 * d if sandwich else 0)),
                 acts_per_layer=per_layer, state_per_layer=8 * state_per)
@@ -105,14 +104,39 @@ def flags_kw(new):
     return dict(analysis=True, discard_site_grads=True, discard_site_activations=new)
 
 
-def measure(shape, L, T, new, threads):
+class SmiPeak:
+    """On a GPU: the device's used memory sampled by nvidia-smi every 20 ms,
+    from before the model exists to stop(): peak - first sample = what this
+    process took (CUDA context, cuBLAS workspace and the backend's buffers)."""
+
+    def __init__(self, device):
+        self.p = None
+        if device != "cuda":
+            return
+        self.p = subprocess.Popen(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                                   "-lms", "20"], stdout=subprocess.PIPE, text=True)
+        self.first = int(self.p.stdout.readline().split()[0])
+
+    def stop(self):
+        if not self.p:
+            return None
+        time.sleep(0.1)
+        self.p.terminate()
+        rest = [int(x.split()[0]) for x in self.p.stdout.read().split("\n") if x.strip()]
+        return (max(rest + [self.first]) - self.first) * 2**20
+
+
+def measure(shape, L, T, new, threads, device="cpu"):
     """One streaming micro-batch of 1 x T on a random L-layer model: the
     backend's bytes after creation, its peak over the micro-batch, the
-    analysis's state and temporaries, the wall seconds."""
+    analysis's state and temporaries, the wall seconds (on a GPU also the
+    process's device memory by nvidia-smi)."""
     import gsink
     cfg = dict(SHAPES[shape], n_layers=L, max_seq_len=max(T, 64))
+    smi = SmiPeak(device)
     t0 = time.perf_counter()
-    m = gsink.Model(cfg, seed=1, n_threads=threads, weight_dtype="bf16", **flags_kw(new))
+    m = gsink.Model(cfg, seed=1, n_threads=threads, weight_dtype="bf16", device=device,
+                    precision="bf16" if device == "cuda" else None, **flags_kw(new))
     t_create = time.perf_counter() - t0
     static, _ = m.memory(reset_peak=True)
     tok = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(1, T), dtype=np.int32)
@@ -125,30 +149,33 @@ def measure(shape, L, T, new, threads):
     a.close()
     m.close()
     return dict(static=static, peak=peak, state=am["state_bytes"], temp=am["temp_bytes"], seconds=secs,
-                create=t_create)
+                create=t_create, smi=smi.stop())
 
 
 def fmt(b):
     return f"{b / GiB:7.3f} GiB"
 
 
-def fit_and_compare(shape, T, layers, new, threads):
+def fit_and_compare(shape, T, layers, new, threads, device="cpu"):
     tag = "ANALYSIS+DISCARD_SITE_GRADS+DISCARD_SITE_ACTIVATIONS" if new else "ANALYSIS+DISCARD_SITE_GRADS"
     print(f"\n== {shape}, 1 x {T}, bf16 weights, {tag} ==")
     rows = []
     for L in layers:
-        r = measure(shape, L, T, new, threads)
-        cf = closed_form(SHAPES[shape], L, T, new=new)
+        r = measure(shape, L, T, new, threads, device)
+        cf = closed_form(SHAPES[shape], L, T, new=new, threads=threads if device == "cpu" else 0)
         rows.append((L, r, cf))
+        if r["smi"] is not None:
+            print(f"L={L}: process device memory (nvidia-smi) {fmt(r['smi'])}: backend peak + "
+                  f"{(r['smi'] - r['peak']) / 2**20:.0f} MiB (CUDA context, cuBLAS workspace, allocator)")
         print(f"L={L}: weights {fmt(r['static'])} (formula {fmt(cf['weights'])}), device peak {fmt(r['peak'])} "
               f"(formula {fmt(cf['device'])}, diff {(r['peak'] - cf['device']) / 2**20:+.1f} MiB), "
               f"state {r['state'] / 2**20:.1f} MiB (formula {cf['state'] / 2**20:.1f}), "
               f"temporaries {r['temp'] / 2**20:.1f} MiB, micro-batch {r['seconds']:.1f} s (create {r['create']:.1f} s)")
     Ls = np.array([x[0] for x in rows], dtype=float)
     dev = np.array([x[1]["peak"] for x in rows], dtype=float)
-    host = np.array([x[1]["peak"] + x[2]["sums"] for x in rows], dtype=float)
     b, a = np.polyfit(Ls, dev, 1)
-    cf1, cf2 = closed_form(SHAPES[shape], 1, T, new=new), closed_form(SHAPES[shape], 2, T, new=new)
+    nt = threads if device == "cpu" else 0
+    cf1, cf2 = closed_form(SHAPES[shape], 1, T, new=new, threads=nt), closed_form(SHAPES[shape], 2, T, new=new, threads=nt)
     cb = cf2["device"] - cf1["device"]
     ca = cf1["device"] - cb
     print(f"fit:     device peak = {a / GiB:.4f} GiB + L x {b / 2**20:.2f} MiB")
@@ -158,21 +185,20 @@ def fit_and_compare(shape, T, layers, new, threads):
     agree = abs(b - cb) <= 1e-3 * cb and abs(a - ca) <= 0.01 * ca
     print(f"agree: {'yes' if agree else 'NO'} (slope {100 * (b - cb) / cb:+.4f}%, intercept {100 * (a - ca) / ca:+.3f}%)")
     full = SHAPES[shape]["n_layers"]
-    hb, ha = np.polyfit(Ls, host, 1)
     print(f"extrapolated to {full} layers: device peak {fmt(a + b * full)} (formula "
-          f"{fmt(closed_form(SHAPES[shape], full, T, new=new)['device'])}), host total {fmt(ha + hb * full)}")
+          f"{fmt(closed_form(SHAPES[shape], full, T, new=new, threads=nt)['device'])})")
     return agree
 
 
 def table(T):
-    print(f"\n== closed-form peaks, 1 x {T}, bf16 weights (device peak, with the analysis's sums; host total "
-          f"adds their host copy for the report) ==")
-    print(f"{'shape':14s} {'L':>3s} {'weights':>12s} {'today: device':>15s} {'new: device':>13s} {'new: host':>11s}")
+    print(f"\n== closed-form peaks, 1 x {T}, bf16 weights (the backend's peak with the analysis's sums: device "
+          f"memory on CUDA, where a report adds a host copy of the sums; on the CPU all of it is host memory) ==")
+    print(f"{'shape':14s} {'L':>3s} {'weights':>12s} {'sums':>12s} {'today: device':>15s} {'new: device':>13s}")
     for name, s in SHAPES.items():
         L = s["n_layers"]
         old, new = closed_form(s, L, T, new=False), closed_form(s, L, T, new=True)
-        print(f"{name:14s} {L:3d} {fmt(new['weights'])} {fmt(old['device']):>15s} {fmt(new['device']):>13s} "
-              f"{fmt(new['host']):>11s}")
+        print(f"{name:14s} {L:3d} {fmt(new['weights'])} {fmt(new['sums'])} {fmt(old['device']):>15s} "
+              f"{fmt(new['device']):>13s}")
 
 
 def full_run(T, threads):
@@ -206,6 +232,7 @@ def main():
     ap.add_argument("--flags", default="new,today")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--formula-only", action="store_true")
+    ap.add_argument("--device", default="cpu", help="cpu, or cuda (a GPU: bf16 math, nvidia-smi sampled)")
     ap.add_argument("--full", type=int, default=0, help="run the 32-layer 8B shape at 1 x FULL (subprocess)")
     ap.add_argument("--full-child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -218,7 +245,7 @@ def main():
         for T in seqs:
             for fl in args.flags.split(","):
                 ok &= fit_and_compare("Llama-3.1-8B", T, [int(x) for x in args.layers.split(",")], fl == "new",
-                                      args.threads)
+                                      args.threads, args.device)
     for T in seqs:
         table(T)
     if args.full:

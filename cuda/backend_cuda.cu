@@ -442,6 +442,7 @@ static gsink_backend_iface make_iface(void)
     t.fold_sum = cuda_fold_sum;
     t.fold_norms = cuda_fold_norms;
     t.fold_ratio = cuda_fold_ratio;
+    t.row_sumsq_d = cuda_row_sumsq_d;
     return t;
 }
 

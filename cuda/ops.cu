@@ -839,6 +839,36 @@ gsink_status cuda_fold_ratio(gsink_backend *be, double *acc, const float *num, c
     return launched(be, "fold_ratio");
 }
 
+/* One warp per (row, head), as k_row_sumsq, in double. */
+__global__ void k_row_sumsq_d(double *out, const double *x, const double *y, size_t rows, int heads, int width)
+{
+    int lane = threadIdx.x & 31;
+    size_t warp = (blockIdx.x * (size_t)blockDim.x + threadIdx.x) >> 5;
+    size_t nwarps = ((size_t)gridDim.x * blockDim.x) >> 5;
+    size_t total = rows * heads;
+    for (; warp < total; warp += nwarps) {
+        const size_t o = warp * (size_t)width;
+        double s = 0.0;
+        for (int i = lane; i < width; i += 32) {
+            double d = x[o + i] - (y ? y[o + i] : 0.0);
+            s += d * d;
+        }
+        s = warp_sum(s);
+        if (lane == 0) out[warp] = s;
+    }
+}
+
+gsink_status cuda_row_sumsq_d(gsink_backend *be, double *out, const double *x, const double *y, size_t rows,
+                              int heads, int width)
+{
+    if (rows == 0 || heads <= 0 || width <= 0) return GSINK_OK;
+    gsink_status st = cuda_enter(be);
+    if (st) return st;
+    GSINK_LAUNCH(k_row_sumsq_d, cuda_blocks(rows * heads * 32, OPS_THREADS), OPS_THREADS, 0, CUDA_CTX(be)->stream)(
+        out, x, y, rows, heads, width);
+    return launched(be, "row_sumsq_d");
+}
+
 #define SUMSQ_BLOCKS 1024
 
 __global__ void k_sumsq_partial(double *part, int *fin, const float *x, size_t n)

@@ -215,6 +215,9 @@ typedef struct gsink_backend_iface {
      *             acc[t][1 + h] += sum_b sqrt(s_bth) for h < nh (nh is 0 or heads);
      *             per_b (B, R), may be NULL: per_b[b][t] = sqrt(sum_h s_bth) (=).
      * fold_ratio: acc[t] += sum_b num[b * R + t] / den[b * R + t], t < R.
+     * row_sumsq_d: out[r * heads + h] = sum_i (x - y)^2 over slice h (width
+     *             long) of row r of x (rows, heads * width), in double; y has
+     *             x's shape or is NULL (0). For the report's norms of the sums.
      * host_memory: nonzero when the backend's memory is host memory (the
      * CPU), which the library may then read in place of a download. */
     gsink_status (*fold_sum)(gsink_backend *be, double *acc, const float *x, int B, size_t stride,
@@ -223,6 +226,8 @@ typedef struct gsink_backend_iface {
                                int T, int R, int heads, int hw, int nh);
     gsink_status (*fold_ratio)(gsink_backend *be, double *acc, const float *num, const float *den,
                                int B, int R);
+    gsink_status (*row_sumsq_d)(gsink_backend *be, double *out, const double *x, const double *y,
+                                size_t rows, int heads, int width);
     int host_memory;
 } gsink_backend_iface;
 

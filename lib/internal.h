@@ -32,6 +32,9 @@ void gsink__clear(char *msgbuf);
 size_t gsink__copy_sized(void *out, size_t size, const void *full, size_t full_size);
 /* Checked size arithmetic: returns false on overflow. */
 bool gsink__mul_size(size_t a, size_t b, size_t *out);
+/* v (finite) as "%.9g" writes it, without printf (lib/diag/report.c); at
+ * most 16 characters + NUL into out; returns the length. */
+int gsink__format_g9(char *out, double v);
 
 /* ---- handle use ----------------------------------------------------------- */
 

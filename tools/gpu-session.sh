@@ -11,7 +11,10 @@
 #            passes only on a summary of 0 errors / 0 hazards
 #     bench  build + bench (benchmarks/cuda/run_cuda_bench.sh)
 #     all    both (default; may not fit one 10-minute command)
-#     STEP,...  some of suite, memcheck, racecheck, bench (e.g. racecheck)
+#     analysis  build + the analysis step against HuggingFace
+#            (benchmarks/cuda/analysis_step.py) and the protocol's device
+#            memory (benchmarks/protocol_memory.py --device cuda); not in all
+#     STEP,...  some of suite, memcheck, racecheck, bench, analysis
 #     --emulate (or GSINK_EMULATE=1): no GPU needed; the same flow against the
 #              emulated module (tests/cuda/libgsink-cuda-emu.so, suite
 #              cuda-emu); the sanitizer steps become a plain run of one test
@@ -43,7 +46,7 @@ if [ "${1:-}" != __step ]; then
   emulate=${GSINK_EMULATE:-0}
   for a in "$@"; do
     case "$a" in
-      all|test|bench|suite*|memcheck*|racecheck*) phase=$a ;;
+      all|test|bench|suite*|memcheck*|racecheck*|analysis*) phase=$a ;;
       --emulate) emulate=1 ;;
       -h|--help) sed -n '2,33p' "$SELF"; exit 0 ;;
       -*) echo "gpu-session: unknown option $a" >&2; exit 2 ;;
@@ -259,6 +262,18 @@ step_bench() {
   exit $rc
 }
 
+step_analysis() {
+  [ -n "$PY" ] || { echo "no python with torch"; exit 77; }
+  export GSINK_LIBRARY=$BUILD/lib/libgsink.so GSINK_CUDA_MODULE=$MODULE PYTHONPATH=$ROOT/bindings/python
+  local rc=0
+  "$PY" "$ROOT/benchmarks/cuda/analysis_step.py" 2>&1 | tee "$out/analysis-step.txt"
+  ((PIPESTATUS[0])) && rc=1
+  "$PY" "$ROOT/benchmarks/protocol_memory.py" --device cuda --seq 2048 --layers 1,2 --flags new 2>&1 |
+    tee "$out/protocol-memory-cuda.txt"
+  ((PIPESTATUS[0])) && rc=1
+  exit $rc
+}
+
 if [ "${1:-}" = __step ]; then
   "step_$2"
   exit $?
@@ -309,6 +324,7 @@ note() { # a one-line result read off the step's log
     memcheck|racecheck)
       { grep -E '^[0-9]+%: Checks|ERROR SUMMARY|RACECHECK SUMMARY' "$2"; } |
         sed 's/^========= //' | paste -sd ';' ;;
+    analysis) grep -E '^gsink (fp32|tf32|bf16):' "$out/analysis-step.txt" 2>/dev/null | cut -c1-120 | paste -sd ';' ;;
     bench) [ -n "$(ls "$out"/cuda-bench-*.txt 2>/dev/null)" ] &&
            echo "$(grep -c '^## ' "$out"/cuda-bench-*.txt | tail -1)/9 sections in $(basename "$(ls "$out"/cuda-bench-*.txt | tail -1)")" ;;
     compile) grep -E '(blis|subunit)[^ ]* => ' "$2" | awk '{ printf "%s%s", (NR > 1 ? ", " : ""), $3 }'
@@ -352,6 +368,11 @@ if wants bench; then
   if [ "$emulate" = 1 ]; then skip bench "$out/bench.log" "emulated: the benchmarks need a GPU"
   elif built; then run bench "$out/bench.log" 540
   else skip bench "$out/bench.log" "no build"; fi
+fi
+if wants analysis; then
+  if [ "$emulate" = 1 ]; then skip analysis "$out/analysis.log" "emulated: the analysis benchmark needs a GPU"
+  elif built; then run analysis "$out/analysis.log" 420
+  else skip analysis "$out/analysis.log" "no build"; fi
 fi
 
 # ---------------------------------------------------------------- summary

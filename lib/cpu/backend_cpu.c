@@ -1074,6 +1074,32 @@ static gsink_status cpu_fold_ratio(gsink_backend *be, double *acc, const float *
     return GSINK_OK;
 }
 
+static gsink_status cpu_row_sumsq_d(gsink_backend *be, double *out, const double *x, const double *y,
+                                    size_t rows, int heads, int width)
+{
+#pragma omp parallel for num_threads(nt_for(be, rows * (size_t)heads * width)) schedule(static)
+    for (size_t r = 0; r < rows; r++)
+        for (int h = 0; h < heads; h++) {
+            const size_t o = (r * heads + h) * (size_t)width;
+            double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0; /* four chains: the adds overlap */
+            int i = 0;
+            for (; i + 4 <= width; i += 4) {
+                double d0 = x[o + i] - (y ? y[o + i] : 0.0), d1 = x[o + i + 1] - (y ? y[o + i + 1] : 0.0),
+                       d2 = x[o + i + 2] - (y ? y[o + i + 2] : 0.0), d3 = x[o + i + 3] - (y ? y[o + i + 3] : 0.0);
+                s0 += d0 * d0;
+                s1 += d1 * d1;
+                s2 += d2 * d2;
+                s3 += d3 * d3;
+            }
+            for (; i < width; i++) {
+                double d = x[o + i] - (y ? y[o + i] : 0.0);
+                s0 += d * d;
+            }
+            out[r * heads + h] = (s0 + s1) + (s2 + s3);
+        }
+    return GSINK_OK;
+}
+
 static gsink_status cpu_sumsq(gsink_backend *be, double *out, int *finite, const float *x, size_t n)
 {
     int nt = nt_for(be, n);
@@ -1186,6 +1212,7 @@ static const gsink_backend_iface cpu_iface = {
     .fold_sum = cpu_fold_sum,
     .fold_norms = cpu_fold_norms,
     .fold_ratio = cpu_fold_ratio,
+    .row_sumsq_d = cpu_row_sumsq_d,
     .host_memory = 1,
 };
 

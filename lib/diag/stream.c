@@ -47,11 +47,16 @@ struct gsink_analysis {
     int Wp[3];
     size_t off_gsum[GSINK_SITE_COUNT], off_gps[GSINK_SITE_COUNT], off_aps[GSINK_SITE_COUNT];
     size_t off_pre[3], off_qkvps, off_bps, off_mass, off_sq, off_win, per_layer;
+    /* the report's squared norms of the sums, per layer (norms_sync):
+     * R x heads per site, then 4 x P per branch */
+    size_t off_ns[GSINK_SITE_COUNT], off_nb, per_layer_ns;
     size_t n_state;      /* HDR + L * per_layer */
     double hdr[HDR];     /* the global sums, on the host */
     double *dev;         /* the L per-layer blocks, in backend memory (the hooks add to them) */
     double *host;        /* their host copy for the report, made on first use */
-    bool host_fresh;     /* host equals dev */
+    bool host_fresh;     /* host equals dev (host_sync) */
+    double *ns;          /* (L, per_layer_ns) squared norms of the sums for the report (norms_sync) */
+    bool ns_fresh;       /* ns is of the current sums */
     size_t peak_tmp_bytes; /* largest per-micro-batch temporaries so far */
 };
 
@@ -86,17 +91,28 @@ static gsink_status copy_sums(gsink_analysis *a)
 }
 
 /* Makes a->host current for the report: a backend whose memory is host
- * memory (the CPU) is read in place, another one is copied once after each
- * change. */
+ * memory (the CPU) is read in place; from another one each layer's block is
+ * copied once after each change, except its leading Σ dL/dx of every site
+ * (most of the bytes), which the report only needs as norms (norms_sync). */
 static gsink_status host_sync(gsink_analysis *a)
 {
+    gsink_model *m = a->m;
     if (a->host_fresh) return GSINK_OK;
-    if (a->m->be->iface->host_memory) {
+    if (m->be->iface->host_memory) {
         a->host = a->dev;
         a->host_fresh = true;
         return GSINK_OK;
     }
-    return copy_sums(a);
+    if (!a->host && !(a->host = malloc(layers_bytes(a))))
+        return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: cannot allocate the host copy of the sums");
+    const size_t from = a->off_gps[0], n = a->per_layer - from;
+    for (int l = 0; l < a->L; l++) {
+        gsink_status st = m->be->iface->download(m->be, layer_block(a, l) + from, dev_block(a, l) + from,
+                                                 n * sizeof(double));
+        if (st) return gsink__fail(a->errmsg, st, "analysis: reading the sums: %s", m->be->err);
+    }
+    a->host_fresh = true;
+    return GSINK_OK;
 }
 
 /* ---- layout ------------------------------------------------------------ */
@@ -147,6 +163,13 @@ static bool layout(gsink_analysis *a)
     ADD(HT);
 #undef ADD
     a->per_layer = off;
+    size_t ns = 0;
+    for (int si = 0; si < GSINK_SITE_COUNT; si++) {
+        a->off_ns[si] = ns;
+        ns += (size_t)a->R[si] * (size_t)a->HS[si];
+    }
+    a->off_nb = ns;
+    a->per_layer_ns = ns + 2 * 4 * (size_t)a->P;
     if (!gsink__mul_size(off, (size_t)a->L, &n) || n > SIZE_MAX / sizeof(double) - HDR) return false;
     a->n_state = HDR + n;
     return true;
@@ -235,6 +258,7 @@ void gsink_analysis_free(gsink_analysis *a)
         gsink__use_release(&um);
     }
     free(a->host);
+    free(a->ns);
     free(a);
 }
 
@@ -515,7 +539,7 @@ gsink_status gsink_analysis_add(gsink_analysis *a, const int32_t *tokens, const 
     }
     if (tmp_bytes > a->peak_tmp_bytes) a->peak_tmp_bytes = tmp_bytes;
     float loss = 0.0f;
-    a->host_fresh = false; /* the hooks add to the backend's sums from here on */
+    a->host_fresh = a->ns_fresh = false; /* the hooks add to the backend's sums from here on */
     const int32_t win = m->diag.sink_window;
     m->diag.sink_window = a->opts.sink_window;
     st = gsink__forward_hooked(m, tokens, targets, batch, seq_len, &loss, fwd_hook, &c);
@@ -593,7 +617,7 @@ gsink_status gsink_analysis_get_state(gsink_analysis *a, double *buf, size_t n)
         return gsink__fail(a->errmsg, GSINK_ERR_BUFFER_TOO_SMALL,
                            "the state has %zu values, the buffer %zu (gsink_analysis_state_size)", a->n_state, n);
     memcpy(buf, a->hdr, sizeof a->hdr);
-    if (a->host_fresh || !a->m) { /* a detached analysis holds them on the host */
+    if (!a->m) { /* a detached analysis holds them on the host */
         if (!a->host)
             return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
                                "the sums were lost when the model was freed: %s", a->errmsg);
@@ -626,7 +650,7 @@ gsink_status gsink_analysis_set_state(gsink_analysis *a, const double *buf, size
         GSINK_USE(m, "model");
         gsink_status st = m->be->iface->upload(m->be, a->dev, buf + HDR, layers_bytes(a));
         if (st) return gsink__fail(a->errmsg, st, "analysis: writing the sums: %s", m->be->err);
-        a->host_fresh = false;
+        a->host_fresh = a->ns_fresh = false;
     } else {
         if (!a->host && !(a->host = malloc(layers_bytes(a))))
             return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: cannot allocate the sums on the host");
@@ -644,6 +668,46 @@ typedef struct finish_ctx {
     double n_seq, n_tgt; /* N and G */
 } finish_ctx;
 
+/* The squared row norms of every sum the report takes a norm of, computed on
+ * the backend (row_sumsq_d) and read back in one transfer: per site and
+ * position (per head), and per branch ||Σ g1||², ||Σ g2||², ||Σ dL/dh_in||²,
+ * ||Σ dL/dh_in - Σ g1||² for t < P. */
+static gsink_status norms_sync(gsink_analysis *a)
+{
+    gsink_model *m = a->m;
+    const gsink_backend_iface *be = m->be->iface;
+    const size_t n = (size_t)a->L * a->per_layer_ns, P = (size_t)a->P, d = (size_t)a->d;
+    double *dn = NULL;
+    gsink_status st;
+    if (a->ns_fresh) return GSINK_OK;
+    if (!a->ns && !(a->ns = malloc(n * sizeof(double))))
+        return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "report: out of host memory");
+    if ((st = be->alloc(m->be, n * sizeof(double), (void **)&dn)))
+        return gsink__fail(a->errmsg, st, "report: %s", m->be->err);
+    for (int l = 0; l < a->L && !st; l++) {
+        const double *blk = dev_block(a, l);
+        double *o = dn + (size_t)l * a->per_layer_ns;
+        for (int si = 0; si < GSINK_SITE_COUNT && !st; si++)
+            st = be->row_sumsq_d(m->be, o + a->off_ns[si], blk + a->off_gsum[si], NULL, (size_t)a->R[si], a->HS[si],
+                                 a->W[si] / a->HS[si]);
+        for (int br = 0; br < 2 && !st; br++) {
+            const double *din = blk + a->off_gsum[br == 0 ? GSINK_SITE_RESID_IN : GSINK_SITE_RESID_MID],
+                         *dout = blk + a->off_gsum[br == 0 ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_OUT],
+                         *dnorm = blk + a->off_gsum[br == 0 ? GSINK_SITE_ATTN_NORM_OUT : GSINK_SITE_MLP_NORM_OUT];
+            double *ob = o + a->off_nb + (size_t)br * 4 * P;
+            if (!st) st = be->row_sumsq_d(m->be, ob, dout, NULL, P, 1, (int)d);
+            if (!st) st = be->row_sumsq_d(m->be, ob + P, dnorm, NULL, P, 1, (int)d);
+            if (!st) st = be->row_sumsq_d(m->be, ob + 2 * P, din, NULL, P, 1, (int)d);
+            if (!st) st = be->row_sumsq_d(m->be, ob + 3 * P, din, dout, P, 1, (int)d);
+        }
+    }
+    if (!st) st = be->download(m->be, a->ns, dn, n * sizeof(double));
+    if (st) st = gsink__fail(a->errmsg, st, "report: norms of the sums: %s", m->be->err);
+    be->free(m->be, dn);
+    a->ns_fresh = !st;
+    return st;
+}
+
 static bool fin_site_available(void *ctx, int layer, gsink_site s, bool grad)
 {
     (void)ctx;
@@ -652,21 +716,13 @@ static bool fin_site_available(void *ctx, int layer, gsink_site s, bool grad)
     return (int)s >= 0 && (int)s < GSINK_SITE_COUNT;
 }
 
-/* ||v|| of n doubles */
-static double norm_d(const double *v, size_t n)
-{
-    double ss = 0.0;
-    for (size_t i = 0; i < n; i++) ss += v[i] * v[i];
-    return sqrt(ss);
-}
-
 /* T values; positions without a sum are NaN (only t < R[site] are kept). */
 static gsink_status fin_norms(void *ctx, int l, gsink_site si, int head, bool grad, int agg, float *out)
 {
     finish_ctx *f = ctx;
     gsink_analysis *a = f->a;
     const double *blk = layer_block(a, l);
-    const int nh = a->NH[si], R = grad ? a->R[si] : a->P, W = a->W[si];
+    const int nh = a->NH[si], R = grad ? a->R[si] : a->P;
     for (int t = 0; t < a->T; t++) out[t] = NAN;
     const int col = head < 0 ? 0 : 1 + head;
     if (!grad || agg == GSINK_AGG_PER_SEQUENCE) {
@@ -675,12 +731,15 @@ static gsink_status fin_norms(void *ctx, int l, gsink_site si, int head, bool gr
         for (int t = 0; t < R; t++) out[t] = (float)(v[(size_t)t * (size_t)(1 + nh) + (size_t)col] / div);
         return GSINK_OK;
     }
-    const double *g = blk + a->off_gsum[si];
-    const int hw = W / a->HS[si];
+    const int heads = a->HS[si];
+    const double *q = a->ns + (size_t)l * a->per_layer_ns + a->off_ns[si];
     for (int t = 0; t < R; t++) {
-        const double *row = g + (size_t)t * (size_t)W;
-        double n = head < 0 ? norm_d(row, (size_t)W) : norm_d(row + (size_t)head * (size_t)hw, (size_t)hw);
-        out[t] = (float)(n / f->n_tgt);
+        const double *r = q + (size_t)t * (size_t)heads;
+        double ss = 0.0;
+        if (head >= 0) ss = r[head];
+        else
+            for (int h = 0; h < heads; h++) ss += r[h];
+        out[t] = (float)(sqrt(ss) / f->n_tgt);
     }
     return GSINK_OK;
 }
@@ -691,7 +750,7 @@ static gsink_status fin_branch(void *ctx, int l, int br, int agg, float *bloat, 
     finish_ctx *f = ctx;
     gsink_analysis *a = f->a;
     const double *blk = layer_block(a, l);
-    const int P = a->P, d = a->d;
+    const int P = a->P;
     for (int t = 0; t < a->T; t++) bloat[t] = change[t] = compress[t] = NAN;
     if (agg == GSINK_AGG_PER_SEQUENCE) {
         const double *o = blk + a->off_bps + (size_t)br * 3 * (size_t)P;
@@ -702,22 +761,12 @@ static gsink_status fin_branch(void *ctx, int l, int br, int agg, float *bloat, 
         }
         return GSINK_OK;
     }
-    const gsink_site s_in = br == 0 ? GSINK_SITE_RESID_IN : GSINK_SITE_RESID_MID;
-    const gsink_site s_out = br == 0 ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_OUT;
-    const gsink_site s_norm = br == 0 ? GSINK_SITE_ATTN_NORM_OUT : GSINK_SITE_MLP_NORM_OUT;
-    const double *din = blk + a->off_gsum[s_in], *dout = blk + a->off_gsum[s_out],
-                 *dnorm = blk + a->off_gsum[s_norm];
+    const double *q = a->ns + (size_t)l * a->per_layer_ns + a->off_nb + (size_t)br * 4 * (size_t)P;
     for (int t = 0; t < P; t++) {
-        const size_t o = (size_t)t * (size_t)d;
-        double n1 = norm_d(dout + o, (size_t)d), n2 = norm_d(dnorm + o, (size_t)d),
-               nin = norm_d(din + o, (size_t)d), ss = 0.0;
-        for (int k = 0; k < d; k++) {
-            double g3 = din[o + (size_t)k] - dout[o + (size_t)k];
-            ss += g3 * g3;
-        }
+        double n1 = sqrt(q[t]), n2 = sqrt(q[P + t]), nin = sqrt(q[2 * P + t]), n3 = sqrt(q[3 * P + t]);
         bloat[t] = (float)(n2 / n1);
         change[t] = (float)(nin / n1);
-        compress[t] = (float)(sqrt(ss) / n2);
+        compress[t] = (float)(n3 / n2);
     }
     return GSINK_OK;
 }
@@ -781,7 +830,8 @@ static gsink_status fin_ready(gsink_analysis *a)
     if (a->m->vs.n_scale_heads != a->nsh)
         return gsink__fail(a->errmsg, GSINK_ERR_CALL_ORDER,
                            "the model's V-scale heads changed since gsink_analysis_begin");
-    return host_sync(a);
+    gsink_status st = host_sync(a);
+    return st ? st : norms_sync(a);
 }
 
 gsink_status gsink_analysis_report_json(gsink_analysis *a, const gsink_diag_options *opts, char **json)

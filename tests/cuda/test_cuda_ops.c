@@ -645,6 +645,39 @@ START_TEST(test_fold)
     for (size_t i = 0; i < (size_t)B * R; i++)
         ck_assert_msg(tu_close(pb1.c[i], pb.c[i], 1e-6, 0), "per_b one head [%zu]", i);
 
+    /* row_sumsq_d: per-head squared norms of the double sums, and of a difference */
+    const int rh = 3, rw = W / 3 + 1, rrows = 5;
+    const size_t nr = (size_t)rrows * rh * rw;
+    double *xh = malloc(nr * sizeof(double)), *yh = malloc(nr * sizeof(double)), *zero = calloc(nr, sizeof(double));
+    for (size_t i = 0; i < nr; i++) {
+        xh[i] = sin(0.37 * (double)i) * 3.0;
+        yh[i] = cos(0.11 * (double)i);
+    }
+    double *xg = NULL, *yg = NULL, *og = NULL, *xc = dpair_new(xh, nr, &xg), *yc = dpair_new(yh, nr, &yg);
+    double *oc = dpair_new(zero, (size_t)rrows * rh, &og), *owant = malloc((size_t)rrows * rh * sizeof(double));
+    for (int withy = 0; withy < 2; withy++) {
+        OKC(cpu->iface->row_sumsq_d(cpu, oc, xc, withy ? yc : NULL, (size_t)rrows, rh, rw));
+        OKG(gpu->iface->row_sumsq_d(gpu, og, xg, withy ? yg : NULL, (size_t)rrows, rh, rw));
+        for (int r = 0; r < rrows * rh; r++) {
+            double ss = 0;
+            for (int i = 0; i < rw; i++) {
+                double v = xh[(size_t)r * rw + i] - (withy ? yh[(size_t)r * rw + i] : 0.0);
+                ss += v * v;
+            }
+            owant[r] = ss;
+        }
+        dcheck(oc, og, owant, (size_t)rrows * rh, withy ? "row_sumsq_d (x - y)" : "row_sumsq_d");
+    }
+    void *cd[3] = {xc, yc, oc}, *gd[3] = {xg, yg, og};
+    for (int i = 0; i < 3; i++) {
+        cpu->iface->free(cpu, cd[i]);
+        gpu->iface->free(gpu, gd[i]);
+    }
+    free(xh);
+    free(yh);
+    free(zero);
+    free(owant);
+
     void *cb[3] = {ac, sc, rc}, *gb[3] = {ag, sg, rg};
     for (int i = 0; i < 3; i++) {
         cpu->iface->free(cpu, cb[i]);
