@@ -25,6 +25,7 @@
 #   GSINK_LIBRARY=BUILD/lib/libgsink.so GSINK_CUDA_MODULE=BUILD/cuda/libgsink-cuda.so \
 #   PYTHONPATH=bindings/python python3 benchmarks/cuda/analysis_step.py [--batch 8 --seq 2048]
 #   ... --device cpu --tiny      # check the script on the CPU (tiny model)
+#   ... --device cpu --n-layers 2 --batch 1 --runs gsink:fp32 --layers 2   # the report's cost
 import argparse
 import json
 import os
@@ -41,11 +42,14 @@ TINY = dict(SMOLLM2, vocab_size=256, hidden_size=64, intermediate_size=128, num_
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
 
 
-def make_model_dir(path, tiny):
+def make_model_dir(path, tiny, n_layers=0):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    cfg = LlamaConfig(**(TINY if tiny else SMOLLM2))
+    cfg = dict(TINY if tiny else SMOLLM2)
+    if n_layers:
+        cfg["num_hidden_layers"] = n_layers
+    cfg = LlamaConfig(**cfg)
     m = LlamaForCausalLM(cfg)
     m.save_pretrained(path, safe_serialization=True)
 
@@ -170,6 +174,8 @@ def main():
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--tiny", action="store_true", help="a 3-layer toy model (checking the script)")
+    ap.add_argument("--n-layers", type=int, default=0, help="override the depth (e.g. 2 for the report's cost "
+                                                              "on the CPU, which grows linearly with it)")
     ap.add_argument("--runs", default="gsink:fp32,gsink:tf32,gsink:bf16,hf-eager:fp32,hf-eager:tf32,"
                                       "hf-eager:bf16,hf-sdpa:bf16")
     ap.add_argument("--layers", type=int, default=3, help="layers whose profiles are cross-checked")
@@ -183,8 +189,9 @@ def main():
     own = args.workdir is None
     tmp = tempfile.TemporaryDirectory(prefix="gsink-analysis-step-") if own else None
     args.workdir = args.workdir or tmp.name
-    make_model_dir(args.workdir, args.tiny)
-    print(f"# analysis step: {'tiny' if args.tiny else 'SmolLM2-135M'} shape, {args.batch} x {args.seq} tokens, "
+    make_model_dir(args.workdir, args.tiny, args.n_layers)
+    print(f"# analysis step: {'tiny' if args.tiny else 'SmolLM2-135M'} shape"
+          f"{f' with {args.n_layers} layers' if args.n_layers else ''}, {args.batch} x {args.seq} tokens, "
           f"device {args.device}, median of {args.iters} after {args.warmup} warm-up")
     results = {}
     ok = True

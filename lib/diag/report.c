@@ -27,11 +27,35 @@ typedef struct sbuf {
     bool oom;
 } sbuf;
 
+/* Room for need bytes in all (the text and its NUL); false (oom set) when
+ * memory runs out. */
+static bool sb_reserve(sbuf *b, size_t need)
+{
+    if (b->oom) return false;
+    if (b->p && need <= b->cap) return true;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < need) {
+        if (cap > SIZE_MAX / 2) {
+            b->oom = true;
+            return false;
+        }
+        cap *= 2;
+    }
+    char *q = realloc(b->p, cap);
+    if (!q) {
+        b->oom = true;
+        return false;
+    }
+    b->p = q;
+    b->cap = cap;
+    return true;
+}
+
 static void sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void sb_printf(sbuf *b, const char *fmt, ...)
 {
-    if (b->oom) return;
     for (;;) {
+        if (b->oom) return;
         va_list ap;
         va_start(ap, fmt);
         size_t room = b->cap - b->len;
@@ -45,21 +69,7 @@ static void sb_printf(sbuf *b, const char *fmt, ...)
             b->len += (size_t)n;
             return;
         }
-        size_t need = b->len + (size_t)n + 1, cap = b->cap ? b->cap : 4096;
-        while (cap < need) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = true;
-                return;
-            }
-            cap *= 2;
-        }
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
+        if (!sb_reserve(b, b->len + (size_t)n + 1)) return;
     }
 }
 
@@ -129,24 +139,7 @@ int gsink__format_g9(char *out, double v)
 /* Appends n bytes (no format: the report's hot path). */
 static void sb_put(sbuf *b, const char *s, size_t n)
 {
-    if (b->oom) return;
-    if (b->cap - b->len <= n) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap - b->len <= n) {
-            if (cap > SIZE_MAX / 2) {
-                b->oom = true;
-                return;
-            }
-            cap *= 2;
-        }
-        char *q = realloc(b->p, cap);
-        if (!q) {
-            b->oom = true;
-            return;
-        }
-        b->p = q;
-        b->cap = cap;
-    }
+    if (!sb_reserve(b, b->len + n + 1)) return;
     memcpy(b->p + b->len, s, n);
     b->len += n;
     b->p[b->len] = '\0';
