@@ -14,7 +14,11 @@
 #     analysis  build + the analysis step against HuggingFace
 #            (benchmarks/cuda/analysis_step.py) and the protocol's device
 #            memory (benchmarks/protocol_memory.py --device cuda); not in all
-#     STEP,...  some of suite, memcheck, racecheck, bench, analysis
+#     torch  build + gsink.torch on CUDA tensors with the machine's torch 2.x
+#            (bindings/python/tests/test_torch.py) and attention_with_stats
+#            against SDPA + a statistics pass (benchmarks/cuda/
+#            attention_stats_torch.py); not in all
+#     STEP,...  some of suite, memcheck, racecheck, bench, analysis, torch
 #     --emulate (or GSINK_EMULATE=1): no GPU needed; the same flow against the
 #              emulated module (tests/cuda/libgsink-cuda-emu.so, suite
 #              cuda-emu); the sanitizer steps become a plain run of one test
@@ -46,7 +50,7 @@ if [ "${1:-}" != __step ]; then
   emulate=${GSINK_EMULATE:-0}
   for a in "$@"; do
     case "$a" in
-      all|test|bench|suite*|memcheck*|racecheck*|analysis*) phase=$a ;;
+      all|test|bench|suite*|memcheck*|racecheck*|analysis*|torch*) phase=$a ;;
       --emulate) emulate=1 ;;
       -h|--help) sed -n '2,33p' "$SELF"; exit 0 ;;
       -*) echo "gpu-session: unknown option $a" >&2; exit 2 ;;
@@ -274,6 +278,20 @@ step_analysis() {
   exit $rc
 }
 
+step_torch() {
+  [ -n "$PY" ] || { echo "no python with torch"; exit 77; }
+  export GSINK_LIBRARY=$BUILD/lib/libgsink.so GSINK_CUDA_MODULE=$MODULE PYTHONPATH=$ROOT/bindings/python
+  local rc=0
+  if "$PY" -c 'import pytest' 2>/dev/null; then
+    "$PY" -m pytest -q -rs -p no:cacheprovider "$ROOT/bindings/python/tests/test_torch.py" || rc=1
+  else
+    echo "no pytest for $PY: test_torch.py skipped"
+  fi
+  "$PY" "$ROOT/benchmarks/cuda/attention_stats_torch.py" 2>&1 | tee "$out/attention-stats-torch.txt"
+  ((PIPESTATUS[0])) && rc=1
+  exit $rc
+}
+
 if [ "${1:-}" = __step ]; then
   "step_$2"
   exit $?
@@ -324,6 +342,7 @@ note() { # a one-line result read off the step's log
     memcheck|racecheck)
       { grep -E '^[0-9]+%: Checks|ERROR SUMMARY|RACECHECK SUMMARY' "$2"; } |
         sed 's/^========= //' | paste -sd ';' ;;
+    torch) { grep -E '^[0-9]+ (passed|failed)|passed|failed' "$2" | tail -1; grep -E '^worst' "$out/attention-stats-torch.txt" 2>/dev/null; } | paste -sd ';' ;;
     analysis) grep -E '^gsink (fp32|tf32|bf16):' "$out/analysis-step.txt" 2>/dev/null | cut -c1-120 | paste -sd ';' ;;
     bench) [ -n "$(ls "$out"/cuda-bench-*.txt 2>/dev/null)" ] &&
            echo "$(grep -c '^## ' "$out"/cuda-bench-*.txt | tail -1)/9 sections in $(basename "$(ls "$out"/cuda-bench-*.txt | tail -1)")" ;;
@@ -368,6 +387,11 @@ if wants bench; then
   if [ "$emulate" = 1 ]; then skip bench "$out/bench.log" "emulated: the benchmarks need a GPU"
   elif built; then run bench "$out/bench.log" 540
   else skip bench "$out/bench.log" "no build"; fi
+fi
+if wants torch; then
+  if [ "$emulate" = 1 ]; then skip torch "$out/torch.log" "emulated: PyTorch CUDA tensors need a GPU"
+  elif built; then run torch "$out/torch.log" 300
+  else skip torch "$out/torch.log" "no build"; fi
 fi
 if wants analysis; then
   if [ "$emulate" = 1 ]; then skip analysis "$out/analysis.log" "emulated: the analysis benchmark needs a GPU"
