@@ -714,6 +714,10 @@ typedef struct gsink_ops_options {
     int32_t device_index; /* default 0 */
     int32_t n_threads;    /* CPU threads: 0 (default) = one per CPU this process may
                            * run on; at most gsink_max_threads() */
+    int32_t precision;    /* gsink_precision of the attention's matrix products,
+                           * default GSINK_PRECISION_FP32; TF32 and BF16 (tensor
+                           * cores, as gsink_model_options.precision) need CUDA,
+                           * else GSINK_ERR_UNSUPPORTED (since 0.1.0) */
 } gsink_ops_options;
 
 GSINK_API void gsink_ops_options_init_size(gsink_ops_options *opts, size_t size);

@@ -64,6 +64,12 @@ gsink_status gsink_ops_create(const gsink_ops_options *opts, gsink_ops **out)
         memcpy(&o, opts, opts->size < sizeof o ? opts->size : sizeof o);
         o.size = sizeof o;
     }
+    if (o.precision != GSINK_PRECISION_FP32 && o.precision != GSINK_PRECISION_TF32 &&
+        o.precision != GSINK_PRECISION_BF16)
+        return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT, "unknown precision %d", (int)o.precision);
+    if (o.precision != GSINK_PRECISION_FP32 && o.device != GSINK_DEVICE_CUDA)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "%s precision needs a CUDA device; the CPU computes in exact fp32",
+                           o.precision == GSINK_PRECISION_TF32 ? "TF32" : "BF16");
     if (o.n_threads < 0 || o.n_threads > gsink__max_threads())
         return gsink__fail(NULL, GSINK_ERR_INVALID_ARGUMENT,
                            "thread count %d must be in [0, %d] (0 = one per CPU; see gsink_max_threads)",
@@ -84,6 +90,13 @@ gsink_status gsink_ops_create(const gsink_ops_options *opts, gsink_ops **out)
         char msg[GSINK_MSG_SIZE];
         snprintf(msg, sizeof msg, "%s", gsink_last_error());
         return gsink__fail(NULL, st, "cannot create the backend: %s", msg[0] ? msg : gsink_status_str(st));
+    }
+    /* gsink_precision and the module's GSINK_CUDA_MATH_* share their values */
+    if (o.precision != GSINK_PRECISION_FP32 && (st = gsink__cuda_set_math(be, o.precision))) {
+        char msg[sizeof be->err];
+        snprintf(msg, sizeof msg, "%s", be->err);
+        be->iface->destroy(be);
+        return gsink__fail(NULL, st, "cannot select the precision: %s", msg);
     }
     gsink_ops *ops = calloc(1, sizeof *ops);
     if (!ops) {

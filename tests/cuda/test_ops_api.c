@@ -9,6 +9,7 @@
  * (cudaMalloc), as a caller's would from its own allocator.
  */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -166,6 +167,92 @@ START_TEST(test_vscale_cuda_matches_cpu)
 }
 END_TEST
 
+/* Downloads d and holds it to |d - ref| <= rel (|ref| + max|ref|) + floor
+ * (the tensor-core bounds of test_cuda_ops.c); returns whether any element
+ * differs from ref at all. */
+static int close_scaled(const float *d, const float *ref, size_t n, double rel, double floor_, const char *what)
+{
+    float *h = malloc(n * sizeof(float));
+    down(h, d, n);
+    double mx = 0;
+    int differs = 0;
+    for (size_t i = 0; i < n; i++) mx = fmax(mx, fabs((double)ref[i]));
+    for (size_t i = 0; i < n; i++) {
+        ck_assert_msg(fabs((double)h[i] - ref[i]) <= rel * (fabs((double)ref[i]) + mx) + floor_,
+                      "%s[%zu]: cuda %.9g, cpu %.9g", what, i, (double)h[i], (double)ref[i]);
+        differs |= h[i] != ref[i];
+    }
+    free(h);
+    return differs;
+}
+
+/* gsink_ops_options.precision: TF32 and BF16 run the tensor-core kernels
+ * (results within their unit-roundoff bounds of the exact CPU result, and not
+ * equal to it), the CPU refuses them, unknown values are invalid. */
+START_TEST(test_attention_precision)
+{
+    static const struct { int prec; double rel, floor_; } P[] = {
+        {GSINK_PRECISION_TF32, 2e-3, 1e-4}, {GSINK_PRECISION_BF16, 0x1p-6, 0x1p-8}};
+    gsink_attn_desc ad;
+    gsink_attn_desc_init(&ad);
+    ad.batch = 2;
+    ad.seq = 70;
+    ad.n_heads = 4;
+    ad.n_kv_heads = ad.n_v_heads = 2;
+    ad.d_head = 32;
+    ad.sink_window = 5;
+    const size_t nq = 2 * 70 * 4 * 32, nk = 2 * 70 * 2 * 32, nst = 2 * 4 * 70;
+    float *q = malloc(nq * 4), *k = malloc(nk * 4), *v = malloc(nk * 4), *dy = malloc(nq * 4);
+    tu_fill(q, nq, 11, 1.5f);
+    tu_fill(k, nk, 12, 1.5f);
+    tu_fill(v, nk, 13, 1.0f);
+    tu_fill(dy, nq, 14, 1.0f);
+    float *y = calloc(nq, 4), *lse = calloc(nst, 4), *m = calloc(nst, 4), *dq = calloc(nq, 4), *dk = calloc(nk, 4),
+          *dv = calloc(nk, 4), *mb = calloc(nst, 4);
+    ck_assert_int_eq(gsink_ops_attention_forward(cpu, &ad, q, k, v, y, lse, NULL, NULL, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_ops_attention_backward(cpu, &ad, q, k, v, y, lse, dy, dq, dk, dv, mb, NULL, NULL),
+                     GSINK_OK);
+    (void)m;
+    for (size_t pi = 0; pi < 2; pi++) {
+        gsink_ops_options oo;
+        gsink_ops_options_init(&oo);
+        oo.device = GSINK_DEVICE_CUDA;
+        oo.precision = P[pi].prec;
+        gsink_ops *g = NULL;
+        ck_assert_msg(gsink_ops_create(&oo, &g) == GSINK_OK, "%s", gsink_last_error());
+        gsink_ops *keep = gpu;
+        gpu = g; /* dev/down/dfree allocate on this handle's backend */
+        float *Q = dev(q, nq), *K = dev(k, nk), *V = dev(v, nk), *DY = dev(dy, nq), *Y = dev(NULL, nq),
+              *L = dev(NULL, nst), *DQ = dev(NULL, nq), *DK = dev(NULL, nk), *DV = dev(NULL, nk), *MB = dev(NULL, nst);
+        ck_assert_int_eq(gsink_ops_attention_forward(g, &ad, Q, K, V, Y, L, NULL, NULL, NULL), GSINK_OK);
+        ck_assert_int_eq(gsink_ops_attention_backward(g, &ad, Q, K, V, Y, L, DY, DQ, DK, DV, MB, NULL, NULL),
+                         GSINK_OK);
+        int differs = close_scaled(Y, y, nq, P[pi].rel, P[pi].floor_, "out");
+        close_scaled(DQ, dq, nq, P[pi].rel, P[pi].floor_, "dq");
+        close_scaled(DK, dk, nk, P[pi].rel, P[pi].floor_, "dk");
+        differs |= close_scaled(DV, dv, nk, P[pi].rel, P[pi].floor_, "dv");
+        close_scaled(MB, mb, nst, P[pi].rel, P[pi].floor_, "col_mass (backward)");
+        ck_assert_msg(differs, "precision %d gave the exact fp32 results: the tensor-core kernels did not run",
+                      P[pi].prec);
+        float *all[] = {Q, K, V, DY, Y, L, DQ, DK, DV, MB};
+        for (size_t i = 0; i < sizeof all / sizeof *all; i++) dfree(all[i]);
+        gpu = keep;
+        gsink_ops_free(g);
+    }
+    gsink_ops_options oo;
+    gsink_ops_options_init(&oo);
+    oo.precision = GSINK_PRECISION_BF16; /* on the CPU */
+    gsink_ops *none = NULL;
+    ck_assert_int_eq(gsink_ops_create(&oo, &none), GSINK_ERR_UNSUPPORTED);
+    ck_assert_ptr_null(none);
+    ck_assert(strstr(gsink_last_error(), "CUDA") != NULL);
+    oo.device = GSINK_DEVICE_CUDA;
+    oo.precision = 7;
+    ck_assert_int_eq(gsink_ops_create(&oo, &none), GSINK_ERR_INVALID_ARGUMENT);
+    free(q); free(k); free(v); free(dy); free(y); free(lse); free(m); free(dq); free(dk); free(dv); free(mb);
+}
+END_TEST
+
 START_TEST(test_cuda_bad_arguments)
 {
     gsink_attn_desc ad;
@@ -215,6 +302,7 @@ int main(void)
     tcase_add_test(tc, test_attention_cuda_borrowed_stream);
     tcase_add_test(tc, test_vscale_cuda_matches_cpu);
     tcase_add_test(tc, test_cuda_bad_arguments);
+    tcase_add_test(tc, test_attention_precision);
     suite_add_tcase(s, tc);
     int failed = tu_run_suite(s, 0);
     gsink_ops_free(gpu);

@@ -1418,23 +1418,28 @@ class Ops(_Handle):
     own kernels. Ops(n_threads=0, device=DeviceKind.CPU, device_index=0).
 
     The numpy methods need a CPU handle (host arrays); a CUDA handle is used
-    through the raw_* methods with device pointers (gsink.torch does)."""
+    through the raw_* methods with device pointers (gsink.torch does).
+    precision ("fp32" default, "tf32", "bf16" or a Precision) sets the
+    attention's matrix products; TF32 and BF16 need CUDA (UnsupportedError)."""
 
     _free_fn = staticmethod(_lib.gsink_ops_free)
     _errmsg_fn = staticmethod(_lib.gsink_ops_errmsg)
     _kind = "ops handle"
 
-    def __init__(self, n_threads=0, device=DeviceKind.CPU, device_index=0):
+    def __init__(self, n_threads=0, device=DeviceKind.CPU, device_index=0, precision=None):
         o = L.OpsOptions()
         _lib.gsink_ops_options_init_size(ctypes.byref(o), ctypes.sizeof(o))
         o.device = _enum_arg(device, DeviceKind, "device")
         o.device_index = _cint(device_index, "device_index")
         o.n_threads = _cint(n_threads, "n_threads")
+        if precision is not None:
+            o.precision = _enum_arg(precision, Precision, "precision")
         h = ctypes.c_void_p()
         _check(_lib.gsink_ops_create(ctypes.byref(o), ctypes.byref(h)))
         self._h = h.value
         self.device = DeviceKind(o.device)
         self.device_index = o.device_index
+        self.precision = Precision(o.precision)
         self._stream = None
 
     def set_stream(self, stream=None):

@@ -142,6 +142,7 @@ class OpsOptions(ctypes.Structure):
         ("device", c_int32),
         ("device_index", c_int32),
         ("n_threads", c_int32),
+        ("precision", c_int32),
     ])
 
 

@@ -19,7 +19,7 @@ import torch
 
 from . import _core
 from . import _lib as L
-from ._core import DeviceKind, VScaleMode
+from ._core import DeviceKind, Precision, VScaleMode
 from .ops import AttentionStats
 
 __all__ = ["attention_with_stats", "vscale", "VScale", "vscale_reference", "AttentionStats", "ops_for"]
@@ -28,27 +28,33 @@ _handles = {}
 _handles_lock = threading.Lock()
 
 
-def ops_for(device):
-    """The gsink ops handle used for tensors on `device` (torch.device or str)."""
+def ops_for(device, precision=None):
+    """The gsink ops handle used for tensors on `device` (torch.device or str)
+    at `precision` (None or "fp32": exact fp32; "tf32", "bf16": tensor cores,
+    CUDA only: UnsupportedError on the CPU)."""
     device = torch.device(device)
+    prec = Precision.FP32 if precision is None else Precision(_core._enum_arg(precision, Precision, "precision"))
     if device.type == "cpu":
+        if prec != Precision.FP32:
+            raise _core.E.UnsupportedError("%s precision needs a CUDA device; the CPU computes in exact fp32"
+                                           % prec.name, 16)
         from .ops import default_ops
         return default_ops()
     if device.type != "cuda":
         raise ValueError("gsink.torch supports CPU and CUDA tensors, not %s" % device.type)
     index = device.index if device.index is not None else torch.cuda.current_device()
     with _handles_lock:
-        h = _handles.get(index)
+        h = _handles.get((index, prec))
         if h is None or h.closed:
-            h = _handles[index] = _core.Ops(device=DeviceKind.CUDA, device_index=index)
+            h = _handles[(index, prec)] = _core.Ops(device=DeviceKind.CUDA, device_index=index, precision=prec)
         return h
 
 
 class _Call:
     """Holds the handle's lock across set_stream and the operation."""
 
-    def __init__(self, t):
-        self.ops = ops_for(t.device)
+    def __init__(self, t, precision=None):
+        self.ops = ops_for(t.device, precision)
         self.stream = torch.cuda.current_stream(t.device).cuda_stream if t.is_cuda else None
 
     def __enter__(self):
@@ -85,7 +91,7 @@ def _same_device(*ts):
 
 class _Attention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, softmax_scale, sink_window):
+    def forward(ctx, q, k, v, softmax_scale, sink_window, precision):
         _same_device(q, k, v)
         dtype = q.dtype
         q32, k32, v32 = _f32(q, "q"), _f32(k, "k"), _f32(v, "v")
@@ -93,11 +99,12 @@ class _Attention(torch.autograd.Function):
         st = (d.batch, d.n_heads, d.seq)
         out = torch.empty_like(q32)
         lse, m, sq, win = (torch.empty(st, dtype=torch.float32, device=q.device) for _ in range(4))
-        with _Call(q32) as ops:
+        with _Call(q32, precision) as ops:
             ops.raw_attention_forward(d, _ptr(q32), _ptr(k32), _ptr(v32), _ptr(out), _ptr(lse),
                                       _ptr(m), _ptr(sq), _ptr(win))
         ctx.save_for_backward(q32, k32, v32, out, lse)
         ctx.desc = d
+        ctx.precision = precision
         ctx.dtypes = (q.dtype, k.dtype, v.dtype)
         ctx.mark_non_differentiable(lse, m, sq, win)
         return out.to(dtype), lse, m, sq, win
@@ -106,17 +113,18 @@ class _Attention(torch.autograd.Function):
     def backward(ctx, dout, *unused):
         q32, k32, v32, out, lse = ctx.saved_tensors
         if dout is None:
-            return None, None, None, None, None
+            return None, None, None, None, None, None
         dout = _f32(dout, "dout")
         dq, dk, dv = torch.empty_like(q32), torch.empty_like(k32), torch.empty_like(v32)
-        with _Call(q32) as ops:
+        with _Call(q32, ctx.precision) as ops:
             ops.raw_attention_backward(ctx.desc, _ptr(q32), _ptr(k32), _ptr(v32), _ptr(out), _ptr(lse),
                                        _ptr(dout), _ptr(dq), _ptr(dk), _ptr(dv))
         tq, tk, tv = ctx.dtypes
-        return dq.to(tq), dk.to(tk), dv.to(tv), None, None
+        return dq.to(tq), dk.to(tk), dv.to(tv), None, None, None
 
 
-def attention_with_stats(q, k, v, softmax_scale=None, sink_window=64, layout="bthd", return_lse=False):
+def attention_with_stats(q, k, v, softmax_scale=None, sink_window=64, layout="bthd", return_lse=False,
+                         precision=None):
     """Causal attention with the column statistics computed in the kernel.
 
     q (batch, seq, n_heads, d_head), k (batch, seq, n_kv_heads, d_head), v
@@ -124,6 +132,9 @@ def attention_with_stats(q, k, v, softmax_scale=None, sink_window=64, layout="bt
     layout="bhtd" takes and returns (batch, heads, seq, d_head) tensors (the
     HuggingFace layout) instead. Scores are softmax_scale * q.k (default
     1/sqrt(d_head)).
+
+    precision: None / "fp32" (exact), "tf32" or "bf16" (the tensor-core
+    kernels of the model's TF32 / BF16 math; CUDA tensors only).
 
     Returns (out, AttentionStats(col_mass, col_sq, col_win)) [+ lse if
     return_lse], statistics and lse (batch, n_heads, seq) float32. out is
@@ -134,7 +145,7 @@ def attention_with_stats(q, k, v, softmax_scale=None, sink_window=64, layout="bt
     if layout == "bhtd":
         q, k, v = (t.transpose(1, 2) for t in (q, k, v))
     out, lse, m, sq, win = _Attention.apply(q, k, v, 0.0 if softmax_scale is None else float(softmax_scale),
-                                            int(sink_window))
+                                            int(sink_window), precision)
     if layout == "bhtd":
         out = out.transpose(1, 2)
     stats = AttentionStats(m, sq, win)

@@ -199,6 +199,12 @@ def test_errors():
         gt.VScale(2, 8, 32, heads_out=3)
     with pytest.raises(ValueError, match="mode"):
         gt.VScale(2, 8, 32, mode="sometimes")
+    with pytest.raises(gsink.UnsupportedError, match="CUDA"):
+        gt.attention_with_stats(q, k, v, precision="bf16")  # CPU tensors: exact fp32 only
+    with pytest.raises(gsink.UnsupportedError, match="CUDA"):
+        gsink.ops.Ops(precision="tf32")
+    out_fp32, _ = gt.attention_with_stats(q, k, v, precision="fp32")
+    torch.testing.assert_close(out_fp32, gt.attention_with_stats(q, k, v)[0], rtol=0, atol=0)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device for PyTorch")
@@ -230,3 +236,14 @@ def test_cuda_tensors_match_cpu():
     torch.cuda.synchronize()
     torch.testing.assert_close(vvc.grad.cpu(), vv.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(lc.theta.grad.cpu(), layer.theta.grad, rtol=1e-4, atol=1e-6)
+    # the tensor-core kernels: within bf16's bound (4 unit roundoffs of the
+    # output's scale), and not the exact result
+    qb, kb, vb = (x.detach().cuda().requires_grad_() for x in (q, k, v))
+    ob, stb = gt.attention_with_stats(qb, kb, vb, sink_window=8, precision="bf16")
+    (ob * dout.cuda()).sum().backward()
+    torch.cuda.synchronize()
+    bound = 2.0 ** -6
+    assert (ob.cpu() - out).abs().max() <= bound * 2 * out.abs().max() + 2.0 ** -8
+    assert not torch.equal(ob.cpu(), out)
+    for x, g in zip((qb, kb, vb), grads):
+        assert (x.grad.cpu() - g).abs().max() <= bound * 2 * g.abs().max() + 2.0 ** -8

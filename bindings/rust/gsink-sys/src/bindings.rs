@@ -1524,6 +1524,7 @@ pub struct gsink_ops_options {
     pub device: i32,
     pub device_index: i32,
     pub n_threads: i32,
+    pub precision: i32,
 }
 #[test]
 fn bindgen_test_layout_gsink_ops_options() {
@@ -1605,6 +1606,23 @@ fn bindgen_test_layout_gsink_ops_options() {
         );
     }
     test_field_n_threads();
+    fn test_field_precision() {
+        assert_eq!(
+            unsafe {
+                let uninit = ::std::mem::MaybeUninit::<gsink_ops_options>::uninit();
+                let ptr = uninit.as_ptr();
+                ::std::ptr::addr_of!((*ptr).precision) as usize - ptr as usize
+            },
+            20usize,
+            concat!(
+                "Offset of field: ",
+                stringify!(gsink_ops_options),
+                "::",
+                stringify!(precision)
+            )
+        );
+    }
+    test_field_precision();
 }
 extern "C" {
     pub fn gsink_ops_options_init_size(opts: *mut gsink_ops_options, size: usize);

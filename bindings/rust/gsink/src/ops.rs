@@ -202,7 +202,7 @@ impl Ops {
     /// An ops handle on the CPU with `n_threads` threads (0: one per CPU).
     pub fn cpu(n_threads: usize) -> Result<Ops> {
         crate::check_library_version()?;
-        let mut o = sys::gsink_ops_options { size: 0, device: 0, device_index: 0, n_threads: 0 };
+        let mut o = sys::gsink_ops_options { size: 0, device: 0, device_index: 0, n_threads: 0, precision: 0 };
         // SAFETY: o is a valid struct of the size passed.
         unsafe { sys::gsink_ops_options_init_size(&mut o, std::mem::size_of::<sys::gsink_ops_options>()) };
         o.n_threads = to_c_int(n_threads, "n_threads")?;
