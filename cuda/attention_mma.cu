@@ -105,50 +105,71 @@ typedef __nv_bfloat16 bf16;
 
 /* ---- tiles: global fp32 -> registers -> shared bf16 ---- */
 
-/* Rows [row0, row0 + 64) of a (T, ld) head slice, columns [0, DM), as DM / 8
- * float4 per thread (thread x takes float4 x + 128 i of the row-major tile),
- * zero outside rows < T and columns < dh. */
+/* Element 4 idx .. 4 idx + 3 of the 64 x DM tile of rows [row0, row0 + 64)
+ * of a (T, ld) head slice, zero outside rows < T and columns < dh. vec4:
+ * dh % 4 == 0 and the slice is 16-byte aligned. */
 template <int DM>
-__device__ __forceinline__ void tile_fetch(float4 (&r)[DM / 8], const float *g, int row0, int T, size_t ld,
-                                           int dh, int vec4)
+__device__ __forceinline__ float4 tile_fetch4(const float *g, int idx, int row0, int T, size_t ld, int dh, int vec4)
 {
-#pragma unroll
-    for (int i = 0; i < DM / 8; i++) {
-        const int idx = threadIdx.x + i * MMA_THREADS, t = row0 + idx / (DM / 4), d = (idx % (DM / 4)) * 4;
-        float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (t < T && d < dh) {
-            const float *p = g + (size_t)t * ld + d;
-            if (vec4) {
-                x = *(const float4 *)p;
-            } else {
-                x.x = p[0];
-                if (d + 1 < dh) x.y = p[1];
-                if (d + 2 < dh) x.z = p[2];
-                if (d + 3 < dh) x.w = p[3];
-            }
+    const int t = row0 + idx / (DM / 4), d = (idx % (DM / 4)) * 4;
+    float4 x = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    if (t < T && d < dh) {
+        const float *p = g + (size_t)t * ld + d;
+        if (vec4) {
+            x = *(const float4 *)p;
+        } else {
+            x.x = p[0];
+            if (d + 1 < dh) x.y = p[1];
+            if (d + 2 < dh) x.z = p[2];
+            if (d + 3 < dh) x.w = p[3];
         }
-        r[i] = x;
     }
+    return x;
 }
 
-/* The fetched tile into a 64 x (DM + 8) bf16 tile, rounded to nearest even. */
-template <int DM> __device__ __forceinline__ void tile_put(bf16 *sh, const float4 (&r)[DM / 8])
+/* ... and into a 64 x (DM + 8) bf16 tile, rounded to nearest even. */
+template <int DM> __device__ __forceinline__ void tile_put4(bf16 *sh, int idx, float4 x)
 {
-#pragma unroll
-    for (int i = 0; i < DM / 8; i++) {
-        const int idx = threadIdx.x + i * MMA_THREADS, row = idx / (DM / 4), d = (idx % (DM / 4)) * 4;
-        __nv_bfloat162 *p = (__nv_bfloat162 *)(sh + row * (DM + 8) + d);
-        p[0] = __floats2bfloat162_rn(r[i].x, r[i].y);
-        p[1] = __floats2bfloat162_rn(r[i].z, r[i].w);
-    }
+    __nv_bfloat162 *p = (__nv_bfloat162 *)(sh + (idx / (DM / 4)) * (DM + 8) + (idx % (DM / 4)) * 4);
+    p[0] = __floats2bfloat162_rn(x.x, x.y);
+    p[1] = __floats2bfloat162_rn(x.z, x.w);
 }
 
+/* A register-staged prefetch of a 64 x DM tile over the two phases (j = 0,
+ * 1) of a loop step: begin(j) issues the global loads before phase j's
+ * math, end(j) stores them to shared memory after it. The tile moves in
+ * chunks of 4096 / DM rows (8 float4 per thread, thread x taking float4
+ * x + 128 i of the chunk): with DM 64 one chunk, fetched before phase 0 and
+ * stored after phase 1; with DM 128 two, chunk j fetched and stored around
+ * phase j, so that at most 32 registers hold staged data. */
+template <int DM> struct tile_prefetch {
+    enum { CHUNKS = DM / 64, N = 8, CHUNK_F4 = N * MMA_THREADS };
+    float4 r[N];
+    __device__ __forceinline__ void begin(int j, const float *g, int row0, int T, size_t ld, int dh, int vec4)
+    {
+        if (CHUNKS == 1 && j != 0) return;
+        const int base = (CHUNKS == 1 ? 0 : j) * CHUNK_F4 + threadIdx.x;
+#pragma unroll
+        for (int i = 0; i < N; i++) r[i] = tile_fetch4<DM>(g, base + i * MMA_THREADS, row0, T, ld, dh, vec4);
+    }
+    __device__ __forceinline__ void end(int j, bf16 *sh) const
+    {
+        if (CHUNKS == 1 && j != 1) return;
+        const int base = (CHUNKS == 1 ? 0 : j) * CHUNK_F4 + threadIdx.x;
+#pragma unroll
+        for (int i = 0; i < N; i++) tile_put4<DM>(sh, base + i * MMA_THREADS, r[i]);
+    }
+};
+
+/* A tile straight to shared memory, a few float4 in flight at a time. */
 template <int DM>
 __device__ __forceinline__ void tile_load(bf16 *sh, const float *g, int row0, int T, size_t ld, int dh, int vec4)
 {
-    float4 r[DM / 8];
-    tile_fetch<DM>(r, g, row0, T, ld, dh, vec4);
-    tile_put<DM>(sh, r);
+#pragma unroll 4
+    for (int i = 0; i < DM / 8; i++) {
+        const int idx = threadIdx.x + i * MMA_THREADS;
+        tile_put4<DM>(sh, idx, tile_fetch4<DM>(g, idx, row0, T, ld, dh, vec4));
+    }
 }
 
 /* ---- warp fragments and products (layouts: mma_sm80.cuh) ---- */
@@ -174,13 +195,14 @@ __device__ __forceinline__ void frag_b(uint32_t (&b)[4], const bf16 *M, int k0, 
     ldmatrix_x4_trans(b, M + (k0 + (lane & 7) + 8 * ((lane >> 3) & 1)) * LD + n0 + 8 * (lane >> 4));
 }
 
-/* s (16 x 64: 8 n-blocks of 16 x 8) += a M^T over the k-step k0, M 64 rows. */
-template <int LD>
-__device__ __forceinline__ void mma_abt_step(float (&s)[8][4], const uint32_t (&a)[4], const bf16 *M, int k0,
+/* s (16 x 8 NB: NB n-blocks of 16 x 8) += a M^T over the k-step k0, M's
+ * rows [0, 8 NB). */
+template <int LD, int NB>
+__device__ __forceinline__ void mma_abt_step(float (&s)[NB][4], const uint32_t (&a)[4], const bf16 *M, int k0,
                                              int lane)
 {
 #pragma unroll
-    for (int n = 0; n < 4; n++) {
+    for (int n = 0; n < NB / 2; n++) {
         uint32_t b[4];
         frag_bt<LD>(b, M, 16 * n, k0, lane);
         mma_bf16_16816(s[2 * n], a, b, s[2 * n]);
@@ -188,27 +210,33 @@ __device__ __forceinline__ void mma_abt_step(float (&s)[8][4], const uint32_t (&
     }
 }
 
-/* s = A M^T: A the warp's 16 rows of a DM-wide tile, M a 64 x DM tile. */
-template <int DM>
-__device__ __forceinline__ void mma_abt(float (&s)[8][4], const bf16 *A, const bf16 *M, int lane)
+template <int NB> __device__ __forceinline__ void acc_zero(float (&s)[NB][4])
 {
 #pragma unroll
-    for (int n = 0; n < 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-#pragma unroll
+    for (int n = 0; n < NB; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+}
+
+/* s = A M^T (16 x 8 NB): A the warp's 16 rows of a DM-wide tile, M the
+ * 8 NB rows of a DM-wide tile. */
+template <int DM, int NB>
+__device__ __forceinline__ void mma_abt(float (&s)[NB][4], const bf16 *A, const bf16 *M, int lane)
+{
+    acc_zero<NB>(s);
+#pragma unroll 2
     for (int kk = 0; kk < DM / 16; kk++) {
         uint32_t a[4];
         frag_a<DM + 8>(a, A, 16 * kk, lane);
-        mma_abt_step<DM + 8>(s, a, M, 16 * kk, lane);
+        mma_abt_step<DM + 8, NB>(s, a, M, 16 * kk, lane);
     }
 }
 
-/* o (16 x DM) += p M: p a 16 x 64 operand as 4 A fragments (k-steps), M a
- * 64 x DM tile. */
-template <int DM>
-__device__ __forceinline__ void mma_pm(float (&o)[DM / 8][4], const uint32_t (&p)[4][4], const bf16 *M, int lane)
+/* o (16 x DM) += p M: p a 16 x 16 KS operand as KS A fragments (k-steps),
+ * M the 16 KS rows of a DM-wide tile. */
+template <int DM, int KS>
+__device__ __forceinline__ void mma_pm(float (&o)[DM / 8][4], const uint32_t (&p)[KS][4], const bf16 *M, int lane)
 {
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
+    for (int kk = 0; kk < KS; kk++) {
 #pragma unroll
         for (int n = 0; n < DM / 16; n++) {
             uint32_t b[4];
@@ -219,13 +247,14 @@ __device__ __forceinline__ void mma_pm(float (&o)[DM / 8][4], const uint32_t (&p
     }
 }
 
-/* A 16 x 64 accumulator as the bf16 A fragments of its 4 k-steps: k-step kk
- * is n-blocks 2 kk (a[0], a[1]) and 2 kk + 1 (a[2], a[3]); the accumulator's
- * (row g, cols 2t, 2t+1) and (row g + 8, ...) entries are the A fragment's. */
-__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4][4], const float (&s)[8][4])
+/* A 16 x 8 NB accumulator as the bf16 A fragments of its NB / 2 k-steps:
+ * k-step kk is n-blocks 2 kk (a[0], a[1]) and 2 kk + 1 (a[2], a[3]); the
+ * accumulator's (row g, cols 2t, 2t+1) and (row g + 8, ...) entries are the
+ * A fragment's. */
+template <int NB> __device__ __forceinline__ void acc_to_a(uint32_t (&a)[NB / 2][4], const float (&s)[NB][4])
 {
 #pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
+    for (int kk = 0; kk < NB / 2; kk++) {
         a[kk][0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
         a[kk][1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
         a[kk][2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
@@ -252,12 +281,6 @@ __device__ __forceinline__ void acc_store(const float (&o)[DM / 8][4], float *ou
                 if (c < dh) out[(size_t)row * ld + c] = o[n][2 * r + e] * mul[r];
             }
     }
-}
-
-template <int DM> __device__ __forceinline__ void acc_zero(float (&o)[DM / 8][4])
-{
-#pragma unroll
-    for (int n = 0; n < DM / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -288,26 +311,36 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
     tile_load<DM>(Ks, kh, 0, T, ldk, dh, vec4);
     tile_load<DM>(Vs, vh, 0, T, ldv, dh, vec4);
     __syncthreads();
-    uint32_t qa[DM / 16][4];
+    /* the warp's Q fragments: in registers for the whole loop with DM 64; with
+     * DM 128 they would not fit next to O, S and the prefetched tile, so they
+     * are reloaded from Qs for every key tile */
+    constexpr bool q_regs = DM <= 64;
+    uint32_t qa[q_regs ? DM / 16 : 1][4];
+    if constexpr (q_regs) {
 #pragma unroll
-    for (int kk = 0; kk < DM / 16; kk++) frag_a<LD>(qa[kk], Qs + warp * 16 * LD, 16 * kk, lane);
+        for (int kk = 0; kk < DM / 16; kk++) frag_a<LD>(qa[kk], Qs + warp * 16 * LD, 16 * kk, lane);
+    }
 
     float o[DM / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    acc_zero<DM>(o);
+    acc_zero<DM / 8>(o);
     for (int kb = 0; kb <= qb; kb++) {
         const bf16 *Kc = Ks + (kb & 1) * TILE, *Vc = Vs + (kb & 1) * TILE;
         bf16 *Kn = Ks + ((kb + 1) & 1) * TILE, *Vn = Vs + ((kb + 1) & 1) * TILE;
         const bool next = kb < qb, diag = kb == qb;
-        float4 st[DM / 8];
-        if (next) tile_fetch<DM>(st, kh, (kb + 1) * MMA_TILE, T, ldk, dh, vec4);
-        float s[8][4];
+        tile_prefetch<DM> pf;
+        /* S = Q_w K^T in two halves of 32 keys (phases of the next K's prefetch) */
+        float s[2][4][4];
 #pragma unroll
-        for (int n = 0; n < 8; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int j = 0; j < 2; j++) {
+            if (next) pf.begin(j, kh, (kb + 1) * MMA_TILE, T, ldk, dh, vec4);
+            if constexpr (q_regs) {
+                acc_zero<4>(s[j]);
 #pragma unroll
-        for (int kk = 0; kk < DM / 16; kk++) mma_abt_step<LD>(s, qa[kk], Kc, 16 * kk, lane);
-        if (next) {
-            tile_put<DM>(Kn, st);
-            tile_fetch<DM>(st, vh, (kb + 1) * MMA_TILE, T, ldv, dh, vec4);
+                for (int kk = 0; kk < DM / 16; kk++) mma_abt_step<LD, 4>(s[j], qa[kk], Kc + 32 * j * LD, 16 * kk, lane);
+            } else {
+                mma_abt<DM, 4>(s[j], Qs + warp * 16 * LD, Kc + 32 * j * LD, lane);
+            }
+            if (next) pf.end(j, Kn);
         }
         /* online softmax of rows g (r = 0) and g + 8 (r = 1), in log2 units */
 #pragma unroll
@@ -315,27 +348,31 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
             const int t = tw + g + 8 * r;
             float mx = -INFINITY;
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+            for (int j = 0; j < 2; j++)
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    float x = s[n][2 * r + e] * sl2;
-                    if (diag && kb * MMA_TILE + 8 * n + 2 * tq + e > t) x = -INFINITY;
-                    s[n][2 * r + e] = x;
-                    mx = fmaxf(mx, x);
-                }
+                for (int n = 0; n < 4; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        float x = s[j][n][2 * r + e] * sl2;
+                        if (diag && kb * MMA_TILE + 32 * j + 8 * n + 2 * tq + e > t) x = -INFINITY;
+                        s[j][n][2 * r + e] = x;
+                        mx = fmaxf(mx, x);
+                    }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
             /* key kb * 64 <= t0 <= t is never masked, so mx is finite */
             const float mnew = fmaxf(m[r], mx), alpha = exp2f(m[r] - mnew);
             float ps = 0.0f;
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+            for (int j = 0; j < 2; j++)
 #pragma unroll
-                for (int e = 0; e < 2; e++) {
-                    const float p = exp2f(s[n][2 * r + e] - mnew);
-                    s[n][2 * r + e] = p;
-                    ps += p;
-                }
+                for (int n = 0; n < 4; n++)
+#pragma unroll
+                    for (int e = 0; e < 2; e++) {
+                        const float p = exp2f(s[j][n][2 * r + e] - mnew);
+                        s[j][n][2 * r + e] = p;
+                        ps += p;
+                    }
             l[r] = l[r] * alpha + ps; /* the lane's partial sum; combined at the end */
             m[r] = mnew;
 #pragma unroll
@@ -344,10 +381,15 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
                 o[n][2 * r + 1] *= alpha;
             }
         }
-        uint32_t pa[4][4];
-        acc_to_a(pa, s);
-        mma_pm<DM>(o, pa, Vc, lane);
-        if (next) tile_put<DM>(Vn, st);
+        /* O += P V in two halves of 32 keys (phases of the next V's prefetch) */
+#pragma unroll
+        for (int j = 0; j < 2; j++) {
+            if (next) pf.begin(j, vh, (kb + 1) * MMA_TILE, T, ldv, dh, vec4);
+            uint32_t pa[2][4];
+            acc_to_a<4>(pa, s[j]);
+            mma_pm<DM, 2>(o, pa, Vc + 32 * j * LD, lane);
+            if (next) pf.end(j, Vn);
+        }
         __syncthreads(); /* the next tiles are stored; everyone is done with Kc, Vc */
     }
     float inv[2];
@@ -389,8 +431,8 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
 
     tile_load<DM>(Ks, k + (size_t)b * T * ldk + (size_t)hk * dh, s0, T, ldk, dh, vec4);
     float dka[DM / 8][4], dva[DM / 8][4];
-    acc_zero<DM>(dka);
-    acc_zero<DM>(dva);
+    acc_zero<DM / 8>(dka);
+    acc_zero<DM / 8>(dva);
     const float one[2] = {1.0f, 1.0f};
 
     int cur_hv = -1;
@@ -400,7 +442,7 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
         if (new_v && cur_hv >= 0) {
             acc_store<DM>(dva, dv + (size_t)b * T * ldv + (size_t)sw * ldv + (size_t)cur_hv * dh, ldv, T - sw, dh,
                           one, lane);
-            acc_zero<DM>(dva);
+            acc_zero<DM / 8>(dva);
         }
         cur_hv = hv;
         const float *qh = q + (size_t)b * T * ldq + (size_t)h * dh;
@@ -420,35 +462,41 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
                 Ds[i] = t < T ? Dh[t] : 0.0f;
             }
             __syncthreads();
-            /* P^T = exp(K_w Q^T scale - lse): rows = keys sw + g (+ 8), columns = queries */
-            float pt[8][4];
-            mma_abt<DM>(pt, Kw, Qs, lane);
             const bool diag = qb == kb;
+            /* the tile's queries in two halves of 32 (fewer live registers) */
+#pragma unroll 1
+            for (int c0 = 0; c0 < MMA_TILE; c0 += 32) {
+                const bf16 *Qh = Qs + c0 * LD, *dYh = dYs + c0 * LD;
+                /* P^T = exp(K_w Q^T scale - lse): rows keys sw + g (+ 8), columns queries */
+                float pt[4][4];
+                mma_abt<DM, 4>(pt, Kw, Qh, lane);
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+                for (int n = 0; n < 4; n++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int c = 8 * n + 2 * tq + (i & 1), t = t0 + c, s = sw + g + 8 * (i >> 1);
-                    float p = exp2f(pt[n][i] * sl2 - Ls[c]); /* 0 past T (Ls = +inf) */
-                    if (diag && s > t) p = 0.0f;
-                    pt[n][i] = p;
-                    if (want_stats) {
-                        am[i >> 1] += p;
-                        aq[i >> 1] += p * p;
-                        if (t - s < W) aw[i >> 1] += p;
+                    for (int i = 0; i < 4; i++) {
+                        const int c = c0 + 8 * n + 2 * tq + (i & 1), t = t0 + c, s = sw + g + 8 * (i >> 1);
+                        float p = exp2f(pt[n][i] * sl2 - Ls[c]); /* 0 past T (Ls = +inf) */
+                        if (diag && s > t) p = 0.0f;
+                        pt[n][i] = p;
+                        if (want_stats) {
+                            am[i >> 1] += p;
+                            aq[i >> 1] += p * p;
+                            if (t - s < W) aw[i >> 1] += p;
+                        }
                     }
-                }
-            uint32_t fa[4][4];
-            acc_to_a(fa, pt);
-            mma_pm<DM>(dva, fa, dYs, lane); /* dV_w += P^T dY */
-            float dpt[8][4];
-            mma_abt<DM>(dpt, Vw, dYs, lane); /* dP^T = V_w dY^T */
+                uint32_t fa[2][4];
+                acc_to_a<4>(fa, pt);
+                mma_pm<DM, 2>(dva, fa, dYh, lane); /* dV_w += P^T dY */
+                float dpt[4][4];
+                mma_abt<DM, 4>(dpt, Vw, dYh, lane); /* dP^T = V_w dY^T */
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+                for (int n = 0; n < 4; n++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) dpt[n][i] = pt[n][i] * (dpt[n][i] - Ds[8 * n + 2 * tq + (i & 1)]);
-            acc_to_a(fa, dpt);
-            mma_pm<DM>(dka, fa, Qs, lane); /* dK_w += dS^T Q */
+                    for (int i = 0; i < 4; i++)
+                        dpt[n][i] = pt[n][i] * (dpt[n][i] - Ds[c0 + 8 * n + 2 * tq + (i & 1)]); /* dS^T */
+                acc_to_a<4>(fa, dpt);
+                mma_pm<DM, 2>(dka, fa, Qh, lane); /* dK_w += dS^T Q */
+            }
         }
         if (want_stats) {
 #pragma unroll
@@ -507,34 +555,42 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
     }
     __syncthreads();
     float dqa[DM / 8][4];
-    acc_zero<DM>(dqa);
+    acc_zero<DM / 8>(dqa);
 
     for (int kb = 0; kb <= qb; kb++) {
         const bf16 *Kc = Ks + (kb & 1) * TILE, *Vc = Vs + (kb & 1) * TILE;
         bf16 *Kn = Ks + ((kb + 1) & 1) * TILE, *Vn = Vs + ((kb + 1) & 1) * TILE;
         const bool next = kb < qb, diag = kb == qb;
-        float4 st[DM / 8];
-        if (next) tile_fetch<DM>(st, vh, (kb + 1) * MMA_TILE, T, ldv, dh, vec4);
-        float s[8][4], dp[8][4];
-        mma_abt<DM>(s, Qw, Kc, lane);  /* S = Q_w K^T */
-        mma_abt<DM>(dp, dYw, Vc, lane); /* dP = dY_w V^T */
-        if (next) {
-            tile_put<DM>(Vn, st);
-            tile_fetch<DM>(st, kh, (kb + 1) * MMA_TILE, T, ldk, dh, vec4);
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int i = 0; i < 4; i++) {
-                const int r = i >> 1, t = tw + g + 8 * r, key = kb * MMA_TILE + 8 * n + 2 * tq + (i & 1);
-                float p = exp2f(s[n][i] * sl2 - lr[r]);
-                if (diag && key > t) p = 0.0f;
-                s[n][i] = p * (dp[n][i] - dr[r]); /* dS */
+        /* the tile's keys in two halves of 32 (fewer live registers), each
+         * with two phases: the products (the next V's prefetch around them)
+         * and dS K (the next K's) */
+        tile_prefetch<DM> pv, pk;
+#pragma unroll 1
+        for (int hh = 0; hh < 2; hh++) {
+            const int c0 = 32 * hh;
+            if (next) pv.begin(hh, vh, (kb + 1) * MMA_TILE, T, ldv, dh, vec4);
+            float s[4][4], dp[4][4];
+            mma_abt<DM, 4>(s, Qw, Kc + c0 * LD, lane);   /* S = Q_w K^T */
+            mma_abt<DM, 4>(dp, dYw, Vc + c0 * LD, lane); /* dP = dY_w V^T */
+            if (next) {
+                pv.end(hh, Vn);
+                pk.begin(hh, kh, (kb + 1) * MMA_TILE, T, ldk, dh, vec4);
             }
-        uint32_t da[4][4];
-        acc_to_a(da, s);
-        mma_pm<DM>(dqa, da, Kc, lane); /* dQ_w += dS K */
-        if (next) tile_put<DM>(Kn, st);
+#pragma unroll
+            for (int n = 0; n < 4; n++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int r = i >> 1, t = tw + g + 8 * r;
+                    const int key = kb * MMA_TILE + c0 + 8 * n + 2 * tq + (i & 1);
+                    float p = exp2f(s[n][i] * sl2 - lr[r]);
+                    if (diag && key > t) p = 0.0f;
+                    s[n][i] = p * (dp[n][i] - dr[r]); /* dS */
+                }
+            uint32_t da[2][4];
+            acc_to_a<4>(da, s);
+            mma_pm<DM, 2>(dqa, da, Kc + c0 * LD, lane); /* dQ_w += dS K */
+            if (next) pk.end(hh, Kn);
+        }
         __syncthreads(); /* the next tiles are stored; everyone is done with Kc, Vc */
     }
     const float sc[2] = {scale, scale};
