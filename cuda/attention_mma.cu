@@ -32,19 +32,26 @@
  * ldmatrix.x4.trans. The fp32 tiles are read from global memory into
  * registers (float4 when d_head % 4 == 0 and the pointers are 16-byte
  * aligned) and written to shared memory rounded to bf16 (tile_fetch /
- * tile_put); where a loop streams tiles, the next tile's global loads are
- * issued before the current tile's math and stored after it into the other
- * half of a double buffer, so one __syncthreads per tile suffices.
+ * tile_put4). Where a loop streams K and V tiles (k_mma_fwd, k_mma_bwd_q),
+ * the next tiles' global loads are issued before a phase of the current
+ * tile's math and stored after it into the other half of a double buffer
+ * (tile_prefetch: in chunks of at most 32 registers a thread), so one
+ * __syncthreads per tile suffices. Score-like products are computed in
+ * halves of 32 keys (or queries) where that keeps fewer accumulators live.
  *
- *   k_mma_fwd     grid (query tiles, H, B), heaviest (last) tiles first. The
- *                 warp's Q fragments are loaded once into registers. Per key
- *                 tile: S = Q_w K^T (16 x 64 fp32 accumulators, 8 n-blocks),
+ *   k_mma_fwd     grid (query tiles, H, B), heaviest (last) tiles first. With
+ *                 DM 64 the warp's Q fragments are loaded once into
+ *                 registers; with DM 128 they would not fit next to O, S and
+ *                 the prefetch (ptxas spills), so they are read from shared
+ *                 memory per key tile (as FlashAttention-2 does by default).
+ *                 Per key tile: S = Q_w K^T (16 x 64 fp32 accumulators, 8
+ *                 n-blocks, in two halves: the next K's prefetch phases),
  *                 online softmax in registers (each lane holds 2 rows x 16
  *                 columns: rows g and g + 8; a row's maximum and sum over its
  *                 4 lanes by shuffles with xor 1, 2), P packed to bf16 A
  *                 fragments, O = O alpha + P V in fp32 registers (16 x DM).
  *                 Causal masking only on the diagonal tile. Writes y and lse.
- *                 K (next) is prefetched during Q K^T, V (next) during P V.
+ *                 P V runs in two halves of 32 keys: the next V's phases.
  *   k_mma_bwd_kv  grid (key tiles, KV, B). Warp w owns 16 keys; for every
  *                 query head of the group and every query tile at or below
  *                 the diagonal, in order: S^T = K_w Q^T, P^T = exp(S^T scale
@@ -53,7 +60,10 @@
  *                 dS^T = P^T (dP^T - D), dK_w += dS^T Q. dK_w and dV_w stay in
  *                 registers for the block; dV is written whenever the value
  *                 head changes (NV == H: after every query head), dK at the
- *                 end (times scale).
+ *                 end (times scale). A query tile is done in two halves of
+ *                 32 queries; its Q, dY, lse and D are loaded between two
+ *                 barriers (no prefetch: dK_w and dV_w take 64 or 128
+ *                 registers already).
  *   k_mma_bwd_q   grid (query tiles, H, B), heaviest first. Warp w owns 16
  *                 queries: S = Q_w K^T, dP = dY_w V^T, dS = P (dP - D),
  *                 dQ_w += dS K over the key tiles 0..qb in order (V of the
@@ -80,6 +90,9 @@
  *   DM 128: k_mma_fwd 87,040  k_mma_bwd_kv 70,144  k_mma_bwd_q 104,448
  * (fwd: Q + double-buffered K, V; bwd_kv: K, V, Q, dY + lse, D vectors;
  * bwd_q: Q, dY + double-buffered K, V), opted in by cuda_attention_mma_init.
+ * Registers a thread (ptxas, sm_90, CUDA 13): k_mma_fwd 188 / 247 (DM 64 /
+ * 128), k_mma_bwd_kv 162 / 238, k_mma_bwd_q 235 / 216, no spills: 2 blocks
+ * (8 warps) per SM.
  */
 #include <float.h>
 #include <math.h>
