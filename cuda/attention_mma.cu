@@ -109,8 +109,10 @@
 #define MMA_DYN_SMEM(name) GSINK_DYN_SMEM(name)
 #endif
 
-#define MMA_TILE 64 /* query rows and keys per tile */
-#define MMA_THREADS 128
+#define MMA_TILE 64                /* rows of a streamed tile: keys (fwd, dQ), queries (dK/dV) */
+#define MMA_WARPS 8                /* warps of a block, 16 rows each (a multiple of 4) */
+#define MMA_ROWS (16 * MMA_WARPS)  /* the block's own rows: queries (fwd, dQ), keys (dK/dV) */
+#define MMA_THREADS (32 * MMA_WARPS)
 #define MMA_LOG2E 1.4426950408889634f
 #define MMA_LN2 0.6931471805599453f
 
@@ -150,14 +152,20 @@ template <int DM> __device__ __forceinline__ void tile_put4(bf16 *sh, int idx, f
 
 /* A register-staged prefetch of a 64 x DM tile over the two phases (j = 0,
  * 1) of a loop step: begin(j) issues the global loads before phase j's
- * math, end(j) stores them to shared memory after it. The tile moves in
- * chunks of 4096 / DM rows (8 float4 per thread, thread x taking float4
- * x + 128 i of the chunk): with DM 64 one chunk, fetched before phase 0 and
- * stored after phase 1; with DM 128 two, chunk j fetched and stored around
- * phase j, so that at most 32 registers hold staged data. */
+ * math, end(j) stores them to shared memory after it. The tile's 16 DM
+ * float4 are PER a thread (thread x taking float4 x + MMA_THREADS i); above
+ * 8 a thread they move in two chunks, chunk j fetched and stored around
+ * phase j, else in one, fetched before phase 0 and stored after phase 1, so
+ * that at most 32 registers hold staged data. */
 template <int DM> struct tile_prefetch {
-    enum { CHUNKS = DM / 64, N = 8, CHUNK_F4 = N * MMA_THREADS };
-    float4 r[N];
+    enum {
+        PER = 16 * DM / MMA_THREADS,
+        CHUNKS = PER > 8 ? 2 : 1,
+        N = PER / CHUNKS,
+        CHUNK_F4 = N * MMA_THREADS
+    };
+    static_assert(PER <= 16 && PER * MMA_THREADS == 16 * DM, "tile_prefetch: chunks of at most 8 float4");
+    float4 r[N] = {}; /* (zero: the compiler cannot see that end(j) follows a begin) */
     __device__ __forceinline__ void begin(int j, const float *g, int row0, int T, size_t ld, int dh, int vec4)
     {
         if (CHUNKS == 1 && j != 0) return;
@@ -174,12 +182,13 @@ template <int DM> struct tile_prefetch {
     }
 };
 
-/* A tile straight to shared memory, a few float4 in flight at a time. */
-template <int DM>
+/* ROWS rows straight to shared memory, a few float4 in flight at a time. */
+template <int DM, int ROWS>
 __device__ __forceinline__ void tile_load(bf16 *sh, const float *g, int row0, int T, size_t ld, int dh, int vec4)
 {
+    static_assert(ROWS * DM / 4 % MMA_THREADS == 0, "tile_load: whole float4 a thread");
 #pragma unroll 4
-    for (int i = 0; i < DM / 8; i++) {
+    for (int i = 0; i < ROWS * DM / 4 / MMA_THREADS; i++) {
         const int idx = threadIdx.x + i * MMA_THREADS;
         tile_put4<DM>(sh, idx, tile_fetch4<DM>(g, idx, row0, T, ld, dh, vec4));
     }
@@ -308,7 +317,7 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
 {
     enum { LD = DM + 8, TILE = MMA_TILE * LD };
     MMA_DYN_SMEM(smem);
-    bf16 *Qs = (bf16 *)smem, *Ks = Qs + TILE, *Vs = Ks + 2 * TILE; /* K, V: two buffers each */
+    bf16 *Qs = (bf16 *)smem, *Ks = Qs + MMA_ROWS * LD, *Vs = Ks + 2 * TILE; /* K, V: two buffers each */
     const int qb = gridDim.x - 1 - blockIdx.x; /* heaviest tiles first */
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (H / KV), hv = h / (H / NV);
@@ -317,12 +326,13 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
     const float *kh = k + (size_t)b * T * ldk + (size_t)hk * dh;
     const float *vh = v + (size_t)b * T * ldv + (size_t)hv * dh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int t0 = qb * MMA_TILE, tw = t0 + warp * 16; /* first query row of the warp */
+    const int t0 = qb * MMA_ROWS, tw = t0 + warp * 16; /* first query row of the block, of the warp */
+    const int nkb = min((T + MMA_TILE - 1) / MMA_TILE, (t0 + MMA_ROWS) / MMA_TILE); /* causal key tiles */
     const float sl2 = scale * MMA_LOG2E;
 
-    tile_load<DM>(Qs, qh, t0, T, ldq, dh, vec4);
-    tile_load<DM>(Ks, kh, 0, T, ldk, dh, vec4);
-    tile_load<DM>(Vs, vh, 0, T, ldv, dh, vec4);
+    tile_load<DM, MMA_ROWS>(Qs, qh, t0, T, ldq, dh, vec4);
+    tile_load<DM, MMA_TILE>(Ks, kh, 0, T, ldk, dh, vec4);
+    tile_load<DM, MMA_TILE>(Vs, vh, 0, T, ldv, dh, vec4);
     __syncthreads();
     /* the warp's Q fragments: in registers for the whole loop with DM 64; with
      * DM 128 they would not fit next to O, S and the prefetched tile, so they
@@ -336,28 +346,35 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
 
     float o[DM / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     acc_zero<DM / 8>(o);
-    for (int kb = 0; kb <= qb; kb++) {
+    for (int kb = 0; kb < nkb; kb++) {
         const bf16 *Kc = Ks + (kb & 1) * TILE, *Vc = Vs + (kb & 1) * TILE;
         bf16 *Kn = Ks + ((kb + 1) & 1) * TILE, *Vn = Vs + ((kb + 1) & 1) * TILE;
-        const bool next = kb < qb, diag = kb == qb;
+        const bool next = kb + 1 < nkb;
+        /* diag: some key of the tile is after some query row of the block
+         * (causal mask); active: the warp's last row sees the tile's first
+         * key (else the tile adds nothing to the warp's rows: skipped) */
+        const bool diag = kb * MMA_TILE + MMA_TILE - 1 > t0, active = kb * MMA_TILE <= tw + 15;
         tile_prefetch<DM> pf;
         /* S = Q_w K^T in two halves of 32 keys (phases of the next K's prefetch) */
         float s[2][4][4];
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             if (next) pf.begin(j, kh, (kb + 1) * MMA_TILE, T, ldk, dh, vec4);
-            if constexpr (q_regs) {
-                acc_zero<4>(s[j]);
+            if (active) {
+                if constexpr (q_regs) {
+                    acc_zero<4>(s[j]);
 #pragma unroll
-                for (int kk = 0; kk < DM / 16; kk++) mma_abt_step<LD, 4>(s[j], qa[kk], Kc + 32 * j * LD, 16 * kk, lane);
-            } else {
-                mma_abt<DM, 4>(s[j], Qs + warp * 16 * LD, Kc + 32 * j * LD, lane);
+                    for (int kk = 0; kk < DM / 16; kk++)
+                        mma_abt_step<LD, 4>(s[j], qa[kk], Kc + 32 * j * LD, 16 * kk, lane);
+                } else {
+                    mma_abt<DM, 4>(s[j], Qs + warp * 16 * LD, Kc + 32 * j * LD, lane);
+                }
             }
             if (next) pf.end(j, Kn);
         }
         /* online softmax of rows g (r = 0) and g + 8 (r = 1), in log2 units */
 #pragma unroll
-        for (int r = 0; r < 2; r++) {
+        for (int r = 0; r < 2 && active; r++) {
             const int t = tw + g + 8 * r;
             float mx = -INFINITY;
 #pragma unroll
@@ -373,7 +390,8 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
                     }
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
             mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            /* key kb * 64 <= t0 <= t is never masked, so mx is finite */
+            /* m is finite from the first tile on (key 0 is in every row), so a
+             * row without a key in this tile (mx = -inf) gets alpha 1, P 0 */
             const float mnew = fmaxf(m[r], mx), alpha = exp2f(m[r] - mnew);
             float ps = 0.0f;
 #pragma unroll
@@ -398,9 +416,11 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
 #pragma unroll
         for (int j = 0; j < 2; j++) {
             if (next) pf.begin(j, vh, (kb + 1) * MMA_TILE, T, ldv, dh, vec4);
-            uint32_t pa[2][4];
-            acc_to_a<4>(pa, s[j]);
-            mma_pm<DM, 2>(o, pa, Vc + 32 * j * LD, lane);
+            if (active) {
+                uint32_t pa[2][4];
+                acc_to_a<4>(pa, s[j]);
+                mma_pm<DM, 2>(o, pa, Vc + 32 * j * LD, lane);
+            }
             if (next) pf.end(j, Vn);
         }
         __syncthreads(); /* the next tiles are stored; everyone is done with Kc, Vc */
@@ -430,19 +450,19 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
 {
     enum { LD = DM + 8, TILE = MMA_TILE * LD };
     MMA_DYN_SMEM(smem);
-    bf16 *Ks = (bf16 *)smem, *Vs = Ks + TILE, *Qs = Vs + TILE, *dYs = Qs + TILE;
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + MMA_ROWS * LD, *Qs = Vs + MMA_ROWS * LD, *dYs = Qs + TILE;
     float *Ls = (float *)(dYs + TILE), *Ds = Ls + MMA_TILE; /* lse log2(e) (+inf past T), D (0 past T) */
     const int kb = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     const int G = H / KV, vrep = H / NV;
     const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh, ldv = (size_t)NV * dh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int s0 = kb * MMA_TILE, sw = s0 + warp * 16; /* first key of the warp */
+    const int s0 = kb * MMA_ROWS, sw = s0 + warp * 16; /* first key of the block, of the warp */
     const int nqb = (T + MMA_TILE - 1) / MMA_TILE;
     const bool want_stats = mass || sq || win;
     const float sl2 = scale * MMA_LOG2E;
     const bf16 *Kw = Ks + warp * 16 * LD, *Vw = Vs + warp * 16 * LD;
 
-    tile_load<DM>(Ks, k + (size_t)b * T * ldk + (size_t)hk * dh, s0, T, ldk, dh, vec4);
+    tile_load<DM, MMA_ROWS>(Ks, k + (size_t)b * T * ldk + (size_t)hk * dh, s0, T, ldk, dh, vec4);
     float dka[DM / 8][4], dva[DM / 8][4];
     acc_zero<DM / 8>(dka);
     acc_zero<DM / 8>(dva);
@@ -463,19 +483,24 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
         const float *lh = lse + ((size_t)b * H + h) * T, *Dh = Dv + ((size_t)b * H + h) * T;
         float am[2] = {0.0f, 0.0f}, aq[2] = {0.0f, 0.0f}, aw[2] = {0.0f, 0.0f}; /* keys sw + g, sw + g + 8 */
 
-        for (int qb = kb; qb < nqb; qb++) {
+        for (int qb = s0 / MMA_TILE; qb < nqb; qb++) { /* the query tiles with a query >= s0 */
             const int t0 = qb * MMA_TILE;
             __syncthreads(); /* everyone is done with Qs, dYs, Ls, Ds (and Vs) */
-            if (new_v && qb == kb) tile_load<DM>(Vs, v + (size_t)b * T * ldv + (size_t)hv * dh, s0, T, ldv, dh, vec4);
-            tile_load<DM>(Qs, qh, t0, T, ldq, dh, vec4);
-            tile_load<DM>(dYs, dyh, t0, T, ldq, dh, vec4);
+            if (new_v && qb == s0 / MMA_TILE)
+                tile_load<DM, MMA_ROWS>(Vs, v + (size_t)b * T * ldv + (size_t)hv * dh, s0, T, ldv, dh, vec4);
+            tile_load<DM, MMA_TILE>(Qs, qh, t0, T, ldq, dh, vec4);
+            tile_load<DM, MMA_TILE>(dYs, dyh, t0, T, ldq, dh, vec4);
             for (int i = threadIdx.x; i < MMA_TILE; i += MMA_THREADS) {
                 const int t = t0 + i;
                 Ls[i] = t < T ? lh[t] * MMA_LOG2E : INFINITY;
                 Ds[i] = t < T ? Dh[t] : 0.0f;
             }
             __syncthreads();
-            const bool diag = qb == kb;
+            /* diag: some key of the block is after some query of the tile
+             * (causal mask); a warp whose first key is after the tile's last
+             * query gets nothing from it (skipped) */
+            const bool diag = s0 + MMA_ROWS - 1 > t0;
+            if (sw > t0 + MMA_TILE - 1) continue;
             /* the tile's queries in two halves of 32 (fewer live registers) */
 #pragma unroll 1
             for (int c0 = 0; c0 < MMA_TILE; c0 += 32) {
@@ -544,21 +569,22 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
 {
     enum { LD = DM + 8, TILE = MMA_TILE * LD };
     MMA_DYN_SMEM(smem);
-    bf16 *Qs = (bf16 *)smem, *dYs = Qs + TILE, *Ks = dYs + TILE, *Vs = Ks + 2 * TILE; /* K, V: two buffers */
+    bf16 *Qs = (bf16 *)smem, *dYs = Qs + MMA_ROWS * LD, *Ks = dYs + MMA_ROWS * LD, *Vs = Ks + 2 * TILE; /* K, V: two buffers */
     const int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (H / KV), hv = h / (H / NV);
     const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh, ldv = (size_t)NV * dh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int t0 = qb * MMA_TILE, tw = t0 + warp * 16;
+    const int t0 = qb * MMA_ROWS, tw = t0 + warp * 16;
+    const int nkb = min((T + MMA_TILE - 1) / MMA_TILE, (t0 + MMA_ROWS) / MMA_TILE); /* causal key tiles */
     const float sl2 = scale * MMA_LOG2E;
     const float *kh = k + (size_t)b * T * ldk + (size_t)hk * dh;
     const float *vh = v + (size_t)b * T * ldv + (size_t)hv * dh;
     const bf16 *Qw = Qs + warp * 16 * LD, *dYw = dYs + warp * 16 * LD;
 
-    tile_load<DM>(Qs, q + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
-    tile_load<DM>(dYs, dy + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
-    tile_load<DM>(Ks, kh, 0, T, ldk, dh, vec4);
-    tile_load<DM>(Vs, vh, 0, T, ldv, dh, vec4);
+    tile_load<DM, MMA_ROWS>(Qs, q + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
+    tile_load<DM, MMA_ROWS>(dYs, dy + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
+    tile_load<DM, MMA_TILE>(Ks, kh, 0, T, ldk, dh, vec4);
+    tile_load<DM, MMA_TILE>(Vs, vh, 0, T, ldv, dh, vec4);
     float lr[2], dr[2]; /* lse log2(e) (+inf past T: P = 0) and D of rows g, g + 8 */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -570,10 +596,12 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
     float dqa[DM / 8][4];
     acc_zero<DM / 8>(dqa);
 
-    for (int kb = 0; kb <= qb; kb++) {
+    for (int kb = 0; kb < nkb; kb++) {
         const bf16 *Kc = Ks + (kb & 1) * TILE, *Vc = Vs + (kb & 1) * TILE;
         bf16 *Kn = Ks + ((kb + 1) & 1) * TILE, *Vn = Vs + ((kb + 1) & 1) * TILE;
-        const bool next = kb < qb, diag = kb == qb;
+        const bool next = kb + 1 < nkb;
+        /* diag and active as in k_mma_fwd */
+        const bool diag = kb * MMA_TILE + MMA_TILE - 1 > t0, active = kb * MMA_TILE <= tw + 15;
         /* the tile's keys in two halves of 32 (fewer live registers), each
          * with two phases: the products (the next V's prefetch around them)
          * and dS K (the next K's) */
@@ -583,25 +611,29 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
             const int c0 = 32 * hh;
             if (next) pv.begin(hh, vh, (kb + 1) * MMA_TILE, T, ldv, dh, vec4);
             float s[4][4], dp[4][4];
-            mma_abt<DM, 4>(s, Qw, Kc + c0 * LD, lane);   /* S = Q_w K^T */
-            mma_abt<DM, 4>(dp, dYw, Vc + c0 * LD, lane); /* dP = dY_w V^T */
+            if (active) {
+                mma_abt<DM, 4>(s, Qw, Kc + c0 * LD, lane);   /* S = Q_w K^T */
+                mma_abt<DM, 4>(dp, dYw, Vc + c0 * LD, lane); /* dP = dY_w V^T */
+            }
             if (next) {
                 pv.end(hh, Vn);
                 pk.begin(hh, kh, (kb + 1) * MMA_TILE, T, ldk, dh, vec4);
             }
+            if (active) {
 #pragma unroll
-            for (int n = 0; n < 4; n++)
+                for (int n = 0; n < 4; n++)
 #pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int r = i >> 1, t = tw + g + 8 * r;
-                    const int key = kb * MMA_TILE + c0 + 8 * n + 2 * tq + (i & 1);
-                    float p = exp2f(s[n][i] * sl2 - lr[r]);
-                    if (diag && key > t) p = 0.0f;
-                    s[n][i] = p * (dp[n][i] - dr[r]); /* dS */
-                }
-            uint32_t da[2][4];
-            acc_to_a<4>(da, s);
-            mma_pm<DM, 2>(dqa, da, Kc + c0 * LD, lane); /* dQ_w += dS K */
+                    for (int i = 0; i < 4; i++) {
+                        const int r = i >> 1, t = tw + g + 8 * r;
+                        const int key = kb * MMA_TILE + c0 + 8 * n + 2 * tq + (i & 1);
+                        float p = exp2f(s[n][i] * sl2 - lr[r]);
+                        if (diag && key > t) p = 0.0f;
+                        s[n][i] = p * (dp[n][i] - dr[r]); /* dS */
+                    }
+                uint32_t da[2][4];
+                acc_to_a<4>(da, s);
+                mma_pm<DM, 2>(dqa, da, Kc + c0 * LD, lane); /* dQ_w += dS K */
+            }
             if (next) pk.end(hh, Kn);
         }
         __syncthreads(); /* the next tiles are stored; everyone is done with Kc, Vc */
@@ -614,12 +646,13 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
 /* Host side                                                                 */
 /* ------------------------------------------------------------------------ */
 
-template <int DM> static size_t mma_fwd_smem() { return sizeof(bf16) * 5 * MMA_TILE * (DM + 8); }
+/* (own rows, streamed rows) of bf16 tiles, plus fp32 vectors */
+template <int DM> static size_t mma_fwd_smem() { return sizeof(bf16) * (MMA_ROWS + 4 * MMA_TILE) * (DM + 8); }
 template <int DM> static size_t mma_bwd_kv_smem()
 {
-    return sizeof(bf16) * 4 * MMA_TILE * (DM + 8) + sizeof(float) * 2 * MMA_TILE;
+    return sizeof(bf16) * (2 * MMA_ROWS + 2 * MMA_TILE) * (DM + 8) + sizeof(float) * 2 * MMA_TILE;
 }
-template <int DM> static size_t mma_bwd_q_smem() { return sizeof(bf16) * 6 * MMA_TILE * (DM + 8); }
+template <int DM> static size_t mma_bwd_q_smem() { return sizeof(bf16) * (2 * MMA_ROWS + 4 * MMA_TILE) * (DM + 8); }
 
 template <int DM> static cudaError_t mma_optin(cudaError_t e, int max_optin)
 {
@@ -662,7 +695,7 @@ template <int DM>
 static gsink_status mma_fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *y, float *lse, const float *q,
                                const float *k, const float *v)
 {
-    const int T = s->seq, nb = (T + MMA_TILE - 1) / MMA_TILE;
+    const int T = s->seq, nb = (T + MMA_ROWS - 1) / MMA_ROWS;
     const int vec4 = s->d_head % 4 == 0 && mma_aligned(q) && mma_aligned(k) && mma_aligned(v);
     auto kern = k_mma_fwd<DM>; /* (named first: a template-id would split the macro's arguments) */
     GSINK_LAUNCH(kern, dim3(nb, s->n_heads, s->batch), MMA_THREADS, mma_fwd_smem<DM>(), CUDA_CTX(be)->stream)(
@@ -687,7 +720,7 @@ static gsink_status mma_bwd_dm(gsink_backend *be, const gsink_attn_shape *s, flo
                                const float *D, gsink_attn_stats stats)
 {
     cudaStream_t st = CUDA_CTX(be)->stream;
-    const int T = s->seq, nb = (T + MMA_TILE - 1) / MMA_TILE;
+    const int T = s->seq, nb = (T + MMA_ROWS - 1) / MMA_ROWS;
     const int H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads, dh = s->d_head;
     const float scale = gsink_attn_scale(s);
     const int vec4 = dh % 4 == 0 && mma_aligned(q) && mma_aligned(k) && mma_aligned(v) && mma_aligned(dy);
