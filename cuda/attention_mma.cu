@@ -109,10 +109,7 @@
 #define MMA_DYN_SMEM(name) GSINK_DYN_SMEM(name)
 #endif
 
-#define MMA_TILE 64                /* rows of a streamed tile: keys (fwd, dQ), queries (dK/dV) */
-#define MMA_WARPS 8                /* warps of a block, 16 rows each (a multiple of 4) */
-#define MMA_ROWS (16 * MMA_WARPS)  /* the block's own rows: queries (fwd, dQ), keys (dK/dV) */
-#define MMA_THREADS (32 * MMA_WARPS)
+#define MMA_TILE 64 /* rows of a streamed tile: keys (fwd, dQ), queries (dK/dV) */
 #define MMA_LOG2E 1.4426950408889634f
 #define MMA_LN2 0.6931471805599453f
 
@@ -153,43 +150,38 @@ template <int DM> __device__ __forceinline__ void tile_put4(bf16 *sh, int idx, f
 /* A register-staged prefetch of a 64 x DM tile over the two phases (j = 0,
  * 1) of a loop step: begin(j) issues the global loads before phase j's
  * math, end(j) stores them to shared memory after it. The tile's 16 DM
- * float4 are PER a thread (thread x taking float4 x + MMA_THREADS i); above
+ * float4 are PER a thread (thread x taking float4 x + NT i); above
  * 8 a thread they move in two chunks, chunk j fetched and stored around
  * phase j, else in one, fetched before phase 0 and stored after phase 1, so
  * that at most 32 registers hold staged data. */
-template <int DM> struct tile_prefetch {
-    enum {
-        PER = 16 * DM / MMA_THREADS,
-        CHUNKS = PER > 8 ? 2 : 1,
-        N = PER / CHUNKS,
-        CHUNK_F4 = N * MMA_THREADS
-    };
-    static_assert(PER <= 16 && PER * MMA_THREADS == 16 * DM, "tile_prefetch: chunks of at most 8 float4");
+template <int DM, int NT> struct tile_prefetch {
+    enum { PER = 16 * DM / NT, CHUNKS = PER > 8 ? 2 : 1, N = PER / CHUNKS, CHUNK_F4 = N * NT };
+    static_assert(PER <= 16 && PER * NT == 16 * DM, "tile_prefetch: chunks of at most 8 float4");
     float4 r[N] = {}; /* (zero: the compiler cannot see that end(j) follows a begin) */
     __device__ __forceinline__ void begin(int j, const float *g, int row0, int T, size_t ld, int dh, int vec4)
     {
         if (CHUNKS == 1 && j != 0) return;
         const int base = (CHUNKS == 1 ? 0 : j) * CHUNK_F4 + threadIdx.x;
 #pragma unroll
-        for (int i = 0; i < N; i++) r[i] = tile_fetch4<DM>(g, base + i * MMA_THREADS, row0, T, ld, dh, vec4);
+        for (int i = 0; i < N; i++) r[i] = tile_fetch4<DM>(g, base + i * NT, row0, T, ld, dh, vec4);
     }
     __device__ __forceinline__ void end(int j, bf16 *sh) const
     {
         if (CHUNKS == 1 && j != 1) return;
         const int base = (CHUNKS == 1 ? 0 : j) * CHUNK_F4 + threadIdx.x;
 #pragma unroll
-        for (int i = 0; i < N; i++) tile_put4<DM>(sh, base + i * MMA_THREADS, r[i]);
+        for (int i = 0; i < N; i++) tile_put4<DM>(sh, base + i * NT, r[i]);
     }
 };
 
 /* ROWS rows straight to shared memory, a few float4 in flight at a time. */
-template <int DM, int ROWS>
+template <int DM, int ROWS, int NT>
 __device__ __forceinline__ void tile_load(bf16 *sh, const float *g, int row0, int T, size_t ld, int dh, int vec4)
 {
-    static_assert(ROWS * DM / 4 % MMA_THREADS == 0, "tile_load: whole float4 a thread");
+    static_assert(ROWS * DM / 4 % NT == 0, "tile_load: whole float4 a thread");
 #pragma unroll 4
-    for (int i = 0; i < ROWS * DM / 4 / MMA_THREADS; i++) {
-        const int idx = threadIdx.x + i * MMA_THREADS;
+    for (int i = 0; i < ROWS * DM / 4 / NT; i++) {
+        const int idx = threadIdx.x + i * NT;
         tile_put4<DM>(sh, idx, tile_fetch4<DM>(g, idx, row0, T, ld, dh, vec4));
     }
 }
@@ -309,15 +301,15 @@ __device__ __forceinline__ void acc_store(const float (&o)[DM / 8][4], float *ou
 /* Forward                                                                   */
 /* ------------------------------------------------------------------------ */
 
-template <int DM>
-__global__ void __launch_bounds__(MMA_THREADS)
+template <int DM, int NW>
+__global__ void __launch_bounds__(32 * NW)
 k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
           float *__restrict__ y, float *__restrict__ lse, int T, int H, int KV, int NV, int dh, float scale,
           int vec4)
 {
-    enum { LD = DM + 8, TILE = MMA_TILE * LD };
+    enum { LD = DM + 8, TILE = MMA_TILE * LD, NT = 32 * NW, ROWS = 16 * NW };
     MMA_DYN_SMEM(smem);
-    bf16 *Qs = (bf16 *)smem, *Ks = Qs + MMA_ROWS * LD, *Vs = Ks + 2 * TILE; /* K, V: two buffers each */
+    bf16 *Qs = (bf16 *)smem, *Ks = Qs + ROWS * LD, *Vs = Ks + 2 * TILE; /* K, V: two buffers each */
     const int qb = gridDim.x - 1 - blockIdx.x; /* heaviest tiles first */
     const int h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (H / KV), hv = h / (H / NV);
@@ -326,13 +318,13 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
     const float *kh = k + (size_t)b * T * ldk + (size_t)hk * dh;
     const float *vh = v + (size_t)b * T * ldv + (size_t)hv * dh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int t0 = qb * MMA_ROWS, tw = t0 + warp * 16; /* first query row of the block, of the warp */
-    const int nkb = min((T + MMA_TILE - 1) / MMA_TILE, (t0 + MMA_ROWS) / MMA_TILE); /* causal key tiles */
+    const int t0 = qb * ROWS, tw = t0 + warp * 16; /* first query row of the block, of the warp */
+    const int nkb = min((T + MMA_TILE - 1) / MMA_TILE, (t0 + ROWS) / MMA_TILE); /* causal key tiles */
     const float sl2 = scale * MMA_LOG2E;
 
-    tile_load<DM, MMA_ROWS>(Qs, qh, t0, T, ldq, dh, vec4);
-    tile_load<DM, MMA_TILE>(Ks, kh, 0, T, ldk, dh, vec4);
-    tile_load<DM, MMA_TILE>(Vs, vh, 0, T, ldv, dh, vec4);
+    tile_load<DM, ROWS, NT>(Qs, qh, t0, T, ldq, dh, vec4);
+    tile_load<DM, MMA_TILE, NT>(Ks, kh, 0, T, ldk, dh, vec4);
+    tile_load<DM, MMA_TILE, NT>(Vs, vh, 0, T, ldv, dh, vec4);
     __syncthreads();
     /* the warp's Q fragments: in registers for the whole loop with DM 64; with
      * DM 128 they would not fit next to O, S and the prefetched tile, so they
@@ -354,7 +346,7 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
          * (causal mask); active: the warp's last row sees the tile's first
          * key (else the tile adds nothing to the warp's rows: skipped) */
         const bool diag = kb * MMA_TILE + MMA_TILE - 1 > t0, active = kb * MMA_TILE <= tw + 15;
-        tile_prefetch<DM> pf;
+        tile_prefetch<DM, NT> pf;
         /* S = Q_w K^T in two halves of 32 keys (phases of the next K's prefetch) */
         float s[2][4][4];
 #pragma unroll
@@ -441,28 +433,28 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
 /* Backward                                                                  */
 /* ------------------------------------------------------------------------ */
 
-template <int DM>
-__global__ void __launch_bounds__(MMA_THREADS)
+template <int DM, int NW>
+__global__ void __launch_bounds__(32 * NW)
 k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
              const float *__restrict__ dy, const float *__restrict__ lse, const float *__restrict__ Dv,
              float *__restrict__ dk, float *__restrict__ dv, float *__restrict__ mass, float *__restrict__ sq,
              float *__restrict__ win, int T, int H, int KV, int NV, int dh, int W, float scale, int vec4)
 {
-    enum { LD = DM + 8, TILE = MMA_TILE * LD };
+    enum { LD = DM + 8, TILE = MMA_TILE * LD, NT = 32 * NW, ROWS = 16 * NW };
     MMA_DYN_SMEM(smem);
-    bf16 *Ks = (bf16 *)smem, *Vs = Ks + MMA_ROWS * LD, *Qs = Vs + MMA_ROWS * LD, *dYs = Qs + TILE;
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + ROWS * LD, *Qs = Vs + ROWS * LD, *dYs = Qs + TILE;
     float *Ls = (float *)(dYs + TILE), *Ds = Ls + MMA_TILE; /* lse log2(e) (+inf past T), D (0 past T) */
     const int kb = blockIdx.x, hk = blockIdx.y, b = blockIdx.z;
     const int G = H / KV, vrep = H / NV;
     const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh, ldv = (size_t)NV * dh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int s0 = kb * MMA_ROWS, sw = s0 + warp * 16; /* first key of the block, of the warp */
+    const int s0 = kb * ROWS, sw = s0 + warp * 16; /* first key of the block, of the warp */
     const int nqb = (T + MMA_TILE - 1) / MMA_TILE;
     const bool want_stats = mass || sq || win;
     const float sl2 = scale * MMA_LOG2E;
     const bf16 *Kw = Ks + warp * 16 * LD, *Vw = Vs + warp * 16 * LD;
 
-    tile_load<DM, MMA_ROWS>(Ks, k + (size_t)b * T * ldk + (size_t)hk * dh, s0, T, ldk, dh, vec4);
+    tile_load<DM, ROWS, NT>(Ks, k + (size_t)b * T * ldk + (size_t)hk * dh, s0, T, ldk, dh, vec4);
     float dka[DM / 8][4], dva[DM / 8][4];
     acc_zero<DM / 8>(dka);
     acc_zero<DM / 8>(dva);
@@ -487,10 +479,10 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
             const int t0 = qb * MMA_TILE;
             __syncthreads(); /* everyone is done with Qs, dYs, Ls, Ds (and Vs) */
             if (new_v && qb == s0 / MMA_TILE)
-                tile_load<DM, MMA_ROWS>(Vs, v + (size_t)b * T * ldv + (size_t)hv * dh, s0, T, ldv, dh, vec4);
-            tile_load<DM, MMA_TILE>(Qs, qh, t0, T, ldq, dh, vec4);
-            tile_load<DM, MMA_TILE>(dYs, dyh, t0, T, ldq, dh, vec4);
-            for (int i = threadIdx.x; i < MMA_TILE; i += MMA_THREADS) {
+                tile_load<DM, ROWS, NT>(Vs, v + (size_t)b * T * ldv + (size_t)hv * dh, s0, T, ldv, dh, vec4);
+            tile_load<DM, MMA_TILE, NT>(Qs, qh, t0, T, ldq, dh, vec4);
+            tile_load<DM, MMA_TILE, NT>(dYs, dyh, t0, T, ldq, dh, vec4);
+            for (int i = threadIdx.x; i < MMA_TILE; i += NT) {
                 const int t = t0 + i;
                 Ls[i] = t < T ? lh[t] * MMA_LOG2E : INFINITY;
                 Ds[i] = t < T ? Dh[t] : 0.0f;
@@ -499,7 +491,7 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
             /* diag: some key of the block is after some query of the tile
              * (causal mask); a warp whose first key is after the tile's last
              * query gets nothing from it (skipped) */
-            const bool diag = s0 + MMA_ROWS - 1 > t0;
+            const bool diag = s0 + ROWS - 1 > t0;
             if (sw > t0 + MMA_TILE - 1) continue;
             /* the tile's queries in two halves of 32 (fewer live registers) */
 #pragma unroll 1
@@ -561,30 +553,30 @@ k_mma_bwd_kv(const float *__restrict__ q, const float *__restrict__ k, const flo
     acc_store<DM>(dka, dk + (size_t)b * T * ldk + (size_t)sw * ldk + (size_t)hk * dh, ldk, T - sw, dh, sc, lane);
 }
 
-template <int DM>
-__global__ void __launch_bounds__(MMA_THREADS)
+template <int DM, int NW>
+__global__ void __launch_bounds__(32 * NW)
 k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const float *__restrict__ v,
             const float *__restrict__ dy, const float *__restrict__ lse, const float *__restrict__ Dv,
             float *__restrict__ dq, int T, int H, int KV, int NV, int dh, float scale, int vec4)
 {
-    enum { LD = DM + 8, TILE = MMA_TILE * LD };
+    enum { LD = DM + 8, TILE = MMA_TILE * LD, NT = 32 * NW, ROWS = 16 * NW };
     MMA_DYN_SMEM(smem);
-    bf16 *Qs = (bf16 *)smem, *dYs = Qs + MMA_ROWS * LD, *Ks = dYs + MMA_ROWS * LD, *Vs = Ks + 2 * TILE; /* K, V: two buffers */
+    bf16 *Qs = (bf16 *)smem, *dYs = Qs + ROWS * LD, *Ks = dYs + ROWS * LD, *Vs = Ks + 2 * TILE; /* K, V: two buffers */
     const int qb = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int hk = h / (H / KV), hv = h / (H / NV);
     const size_t ldq = (size_t)H * dh, ldk = (size_t)KV * dh, ldv = (size_t)NV * dh;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-    const int t0 = qb * MMA_ROWS, tw = t0 + warp * 16;
-    const int nkb = min((T + MMA_TILE - 1) / MMA_TILE, (t0 + MMA_ROWS) / MMA_TILE); /* causal key tiles */
+    const int t0 = qb * ROWS, tw = t0 + warp * 16;
+    const int nkb = min((T + MMA_TILE - 1) / MMA_TILE, (t0 + ROWS) / MMA_TILE); /* causal key tiles */
     const float sl2 = scale * MMA_LOG2E;
     const float *kh = k + (size_t)b * T * ldk + (size_t)hk * dh;
     const float *vh = v + (size_t)b * T * ldv + (size_t)hv * dh;
     const bf16 *Qw = Qs + warp * 16 * LD, *dYw = dYs + warp * 16 * LD;
 
-    tile_load<DM, MMA_ROWS>(Qs, q + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
-    tile_load<DM, MMA_ROWS>(dYs, dy + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
-    tile_load<DM, MMA_TILE>(Ks, kh, 0, T, ldk, dh, vec4);
-    tile_load<DM, MMA_TILE>(Vs, vh, 0, T, ldv, dh, vec4);
+    tile_load<DM, ROWS, NT>(Qs, q + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
+    tile_load<DM, ROWS, NT>(dYs, dy + (size_t)b * T * ldq + (size_t)h * dh, t0, T, ldq, dh, vec4);
+    tile_load<DM, MMA_TILE, NT>(Ks, kh, 0, T, ldk, dh, vec4);
+    tile_load<DM, MMA_TILE, NT>(Vs, vh, 0, T, ldv, dh, vec4);
     float lr[2], dr[2]; /* lse log2(e) (+inf past T: P = 0) and D of rows g, g + 8 */
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -605,7 +597,7 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
         /* the tile's keys in two halves of 32 (fewer live registers), each
          * with two phases: the products (the next V's prefetch around them)
          * and dS K (the next K's) */
-        tile_prefetch<DM> pv, pk;
+        tile_prefetch<DM, NT> pv, pk;
 #pragma unroll 1
         for (int hh = 0; hh < 2; hh++) {
             const int c0 = 32 * hh;
@@ -646,26 +638,32 @@ k_mma_bwd_q(const float *__restrict__ q, const float *__restrict__ k, const floa
 /* Host side                                                                 */
 /* ------------------------------------------------------------------------ */
 
-/* (own rows, streamed rows) of bf16 tiles, plus fp32 vectors */
-template <int DM> static size_t mma_fwd_smem() { return sizeof(bf16) * (MMA_ROWS + 4 * MMA_TILE) * (DM + 8); }
-template <int DM> static size_t mma_bwd_kv_smem()
+/* Bytes of shared memory: bf16 tiles of the block's own rows (16 NW) and of
+ * streamed rows (64), plus fp32 vectors. */
+template <int DM, int NW> static size_t mma_fwd_smem() { return sizeof(bf16) * (16 * NW + 4 * MMA_TILE) * (DM + 8); }
+template <int DM, int NW> static size_t mma_bwd_kv_smem()
 {
-    return sizeof(bf16) * (2 * MMA_ROWS + 2 * MMA_TILE) * (DM + 8) + sizeof(float) * 2 * MMA_TILE;
+    return sizeof(bf16) * (2 * 16 * NW + 2 * MMA_TILE) * (DM + 8) + sizeof(float) * 2 * MMA_TILE;
 }
-template <int DM> static size_t mma_bwd_q_smem() { return sizeof(bf16) * (2 * MMA_ROWS + 4 * MMA_TILE) * (DM + 8); }
-
-template <int DM> static cudaError_t mma_optin(cudaError_t e, int max_optin)
+template <int DM, int NW> static size_t mma_bwd_q_smem()
 {
-    e = cuda_smem_optin(e, k_mma_fwd<DM>, mma_fwd_smem<DM>(), max_optin);
-    e = cuda_smem_optin(e, k_mma_bwd_kv<DM>, mma_bwd_kv_smem<DM>(), max_optin);
-    return cuda_smem_optin(e, k_mma_bwd_q<DM>, mma_bwd_q_smem<DM>(), max_optin);
+    return sizeof(bf16) * (2 * 16 * NW + 4 * MMA_TILE) * (DM + 8);
+}
+
+template <int DM, int NW> static cudaError_t mma_optin(cudaError_t e, int max_optin)
+{
+    e = cuda_smem_optin(e, k_mma_fwd<DM, NW>, mma_fwd_smem<DM, NW>(), max_optin);
+    e = cuda_smem_optin(e, k_mma_bwd_kv<DM, NW>, mma_bwd_kv_smem<DM, NW>(), max_optin);
+    return cuda_smem_optin(e, k_mma_bwd_q<DM, NW>, mma_bwd_q_smem<DM, NW>(), max_optin);
 }
 
 gsink_status cuda_attention_mma_init(gsink_backend *be)
 {
     int mx = CUDA_CTX(be)->max_smem_optin;
-    cudaError_t e = mma_optin<64>(cudaSuccess, mx);
-    e = mma_optin<128>(e, mx);
+    cudaError_t e = mma_optin<64, 8>(cudaSuccess, mx);
+    e = mma_optin<128, 8>(e, mx);
+    e = mma_optin<64, 4>(e, mx);
+    e = mma_optin<128, 4>(e, mx);
     return cuda_check(be, e, "attention (mma): cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
 }
 
@@ -674,31 +672,37 @@ static int mma_smem_fits(gsink_backend *be, size_t bytes)
     return bytes <= 48 * 1024 || bytes <= (size_t)CUDA_CTX(be)->max_smem_optin;
 }
 
-template <int DM> static int mma_fits(gsink_backend *be)
+template <int DM, int NW> static int mma_fits(gsink_backend *be)
 {
-    return mma_smem_fits(be, mma_fwd_smem<DM>()) && mma_smem_fits(be, mma_bwd_kv_smem<DM>()) &&
-           mma_smem_fits(be, mma_bwd_q_smem<DM>());
+    return mma_smem_fits(be, mma_fwd_smem<DM, NW>()) && mma_smem_fits(be, mma_bwd_kv_smem<DM, NW>()) &&
+           mma_smem_fits(be, mma_bwd_q_smem<DM, NW>());
 }
+
+/* warps a block: 8 (GSINK_CUDA_ATTENTION=mma) or 4 (=mma4) */
+static int mma_warps(gsink_backend *be) { return CUDA_CTX(be)->attention == GSINK_CUDA_ATTENTION_MMA4 ? 4 : 8; }
 
 int cuda_attention_mma_eligible(gsink_backend *be, const gsink_attn_shape *s)
 {
     if (!be || !s) return 0;
     const cuda_ctx *c = CUDA_CTX(be);
-    if (c->attention != GSINK_CUDA_ATTENTION_MMA || c->math != GSINK_CUDA_MATH_BF16) return 0;
+    if (c->attention == GSINK_CUDA_ATTENTION_WMMA || c->math != GSINK_CUDA_MATH_BF16) return 0;
     if (!cuda_attention_tc_eligible(be, s)) return 0; /* causal, valid GQA shape, d_head <= 128 */
-    return s->d_head <= 64 ? mma_fits<64>(be) : mma_fits<128>(be);
+    if (mma_warps(be) == 4) return s->d_head <= 64 ? mma_fits<64, 4>(be) : mma_fits<128, 4>(be);
+    return s->d_head <= 64 ? mma_fits<64, 8>(be) : mma_fits<128, 8>(be);
 }
 
 static int mma_aligned(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
-template <int DM>
+template <int DM, int NW>
 static gsink_status mma_fwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *y, float *lse, const float *q,
                                const float *k, const float *v)
 {
-    const int T = s->seq, nb = (T + MMA_ROWS - 1) / MMA_ROWS;
+    const int T = s->seq, nb = (T + 16 * NW - 1) / (16 * NW);
     const int vec4 = s->d_head % 4 == 0 && mma_aligned(q) && mma_aligned(k) && mma_aligned(v);
-    auto kern = k_mma_fwd<DM>; /* (named first: a template-id would split the macro's arguments) */
-    GSINK_LAUNCH(kern, dim3(nb, s->n_heads, s->batch), MMA_THREADS, mma_fwd_smem<DM>(), CUDA_CTX(be)->stream)(
+    /* (named first: a template-id would split the macro's arguments) */
+    auto kern = k_mma_fwd<DM, NW>;
+    const size_t smem = mma_fwd_smem<DM, NW>();
+    GSINK_LAUNCH(kern, dim3(nb, s->n_heads, s->batch), 32 * NW, smem, CUDA_CTX(be)->stream)(
         q, k, v, y, lse, T, s->n_heads, s->n_kv_heads, s->n_v_heads, s->d_head, gsink_attn_scale(s), vec4);
     return cuda_launch_check(be, "attention forward (bf16 mma)");
 }
@@ -711,27 +715,30 @@ gsink_status cuda_attention_mma_fwd(gsink_backend *be, const gsink_attn_shape *s
     if (s->batch == 0 || s->seq == 0) return GSINK_OK;
     gsink_status rc = cuda_enter(be);
     if (rc) return rc;
-    return s->d_head <= 64 ? mma_fwd_dm<64>(be, s, y, lse, q, k, v) : mma_fwd_dm<128>(be, s, y, lse, q, k, v);
+    if (mma_warps(be) == 4)
+        return s->d_head <= 64 ? mma_fwd_dm<64, 4>(be, s, y, lse, q, k, v) : mma_fwd_dm<128, 4>(be, s, y, lse, q, k, v);
+    return s->d_head <= 64 ? mma_fwd_dm<64, 8>(be, s, y, lse, q, k, v) : mma_fwd_dm<128, 8>(be, s, y, lse, q, k, v);
 }
 
-template <int DM>
+template <int DM, int NW>
 static gsink_status mma_bwd_dm(gsink_backend *be, const gsink_attn_shape *s, float *dq, float *dk, float *dv,
                                const float *dy, const float *q, const float *k, const float *v, const float *lse,
                                const float *D, gsink_attn_stats stats)
 {
     cudaStream_t st = CUDA_CTX(be)->stream;
-    const int T = s->seq, nb = (T + MMA_ROWS - 1) / MMA_ROWS;
+    const int T = s->seq, nb = (T + 16 * NW - 1) / (16 * NW);
     const int H = s->n_heads, KV = s->n_kv_heads, NV = s->n_v_heads, dh = s->d_head;
     const float scale = gsink_attn_scale(s);
     const int vec4 = dh % 4 == 0 && mma_aligned(q) && mma_aligned(k) && mma_aligned(v) && mma_aligned(dy);
-    auto kern_kv = k_mma_bwd_kv<DM>;
-    auto kern_q = k_mma_bwd_q<DM>;
-    GSINK_LAUNCH(kern_kv, dim3(nb, KV, s->batch), MMA_THREADS, mma_bwd_kv_smem<DM>(), st)(
+    auto kern_kv = k_mma_bwd_kv<DM, NW>;
+    auto kern_q = k_mma_bwd_q<DM, NW>;
+    const size_t smem_kv = mma_bwd_kv_smem<DM, NW>(), smem_q = mma_bwd_q_smem<DM, NW>();
+    GSINK_LAUNCH(kern_kv, dim3(nb, KV, s->batch), 32 * NW, smem_kv, st)(
         q, k, v, dy, lse, D, dk, dv, stats.mass, stats.sq, stats.win, T, H, KV, NV, dh, s->sink_window, scale,
         vec4);
     gsink_status rc = cuda_launch_check(be, "attention backward (bf16 mma, dK, dV)");
     if (rc) return rc;
-    GSINK_LAUNCH(kern_q, dim3(nb, H, s->batch), MMA_THREADS, mma_bwd_q_smem<DM>(), st)(
+    GSINK_LAUNCH(kern_q, dim3(nb, H, s->batch), 32 * NW, smem_q, st)(
         q, k, v, dy, lse, D, dq, T, H, KV, NV, dh, scale, vec4);
     return cuda_launch_check(be, "attention backward (bf16 mma, dQ)");
 }
@@ -745,6 +752,9 @@ gsink_status cuda_attention_mma_bwd(gsink_backend *be, const gsink_attn_shape *s
     if (s->batch == 0 || s->seq == 0) return GSINK_OK;
     gsink_status rc = cuda_enter(be);
     if (rc) return rc;
-    return s->d_head <= 64 ? mma_bwd_dm<64>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats)
-                           : mma_bwd_dm<128>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    if (mma_warps(be) == 4)
+        return s->d_head <= 64 ? mma_bwd_dm<64, 4>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats)
+                               : mma_bwd_dm<128, 4>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    return s->d_head <= 64 ? mma_bwd_dm<64, 8>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats)
+                           : mma_bwd_dm<128, 8>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
 }

@@ -156,8 +156,10 @@ static void cuda_describe(gsink_backend *be, char *buf, size_t size)
              c->math == GSINK_CUDA_MATH_TF32   ? "tf32 tensor cores"
              : c->math == GSINK_CUDA_MATH_BF16 ? "bf16 tensor cores"
                                                : "fp32",
-             c->math == GSINK_CUDA_MATH_BF16 && c->attention == GSINK_CUDA_ATTENTION_MMA ? ", attention mma"
-                                                                                       : "");
+             c->math != GSINK_CUDA_MATH_BF16                ? ""
+             : c->attention == GSINK_CUDA_ATTENTION_MMA  ? ", attention mma"
+             : c->attention == GSINK_CUDA_ATTENTION_MMA4 ? ", attention mma (4 warps)"
+                                                         : "");
 }
 
 static gsink_status cuda_set_math(gsink_backend *be, int mode)
@@ -515,7 +517,10 @@ static gsink_status mod_create(int index, gsink_backend **out, char *msg, size_t
         int mode = (tf && tf[0] == '1') ? GSINK_CUDA_MATH_TF32 : GSINK_CUDA_MATH_FP32;
         st = cuda_set_math(be, mode);
         const char *at = getenv("GSINK_CUDA_ATTENTION");
-        c->attention = at && !strcmp(at, "mma") ? GSINK_CUDA_ATTENTION_MMA : GSINK_CUDA_ATTENTION_WMMA;
+        c->attention = !at                   ? GSINK_CUDA_ATTENTION_WMMA
+                       : !strcmp(at, "mma")  ? GSINK_CUDA_ATTENTION_MMA
+                       : !strcmp(at, "mma4") ? GSINK_CUDA_ATTENTION_MMA4
+                                             : GSINK_CUDA_ATTENTION_WMMA;
     }
     if (!st) st = cuda_attention_init(be);
     if (st) {

@@ -40,10 +40,12 @@ struct cuda_ctx {
 
 /* The kernels BF16 math uses for attention, fixed at backend creation from
  * the environment variable GSINK_CUDA_ATTENTION: "mma" selects the
- * mma.sync kernels of attention_mma.cu; anything else (or unset) the wmma
- * kernels of attention_tc.cu. The default becomes mma once those kernels
- * have been verified and measured on a GPU. */
-enum { GSINK_CUDA_ATTENTION_WMMA = 0, GSINK_CUDA_ATTENTION_MMA = 1 };
+ * mma.sync kernels of attention_mma.cu with blocks of 8 warps, "mma4" the
+ * same kernels with blocks of 4 warps; anything else (or unset) the wmma
+ * kernels of attention_tc.cu. The default becomes mma (in the faster of the
+ * two block sizes) once those kernels have been verified and measured on a
+ * GPU. */
+enum { GSINK_CUDA_ATTENTION_WMMA = 0, GSINK_CUDA_ATTENTION_MMA = 1, GSINK_CUDA_ATTENTION_MMA4 = 2 };
 
 /* Writes a formatted message into be->err and returns st. */
 gsink_status cuda_fail(gsink_backend *be, gsink_status st, const char *fmt, ...)
@@ -148,7 +150,7 @@ gsink_status cuda_attention_tc_init(gsink_backend *be);
 
 /* ---- attention in BF16 through mma.sync and ldmatrix (attention_mma.cu) ---- */
 /* 1 when BF16 math is on, the backend selected the mma kernels
- * (GSINK_CUDA_ATTENTION=mma) and cuda_attention_tc_eligible holds with
+ * (GSINK_CUDA_ATTENTION=mma or mma4) and cuda_attention_tc_eligible holds with
  * enough shared memory for them; the callers then use them in place of
  * cuda_attention_tc_fwd / _bwd, with the same contracts. */
 int cuda_attention_mma_eligible(gsink_backend *be, const gsink_attn_shape *s);

@@ -940,14 +940,15 @@ static const attn_case_t tc_cases[] = {
     {2, 1, 2, 2, 2, 128, 4, 0},      /* one token, two heads, d_head 128 */
 };
 
-/* GSINK_CUDA_ATTENTION=mma (read at backend creation): BF16 runs the
- * mma.sync kernels of cuda/attention_mma.cu in place of the wmma ones, with
- * the same contract and bounds; the backend's description says so. */
+/* GSINK_CUDA_ATTENTION=mma or mma4 (read at backend creation): BF16 runs the
+ * mma.sync kernels of cuda/attention_mma.cu (blocks of 8 or 4 warps) in place
+ * of the wmma ones, with the same contract and bounds; the backend's
+ * description says so. */
 static void attention_tc_cases(const tc_prec *pr)
 {
     if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, pr->mode), GSINK_OK);
     const char *sel = getenv("GSINK_CUDA_ATTENTION");
-    if (gpu_is_cuda && pr->mode == GSINK_CUDA_MATH_BF16 && sel && !strcmp(sel, "mma")) {
+    if (gpu_is_cuda && pr->mode == GSINK_CUDA_MATH_BF16 && sel && (!strcmp(sel, "mma") || !strcmp(sel, "mma4"))) {
         char d[512];
         gpu->iface->describe(gpu, d, sizeof d);
         ck_assert_msg(strstr(d, "attention mma") != NULL, "mma attention not selected: %s", d);
