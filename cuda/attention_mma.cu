@@ -2,7 +2,7 @@
  * attention_mma.cu - fused causal attention in BF16 on tensor cores through
  * mma.sync.m16n8k16 and ldmatrix (FlashAttention-2 style), selected instead
  * of the wmma kernels of attention_tc.cu for BF16 math when the backend was
- * created with GSINK_CUDA_ATTENTION=mma (cuda_attention_mma_eligible).
+ * created with GSINK_CUDA_ATTENTION=mma or mma4 (cuda_attention_mma_eligible).
  *
  * Same contract as attention_tc.cu (causal, GQA: query head h reads key head
  * h / (H/KV) and value head h / (H/NV), NV a multiple of KV; inputs fp32 in
@@ -17,12 +17,21 @@
  * same holds for P^T, dP^T, dS^T in the dK/dV pass and P, dP, dS in the dQ
  * pass.
  *
- * Tiling. Blocks of 128 threads = 4 warps; query and key tiles of 64 rows
- * (BQ == BK, so query tile qb sees key tiles 0..qb); each warp owns 16 rows
- * of its block's tile. The head dimension is padded to DM = 64 (d_head <= 64)
- * or 128 (<= 128) with zeros (loads zero-fill columns [d_head, DM) and rows
- * >= T); the kernels are templates on DM. Shared tiles are bf16, 64 x DM
- * with a row stride of DM + 8 elements: rows stay 16-byte aligned for
+ * Tiling. A block has NW warps (template parameter: 8 with
+ * GSINK_CUDA_ATTENTION=mma, 4 with mma4), each owning 16 of the block's
+ * 16 NW own rows (queries in k_mma_fwd and k_mma_bwd_q, keys in
+ * k_mma_bwd_kv), and streams tiles of 64 rows of the other side (keys,
+ * queries). With NW = 8 a streamed tile serves 128 rows, which halves the
+ * global / L2 traffic of K and V (Q and dY) per flop against NW = 4; per-warp
+ * registers are the same, so both give 8 resident warps per SM at about 230
+ * registers (NW 4: 2 blocks; NW 8: 1). 16 NW is a multiple of 64, so the
+ * causal key tiles of query block qb are 0 .. 16 NW (qb + 1) / 64 - 1; on
+ * those that cross the diagonal the mask is applied, and a warp that has no
+ * (query, key) pair in a tile skips its math there (not the loads and
+ * barriers). The head dimension is padded to DM = 64 (d_head <= 64) or 128
+ * (<= 128) with zeros (loads zero-fill columns [d_head, DM) and rows >= T).
+ * Shared tiles are bf16, rows x DM with a row stride of DM + 8 elements:
+ * rows stay 16-byte aligned for
  * ldmatrix and the 8 row addresses of one 8 x 8 matrix fall on 8 different
  * 16-byte bank groups (row stride = 4 words mod 32). Operand fragments come
  * from shared memory through ldmatrix: row-major A (Q, K, V, dY rows of the
@@ -31,7 +40,7 @@
  * index: V for P V, dY for P^T dY, Q for dS^T Q, K for dS K) with
  * ldmatrix.x4.trans. The fp32 tiles are read from global memory into
  * registers (float4 when d_head % 4 == 0 and the pointers are 16-byte
- * aligned) and written to shared memory rounded to bf16 (tile_fetch /
+ * aligned) and written to shared memory rounded to bf16 (tile_fetch4 /
  * tile_put4). Where a loop streams K and V tiles (k_mma_fwd, k_mma_bwd_q),
  * the next tiles' global loads are issued before a phase of the current
  * tile's math and stored after it into the other half of a double buffer
@@ -39,7 +48,7 @@
  * __syncthreads per tile suffices. Score-like products are computed in
  * halves of 32 keys (or queries) where that keeps fewer accumulators live.
  *
- *   k_mma_fwd     grid (query tiles, H, B), heaviest (last) tiles first. With
+ *   k_mma_fwd     grid (query blocks, H, B), heaviest (last) first. With
  *                 DM 64 the warp's Q fragments are loaded once into
  *                 registers; with DM 128 they would not fit next to O, S and
  *                 the prefetch (ptxas spills), so they are read from shared
@@ -50,11 +59,13 @@
  *                 columns: rows g and g + 8; a row's maximum and sum over its
  *                 4 lanes by shuffles with xor 1, 2), P packed to bf16 A
  *                 fragments, O = O alpha + P V in fp32 registers (16 x DM).
- *                 Causal masking only on the diagonal tile. Writes y and lse.
+ *                 Causal masking only on tiles crossing the diagonal. Writes
+ *                 y and lse.
  *                 P V runs in two halves of 32 keys: the next V's phases.
- *   k_mma_bwd_kv  grid (key tiles, KV, B). Warp w owns 16 keys; for every
- *                 query head of the group and every query tile at or below
- *                 the diagonal, in order: S^T = K_w Q^T, P^T = exp(S^T scale
+ *   k_mma_bwd_kv  grid (key blocks, KV, B). Warp w owns 16 keys; for every
+ *                 query head of the group and every query tile with a query
+ *                 at or after the block's first key, in order: S^T = K_w Q^T,
+ *                 P^T = exp(S^T scale
  *                 - lse) in registers (fp32; also summed into the column
  *                 statistics), dV_w += P^T dY, dP^T = V_w dY^T,
  *                 dS^T = P^T (dP^T - D), dK_w += dS^T Q. dK_w and dV_w stay in
@@ -63,11 +74,13 @@
  *                 end (times scale). A query tile is done in two halves of
  *                 32 queries; its Q, dY, lse and D are loaded between two
  *                 barriers (no prefetch: dK_w and dV_w take 64 or 128
- *                 registers already).
- *   k_mma_bwd_q   grid (query tiles, H, B), heaviest first. Warp w owns 16
+ *                 registers already, and a register-staged prefetch of Q
+ *                 and dY took ptxas to 255 registers and spills).
+ *   k_mma_bwd_q   grid (query blocks, H, B), heaviest first. Warp w owns 16
  *                 queries: S = Q_w K^T, dP = dY_w V^T, dS = P (dP - D),
- *                 dQ_w += dS K over the key tiles 0..qb in order (V of the
- *                 next tile prefetched during the products, K during dS K).
+ *                 dQ_w += dS K over the causal key tiles in order, in halves
+ *                 of 32 keys (V of the next tile prefetched during the
+ *                 products, K during dS K).
  * D = rowsum(dY * Y) comes from attention.cu (k_attn_dot). Exponentials are
  * exp2f of scores premultiplied by scale log2(e) (lse is kept in natural
  * units in memory).
@@ -85,14 +98,15 @@
  * query tiles in order; k-steps of the mma's in order); the mma's internal
  * order is fixed by the hardware.
  *
- * Shared memory per block (bytes):
- *   DM  64: k_mma_fwd 46,080  k_mma_bwd_kv 37,376  k_mma_bwd_q 55,296
- *   DM 128: k_mma_fwd 87,040  k_mma_bwd_kv 70,144  k_mma_bwd_q 104,448
- * (fwd: Q + double-buffered K, V; bwd_kv: K, V, Q, dY + lse, D vectors;
- * bwd_q: Q, dY + double-buffered K, V), opted in by cuda_attention_mma_init.
- * Registers a thread (ptxas, sm_90, CUDA 13): k_mma_fwd 188 / 247 (DM 64 /
- * 128), k_mma_bwd_kv 162 / 238, k_mma_bwd_q 235 / 216, no spills: 2 blocks
- * (8 warps) per SM.
+ * Shared memory per block (bytes; fwd: Q + double-buffered K, V; bwd_kv:
+ * K, V, Q, dY + lse, D vectors; bwd_q: Q, dY + double-buffered K, V), opted
+ * in by cuda_attention_mma_init, and registers a thread (ptxas, sm_90,
+ * CUDA 13; no spills, sm_80 within a few registers of these):
+ *                    k_mma_fwd          k_mma_bwd_kv       k_mma_bwd_q
+ *   NW 8, DM  64      55,296  166        55,808  168        73,728  193
+ *   NW 8, DM 128     104,448  230       104,960  240       139,264  255
+ *   NW 4, DM  64      46,080  182        37,376  162        55,296  245
+ *   NW 4, DM 128      87,040  253        70,144  244       104,448  240
  */
 #include <float.h>
 #include <math.h>
