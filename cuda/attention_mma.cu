@@ -48,11 +48,12 @@
  * __syncthreads per tile suffices. Score-like products are computed in
  * halves of 32 keys (or queries) where that keeps fewer accumulators live.
  *
- *   k_mma_fwd     grid (query blocks, H, B), heaviest (last) first. With
- *                 DM 64 the warp's Q fragments are loaded once into
- *                 registers; with DM 128 they would not fit next to O, S and
- *                 the prefetch (ptxas spills), so they are read from shared
- *                 memory per key tile (as FlashAttention-2 does by default).
+ *   k_mma_fwd     grid (query blocks, H, B), heaviest (last) first. The
+ *                 warp's Q fragments are loaded once into registers, except
+ *                 with DM 128 and 4 warps, where they would not fit next to
+ *                 O, S and the prefetch (ptxas spills): read from shared
+ *                 memory per key tile then (as FlashAttention-2 does by
+ *                 default).
  *                 Per key tile: S = Q_w K^T (16 x 64 fp32 accumulators, 8
  *                 n-blocks, in two halves: the next K's prefetch phases),
  *                 online softmax in registers (each lane holds 2 rows x 16
@@ -162,27 +163,25 @@ template <int DM> __device__ __forceinline__ void tile_put4(bf16 *sh, int idx, f
 }
 
 /* A register-staged prefetch of a 64 x DM tile over the two phases (j = 0,
- * 1) of a loop step: begin(j) issues the global loads before phase j's
- * math, end(j) stores them to shared memory after it. The tile's 16 DM
- * float4 are PER a thread (thread x taking float4 x + NT i); above
- * 8 a thread they move in two chunks, chunk j fetched and stored around
- * phase j, else in one, fetched before phase 0 and stored after phase 1, so
- * that at most 32 registers hold staged data. */
+ * 1) of a loop step: begin(j) issues the global loads of half j of the tile
+ * before phase j's math, end(j) stores them to shared memory after it. The
+ * tile's 16 DM float4 are 16 DM / NT a thread (thread x taking float4
+ * x + NT i), so a phase stages 8 DM / NT float4 (at most 32 registers with
+ * DM 128 and 4 warps). Holding a whole tile over both phases instead costs
+ * ptxas far more registers than the staged values (up to 255 and spills). */
 template <int DM, int NT> struct tile_prefetch {
-    enum { PER = 16 * DM / NT, CHUNKS = PER > 8 ? 2 : 1, N = PER / CHUNKS, CHUNK_F4 = N * NT };
-    static_assert(PER <= 16 && PER * NT == 16 * DM, "tile_prefetch: chunks of at most 8 float4");
-    float4 r[N] = {}; /* (zero: the compiler cannot see that end(j) follows a begin) */
+    enum { N = 8 * DM / NT, CHUNK_F4 = N * NT };
+    static_assert(N >= 1 && N <= 8 && 2 * CHUNK_F4 == 16 * DM, "tile_prefetch: two chunks of at most 8 float4");
+    float4 r[N] = {}; /* (zero: the host compiler cannot see that end(j) follows begin(j)) */
     __device__ __forceinline__ void begin(int j, const float *g, int row0, int T, size_t ld, int dh, int vec4)
     {
-        if (CHUNKS == 1 && j != 0) return;
-        const int base = (CHUNKS == 1 ? 0 : j) * CHUNK_F4 + threadIdx.x;
+        const int base = j * CHUNK_F4 + threadIdx.x;
 #pragma unroll
         for (int i = 0; i < N; i++) r[i] = tile_fetch4<DM>(g, base + i * NT, row0, T, ld, dh, vec4);
     }
     __device__ __forceinline__ void end(int j, bf16 *sh) const
     {
-        if (CHUNKS == 1 && j != 1) return;
-        const int base = (CHUNKS == 1 ? 0 : j) * CHUNK_F4 + threadIdx.x;
+        const int base = j * CHUNK_F4 + threadIdx.x;
 #pragma unroll
         for (int i = 0; i < N; i++) tile_put4<DM>(sh, base + i * NT, r[i]);
     }
@@ -340,10 +339,10 @@ k_mma_fwd(const float *__restrict__ q, const float *__restrict__ k, const float 
     tile_load<DM, MMA_TILE, NT>(Ks, kh, 0, T, ldk, dh, vec4);
     tile_load<DM, MMA_TILE, NT>(Vs, vh, 0, T, ldv, dh, vec4);
     __syncthreads();
-    /* the warp's Q fragments: in registers for the whole loop with DM 64; with
-     * DM 128 they would not fit next to O, S and the prefetched tile, so they
-     * are reloaded from Qs for every key tile */
-    constexpr bool q_regs = DM <= 64;
+    /* the warp's Q fragments: in registers for the whole loop, except with
+     * DM 128 and 4 warps, where they do not fit next to O, S and the
+     * prefetch (ptxas spills): reloaded from Qs for every key tile then */
+    constexpr bool q_regs = DM <= 64 || NW >= 8;
     uint32_t qa[q_regs ? DM / 16 : 1][4];
     if constexpr (q_regs) {
 #pragma unroll
