@@ -22,9 +22,10 @@
  * 16 NW own rows (queries in k_mma_fwd and k_mma_bwd_q, keys in
  * k_mma_bwd_kv), and streams tiles of 64 rows of the other side (keys,
  * queries). With NW = 8 a streamed tile serves 128 rows, which halves the
- * global / L2 traffic of K and V (Q and dY) per flop against NW = 4; per-warp
- * registers are the same, so both give 8 resident warps per SM at about 230
- * registers (NW 4: 2 blocks; NW 8: 1). 16 NW is a multiple of 64, so the
+ * global / L2 traffic of K and V (Q and dY) per flop against NW = 4, at
+ * about the same registers per thread (table below; they set the resident
+ * warps per SM: 65536 / (registers x 32) rounded down to whole blocks). Which
+ * is faster is for a GPU to tell. 16 NW is a multiple of 64, so the
  * causal key tiles of query block qb are 0 .. 16 NW (qb + 1) / 64 - 1; on
  * those that cross the diagonal the mask is applied, and a warp that has no
  * (query, key) pair in a tile skips its math there (not the loads and
@@ -44,8 +45,8 @@
  * tile_put4). Where a loop streams K and V tiles (k_mma_fwd, k_mma_bwd_q),
  * the next tiles' global loads are issued before a phase of the current
  * tile's math and stored after it into the other half of a double buffer
- * (tile_prefetch: in chunks of at most 32 registers a thread), so one
- * __syncthreads per tile suffices. Score-like products are computed in
+ * (tile_prefetch: half a tile per phase, at most 32 registers a thread), so
+ * one __syncthreads per tile suffices. Score-like products are computed in
  * halves of 32 keys (or queries) where that keeps fewer accumulators live.
  *
  *   k_mma_fwd     grid (query blocks, H, B), heaviest (last) first. The
@@ -104,9 +105,9 @@
  * in by cuda_attention_mma_init, and registers a thread (ptxas, sm_90,
  * CUDA 13; no spills, sm_80 within a few registers of these):
  *                    k_mma_fwd          k_mma_bwd_kv       k_mma_bwd_q
- *   NW 8, DM  64      55,296  166        55,808  168        73,728  193
- *   NW 8, DM 128     104,448  230       104,960  240       139,264  255
- *   NW 4, DM  64      46,080  182        37,376  162        55,296  245
+ *   NW 8, DM  64      55,296  162        55,808  168        73,728  128
+ *   NW 8, DM 128     104,448  244       104,960  240       139,264  213
+ *   NW 4, DM  64      46,080  168        37,376  162        55,296  154
  *   NW 4, DM 128      87,040  253        70,144  244       104,448  240
  */
 #include <float.h>
