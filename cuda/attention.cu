@@ -39,7 +39,8 @@
  *
  * With TF32 or BF16 math (gsink__cuda_set_math) the forward and backward run
  * on tensor cores instead (attention_tc.cu, inputs rounded to TF32 or BF16)
- * where cuda_attention_tc_eligible.
+ * where cuda_attention_tc_eligible; with BF16 math and GSINK_CUDA_ATTENTION=mma
+ * at backend creation, the mma.sync kernels of attention_mma.cu.
  */
 #include <float.h>
 #include <math.h>
@@ -464,7 +465,8 @@ gsink_status cuda_attention_init(gsink_backend *be)
     if (e == cudaSuccess) e = optin_one<128>(mx);
     if (e == cudaSuccess) e = optin_one<256>(mx);
     gsink_status rc = cuda_check(be, e, "attention: cudaFuncSetAttribute(MaxDynamicSharedMemorySize)");
-    return rc ? rc : cuda_attention_tc_init(be);
+    if (!rc) rc = cuda_attention_tc_init(be);
+    return rc ? rc : cuda_attention_mma_init(be);
 }
 
 static gsink_status attn_check(gsink_backend *be, const gsink_attn_shape *s)
@@ -560,7 +562,9 @@ gsink_status cuda_attention_fwd(gsink_backend *be, const gsink_attn_shape *s, fl
     if (rc || s->batch == 0 || s->seq == 0) return rc;
     rc = cuda_enter(be);
     if (rc) return rc;
-    if (cuda_attention_tc_eligible(be, s)) /* TF32 or BF16 tensor cores (attention_tc.cu) */
+    if (cuda_attention_mma_eligible(be, s)) /* BF16 through mma.sync (attention_mma.cu) */
+        rc = cuda_attention_mma_fwd(be, s, y, lse, q, k, v);
+    else if (cuda_attention_tc_eligible(be, s)) /* TF32 or BF16 tensor cores (attention_tc.cu) */
         rc = cuda_attention_tc_fwd(be, s, y, lse, q, k, v);
     else
         switch (pick_dm(s->d_head)) {
@@ -612,9 +616,10 @@ gsink_status cuda_attention_bwd(gsink_backend *be, const gsink_attn_shape *s, fl
     GSINK_LAUNCH(k_attn_dot, cuda_blocks(rows * 32, 256), 256, 0, CUDA_CTX(be)->stream)(D, dy, y, B, T, H, dh);
     rc = cuda_launch_check(be, "attention backward (D)");
     if (rc) return rc;
-    if (cuda_attention_tc_eligible(be, s)) { /* TF32 or BF16 tensor cores (attention_tc.cu) */
+    if (cuda_attention_mma_eligible(be, s)) /* BF16 through mma.sync (attention_mma.cu) */
+        return cuda_attention_mma_bwd(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
+    if (cuda_attention_tc_eligible(be, s)) /* TF32 or BF16 tensor cores (attention_tc.cu) */
         return cuda_attention_tc_bwd(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
-    }
     switch (pick_dm(dh)) {
     case 32: return bwd_dm<32>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);
     case 64: return bwd_dm<64>(be, s, dq, dk, dv, dy, q, k, v, lse, D, stats);

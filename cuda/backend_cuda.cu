@@ -152,10 +152,14 @@ static void cuda_describe(gsink_backend *be, char *buf, size_t size)
 {
     if (!buf || !size) return;
     cuda_ctx *c = CUDA_CTX(be);
-    snprintf(buf, size, "%s, gemm %s", c->name,
+    snprintf(buf, size, "%s, gemm %s%s", c->name,
              c->math == GSINK_CUDA_MATH_TF32   ? "tf32 tensor cores"
              : c->math == GSINK_CUDA_MATH_BF16 ? "bf16 tensor cores"
-                                               : "fp32");
+                                               : "fp32",
+             c->math != GSINK_CUDA_MATH_BF16                ? ""
+             : c->attention == GSINK_CUDA_ATTENTION_MMA  ? ", attention mma"
+             : c->attention == GSINK_CUDA_ATTENTION_MMA4 ? ", attention mma (4 warps)"
+                                                         : "");
 }
 
 static gsink_status cuda_set_math(gsink_backend *be, int mode)
@@ -516,6 +520,11 @@ static gsink_status mod_create(int index, gsink_backend **out, char *msg, size_t
         const char *tf = getenv("GSINK_CUDA_TF32");
         int mode = (tf && tf[0] == '1') ? GSINK_CUDA_MATH_TF32 : GSINK_CUDA_MATH_FP32;
         st = cuda_set_math(be, mode);
+        const char *at = getenv("GSINK_CUDA_ATTENTION");
+        c->attention = !at                   ? GSINK_CUDA_ATTENTION_WMMA
+                       : !strcmp(at, "mma")  ? GSINK_CUDA_ATTENTION_MMA
+                       : !strcmp(at, "mma4") ? GSINK_CUDA_ATTENTION_MMA4
+                                             : GSINK_CUDA_ATTENTION_WMMA;
     }
     if (!st) st = cuda_attention_init(be);
     if (st) {

@@ -27,6 +27,7 @@ struct cuda_ctx {
     cudaStream_t own_stream; /* created with the backend, destroyed with it */
     cublasHandle_t blas;
     int math;              /* GSINK_CUDA_MATH_* */
+    int attention;         /* GSINK_CUDA_ATTENTION_*: which BF16 attention kernels */
     void *scratch;         /* stream-ordered temporary buffer, grown on demand */
     size_t scratch_bytes;
     gsink_memtrack mem;    /* buffers handed out by cuda_alloc, and the scratch */
@@ -36,6 +37,15 @@ struct cuda_ctx {
 };
 
 #define CUDA_CTX(be) ((cuda_ctx *)(be)->ctx)
+
+/* The kernels BF16 math uses for attention, fixed at backend creation from
+ * the environment variable GSINK_CUDA_ATTENTION: "mma" selects the
+ * mma.sync kernels of attention_mma.cu with blocks of 8 warps, "mma4" the
+ * same kernels with blocks of 4 warps; anything else (or unset) the wmma
+ * kernels of attention_tc.cu. The default becomes mma (in the faster of the
+ * two block sizes) once those kernels have been verified and measured on a
+ * GPU. */
+enum { GSINK_CUDA_ATTENTION_WMMA = 0, GSINK_CUDA_ATTENTION_MMA = 1, GSINK_CUDA_ATTENTION_MMA4 = 2 };
 
 /* Writes a formatted message into be->err and returns st. */
 gsink_status cuda_fail(gsink_backend *be, gsink_status st, const char *fmt, ...)
@@ -143,5 +153,20 @@ gsink_status cuda_attention_tc_bwd(gsink_backend *be, const gsink_attn_shape *s,
                                    const float *D, gsink_attn_stats stats);
 /* Shared-memory opt-in of the TF32 and BF16 kernels (called by cuda_attention_init). */
 gsink_status cuda_attention_tc_init(gsink_backend *be);
+
+/* ---- attention in BF16 through mma.sync and ldmatrix (attention_mma.cu) ---- */
+/* 1 when BF16 math is on, the backend selected the mma kernels
+ * (GSINK_CUDA_ATTENTION=mma or mma4) and cuda_attention_tc_eligible holds with
+ * enough shared memory for them; the callers then use them in place of
+ * cuda_attention_tc_fwd / _bwd, with the same contracts. */
+int cuda_attention_mma_eligible(gsink_backend *be, const gsink_attn_shape *s);
+gsink_status cuda_attention_mma_fwd(gsink_backend *be, const gsink_attn_shape *s, float *y,
+                                    float *lse, const float *q, const float *k, const float *v);
+gsink_status cuda_attention_mma_bwd(gsink_backend *be, const gsink_attn_shape *s, float *dq,
+                                    float *dk, float *dv, const float *dy, const float *q,
+                                    const float *k, const float *v, const float *lse,
+                                    const float *D, gsink_attn_stats stats);
+/* Shared-memory opt-in of the mma kernels (called by cuda_attention_init). */
+gsink_status cuda_attention_mma_init(gsink_backend *be);
 
 #endif

@@ -7,7 +7,7 @@
 #   tools/gpu-session.sh [all|test|bench|STEP,...] OUTDIR [--emulate]
 #     test   build + suite (meson test --suite cuda --suite cuda-loader)
 #            + memcheck (test_cuda_ops; its deliberate out-of-memory case alone,
-#            API errors off) + racecheck (the three attention cases); each
+#            API errors off) + racecheck (the attention cases); each
 #            passes only on a summary of 0 errors / 0 hazards
 #     bench  build + bench (benchmarks/cuda/run_cuda_bench.sh)
 #     all    both (default; may not fit one 10-minute command)
@@ -36,8 +36,9 @@
 # meson setup options), GSINK_SESSION_CUDA (-Dcuda: default enabled; when
 # emulating, enabled if nvcc exists), GSINK_GPU_ARCHS (90), GSINK_SAN_CASE
 # (CK_RUN_CASE for the sanitizer runs: one memcheck case, or the racecheck
-# cases), GSINK_RACECHECK_CASES (default: attention attention_tf32
-# attention_bf16), GSINK_CAP_<STEP> (a step's limit, s).
+# cases; CASE@mma runs CASE with GSINK_CUDA_ATTENTION=mma), GSINK_RACECHECK_CASES
+# (default: attention attention_tf32 attention_bf16 attention_bf16@mma),
+# GSINK_CAP_<STEP> (a step's limit, s).
 set -uo pipefail
 # shellcheck disable=SC2317  # step_* functions run through `bash $0 __step NAME`
 
@@ -203,8 +204,10 @@ step_suite() {
 # deliberate_failure: it fails device
 # allocations on purpose), then out_of_memory alone with API-error reporting
 # off (its memory accesses are still checked). racecheck: the attention cases
-# (FP32 SIMT, TF32 and BF16 tensor cores), one run each.
-GSINK_RACECHECK_CASES=${GSINK_RACECHECK_CASES:-attention attention_tf32 attention_bf16}
+# (FP32 SIMT, TF32 and BF16 tensor cores, and BF16 on the mma.sync kernels:
+# CASE@mma sets GSINK_CUDA_ATTENTION=mma, read at backend creation), one run
+# each.
+GSINK_RACECHECK_CASES=${GSINK_RACECHECK_CASES:-attention attention_tf32 attention_bf16 attention_bf16@mma}
 san_run() { # TOOL EXPECT_REGEX CASE_ENV [sanitizer options...]: one run, judged
   local tool=$1 expect=$2 case_env=$3 log rc; shift 3
   log=$(mktemp /tmp/gsink-san.XXXXXX)
@@ -243,7 +246,9 @@ step_sanitizer() { # memcheck|racecheck
     fi
   else
     for c in ${GSINK_SAN_CASE:-$GSINK_RACECHECK_CASES}; do
-      san_run racecheck 'RACECHECK SUMMARY: 0 hazards displayed \(0 errors, 0 warnings\)' "CK_RUN_CASE=$c" || fail=1
+      local ce="CK_RUN_CASE=$c"
+      case $c in *@mma) ce="CK_RUN_CASE=${c%@mma} GSINK_CUDA_ATTENTION=mma" ;; esac
+      san_run racecheck 'RACECHECK SUMMARY: 0 hazards displayed \(0 errors, 0 warnings\)' "$ce" || fail=1
     done
   fi
   exit $fail

@@ -18,6 +18,10 @@
  *       as a share of forward + backward), the stand-alone statistics pass
  *       that forward-only analyses use, and TFLOP/s with the FlashAttention
  *       convention (causal forward 2*B*H*T^2*dh FLOPs, backward 2.5x forward).
+ *       With --bf16, GSINK_CUDA_ATTENTION=mma (or mma4) in the environment
+ *       selects the mma.sync kernels (cuda/attention_mma.cu, blocks of 8 or 4
+ *       warps) instead of the wmma ones; the "device:" line then ends in
+ *       ", attention mma" (", attention mma (4 warps)").
  *
  * Output lines are "key: value" pairs so benchmarks/cuda/run_cuda_bench.sh can
  * collect them next to the PyTorch numbers of torch_bench.py.

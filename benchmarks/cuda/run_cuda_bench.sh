@@ -47,6 +47,10 @@ TB="$ROOT/benchmarks/cuda/torch_bench.py"
     "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192
     "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192 --tf32
     "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192 --bf16
+    # the BF16 mma.sync kernels (cuda/attention_mma.cu), blocks of 8 and 4 warps
+    for sel in mma mma4; do
+      GSINK_CUDA_ATTENTION=$sel "$BENCH" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192 --bf16
+    done
     "$PY" "$TB" attention --dh "$dh" --heads $((1024 / dh)) --batch 4 --seq 1024,2048,4096,8192
   done
 } 2>&1 | tee "$OUT"

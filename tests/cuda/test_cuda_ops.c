@@ -1075,11 +1075,24 @@ static const attn_case_t tc_cases[] = {
     {1, 33, 2, 1, 1, 256, 3, 0},     /* d_head 256: falls back to the exact kernels */
     {1, 150, 4, 2, 4, 64, 80, 40}, /* sliding window: falls back to the exact kernels */
     {1, 100, 2, 2, 2, 64, 16, 100}, /* window = T: tensor cores */
+    {1, 200, 4, 4, 4, 32, 16, 0},    /* MHA, d_head 32, four tiles */
+    {1, 70, 4, 2, 2, 100, 8, 0},     /* d_head 100 (padded to 128), GQA */
+    {2, 1, 2, 2, 2, 128, 4, 0},      /* one token, two heads, d_head 128 */
 };
 
+/* GSINK_CUDA_ATTENTION=mma or mma4 (read at backend creation): BF16 runs the
+ * mma.sync kernels of cuda/attention_mma.cu (blocks of 8 or 4 warps) in place
+ * of the wmma ones, with the same contract and bounds; the backend's
+ * description says so. */
 static void attention_tc_cases(const tc_prec *pr)
 {
     if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, pr->mode), GSINK_OK);
+    const char *sel = getenv("GSINK_CUDA_ATTENTION");
+    if (gpu_is_cuda && pr->mode == GSINK_CUDA_MATH_BF16 && sel && (!strcmp(sel, "mma") || !strcmp(sel, "mma4"))) {
+        char d[512];
+        gpu->iface->describe(gpu, d, sizeof d);
+        ck_assert_msg(strstr(d, "attention mma") != NULL, "mma attention not selected: %s", d);
+    }
     for (size_t i = 0; i < sizeof tc_cases / sizeof tc_cases[0]; i++) attention_tc_case(tc_cases[i], pr);
     if (gpu_is_cuda) ck_assert_int_eq(gsink__cuda_set_math(gpu, GSINK_CUDA_MATH_FP32), GSINK_OK);
 }

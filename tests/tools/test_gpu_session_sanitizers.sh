@@ -8,7 +8,8 @@
 #  - a summary of "2 errors" fails the step even when the sanitizer's exit
 #    code is 0 (the expected-failure case must not hide a real error);
 #  - a failed or empty test run fails the step;
-#  - racecheck runs the three attention cases and fails on any hazard.
+#  - racecheck runs the attention cases (one of them with the mma kernels:
+#    GSINK_CUDA_ATTENTION=mma) and fails on any hazard.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 tmp=$(mktemp -d)
@@ -19,8 +20,9 @@ cat > "$tmp/bin/compute-sanitizer" <<'FAKE'
 #!/usr/bin/env bash
 if [ "${1:-}" = --version ]; then echo "Version fake"; exit 0; fi
 opts=("${@:5}"); unset 'opts[-1]'  # less the test program
-echo "call tool=$2 args=${opts[*]} run=${CK_RUN_CASE:-} exclude=${CK_EXCLUDE_TAGS:-} include=${CK_INCLUDE_TAGS:-}" >> "$FAKE_CALLS"
+echo "call tool=$2 args=${opts[*]} run=${CK_RUN_CASE:-} exclude=${CK_EXCLUDE_TAGS:-} include=${CK_INCLUDE_TAGS:-}${GSINK_CUDA_ATTENTION:+ attention=$GSINK_CUDA_ATTENTION}" >> "$FAKE_CALLS"
 case_name=${CK_RUN_CASE:-all}; [ -n "${CK_INCLUDE_TAGS:-}" ] && case_name=out_of_memory
+[ -n "${GSINK_CUDA_ATTENTION:-}" ] && case_name=$case_name@$GSINK_CUDA_ATTENTION
 if [ "$case_name" = "${FAKE_FAIL_CASE:-}" ]; then
   echo "95%: Checks: 20, Failures: 1, Errors: 0"
 else
@@ -75,8 +77,10 @@ step 1 memcheck FAKE_CHECKS=0                   # no test ran
 step 0 racecheck
 expect_calls "call tool=racecheck args= run=attention exclude= include=" \
              "call tool=racecheck args= run=attention_tf32 exclude= include=" \
-             "call tool=racecheck args= run=attention_bf16 exclude= include="
+             "call tool=racecheck args= run=attention_bf16 exclude= include=" \
+             "call tool=racecheck args= run=attention_bf16 exclude= include= attention=mma"
 step 1 racecheck FAKE_DIRTY_CASE=attention_tf32
 step 1 racecheck FAKE_FAIL_CASE=attention_bf16
+step 1 racecheck FAKE_DIRTY_CASE=attention_bf16@mma
 if ((fails)); then echo "$fails failure(s)"; exit 1; fi
 echo "all sanitizer-step checks passed"

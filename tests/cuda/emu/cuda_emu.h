@@ -51,7 +51,7 @@ struct fiber {
     uint3 tid;
     int lin, state, started;
     unsigned shfl_count;
-    unsigned mma_count; /* wmma::mma_sync calls of this thread in the current block */
+    unsigned mma_count; /* warp collectives (wmma::mma_sync, mma, ldmatrix) of this thread in the current block */
 };
 
 inline fiber *cur;
@@ -563,6 +563,95 @@ inline void mma_sync(fragment<accumulator, 16, 16, K, float> &d, const fragment<
 }
 } // namespace wmma
 } // namespace nvcuda
+
+/* ---- mma.sync m16n8k16 (bf16 in, fp32 accumulate) and ldmatrix (PTX) ----
+ *
+ * Unlike wmma, these have the fragment layouts the PTX ISA documents, and the
+ * emulation uses exactly those (cuda/mma_sm80.cuh relies on them to turn an
+ * accumulator into an operand in registers). groupID g = lane >> 2,
+ * threadID_in_group t = lane % 4; a .b32 register holds two bf16, the lower
+ * column (or row) index in its low half:
+ *   A (16 x 16, row): a[0] (row g, cols 2t, 2t+1), a[1] (row g + 8, cols 2t..),
+ *                     a[2] (row g, cols 2t + 8..), a[3] (row g + 8, cols 2t + 8..);
+ *   B (16 x 8, col):  b[0] (rows 2t, 2t+1, col g), b[1] (rows 2t + 8.., col g);
+ *   C, D (16 x 8 fp32): c[0], c[1] (row g, cols 2t, 2t+1), c[2], c[3] (row g + 8).
+ * mma forms exact products (8 x 8 significant bits fit in fp32) and adds them
+ * onto c in k order in fp32 (the device's order within one mma is
+ * unspecified: the last bits of a sum may differ from it).
+ * ldmatrix.m8n8.xN.b16: lane i gives the address of row i % 8 of matrix i / 8
+ * (lanes 0..8N-1; each address 16-byte aligned, else a launch error); for
+ * matrix j, lane l receives in register j the 32-bit word of row l / 4,
+ * columns 2 (l % 4), 2 (l % 4) + 1; with .trans, rows 2 (l % 4), +1 of
+ * column l / 4 (the matrix transposed). Both are warp collectives: every
+ * lane of the warp must reach the same one (else a launch error), as with
+ * wmma::mma_sync. */
+namespace emu {
+inline uint32_t coll_slots[2][1024][10];
+inline const void *coll_ptr[2][1024];
+inline unsigned coll_seq[2][1024];
+/* publishes this lane's part of a warp collective (kind, sequence number)
+ * and waits until every lane of the warp has; returns the slot buffer */
+inline unsigned coll_enter(unsigned kind, const char *what)
+{
+    const int lin = cur->lin, base = lin & ~31;
+    const unsigned seq = cur->mma_count++, buf = seq & 1;
+    coll_seq[buf][lin] = seq * 8 + kind;
+    yield(F_AT_SHFL);
+    for (int l = 0; l < 32; l++)
+        if (coll_seq[buf][base + l] != seq * 8 + kind) set_error(ERR_WARP_DIVERGENT, what);
+    return buf;
+}
+inline float bf16_lo(uint32_t w) { uint32_t u = w << 16; float f; memcpy(&f, &u, 4); return f; }
+inline float bf16_hi(uint32_t w) { uint32_t u = w & 0xffff0000u; float f; memcpy(&f, &u, 4); return f; }
+inline float bf16_half(uint32_t w, int hi) { return hi ? bf16_hi(w) : bf16_lo(w); }
+
+inline void mma_m16n8k16_bf16(float *d, const uint32_t *a, const uint32_t *b, const float *c)
+{
+    const int lin = cur->lin, base = lin & ~31, lane = lin & 31;
+    unsigned buf0 = cur->mma_count & 1;
+    uint32_t *slot = coll_slots[buf0][lin];
+    for (int i = 0; i < 4; i++) slot[i] = a[i];
+    for (int i = 0; i < 2; i++) slot[4 + i] = b[i];
+    for (int i = 0; i < 4; i++) memcpy(&slot[6 + i], &c[i], 4);
+    const unsigned buf = coll_enter(1, "mma.sync m16n8k16 not reached by all lanes of a warp (emulation check)");
+    const uint32_t (*w)[10] = coll_slots[buf] + base;
+    const int g = lane >> 2, t = lane & 3;
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        const int r = g + 8 * (i >> 1), n = 2 * t + (i & 1);
+        float acc;
+        memcpy(&acc, &w[4 * (r % 8) + n / 2][6 + 2 * (r / 8) + n % 2], 4);
+        for (int k = 0; k < 16; k++) {
+            /* A(r, k): lane 4 (r % 8) + (k % 8) / 2, register (r / 8) + 2 (k / 8), half k % 2;
+             * B(k, n): lane 4 n + (k % 8) / 2, register k / 8, half k % 2 */
+            const float av = bf16_half(w[4 * (r % 8) + (k % 8) / 2][(r / 8) + 2 * (k / 8)], k & 1);
+            const float bv = bf16_half(w[4 * n + (k % 8) / 2][4 + k / 8], k & 1);
+            acc += av * bv; /* exact product */
+        }
+        out[i] = acc;
+    }
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+
+inline void ldmatrix(uint32_t *r, int num, bool trans, const void *p)
+{
+    const int lin = cur->lin, base = lin & ~31, lane = lin & 31;
+    coll_ptr[cur->mma_count & 1][lin] = p;
+    const unsigned buf = coll_enter(trans ? 3 : 2, "ldmatrix not reached by all lanes of a warp (emulation check)");
+    for (int l = 0; l < 8 * num; l++)
+        if ((uintptr_t)coll_ptr[buf][base + l] % 16)
+            set_error(ERR_MISALIGNED, "ldmatrix row address not 16-byte aligned (emulation check)");
+    for (int j = 0; j < num; j++) {
+        unsigned short e[2];
+        for (int h = 0; h < 2; h++) {
+            const int row = trans ? 2 * (lane & 3) + h : lane >> 2, col = trans ? lane >> 2 : 2 * (lane & 3) + h;
+            const unsigned short *rp = (const unsigned short *)coll_ptr[buf][base + 8 * j + row];
+            e[h] = ((uintptr_t)rp % 16) ? 0 : rp[col];
+        }
+        r[j] = (uint32_t)e[0] | (uint32_t)e[1] << 16;
+    }
+}
+} // namespace emu
 
 
 /* ---- runtime ---- */
