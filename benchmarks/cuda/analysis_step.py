@@ -210,7 +210,7 @@ def main():
             continue
         r = json.loads(line[-1][7:])
         results[(system, prec)] = r
-        extra = f" (add {r['add_s']:.3f} s + report {r['report_s']:.3f} s)" if system == "gsink" else ""
+        extra = f" (add {r['add_s']:.3f} s + report {r['report_s'] * 1e3:.1f} ms)" if system == "gsink" else ""
         print(f"{system:9s} {prec:5s} step {r['step_s']:.3f} s{extra}, peak memory {r['peak_gib']:.2f} GiB "
               f"[process {wall:.0f} s]", flush=True)
     print("\n# ratios (same precision): HF eager + hooks time / gsink time; gsink time / HF SDPA bf16 time")
@@ -229,7 +229,8 @@ def main():
         if sdpa and prec == "bf16":
             parts.append(f"gsink time / HF SDPA bf16 time = {g['step_s'] / sdpa['step_s']:.2f} (goal <= 1.5; "
                          f"memory {g['peak_gib']:.2f} vs {sdpa['peak_gib']:.2f} GiB)")
-        print(f"gsink {prec}: " + "; ".join(parts))
+        if parts:
+            print(f"gsink {prec}: " + "; ".join(parts))
     if tmp:
         tmp.cleanup()
     return 0 if ok else 1
