@@ -78,11 +78,11 @@ def closed_form(s, L, T, B=1, new=True, threads=2):
     fixed += (f(N * max(qd, kd)) if qk else 0) + (f(N) if bias else 0) + r64(12 * N * H)
     if new:
         fixed += shared_unread
-    # streaming analysis: backend temporaries (a branch or q/k/v gradient, the q/k-normed one, the
-    # projected q/k/v gradients, six per-sequence norm rows), and the sums (backend memory too)
+    # streaming analysis: backend temporaries (a q/k/v gradient, its q/k-normed one, the projected
+    # q/k/v gradients, six per-sequence norm rows), and the sums (backend memory too)
     P = min(T, 64)
     qkw = max(H, KV) * dh
-    tmp_dev = 4 * (B * T * max(d, qkw) + (B * T * qkw if qk else 1) + B * P * d + 6 * B * P)
+    tmp_dev = 4 * (B * T * qkw + (B * T * qkw if qk else 1) + B * P * d + 6 * B * P)
     # backend workspace: the fp32 panel gemm_w widens 16-bit weights in (at most 16 Mi floats of whole
     # rows), and on the CPU the attention's per-thread score blocks (2 x min(T, 128) x T floats)
     panel = 4 * max(min((16 << 20) // c * c, r * c) for r, c in ((V, d), (qd, d), (kd, d), (d, qd), (ff, d), (d, ff)))
@@ -126,11 +126,12 @@ class SmiPeak:
         return (max(rest + [self.first]) - self.first) * 2**20
 
 
-def measure(shape, L, T, new, threads, device="cpu"):
+def measure(shape, L, T, new, threads, device="cpu", report=False):
     """One streaming micro-batch of 1 x T on a random L-layer model: the
     backend's bytes after creation, its peak over the micro-batch, the
     analysis's state and temporaries, the wall seconds (on a GPU also the
-    process's device memory by nvidia-smi)."""
+    process's device memory by nvidia-smi); report=True also builds the
+    report and reads the process's peak RSS."""
     import gsink
     cfg = dict(SHAPES[shape], n_layers=L, max_seq_len=max(T, 64))
     smi = SmiPeak(device)
@@ -145,11 +146,16 @@ def measure(shape, L, T, new, threads, device="cpu"):
     a.add(tok)
     secs = time.perf_counter() - t0
     _, peak = m.memory()
-    am = a.memory if isinstance(a.memory, dict) else a.memory()
+    am = a.memory
+    out = dict(static=static, peak=peak, state=am["state_bytes"], temp=am["temp_bytes"], seconds=secs,
+               create=t_create)
+    if report:
+        out["report_bytes"] = len(a.report_json())
+        out["maxrss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     a.close()
     m.close()
-    return dict(static=static, peak=peak, state=am["state_bytes"], temp=am["temp_bytes"], seconds=secs,
-                create=t_create, smi=smi.stop())
+    out["smi"] = smi.stop()
+    return out
 
 
 def fmt(b):
@@ -203,26 +209,9 @@ def table(T):
 
 def full_run(T, threads):
     """The whole 32-layer Llama-3.1-8B shape at 1 x T in this process."""
-    import gsink
-    cfg = dict(SHAPES["Llama-3.1-8B"], max_seq_len=max(T, 64))
-    t0 = time.perf_counter()
-    m = gsink.Model(cfg, seed=1, n_threads=threads, weight_dtype="bf16", **flags_kw(True))
-    t_create = time.perf_counter() - t0
-    static, _ = m.memory(reset_peak=True)
-    tok = np.random.default_rng(0).integers(0, cfg["vocab_size"], size=(1, T), dtype=np.int32)
-    a = gsink.Analysis(m, T)
-    t0 = time.perf_counter()
-    a.add(tok)
-    secs = time.perf_counter() - t0
-    _, peak = m.memory()
-    am = a.memory if isinstance(a.memory, dict) else a.memory()
-    a.finish()
-    rep = a.report_json()
-    out = dict(create_s=t_create, seconds=secs, static=static, peak=peak, state=am["state_bytes"],
-               temp=am["temp_bytes"], report_bytes=len(rep),
-               maxrss=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               formula=closed_form(cfg, 32, T, new=True))
-    print(json.dumps(out))
+    r = measure("Llama-3.1-8B", SHAPES["Llama-3.1-8B"]["n_layers"], T, True, threads, report=True)
+    r["formula"] = closed_form(SHAPES["Llama-3.1-8B"], 32, T, new=True)
+    print(json.dumps(r))
 
 
 def main():
@@ -258,7 +247,7 @@ def main():
         else:
             r = json.loads(p.stdout.strip().splitlines()[-1])
             f = r["formula"]
-            print(f"create {r['create_s']:.0f} s; one micro-batch {r['seconds']:.0f} s; weights {fmt(r['static'])}; "
+            print(f"create {r['create']:.0f} s; one micro-batch {r['seconds']:.0f} s; weights {fmt(r['static'])}; "
                   f"backend peak {fmt(r['peak'])} (formula {fmt(f['device'])}); analysis state "
                   f"{r['state'] / 2**20:.0f} MiB, temporaries {r['temp'] / 2**20:.0f} MiB; "
                   f"peak RSS {fmt(r['maxrss'])}")

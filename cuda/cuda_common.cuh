@@ -113,8 +113,8 @@ gsink_status cuda_row_sumsq(gsink_backend *be, float *out, const float *x, size_
                             int heads, int width);
 gsink_status cuda_batch_sum(gsink_backend *be, float *out, const float *x, int B, size_t n);
 gsink_status cuda_fold_sum(gsink_backend *be, double *acc, const float *x, int B, size_t stride, size_t n);
-gsink_status cuda_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, int B, int T,
-                             int R, int heads, int hw, int nh);
+gsink_status cuda_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, const float *y, int B,
+                             int T, int R, int heads, int hw, int nh);
 gsink_status cuda_fold_ratio(gsink_backend *be, double *acc, const float *num, const float *den, int B, int R);
 gsink_status cuda_row_sumsq_d(gsink_backend *be, double *out, const double *x, const double *y, size_t rows,
                               int heads, int width);

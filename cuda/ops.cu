@@ -767,8 +767,8 @@ gsink_status cuda_fold_sum(gsink_backend *be, double *acc, const float *x, int B
  * the squares of heads w, w + nw, ... into sh[h] (double); then thread 0
  * adds the row's norm to the total and the first nh threads (strided) each
  * head's norm to hs[h]. Dynamic shared memory: 2 * heads doubles. */
-__global__ void k_fold_norms(double *acc, float *per_b, const float *x, int B, int T, int R, int heads,
-                             int hw, int nh)
+__global__ void k_fold_norms(double *acc, float *per_b, const float *x, const float *y, int B, int T, int R,
+                             int heads, int hw, int nh)
 {
     GSINK_DYN_SMEM(smem);
     double *sh = (double *)smem, *hs = sh + heads;
@@ -778,10 +778,14 @@ __global__ void k_fold_norms(double *acc, float *per_b, const float *x, int B, i
         double tot = 0.0;
         for (int h = threadIdx.x; h < nh; h += blockDim.x) hs[h] = 0.0;
         for (int b = 0; b < B; b++) {
-            const float *row = x + ((size_t)b * (size_t)T + (size_t)t) * W;
+            const size_t row = ((size_t)b * (size_t)T + (size_t)t) * W;
             for (int h = w; h < heads; h += nw) {
                 double s = 0.0;
-                for (int i = lane; i < hw; i += 32) s += (double)row[(size_t)h * hw + i] * row[(size_t)h * hw + i];
+                for (int i = lane; i < hw; i += 32) {
+                    const size_t at = row + (size_t)h * hw + i;
+                    const double d = (double)x[at] - (y ? (double)y[at] : 0.0);
+                    s += d * d;
+                }
                 s = warp_sum(s);
                 if (lane == 0) sh[h] = s;
             }
@@ -804,8 +808,8 @@ __global__ void k_fold_norms(double *acc, float *per_b, const float *x, int B, i
     }
 }
 
-gsink_status cuda_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, int B, int T,
-                             int R, int heads, int hw, int nh)
+gsink_status cuda_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, const float *y, int B,
+                             int T, int R, int heads, int hw, int nh)
 {
     if (R <= 0 || B <= 0 || heads <= 0 || hw <= 0) return GSINK_OK;
     if (nh < 0 || nh > heads || R > T)
@@ -816,7 +820,7 @@ gsink_status cuda_fold_norms(gsink_backend *be, double *acc, float *per_b, const
     gsink_status st = cuda_enter(be);
     if (st) return st;
     GSINK_LAUNCH(k_fold_norms, cuda_blocks((size_t)R, 1), OPS_THREADS, smem, CUDA_CTX(be)->stream)(
-        acc, per_b, x, B, T, R, heads, hw, nh);
+        acc, per_b, x, y, B, T, R, heads, hw, nh);
     return launched(be, "fold_norms");
 }
 

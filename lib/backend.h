@@ -210,7 +210,8 @@ typedef struct gsink_backend_iface {
      * a micro-batch needs no transfer to the host. Sums over b run in double,
      * in order b = 0..B-1 (bitwise reproducible).
      * fold_sum:   acc[i] += sum_b x[b * stride + i], i < n.
-     * fold_norms: x (B, T, heads * hw); for t < R, with s_bth = ||x_bth||^2:
+     * fold_norms: x (B, T, heads * hw); for t < R, with s_bth = ||x_bth - y_bth||^2
+     *             (y has x's shape or is NULL: 0):
      *             acc (R, 1 + nh), may be NULL: acc[t][0] += sum_b sqrt(sum_h s_bth),
      *             acc[t][1 + h] += sum_b sqrt(s_bth) for h < nh (nh is 0 or heads);
      *             per_b (B, R), may be NULL: per_b[b][t] = sqrt(sum_h s_bth) (=).
@@ -222,8 +223,8 @@ typedef struct gsink_backend_iface {
      * CPU), which the library may then read in place of a download. */
     gsink_status (*fold_sum)(gsink_backend *be, double *acc, const float *x, int B, size_t stride,
                              size_t n);
-    gsink_status (*fold_norms)(gsink_backend *be, double *acc, float *per_b, const float *x, int B,
-                               int T, int R, int heads, int hw, int nh);
+    gsink_status (*fold_norms)(gsink_backend *be, double *acc, float *per_b, const float *x,
+                               const float *y, int B, int T, int R, int heads, int hw, int nh);
     gsink_status (*fold_ratio)(gsink_backend *be, double *acc, const float *num, const float *den,
                                int B, int R);
     gsink_status (*row_sumsq_d)(gsink_backend *be, double *out, const double *x, const double *y,

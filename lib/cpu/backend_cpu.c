@@ -1028,24 +1028,29 @@ static gsink_status cpu_fold_sum(gsink_backend *be, double *acc, const float *x,
     return GSINK_OK;
 }
 
-static double cpu_sumsq_d(const float *p, int n)
+/* sum_i (p[i] - q[i])^2 in double, q may be NULL (0) */
+static double cpu_sumsq_d(const float *p, const float *q, int n)
 {
     double s = 0.0;
-    for (int i = 0; i < n; i++) s += (double)p[i] * p[i];
+    for (int i = 0; i < n; i++) {
+        double v = (double)p[i] - (q ? (double)q[i] : 0.0);
+        s += v * v;
+    }
     return s;
 }
 
-static gsink_status cpu_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, int B,
-                                   int T, int R, int heads, int hw, int nh)
+static gsink_status cpu_fold_norms(gsink_backend *be, double *acc, float *per_b, const float *x, const float *y,
+                                   int B, int T, int R, int heads, int hw, int nh)
 {
     const size_t W = (size_t)heads * (size_t)hw;
 #pragma omp parallel for num_threads(nt_for(be, (size_t)B * (size_t)R * W)) schedule(static)
     for (int t = 0; t < R; t++) {
         double tot = 0.0;
         for (int b = 0; b < B; b++) {
-            const float *row = x + ((size_t)b * (size_t)T + (size_t)t) * W;
+            const size_t row = ((size_t)b * (size_t)T + (size_t)t) * W;
             double all = 0.0;
-            for (int h = 0; h < heads; h++) all += cpu_sumsq_d(row + (size_t)h * hw, hw);
+            for (int h = 0; h < heads; h++)
+                all += cpu_sumsq_d(x + row + (size_t)h * hw, y ? y + row + (size_t)h * hw : NULL, hw);
             tot += sqrt(all);
             if (per_b) per_b[(size_t)b * (size_t)R + (size_t)t] = (float)sqrt(all);
         }
@@ -1054,8 +1059,10 @@ static gsink_status cpu_fold_norms(gsink_backend *be, double *acc, float *per_b,
         o[0] += tot;
         for (int h = 0; h < nh; h++) {
             double hs = 0.0;
-            for (int b = 0; b < B; b++)
-                hs += sqrt(cpu_sumsq_d(x + ((size_t)b * (size_t)T + (size_t)t) * W + (size_t)h * hw, hw));
+            for (int b = 0; b < B; b++) {
+                const size_t o = ((size_t)b * (size_t)T + (size_t)t) * W + (size_t)h * hw;
+                hs += sqrt(cpu_sumsq_d(x + o, y ? y + o : NULL, hw));
+            }
             o[1 + h] += hs;
         }
     }

@@ -77,42 +77,36 @@ static size_t layers_bytes(const gsink_analysis *a) { return (a->n_state - HDR) 
                                "the analysis's model was freed (only the state functions work)"); \
     } while (0)
 
-/* Copies the sums into a host buffer of their own (one download). */
-static gsink_status copy_sums(gsink_analysis *a)
+/* Copies each layer's block of sums from offset `from` on into a host
+ * buffer of their own (allocated once): 0 for all of them, off_gps[0] for the
+ * report's, which leaves out the leading Σ dL/dx of every site (most of the
+ * bytes; the report only needs their norms: norms_sync). */
+static gsink_status copy_sums(gsink_analysis *a, size_t from)
 {
     gsink_model *m = a->m;
     if (a->host == a->dev) a->host = NULL; /* was read in place */
     if (!a->host && !(a->host = malloc(layers_bytes(a))))
         return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: cannot allocate the host copy of the sums");
-    gsink_status st = m->be->iface->download(m->be, a->host, a->dev, layers_bytes(a));
-    if (st) return gsink__fail(a->errmsg, st, "analysis: reading the sums: %s", m->be->err);
-    a->host_fresh = true;
-    return GSINK_OK;
-}
-
-/* Makes a->host current for the report: a backend whose memory is host
- * memory (the CPU) is read in place; from another one each layer's block is
- * copied once after each change, except its leading Σ dL/dx of every site
- * (most of the bytes), which the report only needs as norms (norms_sync). */
-static gsink_status host_sync(gsink_analysis *a)
-{
-    gsink_model *m = a->m;
-    if (a->host_fresh) return GSINK_OK;
-    if (m->be->iface->host_memory) {
-        a->host = a->dev;
-        a->host_fresh = true;
-        return GSINK_OK;
-    }
-    if (!a->host && !(a->host = malloc(layers_bytes(a))))
-        return gsink__fail(a->errmsg, GSINK_ERR_OUT_OF_MEMORY, "analysis: cannot allocate the host copy of the sums");
-    const size_t from = a->off_gps[0], n = a->per_layer - from;
     for (int l = 0; l < a->L; l++) {
         gsink_status st = m->be->iface->download(m->be, layer_block(a, l) + from, dev_block(a, l) + from,
-                                                 n * sizeof(double));
+                                                 (a->per_layer - from) * sizeof(double));
         if (st) return gsink__fail(a->errmsg, st, "analysis: reading the sums: %s", m->be->err);
     }
     a->host_fresh = true;
     return GSINK_OK;
+}
+
+/* Makes a->host current for the report, once after each change: a backend
+ * whose memory is host memory (the CPU) is read in place. */
+static gsink_status host_sync(gsink_analysis *a)
+{
+    if (a->host_fresh) return GSINK_OK;
+    if (a->m->be->iface->host_memory) {
+        a->host = a->dev;
+        a->host_fresh = true;
+        return GSINK_OK;
+    }
+    return copy_sums(a, a->off_gps[0]);
 }
 
 /* ---- layout ------------------------------------------------------------ */
@@ -275,7 +269,7 @@ bool gsink__analyses_detach(gsink_model *m)
         }
     }
     while ((a = m->analyses) != NULL) {
-        if (copy_sums(a)) a->broken = true; /* the message stays in a->errmsg */
+        if (copy_sums(a, 0)) a->broken = true; /* the message stays in a->errmsg */
         m->be->iface->free(m->be, a->dev);
         a->dev = NULL;
         unlink_from_model(a);
@@ -343,16 +337,17 @@ static gsink_status fold_site_norms(hook_ctx *c, double *acc, const float *x, in
     gsink_analysis *a = c->a;
     gsink_model *m = a->m;
     const int heads = a->HS[si];
-    BE_TRY(m, m->be->iface->fold_norms(m->be, acc, NULL, x, c->B, a->T, R, heads, a->W[si] / heads, a->NH[si]),
+    BE_TRY(m, m->be->iface->fold_norms(m->be, acc, NULL, x, NULL, c->B, a->T, R, heads, a->W[si] / heads,
+                                       a->NH[si]),
            "fold_norms");
     return GSINK_OK;
 }
 
-/* per_b (B, P) = ||x_bt|| of the rows t < P of x(B, T, W) */
-static gsink_status seq_norms(hook_ctx *c, float *per_b, const float *x, int W)
+/* per_b (B, P) = ||x_bt - y_bt|| (y may be NULL) of the rows t < P of x(B, T, W) */
+static gsink_status seq_norms(hook_ctx *c, float *per_b, const float *x, const float *y, int W)
 {
     gsink_model *m = c->a->m;
-    BE_TRY(m, m->be->iface->fold_norms(m->be, NULL, per_b, x, c->B, c->a->T, c->a->P, 1, W, 0), "fold_norms");
+    BE_TRY(m, m->be->iface->fold_norms(m->be, NULL, per_b, x, y, c->B, c->a->T, c->a->P, 1, W, 0), "fold_norms");
     return GSINK_OK;
 }
 
@@ -389,7 +384,7 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
                                          gsink_site_name((gsink_site)si));
         if ((st = fold_rows(c, blk + a->off_gsum[si], g, a->W[si], a->R[si]))) return st;
         if ((st = fold_site_norms(c, blk + a->off_gps[si], g, si, a->R[si]))) return st;
-        if (bn_slot(si) >= 0 && (st = seq_norms(c, bn_of(c, bn_slot(si)), g, a->W[si]))) return st;
+        if (bn_slot(si) >= 0 && (st = seq_norms(c, bn_of(c, bn_slot(si)), g, NULL, a->W[si]))) return st;
     }
 
     /* branch ratios per sequence: g1 = dL/d(branch out), g2 = dL/d(normed
@@ -397,12 +392,8 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
     for (int br = 0; br < 2; br++) {
         const gsink_site s_in = br == 0 ? GSINK_SITE_RESID_IN : GSINK_SITE_RESID_MID;
         const gsink_site s_out = br == 0 ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_OUT;
-        const size_t n = (size_t)B * (size_t)T * (size_t)d;
         const float *din = gsink__site_ptr(m, l, s_in, true), *dout = gsink__site_ptr(m, l, s_out, true);
-        BE_TRY(m, be->copy(m->be, c->dg, dout, n * sizeof(float)), "copy");
-        BE_TRY(m, be->scale(m->be, c->dg, -1.0f, n), "scale");
-        BE_TRY(m, be->add(m->be, c->dg, c->dg, din, n), "add");
-        if ((st = seq_norms(c, bn_of(c, BN_G3), c->dg, d))) return st;
+        if ((st = seq_norms(c, bn_of(c, BN_G3), din, dout, d))) return st; /* ||g3|| */
         const float *n1 = bn_of(c, bn_slot(s_out)), *nin = bn_of(c, bn_slot(s_in)),
                     *n2 = bn_of(c, br == 0 ? BN_ATTN_NORM : BN_MLP_NORM);
         double *o = blk + a->off_bps + (size_t)br * 3 * (size_t)P;
@@ -438,7 +429,8 @@ static gsink_status layer_hook(gsink_model *m, int l, void *user)
             BE_TRY(m, be->gemm_w(m->be, 0, 0, P, d, W, 1.0f, pre + (size_t)b * (size_t)T * (size_t)W, W, wmat[p],
                                  m->wdtype, d, 0.0f, c->dproj + (size_t)b * (size_t)P * (size_t)d, d),
                    "gemm");
-        BE_TRY(m, be->fold_norms(m->be, blk + a->off_qkvps + (size_t)p * (size_t)P, NULL, c->dproj, B, P, P, 1, d, 0),
+        BE_TRY(m, be->fold_norms(m->be, blk + a->off_qkvps + (size_t)p * (size_t)P, NULL, c->dproj, NULL, B, P, P,
+                                 1, d, 0),
                "fold_norms");
     }
 
@@ -458,16 +450,15 @@ static void ctx_free(hook_ctx *c)
         if (dev[i]) m->be->iface->free(m->be, dev[i]);
 }
 
-/* The per-micro-batch temporaries, all on the backend: O(B * T * max(d, q width)). */
+/* The per-micro-batch temporaries, all on the backend: O(B * T * q width). */
 static gsink_status ctx_alloc(hook_ctx *c, size_t *bytes_out)
 {
     gsink_analysis *a = c->a;
     gsink_model *m = a->m;
     const size_t B = (size_t)c->B, T = (size_t)a->T, P = (size_t)a->P;
-    const size_t qk = (size_t)(a->H > a->KV ? a->H : a->KV) * (size_t)a->dh;
-    /* dg holds a branch gradient (d) or a q/k/v gradient */
-    const size_t d = (size_t)a->d, Wg = d > qk ? d : qk;
-    size_t n[4] = {B * T * Wg, m->cfg.qk_norm ? B * T * qk : 1, B * P * d, (size_t)BN_COUNT * B * P};
+    /* dg holds a q/k/v gradient (dg2 its q/k-normed one) */
+    const size_t qk = (size_t)(a->H > a->KV ? a->H : a->KV) * (size_t)a->dh, d = (size_t)a->d;
+    size_t n[4] = {B * T * qk, m->cfg.qk_norm ? B * T * qk : 1, B * P * d, (size_t)BN_COUNT * B * P};
     float **dev[4] = {&c->dg, &c->dg2, &c->dproj, &c->bn};
     size_t total = 0;
     for (int i = 0; i < 4; i++) {

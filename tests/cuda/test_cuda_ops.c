@@ -589,8 +589,8 @@ START_TEST(test_fold)
 
     /* fold_norms: per-head norms (nh = heads) and per-sequence norms */
     pair pb = pair_new((size_t)B * R, 0, 0);
-    OKC(cpu->iface->fold_norms(cpu, ac, pb.c, x.c, B, T, R, heads, hw, heads));
-    OKG(gpu->iface->fold_norms(gpu, ag, pb.g, x.g, B, T, R, heads, hw, heads));
+    OKC(cpu->iface->fold_norms(cpu, ac, pb.c, x.c, NULL, B, T, R, heads, hw, heads));
+    OKG(gpu->iface->fold_norms(gpu, ag, pb.g, x.g, NULL, B, T, R, heads, hw, heads));
     memcpy(want, init, na * sizeof(double));
     for (int t = 0; t < R; t++)
         for (int b = 0; b < B; b++) {
@@ -639,11 +639,28 @@ START_TEST(test_fold)
 
     /* NULL accumulator: only the per-sequence norms, of one head */
     pair pb1 = pair_new((size_t)B * R, 0, 0);
-    OKC(cpu->iface->fold_norms(cpu, NULL, pb1.c, x.c, B, T, R, 1, W, 0));
-    OKG(gpu->iface->fold_norms(gpu, NULL, pb1.g, x.g, B, T, R, 1, W, 0));
+    OKC(cpu->iface->fold_norms(cpu, NULL, pb1.c, x.c, NULL, B, T, R, 1, W, 0));
+    OKG(gpu->iface->fold_norms(gpu, NULL, pb1.g, x.g, NULL, B, T, R, 1, W, 0));
     pair_check(&pb1, 1e-6, 0, "fold_norms per_b (one head)");
     for (size_t i = 0; i < (size_t)B * R; i++)
         ck_assert_msg(tu_close(pb1.c[i], pb.c[i], 1e-6, 0), "per_b one head [%zu]", i);
+
+    /* the norms of a difference x - y (the branch's g3) */
+    pair yx = pair_new(nx, 149, 2.0f), pd = pair_new((size_t)B * R, 0, 0);
+    OKC(cpu->iface->fold_norms(cpu, NULL, pd.c, x.c, yx.c, B, T, R, 1, W, 0));
+    OKG(gpu->iface->fold_norms(gpu, NULL, pd.g, x.g, yx.g, B, T, R, 1, W, 0));
+    pair_check(&pd, 1e-6, 0, "fold_norms per_b of x - y");
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < R; t++) {
+            double ss = 0;
+            for (int i = 0; i < W; i++) {
+                const size_t at = ((size_t)b * T + t) * W + (size_t)i;
+                const double dv = (double)hx[at] - (double)yx.c[at];
+                ss += dv * dv;
+            }
+            ck_assert_msg(tu_close(pd.c[b * R + t], sqrt(ss), 1e-6, 0), "per_b of x - y, b %d t %d", b, t);
+        }
+    pair_free_all(&yx, &pd);
 
     /* row_sumsq_d: per-head squared norms of the double sums, and of a difference */
     const int rh = 3, rw = W / 3 + 1, rrows = 5;
