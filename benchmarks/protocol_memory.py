@@ -59,9 +59,13 @@ def closed_form(s, L, T, B=1, new=True, threads=2):
     mats = V * d * (1 if s.get("tie_embeddings") else 2) + L * (d * qd + 2 * d * kd + qd * d + 3 * d * ff)
     vecs = d + L * (2 * d + (qd + 2 * kd if bias else 0) + (2 * dh if qk else 0) + (2 * d if sandwich else 0))
     weights = 2 * mats + 4 * vecs
-    # per layer: the sites the activation-gradient backward reads (resid_out = the next resid_in)
-    kept = [d, qd, kd, kd, kd, qd, ff, ff]  # resid_mid, q, k, v, v_scaled, z, mlp_pre, mlp_up
-    unread = [d, d, d, d, ff]  # attn_norm_out, attn_out, mlp_norm_out, mlp_out, mlp_post
+    # per layer: the sites the activation-gradient backward reads (resid_out = the next resid_in;
+    # V-scale is off, so v_scaled shares v's storage, activation and gradient)
+    kept = [d, qd, kd, kd, qd, ff, ff]  # resid_mid, q, k, v, z, mlp_pre, mlp_up
+    unread = [d, d]  # attn_out, mlp_out
+    # attn_norm_out, mlp_norm_out, mlp_post: one buffer each in every model, recomputed per layer,
+    # and the forward's norm gains they are recomputed with
+    recomputed = 2 * f(N * d) + f(N * ff) + f(L * 2 * d)
     per_layer = f(N * d) + sum(f(N * w) for w in kept) + 2 * f(N) + 4 * f(N * H)  # + rstd x2, lse, column stats x3
     if qk:
         per_layer += f(N * qd) + f(N * kd) + f(N * H) + f(N * KV)
@@ -71,10 +75,10 @@ def closed_form(s, L, T, B=1, new=True, threads=2):
     if not new:
         per_layer += shared_unread
     # once: resid_in of layer 0, one set of site gradients (DISCARD_SITE_GRADS), two resid gradients,
-    # the final norm, logits (+ dlogits unless they share), scratch, statistics
-    grads = [d, qd, kd, kd, kd, d, d, qd, ff, ff, ff]
+    # the final norm, logits (the backward writes dlogits over them), scratch, statistics
+    grads = [d, qd, kd, kd, d, d, qd, ff, ff, ff]
     fixed = 2 * r64(4 * N) + f(N * d) + sum(f(N * w) for w in grads) + 2 * f(N * d)
-    fixed += 2 * f(N * d) + f(N) + f(N * V) * (1 if new else 2) + f(N * max(qd, kd, d))
+    fixed += 2 * f(N * d) + f(N) + f(N * V) + f(N * max(qd, kd, d)) + recomputed
     fixed += (f(N * max(qd, kd)) if qk else 0) + (f(N) if bias else 0) + r64(12 * N * H)
     if new:
         fixed += shared_unread

@@ -278,17 +278,24 @@ typedef enum gsink_weight_dtype {
  * GSINK_BACKWARD_ACCUMULATE then return GSINK_ERR_UNSUPPORTED and leave the
  * model usable. Valid for gsink_model_create and gsink_model_load.
  * GSINK_MODEL_DISCARD_SITE_ACTIVATIONS (only together with
- * GSINK_MODEL_ANALYSIS, else GSINK_ERR_INVALID_ARGUMENT): the sites that the
- * activation-gradient backward never reads (attn_norm_out, attn_out,
- * mlp_norm_out, mlp_out, mlp_post) share one buffer set across layers, and
- * the cross-entropy backward writes the logit gradients over the logits (one
- * N x vocab buffer instead of two). Site gradients and every gradient
- * diagnostic stay bitwise equal; the streaming analysis (gsink_analysis_*)
- * folds the activation norms it needs during the forward, so its report is
- * unchanged. gsink_get_activation, the activation diagnostics and the JSON
- * report of a discarded site, and gsink_get_logits after a backward, return
- * GSINK_ERR_UNSUPPORTED; a second gsink_backward without a new forward
- * returns GSINK_ERR_CALL_ORDER. Since 0.1.0. */
+ * GSINK_MODEL_ANALYSIS, else GSINK_ERR_INVALID_ARGUMENT): the two sites that
+ * the activation-gradient backward never reads and that cannot be recomputed
+ * from kept tensors (attn_out, mlp_out) share one buffer set across layers.
+ * Site gradients and every gradient diagnostic stay bitwise equal; the
+ * streaming analysis (gsink_analysis_*) folds the activation norms it needs
+ * during the forward, so its report is unchanged. gsink_get_activation, the
+ * activation diagnostics and the JSON report of a discarded site return
+ * GSINK_ERR_UNSUPPORTED. Since 0.1.0.
+ *
+ * Storage every model shares (no flag; since 0.1.0): attn_norm_out,
+ * mlp_norm_out and mlp_post are stored once for all layers and recomputed
+ * from kept tensors (resid_in / resid_mid with the forward's norm gains;
+ * mlp_pre and mlp_up) when a layer's values are read or needed for a weight
+ * gradient, with the forward's own kernels, so reads are bitwise the
+ * forward's values, also after an optimizer step. With V-scale off, v_scaled
+ * shares v's storage (activation and gradient; backward-only: the
+ * activation). The backward writes the logit gradients over the logits:
+ * see gsink_get_logits. */
 typedef enum gsink_model_flags {
     GSINK_MODEL_DISCARD_SITE_GRADS = 1u << 0,
     GSINK_MODEL_ANALYSIS = 1u << 1,
@@ -415,14 +422,22 @@ GSINK_API gsink_status gsink_forward(gsink_model *model, const int32_t *tokens,
 
 /* Exact gradients of the last forward's mean loss with respect to every
  * parameter and every activation site. Needs a forward with targets
- * (GSINK_ERR_NO_TARGETS otherwise, GSINK_ERR_CALL_ORDER without a forward). */
+ * (GSINK_ERR_NO_TARGETS otherwise, GSINK_ERR_CALL_ORDER without a forward,
+ * or after an optimizer step once a backward has run on that forward: see
+ * gsink_get_logits). */
 GSINK_API gsink_status gsink_backward(gsink_model *model, unsigned flags);
 /* Sets all parameter gradients to zero. */
 GSINK_API gsink_status gsink_zero_grad(gsink_model *model);
 
 /* Shape of the last forward: batch, seq_len (either may be NULL). */
 GSINK_API gsink_status gsink_last_shape(const gsink_model *model, int *batch, int *seq_len);
-/* Copies the logits of the last forward (batch, seq_len, vocab). */
+/* Copies the logits of the last forward (batch, seq_len, vocab). The
+ * backward writes the logit gradients over the logits (one N x vocab buffer);
+ * after it, this call (and another gsink_backward) recomputes them from the
+ * kept final-norm output with the forward's LM-head product: bitwise the
+ * forward's logits. After an optimizer step the weights are no longer the
+ * forward's: both calls then return GSINK_ERR_CALL_ORDER until the next
+ * forward (read the logits before gsink_backward to keep them). */
 GSINK_API gsink_status gsink_get_logits(gsink_model *model, float *out, size_t count);
 
 /* ------------------------------------------------------------------------ */

@@ -244,7 +244,8 @@ struct gsink_model {
     float **resid, **dresid; /* (L+1) pointers, each (B, T, d) */
     gsink_layer_acts *layers; /* (L) */
     float *final_out, *rstd_final; /* (B,T,d), (B*T) */
-    float *logits, *dlogits;       /* (B,T,V) */
+    float *gain_snap;              /* (L, 2, d): the forward's attn/mlp norm gains (recomputed sites) */
+    float *logits, *dlogits;       /* (B,T,V); dlogits == logits (see logits_consumed) */
     float *dfinal_out;             /* (B,T,d) */
     float *scratch;                /* (B,T,max(d,H*dh,KV*dh)) backward temporaries */
     float *scratch2;               /* (B,T,H*dh) when qk_norm: pre-norm q/k gradients */
@@ -266,8 +267,19 @@ struct gsink_model {
     bool discard_site_grads; /* GSINK_MODEL_DISCARD_SITE_GRADS: layers share dsite */
     bool analysis;           /* GSINK_MODEL_ANALYSIS: no grad_mem, no weight gradients */
     bool discard_site_acts;  /* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: sites the backward does not
-                              * read share one buffer set; dlogits aliases logits */
-    bool logits_consumed;    /* with discard_site_acts: the backward overwrote the logits */
+                              * read share one buffer set */
+    /* dlogits aliases logits: the backward writes the logit gradients over
+     * the logits. logits_consumed says it did; gsink_get_logits or another
+     * backward then recompute the logits from final_out with the forward's
+     * own LM-head product (bitwise the same), as long as the weights are
+     * those of the forward: weights_version counts the changes a stored
+     * forward survives (optimizer steps), logits_version is its value at the
+     * forward. */
+    bool logits_consumed;
+    uint64_t weights_version, logits_version;
+    /* Recomputed sites (gsink__site_recomputed): one buffer serves every
+     * layer; held[site] is the layer whose values it holds (-1: none). */
+    int held[GSINK_SITE_COUNT];
     bool no_param_grads;     /* inside gsink__backward_hooked: weight gradients skipped */
     float last_loss;
     int64_t n_targets;
@@ -292,8 +304,16 @@ float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad);
  * (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS); the pointer then holds the last
  * forward's value of whichever layer ran last. */
 bool gsink__site_discarded(const gsink_model *m, gsink_site site);
-/* Fails with GSINK_ERR_UNSUPPORTED (message naming the flag) for a discarded site. */
-gsink_status gsink__site_act_check(gsink_model *m, gsink_site site);
+/* Before reading a site's activations of a layer after its forward: fails
+ * with GSINK_ERR_UNSUPPORTED (message naming the flag) for a discarded site,
+ * and makes a recomputed site (mlp_post: one buffer for every layer) hold
+ * that layer's values. */
+gsink_status gsink__site_act_ready(gsink_model *m, int layer, gsink_site site);
+/* True for the sites stored once for all layers and recomputed from kept
+ * tensors when a layer's values are needed: attn_norm_out and mlp_norm_out
+ * (RMSNorm of resid_in / resid_mid with the forward's gains) and mlp_post
+ * (silu(mlp_pre) * mlp_up). */
+bool gsink__site_recomputed(gsink_site site);
 /* gsink_forward with a hook after each layer's forward (its activations are
  * complete then, also when the layers share them). */
 gsink_status gsink__forward_hooked(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,

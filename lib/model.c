@@ -345,6 +345,7 @@ static void free_acts(gsink_model *m)
     m->hstats.mass = m->hstats.sq = m->hstats.win = NULL;
     m->have_forward = m->have_backward = m->have_targets = false;
     m->B = m->T = 0;
+    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
 }
 
 void gsink_model_free(gsink_model *m)
@@ -458,6 +459,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     }
 
     m->defer_stats = BE(m)->stats_in_backward != 0;
+    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
     st = build_registry(m, errbuf);
     if (st) goto fail;
     size_t bytes;
@@ -680,6 +682,7 @@ gsink_status gsink__param_store_range(gsink_model *m, const gsink_param_entry *e
                  e->numel);
         return GSINK_ERR_OUT_OF_RANGE;
     }
+    m->weights_version++; /* callers also drop the stored forward */
     if (src_dtype == e->dtype) return BE(m)->upload(m->be, dev, src, count * es);
     size_t chunk = count < PARAM_CHUNK ? count : PARAM_CHUNK;
     void *tmp = malloc((chunk ? chunk : 1) * es);
@@ -931,21 +934,57 @@ bool gsink__site_discarded(const gsink_model *m, gsink_site site)
 {
     if (!m->discard_site_acts) return false;
     switch (site) {
-    case GSINK_SITE_ATTN_NORM_OUT: /* read by the backward only for weight gradients */
-    case GSINK_SITE_ATTN_OUT:      /* never read by the backward */
-    case GSINK_SITE_MLP_NORM_OUT:
-    case GSINK_SITE_MLP_OUT:
-    case GSINK_SITE_MLP_POST: return true;
+    case GSINK_SITE_ATTN_OUT: /* never read by the backward */
+    case GSINK_SITE_MLP_OUT: return true;
     default: return false;
     }
 }
 
-gsink_status gsink__site_act_check(gsink_model *m, gsink_site site)
+bool gsink__site_recomputed(gsink_site site)
+{
+    return site == GSINK_SITE_ATTN_NORM_OUT || site == GSINK_SITE_MLP_NORM_OUT || site == GSINK_SITE_MLP_POST;
+}
+
+/* Makes the buffer of a recomputed site hold a layer's values: the
+ * forward's own kernel on the forward's inputs (resid_in or resid_mid and
+ * the gains the forward copied into gain_snap; mlp_pre and mlp_up), so the
+ * values are bitwise the forward's, also after an optimizer step. The
+ * forward fills the buffers layer by layer; the backward (weight
+ * gradients) and the readers (gsink__site_act_ready) call this. */
+static gsink_status site_ready(gsink_model *m, int layer, gsink_site site)
+{
+    if (m->held[site] == layer) return GSINK_OK;
+    const gsink_config *c = &m->cfg;
+    gsink_layer_acts *a = &m->layers[layer];
+    const size_t N = (size_t)m->B * m->T;
+    const float *gain = m->gain_snap + (size_t)layer * 2 * c->d_model;
+    gsink_status st;
+    switch (site) {
+    case GSINK_SITE_ATTN_NORM_OUT:
+        st = BE(m)->rmsnorm_fwd(m->be, a->site[site], a->rstd_attn, m->resid[layer], gain, (int)N, c->d_model, c->rms_eps);
+        break;
+    case GSINK_SITE_MLP_NORM_OUT:
+        st = BE(m)->rmsnorm_fwd(m->be, a->site[site], a->rstd_mlp, a->site[GSINK_SITE_RESID_MID], gain + c->d_model,
+                                (int)N, c->d_model, c->rms_eps);
+        break;
+    case GSINK_SITE_MLP_POST:
+        st = BE(m)->swiglu_fwd(m->be, a->site[site], a->site[GSINK_SITE_MLP_PRE], a->site[GSINK_SITE_MLP_UP], N * c->d_ff);
+        break;
+    default: return GSINK_OK;
+    }
+    if (st) return gsink__be_check(m, st, site == GSINK_SITE_MLP_POST ? "swiglu" : "rmsnorm");
+    m->held[site] = layer;
+    return GSINK_OK;
+}
+
+gsink_status gsink__site_act_ready(gsink_model *m, int layer, gsink_site site)
 {
     if (gsink__site_discarded(m, site))
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
                            "the activations of site \"%s\" are not kept per layer by this model "
                            "(GSINK_MODEL_DISCARD_SITE_ACTIVATIONS)", site_names[site]);
+    if (gsink__site_recomputed(site) && m->have_forward && layer >= 0 && layer < m->cfg.n_layers)
+        return site_ready(m, layer, site);
     return GSINK_OK;
 }
 
@@ -962,16 +1001,16 @@ static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float 
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
     if (grad && m->discard_site_grads)
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site gradients are not kept by this model (GSINK_MODEL_DISCARD_SITE_GRADS)");
-    if (!grad) {
-        gsink_status st = gsink__site_act_check(m, site);
-        if (st) return st;
-    }
     if (grad && !m->have_backward)
         return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "gradients need gsink_backward after the last forward");
     size_t n = (size_t)m->B * m->T * gsink__site_width(m, site);
     if (count < n)
         return gsink__fail(m->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "site '%s' needs %zu floats, buffer has %zu",
                            site_names[site], n, count);
+    if (!grad) {
+        gsink_status st = gsink__site_act_ready(m, layer, site);
+        if (st) return st;
+    }
     TRY(m, BE(m)->download(m->be, out, gsink__site_ptr(m, layer, site, grad), n * sizeof(float)), "download");
     return GSINK_OK;
 }
@@ -1052,6 +1091,12 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
     /* Without kept site gradients the backward only needs the gradients at two
      * adjacent layer boundaries at a time. */
     const bool share = m->discard_site_grads;
+    /* V-scale off: v_scaled is v (same width, identity forward and backward),
+     * so both share storage; backward-only: the forward is still the
+     * identity, the activations share storage. The forward and backward skip
+     * the V-scale step when the buffers are one. */
+    const bool alias_v = m->vs.mode != GSINK_VSCALE_FULL && m->vs.n_scale_heads == cf->n_kv_heads;
+    const bool alias_dv = alias_v && m->vs.mode == GSINK_VSCALE_OFF;
     for (int l = 0; l <= cf->n_layers; l++) {
         m->resid[l] = take(c, Nd, 4);
         m->dresid[l] = share && l >= 2 ? m->dresid[l - 2] : take(c, Nd, 4);
@@ -1061,13 +1106,20 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
         memset(a, 0, sizeof *a);
         for (int st = 0; st < GSINK_SITE_COUNT; st++) {
             if (st == GSINK_SITE_RESID_IN || st == GSINK_SITE_RESID_OUT) continue; /* residual stream */
+            if (st == GSINK_SITE_V_SCALED && alias_v) { /* after GSINK_SITE_V in the enum */
+                a->site[st] = a->site[GSINK_SITE_V];
+                a->dsite[st] = alias_dv ? a->dsite[GSINK_SITE_V] : share && l > 0 ? m->layers[0].dsite[st] : take(c, Nk, 4);
+                continue;
+            }
             size_t n;
             if (!gsink__mul_size(N, (size_t)gsink__site_width(m, (gsink_site)st), &n)) {
                 c->overflow = true;
                 return;
             }
-            /* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: one set for all layers */
-            a->site[st] = l > 0 && gsink__site_discarded(m, (gsink_site)st) ? m->layers[0].site[st] : take(c, n, 4);
+            /* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: one set for all layers; so are
+             * the recomputed sites in every model (site_ready) */
+            bool one = gsink__site_discarded(m, (gsink_site)st) || gsink__site_recomputed((gsink_site)st);
+            a->site[st] = l > 0 && one ? m->layers[0].site[st] : take(c, n, 4);
             if (st != GSINK_SITE_ATTN_OUT && st != GSINK_SITE_MLP_OUT)
                 a->dsite[st] = share && l > 0 ? m->layers[0].dsite[st] : take(c, n, 4);
         }
@@ -1092,13 +1144,14 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
         a->col_sq = take(c, NH, 4);
         a->col_win = take(c, NH, 4);
     }
+    m->gain_snap = take(c, (size_t)cf->n_layers * 2 * d, 4);
     m->final_out = take(c, Nd, 4);
     m->dfinal_out = take(c, Nd, 4);
     m->rstd_final = take(c, N, 4);
     m->logits = take(c, NV, 4);
-    /* xent_bwd may run in place (CPU and CUDA kernels read each element of a
-     * row before writing it, and rows are independent) */
-    m->dlogits = m->discard_site_acts ? m->logits : take(c, NV, 4);
+    /* xent_bwd runs in place (CPU and CUDA kernels read each element of a
+     * row before writing it, and rows are independent); see logits_consumed */
+    m->dlogits = m->logits;
     size_t ns = Nq > Nk ? Nq : Nk;
     m->scratch = take(c, ns > Nd ? ns : Nd, 4);
     m->scratch2 = cf->qk_norm ? take(c, ns, 4) : NULL;
@@ -1237,7 +1290,12 @@ static gsink_status layer_forward(gsink_model *m, int l)
     int N = m->B * m->T, d = c->d_model, qd = c->n_heads * c->d_head, kd = c->n_kv_heads * c->d_head;
     int ff = c->d_ff;
 
-    TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_NORM_OUT], a->rstd_attn, m->resid[l], w->attn_norm, N, d, c->rms_eps), "rmsnorm");
+    /* the norms read their gains from gain_snap, where a recomputation finds them (site_ready) */
+    float *gain = m->gain_snap + (size_t)l * 2 * d;
+    TRY(m, f->copy(be, gain, w->attn_norm, (size_t)d * sizeof(float)), "copy");
+    TRY(m, f->copy(be, gain + d, w->mlp_norm, (size_t)d * sizeof(float)), "copy");
+    TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_NORM_OUT], a->rstd_attn, m->resid[l], gain, N, d, c->rms_eps), "rmsnorm");
+    m->held[GSINK_SITE_ATTN_NORM_OUT] = l;
     const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
     /* with qk_norm the projections land in q_raw / k_raw, the norms write the q / k sites */
     float *q = c->qk_norm ? a->q_raw : s[GSINK_SITE_Q], *k = c->qk_norm ? a->k_raw : s[GSINK_SITE_K];
@@ -1255,8 +1313,9 @@ static gsink_status layer_forward(gsink_model *m, int l)
     }
     TRY(m, gsink__rope(m, s[GSINK_SITE_Q], m->B, c->n_heads, 0), "rope q");
     TRY(m, gsink__rope(m, s[GSINK_SITE_K], m->B, c->n_kv_heads, 0), "rope k");
-    TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
-                         c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
+    if (s[GSINK_SITE_V_SCALED] != s[GSINK_SITE_V]) /* else the identity in place (layout_acts) */
+        TRY(m, f->vscale_fwd(be, s[GSINK_SITE_V_SCALED], s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N,
+                             c->n_kv_heads, m->vs.n_scale_heads, c->d_head, vscale_c0(m), m->vs.mode), "vscale");
     gsink_attn_shape sh = attn_shape(m);
     gsink_attn_stats stats = {a->col_mass, a->col_sq, a->col_win}, none = {NULL, NULL, NULL};
     TRY(m, f->attention_fwd(be, &sh, s[GSINK_SITE_Z], a->lse, s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED],
@@ -1271,11 +1330,13 @@ static gsink_status layer_forward(gsink_model *m, int l)
     if (c->sandwich_norm)
         TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_ATTN_OUT], a->rstd_post_attn, o, w->post_attn_norm, N, d, c->rms_eps), "post-attention norm");
     TRY(m, f->add(be, s[GSINK_SITE_RESID_MID], m->resid[l], s[GSINK_SITE_ATTN_OUT], (size_t)N * d), "add");
-    TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_NORM_OUT], a->rstd_mlp, s[GSINK_SITE_RESID_MID], w->mlp_norm, N, d, c->rms_eps), "rmsnorm");
+    TRY(m, f->rmsnorm_fwd(be, s[GSINK_SITE_MLP_NORM_OUT], a->rstd_mlp, s[GSINK_SITE_RESID_MID], gain + d, N, d, c->rms_eps), "rmsnorm");
+    m->held[GSINK_SITE_MLP_NORM_OUT] = l;
     x = s[GSINK_SITE_MLP_NORM_OUT];
     TRY(m, f->gemm_w(be, 0, 1, N, ff, d, 1.0f, x, d, w->wgate, m->wdtype, d, 0.0f, s[GSINK_SITE_MLP_PRE], ff), "gemm gate");
     TRY(m, f->gemm_w(be, 0, 1, N, ff, d, 1.0f, x, d, w->wup, m->wdtype, d, 0.0f, s[GSINK_SITE_MLP_UP], ff), "gemm up");
     TRY(m, f->swiglu_fwd(be, s[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
+    m->held[GSINK_SITE_MLP_POST] = l;
     float *r = c->sandwich_norm ? a->mlp_raw : s[GSINK_SITE_MLP_OUT];
     TRY(m, f->gemm_w(be, 0, 1, N, d, ff, 1.0f, s[GSINK_SITE_MLP_POST], ff, w->wdown, m->wdtype, ff, 0.0f, r, d), "gemm down");
     if (c->sandwich_norm)
@@ -1311,6 +1372,32 @@ gsink_status gsink__forward_hooked(gsink_model *m, const int32_t *tokens, const 
     return forward_impl(m, tokens, targets, batch, seq_len, loss, hook, user);
 }
 
+/* logits = final_out W_head^T: the forward's product, and the one that
+ * brings the logits back after a backward wrote their gradients over them. */
+static gsink_status lm_head(gsink_model *m)
+{
+    const gsink_config *c = &m->cfg;
+    return BE(m)->gemm_w(m->be, 0, 1, m->B * m->T, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model,
+                         m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->logits, c->vocab_size);
+}
+
+/* Makes m->logits hold the last forward's logits again after a backward
+ * overwrote them: the same product on the same inputs (final_out is kept and
+ * the weights are the forward's), so the values are bitwise those of the
+ * forward. `what` names the caller for the message. */
+static gsink_status restore_logits(gsink_model *m, const char *what)
+{
+    if (!m->logits_consumed) return GSINK_OK;
+    if (m->logits_version != m->weights_version)
+        return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER,
+                           "%s needs the logits of the last forward: the backward wrote the logit gradients over "
+                           "them and the weights changed since (optimizer step), so they cannot be recomputed; "
+                           "run a new forward (or read the logits before gsink_backward)", what);
+    TRY(m, lm_head(m), "lm head");
+    m->logits_consumed = false;
+    return GSINK_OK;
+}
+
 static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,
                                  int seq_len, float *loss, gsink__layer_hook hook, void *user)
 {
@@ -1331,6 +1418,7 @@ static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const in
 
     m->have_forward = m->have_backward = m->stats_ready = m->stats_on_backend = false;
     m->logits_consumed = false;
+    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
     st = ensure_acts(m, batch, seq_len);
     if (st) return st;
     m->B = batch;
@@ -1359,7 +1447,7 @@ static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const in
     }
     if (st) return st;
     TRY(m, f->rmsnorm_fwd(m->be, m->final_out, m->rstd_final, m->resid[c->n_layers], m->p.final_norm, (int)N, c->d_model, c->rms_eps), "final norm");
-    TRY(m, f->gemm_w(m->be, 0, 1, (int)N, c->vocab_size, c->d_model, 1.0f, m->final_out, c->d_model, m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->logits, c->vocab_size), "lm head");
+    TRY(m, lm_head(m), "lm head");
     m->have_targets = targets != NULL;
     m->n_targets = 0;
     m->last_loss = NAN;
@@ -1371,6 +1459,7 @@ static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const in
         m->last_loss = cnt > 0 ? (float)(sum / cnt) : 0.0f;
         if (loss) *loss = m->last_loss;
     }
+    m->logits_version = m->weights_version;
     m->have_forward = true;
     m->stats_ready = !m->defer_stats;
     return GSINK_OK;
@@ -1393,12 +1482,10 @@ gsink_status gsink_get_logits(gsink_model *m, float *out, size_t count)
     gsink__clear(m->errmsg);
     if (!out) return gsink__fail(m->errmsg, GSINK_ERR_NULL_ARGUMENT, "output buffer is NULL");
     if (!m->have_forward) return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER, "no forward pass has run");
-    if (m->logits_consumed)
-        return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
-                           "the backward wrote the logit gradients over the logits (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS); "
-                           "read the logits before gsink_backward");
     size_t n = (size_t)m->B * m->T * m->cfg.vocab_size;
     if (count < n) return gsink__fail(m->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "logits need %zu floats, buffer has %zu", n, count);
+    gsink_status st = restore_logits(m, "gsink_get_logits");
+    if (st) return st;
     TRY(m, BE(m)->download(m->be, out, m->logits, n * sizeof(float)), "download logits");
     return GSINK_OK;
 }
@@ -1431,13 +1518,19 @@ static gsink_status layer_backward(gsink_model *m, int l)
         dout = m->scratch;
     }
     TRY(m, f->gemm_w(be, 0, 0, N, ff, d, 1.0f, dout, d, w->wdown, m->wdtype, ff, 0.0f, ds[GSINK_SITE_MLP_POST], ff), "gemm");
-    if (pg)
+    if (pg) {
+        gsink_status st = site_ready(m, l, GSINK_SITE_MLP_POST);
+        if (st) return st;
         TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
+    }
     TRY(m, f->swiglu_bwd(be, ds[GSINK_SITE_MLP_PRE], ds[GSINK_SITE_MLP_UP], ds[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
     TRY(m, f->gemm_w(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, w->wgate, m->wdtype, d, 0.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
     TRY(m, f->gemm_w(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, m->wdtype, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
-    if (pg)
+    if (pg) {
+        gsink_status st = site_ready(m, l, GSINK_SITE_MLP_NORM_OUT);
+        if (st) return st;
         TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wgate, d), "gemm");
+    }
     if (pg)
         TRY(m, f->gemm(be, 1, 0, ff, d, N, 1.0f, ds[GSINK_SITE_MLP_UP], ff, s[GSINK_SITE_MLP_NORM_OUT], d, 1.0f, gw->wup, d), "gemm");
     TRY(m, f->copy(be, ds[GSINK_SITE_RESID_MID], m->dresid[l + 1], Nd * sizeof(float)), "copy");
@@ -1460,9 +1553,14 @@ static gsink_status layer_backward(gsink_model *m, int l)
     TRY(m, f->attention_bwd(be, &sh, ds[GSINK_SITE_Q], ds[GSINK_SITE_K], ds[GSINK_SITE_V_SCALED], ds[GSINK_SITE_Z],
                             s[GSINK_SITE_Q], s[GSINK_SITE_K], s[GSINK_SITE_V_SCALED], s[GSINK_SITE_Z], a->lse, stats), "attention");
     int learn = pg && m->vs.mode == GSINK_VSCALE_FULL && m->vs.learnable;
-    TRY(m, f->vscale_bwd(be, ds[GSINK_SITE_V], learn ? m->vs.dtheta + (size_t)l * c->n_heads : NULL, ds[GSINK_SITE_V_SCALED],
-                         s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N, c->n_kv_heads, m->vs.n_scale_heads,
-                         c->d_head, vscale_c0(m), m->vs.mode), "vscale");
+    if (ds[GSINK_SITE_V_SCALED] != ds[GSINK_SITE_V])
+        TRY(m, f->vscale_bwd(be, ds[GSINK_SITE_V], learn ? m->vs.dtheta + (size_t)l * c->n_heads : NULL, ds[GSINK_SITE_V_SCALED],
+                             s[GSINK_SITE_V], m->vs.theta + (size_t)l * c->n_heads, N, c->n_kv_heads, m->vs.n_scale_heads,
+                             c->d_head, vscale_c0(m), m->vs.mode), "vscale");
+    if (pg) { /* the weight gradients of q, k, v read the norm's output */
+        gsink_status st = site_ready(m, l, GSINK_SITE_ATTN_NORM_OUT);
+        if (st) return st;
+    }
     const float *x = s[GSINK_SITE_ATTN_NORM_OUT];
     float *dx = ds[GSINK_SITE_ATTN_NORM_OUT];
     /* q and k sites hold post-RoPE values; their projections need pre-RoPE gradients. */
@@ -1524,12 +1622,10 @@ static gsink_status backward_impl(gsink_model *m, unsigned flags, float scale, b
         gsink_status st = gsink_zero_grad(m);
         if (st) return st;
     }
-    if (m->logits_consumed)
-        return gsink__fail(m->errmsg, GSINK_ERR_CALL_ORDER,
-                           "the last backward overwrote the logits (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS): "
-                           "run a new forward before another backward");
+    gsink_status rst = restore_logits(m, "another gsink_backward");
+    if (rst) return rst;
     m->have_backward = false;
-    if (m->dlogits == m->logits) m->logits_consumed = true;
+    m->logits_consumed = true;
     TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, scale), "cross-entropy");
     TRY(m, f->gemm_w(m->be, 0, 0, N, c->d_model, c->vocab_size, 1.0f, m->dlogits, c->vocab_size, m->p.lm_head, m->wdtype, c->d_model, 0.0f, m->dfinal_out, c->d_model), "gemm");
     if (pg)
@@ -1593,9 +1689,10 @@ gsink_status gsink_vscale_enable(gsink_model *m, const gsink_vscale_options *o)
     if (!(o->sigma > 0.0f) || !isfinite(o->sigma))
         return gsink__fail(m->errmsg, GSINK_ERR_INVALID_ARGUMENT, "V-scale sigma = %g must be a positive finite number", o->sigma);
     int heads = o->mode != GSINK_VSCALE_OFF && o->per_query_head ? m->cfg.n_heads : m->cfg.n_kv_heads;
+    /* v_scaled changes width, or starts or stops sharing v's storage
+     * (layout_acts): storage is rebuilt at the next forward. */
+    if (heads != m->vs.n_scale_heads || o->mode != m->vs.mode) free_acts(m);
     if (heads != m->vs.n_scale_heads) {
-        /* v_scaled changes width: storage is rebuilt at the next forward. */
-        free_acts(m);
         size_t th = (size_t)m->cfg.n_layers * m->cfg.n_heads * sizeof(float);
         TRY(m, BE(m)->zero(m->be, m->vs.theta, th), "zero theta");
         TRY(m, BE(m)->zero(m->be, m->vs.dtheta, th), "zero theta");

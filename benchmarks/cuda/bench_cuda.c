@@ -3,13 +3,15 @@
  *
  *   bench_cuda model [--preset paper-0.1b] [--batch 8] [--seq 1024] [--iters 10]
  *                    [--warmup 3] [--tf32 | --bf16] [--peak-tflops 67] [--diag]
+ *                    [--discard-site-grads]
  *       median time of one forward+backward step of the whole model (mean
  *       cross-entropy, gradients of every parameter and site, attention column
  *       statistics summed in the backward), tokens/s and MFU against --peak-tflops (dense FP32,
  *       TF32 or BF16 peak of the GPU; H100 SXM: 67 FP32, 495 TF32, 989 BF16).
  *       --tf32 / --bf16 create the model with GSINK_PRECISION_TF32 / _BF16.
  *       --diag then computes every diagnostic of the last step (the JSON
- *       report) and prints its time.
+ *       report) and prints its time. --discard-site-grads creates the model
+ *       with GSINK_MODEL_DISCARD_SITE_GRADS (no per-layer site gradients).
  *
  *   bench_cuda attention [--batch 4] [--heads 16] [--dh 64] [--seq 1024,2048,4096,8192]
  *                        [--iters 10] [--tf32 | --bf16]
@@ -102,6 +104,7 @@ static int bench_model(int argc, char **argv)
     int iters = arg_int(argc, argv, "--iters", 10), warm = arg_int(argc, argv, "--warmup", 3);
     int math = arg_math(argc, argv);
     int diag = arg_flag(argc, argv, "--diag");
+    int discard = arg_flag(argc, argv, "--discard-site-grads");
     double peak = atof(arg_str(argc, argv, "--peak-tflops", "0"));
     if (B <= 0 || T <= 0 || iters <= 0 || iters > 1000 || warm < 0 || math < 0) {
         fprintf(stderr, "bad arguments\n");
@@ -117,6 +120,7 @@ static int bench_model(int argc, char **argv)
     gsink_model_options_init(&o);
     o.device = GSINK_DEVICE_CUDA;
     o.precision = math; /* gsink_precision and GSINK_CUDA_MATH_* share their values */
+    if (discard) o.flags |= GSINK_MODEL_DISCARD_SITE_GRADS;
     gsink_model *m = NULL;
     if (gsink_model_create(&cfg, &o, &m) != GSINK_OK) {
         fprintf(stderr, "model on CUDA: %s\n", gsink_last_error());
@@ -154,8 +158,8 @@ static int bench_model(int argc, char **argv)
         double flops = 6.0 * (double)np * (double)n +
                        6.0 * cfg.n_layers * (double)T * cfg.n_heads * cfg.d_head * (double)n;
         printf("device: %s\n", desc);
-        printf("config: preset %s B %d T %d params %zu precision %s\n", preset, B, T, np,
-               math_name(math));
+        printf("config: preset %s B %d T %d params %zu precision %s%s\n", preset, B, T, np,
+               math_name(math), discard ? " discard-site-grads" : "");
         printf("loss: %.6f\n", loss);
         printf("step_ms_median: %.3f\n", med * 1e3);
         printf("tokens_per_s: %.1f\n", (double)n / med);

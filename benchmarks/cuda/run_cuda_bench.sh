@@ -28,6 +28,9 @@ TB="$ROOT/benchmarks/cuda/torch_bench.py"
     echo "## $BENCH model --preset paper-0.1b --batch 8 --seq 1024 $flag --peak-tflops $peak"
     "$BENCH" model --preset paper-0.1b --batch 8 --seq 1024 $flag --peak-tflops "$peak"
   done
+  # the memory of a training step that keeps no per-layer site gradients
+  echo "## $BENCH model --preset paper-0.1b --batch 8 --seq 1024 --bf16 --discard-site-grads"
+  "$BENCH" model --preset paper-0.1b --batch 8 --seq 1024 --bf16 --discard-site-grads --peak-tflops "${PEAK_BF16:-989}"
   echo "## memory: paper-0.1b diagnostics at T=8192 (B=1), peak device memory sampled by nvidia-smi"
   nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits -lms 50 > /tmp/gsink-mem.$$ &
   SMI=$!

@@ -362,6 +362,7 @@ gsink_status gsink_optimizer_step(gsink_optimizer *opt, float *grad_norm)
     const float lr = (float)schedule(o, opt->step);
     const float bc1 = (float)(1.0 - pow((double)o->beta1, (double)t));
     const float bc2 = (float)(1.0 - pow((double)o->beta2, (double)t));
+    m->weights_version++; /* logits a backward overwrote can no longer be recomputed */
     for (size_t i = 0; i < m->n_entries; i++) {
         const gsink_param_entry *e = &m->entries[i];
         if (!entry_in_block(m, e)) continue;

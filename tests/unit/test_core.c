@@ -517,6 +517,223 @@ START_TEST(test_vscale_modes_through_model)
 }
 END_TEST
 
+/* The backward writes the logit gradients over the logits (one N x vocab
+ * buffer). Reading the logits afterwards, or a second backward, recomputes
+ * them with the forward's LM-head product: bitwise the forward's logits and
+ * bitwise the same gradients. After an optimizer step the weights are no
+ * longer the forward's: both calls are refused until the next forward. */
+static void logits_case(int weight_dtype)
+{
+    gsink_config c;
+    ck_assert_int_eq(gsink_config_preset("tiny", &c), GSINK_OK);
+    c.tie_embeddings = 0;
+    gsink_model_options o;
+    gsink_model_options_init(&o);
+    o.seed = 8;
+    o.n_threads = 2;
+    o.weight_dtype = weight_dtype;
+    gsink_model *m = NULL;
+    ck_assert_int_eq(gsink_model_create(&c, &o, &m), GSINK_OK);
+    enum { B = 2, T = 24 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, 512, 5);
+    tokens(y, B * T, 512, 6);
+    const size_t nl = (size_t)B * T * 512, ng = 512 * 64;
+    float *l0 = malloc(nl * 4), *l1 = malloc(nl * 4), *g0 = malloc(ng * 4), *g1 = malloc(ng * 4);
+    const char *head = "lm_head.weight";
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(m, l0, nl), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_get_param_grad(m, head, g0, ng), GSINK_OK);
+    memset(l1, 0xff, nl * 4);
+    ck_assert_int_eq(gsink_get_logits(m, l1, nl), GSINK_OK);
+    ck_assert(memcmp(l0, l1, nl * 4) == 0);
+    /* a second backward (logits just restored) and a third (overwritten again) */
+    for (int k = 0; k < 2; k++) {
+        ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+        ck_assert_int_eq(gsink_get_param_grad(m, head, g1, ng), GSINK_OK);
+        ck_assert(memcmp(g0, g1, ng * 4) == 0);
+    }
+    int nonzero = 0;
+    for (size_t i = 0; i < ng; i++) nonzero += g0[i] != 0.0f;
+    ck_assert_int_gt(nonzero, (int)(ng / 2));
+    memset(l1, 0, nl * 4);
+    ck_assert_int_eq(gsink_get_logits(m, l1, nl), GSINK_OK);
+    ck_assert(memcmp(l0, l1, nl * 4) == 0);
+    /* an optimizer step changes the LM head: no recomputation any more */
+    gsink_optimizer *opt = NULL;
+    ck_assert_int_eq(gsink_optimizer_create(m, NULL, &opt), GSINK_OK);
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_step(opt, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(m, l1, nl), GSINK_ERR_CALL_ORDER);
+    ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(m), "weights changed"));
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_ERR_CALL_ORDER);
+    float act[B * T * 64];
+    ck_assert_int_eq(gsink_get_activation(m, 0, GSINK_SITE_RESID_MID, act, sizeof act / 4), GSINK_OK); /* still usable */
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(m, l1, nl), GSINK_OK);
+    ck_assert(memcmp(l0, l1, nl * 4) != 0); /* new weights, new logits */
+    ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+    ck_assert_int_eq(gsink_optimizer_step(opt, NULL), GSINK_OK);
+    /* logits read before the backward stay readable after a step */
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(m, l0, nl), GSINK_OK);
+    ck_assert_int_eq(gsink_get_logits(m, l1, nl), GSINK_OK);
+    ck_assert(memcmp(l0, l1, nl * 4) == 0);
+    gsink_optimizer_free(opt);
+    gsink_model_free(m);
+    free(l0);
+    free(l1);
+    free(g0);
+    free(g1);
+}
+
+START_TEST(test_logits_survive_backward) { logits_case(GSINK_WEIGHTS_FP32); }
+END_TEST
+START_TEST(test_logits_survive_backward_bf16) { logits_case(GSINK_WEIGHTS_BF16); }
+END_TEST
+
+/* V-scale off: v_scaled shares v's storage (activation and gradient) and the
+ * model holds two N x kv-width buffers per layer less; backward-only shares
+ * the activation only, and its value-path gradient still differs. */
+START_TEST(test_vscale_off_shares_v)
+{
+    gsink_model *m = make("tiny", 1, 9, 0);
+    enum { B = 2, T = 20, KD = 2 * 16 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, 512, 7);
+    tokens(y, B * T, 512, 8);
+    int heads, width;
+    ck_assert_int_eq(gsink_site_dims(m, GSINK_SITE_V, &heads, &width), GSINK_OK);
+    ck_assert_int_eq(heads * width, KD);
+    const size_t n = (size_t)B * T * KD;
+    float v[B * T * KD], vs[B * T * KD];
+    uint64_t off_bytes, full_bytes;
+    gsink_vscale_options vo;
+    gsink_vscale_options_init(&vo);
+    for (int mode = 0; mode < 3; mode++) {
+        vo.mode = mode == 0 ? GSINK_VSCALE_OFF : mode == 1 ? GSINK_VSCALE_BACKWARD_ONLY : GSINK_VSCALE_FULL;
+        ck_assert_int_eq(gsink_vscale_enable(m, &vo), GSINK_OK);
+        ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+        ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+        uint64_t bytes;
+        ck_assert_int_eq(gsink_model_memory(m, &bytes, NULL, 0), GSINK_OK);
+        if (mode == 0) off_bytes = bytes;
+        if (mode == 2) full_bytes = bytes;
+        for (int l = 0; l < 2; l++) {
+            ck_assert_int_eq(gsink_get_activation(m, l, GSINK_SITE_V, v, n), GSINK_OK);
+            ck_assert_int_eq(gsink_get_activation(m, l, GSINK_SITE_V_SCALED, vs, n), GSINK_OK);
+            ck_assert((memcmp(v, vs, sizeof v) == 0) == (mode < 2)); /* FULL scales */
+            ck_assert_int_eq(gsink_get_gradient(m, l, GSINK_SITE_V, v, n), GSINK_OK);
+            ck_assert_int_eq(gsink_get_gradient(m, l, GSINK_SITE_V_SCALED, vs, n), GSINK_OK);
+            ck_assert((memcmp(v, vs, sizeof v) == 0) == (mode == 0));
+        }
+    }
+    /* per layer: a v_scaled activation and gradient, each B*T*KD floats (64-byte multiples here) */
+    ck_assert_uint_eq(full_bytes - off_bytes, 2u * 2u * n * 4u);
+    gsink_model_free(m);
+}
+END_TEST
+
+/* attn_norm_out, mlp_norm_out and mlp_post are one buffer each for every
+ * layer, recomputed from kept tensors when a layer's values are read (and
+ * for the weight gradients): every read, in any layer order, before and
+ * after the backward and after an optimizer step, equals the values computed
+ * here from resid_in / resid_mid and the forward's gains, and
+ * silu(mlp_pre) * mlp_up. */
+static void rmsnorm_ref(const float *x, const float *g, float *y, size_t rows, int d)
+{
+    for (size_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int j = 0; j < d; j++) ss += (double)x[r * d + j] * x[r * d + j];
+        double rs = 1.0 / sqrt(ss / d + 1e-5);
+        for (int j = 0; j < d; j++) y[r * d + j] = (float)(x[r * d + j] * rs * g[j]);
+    }
+}
+
+START_TEST(test_recomputed_sites)
+{
+    gsink_model *m = make("tiny", 1, 10, 0);
+    enum { B = 2, T = 16, FF = 172, D = 64 };
+    int32_t t[B * T], y[B * T];
+    tokens(t, B * T, 512, 9);
+    tokens(y, B * T, 512, 10);
+    const size_t n = (size_t)B * T * FF, nd = (size_t)B * T * D;
+    float *pre = malloc(n * 4), *up = malloc(n * 4), *post = malloc(n * 4);
+    float *x = malloc(nd * 4), *ref = malloc(nd * 4), *got = malloc(nd * 4), *first = malloc(4 * nd * 4);
+    float gains[2][2][D];
+    for (int l = 0; l < 2; l++) { /* gains away from 1, so that a stale gain shows */
+        for (int k = 0; k < 2; k++) {
+            char name[80];
+            snprintf(name, sizeof name, "model.layers.%d.%s.weight", l, k ? "post_attention_layernorm" : "input_layernorm");
+            for (int j = 0; j < D; j++) gains[l][k][j] = 0.5f + 0.03f * (float)((j * 7 + l * 3 + k) % 31);
+            ck_assert_int_eq(gsink_set_param(m, name, gains[l][k], D), GSINK_OK);
+        }
+    }
+    gsink_optimizer *opt = NULL;
+    ck_assert_int_eq(gsink_optimizer_create(m, NULL, &opt), GSINK_OK);
+    ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
+    const int order[] = {0, 1, 0, -1, 1, 0, 1, -2, 0, 1};
+    int reads = 0;
+    for (size_t k = 0; k < sizeof order / sizeof *order; k++) {
+        int l = order[k];
+        if (l == -1) { /* the backward recomputes each layer's sites for the weight gradients */
+            ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+            continue;
+        }
+        if (l == -2) { /* new gains: the stored forward keeps the old ones */
+            ck_assert_int_eq(gsink_optimizer_step(opt, NULL), GSINK_OK);
+            float g[D];
+            ck_assert_int_eq(gsink_get_param(m, "model.layers.0.input_layernorm.weight", g, D), GSINK_OK);
+            ck_assert(memcmp(g, gains[0][0], sizeof g) != 0);
+            continue;
+        }
+        /* the norms first: the buffer holds another layer's values here */
+        float nrm[T];
+        ck_assert_int_eq(gsink_get_activation_norms(m, l, GSINK_SITE_MLP_POST, -1, nrm, T), GSINK_OK);
+        ck_assert_int_eq(gsink_get_activation(m, l, GSINK_SITE_MLP_PRE, pre, n), GSINK_OK);
+        ck_assert_int_eq(gsink_get_activation(m, l, GSINK_SITE_MLP_UP, up, n), GSINK_OK);
+        ck_assert_int_eq(gsink_get_activation(m, l, GSINK_SITE_MLP_POST, post, n), GSINK_OK);
+        for (size_t i = 0; i < n; i++) {
+            double g = pre[i], want = g / (1.0 + exp(-g)) * up[i];
+            ck_assert_msg(tu_close(post[i], want, 1e-6, 1e-12), "layer %d [%zu]: %g vs %g", l, i, post[i], want);
+        }
+        for (int tt = 0; tt < T; tt++) { /* mean over the batch of ||x_{b,t}|| */
+            double mean = 0;
+            for (int b = 0; b < B; b++) {
+                double ss = 0;
+                for (int j = 0; j < FF; j++) ss += (double)post[((size_t)b * T + tt) * FF + j] * post[((size_t)b * T + tt) * FF + j];
+                mean += sqrt(ss) / B;
+            }
+            ck_assert_msg(tu_close(nrm[tt], mean, 1e-5, 1e-12), "norm t=%d: %g vs %g", tt, nrm[tt], mean);
+        }
+        for (int k2 = 0; k2 < 2; k2++) {
+            gsink_site in = k2 ? GSINK_SITE_RESID_MID : GSINK_SITE_RESID_IN;
+            gsink_site out = k2 ? GSINK_SITE_MLP_NORM_OUT : GSINK_SITE_ATTN_NORM_OUT;
+            ck_assert_int_eq(gsink_get_activation(m, l, in, x, nd), GSINK_OK);
+            ck_assert_int_eq(gsink_get_activation(m, l, out, got, nd), GSINK_OK);
+            rmsnorm_ref(x, gains[l][k2], ref, (size_t)B * T, D);
+            for (size_t i = 0; i < nd; i++)
+                ck_assert_msg(tu_close(got[i], ref[i], 2e-6, 1e-9), "%s layer %d [%zu]: %g vs %g",
+                              gsink_site_name(out), l, i, got[i], ref[i]);
+            float *keep = first + ((size_t)l * 2 + k2) * nd;
+            if (reads < 4) memcpy(keep, got, nd * 4);
+            else ck_assert(memcmp(keep, got, nd * 4) == 0); /* bitwise the same on every read */
+        }
+        reads += 2;
+    }
+    gsink_optimizer_free(opt);
+    free(pre);
+    free(up);
+    free(post);
+    free(x);
+    free(ref);
+    free(got);
+    free(first);
+    gsink_model_free(m);
+}
+END_TEST
+
 /* gsink_get/set_params_flat and gsink_get/set_grads_flat: the per-tensor
  * layout (gsink_param_info order, theta last), and an optimizer step from
  * gradients set in one call equals one from the same accumulated gradients. */
@@ -670,6 +887,10 @@ int main(void)
     tcase_add_test(tc, test_gradient_accumulation_and_zero);
     tcase_add_test(tc, test_threads_do_not_change_results);
     tcase_add_test(tc, test_vscale_modes_through_model);
+    tcase_add_test(tc, test_logits_survive_backward);
+    tcase_add_test(tc, test_logits_survive_backward_bf16);
+    tcase_add_test(tc, test_vscale_off_shares_v);
+    tcase_add_test(tc, test_recomputed_sites);
     tcase_add_test(tc, test_flat_params_and_grads_untied);
     tcase_add_test(tc, test_flat_params_and_grads_tied);
     suite_add_tcase(s, tc);

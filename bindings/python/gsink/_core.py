@@ -573,11 +573,14 @@ class Model(_Handle):
     no weight gradients in backward(), bitwise the same diagnostics; get_param_grad,
     zero_grad, backward(accumulate=True) and Optimizer then raise UnsupportedError.
     discard_site_activations=True (only with analysis=True, else InvalidArgumentError):
-    the sites the activation-gradient backward does not read (attn_norm_out, attn_out,
-    mlp_norm_out, mlp_out, mlp_post) share one buffer across layers and the logit
-    gradients overwrite the logits; Analysis reports are unchanged, get_activation and
-    the activation diagnostics of those sites, and get_logits after backward(), raise
-    UnsupportedError.
+    attn_out and mlp_out (never read by the activation-gradient backward) share one
+    buffer across layers; Analysis reports are unchanged, activation() and the
+    activation diagnostics of those two sites raise UnsupportedError.
+    Every model stores attn_norm_out, mlp_norm_out and mlp_post once and recomputes a
+    layer's values when they are read (bitwise the forward's), shares v's storage for
+    v_scaled while V-scale is off, and writes the logit gradients over the logits:
+    logits() after backward() recomputes them (bitwise), unless an Optimizer stepped
+    since the forward (CallOrderError; read them before backward()).
     weight_dtype is "fp32" (default), "bf16" or "fp16" (or a WeightDtype): the storage of
     the weight matrices (half the weight memory in 16 bits); compute, activations and
     gradients stay fp32, get_param/set_param stay float32 (set_param rounds to nearest

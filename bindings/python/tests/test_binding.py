@@ -623,8 +623,9 @@ def test_analysis_model():
 
 def test_discard_site_activations_model():
     # unread site activations shared across layers: the streamed report of a
-    # normal model, the same gradients, discarded sites and logits after the
-    # backward refused naming the flag; the flag needs analysis=True
+    # normal model, the same gradients, the recomputed sites and the logits
+    # after the backward equal, discarded sites refused naming the flag; the
+    # flag needs analysis=True
     rng = np.random.default_rng(5)
     tok = rng.integers(0, 64, size=(4, 16), dtype=np.int32)
     full = gsink.Model("micro", seed=11, n_threads=1)
@@ -644,11 +645,12 @@ def test_discard_site_activations_model():
         m.forward(tok, tok)
         m.backward()
     np.testing.assert_array_equal(kept.gradient("mlp_post", layer=0), full.gradient("mlp_post", layer=0))
-    np.testing.assert_array_equal(kept.activation("mlp_pre", layer=0), full.activation("mlp_pre", layer=0))
-    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"):
-        kept.activation("mlp_post", layer=0)
-    with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"):
-        kept.logits()
+    for site in ("mlp_pre", "mlp_post", "attn_norm_out", "mlp_norm_out"):
+        np.testing.assert_array_equal(kept.activation(site, layer=0), full.activation(site, layer=0))
+    np.testing.assert_array_equal(kept.logits(), full.logits())
+    for site in ("attn_out", "mlp_out"):
+        with pytest.raises(gsink.UnsupportedError, match="GSINK_MODEL_DISCARD_SITE_ACTIVATIONS"):
+            kept.activation(site, layer=0)
     with pytest.raises(gsink.InvalidArgumentError, match="needs GSINK_MODEL_ANALYSIS"):
         gsink.Model("micro", discard_site_activations=True)
 
