@@ -292,7 +292,9 @@ typedef enum gsink_weight_dtype {
  * from kept tensors (resid_in / resid_mid with the forward's norm gains;
  * mlp_pre and mlp_up) when a layer's values are read or needed for a weight
  * gradient, with the forward's own kernels, so reads are bitwise the
- * forward's values, also after an optimizer step. With V-scale off, v_scaled
+ * forward's values, also after an optimizer step; likewise the gradients of
+ * mlp_pre and mlp_up (the SwiGLU backward of the kept mlp_post gradient).
+ * With V-scale off, v_scaled
  * shares v's storage (activation and gradient; backward-only: the
  * activation). The backward writes the logit gradients over the logits:
  * see gsink_get_logits. */

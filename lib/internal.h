@@ -280,6 +280,7 @@ struct gsink_model {
     /* Recomputed sites (gsink__site_recomputed): one buffer serves every
      * layer; held[site] is the layer whose values it holds (-1: none). */
     int held[GSINK_SITE_COUNT];
+    int held_grad;           /* the layer whose mlp_pre / mlp_up gradients their buffers hold */
     bool no_param_grads;     /* inside gsink__backward_hooked: weight gradients skipped */
     float last_loss;
     int64_t n_targets;
@@ -304,16 +305,19 @@ float *gsink__site_ptr(gsink_model *m, int layer, gsink_site site, bool grad);
  * (GSINK_MODEL_DISCARD_SITE_ACTIVATIONS); the pointer then holds the last
  * forward's value of whichever layer ran last. */
 bool gsink__site_discarded(const gsink_model *m, gsink_site site);
-/* Before reading a site's activations of a layer after its forward: fails
- * with GSINK_ERR_UNSUPPORTED (message naming the flag) for a discarded site,
- * and makes a recomputed site (mlp_post: one buffer for every layer) hold
+/* Before reading a layer's activations (grad false, after a forward) or
+ * gradients (grad true, after a backward) of a site: fails with
+ * GSINK_ERR_UNSUPPORTED (message naming the flag) for a discarded
+ * activation site, and makes the shared buffer of a recomputed site hold
  * that layer's values. */
-gsink_status gsink__site_act_ready(gsink_model *m, int layer, gsink_site site);
-/* True for the sites stored once for all layers and recomputed from kept
- * tensors when a layer's values are needed: attn_norm_out and mlp_norm_out
- * (RMSNorm of resid_in / resid_mid with the forward's gains) and mlp_post
- * (silu(mlp_pre) * mlp_up). */
-bool gsink__site_recomputed(gsink_site site);
+gsink_status gsink__site_ready(gsink_model *m, int layer, gsink_site site, bool grad);
+/* True for the sites whose activations (grad false) or gradients (grad
+ * true) are stored once for all layers and recomputed from kept tensors
+ * when a layer's values are needed: the activations of attn_norm_out and
+ * mlp_norm_out (RMSNorm of resid_in / resid_mid with the forward's gains)
+ * and mlp_post (silu(mlp_pre) * mlp_up); the gradients of mlp_pre and
+ * mlp_up (the SwiGLU backward of the mlp_post gradient). */
+bool gsink__site_recomputed(gsink_site site, bool grad);
 /* gsink_forward with a hook after each layer's forward (its activations are
  * complete then, also when the layers share them). */
 gsink_status gsink__forward_hooked(gsink_model *m, const int32_t *tokens, const int32_t *targets, int batch,

@@ -346,6 +346,7 @@ static void free_acts(gsink_model *m)
     m->have_forward = m->have_backward = m->have_targets = false;
     m->B = m->T = 0;
     for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
+    m->held_grad = -1;
 }
 
 void gsink_model_free(gsink_model *m)
@@ -460,6 +461,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
 
     m->defer_stats = BE(m)->stats_in_backward != 0;
     for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
+    m->held_grad = -1;
     st = build_registry(m, errbuf);
     if (st) goto fail;
     size_t bytes;
@@ -940,8 +942,9 @@ bool gsink__site_discarded(const gsink_model *m, gsink_site site)
     }
 }
 
-bool gsink__site_recomputed(gsink_site site)
+bool gsink__site_recomputed(gsink_site site, bool grad)
 {
+    if (grad) return site == GSINK_SITE_MLP_PRE || site == GSINK_SITE_MLP_UP;
     return site == GSINK_SITE_ATTN_NORM_OUT || site == GSINK_SITE_MLP_NORM_OUT || site == GSINK_SITE_MLP_POST;
 }
 
@@ -950,7 +953,7 @@ bool gsink__site_recomputed(gsink_site site)
  * the gains the forward copied into gain_snap; mlp_pre and mlp_up), so the
  * values are bitwise the forward's, also after an optimizer step. The
  * forward fills the buffers layer by layer; the backward (weight
- * gradients) and the readers (gsink__site_act_ready) call this. */
+ * gradients) and the readers (gsink__site_ready) call this. */
 static gsink_status site_ready(gsink_model *m, int layer, gsink_site site)
 {
     if (m->held[site] == layer) return GSINK_OK;
@@ -977,14 +980,35 @@ static gsink_status site_ready(gsink_model *m, int layer, gsink_site site)
     return GSINK_OK;
 }
 
-gsink_status gsink__site_act_ready(gsink_model *m, int layer, gsink_site site)
+/* The gradients of mlp_pre and mlp_up of a layer in their shared buffers:
+ * the backward's SwiGLU step again on the kept mlp_post gradient, mlp_pre
+ * and mlp_up (bitwise the backward's values). Only with kept site gradients
+ * (the mlp_post gradient of every layer). */
+static gsink_status swiglu_grads_ready(gsink_model *m, int layer)
 {
+    if (m->held_grad == layer) return GSINK_OK;
+    gsink_layer_acts *a = &m->layers[layer];
+    gsink_status st = BE(m)->swiglu_bwd(m->be, a->dsite[GSINK_SITE_MLP_PRE], a->dsite[GSINK_SITE_MLP_UP],
+                                        a->dsite[GSINK_SITE_MLP_POST], a->site[GSINK_SITE_MLP_PRE],
+                                        a->site[GSINK_SITE_MLP_UP], (size_t)m->B * m->T * m->cfg.d_ff);
+    if (st) return gsink__be_check(m, st, "swiglu");
+    m->held_grad = layer;
+    return GSINK_OK;
+}
+
+gsink_status gsink__site_ready(gsink_model *m, int layer, gsink_site site, bool grad)
+{
+    if (layer < 0 || layer >= m->cfg.n_layers) return GSINK_OK; /* the caller reports the range */
+    if (grad) {
+        if (gsink__site_recomputed(site, true) && m->have_backward && !m->discard_site_grads)
+            return swiglu_grads_ready(m, layer);
+        return GSINK_OK;
+    }
     if (gsink__site_discarded(m, site))
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED,
                            "the activations of site \"%s\" are not kept per layer by this model "
                            "(GSINK_MODEL_DISCARD_SITE_ACTIVATIONS)", site_names[site]);
-    if (gsink__site_recomputed(site) && m->have_forward && layer >= 0 && layer < m->cfg.n_layers)
-        return site_ready(m, layer, site);
+    if (gsink__site_recomputed(site, false) && m->have_forward) return site_ready(m, layer, site);
     return GSINK_OK;
 }
 
@@ -1007,10 +1031,8 @@ static gsink_status copy_site(gsink_model *m, int layer, gsink_site site, float 
     if (count < n)
         return gsink__fail(m->errmsg, GSINK_ERR_BUFFER_TOO_SMALL, "site '%s' needs %zu floats, buffer has %zu",
                            site_names[site], n, count);
-    if (!grad) {
-        gsink_status st = gsink__site_act_ready(m, layer, site);
-        if (st) return st;
-    }
+    gsink_status st = gsink__site_ready(m, layer, site, grad);
+    if (st) return st;
     TRY(m, BE(m)->download(m->be, out, gsink__site_ptr(m, layer, site, grad), n * sizeof(float)), "download");
     return GSINK_OK;
 }
@@ -1118,10 +1140,11 @@ static void layout_acts(gsink_model *m, size_t N, carver *c)
             }
             /* GSINK_MODEL_DISCARD_SITE_ACTIVATIONS: one set for all layers; so are
              * the recomputed sites in every model (site_ready) */
-            bool one = gsink__site_discarded(m, (gsink_site)st) || gsink__site_recomputed((gsink_site)st);
+            bool one = gsink__site_discarded(m, (gsink_site)st) || gsink__site_recomputed((gsink_site)st, false);
             a->site[st] = l > 0 && one ? m->layers[0].site[st] : take(c, n, 4);
+            bool gone = share || gsink__site_recomputed((gsink_site)st, true); /* swiglu_grads_ready */
             if (st != GSINK_SITE_ATTN_OUT && st != GSINK_SITE_MLP_OUT)
-                a->dsite[st] = share && l > 0 ? m->layers[0].dsite[st] : take(c, n, 4);
+                a->dsite[st] = gone && l > 0 ? m->layers[0].dsite[st] : take(c, n, 4);
         }
         a->dsite[GSINK_SITE_ATTN_OUT] = a->dsite[GSINK_SITE_RESID_MID]; /* h_mid = h + r_attn */
         a->dsite[GSINK_SITE_MLP_OUT] = m->dresid[l + 1];                /* h_out = h_mid + r_mlp */
@@ -1419,6 +1442,7 @@ static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const in
     m->have_forward = m->have_backward = m->stats_ready = m->stats_on_backend = false;
     m->logits_consumed = false;
     for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
+    m->held_grad = -1;
     st = ensure_acts(m, batch, seq_len);
     if (st) return st;
     m->B = batch;
@@ -1524,6 +1548,7 @@ static gsink_status layer_backward(gsink_model *m, int l)
         TRY(m, f->gemm(be, 1, 0, d, ff, N, 1.0f, dout, d, s[GSINK_SITE_MLP_POST], ff, 1.0f, gw->wdown, ff), "gemm");
     }
     TRY(m, f->swiglu_bwd(be, ds[GSINK_SITE_MLP_PRE], ds[GSINK_SITE_MLP_UP], ds[GSINK_SITE_MLP_POST], s[GSINK_SITE_MLP_PRE], s[GSINK_SITE_MLP_UP], (size_t)N * ff), "swiglu");
+    m->held_grad = l;
     TRY(m, f->gemm_w(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_PRE], ff, w->wgate, m->wdtype, d, 0.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
     TRY(m, f->gemm_w(be, 0, 0, N, d, ff, 1.0f, ds[GSINK_SITE_MLP_UP], ff, w->wup, m->wdtype, d, 1.0f, ds[GSINK_SITE_MLP_NORM_OUT], d), "gemm");
     if (pg) {

@@ -18,7 +18,11 @@
 #            (bindings/python/tests/test_torch.py) and attention_with_stats
 #            against SDPA + a statistics pass (benchmarks/cuda/
 #            attention_stats_torch.py); not in all
-#     STEP,...  some of suite, memcheck, racecheck, bench, analysis, torch
+#     profile  build + Nsight Compute kernel times of one paper-0.1b 8 x 1024
+#            training step in bf16 and fp32 (bench_cuda model under ncu,
+#            gpu__time_duration.sum only; tools/ncu_summary.py tables in
+#            OUTDIR/profile-*.txt); not in all
+#     STEP,...  some of suite, memcheck, racecheck, bench, analysis, torch, profile
 #     --emulate (or GSINK_EMULATE=1): no GPU needed; the same flow against the
 #              emulated module (tests/cuda/libgsink-cuda-emu.so, suite
 #              cuda-emu); the sanitizer steps become a plain run of one test
@@ -51,7 +55,7 @@ if [ "${1:-}" != __step ]; then
   emulate=${GSINK_EMULATE:-0}
   for a in "$@"; do
     case "$a" in
-      all|test|bench|suite*|memcheck*|racecheck*|analysis*|torch*) phase=$a ;;
+      all|test|bench|suite*|memcheck*|racecheck*|analysis*|torch*|profile*) phase=$a ;;
       --emulate) emulate=1 ;;
       -h|--help) sed -n '2,33p' "$SELF"; exit 0 ;;
       -*) echo "gpu-session: unknown option $a" >&2; exit 2 ;;
@@ -297,6 +301,25 @@ step_torch() {
   exit $rc
 }
 
+# Kernel times of one training step (warm-up 0, one step: each kernel once,
+# serialised by ncu) per precision; the table sums them per kernel.
+step_profile() {
+  command -v ncu >/dev/null || { echo "no ncu on PATH"; exit 77; }
+  local rc=0 mode flag csv
+  for mode in bf16 fp32; do
+    case $mode in bf16) flag=--bf16 ;; *) flag="" ;; esac
+    csv=$out/profile-$mode.csv
+    echo "---- ncu bench_cuda model --preset paper-0.1b --batch 8 --seq 1024 $flag --iters 1 --warmup 0"
+    env GSINK_CUDA_MODULE="$MODULE" ncu --csv --print-units base --metrics gpu__time_duration.sum \
+      "$BUILD/benchmarks/cuda/bench_cuda" model --preset paper-0.1b --batch 8 --seq 1024 $flag \
+      --iters 1 --warmup 0 > "$csv" 2> "$out/profile-$mode.err" || rc=1
+    tail -3 "$out/profile-$mode.err"
+    python3 "$ROOT/tools/ncu_summary.py" "$csv" --top 40 | tee "$out/profile-$mode.txt" || rc=1
+    gzip -f "$csv"
+  done
+  exit $rc
+}
+
 if [ "${1:-}" = __step ]; then
   "step_$2"
   exit $?
@@ -349,6 +372,7 @@ note() { # a one-line result read off the step's log
         sed 's/^========= //' | paste -sd ';' ;;
     torch) { grep -E '^[0-9]+ (passed|failed)|passed|failed' "$2" | tail -1; grep -E '^worst' "$out/attention-stats-torch.txt" 2>/dev/null; } | paste -sd ';' ;;
     analysis) grep -E '^gsink (fp32|tf32|bf16):' "$out/analysis-step.txt" 2>/dev/null | cut -c1-120 | paste -sd ';' ;;
+    profile) head -1 "$out"/profile-*.txt 2>/dev/null | grep -v '^==>' | grep -v '^$' | paste -sd ';' ;;
     bench) [ -n "$(ls "$out"/cuda-bench-*.txt 2>/dev/null)" ] &&
            echo "$(grep -c '^## ' "$out"/cuda-bench-*.txt | tail -1)/9 sections in $(basename "$(ls "$out"/cuda-bench-*.txt | tail -1)")" ;;
     compile) grep -E '(blis|subunit)[^ ]* => ' "$2" | awk '{ printf "%s%s", (NR > 1 ? ", " : ""), $3 }'
@@ -397,6 +421,11 @@ if wants torch; then
   if [ "$emulate" = 1 ]; then skip torch "$out/torch.log" "emulated: PyTorch CUDA tensors need a GPU"
   elif built; then run torch "$out/torch.log" 300
   else skip torch "$out/torch.log" "no build"; fi
+fi
+if wants profile; then
+  if [ "$emulate" = 1 ]; then skip profile "$out/profile.log" "emulated: ncu needs a GPU"
+  elif built; then run profile "$out/profile.log" 300
+  else skip profile "$out/profile.log" "no build"; fi
 fi
 if wants analysis; then
   if [ "$emulate" = 1 ]; then skip analysis "$out/analysis.log" "emulated: the analysis benchmark needs a GPU"

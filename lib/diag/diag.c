@@ -175,10 +175,8 @@ static gsink_status site_norms(gsink_model *m, int layer, gsink_site site, bool 
 {
     int heads = gsink__site_heads(m, site);
     int w = gsink__site_width(m, site);
-    if (!grad) {
-        gsink_status st = gsink__site_act_ready(m, layer, site);
-        if (st) return st;
-    }
+    gsink_status st = gsink__site_ready(m, layer, site, grad);
+    if (st) return st;
     const float *x = gsink__site_ptr(m, layer, site, grad);
     if (!x || heads <= 0 || w <= 0 || w % heads != 0)
         return gsink__fail(m->errmsg, GSINK_ERR_UNSUPPORTED, "site \"%s\" is not stored for layer %d",
@@ -561,7 +559,7 @@ gsink_status gsink_massive_activation_ratio(gsink_model *m, int layer, gsink_sit
     if ((st = check_site(m, site))) return st;
     if ((st = gsink__diag_need(m, false))) return st;
     if ((st = gsink__diag_layer(m, layer))) return st;
-    if ((st = gsink__site_act_ready(m, layer, site))) return st;
+    if ((st = gsink__site_ready(m, layer, site, false))) return st;
     if (m->T <= GSINK_DIAG_EARLY_LAST)
         return gsink__fail(m->errmsg, GSINK_ERR_OUT_OF_RANGE,
                            "massive-activation ratio needs seq_len >= %d (got %d)",

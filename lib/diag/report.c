@@ -223,10 +223,8 @@ static gsink_status model_norms(void *ctx, int layer, gsink_site s, int head, bo
 {
     gsink_model *m = ctx;
     int heads = gsink__site_heads(m, s), w = gsink__site_width(m, s);
-    if (!grad) {
-        gsink_status st = gsink__site_act_ready(m, layer, s);
-        if (st) return st;
-    }
+    gsink_status st = gsink__site_ready(m, layer, s, grad);
+    if (st) return st;
     return gsink__diag_tensor_norms(m, gsink__site_ptr(m, layer, s, grad), heads, w / heads, head,
                                     grad ? agg : GSINK_AGG_PER_SEQUENCE, out);
 }

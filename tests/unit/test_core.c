@@ -5,6 +5,7 @@
  */
 #include <check.h>
 #include <math.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -675,14 +676,17 @@ START_TEST(test_recomputed_sites)
     ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
     const int order[] = {0, 1, 0, -1, 1, 0, 1, -2, 0, 1};
     int reads = 0;
+    bool have_grads = false;
     for (size_t k = 0; k < sizeof order / sizeof *order; k++) {
         int l = order[k];
         if (l == -1) { /* the backward recomputes each layer's sites for the weight gradients */
             ck_assert_int_eq(gsink_backward(m, 0), GSINK_OK);
+            have_grads = true;
             continue;
         }
         if (l == -2) { /* new gains: the stored forward keeps the old ones */
             ck_assert_int_eq(gsink_optimizer_step(opt, NULL), GSINK_OK);
+            have_grads = false;
             float g[D];
             ck_assert_int_eq(gsink_get_param(m, "model.layers.0.input_layernorm.weight", g, D), GSINK_OK);
             ck_assert(memcmp(g, gains[0][0], sizeof g) != 0);
@@ -721,6 +725,34 @@ START_TEST(test_recomputed_sites)
             else ck_assert(memcmp(keep, got, nd * 4) == 0); /* bitwise the same on every read */
         }
         reads += 2;
+        if (!have_grads) continue;
+        /* the mlp_pre / mlp_up gradients: one buffer each, recomputed from the kept
+         * mlp_post gradient, mlp_pre and mlp_up (the SwiGLU backward) */
+        float *gpre = malloc(n * 4), *gup = malloc(n * 4), *gpost = malloc(n * 4);
+        ck_assert_int_eq(gsink_get_gradient(m, l, GSINK_SITE_MLP_UP, gup, n), GSINK_OK); /* up first: the pair */
+        ck_assert_int_eq(gsink_get_gradient(m, l, GSINK_SITE_MLP_PRE, gpre, n), GSINK_OK);
+        ck_assert_int_eq(gsink_get_gradient(m, l, GSINK_SITE_MLP_POST, gpost, n), GSINK_OK);
+        for (size_t i = 0; i < n; i++) {
+            double g = pre[i], sg = 1.0 / (1.0 + exp(-g)), dh = gpost[i];
+            double want_pre = dh * up[i] * sg * (1.0 + g * (1.0 - sg)), want_up = dh * g * sg;
+            ck_assert_msg(tu_close(gpre[i], want_pre, 2e-5, 1e-12), "dpre layer %d [%zu]: %g vs %g", l, i, gpre[i], want_pre);
+            ck_assert_msg(tu_close(gup[i], want_up, 2e-5, 1e-12), "dup layer %d [%zu]: %g vs %g", l, i, gup[i], want_up);
+        }
+        float gn[T];
+        ck_assert_int_eq(gsink_get_gradient_norms(m, 1 - l, GSINK_SITE_MLP_PRE, -1, GSINK_AGG_PER_SEQUENCE, gn, T), GSINK_OK);
+        ck_assert_int_eq(gsink_get_gradient_norms(m, l, GSINK_SITE_MLP_PRE, -1, GSINK_AGG_PER_SEQUENCE, gn, T), GSINK_OK);
+        for (int tt = 0; tt < T; tt++) {
+            double mean = 0;
+            for (int b = 0; b < B; b++) {
+                double ss = 0;
+                for (int j = 0; j < FF; j++) ss += (double)gpre[((size_t)b * T + tt) * FF + j] * gpre[((size_t)b * T + tt) * FF + j];
+                mean += sqrt(ss) / B;
+            }
+            ck_assert_msg(tu_close(gn[tt], mean, 1e-5, 1e-20), "dpre norm t=%d: %g vs %g", tt, gn[tt], mean);
+        }
+        free(gpre);
+        free(gup);
+        free(gpost);
     }
     gsink_optimizer_free(opt);
     free(pre);

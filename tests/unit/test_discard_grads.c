@@ -102,9 +102,11 @@ START_TEST(test_same_training)
     /* less activation memory: one set of site-gradient buffers, two residual */
     ck_assert(drop->act_mem && keep->act_mem);
     fprintf(stderr, "activation bytes: keep %zu, discard %zu\n", keep->act_bytes, drop->act_bytes);
-    ck_assert(drop->act_bytes < keep->act_bytes * 3 / 4);
-    ck_assert_ptr_eq(drop->layers[1].dsite[GSINK_SITE_MLP_PRE], drop->layers[0].dsite[GSINK_SITE_MLP_PRE]);
-    ck_assert_ptr_ne(keep->layers[1].dsite[GSINK_SITE_MLP_PRE], keep->layers[0].dsite[GSINK_SITE_MLP_PRE]);
+    ck_assert(drop->act_bytes < keep->act_bytes * 4 / 5);
+    ck_assert_ptr_eq(drop->layers[1].dsite[GSINK_SITE_MLP_POST], drop->layers[0].dsite[GSINK_SITE_MLP_POST]);
+    ck_assert_ptr_ne(keep->layers[1].dsite[GSINK_SITE_MLP_POST], keep->layers[0].dsite[GSINK_SITE_MLP_POST]);
+    /* every model: the mlp_pre gradient is one buffer, recomputed per layer when read */
+    ck_assert_ptr_eq(keep->layers[1].dsite[GSINK_SITE_MLP_PRE], keep->layers[0].dsite[GSINK_SITE_MLP_PRE]);
     ck_assert_ptr_eq(drop->dresid[3], drop->dresid[1]);
     ck_assert_ptr_ne(drop->dresid[1], drop->dresid[0]);
 

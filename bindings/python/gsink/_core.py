@@ -576,8 +576,9 @@ class Model(_Handle):
     attn_out and mlp_out (never read by the activation-gradient backward) share one
     buffer across layers; Analysis reports are unchanged, activation() and the
     activation diagnostics of those two sites raise UnsupportedError.
-    Every model stores attn_norm_out, mlp_norm_out and mlp_post once and recomputes a
-    layer's values when they are read (bitwise the forward's), shares v's storage for
+    Every model stores attn_norm_out, mlp_norm_out and mlp_post (and the gradients of
+    mlp_pre and mlp_up) once and recomputes a layer's values when they are read
+    (bitwise the forward's and backward's), shares v's storage for
     v_scaled while V-scale is off, and writes the logit gradients over the logits:
     logits() after backward() recomputes them (bitwise), unless an Optimizer stepped
     since the forward (CallOrderError; read them before backward()).
