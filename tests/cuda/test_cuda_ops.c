@@ -1282,9 +1282,44 @@ static void model_case(int per_query_head, int mode)
     gsink_status st = gsink_forward(mg, tok, tgt, B, T, &lg);
     ck_assert_msg(st == GSINK_OK, "forward: %s", gsink_model_errmsg(mg));
     ck_assert_msg(tu_close(lc, lg, 1e-5, 0), "loss cpu %.8g gpu %.8g", lc, lg);
+    const size_t nlog = (size_t)B * T * (size_t)cfg.vocab_size;
+    float *lg0 = malloc(sizeof(float) * nlog), *lg1 = malloc(sizeof(float) * nlog);
+    ck_assert_int_eq(gsink_get_logits(mg, lg0, nlog), GSINK_OK);
     ck_assert_int_eq(gsink_backward(mc, 0), GSINK_OK);
     st = gsink_backward(mg, 0);
     ck_assert_msg(st == GSINK_OK, "backward: %s", gsink_model_errmsg(mg));
+    /* the backward wrote the logit gradients over the logits; reading them
+     * recomputes the forward's LM-head product on the device: bitwise */
+    ck_assert_int_eq(gsink_get_logits(mg, lg1, nlog), GSINK_OK);
+    ck_assert(memcmp(lg0, lg1, sizeof(float) * nlog) == 0);
+    free(lg0);
+    free(lg1);
+    /* every site's activations and gradients, top layer first (the
+     * recomputed sites are rebuilt per layer on the device) */
+    {
+        const size_t big = (size_t)B * T * (size_t)(cfg.d_ff > cfg.n_heads * cfg.d_head ? cfg.d_ff : cfg.n_heads * cfg.d_head);
+        float *xc = malloc(sizeof(float) * (big > (size_t)B * T * cfg.d_model ? big : (size_t)B * T * cfg.d_model));
+        float *xg = malloc(sizeof(float) * (big > (size_t)B * T * cfg.d_model ? big : (size_t)B * T * cfg.d_model));
+        char what[96];
+        for (int grad = 0; grad < 2; grad++)
+            for (int l = cfg.n_layers - 1; l >= 0; l--)
+                for (int si = 0; si < GSINK_SITE_COUNT; si++) {
+                    int hh = 0, hw = 0;
+                    ck_assert_int_eq(gsink_site_dims(mc, (gsink_site)si, &hh, &hw), GSINK_OK);
+                    const size_t n = (size_t)B * T * (size_t)(hh * hw);
+                    gsink_status (*get)(gsink_model *, int, gsink_site, float *, size_t) =
+                        grad ? gsink_get_gradient : gsink_get_activation;
+                    ck_assert_int_eq(get(mc, l, (gsink_site)si, xc, n), GSINK_OK);
+                    ck_assert_msg(get(mg, l, (gsink_site)si, xg, n) == GSINK_OK, "%s", gsink_model_errmsg(mg));
+                    float mx = 0;
+                    for (size_t j = 0; j < n; j++) mx = fmaxf(mx, fabsf(xc[j]));
+                    snprintf(what, sizeof what, "%s of %s, layer %d", grad ? "gradient" : "activation",
+                             gsink_site_name((gsink_site)si), l);
+                    compare_host(xc, xg, n, 1e-3, 1e-4 * mx + 1e-9, what);
+                }
+        free(xc);
+        free(xg);
+    }
 
     size_t np = 0;
     ck_assert_int_eq(gsink_param_count(mc, &np), GSINK_OK);
