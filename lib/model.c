@@ -1643,12 +1643,13 @@ static gsink_status backward_impl(gsink_model *m, unsigned flags, float scale, b
     const gsink_backend_iface *f = BE(m);
     int N = m->B * m->T;
     const bool pg = pgrads && !m->analysis;
+    /* first, so that a refusal leaves the accumulated gradients as they are */
+    gsink_status rst = restore_logits(m, "another gsink_backward");
+    if (rst) return rst;
     if (pg && !(flags & GSINK_BACKWARD_ACCUMULATE)) {
         gsink_status st = gsink_zero_grad(m);
         if (st) return st;
     }
-    gsink_status rst = restore_logits(m, "another gsink_backward");
-    if (rst) return rst;
     m->have_backward = false;
     m->logits_consumed = true;
     TRY(m, f->xent_bwd(m->be, m->dlogits, m->logits, m->targets_dev, N, c->vocab_size, scale), "cross-entropy");

@@ -568,7 +568,18 @@ static void logits_case(int weight_dtype)
     ck_assert_int_eq(gsink_optimizer_step(opt, NULL), GSINK_OK);
     ck_assert_int_eq(gsink_get_logits(m, l1, nl), GSINK_ERR_CALL_ORDER);
     ck_assert_ptr_nonnull(strstr(gsink_model_errmsg(m), "weights changed"));
+    /* the refusal loses nothing: gradients set since the step stay as they are */
+    size_t np = 0;
+    ck_assert_int_eq(gsink_param_numel(m, &np), GSINK_OK);
+    float *gs = malloc(np * 4), *gb = malloc(np * 4);
+    for (size_t i = 0; i < np; i++) gs[i] = 1e-3f * (float)(i % 101);
+    ck_assert_int_eq(gsink_set_grads_flat(m, gs, np), GSINK_OK);
     ck_assert_int_eq(gsink_backward(m, 0), GSINK_ERR_CALL_ORDER);
+    ck_assert_int_eq(gsink_get_grads_flat(m, gb, np), GSINK_OK);
+    ck_assert(memcmp(gs, gb, np * 4) == 0);
+    free(gs);
+    free(gb);
+    ck_assert_int_eq(gsink_zero_grad(m), GSINK_OK);
     float act[B * T * 64];
     ck_assert_int_eq(gsink_get_activation(m, 0, GSINK_SITE_RESID_MID, act, sizeof act / 4), GSINK_OK); /* still usable */
     ck_assert_int_eq(gsink_forward(m, t, y, B, T, NULL), GSINK_OK);
