@@ -333,6 +333,13 @@ static int theta_layer(const gsink_model *m, const char *name)
 /* Create / free                                                             */
 /* ------------------------------------------------------------------------ */
 
+/* No recomputed site's buffer holds any layer's values (site_ready). */
+static void forget_recomputed(gsink_model *m)
+{
+    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
+    m->held_grad = -1;
+}
+
 static void free_acts(gsink_model *m)
 {
     if (m->act_mem) BE(m)->free(m->be, m->act_mem);
@@ -345,8 +352,7 @@ static void free_acts(gsink_model *m)
     m->hstats.mass = m->hstats.sq = m->hstats.win = NULL;
     m->have_forward = m->have_backward = m->have_targets = false;
     m->B = m->T = 0;
-    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
-    m->held_grad = -1;
+    forget_recomputed(m);
 }
 
 void gsink_model_free(gsink_model *m)
@@ -460,8 +466,7 @@ gsink_status gsink__model_alloc(const gsink_config *cfg, const gsink_model_optio
     }
 
     m->defer_stats = BE(m)->stats_in_backward != 0;
-    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
-    m->held_grad = -1;
+    forget_recomputed(m);
     st = build_registry(m, errbuf);
     if (st) goto fail;
     size_t bytes;
@@ -1441,8 +1446,7 @@ static gsink_status forward_impl(gsink_model *m, const int32_t *tokens, const in
 
     m->have_forward = m->have_backward = m->stats_ready = m->stats_on_backend = false;
     m->logits_consumed = false;
-    for (int i = 0; i < GSINK_SITE_COUNT; i++) m->held[i] = -1;
-    m->held_grad = -1;
+    forget_recomputed(m);
     st = ensure_acts(m, batch, seq_len);
     if (st) return st;
     m->B = batch;

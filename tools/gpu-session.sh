@@ -412,26 +412,18 @@ for s in suite memcheck racecheck; do
   wants "$s" || continue
   if built; then run "$s" "$out/$s.log" 300; else skip "$s" "$out/$s.log" "no build"; fi
 done
-if wants bench; then
-  if [ "$emulate" = 1 ]; then skip bench "$out/bench.log" "emulated: the benchmarks need a GPU"
-  elif built; then run bench "$out/bench.log" 540
-  else skip bench "$out/bench.log" "no build"; fi
-fi
-if wants torch; then
-  if [ "$emulate" = 1 ]; then skip torch "$out/torch.log" "emulated: PyTorch CUDA tensors need a GPU"
-  elif built; then run torch "$out/torch.log" 300
-  else skip torch "$out/torch.log" "no build"; fi
-fi
-if wants profile; then
-  if [ "$emulate" = 1 ]; then skip profile "$out/profile.log" "emulated: ncu needs a GPU"
-  elif built; then run profile "$out/profile.log" 300
-  else skip profile "$out/profile.log" "no build"; fi
-fi
-if wants analysis; then
-  if [ "$emulate" = 1 ]; then skip analysis "$out/analysis.log" "emulated: the analysis benchmark needs a GPU"
-  elif built; then run analysis "$out/analysis.log" 420
-  else skip analysis "$out/analysis.log" "no build"; fi
-fi
+# gpu_step NAME CAP WHY: a step that needs a real GPU (skipped with WHY when
+# emulating) and the build.
+gpu_step() {
+  wants "$1" || return 0
+  if [ "$emulate" = 1 ]; then skip "$1" "$out/$1.log" "emulated: $3"
+  elif built; then run "$1" "$out/$1.log" "$2"
+  else skip "$1" "$out/$1.log" "no build"; fi
+}
+gpu_step bench 540 "the benchmarks need a GPU"
+gpu_step torch 300 "PyTorch CUDA tensors need a GPU"
+gpu_step profile 300 "ncu needs a GPU"
+gpu_step analysis 420 "the analysis benchmark needs a GPU"
 
 # ---------------------------------------------------------------- summary
 src_line() {

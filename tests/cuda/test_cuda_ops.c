@@ -1297,9 +1297,11 @@ static void model_case(int per_query_head, int mode)
     /* every site's activations and gradients, top layer first (the
      * recomputed sites are rebuilt per layer on the device) */
     {
-        const size_t big = (size_t)B * T * (size_t)(cfg.d_ff > cfg.n_heads * cfg.d_head ? cfg.d_ff : cfg.n_heads * cfg.d_head);
-        float *xc = malloc(sizeof(float) * (big > (size_t)B * T * cfg.d_model ? big : (size_t)B * T * cfg.d_model));
-        float *xg = malloc(sizeof(float) * (big > (size_t)B * T * cfg.d_model ? big : (size_t)B * T * cfg.d_model));
+        int wmax = cfg.d_model; /* the widest site */
+        if (cfg.d_ff > wmax) wmax = cfg.d_ff;
+        if (cfg.n_heads * cfg.d_head > wmax) wmax = cfg.n_heads * cfg.d_head;
+        const size_t big = (size_t)B * T * (size_t)wmax;
+        float *xc = malloc(sizeof(float) * big), *xg = malloc(sizeof(float) * big);
         char what[96];
         for (int grad = 0; grad < 2; grad++)
             for (int l = cfg.n_layers - 1; l >= 0; l--)
