@@ -968,7 +968,7 @@ GSINK_API gsink_status gsink_model_load(const char *path, const gsink_model_opti
 GSINK_API gsink_status gsink_model_save(gsink_model *model, const char *dir);
 
 /* ------------------------------------------------------------------------ */
-/* Tokenizer (GPT-2 style byte-level BPE)                                   */
+/* Tokenizer (byte-level BPE; SentencePiece-style BPE from tokenizer.json)  */
 /* ------------------------------------------------------------------------ */
 
 typedef struct gsink_tokenizer gsink_tokenizer;
@@ -979,13 +979,17 @@ GSINK_API gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokeniz
 /* Builds a tokenizer from a HuggingFace tokenizer.json (path: the file, or a
  * model directory holding it): byte-level BPE whose pre-tokenizer is
  * ByteLevel, or Split(regex of Llama 3, Qwen2, GLM-4) / Digits (SmolLM2) then
- * ByteLevel. bos/eos come from tokenizer_config.json beside it when present.
+ * ByteLevel; or SentencePiece-style BPE over characters (Llama 2, Mistral:
+ * the normalizer Prepend("\u2581") + Replace(" ", "\u2581"), or a Metaspace
+ * pre-tokenizer; byte fallback, fuse_unk; see docs/io.md). bos/eos come from
+ * tokenizer_config.json beside it when present.
  * GSINK_ERR_UNSUPPORTED for other models, regexes and normalizers;
  * GSINK_ERR_FORMAT for malformed files (since 0.1.0). */
 GSINK_API gsink_status gsink_tokenizer_load_json(const char *path, gsink_tokenizer **out);
 /* Id of the token whose vocabulary text is `text` (NUL-terminated; added
  * tokens by their content, e.g. "<|endoftext|>", ordinary tokens in their
- * byte-level form, e.g. "\xC4\xA0the" for " the"). GSINK_ERR_UNKNOWN_NAME
+ * vocabulary form, e.g. "\xC4\xA0the" for " the" (byte-level) or
+ * "\xE2\x96\x81the" (SentencePiece-style)). GSINK_ERR_UNKNOWN_NAME
  * when there is none (since 0.1.0). */
 GSINK_API gsink_status gsink_tokenizer_token_id(const gsink_tokenizer *tok, const char *text, int32_t *id);
 /* Frees a tokenizer (NULL is allowed); refused like gsink_model_free while
@@ -1007,10 +1011,11 @@ GSINK_API gsink_status gsink_tokenizer_special(const gsink_tokenizer *tok, int32
  * Added tokens (user-defined always, control with GSINK_ENCODE_PARSE_SPECIAL)
  * are matched as HF tokenizers does: leftmost, then longest; time is linear
  * in the text whatever the number of added tokens.
- * Input with no token in the vocabulary takes, per byte-level image, the
- * byte fallback tokens "<0xXX>" of its UTF-8 bytes when the vocabulary has
- * BYTE tokens, else the unknown token (tokenizer.ggml.unknown_token_id, or
- * the first UNKNOWN token), as HF's BPE does; with neither, encoding fails
+ * Input with no token in the vocabulary takes, per byte-level image (per
+ * character with a SentencePiece-style tokenizer), the byte fallback tokens
+ * "<0xXX>" of its UTF-8 bytes when the vocabulary has BYTE tokens, else the
+ * unknown token (tokenizer.ggml.unknown_token_id, or the first UNKNOWN
+ * token; a run of them is one with fuse_unk), as HF's BPE does; with neither, encoding fails
  * with GSINK_ERR_INVALID_ARGUMENT naming the offset of the first byte it
  * cannot encode (input is never dropped). */
 GSINK_API gsink_status gsink_tokenizer_encode(gsink_tokenizer *tok, const char *text,

@@ -1,7 +1,9 @@
 /* tokenizer.c - GPT-2 style byte-level BPE built from a GGUF's tokenizer.ggml.*
- * metadata or a HuggingFace tokenizer.json. Pre-tokenizers (gpt2, smollm,
- * llama3, qwen2) are hand-written matchers for the regular expressions their
- * HF/llama.cpp definitions use. */
+ * metadata or a HuggingFace tokenizer.json, and the SentencePiece-style BPE of
+ * Llama 2 / Mistral tokenizer.json files (characters as symbols, spaces as
+ * U+2581, byte fallback). Pre-tokenizers (gpt2, smollm, llama3, qwen2) are
+ * hand-written matchers for the regular expressions their HF/llama.cpp
+ * definitions use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -12,6 +14,12 @@
 
 enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_USER_DEFINED = 4, TOK_UNUSED = 5, TOK_BYTE = 6 };
 enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_LLAMA3 = 2, PRE_QWEN2 = 3 };
+/* Where a SentencePiece-style tokenizer puts a U+2581 before a segment of
+ * text (the text between added tokens): SPM_NORM, the normalizer
+ * Prepend("\u2581") of Llama 2's tokenizer.json: before every segment;
+ * Metaspace prepend_scheme "always": before every segment that does not start
+ * with one already; "first": the same, only for the segment at offset 0. */
+enum { SPM_NONE = 0, SPM_NORM = 1, SPM_ALWAYS = 2, SPM_FIRST = 3 };
 
 typedef struct hent { const char *s; uint32_t len; int32_t val; } hent;
 typedef struct hmap { hent *e; size_t cap; } hmap;
@@ -30,6 +38,11 @@ struct gsink_tokenizer {
     int ignore_merges;      /* HF BPE ignore_merges: a piece that is a token is that token */
     int hf_decode;          /* tokenizer.json: added tokens decode through the byte-level map */
     int nfc;                /* tokenizer.json normalizer NFC: text between added tokens is NFC'd */
+    int spm;                /* SentencePiece-style BPE: symbols are characters, ' ' is U+2581 */
+    int spm_prepend;        /* SPM_*: where a U+2581 is put before a segment */
+    int spm_split;          /* Metaspace split: a piece begins at every U+2581 */
+    int spm_strip;          /* decoder Strip(" ", 1, 0): the output's first space is dropped */
+    int fuse_unk;           /* consecutive unknown symbols of a piece give one unknown token */
     uint8_t *in_model;      /* tokenizer.json: (n_vocab) 1 if model.vocab has the token (BPE
                              * looks up only those); NULL: every token */
     int32_t bos, eos;
@@ -327,7 +340,8 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: missing tokenizer.ggml.model");
     if (!(model->s.len == 4 && memcmp(model->s.ptr, "gpt2", 4) == 0))
         return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
-                           "tokenizer model '%.*s' is not supported (byte-level BPE 'gpt2' only)",
+                           "tokenizer model '%.*s' is not supported from GGUF (byte-level BPE 'gpt2' only; "
+                           "SentencePiece-style tokenizers load from the checkpoint's tokenizer.json)",
                            (int)(model->s.len > 32 ? 32 : model->s.len), model->s.ptr);
     const gsink__gguf_kv *pre = gsink__gguf_find(g, "tokenizer.ggml.pre");
     t->pre = PRE_GPT2;
@@ -504,6 +518,10 @@ typedef struct enc {
     char *pair;
     size_t pair_cap;
     const uint8_t *text; /* the whole input, for byte offsets in messages */
+    /* SentencePiece-style segment being encoded (encode_spm): its input
+     * bytes, its normalised copy and the U+2581 bytes put before it */
+    const uint8_t *spm_in, *spm_norm;
+    size_t spm_pre;
     int stop;            /* STOP_OOM or STOP_UNENCODABLE: give up */
     size_t bad_off;      /* STOP_UNENCODABLE: offset of the first byte with no token */
 } enc;
@@ -576,10 +594,22 @@ static merge_cand heap_pop(enc *e)
     return top;
 }
 
-/* BPE on one pre-tokenized piece of raw bytes: repeatedly merges the adjacent
- * pair of lowest merge rank, the leftmost among equals (as the HF tokenizers
- * do), in O(n log n) with a heap of candidates that are checked when popped. */
-static void bpe_piece(enc *e, const uint8_t *s, size_t n)
+/* The input offset of byte pos of the normalised SentencePiece-style
+ * segment (encode_spm: spaces became 3 bytes, spm_pre bytes went first). */
+static size_t spm_offset(const enc *e, size_t pos)
+{
+    size_t i = 0, j = e->spm_pre;
+    while (j < pos) j += e->spm_in[i++] == ' ' ? 3 : 1;
+    return (size_t)(e->spm_in - e->text) + i;
+}
+
+/* BPE on one pre-tokenized piece: repeatedly merges the adjacent pair of
+ * lowest merge rank, the leftmost among equals (as the HF tokenizers do), in
+ * O(n log n) with a heap of candidates that are checked when popped.
+ * Byte-level (chars 0): s is raw input, one symbol per byte image.
+ * SentencePiece-style (chars 1): s is a piece of the normalised segment
+ * (e->spm_norm), one symbol per UTF-8 character. */
+static void bpe_piece(enc *e, const uint8_t *s, size_t n, int chars)
 {
     gsink_tokenizer *t = e->t;
     if (n == 0) return;
@@ -594,13 +624,22 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
     }
     const uint32_t NONE = UINT32_MAX;
     size_t wl = 0, ns = 0;
-    for (size_t k = 0; k < n; k++) {
+    for (size_t k = 0; k < n; ns++) {
         e->sym_off[ns] = (uint32_t)wl;
-        size_t l = gsink__utf8_put(e->word + wl, t->byte2cp[s[k]]);
+        size_t l;
+        if (chars) {
+            uint32_t cp;
+            l = utf8_next(s + k, n - k, &cp);
+            memcpy(e->word + wl, s + k, l);
+            k += l;
+        } else {
+            l = gsink__utf8_put(e->word + wl, t->byte2cp[s[k]]);
+            k++;
+        }
         e->sym_len[ns] = (uint32_t)l;
         e->sym_prev[ns] = ns ? (uint32_t)ns - 1 : NONE;
-        e->sym_next[ns] = ns + 1 < n ? (uint32_t)ns + 1 : NONE;
-        ns++;
+        e->sym_next[ns] = NONE;
+        if (ns) e->sym_next[ns - 1] = (uint32_t)ns;
         wl += l;
     }
     if (t->ignore_merges) {
@@ -625,20 +664,23 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
         if (e->sym_prev[a] != NONE) heap_push(e, e->sym_prev[a], a);
         if (nb != NONE) heap_push(e, a, nb);
     }
+    int prev_unk = 0; /* the last token emitted for this piece is the unknown token */
     for (uint32_t i = 0; i != NONE && !e->stop; i = e->sym_next[i]) {
         int32_t id = model_get(t, e->word + e->sym_off[i], e->sym_len[i]);
         if (id >= 0) {
             emit(e, id);
+            prev_unk = 0;
             continue;
         }
-        /* Not in the vocabulary: one token per byte image (one per input
-         * byte: symbol i starts at byte i of the piece). An image with no
-         * token takes the byte fallback tokens of its UTF-8 bytes, else the
-         * unknown token (HF BPE's order, unknowns not fused), else the
-         * input cannot be encoded: never drop it. */
+        /* Not in the vocabulary: one token per character (byte-level: per
+         * byte image, one per input byte, so symbol i starts at byte i of
+         * the piece). A character with no token takes the byte fallback
+         * tokens of its UTF-8 bytes, else the unknown token (HF BPE's order;
+         * a run of them is one with fuse_unk), else the input cannot be
+         * encoded: never drop it. */
         const char *p = e->word + e->sym_off[i];
         uint32_t left = e->sym_len[i];
-        size_t at = (size_t)(s - e->text) + i;
+        size_t at = chars ? 0 : (size_t)(s - e->text) + i;
         while (left > 0 && !e->stop) {
             uint32_t cp;
             size_t l = utf8_next((const uint8_t *)p, left, &cp);
@@ -648,13 +690,16 @@ static void bpe_piece(enc *e, const uint8_t *s, size_t n)
                 if (t->byte_tok[(uint8_t)p[q]] < 0) all_bytes = 0;
             if (bid >= 0) {
                 emit(e, bid);
+                prev_unk = 0;
             } else if (all_bytes) {
                 for (size_t q = 0; q < l; q++) emit(e, t->byte_tok[(uint8_t)p[q]]);
+                prev_unk = 0;
             } else if (t->unk >= 0) {
-                emit(e, t->unk);
+                if (!(t->fuse_unk && prev_unk)) emit(e, t->unk);
+                prev_unk = 1;
             } else {
                 e->stop = STOP_UNENCODABLE;
-                e->bad_off = at;
+                e->bad_off = chars ? spm_offset(e, (size_t)(s - e->spm_norm) + (size_t)(p - e->word)) : at;
             }
             p += l;
             left -= (uint32_t)l;
@@ -694,7 +739,7 @@ static void split_gpt2(enc *e, const uint8_t *s, const uint32_t *cp, const size_
                 else j = r - 1;
             }
         }
-        bpe_piece(e, s + off[i], off[j] - off[i]);
+        bpe_piece(e, s + off[i], off[j] - off[i], 0);
         i = j;
     }
 }
@@ -890,16 +935,71 @@ static void split_llama3(enc *e, const uint8_t *s, const uint32_t *cp, const siz
                 else j = r - 1;
             }
         }
-        bpe_piece(e, s + off[i], off[j] - off[i]);
+        bpe_piece(e, s + off[i], off[j] - off[i], 0);
         i = j;
     }
 }
 
 static void encode_text_raw(enc *e, const uint8_t *s, size_t n);
 
+static const uint8_t META[3] = {0xE2, 0x96, 0x81}; /* U+2581, SentencePiece's space */
+
+/* A segment of a SentencePiece-style tokenizer: its spaces become U+2581 and
+ * one goes before it as spm_prepend says (the segment at offset 0 of the
+ * input is the "first"); then BPE over characters on the whole segment, or
+ * with spm_split on each piece that begins at a U+2581 (HF Metaspace's
+ * MergedWithNext split: "a__b" -> "a", "_", "_b"). */
+static void encode_spm(enc *e, const uint8_t *s, size_t n)
+{
+    const gsink_tokenizer *t = e->t;
+    size_t spaces = 0, m = 0;
+    for (size_t k = 0; k < n; k++) spaces += s[k] == ' ';
+    if (n > (SIZE_MAX - 3) / 3) {
+        e->stop = STOP_OOM;
+        return;
+    }
+    uint8_t *w = malloc(n + 2 * spaces + 3);
+    if (!w) {
+        e->stop = STOP_OOM;
+        return;
+    }
+    int meta_first = s[0] == ' ' || (n >= 3 && memcmp(s, META, 3) == 0);
+    int prepend = t->spm_prepend == SPM_NORM ||
+                  ((t->spm_prepend == SPM_ALWAYS || (t->spm_prepend == SPM_FIRST && s == e->text)) && !meta_first);
+    if (prepend) {
+        memcpy(w, META, 3);
+        m = 3;
+    }
+    for (size_t k = 0; k < n; k++) {
+        if (s[k] == ' ') {
+            memcpy(w + m, META, 3);
+            m += 3;
+        } else {
+            w[m++] = s[k];
+        }
+    }
+    e->spm_in = s;
+    e->spm_norm = w;
+    e->spm_pre = prepend ? 3 : 0;
+    size_t a = 0;
+    if (t->spm_split)
+        for (size_t k = 1; k + 3 <= m && !e->stop; k++)
+            if (memcmp(w + k, META, 3) == 0) {
+                bpe_piece(e, w + a, k - a, 1);
+                a = k;
+                k += 2;
+            }
+    if (!e->stop) bpe_piece(e, w + a, m - a, 1);
+    free(w);
+}
+
 static void encode_text(enc *e, const uint8_t *s, size_t n)
 {
     if (n == 0) return;
+    if (e->t->spm) {
+        encode_spm(e, s, n);
+        return;
+    }
     if (e->t->nfc) {
         size_t nn = 0;
         int oom = 0;
@@ -1079,24 +1179,87 @@ static int all_images(const gsink_tokenizer *t, const uint8_t *p, size_t n)
     return 1;
 }
 
-gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf,
-                                    size_t buf_size, size_t *len)
+/* Appends n bytes at buf + *o (counting what does not fit); with *strip
+ * set, a first byte ' ' is dropped (and *strip cleared by any byte). */
+static void put_bytes(const uint8_t *p, size_t n, char *buf, size_t buf_size, size_t *o, int *strip)
 {
-    if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
-    GSINK_USE(t, "tokenizer");
-    gsink__clear(t->errmsg);
-    if (!ids && n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "ids is NULL");
-    if (!buf && buf_size) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "buf is NULL");
-    size_t o = 0;
+    if (n && *strip) {
+        *strip = 0;
+        if (p[0] == ' ') p++, n--;
+    }
+    if (buf && *o + n < buf_size) memcpy(buf + *o, p, n);
+    *o += n;
+}
+
+static int utf8_valid(const uint8_t *p, size_t n)
+{
+    for (size_t k = 0; k < n;) {
+        uint32_t cp;
+        size_t l = utf8_next(p + k, n - k, &cp);
+        if (cp == 0xFFFD && !(l == 3 && p[k] == 0xEF && p[k + 1] == 0xBF && p[k + 2] == 0xBD)) return 0;
+        k += l;
+    }
+    return 1;
+}
+
+/* The decoder of SentencePiece-style tokenizer.json files, HF's
+ * Sequence[Replace("\u2581", " "), ByteFallback, Fuse, Strip(" ", 1, 0)]:
+ * every token's U+2581 is a space; a run of byte fallback tokens <0xXX> is
+ * its bytes when they are UTF-8, else one U+FFFD per byte (as HF); the
+ * output's first space is dropped when the decoder has Strip. */
+static void decode_spm(const gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf, size_t buf_size,
+                       size_t *o)
+{
+    static const uint8_t REPL[3] = {0xEF, 0xBF, 0xBD};
+    int strip = t->spm_strip;
+    for (size_t k = 0; k < n_ids;) {
+        size_t j = k;
+        uint8_t run[64];
+        while (j < n_ids && byte_token_value(t, ids[j]) >= 0) j++;
+        if (j > k) { /* bytes k .. j - 1, validated in one piece */
+            int valid = 1;
+            uint8_t *all = j - k <= sizeof run ? run : malloc(j - k);
+            if (all) {
+                for (size_t q = k; q < j; q++) all[q - k] = (uint8_t)byte_token_value(t, ids[q]);
+                valid = utf8_valid(all, j - k);
+                if (valid) put_bytes(all, j - k, buf, buf_size, o, &strip);
+                if (all != run) free(all);
+            } else { /* no memory for a long run: its bytes as they are */
+                for (size_t q = k; q < j; q++) {
+                    uint8_t b = (uint8_t)byte_token_value(t, ids[q]);
+                    put_bytes(&b, 1, buf, buf_size, o, &strip);
+                }
+            }
+            if (!valid)
+                for (size_t q = k; q < j; q++) put_bytes(REPL, 3, buf, buf_size, o, &strip);
+            k = j;
+            continue;
+        }
+        const uint8_t *p = (const uint8_t *)t->tok[ids[k]];
+        size_t n = t->tok_len[ids[k]], a = 0;
+        for (size_t q = 0; q + 3 <= n; q++)
+            if (memcmp(p + q, META, 3) == 0) {
+                put_bytes(p + a, q - a, buf, buf_size, o, &strip);
+                put_bytes((const uint8_t *)" ", 1, buf, buf_size, o, &strip);
+                a = q + 3;
+                q += 2;
+            }
+        put_bytes(p + a, n - a, buf, buf_size, o, &strip);
+        k++;
+    }
+}
+
+/* The byte-level decoder: token texts are byte images. */
+static void decode_bytelevel(const gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf, size_t buf_size,
+                             size_t *op)
+{
+    size_t o = *op;
     /* Byte fallback tokens give the UTF-8 bytes of byte images (what the
      * encoder, like HF's, falls back on): a run of them is image text. */
     uint8_t pend[4];
     size_t np = 0;
     for (size_t k = 0; k < n_ids; k++) {
         int32_t id = ids[k];
-        if (id < 0 || id >= t->n_vocab)
-            return gsink__fail(t->errmsg, GSINK_ERR_TOKEN_OUT_OF_RANGE, "token id %d at %zu is outside [0, %d)",
-                               id, k, t->n_vocab);
         int bv = byte_token_value(t, id);
         if (bv >= 0) {
             pend[np++] = (uint8_t)bv;
@@ -1118,6 +1281,26 @@ gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size
         put_image(t, p, left, 1, buf, buf_size, &o);
     }
     if (np) put_image(t, pend, np, 1, buf, buf_size, &o);
+    *op = o;
+}
+
+gsink_status gsink_tokenizer_decode(gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf,
+                                    size_t buf_size, size_t *len)
+{
+    if (!t) return gsink__fail(NULL, GSINK_ERR_NULL_ARGUMENT, "tokenizer is NULL");
+    GSINK_USE(t, "tokenizer");
+    gsink__clear(t->errmsg);
+    if (!ids && n_ids) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "ids is NULL");
+    if (!buf && buf_size) return gsink__fail(t->errmsg, GSINK_ERR_NULL_ARGUMENT, "buf is NULL");
+    size_t o = 0;
+    for (size_t k = 0; k < n_ids; k++)
+        if (ids[k] < 0 || ids[k] >= t->n_vocab)
+            return gsink__fail(t->errmsg, GSINK_ERR_TOKEN_OUT_OF_RANGE, "token id %d at %zu is outside [0, %d)",
+                               ids[k], k, t->n_vocab);
+    if (t->spm)
+        decode_spm(t, ids, n_ids, buf, buf_size, &o);
+    else
+        decode_bytelevel(t, ids, n_ids, buf, buf_size, &o);
     if (len) *len = o;
     if (o + 1 > buf_size) {
         if (buf && buf_size) buf[0] = '\0';
@@ -1240,6 +1423,88 @@ static gsink_status tj_pre_tokenizer(gsink_tokenizer *t, const gsink__json *pt)
     return GSINK_OK;
 }
 
+#define TJ_META "\xE2\x96\x81" /* U+2581 */
+
+static int64_t tj_id(const gsink__json *v);
+
+static int tj_type_is(const gsink__json *j, const char *lit) { return tj_str_is(gsink__json_get(j, "type"), lit); }
+
+/* A Replace normalizer or decoder of the string `from` by `to`. */
+static int tj_replace_is(const gsink__json *r, const char *from, const char *to)
+{
+    return tj_type_is(r, "Replace") && tj_str_is(gsink__json_get(gsink__json_get(r, "pattern"), "String"), from) &&
+           tj_str_is(gsink__json_get(r, "content"), to);
+}
+
+/* The items of a Sequence (member `key`), or the object itself as one item. */
+static gsink_status tj_items(const gsink__json *j, const char *key, const gsink__json **items, size_t *n)
+{
+    if (!tj_type_is(j, "Sequence")) {
+        *items = j;
+        *n = 1;
+        return GSINK_OK;
+    }
+    *items = gsink__json_get(j, key);
+    if (!*items || (*items)->type != GSINK_JSON_ARRAY)
+        return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: Sequence without %s", key);
+    *n = (*items)->len;
+    *items = (*items)->items;
+    return GSINK_OK;
+}
+
+/* A SentencePiece-style tokenizer.json: normalizer, pre-tokenizer and
+ * decoder as transformers' LlamaConverter writes them for Llama 2, Mistral
+ * and their kin: legacy, normalizer Sequence[Prepend("\u2581")?,
+ * Replace(" ", "\u2581")] and no pre-tokenizer; or no normalizer and a
+ * Metaspace("\u2581", prepend_scheme, split) pre-tokenizer. The decoder is
+ * Sequence[Replace("\u2581", " "), ByteFallback, Fuse, Strip(" ", 1, 0)?]. */
+static gsink_status tj_spm(gsink_tokenizer *t, const gsink__json *norm, const gsink__json *pre, const gsink__json *dec)
+{
+    const gsink__json *it;
+    size_t n = 0, k = 0;
+    gsink_status st;
+    t->spm = 1;
+    if (norm && norm->type != GSINK_JSON_NULL) {
+        if ((st = tj_items(norm, "normalizers", &it, &n))) return st;
+        if (k < n && tj_type_is(&it[k], "Prepend") && tj_str_is(gsink__json_get(&it[k], "prepend"), TJ_META))
+            t->spm_prepend = SPM_NORM, k++;
+        if (k + 1 != n || !tj_replace_is(&it[k], " ", TJ_META))
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: normalizer not supported (none, NFC, or SentencePiece's "
+                               "Prepend(\"\u2581\") + Replace(\" \", \"\u2581\"))");
+        if (pre && pre->type != GSINK_JSON_NULL)
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: a pre-tokenizer after the SentencePiece normalizer is not supported");
+    } else {
+        const gsink__json *sch = gsink__json_get(pre, "prepend_scheme");
+        int split = tj_bool(pre, "split", 1), aps = tj_bool(pre, "add_prefix_space", 1);
+        if (!tj_str_is(gsink__json_get(pre, "replacement"), TJ_META) || split < 0 || aps < 0)
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: Metaspace pre-tokenizer needs replacement \"\u2581\" and boolean options");
+        t->spm_split = split;
+        if (!sch) t->spm_prepend = aps ? SPM_ALWAYS : SPM_NONE; /* files before prepend_scheme */
+        else if (tj_str_is(sch, "always")) t->spm_prepend = SPM_ALWAYS;
+        else if (tj_str_is(sch, "first")) t->spm_prepend = SPM_FIRST;
+        else if (tj_str_is(sch, "never")) t->spm_prepend = SPM_NONE;
+        else return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: Metaspace prepend_scheme not supported");
+    }
+    if (dec && dec->type == GSINK_JSON_OBJECT && (st = tj_items(dec, "decoders", &it, &n))) return st;
+    if (!dec || dec->type != GSINK_JSON_OBJECT || n < 3 || n > 4 || !tj_replace_is(&it[0], TJ_META, " ") ||
+        !tj_type_is(&it[1], "ByteFallback") || !tj_type_is(&it[2], "Fuse"))
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                           "tokenizer.json: a SentencePiece-style tokenizer needs the decoder Sequence[Replace(\"\u2581\", "
+                           "\" \"), ByteFallback, Fuse, Strip(\" \", 1, 0)]");
+    if (n == 4) {
+        const gsink__json *a = gsink__json_get(&it[3], "start"), *b = gsink__json_get(&it[3], "stop");
+        if (!tj_type_is(&it[3], "Strip") || !tj_str_is(gsink__json_get(&it[3], "content"), " ") || tj_id(a) != 1 ||
+            tj_id(b) != 0)
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: the decoder's last step must be Strip(\" \", 1, 0)");
+        t->spm_strip = 1;
+    }
+    return GSINK_OK;
+}
+
 /* Unsigned id of a JSON value, -1 when it is not an integer in [0, INT32_MAX]. */
 static int64_t tj_id(const gsink__json *v)
 {
@@ -1321,21 +1586,29 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
     const gsink__json *unk = gsink__json_get(model, "unk_token");
     if (unk && unk->type != GSINK_JSON_NULL && unk->type != GSINK_JSON_STRING)
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: unk_token is not a string");
-    if (unk && unk->type == GSINK_JSON_STRING && fu)
-        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: fuse_unk is not supported");
-    /* Normalizer: none, or NFC. */
-    const gsink__json *norm = gsink__json_get(root, "normalizer");
-    t->nfc = norm && norm->type != GSINK_JSON_NULL;
-    if (norm && norm->type != GSINK_JSON_NULL && !tj_str_is(gsink__json_get(norm, "type"), "NFC"))
-        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: normalizer '%.32s' is not supported (none or NFC)",
-                           tj_str_is(gsink__json_get(norm, "type"), "") ? "" :
-                           (gsink__json_get(norm, "type") && gsink__json_get(norm, "type")->type == GSINK_JSON_STRING
-                                ? gsink__json_get(norm, "type")->str : "?"));
+    /* Byte-level (normalizer none or NFC, ByteLevel pre-tokenizer and
+     * decoder), or SentencePiece-style (tj_spm: a Replace normalizer or a
+     * Metaspace pre-tokenizer). */
+    const gsink__json *norm = gsink__json_get(root, "normalizer"), *pre = gsink__json_get(root, "pre_tokenizer");
     const gsink__json *dec = gsink__json_get(root, "decoder");
-    if (!dec || !tj_str_is(gsink__json_get(dec, "type"), "ByteLevel"))
-        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: the decoder must be ByteLevel");
-    gsink_status st = tj_pre_tokenizer(t, gsink__json_get(root, "pre_tokenizer"));
-    if (st) return st;
+    gsink_status st;
+    if (tj_type_is(pre, "Metaspace") || tj_type_is(norm, "Sequence") || tj_type_is(norm, "Replace") ||
+        tj_type_is(norm, "Prepend")) {
+        if ((st = tj_spm(t, norm, pre, dec))) return st;
+        t->fuse_unk = fu;
+    } else {
+        if (unk && unk->type == GSINK_JSON_STRING && fu)
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: fuse_unk is not supported");
+        /* Normalizer: none, or NFC. */
+        t->nfc = norm && norm->type != GSINK_JSON_NULL;
+        if (norm && norm->type != GSINK_JSON_NULL && !tj_type_is(norm, "NFC"))
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: normalizer '%.32s' is not supported (none or NFC)",
+                               gsink__json_get(norm, "type") && gsink__json_get(norm, "type")->type == GSINK_JSON_STRING
+                                   ? gsink__json_get(norm, "type")->str : "?");
+        if (!dec || !tj_type_is(dec, "ByteLevel"))
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: the decoder must be ByteLevel");
+        if ((st = tj_pre_tokenizer(t, pre))) return st;
+    }
 
     const gsink__json *added = gsink__json_get(root, "added_tokens");
     if (added && added->type != GSINK_JSON_NULL && added->type != GSINK_JSON_ARRAY)
@@ -1366,8 +1639,14 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
                 return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: added token '%.40s' with %s is not supported",
                                    c->str, opt[q]);
         }
-        if (tj_bool(a, "special", 0) < 0)
-            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: added token %zu: special is not a boolean", k);
+        int special = tj_bool(a, "special", 0), normalized = tj_bool(a, "normalized", !special);
+        if (special < 0 || normalized < 0)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "tokenizer.json: added token %zu: special and normalized must be booleans", k);
+        if (t->spm && normalized && norm && norm->type != GSINK_JSON_NULL)
+            /* HF matches those in the normalised text (after the U+2581 replacement) */
+            return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
+                               "tokenizer.json: added token '%.40s' with normalized=true is not supported with the "
+                               "SentencePiece normalizer", c->str);
         if (id > max_id) max_id = id;
         total += c->len + 1;
     }

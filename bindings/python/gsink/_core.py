@@ -1286,9 +1286,10 @@ class Optimizer(_Handle):
 
 
 class Tokenizer(_Handle):
-    """GPT-2 style byte-level BPE tokenizer from a GGUF file's metadata or a
-    HuggingFace tokenizer.json. Tokenizer(path) reads a directory or a
-    *.json file as tokenizer.json, anything else as GGUF."""
+    """BPE tokenizer: GPT-2 style byte-level from a GGUF file's metadata or a
+    HuggingFace tokenizer.json, or SentencePiece-style (Llama 2, Mistral)
+    from a tokenizer.json. Tokenizer(path) reads a directory or a *.json file
+    as tokenizer.json, anything else as GGUF."""
 
     _free_fn = staticmethod(_lib.gsink_tokenizer_free)
     _errmsg_fn = staticmethod(_lib.gsink_tokenizer_errmsg)

@@ -121,3 +121,36 @@ open(os.path.join(tj_dir, "qwen2_nfc.json"), "wb").write(
     tj_doc(split(QWEN2), ["a b", "b a", "\u0120 a"], {},
            vocab_extra={"\u00c3": 17, "\u00a9": 18, "\u00cc": 19, "\u0123": 22})
     .replace(b'"normalizer": null', b'"normalizer": {"type": "NFC"}'))
+
+# SentencePiece-style seeds (Llama 2 / Mistral): the legacy normalizer
+# (Prepend + Replace) with fuse_unk, and a Metaspace pre-tokenizer that
+# splits; byte fallback tokens for ASCII only, so other characters take the
+# unknown token.
+M = "\u2581"
+SPM_DEC = {"type": "Sequence", "decoders": [{"type": "Replace", "pattern": {"String": M}, "content": " "},
+                                            {"type": "ByteFallback"}, {"type": "Fuse"},
+                                            {"type": "Strip", "content": " ", "start": 1, "stop": 0}]}
+
+
+def spm_doc(normalizer, pre, fuse):
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, M: 3, "a": 4, "b": 5, M + "a": 6, "ab": 7, M + "ab": 8, "1": 9}
+    for b in range(128):
+        vocab["<0x%02X>" % b] = 10 + b
+    added = [{"id": i, "content": c, "single_word": False, "lstrip": False, "rstrip": False,
+              "normalized": False, "special": True} for i, c in enumerate(["<unk>", "<s>", "</s>"])]
+    return _json.dumps({"version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+                        "normalizer": normalizer, "pre_tokenizer": pre, "post_processor": None,
+                        "decoder": SPM_DEC,
+                        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
+                                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                                  "fuse_unk": fuse, "byte_fallback": True, "ignore_merges": False,
+                                  "vocab": vocab, "merges": [M + " a", "a b", M + " ab"]}},
+                       ensure_ascii=False).encode()
+
+
+open(os.path.join(tj_dir, "spm_legacy.json"), "wb").write(
+    spm_doc({"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": M},
+                                                 {"type": "Replace", "pattern": {"String": " "}, "content": M}]},
+            None, True))
+open(os.path.join(tj_dir, "spm_metaspace.json"), "wb").write(
+    spm_doc(None, {"type": "Metaspace", "replacement": M, "prepend_scheme": "first", "split": True}, False))

@@ -1,5 +1,6 @@
-//! GPT-2 style byte-level BPE tokenizer read from a GGUF file or a
-//! HuggingFace tokenizer.json.
+//! BPE tokenizer: GPT-2 style byte-level, read from a GGUF file or a
+//! HuggingFace tokenizer.json, or SentencePiece-style (Llama 2, Mistral)
+//! read from a tokenizer.json.
 use std::path::Path;
 use std::ptr::{self, NonNull};
 
