@@ -21,7 +21,9 @@
 #     profile  build + Nsight Compute kernel times of one paper-0.1b 8 x 1024
 #            training step in bf16 and fp32 (bench_cuda model under ncu,
 #            gpu__time_duration.sum only; tools/ncu_summary.py tables in
-#            OUTDIR/profile-*.txt); not in all
+#            OUTDIR/profile-*.txt), then the step's GEMMs alone per operand
+#            type (benchmarks/cuda/gemm_dtypes.cu, OUTDIR/gemm-dtypes.txt);
+#            not in all
 #     STEP,...  some of suite, memcheck, racecheck, bench, analysis, torch, profile
 #     --emulate (or GSINK_EMULATE=1): no GPU needed; the same flow against the
 #              emulated module (tests/cuda/libgsink-cuda-emu.so, suite
@@ -317,6 +319,10 @@ step_profile() {
     python3 "$ROOT/tools/ncu_summary.py" "$csv" --top 40 | tee "$out/profile-$mode.txt" || rc=1
     gzip -f "$csv"
   done
+  # the step's GEMMs alone per operand type: what bf16 storage would save
+  echo "---- gemm_dtypes (paper-0.1b, 8 x 1024)"
+  "$BUILD/benchmarks/cuda/gemm_dtypes" --iters 15 2>&1 | tee "$out/gemm-dtypes.txt"
+  ((PIPESTATUS[0])) && rc=1
   exit $rc
 }
 
