@@ -968,13 +968,15 @@ GSINK_API gsink_status gsink_model_load(const char *path, const gsink_model_opti
 GSINK_API gsink_status gsink_model_save(gsink_model *model, const char *dir);
 
 /* ------------------------------------------------------------------------ */
-/* Tokenizer (byte-level BPE; SentencePiece-style BPE from tokenizer.json)  */
+/* Tokenizer (byte-level BPE; SentencePiece-style BPE)                      */
 /* ------------------------------------------------------------------------ */
 
 typedef struct gsink_tokenizer gsink_tokenizer;
 
-/* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata
- * (tokenizer.ggml.pre: gpt2, smollm, llama-bpe, qwen2, chatglm-bpe). */
+/* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata:
+ * tokenizer.ggml.model "gpt2" (byte-level BPE; tokenizer.ggml.pre: gpt2,
+ * smollm, llama-bpe, qwen2, chatglm-bpe) or "llama" (SentencePiece BPE by
+ * token score, as sentencepiece and llama.cpp: Llama 2, Mistral 7B). */
 GSINK_API gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out);
 /* Builds a tokenizer from a HuggingFace tokenizer.json (path: the file, or a
  * model directory holding it): byte-level BPE whose pre-tokenizer is

@@ -29,9 +29,12 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Pinned PyPI packages used by the reference tests: gguf (independent GGUF
 # reader/quantiser), safetensors (PyTorch-side checkpoints), tokenizers
-# (independent BPE) and transformers 4.40 (a release that still runs on
-# Debian's torch 1.13) to check our checkpoints open in HuggingFace.
-pins=("gguf==0.19.0" "safetensors==0.8.0" "tokenizers==0.19.1" "transformers==4.40.2")
+# (independent BPE), transformers 4.40 (a release that still runs on
+# Debian's torch 1.13) to check our checkpoints open in HuggingFace, and
+# sentencepiece + protobuf (Google's SentencePiece BPE, and transformers'
+# converter of its models to tokenizer.json).
+pins=("gguf==0.19.0" "safetensors==0.8.0" "tokenizers==0.19.1" "transformers==4.40.2"
+      "sentencepiece==0.2.0" "protobuf==4.25.3")
 if ! .venv/bin/python - "${pins[@]}" <<'PY'
 import sys
 from importlib.metadata import version, PackageNotFoundError

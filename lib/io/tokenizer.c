@@ -43,6 +43,11 @@ struct gsink_tokenizer {
     int spm_split;          /* Metaspace split: a piece begins at every U+2581 */
     int spm_strip;          /* decoder Strip(" ", 1, 0): the output's first space is dropped */
     int fuse_unk;           /* consecutive unknown symbols of a piece give one unknown token */
+    int spm_lenient;        /* decoding a run of byte tokens: U+FFFD per invalid byte, the rest as
+                             * it is (sentencepiece); 0: U+FFFD per byte when the run is not UTF-8 (HF) */
+    int32_t *score_rank;    /* GGUF SentencePiece (no merge list): (n_vocab) rank of a NORMAL
+                             * token as the result of a merge, by descending score (equal
+                             * scores share a rank); -1 for other types. NULL: merges */
     uint8_t *in_model;      /* tokenizer.json: (n_vocab) 1 if model.vocab has the token (BPE
                              * looks up only those); NULL: every token */
     int32_t bos, eos;
@@ -198,6 +203,7 @@ void gsink_tokenizer_free(gsink_tokenizer *t)
     free(t->tok_len);
     free(t->type);
     free(t->in_model);
+    free(t->score_rank);
     free(t->vocab.e);
     free(t->merges.e);
     free(t->ac_fail);
@@ -333,19 +339,81 @@ static void match_added(const gsink_tokenizer *t, const uint8_t *s, size_t n, in
     }
 }
 
+typedef struct scored { float score; int32_t id; } scored;
+
+/* Descending score, then ascending id: a total order for the dense ranks. */
+static int by_score(const void *x, const void *y)
+{
+    const scored *a = x, *b = y;
+    if (a->score != b->score) return a->score > b->score ? -1 : 1;
+    return (a->id > b->id) - (a->id < b->id);
+}
+
+/* A GGUF SentencePiece tokenizer as SentencePiece's BPE encodes (and
+ * llama.cpp's SPM tokenizer, which follows it): any two adjacent symbols
+ * whose concatenation is a NORMAL token merge, the highest score first, the
+ * leftmost among equal scores; a U+2581 before each segment of text when
+ * tokenizer.ggml.add_space_prefix (default true), dropped again by the
+ * decoder; a run of unknown characters is one unknown token. */
+static gsink_status gguf_spm(gsink__gguf *g, gsink_tokenizer *t, const gsink__gguf_kv *scores)
+{
+    const gsink__gguf_kv *kv;
+    int prefix = 1;
+    if ((kv = gsink__gguf_find(g, "tokenizer.ggml.add_space_prefix"))) {
+        if (kv->type != GSINK_GGUF_BOOL)
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: tokenizer.ggml.add_space_prefix is not a bool");
+        prefix = kv->u != 0;
+    }
+    if ((kv = gsink__gguf_find(g, "tokenizer.ggml.remove_extra_whitespaces")) && kv->type == GSINK_GGUF_BOOL && kv->u)
+        return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "GGUF: tokenizer.ggml.remove_extra_whitespaces is not supported");
+    size_t nv = (size_t)t->n_vocab, n = 0;
+    const uint8_t *sc = g->file.data + scores->arr_off;
+    scored *order = malloc(nv * sizeof *order);
+    t->score_rank = malloc(nv * sizeof *t->score_rank);
+    if (!order || !t->score_rank) {
+        free(order);
+        return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    }
+    for (size_t k = 0; k < nv; k++) {
+        float f;
+        memcpy(&f, sc + 4 * k, 4);
+        if (f != f) {
+            free(order);
+            return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: tokenizer.ggml.scores[%zu] is NaN", k);
+        }
+        t->score_rank[k] = -1;
+        if (t->type[k] == TOK_NORMAL) order[n++] = (scored){f, (int32_t)k};
+    }
+    qsort(order, n, sizeof *order, by_score);
+    for (size_t k = 0, rank = 0; k < n; k++) {
+        if (k > 0 && order[k].score != order[k - 1].score) rank++;
+        t->score_rank[order[k].id] = (int32_t)rank;
+    }
+    free(order);
+    t->spm = 1;
+    t->spm_prepend = prefix ? SPM_NORM : SPM_NONE;
+    t->spm_strip = prefix;
+    t->fuse_unk = 1; /* sentencepiece merges a run of unknown pieces into one */
+    t->spm_lenient = 1;
+    return GSINK_OK;
+}
+
 static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
 {
     const gsink__gguf_kv *model = gsink__gguf_find(g, "tokenizer.ggml.model");
     if (!model || model->type != GSINK_GGUF_STRING)
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: missing tokenizer.ggml.model");
-    if (!(model->s.len == 4 && memcmp(model->s.ptr, "gpt2", 4) == 0))
+    /* 'gpt2': byte-level BPE with a merge list; 'llama': SentencePiece BPE
+     * (Llama 2, Mistral 7B): merges by token score, spaces as U+2581 */
+    int spm = model->s.len == 5 && memcmp(model->s.ptr, "llama", 5) == 0;
+    if (!spm && !(model->s.len == 4 && memcmp(model->s.ptr, "gpt2", 4) == 0))
         return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
-                           "tokenizer model '%.*s' is not supported from GGUF (byte-level BPE 'gpt2' only; "
-                           "SentencePiece-style tokenizers load from the checkpoint's tokenizer.json)",
+                           "tokenizer model '%.*s' is not supported (byte-level BPE 'gpt2' and SentencePiece BPE "
+                           "'llama' are)",
                            (int)(model->s.len > 32 ? 32 : model->s.len), model->s.ptr);
     const gsink__gguf_kv *pre = gsink__gguf_find(g, "tokenizer.ggml.pre");
     t->pre = PRE_GPT2;
-    if (pre && pre->type == GSINK_GGUF_STRING) {
+    if (!spm && pre && pre->type == GSINK_GGUF_STRING) {
         size_t pl = (size_t)pre->s.len;
 #define PRE_IS(lit) (pl == sizeof(lit) - 1 && memcmp(pre->s.ptr, lit, pl) == 0)
         if (PRE_IS("smollm")) t->pre = PRE_SMOLLM;
@@ -366,27 +434,33 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
 #undef PRE_IS
     }
     const gsink__gguf_kv *toks = gsink__gguf_find(g, "tokenizer.ggml.tokens");
-    const gsink__gguf_kv *merges = gsink__gguf_find(g, "tokenizer.ggml.merges");
+    const gsink__gguf_kv *merges = spm ? NULL : gsink__gguf_find(g, "tokenizer.ggml.merges");
     const gsink__gguf_kv *types = gsink__gguf_find(g, "tokenizer.ggml.token_type");
+    const gsink__gguf_kv *scores = spm ? gsink__gguf_find(g, "tokenizer.ggml.scores") : NULL;
     if (!toks || toks->type != GSINK_GGUF_ARRAY || toks->arr_type != GSINK_GGUF_STRING || toks->arr_n == 0)
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: tokenizer.ggml.tokens missing or not a string array");
     if (toks->arr_n > INT32_MAX)
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: %llu tokens is too many",
                            (unsigned long long)toks->arr_n);
-    if (!merges || merges->type != GSINK_GGUF_ARRAY || merges->arr_type != GSINK_GGUF_STRING)
+    if (!spm && (!merges || merges->type != GSINK_GGUF_ARRAY || merges->arr_type != GSINK_GGUF_STRING))
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: tokenizer.ggml.merges missing or not a string array");
-    if (merges->arr_n > INT32_MAX)
+    if (merges && merges->arr_n > INT32_MAX)
         return gsink__fail(NULL, GSINK_ERR_FORMAT, "GGUF: too many merges");
+    if (spm && (!scores || scores->type != GSINK_GGUF_ARRAY || scores->arr_type != GSINK_GGUF_FLOAT32 ||
+                scores->arr_n != toks->arr_n))
+        return gsink__fail(NULL, GSINK_ERR_FORMAT,
+                           "GGUF: a SentencePiece tokenizer needs tokenizer.ggml.scores, a float32 array with one "
+                           "entry per token");
     if (types && (types->type != GSINK_GGUF_ARRAY || types->arr_type != GSINK_GGUF_INT32 ||
                   types->arr_n != toks->arr_n))
         return gsink__fail(NULL, GSINK_ERR_FORMAT,
                            "GGUF: tokenizer.ggml.token_type must be an int32 array with one entry per token");
-    size_t nv = (size_t)toks->arr_n, nm = (size_t)merges->arr_n;
+    size_t nv = (size_t)toks->arr_n, nm = merges ? (size_t)merges->arr_n : 0;
     t->n_vocab = (int32_t)nv;
     /* Strings were bounds-checked by the parser: their total fits in the file. */
     size_t total = 0, cur = toks->arr_off;
     for (size_t k = 0; k < nv; k++) total += gsink__gguf_next_str(g, &cur).len + 1;
-    cur = merges->arr_off;
+    cur = merges ? merges->arr_off : 0;
     for (size_t k = 0; k < nm; k++) total += gsink__gguf_next_str(g, &cur).len + 1;
     t->arena = malloc(total ? total : 1);
     t->tok = malloc(nv * sizeof *t->tok);
@@ -407,7 +481,7 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
         hmap_put(&t->vocab, a, s.len, (int32_t)k);
         a += s.len + 1;
     }
-    cur = merges->arr_off;
+    cur = merges ? merges->arr_off : 0;
     for (size_t k = 0; k < nm; k++) {
         gsink__gguf_str s = gsink__gguf_next_str(g, &cur);
         memcpy(a, s.ptr, s.len);
@@ -440,6 +514,10 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
         t->byte_tok[b] = t->byte_fallback ? hmap_get(&t->vocab, name, 6) : -1;
     }
     byte_map(t);
+    if (spm) {
+        gsink_status st = gguf_spm(g, t, scores);
+        if (st) return st;
+    }
     return build_matcher(t);
 }
 
@@ -546,11 +624,17 @@ static int reserve(void **p, size_t *cap, size_t need, size_t elem)
     return 1;
 }
 
-/* Merge rank of symbols a and b (adjacent), -1 if the pair is no merge. */
+/* Merge rank of symbols a and b (adjacent), -1 if the pair is no merge: its
+ * rank in the merge list, or (SentencePiece, score_rank) the score rank of
+ * the NORMAL token their concatenation is. */
 static int32_t pair_rank(enc *e, uint32_t a, uint32_t b)
 {
     uint32_t la = e->sym_len[a], lb = e->sym_len[b];
     size_t need = (size_t)la + lb + 1;
+    if (e->t->score_rank) { /* the two are adjacent in word */
+        int32_t id = hmap_get(&e->t->vocab, e->word + e->sym_off[a], (size_t)la + lb);
+        return id >= 0 ? e->t->score_rank[id] : -1;
+    }
     if (!reserve((void **)&e->pair, &e->pair_cap, need, 1)) { e->stop = STOP_OOM; return -1; }
     memcpy(e->pair, e->word + e->sym_off[a], la);
     e->pair[la] = ' ';
@@ -1191,22 +1275,28 @@ static void put_bytes(const uint8_t *p, size_t n, char *buf, size_t buf_size, si
     *o += n;
 }
 
+/* Bytes of the character at p (n > 0), 0 when p does not start a valid UTF-8 sequence. */
+static size_t utf8_char(const uint8_t *p, size_t n)
+{
+    uint32_t cp;
+    size_t l = utf8_next(p, n, &cp);
+    return cp == 0xFFFD && !(l == 3 && p[0] == 0xEF && p[1] == 0xBF && p[2] == 0xBD) ? 0 : l;
+}
+
 static int utf8_valid(const uint8_t *p, size_t n)
 {
-    for (size_t k = 0; k < n;) {
-        uint32_t cp;
-        size_t l = utf8_next(p + k, n - k, &cp);
-        if (cp == 0xFFFD && !(l == 3 && p[k] == 0xEF && p[k + 1] == 0xBF && p[k + 2] == 0xBD)) return 0;
-        k += l;
-    }
+    for (size_t k = 0, l; k < n; k += l)
+        if (!(l = utf8_char(p + k, n - k))) return 0;
     return 1;
 }
 
-/* The decoder of SentencePiece-style tokenizer.json files, HF's
+/* The decoder of SentencePiece-style tokenizers, HF's
  * Sequence[Replace("\u2581", " "), ByteFallback, Fuse, Strip(" ", 1, 0)]:
  * every token's U+2581 is a space; a run of byte fallback tokens <0xXX> is
- * its bytes when they are UTF-8, else one U+FFFD per byte (as HF); the
- * output's first space is dropped when the decoder has Strip. */
+ * its bytes when they are UTF-8, else one U+FFFD per byte (as HF; with
+ * spm_lenient, as sentencepiece: the run's valid characters, U+FFFD for
+ * each byte that starts none); the output's first space is dropped when the
+ * decoder has Strip (sentencepiece: the dummy prefix). */
 static void decode_spm(const gsink_tokenizer *t, const int32_t *ids, size_t n_ids, char *buf, size_t buf_size,
                        size_t *o)
 {
@@ -1221,8 +1311,11 @@ static void decode_spm(const gsink_tokenizer *t, const int32_t *ids, size_t n_id
             uint8_t *all = j - k <= sizeof run ? run : malloc(j - k);
             if (all) {
                 for (size_t q = k; q < j; q++) all[q - k] = (uint8_t)byte_token_value(t, ids[q]);
-                valid = utf8_valid(all, j - k);
-                if (valid) put_bytes(all, j - k, buf, buf_size, o, &strip);
+                valid = t->spm_lenient || utf8_valid(all, j - k);
+                for (size_t q = 0, l; valid && q < j - k; q += l) {
+                    if ((l = utf8_char(all + q, j - k - q))) put_bytes(all + q, l, buf, buf_size, o, &strip);
+                    else put_bytes(REPL, 3, buf, buf_size, o, &strip), l = 1;
+                }
                 if (all != run) free(all);
             } else { /* no memory for a long run: its bytes as they are */
                 for (size_t q = k; q < j; q++) {

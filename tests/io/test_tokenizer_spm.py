@@ -245,18 +245,6 @@ def test_normalized_added_token_with_metaspace(tmp_path):
         assert tok.encode(text, parse_special=True).tolist() == hf.encode(text, add_special_tokens=False).ids
 
 
-def test_gguf_sentencepiece_points_to_tokenizer_json(tmp_path):
-    import ggufw
-    p = str(tmp_path / "spm.gguf")
-    with open(p, "wb") as f:
-        f.write(ggufw.build([("general.architecture", ggufw.STRING, "llama"),
-                             ("tokenizer.ggml.model", ggufw.STRING, "llama"),
-                             ("tokenizer.ggml.tokens", ggufw.ARRAY, ["<unk>", "a"], ggufw.STRING)], []))
-    with pytest.raises(GsinkError) as e:
-        gsink.Tokenizer(p)
-    assert e.value.status == UNSUPPORTED and "tokenizer.json" in str(e.value)
-
-
 def test_cli_text_with_sentencepiece_tokenizer(tmp_path):
     """gsink-cli analyze --text on a Mistral checkpoint directory with a
     SentencePiece-style tokenizer.json: the same loss as --tokens with HF's

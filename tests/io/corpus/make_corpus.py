@@ -154,3 +154,22 @@ open(os.path.join(tj_dir, "spm_legacy.json"), "wb").write(
             None, True))
 open(os.path.join(tj_dir, "spm_metaspace.json"), "wb").write(
     spm_doc(None, {"type": "Metaspace", "replacement": M, "prepend_scheme": "first", "split": True}, False))
+
+# A GGUF SentencePiece tokenizer seed (fuzz_replay tokenizer): merges by
+# score (equal scores included), byte tokens for part of the bytes, a
+# control and a user-defined token, no space prefix in the second.
+spm_words = ["<unk>", "<s>", "</s>", "<0x41>", "<0xC3>", "<0xA9>", M, "a", "b", M + "a", "ab", M + "ab", "ba",
+             "<|user|>"]
+spm_scores = [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -0.5, -0.5, -0.25, -4.0, 0.0]
+spm_types = [2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 1, 4]
+for name, extra in (("spm_scores.gguf", []),
+                    ("spm_no_prefix.gguf", [("tokenizer.ggml.add_space_prefix", ggufw.BOOL, False)])):
+    open(os.path.join(tok_dir, name), "wb").write(ggufw.build([
+        ("general.architecture", ggufw.STRING, "llama"),
+        ("tokenizer.ggml.model", ggufw.STRING, "llama"),
+        ("tokenizer.ggml.tokens", ggufw.ARRAY, spm_words, ggufw.STRING),
+        ("tokenizer.ggml.scores", ggufw.ARRAY, spm_scores, ggufw.FLOAT32),
+        ("tokenizer.ggml.token_type", ggufw.ARRAY, spm_types, ggufw.INT32),
+        ("tokenizer.ggml.bos_token_id", ggufw.UINT32, 1),
+        ("tokenizer.ggml.unknown_token_id", ggufw.UINT32, 0),
+    ] + extra, []))
