@@ -975,15 +975,17 @@ typedef struct gsink_tokenizer gsink_tokenizer;
 
 /* Builds a tokenizer from a GGUF file's tokenizer.ggml.* metadata:
  * tokenizer.ggml.model "gpt2" (byte-level BPE; tokenizer.ggml.pre: gpt2,
- * smollm, llama-bpe, qwen2, chatglm-bpe) or "llama" (SentencePiece BPE by
- * token score, as sentencepiece and llama.cpp: Llama 2, Mistral 7B). */
+ * smollm, llama-bpe, qwen2, chatglm-bpe, tekken, gpt-4o) or "llama"
+ * (SentencePiece BPE by token score, as sentencepiece and llama.cpp: Llama 2,
+ * Mistral 7B). */
 GSINK_API gsink_status gsink_tokenizer_load_gguf(const char *path, gsink_tokenizer **out);
 /* Builds a tokenizer from a HuggingFace tokenizer.json (path: the file, or a
  * model directory holding it): byte-level BPE whose pre-tokenizer is
- * ByteLevel, or Split(regex of Llama 3, Qwen2, GLM-4) / Digits (SmolLM2) then
- * ByteLevel; or SentencePiece-style BPE over characters (Llama 2, Mistral:
- * the normalizer Prepend("\u2581") + Replace(" ", "\u2581"), or a Metaspace
- * pre-tokenizer; byte fallback, fuse_unk; see docs/io.md). bos/eos come from
+ * ByteLevel, or Split(regex of Llama 3, Qwen2, GLM-4, Mistral's Tekken,
+ * tiktoken's o200k) / Digits (SmolLM2) then ByteLevel; or SentencePiece-style
+ * BPE over characters (Llama 2, Mistral 7B: the normalizer
+ * Prepend("\u2581") + Replace(" ", "\u2581"), or a Metaspace pre-tokenizer;
+ * byte fallback, fuse_unk; see docs/io.md). bos/eos come from
  * tokenizer_config.json beside it when present.
  * GSINK_ERR_UNSUPPORTED for other models, regexes and normalizers;
  * GSINK_ERR_FORMAT for malformed files (since 0.1.0). */

@@ -13,7 +13,7 @@
 #include "unicode_tables.h"
 
 enum { TOK_NORMAL = 1, TOK_UNKNOWN = 2, TOK_CONTROL = 3, TOK_USER_DEFINED = 4, TOK_UNUSED = 5, TOK_BYTE = 6 };
-enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_LLAMA3 = 2, PRE_QWEN2 = 3 };
+enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_LLAMA3 = 2, PRE_QWEN2 = 3, PRE_TEKKEN = 4, PRE_O200K = 5 };
 /* Where a SentencePiece-style tokenizer puts a U+2581 before a segment of
  * text (the text between added tokens): SPM_NORM, the normalizer
  * Prepend("\u2581") of Llama 2's tokenizer.json: before every segment;
@@ -423,13 +423,17 @@ static gsink_status build(gsink__gguf *g, gsink_tokenizer *t)
             t->pre = PRE_LLAMA3; /* GLM-4's regex is llama3's (llama.cpp spells (?i:'s) '[sS]) */
         else if (PRE_IS("qwen2") || PRE_IS("deepseek-r1-qwen"))
             t->pre = PRE_QWEN2;
+        else if (PRE_IS("tekken"))
+            t->pre = PRE_TEKKEN;
+        else if (PRE_IS("gpt-4o"))
+            t->pre = PRE_O200K; /* llama.cpp's name for tiktoken's o200k regex */
         else if ((pre->s.len == 4 && memcmp(pre->s.ptr, "gpt2", 4) == 0) ||
                  (pre->s.len == 7 && memcmp(pre->s.ptr, "default", 7) == 0))
             t->pre = PRE_GPT2;
         else
             return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
                                "pre-tokenizer '%.*s' is not supported (gpt2, smollm, llama-bpe, qwen2, "
-                               "chatglm-bpe)",
+                               "chatglm-bpe, tekken, gpt-4o)",
                                (int)(pre->s.len > 32 ? 32 : pre->s.len), pre->s.ptr);
 #undef PRE_IS
     }
@@ -1024,6 +1028,107 @@ static void split_llama3(enc *e, const uint8_t *s, const uint32_t *cp, const siz
     }
 }
 
+/* The letter classes of the Tekken / o200k regexes: [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]
+ * ("upper") and [\p{Ll}\p{Lm}\p{Lo}\p{M}] ("lower"). */
+static int is_upperish(uint32_t c)
+{
+    if (c < 0x80) return c >= 'A' && c <= 'Z';
+    return in_table(gsink_uni_upperish, sizeof gsink_uni_upperish / sizeof gsink_uni_upperish[0], c);
+}
+
+static int is_lowerish(uint32_t c)
+{
+    if (c < 0x80) return c >= 'a' && c <= 'z';
+    return in_table(gsink_uni_lowerish, sizeof gsink_uni_lowerish / sizeof gsink_uni_lowerish[0], c);
+}
+
+#define NO_MATCH SIZE_MAX
+
+/* U*L+ at p (U, L: is_upperish, is_lowerish) as a backtracking engine finds
+ * it: the longest U run that a L follows, then the L run; NO_MATCH if none. */
+static size_t match_ul(const uint32_t *cp, size_t p, size_t b)
+{
+    size_t k = p;
+    while (k < b && is_upperish(cp[k])) k++;
+    for (;; k--) {
+        if (k < b && is_lowerish(cp[k])) {
+            while (k < b && is_lowerish(cp[k])) k++;
+            return k;
+        }
+        if (k == p) return NO_MATCH;
+    }
+}
+
+/* U+L* at p: the U run, then the L run; NO_MATCH without a U at p. */
+static size_t match_u_l(const uint32_t *cp, size_t p, size_t b)
+{
+    size_t k = p;
+    while (k < b && is_upperish(cp[k])) k++;
+    if (k == p) return NO_MATCH;
+    while (k < b && is_lowerish(cp[k])) k++;
+    return k;
+}
+
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d) at i: its end, or i. */
+static size_t match_contraction(const uint32_t *cp, size_t i, size_t b)
+{
+    if (cp[i] != '\'' || i + 1 >= b) return i;
+    uint32_t c1 = cp[i + 1];
+    if (lower_is(c1, 's', 1) || lower_is(c1, 't', 1) || lower_is(c1, 'm', 1) || lower_is(c1, 'd', 1)) return i + 2;
+    if (i + 2 < b && ((lower_is(c1, 'r', 1) && lower_is(cp[i + 2], 'e', 1)) ||
+                      (lower_is(c1, 'v', 1) && lower_is(cp[i + 2], 'e', 1)) ||
+                      (lower_is(c1, 'l', 1) && lower_is(cp[i + 2], 'l', 1))))
+        return i + 3;
+    return i;
+}
+
+/* Mistral's Tekken regex over code points [a, b):
+ *   [^\r\n\p{L}\p{N}]?U*L+|[^\r\n\p{L}\p{N}]?U+L*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|
+ *   \s*[\r\n]+|\s+(?!\S)|\s+
+ * with U = [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], L = [\p{Ll}\p{Lm}\p{Lo}\p{M}]; and
+ * o200k's (o200k 1), where the first two alternatives end in an optional
+ * (?i:'s|'t|'re|'ve|'m|'ll|'d) and numbers are \p{N}{1,3}. Alternatives are
+ * tried in order, each optional prefix first with it, then without, as a
+ * backtracking engine does; marks (\p{M}) belong to U, L and the prefix. */
+static void split_tekken(enc *e, const uint8_t *s, const uint32_t *cp, const size_t *off, size_t a, size_t b,
+                         int o200k)
+{
+    size_t i = a;
+    while (i < b && !e->stop) {
+        uint32_t c = cp[i];
+        int cl = char_class(c);
+        int pre = !is_nl(c) && cl != CL_LETTER && cl != CL_NUMBER; /* [^\r\n\p{L}\p{N}] */
+        size_t j = NO_MATCH;
+        if (pre && i + 1 < b) j = match_ul(cp, i + 1, b);
+        if (j == NO_MATCH) j = match_ul(cp, i, b);
+        if (j == NO_MATCH && pre && i + 1 < b) j = match_u_l(cp, i + 1, b);
+        if (j == NO_MATCH) j = match_u_l(cp, i, b);
+        if (j != NO_MATCH) {
+            if (o200k && j < b) j = match_contraction(cp, j, b);
+        } else if (cl == CL_NUMBER) {
+            j = i + 1;
+            while (o200k && j < b && j - i < 3 && char_class(cp[j]) == CL_NUMBER) j++;
+        } else if (cl == CL_OTHER || (c == ' ' && i + 1 < b && char_class(cp[i + 1]) == CL_OTHER)) {
+            /* ' ?[^\s\p{L}\p{N}]+[\r\n/]*' */
+            j = cl == CL_OTHER ? i : i + 1;
+            while (j < b && char_class(cp[j]) == CL_OTHER) j++;
+            while (j < b && (is_nl(cp[j]) || cp[j] == '/')) j++;
+        } else {
+            /* a space: \s*[\r\n]+, else \s+(?!\S), else \s+ (as split_llama3) */
+            size_t r = i, last_nl = SIZE_MAX;
+            while (r < b && char_class(cp[r]) == CL_SPACE) {
+                if (is_nl(cp[r])) last_nl = r;
+                r++;
+            }
+            if (last_nl != SIZE_MAX) j = last_nl + 1;
+            else if (r == b || r - i == 1) j = r;
+            else j = r - 1;
+        }
+        bpe_piece(e, s + off[i], off[j] - off[i], 0);
+        i = j;
+    }
+}
+
 static void encode_text_raw(enc *e, const uint8_t *s, size_t n);
 
 static const uint8_t META[3] = {0xE2, 0x96, 0x81}; /* U+2581, SentencePiece's space */
@@ -1138,6 +1243,8 @@ static void encode_text_raw(enc *e, const uint8_t *s, size_t n)
         split_gpt2(e, s, cp, off, a, nc);
     } else if (e->t->pre == PRE_LLAMA3 || e->t->pre == PRE_QWEN2) {
         split_llama3(e, s, cp, off, 0, nc, e->t->pre == PRE_LLAMA3 ? 3 : 1);
+    } else if (e->t->pre == PRE_TEKKEN || e->t->pre == PRE_O200K) {
+        split_tekken(e, s, cp, off, 0, nc, e->t->pre == PRE_O200K);
     } else {
         split_gpt2(e, s, cp, off, 0, nc);
     }
@@ -1421,6 +1528,13 @@ static const struct { const char *regex; int pre; int fold; } tj_regexes[] = {
      "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_QWEN2, 1},
     {"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| "
      "?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_QWEN2, 0},
+    {"[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+|"
+     "[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*|\\p{N}| "
+     "?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_TEKKEN, 0},
+    {"[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]*[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]+"
+     "(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\\r\\n\\p{L}\\p{N}]?[\\p{Lu}\\p{Lt}\\p{Lm}\\p{Lo}\\p{M}]+"
+     "[\\p{Ll}\\p{Lm}\\p{Lo}\\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n/]*|"
+     "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+", PRE_O200K, 0},
 };
 
 static int tj_str_is(const gsink__json *j, const char *lit)
@@ -1498,7 +1612,7 @@ static gsink_status tj_pre_tokenizer(gsink_tokenizer *t, const gsink__json *pt)
             if (split < 0)
                 return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED,
                                    "tokenizer.json: pre-tokenizer regex \"%.60s%s\" is not supported (gpt2, llama3, "
-                                   "qwen2 and SmolLM2's Digits are)",
+                                   "qwen2, tekken, o200k and SmolLM2's Digits are)",
                                    re->str, re->len > 60 ? "..." : "");
         } else {
             return gsink__fail(NULL, GSINK_ERR_UNSUPPORTED, "tokenizer.json: pre-tokenizer '%.40s' is not supported",

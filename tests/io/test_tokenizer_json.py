@@ -31,6 +31,15 @@ LLAMA3_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
              r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 QWEN2_RE = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
             r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+# Mistral's Tekken (Nemo, Small 3) and tiktoken's o200k (as transformers
+# files of o200k-based models write it)
+TEKKEN_RE = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+             r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
+             r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+O200K_RE = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+            r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+            r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|"
+            r"\s*[\r\n]+|\s+(?!\S)|\s+")
 SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
 VARIED = (
@@ -92,28 +101,40 @@ def check_texts():
              # not NFC: decomposed accents, singletons, reordering, Hangul jamo, excluded compositions
              "cafe\u0301 nai\u0308ve", "\u212b\u2126 \u0344", "A\u0307\u0323 q\u0307\u0323",
              "\u1100\u1161\u11a8 \u1100\u1161 \uac00\u11a8", "\u0b47\u0b3e \u0915\u093c \u2adc",
-             "e\u0301\u0301\u0327", "\u0301leading mark", "\u00c5\u030a"]
+             "e\u0301\u0301\u0327", "\u0301leading mark", "\u00c5\u030a",
+             # Tekken / o200k: newlines and slashes after punctuation, case runs, marks, contractions
+             "end.\n/path", "x)\n\n//c", ";\r\n/ /", "HTTPServer XMLHttpRequest iPhone McDonald's DON'T",
+             "\u01c5ungla \u1f88\u1f00 \u02b0a\u02b0 \u4e2d\u6587ABC \u0915\u093f\u0924\u093e\u092c"]
     return [VARIED, VARIED[::-1], VARIED.swapcase()] + lines + extra + random_texts(300, 7)
 
 
-def train(kind, vocab_size=1400):
+def train(kind, vocab_size=1400, across=False):
+    """A vocabulary trained with the family's pre-tokenizer; across=True
+    trains it on whole lines of the test texts instead (no pre-tokenizer),
+    so its merges cross the pre-tokenizer's piece boundaries: ids then
+    differ as soon as a piece boundary does, in either direction."""
     tok = Tokenizer(models.BPE())
     bl_regex = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     bl_plain = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     if kind == "gpt2":
-        tok.pre_tokenizer = bl_regex
+        pre = bl_regex
     elif kind == "smollm":
-        tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl_regex])
+        pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), bl_regex])
     else:
-        regex = LLAMA3_RE if kind == "llama3" else QWEN2_RE
-        tok.pre_tokenizer = pre_tokenizers.Sequence([
+        regex = {"llama3": LLAMA3_RE, "qwen2": QWEN2_RE, "tekken": TEKKEN_RE, "o200k": O200K_RE}[kind]
+        pre = pre_tokenizers.Sequence([
             pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False), bl_plain])
         if kind == "qwen2":
             tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = bl_plain if across else pre
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   special_tokens=SPECIAL, show_progress=False)
-    tok.train_from_iterator(corpus(), trainer)
+    if across:
+        tok.train_from_iterator([line for t in check_texts() for line in t.split("\n")], trainer)
+        tok.pre_tokenizer = pre
+    else:
+        tok.train_from_iterator(corpus(), trainer)
     tok.add_tokens(["<user_tok>"])
     d = json.loads(tok.to_str())
     if kind == "llama3":
@@ -151,7 +172,7 @@ def compare(hf, tok, texts, nfc=False):
     return total
 
 
-@pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2", "smollm"])
+@pytest.fixture(scope="module", params=["gpt2", "llama3", "qwen2", "smollm", "tekken", "o200k"])
 def trained(request):
     hf, d = train(request.param)
     return request.param, hf, d
@@ -174,6 +195,15 @@ def test_matches_hf(trained, tmp_path):
     assert tok.token_id("no such token") is None
 
 
+@pytest.mark.parametrize("kind", ["gpt2", "llama3", "qwen2", "smollm", "tekken", "o200k"])
+def test_piece_boundaries(tmp_path, kind):
+    """Merges across the pre-tokenizer's boundaries (trained on unsplit
+    lines): a piece boundary placed differently from HF's changes the ids."""
+    hf, d = train(kind, vocab_size=6000, across=True)
+    tok = gsink.Tokenizer(save(d, str(tmp_path / kind)))
+    assert compare(hf, tok, check_texts(), nfc=(kind == "qwen2")) > 5000
+
+
 def test_merges_array_form(trained, tmp_path):
     kind, hf, d = trained
     d2 = json.loads(json.dumps(d))
@@ -184,7 +214,8 @@ def test_merges_array_form(trained, tmp_path):
         assert a.encode(text).tolist() == b.encode(text).tolist()
 
 
-@pytest.mark.parametrize("kind,pre", [("llama3", "llama-bpe"), ("qwen2", "qwen2"), ("llama3", "chatglm-bpe")])
+@pytest.mark.parametrize("kind,pre", [("llama3", "llama-bpe"), ("qwen2", "qwen2"), ("llama3", "chatglm-bpe"),
+                                      ("tekken", "tekken"), ("o200k", "gpt-4o")])
 def test_gguf_pre_matches_json(tmp_path, kind, pre):
     hf, d = train(kind, vocab_size=900)
     vocab = d["model"]["vocab"]

@@ -173,3 +173,17 @@ for name, extra in (("spm_scores.gguf", []),
         ("tokenizer.ggml.bos_token_id", ggufw.UINT32, 1),
         ("tokenizer.ggml.unknown_token_id", ggufw.UINT32, 0),
     ] + extra, []))
+
+# Tekken and o200k pre-tokenizers (letter classes with marks, slashes after
+# newlines, o200k's contractions).
+TEKKEN = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+          r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|"
+          r" ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+O200K = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+         r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+"
+         r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|"
+         r"\s*[\r\n]+|\s+(?!\S)|\s+")
+open(os.path.join(tj_dir, "tekken.json"), "wb").write(
+    tj_doc(split(TEKKEN), ["a b", "b a", "ab a", "\u0120 a", "1 2", "' S"]))
+open(os.path.join(tj_dir, "o200k.json"), "wb").write(
+    tj_doc(split(O200K), ["a b", "b a", "\u0120 a", "' S"], {"ignore_merges": True}))
