@@ -90,6 +90,9 @@ def test_gguf_matches_sentencepiece(proto, tmp_path):
         fallback += sum(sp.is_byte(i) for i in want)
     assert n > 20000 and 500 < fallback < n // 2  # merges and byte fallback both exercised
     assert tok.encode("ab", add_bos=True).tolist()[0] == 1
+    # control tokens decode to their text here (sentencepiece drops them)
+    ids = sp.encode("Hello world")
+    assert tok.decode([1] + ids) == "<s> " + sp.decode(ids) and sp.decode([1] + ids) == sp.decode(ids)
 
 
 def test_gguf_without_space_prefix(proto, tmp_path):
