@@ -41,6 +41,9 @@ struct gsink_tokenizer {
     int spm;                /* SentencePiece-style BPE: symbols are characters, ' ' is U+2581 */
     int spm_prepend;        /* SPM_*: where a U+2581 is put before a segment */
     int spm_split;          /* Metaspace split: a piece begins at every U+2581 */
+    int spm_words;          /* no token a merge can make has a U+2581 after another character:
+                             * a piece may begin at every U+2581 that follows one (the ids are
+                             * the same, the pieces words instead of whole segments) */
     int spm_strip;          /* decoder Strip(" ", 1, 0): the output's first space is dropped */
     int fuse_unk;           /* consecutive unknown symbols of a piece give one unknown token */
     int spm_lenient;        /* decoding a run of byte tokens: U+FFFD per invalid byte, the rest as
@@ -177,6 +180,24 @@ static int char_class(uint32_t c)
 }
 
 /* ---- construction -------------------------------------------------------- */
+
+/* Whether a piece may begin at every U+2581 that follows another character
+ * (spm_words): no token that BPE can make (mergeable: a merge's result) has
+ * a U+2581 right after a character other than U+2581, so no symbol ever
+ * spans such a boundary. SentencePiece vocabularies (split_by_whitespace)
+ * have none; Llama 2's whitespace-only tokens ("\u2581\u2581") are fine. */
+static int spm_words_safe(const gsink_tokenizer *t, const uint8_t *mergeable)
+{
+    static const uint8_t M3[3] = {0xE2, 0x96, 0x81};
+    for (int32_t id = 0; id < t->n_vocab; id++) {
+        const uint8_t *p = (const uint8_t *)t->tok[id];
+        size_t n = t->tok_len[id];
+        if (!mergeable[id] || n < 4) continue;
+        for (size_t k = 1; k + 3 <= n; k++)
+            if (memcmp(p + k, M3, 3) == 0 && (k < 3 || memcmp(p + k - 3, M3, 3) != 0)) return 0;
+    }
+    return 1;
+}
 
 static void byte_map(gsink_tokenizer *t)
 {
@@ -395,6 +416,11 @@ static gsink_status gguf_spm(gsink__gguf *g, gsink_tokenizer *t, const gsink__gg
     t->spm_strip = prefix;
     t->fuse_unk = 1; /* sentencepiece merges a run of unknown pieces into one */
     t->spm_lenient = 1;
+    uint8_t *mergeable = malloc(nv);
+    if (!mergeable) return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
+    for (size_t k = 0; k < nv; k++) mergeable[k] = t->score_rank[k] >= 0;
+    t->spm_words = spm_words_safe(t, mergeable);
+    free(mergeable);
     return GSINK_OK;
 }
 
@@ -1171,11 +1197,13 @@ static void encode_spm(enc *e, const uint8_t *s, size_t n)
     e->spm_norm = w;
     e->spm_pre = prepend ? 3 : 0;
     size_t a = 0;
-    if (t->spm_split)
+    if (t->spm_split || t->spm_words)
         for (size_t k = 1; k + 3 <= m && !e->stop; k++)
             if (memcmp(w + k, META, 3) == 0) {
-                bpe_piece(e, w + a, k - a, 1);
-                a = k;
+                if (t->spm_split || k < 3 || memcmp(w + k - 3, META, 3) != 0) {
+                    bpe_piece(e, w + a, k - a, 1);
+                    a = k;
+                }
                 k += 2;
             }
     if (!e->stop) bpe_piece(e, w + a, m - a, 1);
@@ -1992,6 +2020,7 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
         t->byte_tok[b] = bf ? model_get(t, name, 6) : -1;
     }
     t->hf_decode = 1;
+    t->spm_words = t->spm && spm_words_safe(t, t->in_model);
     byte_map(t);
     /* Special tokens: tokenizer_config.json's bos_token / eos_token when
      * given, else the families' usual names among the special tokens. */

@@ -145,7 +145,8 @@ def test_converted_tokenizer_json(proto, tmp_path, form):
     from transformers import LlamaTokenizer
     from transformers.convert_slow_tokenizer import convert_slow_tokenizer
     (tmp_path / "tokenizer.model").write_bytes(proto)
-    doc = json.loads(convert_slow_tokenizer(LlamaTokenizer(str(tmp_path / "tokenizer.model"))).to_str())
+    slow = LlamaTokenizer(str(tmp_path / "tokenizer.model"), legacy=True)
+    doc = json.loads(convert_slow_tokenizer(slow).to_str())
     assert [n["type"] for n in doc["normalizer"]["normalizers"]] == ["Prepend", "Replace"]
     assert doc["pre_tokenizer"] is None and doc["model"]["byte_fallback"]
     if form == "metaspace":
