@@ -1,9 +1,10 @@
 /* tokenizer.c - GPT-2 style byte-level BPE built from a GGUF's tokenizer.ggml.*
- * metadata or a HuggingFace tokenizer.json, and the SentencePiece-style BPE of
- * Llama 2 / Mistral tokenizer.json files (characters as symbols, spaces as
- * U+2581, byte fallback). Pre-tokenizers (gpt2, smollm, llama3, qwen2) are
- * hand-written matchers for the regular expressions their HF/llama.cpp
- * definitions use. */
+ * metadata or a HuggingFace tokenizer.json, and SentencePiece-style BPE
+ * (Llama 2, Mistral 7B: characters as symbols, spaces as U+2581, byte
+ * fallback) from a tokenizer.json (merge list) or a GGUF (merges by token
+ * score, as sentencepiece). Pre-tokenizers (gpt2, smollm, llama3, qwen2,
+ * tekken, o200k) are hand-written matchers for the regular expressions their
+ * HF/llama.cpp definitions use. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -999,6 +1000,30 @@ static int lower_is(uint32_t c, char want, int fold_long_s)
     return fold_long_s && want == 's' && c == 0x17F; /* LATIN SMALL LETTER LONG S folds to s */
 }
 
+/* ' ?[^\s\p{L}\p{N}]+[\r\n]*' at i (Tekken / o200k: [\r\n/]* with slash), where
+ * cp[i] is such a symbol or a space before one: the end of the match. */
+static size_t match_symbols(const uint32_t *cp, size_t i, size_t b, int slash)
+{
+    size_t j = char_class(cp[i]) == CL_OTHER ? i : i + 1;
+    while (j < b && char_class(cp[j]) == CL_OTHER) j++;
+    while (j < b && (is_nl(cp[j]) || (slash && cp[j] == '/'))) j++;
+    return j;
+}
+
+/* The whitespace alternatives at a space cp[i]: \s*[\r\n]+ ends after the
+ * run's last newline; else \s+(?!\S) leaves the run's last space to what
+ * follows; else \s+. */
+static size_t match_spaces(const uint32_t *cp, size_t i, size_t b)
+{
+    size_t r = i, last_nl = SIZE_MAX;
+    while (r < b && char_class(cp[r]) == CL_SPACE) {
+        if (is_nl(cp[r])) last_nl = r;
+        r++;
+    }
+    if (last_nl != SIZE_MAX) return last_nl + 1;
+    return r == b || r - i == 1 ? r : r - 1;
+}
+
 /* Llama 3 regex over code points [a, b) (max_digits 3), Qwen2's with
  * max_digits 1:
  *   (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
@@ -1031,22 +1056,9 @@ static void split_llama3(enc *e, const uint8_t *s, const uint32_t *cp, const siz
             } else if (cl == CL_NUMBER) {
                 while (j < b && j - i < max_digits && char_class(cp[j]) == CL_NUMBER) j++;
             } else if (cl == CL_OTHER || (c == ' ' && i + 1 < b && char_class(cp[i + 1]) == CL_OTHER)) {
-                /* ' ?[^\s\p{L}\p{N}]+[\r\n]*' */
-                j = cl == CL_OTHER ? i : i + 1;
-                while (j < b && char_class(cp[j]) == CL_OTHER) j++;
-                while (j < b && is_nl(cp[j])) j++;
+                j = match_symbols(cp, i, b, 0);
             } else {
-                /* c is a space: \s*[\r\n]+ ends after the run's last newline;
-                 * else \s+(?!\S) leaves the run's last space to what follows;
-                 * else \s+. */
-                size_t r = i, last_nl = SIZE_MAX;
-                while (r < b && char_class(cp[r]) == CL_SPACE) {
-                    if (is_nl(cp[r])) last_nl = r;
-                    r++;
-                }
-                if (last_nl != SIZE_MAX) j = last_nl + 1;
-                else if (r == b || r - i == 1) j = r;
-                else j = r - 1;
+                j = match_spaces(cp, i, b);
             }
         }
         bpe_piece(e, s + off[i], off[j] - off[i], 0);
@@ -1135,20 +1147,9 @@ static void split_tekken(enc *e, const uint8_t *s, const uint32_t *cp, const siz
             j = i + 1;
             while (o200k && j < b && j - i < 3 && char_class(cp[j]) == CL_NUMBER) j++;
         } else if (cl == CL_OTHER || (c == ' ' && i + 1 < b && char_class(cp[i + 1]) == CL_OTHER)) {
-            /* ' ?[^\s\p{L}\p{N}]+[\r\n/]*' */
-            j = cl == CL_OTHER ? i : i + 1;
-            while (j < b && char_class(cp[j]) == CL_OTHER) j++;
-            while (j < b && (is_nl(cp[j]) || cp[j] == '/')) j++;
+            j = match_symbols(cp, i, b, 1);
         } else {
-            /* a space: \s*[\r\n]+, else \s+(?!\S), else \s+ (as split_llama3) */
-            size_t r = i, last_nl = SIZE_MAX;
-            while (r < b && char_class(cp[r]) == CL_SPACE) {
-                if (is_nl(cp[r])) last_nl = r;
-                r++;
-            }
-            if (last_nl != SIZE_MAX) j = last_nl + 1;
-            else if (r == b || r - i == 1) j = r;
-            else j = r - 1;
+            j = match_spaces(cp, i, b);
         }
         bpe_piece(e, s + off[i], off[j] - off[i], 0);
         i = j;
