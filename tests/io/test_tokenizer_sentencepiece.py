@@ -132,6 +132,11 @@ def test_gguf_decode_random_ids(proto, tmp_path):
     for _ in range(300):
         ids = [rng.choice(byte_ids) if rng.random() < 0.5 else rng.choice(normal) for _ in range(rng.randint(1, 30))]
         assert tok.decode(ids) == sp.decode(ids), ids
+    # runs longer than the decoder's stack buffer (64 bytes)
+    by_value = {int(sp.id_to_piece(i)[3:5], 16): i for i in byte_ids}
+    long_run = [by_value[b] for b in ("\u00e9t\u00e9 \u4e2d\u6587 \U0001F600 " * 12).encode("utf-8")]
+    for ids in (long_run, long_run[:100] + [by_value[0xC3]] + long_run[100:]):
+        assert len(ids) > 64 and tok.decode(ids) == sp.decode(ids)
 
 
 @pytest.mark.parametrize("form", ["legacy", "metaspace"])

@@ -174,6 +174,11 @@ def test_decode_byte_runs_as_hf(trained, tmp_path):
         assert tok.decode(ids) == want, ids
         replaced += "\ufffd" in want
     assert replaced > 100
+    # runs longer than the decoder's stack buffer (64 bytes): UTF-8 text, then with one stray byte
+    by_value = {int(k[3:5], 16): v for k, v in trained["model"]["vocab"].items() if k.startswith("<0x")}
+    long_run = [by_value[b] for b in ("\u00e9t\u00e9 \u4e2d\u6587 \U0001F600 " * 12).encode("utf-8")]
+    for ids in (long_run, long_run[:100] + [by_value[0xC3]] + long_run[100:]):
+        assert len(ids) > 64 and tok.decode(ids) == hf.decode(ids, skip_special_tokens=False)
 
 
 def test_unencodable_offset(tmp_path):
