@@ -1,6 +1,7 @@
 """gsink.hf on tiny random HuggingFace Llama, Qwen2 and Mistral models
 (transformers 4.40, float32, eager attention) against the native model loaded
-from the same checkpoint: the report's metrics agree to 1e-5."""
+from the same checkpoint: the report's metrics agree to 1e-5; and on a Gemma
+(no native model) against the SPEC's formulas evaluated in the test."""
 import math
 import tempfile
 
@@ -143,3 +144,68 @@ def test_report_without_backward_and_plots(pair, tmp_path):
         plots.branch_ratios_vs_norm(full, path=str(tmp_path / "fig3.png"))
         assert (tmp_path / "fig1.png").stat().st_size > 0
         assert math.isfinite(full["summary"]["gradient_sink_ratio"]["median"])
+
+
+@pytest.mark.parametrize("attention", ["probs", "gsink"])
+def test_architecture_without_native_model(attention):
+    """gsink.hf on a tiny random Gemma, an architecture libgsink does not
+    implement (embeddings scaled by sqrt(d), RMSNorm gains 1 + w, a GeLU
+    MLP, head_dim independent of the width), float64, against the SPEC's
+    formulas evaluated here on the same model from its own attention
+    probabilities and autograd gradients: R_GS, sink rate, sink scores,
+    column mass and t0/early of resid_out."""
+    if not hasattr(transformers, "GemmaForCausalLM"):
+        pytest.skip("transformers without Gemma")
+    torch.manual_seed(1)
+    cfg = transformers.GemmaConfig(vocab_size=101, hidden_size=48, num_hidden_layers=3, num_attention_heads=6,
+                                   num_key_value_heads=2, head_dim=10, intermediate_size=80,
+                                   max_position_embeddings=128, rms_norm_eps=1e-6, initializer_range=0.1,
+                                   attn_implementation="eager")
+    model = transformers.GemmaForCausalLM(cfg).double().eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+        model.model.embed_tokens.weight[7].mul_(8.0)
+    rng = np.random.default_rng(5)
+    tok = rng.integers(0, 101, (B, T + 1)).astype(np.int32)
+    tok[:, 0] = 7
+    inp, tgt = tok[:, :-1], tok[:, 1:]
+    eps = 0.2
+    rep = gsink.hf.analyze(model, inp, tgt, attention=attention, sink_window=WIN, sink_eps=eps)
+
+    # the formulas, on a plain run of the model
+    norm_out, resid_out = {}, {}
+    hooks = []
+    for l, layer in enumerate(model.model.layers):
+        def keep(m, a, o, l=l):
+            o.retain_grad()
+            norm_out[l] = o
+        hooks.append(layer.input_layernorm.register_forward_hook(keep))
+        hooks.append(layer.register_forward_hook(lambda m, a, o, l=l: resid_out.__setitem__(l, o[0])))
+    ids = torch.from_numpy(inp.astype(np.int64))
+    out = model(input_ids=ids, output_attentions=True, use_cache=False)
+    loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, 101),
+                                             torch.from_numpy(tgt.astype(np.int64)).reshape(-1))
+    loss.backward()
+    for h in hooks:
+        h.remove()
+    assert abs(rep["input"]["loss"] - loss.item()) <= 1e-6 * loss.item()
+    n_sinks = 0
+    for l, lay in enumerate(rep["layers"]):
+        g = norm_out[l].grad.sum(0).norm(dim=-1)                        # summed over the batch, then norms
+        rgs = (g[0] / g[1:32].mean()).item()                            # T_e = 31, s = 0
+        a = out.attentions[l]                                           # (B, H, T, T)
+        alpha = a[:, :, :WIN, 0].sum(-1).mean(0) / WIN                  # sink score of token 0 per head
+        mass = a[:, :, :, 0].sum(-1).mean(0)                            # column mass M_0 per head
+        rate = (alpha > eps).double().mean().item()
+        x = resid_out[l].norm(dim=-1).mean(0)                           # activation norms: mean over the batch
+        t0_early = (x[0] / x[1:16].mean()).item()
+        assert abs(lay["gradient_sink_ratio"] - rgs) <= 1e-5 * rgs, (l, lay["gradient_sink_ratio"], rgs)
+        assert abs(lay["sink_rate"] - rate) <= 1e-12, (l, lay["sink_rate"], rate)
+        for hd in lay["heads"]:
+            assert abs(hd["sink_score"] - alpha[hd["head"]].item()) <= 1e-5
+            assert abs(hd["column_mass"] - mass[hd["head"]].item()) <= 1e-5 * max(1.0, mass[hd["head"]].item())
+        assert abs(lay["massive_activation_ratio"]["resid_out"] - t0_early) <= 1e-5 * t0_early
+        n_sinks += sum(hd["is_sink"] for hd in lay["heads"])
+    assert n_sinks > 0  # the sink threshold is exercised on both sides
