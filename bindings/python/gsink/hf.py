@@ -5,7 +5,8 @@
     gsink.plots.gradient_sink_distribution(rep, path="fig1.png")
 
 A Recorder registers hooks on every decoder layer of a Llama-family model
-(LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM and others with
+(LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, GemmaForCausalLM
+(tested against the formulas; no native counterpart) and others with
 model.model.layers[l].{input_layernorm, self_attn.{q,k,v,o}_proj,
 post_attention_layernorm, mlp.{gate,up,down}_proj}) and keeps the activations
 of the sites below with their gradients (retain_grad):
