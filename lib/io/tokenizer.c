@@ -21,6 +21,7 @@ enum { PRE_GPT2 = 0, PRE_SMOLLM = 1, PRE_LLAMA3 = 2, PRE_QWEN2 = 3, PRE_TEKKEN =
  * Metaspace prepend_scheme "always": before every segment that does not start
  * with one already; "first": the same, only for the segment at offset 0. */
 enum { SPM_NONE = 0, SPM_NORM = 1, SPM_ALWAYS = 2, SPM_FIRST = 3 };
+static const uint8_t META[3] = {0xE2, 0x96, 0x81}; /* U+2581, SentencePiece's space */
 
 typedef struct hent { const char *s; uint32_t len; int32_t val; } hent;
 typedef struct hmap { hent *e; size_t cap; } hmap;
@@ -183,19 +184,20 @@ static int char_class(uint32_t c)
 /* ---- construction -------------------------------------------------------- */
 
 /* Whether a piece may begin at every U+2581 that follows another character
- * (spm_words): no token that BPE can make (mergeable: a merge's result) has
- * a U+2581 right after a character other than U+2581, so no symbol ever
- * spans such a boundary. SentencePiece vocabularies (split_by_whitespace)
- * have none; Llama 2's whitespace-only tokens ("\u2581\u2581") are fine. */
-static int spm_words_safe(const gsink_tokenizer *t, const uint8_t *mergeable)
+ * (spm_words): no token that BPE can make (a merge's result: a NORMAL token
+ * with a score rank, or a model.vocab token of a tokenizer.json) has a
+ * U+2581 right after a character other than U+2581, so no symbol ever spans
+ * such a boundary. SentencePiece vocabularies (split_by_whitespace) have
+ * none; Llama 2's whitespace-only tokens ("\u2581\u2581") are fine. */
+static int spm_words_safe(const gsink_tokenizer *t)
 {
-    static const uint8_t M3[3] = {0xE2, 0x96, 0x81};
     for (int32_t id = 0; id < t->n_vocab; id++) {
         const uint8_t *p = (const uint8_t *)t->tok[id];
         size_t n = t->tok_len[id];
-        if (!mergeable[id] || n < 4) continue;
+        int mergeable = t->score_rank ? t->score_rank[id] >= 0 : !t->in_model || t->in_model[id];
+        if (!mergeable || n < 4) continue;
         for (size_t k = 1; k + 3 <= n; k++)
-            if (memcmp(p + k, M3, 3) == 0 && (k < 3 || memcmp(p + k - 3, M3, 3) != 0)) return 0;
+            if (memcmp(p + k, META, 3) == 0 && (k < 3 || memcmp(p + k - 3, META, 3) != 0)) return 0;
     }
     return 1;
 }
@@ -417,11 +419,7 @@ static gsink_status gguf_spm(gsink__gguf *g, gsink_tokenizer *t, const gsink__gg
     t->spm_strip = prefix;
     t->fuse_unk = 1; /* sentencepiece merges a run of unknown pieces into one */
     t->spm_lenient = 1;
-    uint8_t *mergeable = malloc(nv);
-    if (!mergeable) return gsink__fail(NULL, GSINK_ERR_OUT_OF_MEMORY, "tokenizer: out of memory");
-    for (size_t k = 0; k < nv; k++) mergeable[k] = t->score_rank[k] >= 0;
-    t->spm_words = spm_words_safe(t, mergeable);
-    free(mergeable);
+    t->spm_words = spm_words_safe(t);
     return GSINK_OK;
 }
 
@@ -1158,8 +1156,6 @@ static void split_tekken(enc *e, const uint8_t *s, const uint32_t *cp, const siz
 
 static void encode_text_raw(enc *e, const uint8_t *s, size_t n);
 
-static const uint8_t META[3] = {0xE2, 0x96, 0x81}; /* U+2581, SentencePiece's space */
-
 /* A segment of a SentencePiece-style tokenizer: its spaces become U+2581 and
  * one goes before it as spm_prepend says (the segment at offset 0 of the
  * input is the "first"); then BPE over characters on the whole segment, or
@@ -1419,11 +1415,12 @@ static size_t utf8_char(const uint8_t *p, size_t n)
     return cp == 0xFFFD && !(l == 3 && p[0] == 0xEF && p[1] == 0xBF && p[2] == 0xBD) ? 0 : l;
 }
 
-static int utf8_valid(const uint8_t *p, size_t n)
+/* Up to 4 bytes of the byte fallback tokens ids[q, j) into w: how many. */
+static size_t run_window(const gsink_tokenizer *t, const int32_t *ids, size_t q, size_t j, uint8_t w[4])
 {
-    for (size_t k = 0, l; k < n; k += l)
-        if (!(l = utf8_char(p + k, n - k))) return 0;
-    return 1;
+    size_t n = 0;
+    for (; n < 4 && q + n < j; n++) w[n] = (uint8_t)byte_token_value(t, ids[q + n]);
+    return n;
 }
 
 /* The decoder of SentencePiece-style tokenizers, HF's
@@ -1439,28 +1436,17 @@ static void decode_spm(const gsink_tokenizer *t, const int32_t *ids, size_t n_id
     static const uint8_t REPL[3] = {0xEF, 0xBF, 0xBD};
     int strip = t->spm_strip;
     for (size_t k = 0; k < n_ids;) {
-        size_t j = k;
-        uint8_t run[64];
+        size_t j = k, l;
+        uint8_t w[4];
         while (j < n_ids && byte_token_value(t, ids[j]) >= 0) j++;
-        if (j > k) { /* bytes k .. j - 1, validated in one piece */
+        if (j > k) { /* the run of bytes k .. j - 1, read a character (4-byte window) at a time */
             int valid = 1;
-            uint8_t *all = j - k <= sizeof run ? run : malloc(j - k);
-            if (all) {
-                for (size_t q = k; q < j; q++) all[q - k] = (uint8_t)byte_token_value(t, ids[q]);
-                valid = t->spm_lenient || utf8_valid(all, j - k);
-                for (size_t q = 0, l; valid && q < j - k; q += l) {
-                    if ((l = utf8_char(all + q, j - k - q))) put_bytes(all + q, l, buf, buf_size, o, &strip);
-                    else put_bytes(REPL, 3, buf, buf_size, o, &strip), l = 1;
-                }
-                if (all != run) free(all);
-            } else { /* no memory for a long run: its bytes as they are */
-                for (size_t q = k; q < j; q++) {
-                    uint8_t b = (uint8_t)byte_token_value(t, ids[q]);
-                    put_bytes(&b, 1, buf, buf_size, o, &strip);
-                }
+            for (size_t q = k; !t->spm_lenient && valid && q < j; q += l)
+                valid = (l = utf8_char(w, run_window(t, ids, q, j, w))) != 0;
+            for (size_t q = k; q < j; q += l) {
+                if (valid && (l = utf8_char(w, run_window(t, ids, q, j, w)))) put_bytes(w, l, buf, buf_size, o, &strip);
+                else put_bytes(REPL, 3, buf, buf_size, o, &strip), l = 1;
             }
-            if (!valid)
-                for (size_t q = k; q < j; q++) put_bytes(REPL, 3, buf, buf_size, o, &strip);
             k = j;
             continue;
         }
@@ -2021,7 +2007,7 @@ static gsink_status tj_build(gsink_tokenizer *t, const gsink__json *root, const 
         t->byte_tok[b] = bf ? model_get(t, name, 6) : -1;
     }
     t->hf_decode = 1;
-    t->spm_words = t->spm && spm_words_safe(t, t->in_model);
+    t->spm_words = t->spm && spm_words_safe(t);
     byte_map(t);
     /* Special tokens: tokenizer_config.json's bos_token / eos_token when
      * given, else the families' usual names among the special tokens. */
