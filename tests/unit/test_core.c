@@ -666,6 +666,19 @@ static void rmsnorm_ref(const float *x, const float *g, float *y, size_t rows, i
     }
 }
 
+/* The per-sequence token norm of position t of x (B, T, w): the mean over
+ * the batch of ||x_{b,t}||. */
+static double batch_mean_norm(const float *x, int B, int T, int w, int t)
+{
+    double mean = 0;
+    for (int b = 0; b < B; b++) {
+        double ss = 0;
+        for (int j = 0; j < w; j++) ss += (double)x[((size_t)b * T + t) * w + j] * x[((size_t)b * T + t) * w + j];
+        mean += sqrt(ss) / B;
+    }
+    return mean;
+}
+
 START_TEST(test_recomputed_sites)
 {
     gsink_model *m = make("tiny", 1, 10, 0);
@@ -716,13 +729,8 @@ START_TEST(test_recomputed_sites)
             double g = pre[i], want = g / (1.0 + exp(-g)) * up[i];
             ck_assert_msg(tu_close(post[i], want, 1e-6, 1e-12), "layer %d [%zu]: %g vs %g", l, i, post[i], want);
         }
-        for (int tt = 0; tt < T; tt++) { /* mean over the batch of ||x_{b,t}|| */
-            double mean = 0;
-            for (int b = 0; b < B; b++) {
-                double ss = 0;
-                for (int j = 0; j < FF; j++) ss += (double)post[((size_t)b * T + tt) * FF + j] * post[((size_t)b * T + tt) * FF + j];
-                mean += sqrt(ss) / B;
-            }
+        for (int tt = 0; tt < T; tt++) {
+            double mean = batch_mean_norm(post, B, T, FF, tt);
             ck_assert_msg(tu_close(nrm[tt], mean, 1e-5, 1e-12), "norm t=%d: %g vs %g", tt, nrm[tt], mean);
         }
         for (int k2 = 0; k2 < 2; k2++) {
@@ -756,12 +764,7 @@ START_TEST(test_recomputed_sites)
         ck_assert_int_eq(gsink_get_gradient_norms(m, 1 - l, GSINK_SITE_MLP_PRE, -1, GSINK_AGG_PER_SEQUENCE, gn, T), GSINK_OK);
         ck_assert_int_eq(gsink_get_gradient_norms(m, l, GSINK_SITE_MLP_PRE, -1, GSINK_AGG_PER_SEQUENCE, gn, T), GSINK_OK);
         for (int tt = 0; tt < T; tt++) {
-            double mean = 0;
-            for (int b = 0; b < B; b++) {
-                double ss = 0;
-                for (int j = 0; j < FF; j++) ss += (double)gpre[((size_t)b * T + tt) * FF + j] * gpre[((size_t)b * T + tt) * FF + j];
-                mean += sqrt(ss) / B;
-            }
+            double mean = batch_mean_norm(gpre, B, T, FF, tt);
             ck_assert_msg(tu_close(gn[tt], mean, 1e-5, 1e-20), "dpre norm t=%d: %g vs %g", tt, gn[tt], mean);
         }
         free(gpre);
