@@ -725,7 +725,7 @@ def test_threads_sharing_one_model_are_serialised():
     tok = (np.arange(128, dtype=np.int32).reshape(1, 128) * 37) % 4096
     ref = m.forward(tok, tok)
     opt = m.optimizer(lr=0.0, weight_decay=0.0)
-    errors, losses = [], []
+    errors, losses, refused = [], [], []
     start = threading.Barrier(4)
 
     def hammer(k):
@@ -740,7 +740,15 @@ def test_threads_sharing_one_model_are_serialised():
                     m.activation_norms("resid_out", layer=0)
                     m.set_threads(1)
                 elif k == 2:
-                    m.logits()
+                    try:
+                        m.logits()
+                    except gsink.CallOrderError as e:
+                        # documented since the backward writes dlogits over the
+                        # logits: when thread 0's backward and optimizer step
+                        # ran between this thread's forward and this read, the
+                        # logits cannot be recomputed and the read is refused
+                        assert "optimizer step" in str(e), e
+                        refused.append(e)
                     m.param_info()
                 else:
                     m.memory()
@@ -755,6 +763,7 @@ def test_threads_sharing_one_model_are_serialised():
         t.join()
     assert not errors, errors
     assert len(losses) == 24 and all(l == ref for l in losses)
+    assert len(refused) <= 6
 
     # close() waits for a call in progress, then frees the model
     inside = threading.Event()
