@@ -33,7 +33,11 @@ exec unshare -m --propagation private bash -c '
   hide /usr/include/x86_64-linux-gnu blis.h cblas.h blis-openmp blis-pthread blis-serial
   hide /usr/lib/x86_64-linux-gnu libcheck.a libcheck_pic.a libsubunit.a libsubunit.so \
        libsubunit.so.0 libsubunit.so.0.0.0 libblis.a libblis.so libblis.so.4 \
-       blis-openmp blis-pthread blis-serial
+       blis-pthread blis-serial
+  # blis-openmp/ stays, less its libblis.a: its libblas.so.3 is the BLAS
+  # alternative that Debian numpy loads (the .venv of the emulated Python
+  # suites); the build links only libblis, which it must take from the kit
+  hide /usr/lib/x86_64-linux-gnu/blis-openmp libblis.a libblis.so
   hide /usr/lib/x86_64-linux-gnu/pkgconfig check.pc libsubunit.pc
   export PATH=${GSINK_MINENV_PATH:+$GSINK_MINENV_PATH:}/usr/local/cuda/bin:/usr/sbin:/usr/bin:/sbin:/bin
   unset PKG_CONFIG_PATH CPATH LIBRARY_PATH LD_LIBRARY_PATH
