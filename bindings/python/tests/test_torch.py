@@ -207,43 +207,97 @@ def test_errors():
     torch.testing.assert_close(out_fp32, gt.attention_with_stats(q, k, v)[0], rtol=0, atol=0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device for PyTorch")
-def test_cuda_tensors_match_cpu():
-    if gsink.device_count(gsink.DeviceKind.CUDA) == 0:
-        pytest.skip("libgsink has no CUDA device")
+def _cuda_backend_matches_cpu(to_dev, to_host, sync):
+    """gsink.torch on the CUDA backend against the same calls on the CPU
+    backend: attention output, column statistics and gradients (fp32), the
+    V-scale layer's dv and dtheta, and the BF16 tensor-core kernels within
+    bf16's bound. to_dev / to_host move tensors (and modules) to and from
+    where the CUDA backend reads them; sync waits for queued work. Every
+    CPU reference is computed before the first to_dev call."""
     q, k, v = _qkv(t=40, h=4, kv=2, vh=2, dh=16)
     out, st = gt.attention_with_stats(q, k, v, sink_window=8)
     dout = torch.randn(out.shape)
     (out * dout).sum().backward()
     grads = [x.grad.clone() for x in (q, k, v)]
-    s = torch.cuda.Stream()
-    with torch.cuda.stream(s):   # queued on the current (non-default) stream
-        qc, kc, vc = (x.detach().cuda().requires_grad_() for x in (q, k, v))
-        oc, stc = gt.attention_with_stats(qc, kc, vc, sink_window=8)
-        (oc * dout.cuda()).sum().backward()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(oc.cpu(), out, rtol=1e-4, atol=1e-5)
-    for a, b in zip(stc, st):
-        torch.testing.assert_close(a.cpu(), b, rtol=1e-4, atol=1e-5)
-    for x, g in zip((qc, kc, vc), grads):
-        torch.testing.assert_close(x.grad.cpu(), g, rtol=1e-4, atol=1e-5)
     layer = gt.VScale(2, 16, 64, sigma=0.05)
-    lc = gt.VScale(2, 16, 64, sigma=0.05).cuda()
     vv = (torch.randn(3, 5, 2, 16) * 0.1).requires_grad_()
-    vvc = vv.detach().cuda().requires_grad_()
     layer(vv).square().sum().backward()
+
+    qc, kc, vc = (to_dev(x.detach()).requires_grad_() for x in (q, k, v))
+    oc, stc = gt.attention_with_stats(qc, kc, vc, sink_window=8)
+    (oc * to_dev(dout)).sum().backward()
+    sync()
+    torch.testing.assert_close(to_host(oc), out, rtol=1e-4, atol=1e-5)
+    for a, b in zip(stc, st):
+        torch.testing.assert_close(to_host(a), b, rtol=1e-4, atol=1e-5)
+    for x, g in zip((qc, kc, vc), grads):
+        torch.testing.assert_close(to_host(x.grad), g, rtol=1e-4, atol=1e-5)
+    lc = to_dev(gt.VScale(2, 16, 64, sigma=0.05))
+    vvc = to_dev(vv.detach()).requires_grad_()
     lc(vvc).square().sum().backward()
-    torch.cuda.synchronize()
-    torch.testing.assert_close(vvc.grad.cpu(), vv.grad, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(lc.theta.grad.cpu(), layer.theta.grad, rtol=1e-4, atol=1e-6)
+    sync()
+    torch.testing.assert_close(to_host(vvc.grad), vv.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(to_host(lc.theta.grad), layer.theta.grad, rtol=1e-4, atol=1e-6)
     # the tensor-core kernels: within bf16's bound (4 unit roundoffs of the
     # output's scale), and not the exact result
-    qb, kb, vb = (x.detach().cuda().requires_grad_() for x in (q, k, v))
+    qb, kb, vb = (to_dev(x.detach()).requires_grad_() for x in (q, k, v))
     ob, stb = gt.attention_with_stats(qb, kb, vb, sink_window=8, precision="bf16")
-    (ob * dout.cuda()).sum().backward()
-    torch.cuda.synchronize()
+    (ob * to_dev(dout)).sum().backward()
+    sync()
     bound = 2.0 ** -6
-    assert (ob.cpu() - out).abs().max() <= bound * 2 * out.abs().max() + 2.0 ** -8
-    assert not torch.equal(ob.cpu(), out)
+    assert (to_host(ob) - out).abs().max() <= bound * 2 * out.abs().max() + 2.0 ** -8
+    assert not torch.equal(to_host(ob), out)
     for x, g in zip((qb, kb, vb), grads):
-        assert (x.grad.cpu() - g).abs().max() <= bound * 2 * g.abs().max() + 2.0 ** -8
+        assert (to_host(x.grad) - g).abs().max() <= bound * 2 * g.abs().max() + 2.0 ** -8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device for PyTorch")
+def test_cuda_tensors_match_cpu():
+    if gsink.device_count(gsink.DeviceKind.CUDA) == 0:
+        pytest.skip("libgsink has no CUDA device")
+    s = torch.cuda.Stream()
+    with torch.cuda.stream(s):   # queued on the current (non-default) stream
+        _cuda_backend_matches_cpu(lambda x: x.cuda(), lambda x: x.detach().cpu(), torch.cuda.synchronize)
+
+
+def _emulated_cuda():
+    """True where libgsink's CUDA device is the host emulation of the
+    cuda-emu suite (GSINK_CUDA_MODULE=tests/cuda/libgsink-cuda-emu.so), whose
+    device memory is host memory, and PyTorch has no GPU."""
+    return (not torch.cuda.is_available() and gsink.device_count(gsink.DeviceKind.CUDA) > 0
+            and "host emulation" in gsink.device_describe(gsink.DeviceKind.CUDA))
+
+
+@pytest.mark.skipif(not _emulated_cuda(), reason="needs the emulated CUDA module (suite cuda-emu)")
+def test_emulated_cuda_backend_matches_cpu(monkeypatch):
+    """The autograd Functions on CUDA ops handles, through the emulated CUDA
+    module: CPU tensors stand in for device memory, so everything but
+    PyTorch's CUDA tensors and stream (test_cuda_tensors_match_cpu on a GPU)
+    runs: the CUDA backend's attention, statistics, V-scale and the BF16
+    kernels under the layers' descriptors, pointers and gradient plumbing."""
+    cpu_ops_for = gt.ops_for
+    on_cuda = []
+
+    def dev(x):
+        on_cuda.append(x)
+        return x
+
+    def ops_for(device, precision=None):
+        # the tensors moved by dev() (and their gradients, allocated by the
+        # Functions like them) go to a CUDA handle; the reference stays on the CPU
+        if on_cuda:
+            h = gt._handles.get(("emu", precision))
+            if h is None or h.closed:
+                h = gt._handles[("emu", precision)] = gsink.ops.Ops(
+                    device=gsink.DeviceKind.CUDA, precision=precision)
+            assert h.device == gsink.DeviceKind.CUDA
+            return h
+        return cpu_ops_for(device, precision)
+
+    monkeypatch.setattr(gt, "ops_for", ops_for)
+    _cuda_backend_matches_cpu(dev, lambda x: x.detach().clone(), lambda: None)
+    assert on_cuda
+    handles = [gt._handles.pop(key) for key in [k for k in gt._handles if k[0] == "emu"]]
+    assert {h.precision for h in handles} == {gsink.Precision.FP32, gsink.Precision.BF16}
+    for h in handles:
+        h.close()
