@@ -276,28 +276,29 @@ def test_emulated_cuda_backend_matches_cpu(monkeypatch):
     runs: the CUDA backend's attention, statistics, V-scale and the BF16
     kernels under the layers' descriptors, pointers and gradient plumbing."""
     cpu_ops_for = gt.ops_for
-    on_cuda = []
+    moved = False
+    handles = {}  # precision -> CUDA ops handle
 
     def dev(x):
-        on_cuda.append(x)
+        nonlocal moved
+        moved = True
         return x
 
     def ops_for(device, precision=None):
-        # the tensors moved by dev() (and their gradients, allocated by the
-        # Functions like them) go to a CUDA handle; the reference stays on the CPU
-        if on_cuda:
-            h = gt._handles.get(("emu", precision))
-            if h is None or h.closed:
-                h = gt._handles[("emu", precision)] = gsink.ops.Ops(
-                    device=gsink.DeviceKind.CUDA, precision=precision)
-            assert h.device == gsink.DeviceKind.CUDA
-            return h
-        return cpu_ops_for(device, precision)
+        # once dev() has moved the first tensor, every call (on those tensors
+        # and on the gradients the Functions allocate like them) goes to a
+        # CUDA handle; the references before it stay on the CPU
+        if not moved:
+            return cpu_ops_for(device, precision)
+        if precision not in handles:
+            handles[precision] = gsink.ops.Ops(device=gsink.DeviceKind.CUDA, precision=precision)
+        return handles[precision]
 
     monkeypatch.setattr(gt, "ops_for", ops_for)
-    _cuda_backend_matches_cpu(dev, lambda x: x.detach().clone(), lambda: None)
-    assert on_cuda
-    handles = [gt._handles.pop(key) for key in [k for k in gt._handles if k[0] == "emu"]]
-    assert {h.precision for h in handles} == {gsink.Precision.FP32, gsink.Precision.BF16}
-    for h in handles:
-        h.close()
+    try:
+        _cuda_backend_matches_cpu(dev, lambda x: x.detach().clone(), lambda: None)
+        assert {h.device for h in handles.values()} == {gsink.DeviceKind.CUDA}
+        assert {h.precision for h in handles.values()} == {gsink.Precision.FP32, gsink.Precision.BF16}
+    finally:
+        for h in handles.values():
+            h.close()
